@@ -1,0 +1,220 @@
+//! berthd's configuration: built-in defaults, an optional TOML file, and flags
+//! on top. Every key has a default, so a missing default file is fine.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where berthd looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
+
+/// The complete default configuration, one comment per key. `berthd config
+/// default` prints it; a unit test keeps it equal to `Config::default()`.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# berthd configuration. Every key is optional: the values below are the
+# built-in defaults. Flags given on the command line win over this file.
+
+# Persistent data: the metadata database, the content store, unpacked image
+# layers and container writable layers. Survives reboots.
+root = "/var/lib/berth"
+
+# Runtime state that lives until reboot: the lock file, pinned namespaces,
+# monitor sockets and exit files.
+state = "/run/berth"
+
+# The CRI v1 gRPC socket that kubelet and crictl connect to (mode 0660).
+socket = "/run/berth/berth.sock"
+
+# On SIGTERM/SIGINT, how long in-flight RPCs may take to finish, in seconds.
+shutdown_timeout_seconds = 10
+
+[log]
+# error, warn, info, debug or trace; or a tracing filter such as
+# "info,berth_agent=debug".
+level = "info"
+
+# "text" for people, "json" for log collectors.
+format = "text"
+"#;
+
+/// The effective configuration of one berthd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent data directory.
+    pub root: PathBuf,
+    /// Runtime state directory (tmpfs on a real node).
+    pub state: PathBuf,
+    /// The CRI socket path.
+    pub socket: PathBuf,
+    /// Bound on the graceful shutdown, in seconds.
+    pub shutdown_timeout_seconds: u64,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level or a tracing filter directive.
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/berth"),
+            state: PathBuf::from("/run/berth"),
+            socket: PathBuf::from("/run/berth/berth.sock"),
+            shutdown_timeout_seconds: 10,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// A config that cannot be used; its Display is the one line berthd prints.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config {path}: {detail}")]
+    Parse { path: PathBuf, detail: String },
+    /// A key has a value berthd cannot use.
+    #[error("config {origin}: key `{key}`: {reason}")]
+    Invalid { origin: Origin, key: &'static str, reason: String },
+}
+
+/// Where a config value came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// Built-in defaults and flags only.
+    Defaults,
+    /// A config file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Defaults => f.write_str("(defaults and flags)"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`. When `explicit` is false a missing file means "use defaults".
+    pub fn load(path: &Path, explicit: bool) -> Result<(Config, Origin), ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok((Config::default(), Origin::Defaults));
+            }
+            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+        };
+        let config = Config::parse(&text)
+            .map_err(|detail| ConfigError::Parse { path: path.into(), detail })?;
+        Ok((config, Origin::File(path.into())))
+    }
+
+    /// Parses TOML text; the error is one line with the line number and key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str::<Config>(text).map_err(|e| one_line_error(text, &e))
+    }
+
+    /// Checks values that the schema alone cannot; `origin` names the source in errors.
+    pub fn validate(&self, origin: &Origin) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid { origin: origin.clone(), key, reason };
+        for (key, path) in [("root", &self.root), ("state", &self.state), ("socket", &self.socket)] {
+            if !path.is_absolute() {
+                return Err(invalid(key, format!("{} is not an absolute path", path.display())));
+            }
+        }
+        if self.socket.file_name().is_none() {
+            return Err(invalid("socket", format!("{} names no file", self.socket.display())));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(crate::logging::directives(&self.log.level)) {
+            return Err(invalid("log.level", format!("{:?} is not a level or filter: {e}", self.log.level)));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a toml error (several lines with a caret) into one line that names
+/// the line number and the offending key.
+fn one_line_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    let Some(span) = err.span() else { return message };
+    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    format!("line {line_no} (`{line}`): {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_template_is_the_default_config() {
+        assert_eq!(Config::parse(DEFAULT_CONFIG_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_table_keeps_other_defaults() {
+        let c = Config::parse("[log]\nformat = \"json\"\n").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.root, PathBuf::from("/var/lib/berth"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = Config::parse("root = \"/x\"\nsockt = \"/y\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("sockt"), "{e}");
+        assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let e = Config::parse("shutdown_timeout_seconds = \"ten\"\n").unwrap_err();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(e.contains("shutdown_timeout_seconds"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_and_bad_levels_are_refused() {
+        let origin = Origin::Defaults;
+        let c = Config { root: "var/lib".into(), ..Config::default() };
+        assert!(c.validate(&origin).unwrap_err().to_string().contains("`root`"));
+        let c = Config { log: LogConfig { level: "loud[".into(), ..LogConfig::default() }, ..Config::default() };
+        assert!(c.validate(&origin).unwrap_err().to_string().contains("`log.level`"));
+        Config::default().validate(&origin).unwrap();
+    }
+}

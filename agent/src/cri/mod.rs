@@ -1,0 +1,214 @@
+//! berth's CRI v1 server: the `RuntimeService` and `ImageService` traits,
+//! each RPC delegated to the file of its family (containerd's layout):
+//! `runtime_info` (version, status, runtime config), and — as they land —
+//! sandboxes, containers, images, streaming and stats.
+//!
+//! An RPC that is not built yet answers `Unimplemented` naming itself: any
+//! other code would break kubelet's fallbacks.
+
+mod rpc_log;
+mod runtime_info;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use berth_proto::cri::{self, image_service_server::{ImageService, ImageServiceServer},
+    runtime_service_server::{RuntimeService, RuntimeServiceServer}};
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// kubelet's own limit for CRI messages; the default 4 MiB is too small for
+/// large ListContainers answers.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// What every RPC family shares: the effective config and the store.
+#[derive(Debug)]
+pub struct Agent {
+    /// The effective configuration.
+    pub config: Config,
+    /// The metadata store.
+    pub store: Store,
+}
+
+impl Agent {
+    /// Wraps the opened pieces.
+    pub fn new(config: Config, store: Store) -> Agent {
+        Agent { config, store }
+    }
+}
+
+/// The tonic service implementing both CRI services.
+#[derive(Clone)]
+pub struct CriService {
+    agent: Arc<Agent>,
+}
+
+/// The router type [`server`] builds.
+pub type CriRouter =
+    tonic::transport::server::Router<tower::layer::util::Stack<rpc_log::RpcLogLayer, tower::layer::util::Identity>>;
+
+/// A tonic router serving both CRI services with per-RPC logging.
+pub fn server(agent: Arc<Agent>) -> CriRouter {
+    let svc = CriService { agent };
+    tonic::transport::Server::builder()
+        .layer(rpc_log::RpcLogLayer)
+        .add_service(RuntimeServiceServer::new(svc.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(ImageServiceServer::new(svc)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The answer of an RPC whose issue has not landed.
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeService for CriService {
+    type GetContainerEventsStream = EventStream;
+
+    async fn version(&self, r: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
+        runtime_info::version(&self.agent, r).await
+    }
+
+    async fn run_pod_sandbox(&self, _r: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        Err(unimplemented("RunPodSandbox"))
+    }
+
+    async fn stop_pod_sandbox(&self, _r: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        Err(unimplemented("StopPodSandbox"))
+    }
+
+    async fn remove_pod_sandbox(&self, _r: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        Err(unimplemented("RemovePodSandbox"))
+    }
+
+    async fn pod_sandbox_status(&self, _r: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        Err(unimplemented("PodSandboxStatus"))
+    }
+
+    async fn list_pod_sandbox(&self, _r: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Err(unimplemented("ListPodSandbox"))
+    }
+
+    async fn create_container(&self, _r: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        Err(unimplemented("CreateContainer"))
+    }
+
+    async fn start_container(&self, _r: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
+        Err(unimplemented("StartContainer"))
+    }
+
+    async fn stop_container(&self, _r: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
+        Err(unimplemented("StopContainer"))
+    }
+
+    async fn remove_container(&self, _r: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        Err(unimplemented("RemoveContainer"))
+    }
+
+    async fn list_containers(&self, _r: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Err(unimplemented("ListContainers"))
+    }
+
+    async fn container_status(&self, _r: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        Err(unimplemented("ContainerStatus"))
+    }
+
+    async fn update_container_resources(&self, _r: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(&self, _r: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        Err(unimplemented("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(&self, _r: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Err(unimplemented("ExecSync"))
+    }
+
+    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        Err(unimplemented("Exec"))
+    }
+
+    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(&self, _r: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(&self, _r: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn list_container_stats(&self, _r: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Err(unimplemented("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(&self, _r: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(&self, _r: Request<cri::ListPodSandboxStatsRequest>) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(&self, r: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        runtime_info::update_runtime_config(&self.agent, r).await
+    }
+
+    async fn status(&self, r: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
+        runtime_info::status(&self.agent, r).await
+    }
+
+    async fn checkpoint_container(&self, _r: Request<cri::CheckpointContainerRequest>) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    async fn list_metric_descriptors(&self, _r: Request<cri::ListMetricDescriptorsRequest>) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(&self, _r: Request<cri::ListPodSandboxMetricsRequest>) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(&self, r: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        runtime_info::runtime_config(&self.agent, r).await
+    }
+
+    async fn get_container_events(&self, _r: Request<cri::GetEventsRequest>) -> Result<Response<EventStream>, Status> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for CriService {
+    async fn list_images(&self, _r: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
+        Err(unimplemented("ListImages"))
+    }
+
+    async fn image_status(&self, _r: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        Err(unimplemented("ImageStatus"))
+    }
+
+    async fn pull_image(&self, _r: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
+        Err(unimplemented("PullImage"))
+    }
+
+    async fn remove_image(&self, _r: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        Err(unimplemented("RemoveImage"))
+    }
+
+    async fn image_fs_info(&self, _r: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        Err(unimplemented("ImageFsInfo"))
+    }
+}

@@ -1,0 +1,195 @@
+//! berthd's life: take the lock, open the store, serve CRI on the socket, and
+//! shut down cleanly on SIGTERM/SIGINT.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::{self, Agent};
+use crate::store::Store;
+
+/// The lock file under `--state` that makes one berthd per state dir.
+pub const LOCK_FILE: &str = "berthd.lock";
+
+/// Runs berthd until SIGTERM/SIGINT. Errors before serving leave nothing behind.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("berthd")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut created = CreatedPaths::default();
+    let started = prepare(&config, &mut created);
+    let (store, lock, listener) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            created.remove_all();
+            return Err(e);
+        }
+    };
+    let agent = Arc::new(Agent::new(config.clone(), store));
+    tracing::info!(socket = %config.socket.display(), root = %config.root.display(),
+        state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = cri::server(agent.clone())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let result = tokio::select! {
+        r = &mut server => r.map_err(|e| anyhow!("CRI server failed: {e}")),
+        _ = sigterm.recv() => graceful(&mut server, "SIGTERM", config.shutdown_timeout_seconds, stop_tx).await,
+        _ = sigint.recv() => graceful(&mut server, "SIGINT", config.shutdown_timeout_seconds, stop_tx).await,
+    };
+
+    // The store closes when the last reference goes; in-flight RPCs are done.
+    drop(agent);
+    if let Err(e) = std::fs::remove_file(&config.socket) {
+        tracing::warn!(socket = %config.socket.display(), "removing the socket: {e}");
+    }
+    drop(lock);
+    tracing::info!("berthd stopped");
+    result
+}
+
+/// Stops accepting, lets in-flight RPCs finish within `timeout_s`, then returns.
+async fn graceful<F>(server: &mut std::pin::Pin<&mut F>, signal: &str, timeout_s: u64,
+    stop: tokio::sync::oneshot::Sender<()>) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    tracing::info!("{signal} received: finishing in-flight RPCs (up to {timeout_s}s)");
+    let _ = stop.send(());
+    match tokio::time::timeout(Duration::from_secs(timeout_s), server.as_mut()).await {
+        Ok(r) => r.map_err(|e| anyhow!("CRI server failed while stopping: {e}")),
+        Err(_) => {
+            tracing::warn!("in-flight RPCs did not finish within {timeout_s}s; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Creates the directories, takes the lock, opens the store and binds the socket.
+fn prepare(config: &Config, created: &mut CreatedPaths) -> anyhow::Result<(Store, Flock<File>, UnixListener)> {
+    // The lock comes first, so a second berthd is told exactly that.
+    created.dir(&config.state, 0o711).with_context(|| format!("state {}", config.state.display()))?;
+    let lock = take_lock(&config.state.join(LOCK_FILE), created)?;
+
+    created.dir(&config.root, 0o711).with_context(|| format!("root {}", config.root.display()))?;
+    let store_path = Store::path_in(&config.root);
+    if !store_path.exists() {
+        created.files.push(store_path.clone());
+    }
+    let store = Store::open(&config.root)?;
+
+    let socket_dir = config.socket.parent().unwrap_or(Path::new("/"));
+    created.dir(socket_dir, 0o711).with_context(|| format!("socket directory {}", socket_dir.display()))?;
+    clear_stale_socket(&config.socket)?;
+    let listener = UnixListener::bind(&config.socket)
+        .with_context(|| format!("binding socket {}", config.socket.display()))?;
+    created.files.push(config.socket.clone());
+    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", config.socket.display()))?;
+    Ok((store, lock, listener))
+}
+
+/// Takes an exclusive, non-blocking lock and writes our pid into the file.
+fn take_lock(path: &Path, created: &mut CreatedPaths) -> anyhow::Result<Flock<File>> {
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("lock file {}", path.display()))?;
+    if !existed {
+        created.files.push(path.to_path_buf());
+    }
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!("another berthd (pid {}) holds {}: refusing to start a second one on the same state",
+                pid.trim(), path.display());
+        }
+        Err((_, e)) => bail!("locking {}: {e}", path.display()),
+    };
+    lock.set_len(0).and_then(|_| lock.rewind()).and_then(|_| writeln!(lock, "{}", std::process::id()))
+        .with_context(|| format!("writing pid to {}", path.display()))?;
+    Ok(lock)
+}
+
+/// Removes a socket left by a dead process; refuses one that still answers.
+fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("socket {}: {e}", path.display()),
+    };
+    if !meta.file_type().is_socket() {
+        bail!("socket {} exists and is not a socket; not touching it", path.display());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("socket {} is in use by a live process; refusing to replace it", path.display());
+    }
+    tracing::info!(socket = %path.display(), "replacing stale socket");
+    std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))
+}
+
+/// What start-up created, so that a failed start removes exactly that.
+#[derive(Default)]
+struct CreatedPaths {
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+impl CreatedPaths {
+    /// `mkdir -p` with `mode` for each missing component, remembering which were made.
+    fn dir(&mut self, path: &Path, mode: u32) -> std::io::Result<()> {
+        let mut missing = Vec::new();
+        let mut p = Some(path);
+        while let Some(d) = p {
+            if d.exists() {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            p = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            std::fs::DirBuilder::new().mode(mode).create(&d)?;
+            self.dirs.push(d);
+        }
+        Ok(())
+    }
+
+    fn remove_all(&mut self) {
+        for f in self.files.drain(..).rev() {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in self.dirs.drain(..).rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}

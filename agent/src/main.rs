@@ -1,0 +1,111 @@
+//! berthd: the berth node agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use berth_agent::config::{Config, LogFormat, DEFAULT_CONFIG_PATH, DEFAULT_CONFIG_TOML};
+
+/// berth: a Kubernetes node agent serving the Container Runtime Interface (CRI v1)
+/// to kubelet and crictl, running pods and containers itself.
+#[derive(Parser, Debug)]
+#[command(name = "berthd", version, about, long_about = None)]
+struct Cli {
+    /// TOML config file. A missing default file is fine: every key has a built-in default.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Persistent data directory (metadata DB, content store, layers) [config: root; default /var/lib/berth].
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Runtime state directory (lock, pinned namespaces, monitor sockets) [config: state; default /run/berth].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// CRI gRPC unix socket [config: socket; default /run/berth/berth.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Log level or tracing filter, e.g. debug or "info,berth_agent=trace" [config: log.level; default info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log line format [config: log.format; default text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the complete default config, with a comment per key.
+    Default,
+    /// Print the effective config (file and flags applied) as TOML.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Config { what: ConfigCommand::Default }) = cli.command {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match effective_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Config { what: ConfigCommand::Show }) = cli.command {
+        match toml::to_string(&config) {
+            Ok(t) => print!("{t}"),
+            Err(e) => {
+                eprintln!("berthd: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    berth_agent::logging::init(&config.log);
+    match berth_agent::daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Defaults, then the file, then flags; validated once.
+fn effective_config(cli: &Cli) -> Result<Config, berth_agent::config::ConfigError> {
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let (mut config, origin) = Config::load(&path, explicit)?;
+    if let Some(v) = &cli.root {
+        config.root = v.clone();
+    }
+    if let Some(v) = &cli.state {
+        config.state = v.clone();
+    }
+    if let Some(v) = &cli.socket {
+        config.socket = v.clone();
+    }
+    if let Some(v) = &cli.log_level {
+        config.log.level = v.clone();
+    }
+    if let Some(v) = cli.log_format {
+        config.log.format = v;
+    }
+    config.validate(&origin)?;
+    Ok(config)
+}

@@ -1,0 +1,254 @@
+//! The metadata store: one embedded, crash-safe, transactional database (redb)
+//! under `--root` holding every fact about pods, containers, images and network
+//! leases that must outlive berthd.
+//!
+//! Tables are typed: each record type names its table, and values are encoded
+//! by [`Json`], which keeps records readable across versions that add fields
+//! (`#[serde(default)]`). Incompatible changes go through [`MIGRATIONS`].
+
+mod records;
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TypeName};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use records::*;
+
+/// The schema this berthd writes. Bump it together with a new [`MIGRATIONS`] entry.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// `MIGRATIONS[n]` upgrades a store from schema `n + 1` to `n + 2`.
+type Migration = fn(&redb::WriteTransaction) -> Result<(), StoreError>;
+const MIGRATIONS: &[Migration] = &[];
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+const SCHEMA_KEY: &str = "schema_version";
+
+/// Store failures. Each names what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("store {path}: {error}")]
+    Open { path: PathBuf, error: redb::DatabaseError },
+    /// The database was written by a newer berthd.
+    #[error("store {path}: schema version {found} is newer than this berthd understands ({SCHEMA_VERSION})")]
+    TooNew { path: PathBuf, found: u64 },
+    /// A transaction failed.
+    #[error("store: {0}")]
+    Db(String),
+    /// A record could not be decoded.
+    #[error("store: table {table}, key {key}: {reason}")]
+    Decode { table: &'static str, key: String, reason: String },
+}
+
+macro_rules! db_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+        }
+    )*};
+}
+db_error_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+/// A record type with its own table, keyed by a string id.
+pub trait Record: Serialize + DeserializeOwned + Clone + std::fmt::Debug + 'static {
+    /// The table's name in the database.
+    const TABLE: &'static str;
+
+    /// The typed table definition.
+    fn table() -> TableDefinition<'static, &'static str, Json<Self>> {
+        TableDefinition::new(Self::TABLE)
+    }
+}
+
+/// The open store.
+pub struct Store {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// The database file inside `root`.
+    pub fn path_in(root: &Path) -> PathBuf {
+        root.join("berth.redb")
+    }
+
+    /// Opens (or creates) the store in `root`, migrating an older schema.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let path = Self::path_in(root);
+        let db = redb::Database::create(&path).map_err(|error| StoreError::Open { path: path.clone(), error })?;
+        let store = Store { db, path };
+        store.prepare_schema()?;
+        Ok(store)
+    }
+
+    /// Creates every table, records the schema version on a new store and runs
+    /// the migrations an older one needs, all in one transaction.
+    fn prepare_schema(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get(SCHEMA_KEY)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+                }
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew { path: self.path.clone(), found: v });
+                }
+                Some(v) => {
+                    for (i, migrate) in MIGRATIONS.iter().enumerate().skip((v - 1) as usize) {
+                        tracing::info!(from = i + 1, to = i + 2, "migrating store schema");
+                        migrate(&tx)?;
+                    }
+                    meta.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+                }
+            }
+            tx.open_table(SETTINGS)?;
+            tx.open_table(PodRecord::table())?;
+            tx.open_table(ContainerRecord::table())?;
+            tx.open_table(ImageRecord::table())?;
+            tx.open_table(LeaseRecord::table())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get(SCHEMA_KEY)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Reads one record.
+    pub fn get<R: Record>(&self, id: &str) -> Result<Option<R>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(R::table())?;
+        let value = table.get(id)?;
+        value.map(|v| v.value().map_err(|reason| decode_error::<R>(id, reason))).transpose()
+    }
+
+    /// Reads every record of a table, ordered by id.
+    pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(R::table())?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push(v.value().map_err(|reason| decode_error::<R>(k.value(), reason))?);
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces one record, durably.
+    pub fn put<R: Record>(&self, id: &str, record: &R) -> Result<(), StoreError> {
+        self.write(|tx| tx.put(id, record))
+    }
+
+    /// Deletes one record; true when it existed.
+    pub fn delete<R: Record>(&self, id: &str) -> Result<bool, StoreError> {
+        self.write(|tx| tx.delete::<R>(id))
+    }
+
+    /// A setting (small string value), e.g. the pod CIDR.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SETTINGS)?;
+        Ok(table.get(key)?.map(|v| v.value().to_string()))
+    }
+
+    /// Sets a setting durably.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.inner.open_table(SETTINGS)?.insert(key, value)?;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one write transaction; it commits only when `f` returns Ok.
+    pub fn write<T>(&self, f: impl FnOnce(&WriteTx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let tx = WriteTx { inner: self.db.begin_write()? };
+        let out = f(&tx)?;
+        tx.inner.commit()?;
+        Ok(out)
+    }
+}
+
+/// An open write transaction; see [`Store::write`].
+pub struct WriteTx {
+    inner: redb::WriteTransaction,
+}
+
+impl WriteTx {
+    /// Reads one record inside the transaction.
+    pub fn get<R: Record>(&self, id: &str) -> Result<Option<R>, StoreError> {
+        let table = self.inner.open_table(R::table())?;
+        let value = table.get(id)?;
+        value.map(|v| v.value().map_err(|reason| decode_error::<R>(id, reason))).transpose()
+    }
+
+    /// Inserts or replaces one record.
+    pub fn put<R: Record>(&self, id: &str, record: &R) -> Result<(), StoreError> {
+        self.inner.open_table(R::table())?.insert(id, Ok::<R, String>(record.clone()))?;
+        Ok(())
+    }
+
+    /// Deletes one record; true when it existed.
+    pub fn delete<R: Record>(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.open_table(R::table())?.remove(id)?.is_some())
+    }
+}
+
+fn decode_error<R: Record>(key: &str, reason: String) -> StoreError {
+    StoreError::Decode { table: R::TABLE, key: key.to_string(), reason }
+}
+
+/// A redb value stored as JSON. Reading yields `Err` with the reason when the
+/// bytes do not decode, so one bad record is reported, not a panic.
+#[derive(Debug)]
+pub struct Json<T>(PhantomData<T>);
+
+impl<T: Serialize + DeserializeOwned + std::fmt::Debug + 'static> redb::Value for Json<T> {
+    type SelfType<'a> = Result<T, String> where Self: 'a;
+    type AsBytes<'a> = Vec<u8> where Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        None
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> Self::SelfType<'a>
+    where
+        Self: 'a,
+    {
+        serde_json::from_slice(data).map_err(|e| e.to_string())
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a Self::SelfType<'b>) -> Vec<u8>
+    where
+        Self: 'b,
+    {
+        match value {
+            // Serializing plain data structs with string keys cannot fail.
+            Ok(v) => serde_json::to_vec(v).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn type_name() -> TypeName {
+        TypeName::new(&format!("berth::Json<{}>", std::any::type_name::<T>()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what berth needs on Debian 12 (as root): the packages berthd uses at
+# run time and to build, plus, with --test, what the test suite needs. Installs
+# a Rust toolchain with rustup only when no cargo is on PATH.
+set -euo pipefail
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(ca-certificates curl gcc libc6-dev make pkg-config protobuf-compiler libseccomp-dev
+      nftables iproute2 kmod)
+if [ "$want_test" = 1 ]; then
+    # docker-registry: the OCI registry on 127.0.0.1; busybox-static: the
+    # images the fixtures build; qemu/kernel bits: the cgroup v2 VM runner.
+    pkgs+=(docker-registry busybox-static apache2-utils zstd
+           qemu-system-x86 cpio xz-utils e2fsprogs util-linux)
+fi
+apt-get update
+apt-get install -y --no-install-recommends "${pkgs[@]}"
+
+if [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+cargo --version
