@@ -28,6 +28,20 @@ socket = "/run/berth/berth.sock"
 # On SIGTERM/SIGINT, how long in-flight RPCs may take to finish, in seconds.
 shutdown_timeout_seconds = 10
 
+[registry]
+# Registries (host or host:port) reached over plain HTTP instead of HTTPS.
+# localhost, 127.0.0.0/8 and ::1 always are, as Docker does.
+insecure = []
+
+# Mirrors per registry host, tried in order before the registry itself; a
+# mirror that fails falls back to the next and finally to the registry.
+# Example: "docker.io" = ["mirror.example.internal:5000"]
+[registry.mirrors]
+
+[image]
+# Layers downloaded at once per node.
+max_concurrent_downloads = 3
+
 [log]
 # error, warn, info, debug or trace; or a tracing filter such as
 # "info,berth_agent=debug".
@@ -49,8 +63,36 @@ pub struct Config {
     pub socket: PathBuf,
     /// Bound on the graceful shutdown, in seconds.
     pub shutdown_timeout_seconds: u64,
+    /// Registry access: insecure hosts and mirrors.
+    pub registry: RegistryConfig,
+    /// Image pulling.
+    pub image: ImageConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[registry]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Hosts reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Mirror hosts per registry host, in order.
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The `[image]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Parallel layer downloads per node.
+    pub max_concurrent_downloads: usize,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig { max_concurrent_downloads: 3 }
+    }
 }
 
 /// The `[log]` table.
@@ -80,6 +122,8 @@ impl Default for Config {
             state: PathBuf::from("/run/berth"),
             socket: PathBuf::from("/run/berth/berth.sock"),
             shutdown_timeout_seconds: 10,
+            registry: RegistryConfig::default(),
+            image: ImageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -153,6 +197,16 @@ impl Config {
         }
         if self.socket.file_name().is_none() {
             return Err(invalid("socket", format!("{} names no file", self.socket.display())));
+        }
+        if self.image.max_concurrent_downloads == 0 || self.image.max_concurrent_downloads > 64 {
+            return Err(invalid("image.max_concurrent_downloads", format!("{} is not within 1..=64", self.image.max_concurrent_downloads)));
+        }
+        for (registry, mirrors) in &self.registry.mirrors {
+            for m in mirrors {
+                if m.contains('/') || m.is_empty() {
+                    return Err(invalid("registry.mirrors", format!("{registry}: mirror {m:?} must be a host or host:port")));
+                }
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(crate::logging::directives(&self.log.level)) {
             return Err(invalid("log.level", format!("{:?} is not a level or filter: {e}", self.log.level)));

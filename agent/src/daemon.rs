@@ -42,7 +42,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let agent = Arc::new(Agent::new(config.clone(), store));
+    let agent = match Agent::open(config.clone(), store) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            created.remove_all();
+            return Err(e.into());
+        }
+    };
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(),
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
 

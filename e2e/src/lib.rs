@@ -17,6 +17,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use berth_proto::cri;
 
+pub mod oci;
+pub mod registry;
+
 /// How long berthd may take to answer its first `Version`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long berthd may take to exit after SIGTERM.
@@ -277,4 +280,38 @@ pub fn run_berthd(args: &[&str]) -> (ExitStatus, String, String) {
     });
     let out = child.wait_with_output().expect("berthd output");
     (status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// An `ImageSpec` naming `image`.
+pub fn image_spec(image: &str) -> cri::ImageSpec {
+    cri::ImageSpec { image: image.to_string(), ..Default::default() }
+}
+
+impl Cri {
+    /// PullImage without credentials.
+    pub async fn pull(&mut self, image: &str) -> Result<String, tonic::Status> {
+        self.pull_with(image, None).await
+    }
+
+    /// PullImage with credentials.
+    pub async fn pull_with(&mut self, image: &str, auth: Option<cri::AuthConfig>) -> Result<String, tonic::Status> {
+        let req = cri::PullImageRequest { image: Some(image_spec(image)), auth, sandbox_config: None };
+        Ok(self.image.pull_image(req).await?.into_inner().image_ref)
+    }
+
+    /// ImageStatus (not verbose); None when berthd does not know the image.
+    pub async fn image_status(&mut self, image: &str) -> Result<Option<cri::Image>, tonic::Status> {
+        let req = cri::ImageStatusRequest { image: Some(image_spec(image)), verbose: false };
+        Ok(self.image.image_status(req).await?.into_inner().image)
+    }
+
+    /// ListImages without a filter.
+    pub async fn list_images(&mut self) -> Vec<cri::Image> {
+        self.image.list_images(cri::ListImagesRequest { filter: None }).await.expect("ListImages").into_inner().images
+    }
+
+    /// RemoveImage.
+    pub async fn remove_image(&mut self, image: &str) -> Result<(), tonic::Status> {
+        self.image.remove_image(cri::RemoveImageRequest { image: Some(image_spec(image)) }).await.map(drop)
+    }
 }

@@ -4,3 +4,5 @@
 //!
 //! The executor lands with the pods-and-containers issue; until then the agent
 //! answers the RPCs that need it with `Unimplemented`.
+
+pub mod fs;

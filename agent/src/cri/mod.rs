@@ -6,6 +6,7 @@
 //! An RPC that is not built yet answers `Unimplemented` naming itself: any
 //! other code would break kubelet's fallbacks.
 
+pub mod image;
 mod rpc_log;
 mod runtime_info;
 
@@ -17,25 +18,37 @@ use berth_proto::cri::{self, image_service_server::{ImageService, ImageServiceSe
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
+use crate::image::Images;
 use crate::store::Store;
 
 /// kubelet's own limit for CRI messages; the default 4 MiB is too small for
 /// large ListContainers answers.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// What every RPC family shares: the effective config and the store.
-#[derive(Debug)]
+/// What every RPC family shares: the effective config, the store and the services.
 pub struct Agent {
     /// The effective configuration.
     pub config: Config,
     /// The metadata store.
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// Images: pull, lookup, removal.
+    pub images: Images,
 }
 
 impl Agent {
-    /// Wraps the opened pieces.
-    pub fn new(config: Config, store: Store) -> Agent {
-        Agent { config, store }
+    /// Opens the services over the opened store.
+    pub fn open(config: Config, store: Store) -> Result<Agent, crate::image::ImageError> {
+        let store = Arc::new(store);
+        let images = Images::open(&config, store.clone())?;
+        let containers = config.root.join("containers");
+        std::fs::create_dir_all(&containers)
+            .map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", containers.display())))?;
+        Ok(Agent { config, store, images })
+    }
+
+    /// Where container writable layers live.
+    pub fn containers_dir(&self) -> std::path::PathBuf {
+        self.config.root.join("containers")
     }
 }
 
@@ -192,23 +205,23 @@ impl RuntimeService for CriService {
 
 #[tonic::async_trait]
 impl ImageService for CriService {
-    async fn list_images(&self, _r: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
-        Err(unimplemented("ListImages"))
+    async fn list_images(&self, r: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
+        image::list_images(&self.agent, r).await
     }
 
-    async fn image_status(&self, _r: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        Err(unimplemented("ImageStatus"))
+    async fn image_status(&self, r: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        image::image_status(&self.agent, r).await
     }
 
-    async fn pull_image(&self, _r: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
-        Err(unimplemented("PullImage"))
+    async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
+        image::pull_image(&self.agent, r).await
     }
 
-    async fn remove_image(&self, _r: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        Err(unimplemented("RemoveImage"))
+    async fn remove_image(&self, r: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        image::remove_image(&self.agent, r).await
     }
 
-    async fn image_fs_info(&self, _r: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        Err(unimplemented("ImageFsInfo"))
+    async fn image_fs_info(&self, r: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        image::image_fs_info(&self.agent, r).await
     }
 }

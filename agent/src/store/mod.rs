@@ -142,13 +142,7 @@ impl Store {
     /// Reads every record of a table, ordered by id.
     pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
         let tx = self.db.begin_read()?;
-        let table = tx.open_table(R::table())?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            out.push(v.value().map_err(|reason| decode_error::<R>(k.value(), reason))?);
-        }
-        Ok(out)
+        read_all(&tx.open_table(R::table())?)
     }
 
     /// Inserts or replaces one record, durably.
@@ -208,6 +202,20 @@ impl WriteTx {
     pub fn delete<R: Record>(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.inner.open_table(R::table())?.remove(id)?.is_some())
     }
+
+    /// Every record of a table, inside the transaction.
+    pub fn list<R: Record>(&self) -> Result<Vec<R>, StoreError> {
+        read_all(&self.inner.open_table(R::table())?)
+    }
+}
+
+fn read_all<R: Record>(table: &impl ReadableTable<&'static str, Json<R>>) -> Result<Vec<R>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        out.push(v.value().map_err(|reason| decode_error::<R>(k.value(), reason))?);
+    }
+    Ok(out)
 }
 
 fn decode_error<R: Record>(key: &str, reason: String) -> StoreError {

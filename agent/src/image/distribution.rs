@@ -1,0 +1,266 @@
+//! Talking to registries (OCI distribution API v2) through `oci-client`:
+//! endpoint choice (mirrors, then the registry), HTTP for insecure hosts,
+//! credentials from the CRI `AuthConfig`, manifests and blob streams.
+
+use std::net::IpAddr;
+
+use base64::Engine as _;
+use oci_client::client::{ClientConfig, ClientProtocol, SizedStream};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::config::RegistryConfig;
+
+/// Manifest media types berth understands, in the Accept header.
+pub const ACCEPTED_MANIFESTS: &[&str] = &[
+    MEDIA_OCI_INDEX,
+    MEDIA_DOCKER_LIST,
+    MEDIA_OCI_MANIFEST,
+    MEDIA_DOCKER_MANIFEST,
+];
+/// OCI image index.
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker manifest list.
+pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image manifest.
+pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker schema 2 manifest.
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// Why talking to a registry failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The request's credentials are unusable.
+    #[error("auth: {0}")]
+    BadAuth(String),
+    /// Every endpoint failed; the reasons, in order.
+    #[error("{0}")]
+    AllEndpointsFailed(String),
+    /// A single request failed.
+    #[error("{endpoint}: {reason}")]
+    Request { endpoint: String, reason: String },
+}
+
+/// Credentials for one pull. Debug never shows secrets.
+#[derive(Clone, Default)]
+pub struct Credentials(Option<RegistryAuth>);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match &self.0 {
+            None | Some(RegistryAuth::Anonymous) => "anonymous",
+            Some(RegistryAuth::Basic(..)) => "basic(<redacted>)",
+            Some(RegistryAuth::Bearer(..)) => "bearer(<redacted>)",
+        })
+    }
+}
+
+impl Credentials {
+    /// From the CRI `AuthConfig` fields. `registry_token` is a bearer token
+    /// for the registry; `auth` is base64 `user:password`.
+    pub fn from_cri(username: &str, password: &str, auth: &str, identity_token: &str, registry_token: &str)
+        -> Result<Credentials, RegistryError> {
+        if !registry_token.is_empty() {
+            return Ok(Credentials(Some(RegistryAuth::Bearer(registry_token.to_string()))));
+        }
+        if !identity_token.is_empty() {
+            // An identity token is an OAuth2 refresh token; registries that issue
+            // them accept it as the password of the "<token>" user at their token
+            // endpoint, which is what basic credentials become in the challenge.
+            return Ok(Credentials(Some(RegistryAuth::Basic("<token>".into(), identity_token.to_string()))));
+        }
+        if !auth.is_empty() {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|_| RegistryError::BadAuth("auth.auth is not base64".into()))?;
+            let text = String::from_utf8(decoded).map_err(|_| RegistryError::BadAuth("auth.auth is not UTF-8".into()))?;
+            let (u, p) = text.split_once(':').ok_or_else(|| RegistryError::BadAuth("auth.auth is not user:password".into()))?;
+            return Ok(Credentials(Some(RegistryAuth::Basic(u.into(), p.into()))));
+        }
+        if !username.is_empty() {
+            return Ok(Credentials(Some(RegistryAuth::Basic(username.into(), password.into()))));
+        }
+        Ok(Credentials(None))
+    }
+
+    fn auth(&self) -> RegistryAuth {
+        self.0.clone().unwrap_or(RegistryAuth::Anonymous)
+    }
+}
+
+/// Decides endpoints and protocols from the `[registry]` config.
+#[derive(Debug, Clone)]
+pub struct Registries {
+    config: RegistryConfig,
+}
+
+impl Registries {
+    /// From config.
+    pub fn new(config: RegistryConfig) -> Registries {
+        Registries { config }
+    }
+
+    /// The hosts to try for `registry`: its mirrors in order, then itself.
+    pub fn endpoints(&self, registry: &str) -> Vec<String> {
+        let mut out = self.config.mirrors.get(registry).cloned().unwrap_or_default();
+        out.push(registry.to_string());
+        out
+    }
+
+    /// Plain HTTP for configured hosts and, as Docker does, loopback.
+    pub fn is_insecure(&self, host: &str) -> bool {
+        if self.config.insecure.iter().any(|h| h == host) {
+            return true;
+        }
+        let name = host_without_port(host);
+        name == "localhost" || name.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    }
+
+    /// Connects to the first endpoint that serves `reference`'s manifest.
+    /// Returns the remote and the top-level manifest (bytes, media type).
+    pub async fn connect(&self, reference: &Reference, creds: &Credentials) -> Result<(Remote, Vec<u8>, String), RegistryError> {
+        let mut failures = Vec::new();
+        for endpoint in self.endpoints(reference.registry()) {
+            let mut r = reference.clone();
+            if endpoint != reference.registry() {
+                r.set_mirror_registry(endpoint.clone());
+            }
+            let protocol = if self.is_insecure(&endpoint) { ClientProtocol::Http } else { ClientProtocol::Https };
+            // One client per pull: oci-client caches credentials per registry for
+            // the client's lifetime, and each pull brings its own.
+            let client = Client::new(ClientConfig {
+                protocol,
+                platform_resolver: None,
+                connect_timeout: Some(std::time::Duration::from_secs(10)),
+                read_timeout: Some(std::time::Duration::from_secs(60)),
+                user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            });
+            let remote = Remote { client, reference: r, auth: creds.auth(), endpoint: endpoint.clone() };
+            match remote.manifest(&reference_target(reference)).await {
+                Ok((bytes, media_type)) => return Ok((remote, bytes, media_type)),
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint, image = %reference, "registry endpoint failed: {e}");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(RegistryError::AllEndpointsFailed(failures.join("; ")))
+    }
+}
+
+/// What a reference asks for: its digest if it has one, else its tag.
+fn reference_target(r: &Reference) -> String {
+    r.digest().or(r.tag()).unwrap_or("latest").to_string()
+}
+
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// One registry endpoint serving one repository.
+pub struct Remote {
+    client: Client,
+    reference: Reference,
+    auth: RegistryAuth,
+    /// The host answering (a mirror or the registry).
+    pub endpoint: String,
+}
+
+impl Remote {
+    /// Fetches a manifest by tag or digest: (bytes, media type).
+    pub async fn manifest(&self, target: &str) -> Result<(Vec<u8>, String), RegistryError> {
+        let r = self.at(target);
+        let (bytes, _digest) = self
+            .client
+            .pull_manifest_raw(&r, &self.auth, ACCEPTED_MANIFESTS)
+            .await
+            .map_err(|e| self.error(e))?;
+        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        Ok((bytes.to_vec(), media_type))
+    }
+
+    /// Streams a blob.
+    pub async fn blob(&self, digest: &str) -> Result<SizedStream, RegistryError> {
+        self.client.pull_blob_stream(&self.reference, &digest).await.map_err(|e| self.error(e))
+    }
+
+    fn at(&self, target: &str) -> Reference {
+        let mut r = if target.contains(':') {
+            Reference::with_digest(self.reference.registry().into(), self.reference.repository().into(), target.into())
+        } else {
+            Reference::with_tag(self.reference.registry().into(), self.reference.repository().into(), target.into())
+        };
+        if self.endpoint != self.reference.registry() {
+            r.set_mirror_registry(self.endpoint.clone());
+        }
+        r
+    }
+
+    fn error(&self, e: oci_client::errors::OciDistributionError) -> RegistryError {
+        RegistryError::Request { endpoint: self.endpoint.clone(), reason: flatten_error(&e) }
+    }
+}
+
+/// The error with its sources on one line.
+pub fn flatten_error(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_configured_hosts_are_insecure() {
+        let mut config = RegistryConfig::default();
+        config.insecure.push("registry.lan:5000".into());
+        let r = Registries::new(config);
+        assert!(r.is_insecure("localhost:5000"));
+        assert!(r.is_insecure("127.0.0.1:41234"));
+        assert!(r.is_insecure("127.9.9.9"));
+        assert!(r.is_insecure("[::1]:5000"));
+        assert!(r.is_insecure("registry.lan:5000"));
+        assert!(!r.is_insecure("registry.lan"));
+        assert!(!r.is_insecure("docker.io"));
+    }
+
+    #[test]
+    fn mirrors_come_first_then_the_registry() {
+        let mut config = RegistryConfig::default();
+        config.mirrors.insert("docker.io".into(), vec!["m1:5000".into(), "m2".into()]);
+        let r = Registries::new(config);
+        assert_eq!(r.endpoints("docker.io"), vec!["m1:5000", "m2", "docker.io"]);
+        assert_eq!(r.endpoints("quay.io"), vec!["quay.io"]);
+    }
+
+    #[test]
+    fn credentials_from_cri_and_never_shown() {
+        let c = Credentials::from_cri("", "", "dXNlcjpwYXNz", "", "").unwrap();
+        assert!(matches!(c.auth(), RegistryAuth::Basic(u, p) if u == "user" && p == "pass"));
+        assert_eq!(format!("{c:?}"), "basic(<redacted>)");
+        let c = Credentials::from_cri("u", "p", "", "", "tok").unwrap();
+        assert!(matches!(c.auth(), RegistryAuth::Bearer(t) if t == "tok"));
+        assert!(Credentials::from_cri("", "", "%%%", "", "").is_err());
+        assert!(matches!(Credentials::from_cri("", "", "", "", "").unwrap().auth(), RegistryAuth::Anonymous));
+    }
+}

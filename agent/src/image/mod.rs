@@ -1,0 +1,561 @@
+//! Images: pull from registries into the content store, unpack layers into
+//! snapshot directories (overlayfs lowerdirs keyed by chain ID), keep image
+//! records in the store, look images up, remove them and collect garbage.
+
+pub mod content;
+pub mod distribution;
+pub mod manifest;
+pub mod unpack;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use futures::StreamExt;
+use oci_client::Reference;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::store::{ContainerRecord, ImageRecord, LayerRecord, Store, StoreError};
+use content::{sha256_digest, ContentError, ContentStore};
+use distribution::{Credentials, Registries, RegistryError, Remote};
+use manifest::{ImageConfigFile, Manifest};
+
+/// Image failures; the CRI layer maps them to gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Not a valid image reference.
+    #[error("image reference {reference:?} is invalid: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    /// An id prefix that matches several images.
+    #[error("image {0:?} is ambiguous: it prefixes several image ids")]
+    Ambiguous(String),
+    /// The registry could not deliver.
+    #[error("pulling {image}: {source}")]
+    Registry { image: String, source: RegistryError },
+    /// The image's documents are unusable.
+    #[error("pulling {image}: {reason}")]
+    BadImage { image: String, reason: String },
+    /// A blob failed verification or storage.
+    #[error("pulling {image}: {source}")]
+    Content { image: String, source: ContentError },
+    /// A layer could not be unpacked.
+    #[error("pulling {image}: layer {digest}: {source}")]
+    Unpack { image: String, digest: String, source: unpack::UnpackError },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Local filesystem trouble outside the content store.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Parses and normalises a reference the way Docker does
+/// (`busybox` → `docker.io/library/busybox:latest`).
+pub fn parse_reference(s: &str) -> Result<Reference, ImageError> {
+    let invalid = |reason: String| ImageError::InvalidReference { reference: s.into(), reason };
+    let r = s.parse::<Reference>().map_err(|e| invalid(e.to_string()))?;
+    // The grammar lets an uppercase first component through as a "domain"
+    // that then lands in the repository; Docker refuses those.
+    if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(invalid("repository name must be lowercase".into()));
+    }
+    Ok(r)
+}
+
+/// `registry/repository:tag`, when the reference names a tag and no digest.
+pub fn tag_ref(r: &Reference) -> Option<String> {
+    match (r.tag(), r.digest()) {
+        (Some(tag), None) => Some(format!("{}/{}:{}", r.registry(), r.repository(), tag)),
+        _ => None,
+    }
+}
+
+/// `registry/repository@digest`.
+pub fn digest_ref(r: &Reference, digest: &str) -> String {
+    format!("{}/{}@{}", r.registry(), r.repository(), digest)
+}
+
+/// Disk use of one filesystem subtree.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// The directory measured.
+    pub path: PathBuf,
+    /// Bytes allocated.
+    pub bytes: u64,
+    /// Distinct inodes.
+    pub inodes: u64,
+}
+
+/// The image service.
+pub struct Images {
+    store: Arc<Store>,
+    content: ContentStore,
+    snapshots: PathBuf,
+    registries: Registries,
+    downloads: Arc<Semaphore>,
+    locks: KeyedLocks,
+    /// Pulls hold it shared, removal and GC exclusively: GC never deletes a
+    /// blob or snapshot a pull in flight has fetched but not yet recorded.
+    gc: tokio::sync::RwLock<()>,
+}
+
+impl Images {
+    /// Opens the content store and snapshot directory under `config.root`,
+    /// removing leftovers of interrupted downloads and unpacks.
+    pub fn open(config: &Config, store: Arc<Store>) -> Result<Images, ImageError> {
+        let content = ContentStore::open(&config.root.join("content"))
+            .map_err(|source| ImageError::Content { image: String::new(), source })?;
+        let snapshots = config.root.join("snapshots");
+        std::fs::create_dir_all(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))?;
+        for entry in std::fs::read_dir(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))? {
+            let Ok(entry) = entry else { continue };
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                tracing::info!(path = %entry.path().display(), "removing interrupted unpack");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(Images {
+            store,
+            content,
+            snapshots,
+            registries: Registries::new(config.registry.clone()),
+            downloads: Arc::new(Semaphore::new(config.image.max_concurrent_downloads)),
+            locks: KeyedLocks::default(),
+            gc: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    /// The unpacked directory of a snapshot (an overlayfs lowerdir).
+    pub fn snapshot_dir(&self, chain_id: &str) -> Result<PathBuf, ImageError> {
+        let hex = content::digest_hex(chain_id).map_err(|source| ImageError::Content { image: String::new(), source })?;
+        Ok(self.snapshots.join(hex))
+    }
+
+    /// The rootfs lowerdirs of an image, top layer first as overlayfs wants them.
+    pub fn lower_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, ImageError> {
+        image.layers.iter().rev().map(|l| self.snapshot_dir(&l.chain_id)).collect()
+    }
+
+    /// Pulls `reference` with `creds`, returning the image record.
+    #[tracing::instrument(skip(self, creds), fields(image = %reference))]
+    pub async fn pull(&self, reference: &str, creds: &Credentials) -> Result<ImageRecord, ImageError> {
+        let r = parse_reference(reference)?;
+        let image = r.whole();
+        let registry_err = |source| ImageError::Registry { image: image.clone(), source };
+        let content_err = |source| ImageError::Content { image: image.clone(), source };
+        let bad = |reason: String| ImageError::BadImage { image: image.clone(), reason };
+        let _shared = self.gc.read().await;
+
+        let (remote, top_bytes, _) = self.registries.connect(&r, creds).await.map_err(registry_err)?;
+        let top_digest = sha256_digest(&top_bytes);
+        if let Some(want) = r.digest() {
+            if want != top_digest {
+                return Err(bad(format!("{} served a manifest hashing to {top_digest}", remote.endpoint)));
+            }
+        }
+        self.content.put_bytes(&top_digest, &top_bytes).map_err(content_err)?;
+        let top: Manifest = serde_json::from_slice(&top_bytes).map_err(|e| bad(format!("manifest {top_digest}: {e}")))?;
+
+        let mut index_digests = Vec::new();
+        let (manifest, manifest_digest, manifest_len) = if top.is_index() {
+            let want = manifest::host_platform();
+            let entry = manifest::choose_platform(&top.manifests, &want).ok_or_else(|| {
+                let offered: Vec<String> = top.manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.to_string())).collect();
+                bad(format!("no manifest for {want} in the index (it offers: {})", offered.join(", ")))
+            })?;
+            let (bytes, _) = remote.manifest(&entry.digest).await.map_err(registry_err)?;
+            let digest = sha256_digest(&bytes);
+            if digest != entry.digest {
+                return Err(bad(format!("manifest {} hashes to {digest}", entry.digest)));
+            }
+            self.content.put_bytes(&digest, &bytes).map_err(content_err)?;
+            index_digests.push(top_digest.clone());
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest {digest}: {e}")))?;
+            if m.is_index() {
+                return Err(bad(format!("manifest {digest} is a nested index")));
+            }
+            (m, digest, bytes.len() as u64)
+        } else {
+            (top, top_digest.clone(), top_bytes.len() as u64)
+        };
+
+        let config_desc = manifest.config.clone().ok_or_else(|| bad(format!("manifest {manifest_digest} has no config")))?;
+        self.fetch_blob(&remote, &config_desc.digest, config_desc.size).await.map_err(content_err)?;
+        let config_bytes = self.content.read(&config_desc.digest).map_err(content_err)?;
+        let config: ImageConfigFile =
+            serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config {}: {e}", config_desc.digest)))?;
+        let diff_ids = config.rootfs.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(bad(format!("{} layers but {} diff_ids in the config", manifest.layers.len(), diff_ids.len())));
+        }
+        let chains = manifest::chain_ids(&diff_ids);
+        let layers: Vec<LayerRecord> = manifest
+            .layers
+            .iter()
+            .zip(diff_ids.iter().zip(chains.iter()))
+            .map(|(l, (diff_id, chain_id))| LayerRecord {
+                digest: l.digest.clone(),
+                size: l.size,
+                diff_id: diff_id.clone(),
+                chain_id: chain_id.clone(),
+            })
+            .collect();
+
+        // Layers are independent directories, so each one is fetched and
+        // unpacked on its own as soon as it arrives.
+        let jobs = layers.iter().map(|l| self.fetch_and_unpack(&remote, &image, l));
+        futures::future::try_join_all(jobs).await?;
+
+        // containerd's image size: manifest, config and compressed layers.
+        let size = manifest_len + config_desc.size + layers.iter().map(|l| l.size).sum::<u64>();
+        let record = ImageRecord {
+            id: config_desc.digest.clone(),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            manifest_digest,
+            index_digests,
+            layers,
+            size,
+            pulled_at_ns: now_ns(),
+            config: config.config.unwrap_or_default().run_config(),
+        };
+        let record = self.record_pull(&r, &top_digest, record)?;
+        tracing::info!(id = %record.id, endpoint = %remote.endpoint, "image pulled");
+        Ok(record)
+    }
+
+    /// Downloads one blob into the content store unless it is there. One
+    /// download per digest at a time: a concurrent pull waits and reuses it.
+    async fn fetch_blob(&self, remote: &Remote, digest: &str, size: u64) -> Result<(), ContentError> {
+        let lock = self.locks.get(digest);
+        let _held = lock.lock().await;
+        if self.content.contains(digest) {
+            return Ok(());
+        }
+        let _permit = self.downloads.acquire().await.map_err(|e| ContentError::Source { digest: digest.into(), reason: e.to_string() })?;
+        let source = |reason: String| ContentError::Source { digest: digest.into(), reason };
+        let mut stream = remote.blob(digest).await.map_err(|e| source(e.to_string()))?;
+        let mut writer = self.content.writer(digest, Some(size))?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| source(distribution::flatten_error(&e)))?;
+            writer.write(&chunk)?;
+        }
+        tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .map_err(|e| source(format!("commit task: {e}")))??;
+        Ok(())
+    }
+
+    async fn fetch_and_unpack(&self, remote: &Remote, image: &str, layer: &LayerRecord) -> Result<(), ImageError> {
+        let content_err = |source| ImageError::Content { image: image.to_string(), source };
+        let dest = self.snapshot_dir(&layer.chain_id)?;
+        if dest.exists() {
+            return Ok(());
+        }
+        self.fetch_blob(remote, &layer.digest, layer.size).await.map_err(content_err)?;
+        let lock = self.locks.get(&layer.chain_id);
+        let _held = lock.lock().await;
+        if dest.exists() {
+            return Ok(());
+        }
+        let blob = self.content.path(&layer.digest).map_err(content_err)?;
+        let diff_id = layer.diff_id.clone();
+        let tmp = self.snapshots.join(format!(".tmp-{}", dest.file_name().unwrap_or_default().to_string_lossy()));
+        let dest2 = dest.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), UnpackFailure> {
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir(&tmp).map_err(|e| UnpackFailure::Io(format!("{}: {e}", tmp.display())))?;
+            let r = unpack::unpack_layer(&blob, &tmp, &diff_id)
+                .map_err(UnpackFailure::Unpack)
+                .and_then(|_| std::fs::rename(&tmp, &dest2).map_err(|e| UnpackFailure::Io(format!("{}: {e}", dest2.display()))));
+            if r.is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            r
+        })
+        .await
+        .map_err(|e| ImageError::Io(format!("unpack task: {e}")))?;
+        match result {
+            Ok(()) => Ok(()),
+            Err(UnpackFailure::Unpack(source)) => {
+                Err(ImageError::Unpack { image: image.to_string(), digest: layer.digest.clone(), source })
+            }
+            Err(UnpackFailure::Io(m)) => Err(ImageError::Io(m)),
+        }
+    }
+
+    /// Writes the record, moving the tag from any image that had it.
+    fn record_pull(&self, r: &Reference, top_digest: &str, mut record: ImageRecord) -> Result<ImageRecord, ImageError> {
+        let tag = tag_ref(r);
+        let digested = digest_ref(r, top_digest);
+        Ok(self.store.write(|tx| {
+            if let Some(tag) = &tag {
+                for mut other in tx.list::<ImageRecord>()? {
+                    if other.id != record.id && other.repo_tags.contains(tag) {
+                        other.repo_tags.retain(|t| t != tag);
+                        tx.put(&other.id.clone(), &other)?;
+                    }
+                }
+            }
+            if let Some(old) = tx.get::<ImageRecord>(&record.id)? {
+                record.repo_tags = old.repo_tags;
+                record.repo_digests = old.repo_digests;
+                for d in old.index_digests {
+                    if !record.index_digests.contains(&d) {
+                        record.index_digests.push(d);
+                    }
+                }
+                record.pulled_at_ns = old.pulled_at_ns;
+            }
+            if let Some(tag) = tag.clone() {
+                if !record.repo_tags.contains(&tag) {
+                    record.repo_tags.push(tag);
+                }
+            }
+            if !record.repo_digests.contains(&digested) {
+                record.repo_digests.push(digested.clone());
+            }
+            tx.put(&record.id.clone(), &record)?;
+            Ok(record)
+        })?)
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        Ok(self.store.list::<ImageRecord>()?)
+    }
+
+    /// Finds an image by id (`sha256:…`, bare hex, or a unique hex prefix),
+    /// tag or digest reference.
+    pub fn resolve(&self, image: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let images = self.list()?;
+        Ok(resolve_in(&images, image)?.cloned())
+    }
+
+    /// Removes an image by id, tag or digest. Removing one of several tags
+    /// only untags; otherwise the image goes, and with it every blob and
+    /// snapshot nothing else uses. An unknown image is not an error.
+    pub async fn remove(&self, image: &str) -> Result<(), ImageError> {
+        let _exclusive = self.gc.write().await;
+        let Some(record) = self.resolve(image)? else { return Ok(()) };
+        let tag = parse_reference(image).ok().as_ref().and_then(tag_ref).filter(|t| record.repo_tags.contains(t));
+        let removed = self.store.write(|tx| match &tag {
+            Some(t) if record.repo_tags.len() > 1 => {
+                let mut r = record.clone();
+                r.repo_tags.retain(|x| x != t);
+                tx.put(&r.id.clone(), &r)?;
+                Ok(false)
+            }
+            _ => tx.delete::<ImageRecord>(&record.id),
+        })?;
+        if removed {
+            tracing::info!(id = %record.id, "image removed");
+            let store = self.store.clone();
+            let content = self.content.clone();
+            let snapshots = self.snapshots.clone();
+            tokio::task::spawn_blocking(move || collect_garbage(&store, &content, &snapshots))
+                .await
+                .map_err(|e| ImageError::Io(format!("gc task: {e}")))??;
+        } else {
+            tracing::info!(id = %record.id, tag = ?tag, "image untagged");
+        }
+        Ok(())
+    }
+
+    /// Disk use of the image filesystem (snapshots and content) and of the
+    /// container writable layers under `containers`.
+    pub async fn fs_usage(&self, containers: PathBuf) -> Result<(Usage, Usage), ImageError> {
+        let snapshots = self.snapshots.clone();
+        let content = self.snapshots.with_file_name("content");
+        tokio::task::spawn_blocking(move || {
+            let mut seen = HashSet::new();
+            let mut images = Usage { path: snapshots.clone(), ..Default::default() };
+            du(&snapshots, &mut seen, &mut images);
+            du(&content, &mut seen, &mut images);
+            let mut cont = Usage { path: containers.clone(), ..Default::default() };
+            du(&containers, &mut HashSet::new(), &mut cont);
+            (images, cont)
+        })
+        .await
+        .map_err(|e| ImageError::Io(format!("du task: {e}")))
+    }
+
+    /// The image config blob (for verbose status).
+    pub fn config_json(&self, record: &ImageRecord) -> Result<serde_json::Value, ImageError> {
+        let bytes = self.content.read(&record.id).map_err(|source| ImageError::Content { image: record.id.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::Io(format!("config {}: {e}", record.id)))
+    }
+}
+
+enum UnpackFailure {
+    Unpack(unpack::UnpackError),
+    Io(String),
+}
+
+/// Lookup over a list of records; see [`Images::resolve`].
+pub fn resolve_in<'a>(images: &'a [ImageRecord], image: &str) -> Result<Option<&'a ImageRecord>, ImageError> {
+    if image.is_empty() {
+        return Err(ImageError::InvalidReference { reference: String::new(), reason: "empty".into() });
+    }
+    let is_hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let full_id = match image.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && is_hex(hex) => Some(image.to_string()),
+        None if image.len() == 64 && is_hex(image) => Some(format!("sha256:{image}")),
+        _ => None,
+    };
+    if let Some(id) = full_id {
+        return Ok(images.iter().find(|i| i.id == id));
+    }
+    if let Ok(r) = parse_reference(image) {
+        let found = match (r.digest(), tag_ref(&r)) {
+            (Some(d), _) => {
+                let want = digest_ref(&r, d);
+                images.iter().find(|i| i.repo_digests.contains(&want))
+            }
+            (None, Some(tag)) => images.iter().find(|i| i.repo_tags.contains(&tag)),
+            _ => None,
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    let prefix = image.strip_prefix("sha256:").unwrap_or(image);
+    if is_hex(prefix) {
+        let mut matches = images.iter().filter(|i| i.id.strip_prefix("sha256:").unwrap_or(&i.id).starts_with(prefix));
+        let first = matches.next();
+        if matches.next().is_some() {
+            return Err(ImageError::Ambiguous(image.to_string()));
+        }
+        return Ok(first);
+    }
+    parse_reference(image)?;
+    Ok(None)
+}
+
+/// Deletes blobs and snapshots that no image and no container references.
+pub fn collect_garbage(store: &Store, content: &ContentStore, snapshots: &Path) -> Result<(), ImageError> {
+    let images = store.list::<ImageRecord>()?;
+    let containers = store.list::<ContainerRecord>()?;
+    let mut blobs: HashSet<String> = HashSet::new();
+    let mut chains: HashSet<String> = HashSet::new();
+    for i in &images {
+        blobs.insert(i.id.clone());
+        blobs.insert(i.manifest_digest.clone());
+        blobs.extend(i.index_digests.iter().cloned());
+        for l in &i.layers {
+            blobs.insert(l.digest.clone());
+            chains.insert(l.chain_id.clone());
+        }
+    }
+    for c in &containers {
+        chains.extend(c.snapshot_chain.iter().cloned());
+    }
+    let content_err = |source| ImageError::Content { image: String::new(), source };
+    let mut removed = (0, 0);
+    for digest in content.list().map_err(content_err)? {
+        if !blobs.contains(&digest) {
+            content.remove(&digest).map_err(content_err)?;
+            removed.0 += 1;
+        }
+    }
+    for entry in std::fs::read_dir(snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || chains.contains(&format!("sha256:{name}")) {
+            continue;
+        }
+        std::fs::remove_dir_all(entry.path()).map_err(|e| ImageError::Io(format!("{}: {e}", entry.path().display())))?;
+        removed.1 += 1;
+    }
+    tracing::info!(blobs = removed.0, snapshots = removed.1, "image garbage collected");
+    Ok(())
+}
+
+/// Adds the allocated bytes and distinct inodes below `path`.
+fn du(path: &Path, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    if seen.insert((meta.dev(), meta.ino())) {
+        usage.bytes += meta.blocks() * 512;
+        usage.inodes += 1;
+    }
+    if meta.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(path) {
+            for e in rd.flatten() {
+                du(&e.path(), seen, usage);
+            }
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Async mutexes by key, dropped when nobody holds them.
+#[derive(Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = map.get(key).and_then(Weak::upgrade) {
+            return l;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(key.to_string(), Arc::downgrade(&l));
+        l
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(id: &str, tags: &[&str], digests: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: id.into(),
+            repo_tags: tags.iter().map(|s| s.to_string()).collect(),
+            repo_digests: digests.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn references_normalise_like_docker() {
+        let r = parse_reference("busybox").unwrap();
+        assert_eq!(tag_ref(&r).unwrap(), "docker.io/library/busybox:latest");
+        let r = parse_reference("localhost:5000/a/b:1.0").unwrap();
+        assert_eq!(tag_ref(&r).unwrap(), "localhost:5000/a/b:1.0");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse_reference(&format!("quay.io/x/y:t@{d}")).unwrap();
+        assert_eq!(tag_ref(&r), None);
+        assert_eq!(digest_ref(&r, &d), format!("quay.io/x/y@{d}"));
+        assert!(parse_reference("UPPER/case").is_err());
+        assert!(parse_reference("a b").is_err());
+    }
+
+    #[test]
+    fn lookup_by_id_tag_digest_and_prefix() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:ab{}", "b".repeat(62));
+        let d = format!("sha256:{}", "d".repeat(64));
+        let images = vec![
+            img(&a, &["docker.io/library/busybox:latest"], &[&format!("docker.io/library/busybox@{d}")]),
+            img(&b, &["localhost:5000/x:1"], &[]),
+        ];
+        assert_eq!(resolve_in(&images, &a).unwrap().unwrap().id, a);
+        assert_eq!(resolve_in(&images, &"a".repeat(64)).unwrap().unwrap().id, a);
+        assert_eq!(resolve_in(&images, "busybox").unwrap().unwrap().id, a);
+        assert_eq!(resolve_in(&images, &format!("busybox@{d}")).unwrap().unwrap().id, a);
+        assert_eq!(resolve_in(&images, "localhost:5000/x:1").unwrap().unwrap().id, b);
+        assert_eq!(resolve_in(&images, "abb").unwrap().unwrap().id, b);
+        assert!(matches!(resolve_in(&images, "a"), Err(ImageError::Ambiguous(_))));
+        assert!(resolve_in(&images, "nginx").unwrap().is_none());
+        assert!(resolve_in(&images, "Bad Ref").is_err());
+    }
+}

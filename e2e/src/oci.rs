@@ -1,0 +1,330 @@
+//! Test images built from scratch: layers as tar streams (from Debian's
+//! `busybox-static` and hand-made entries, hostile ones included), gzip or
+//! zstd compression, configs, manifests and indexes.
+
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+
+/// Where Debian's busybox-static installs the binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The applets the test images link to busybox.
+pub const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "ls", "sleep", "id", "true", "false", "env", "hostname", "ps", "grep", "wc", "head",
+    "mkdir", "rm", "touch", "stat", "test", "nc", "httpd", "ip", "ipcs", "ipcrm", "mount", "umount", "stty",
+    "dd", "seq", "kill", "sync", "pwd", "readlink", "unshare", "tail", "timeout", "wget", "printf", "uname",
+];
+
+/// `sha256:<hex>`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A blob ready to push.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Their digest.
+    pub digest: String,
+    /// The descriptor media type.
+    pub media_type: String,
+}
+
+impl Blob {
+    /// Wraps bytes.
+    pub fn new(bytes: Vec<u8>, media_type: &str) -> Blob {
+        Blob { digest: digest_of(&bytes), bytes, media_type: media_type.into() }
+    }
+
+    fn descriptor(&self) -> serde_json::Value {
+        serde_json::json!({ "mediaType": self.media_type, "digest": self.digest, "size": self.bytes.len() })
+    }
+}
+
+/// Layer compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+/// A layer under construction: a tar stream.
+pub struct LayerBuilder {
+    tar: tar::Builder<Vec<u8>>,
+}
+
+impl Default for LayerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A fixed mtime for reproducible layers.
+pub const MTIME: u64 = 1_700_000_000;
+
+impl LayerBuilder {
+    /// An empty layer.
+    pub fn new() -> LayerBuilder {
+        LayerBuilder { tar: tar::Builder::new(Vec::new()) }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(MTIME);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    }
+
+    /// Appends an entry with `name` written into the header as is (hostile
+    /// names included: the tar crate's path checks are bypassed on purpose).
+    pub fn raw(&mut self, mut h: tar::Header, name: &str, link: Option<&str>, data: &[u8]) -> &mut Self {
+        {
+            let gnu = h.as_old_mut();
+            assert!(name.len() < gnu.name.len(), "name too long for a test entry");
+            gnu.name.fill(0);
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(link) = link {
+                gnu.linkname.fill(0);
+                gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+        }
+        h.set_cksum();
+        self.tar.append(&h, data).expect("tar append");
+        self
+    }
+
+    /// A directory.
+    pub fn dir(&mut self, name: &str, mode: u32) -> &mut Self {
+        self.raw(Self::header(tar::EntryType::Directory, mode, 0), name, None, &[])
+    }
+
+    /// A regular file.
+    pub fn file(&mut self, name: &str, data: &[u8], mode: u32) -> &mut Self {
+        self.raw(Self::header(tar::EntryType::Regular, mode, data.len() as u64), name, None, data)
+    }
+
+    /// A regular file with owner.
+    pub fn file_owned(&mut self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        self.raw(h, name, None, data)
+    }
+
+    /// A symlink.
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(Self::header(tar::EntryType::Symlink, 0o777, 0), name, Some(target), &[])
+    }
+
+    /// A hardlink to an earlier entry.
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(Self::header(tar::EntryType::Link, 0o644, 0), name, Some(target), &[])
+    }
+
+    /// A character device.
+    pub fn char_device(&mut self, name: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Char, 0o666, 0);
+        h.set_device_major(major).expect("major");
+        h.set_device_minor(minor).expect("minor");
+        self.raw(h, name, None, &[])
+    }
+
+    /// A FIFO.
+    pub fn fifo(&mut self, name: &str) -> &mut Self {
+        self.raw(Self::header(tar::EntryType::Fifo, 0o644, 0), name, None, &[])
+    }
+
+    /// An OCI whiteout hiding `path` of lower layers.
+    pub fn whiteout(&mut self, path: &str) -> &mut Self {
+        let (dir, name) = path.rsplit_once('/').map(|(d, n)| (format!("{d}/"), n)).unwrap_or((String::new(), path));
+        self.file(&format!("{dir}.wh.{name}"), &[], 0o644)
+    }
+
+    /// An opaque-directory marker for `dir`.
+    pub fn opaque(&mut self, dir: &str) -> &mut Self {
+        self.file(&format!("{dir}/.wh..wh..opq"), &[], 0o644)
+    }
+
+    /// The busybox base: `/bin/busybox` with applet symlinks, `/etc/passwd`
+    /// and `/etc/group` with root, a user 1000 and nobody, and the usual dirs.
+    pub fn busybox(&mut self) -> &mut Self {
+        let busybox = std::fs::read(BUSYBOX).expect("reading /bin/busybox: install Debian's busybox-static");
+        for d in ["bin", "etc", "tmp", "root", "home", "home/user", "proc", "sys", "dev", "var", "usr", "usr/bin"] {
+            let mode = if d == "tmp" { 0o1777 } else { 0o755 };
+            self.dir(d, mode);
+        }
+        self.file("bin/busybox", &busybox, 0o755);
+        for a in APPLETS {
+            self.symlink(&format!("bin/{a}"), "busybox");
+        }
+        self.file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+            0o644,
+        );
+        self.file("etc/group", b"root:x:0:\nuser:x:1000:\nextra:x:2000:user\nnogroup:x:65534:\n", 0o644);
+        self
+    }
+
+    /// Finishes the tar stream and compresses it.
+    pub fn build(self, compression: Compression) -> Layer {
+        let tar = self.tar.into_inner().expect("tar finish");
+        Layer::from_tar(tar, compression)
+    }
+}
+
+/// A finished layer.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// The compressed blob.
+    pub blob: Blob,
+    /// Digest of the uncompressed tar.
+    pub diff_id: String,
+}
+
+impl Layer {
+    /// Compresses an uncompressed tar stream.
+    pub fn from_tar(tar: Vec<u8>, compression: Compression) -> Layer {
+        let diff_id = digest_of(&tar);
+        let (bytes, media_type) = match compression {
+            Compression::None => (tar, "application/vnd.oci.image.layer.v1.tar"),
+            Compression::Gzip => {
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(&tar).expect("gzip");
+                (enc.finish().expect("gzip"), "application/vnd.oci.image.layer.v1.tar+gzip")
+            }
+            Compression::Zstd => (zstd::encode_all(&tar[..], 3).expect("zstd"), "application/vnd.oci.image.layer.v1.tar+zstd"),
+        };
+        Layer { blob: Blob::new(bytes, media_type), diff_id }
+    }
+}
+
+/// A built image: config, layers and manifest.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The config blob; its digest is the image id.
+    pub config: Blob,
+    /// Layers, bottom first.
+    pub layers: Vec<Layer>,
+    /// The manifest.
+    pub manifest: Blob,
+}
+
+impl BuiltImage {
+    /// Every blob the manifest references.
+    pub fn blobs(&self) -> impl Iterator<Item = &Blob> {
+        std::iter::once(&self.config).chain(self.layers.iter().map(|l| &l.blob))
+    }
+
+    /// The image id.
+    pub fn id(&self) -> &str {
+        &self.config.digest
+    }
+}
+
+/// Image config settings.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    /// GOARCH.
+    pub architecture: String,
+    /// USER.
+    pub user: String,
+    /// ENTRYPOINT.
+    pub entrypoint: Vec<String>,
+    /// CMD.
+    pub cmd: Vec<String>,
+    /// ENV.
+    pub env: Vec<String>,
+    /// WORKDIR.
+    pub working_dir: String,
+    /// STOPSIGNAL.
+    pub stop_signal: String,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            architecture: "amd64".into(),
+            user: String::new(),
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            working_dir: String::new(),
+            stop_signal: String::new(),
+        }
+    }
+}
+
+/// Builds config and manifest (OCI media types) for `layers`.
+pub fn image(layers: Vec<Layer>, settings: &ImageSettings) -> BuiltImage {
+    let mut config = serde_json::json!({
+        "architecture": settings.architecture,
+        "os": "linux",
+        "config": {
+            "Env": settings.env,
+            "Cmd": settings.cmd,
+        },
+        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>() },
+    });
+    let c = &mut config["config"];
+    if !settings.user.is_empty() {
+        c["User"] = settings.user.clone().into();
+    }
+    if !settings.entrypoint.is_empty() {
+        c["Entrypoint"] = settings.entrypoint.clone().into();
+    }
+    if !settings.working_dir.is_empty() {
+        c["WorkingDir"] = settings.working_dir.clone().into();
+    }
+    if !settings.stop_signal.is_empty() {
+        c["StopSignal"] = settings.stop_signal.clone().into();
+    }
+    let config = Blob::new(serde_json::to_vec(&config).expect("config"), "application/vnd.oci.image.config.v1+json");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config.descriptor(),
+        "layers": layers.iter().map(|l| l.blob.descriptor()).collect::<Vec<_>>(),
+    });
+    let manifest = Blob::new(serde_json::to_vec(&manifest).expect("manifest"), "application/vnd.oci.image.manifest.v1+json");
+    BuiltImage { config, layers, manifest }
+}
+
+/// A plain busybox image.
+pub fn busybox_image(settings: &ImageSettings) -> BuiltImage {
+    let mut layer = LayerBuilder::new();
+    layer.busybox();
+    image(vec![layer.build(Compression::Gzip)], settings)
+}
+
+/// An OCI index over `(image, architecture, variant)` entries.
+pub fn index(entries: &[(&BuiltImage, &str, Option<&str>)]) -> Blob {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(img, arch, variant)| {
+            let mut platform = serde_json::json!({ "architecture": arch, "os": "linux" });
+            if let Some(v) = variant {
+                platform["variant"] = (*v).into();
+            }
+            let mut d = img.manifest.descriptor();
+            d["platform"] = platform;
+            d
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    Blob::new(serde_json::to_vec(&index).expect("index"), "application/vnd.oci.image.index.v1+json")
+}

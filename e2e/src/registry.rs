@@ -1,0 +1,168 @@
+//! A real OCI registry for tests: Debian's `docker-registry` on a free
+//! 127.0.0.1 port with a temp storage dir, optionally behind htpasswd basic
+//! auth, and a small distribution-API pusher.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::oci::{Blob, BuiltImage};
+
+/// The registry binary from Debian's docker-registry package.
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A running registry; killed (by pid) and its storage removed on drop.
+pub struct Registry {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    /// Basic-auth credentials when started with [`Registry::start_with_auth`].
+    pub auth: Option<(String, String)>,
+}
+
+/// A free port on 127.0.0.1 (bound and released; the registry takes it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Registry {
+    /// An anonymous registry.
+    pub async fn start() -> Registry {
+        Self::launch(None).await
+    }
+
+    /// A registry behind htpasswd basic auth with one user.
+    pub async fn start_with_auth(user: &str, password: &str) -> Registry {
+        Self::launch(Some((user.to_string(), password.to_string()))).await
+    }
+
+    async fn launch(auth: Option<(String, String)>) -> Registry {
+        assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: install Debian's docker-registry (deploy/deps.sh --test)");
+        let dir = tempfile::Builder::new().prefix("berth-registry-").tempdir().expect("tempdir");
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let mut auth_yaml = String::new();
+        if let Some((user, password)) = &auth {
+            let htpasswd = dir.path().join("htpasswd");
+            let hash = bcrypt::hash(password, 5).expect("bcrypt");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
+            auth_yaml = format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display());
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth_yaml}",
+            dir.path().join("storage").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("registry config");
+        let log = File::create(dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry");
+        let mut reg = Registry { dir, child, host, auth };
+        reg.wait_ready().await;
+        reg
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("http://{}/v2/", self.host);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("docker-registry exited with {s}:\n{}", self.log());
+            }
+            if let Ok(resp) = reqwest::get(&url).await {
+                if resp.status().is_success() || resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "docker-registry not ready:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The registry's log (access log included).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// How many GETs of this blob the registry has served.
+    pub fn blob_gets(&self, digest: &str) -> usize {
+        self.log().lines().filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}"))).count()
+    }
+
+    /// The file where the registry keeps a blob (for tampering tests).
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+
+    fn request(&self, client: &reqwest::Client, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let rb = client.request(method, url);
+        match &self.auth {
+            Some((u, p)) => rb.basic_auth(u, Some(p)),
+            None => rb,
+        }
+    }
+
+    /// Uploads a blob with a monolithic POST+PUT.
+    pub async fn push_blob(&self, repo: &str, blob: &Blob) {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/v2/{repo}/blobs/uploads/", self.host);
+        let resp = self.request(&client, reqwest::Method::POST, &url).send().await.expect("start upload");
+        assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED, "start upload: {:?}", resp.text().await);
+        let location = resp.headers()["location"].to_str().expect("location").to_string();
+        let location = if location.starts_with("http") { location } else { format!("http://{}{location}", self.host) };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{sep}digest={}", blob.digest);
+        let resp = self
+            .request(&client, reqwest::Method::PUT, &put)
+            .header("content-type", "application/octet-stream")
+            .body(blob.bytes.clone())
+            .send()
+            .await
+            .expect("finish upload");
+        assert_eq!(resp.status(), reqwest::StatusCode::CREATED, "upload {}: {:?}", blob.digest, resp.text().await);
+    }
+
+    /// Uploads a manifest (or index) under `reference` (a tag or digest).
+    pub async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/v2/{repo}/manifests/{reference}", self.host);
+        let resp = self
+            .request(&client, reqwest::Method::PUT, &url)
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("put manifest");
+        assert_eq!(resp.status(), reqwest::StatusCode::CREATED, "manifest: {:?}", resp.text().await);
+    }
+
+    /// Pushes a whole image (blobs, then its manifest) as `repo:tag`.
+    pub async fn push(&self, repo: &str, tag: &str, image: &BuiltImage) {
+        for blob in image.blobs() {
+            self.push_blob(repo, blob).await;
+        }
+        self.push_manifest(repo, tag, &image.manifest.media_type, &image.manifest.bytes).await;
+    }
+
+    /// `host/repo:tag`, the reference to pull.
+    pub fn reference(&self, repo: &str, tag: &str) -> String {
+        format!("{}/{repo}:{tag}", self.host)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
