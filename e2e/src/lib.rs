@@ -34,8 +34,14 @@ pub fn berthd_bin() -> &'static Path {
             return PathBuf::from(p);
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        // Benchmarks run from target/release and measure a release berthd.
+        let release = target_dir().ends_with("release");
+        let mut args = vec!["build", "--quiet", "-p", "berth-agent", "--bin", "berthd"];
+        if release {
+            args.push("--release");
+        }
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "berth-agent", "--bin", "berthd"])
+            .args(&args)
             .current_dir(workspace_dir())
             .status()
             .expect("running cargo build for berthd");

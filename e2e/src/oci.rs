@@ -190,12 +190,15 @@ pub struct Layer {
     pub blob: Blob,
     /// Digest of the uncompressed tar.
     pub diff_id: String,
+    /// Length of the uncompressed tar.
+    pub tar_len: usize,
 }
 
 impl Layer {
     /// Compresses an uncompressed tar stream.
     pub fn from_tar(tar: Vec<u8>, compression: Compression) -> Layer {
         let diff_id = digest_of(&tar);
+        let tar_len = tar.len();
         let (bytes, media_type) = match compression {
             Compression::None => (tar, "application/vnd.oci.image.layer.v1.tar"),
             Compression::Gzip => {
@@ -205,7 +208,7 @@ impl Layer {
             }
             Compression::Zstd => (zstd::encode_all(&tar[..], 3).expect("zstd"), "application/vnd.oci.image.layer.v1.tar+zstd"),
         };
-        Layer { blob: Blob::new(bytes, media_type), diff_id }
+        Layer { blob: Blob::new(bytes, media_type), diff_id, tar_len }
     }
 }
 
