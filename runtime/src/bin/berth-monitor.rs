@@ -1,0 +1,79 @@
+//! berth-monitor: the per-container monitor (`monitor`), the ExecSync helper
+//! (`exec`) and the pod PID-namespace init (`pod-init`). Started by berthd
+//! only; its arguments are not a user interface.
+
+use std::path::PathBuf;
+
+use berth_runtime::exec::ExecArgs;
+use berth_runtime::monitor::{MonitorArgs, PidNamespace};
+
+fn usage(msg: &str) -> i32 {
+    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|PATH]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init");
+    2
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("monitor") => monitor(&args[1..]),
+        Some("exec") => exec(&args[1..]),
+        Some("pod-init") => berth_runtime::sandbox::pod_init_main(),
+        _ => usage("unknown mode"),
+    };
+    std::process::exit(code);
+}
+
+/// Splits `--flag value` pairs up to a `--`; returns them and the rest.
+fn flags(args: &[String]) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--" {
+            return Ok((out, args[i + 1..].to_vec()));
+        }
+        let flag = args[i].strip_prefix("--").ok_or_else(|| format!("unexpected argument {:?}", args[i]))?;
+        let value = args.get(i + 1).ok_or_else(|| format!("--{flag} needs a value"))?;
+        out.push((flag.to_string(), value.clone()));
+        i += 2;
+    }
+    Ok((out, Vec::new()))
+}
+
+fn get<'a>(flags: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    flags.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str())
+}
+
+fn monitor(args: &[String]) -> i32 {
+    let (f, _) = match flags(args) {
+        Ok(v) => v,
+        Err(e) => return usage(&e),
+    };
+    let (Some(id), Some(bundle), Some(sync)) = (get(&f, "id"), get(&f, "bundle"), get(&f, "sync-fd")) else {
+        return usage("monitor needs --id, --bundle and --sync-fd");
+    };
+    let Ok(sync_fd) = sync.parse() else { return usage("bad --sync-fd") };
+    let pid_ns = match get(&f, "pid-ns") {
+        None | Some("new") => PidNamespace::New,
+        Some("host") => PidNamespace::Host,
+        Some(path) => PidNamespace::Join(PathBuf::from(path)),
+    };
+    berth_runtime::monitor::main(MonitorArgs {
+        id: id.to_string(),
+        bundle: PathBuf::from(bundle),
+        log: get(&f, "log").map(PathBuf::from),
+        pid_ns,
+        sync_fd,
+    })
+}
+
+fn exec(args: &[String]) -> i32 {
+    let (f, cmd) = match flags(args) {
+        Ok(v) => v,
+        Err(e) => return usage(&e),
+    };
+    let (Some(bundle), Some(pid), Some(start)) = (get(&f, "bundle"), get(&f, "pid"), get(&f, "start-time")) else {
+        return usage("exec needs --bundle, --pid and --start-time");
+    };
+    let (Ok(pid), Ok(start_time)) = (pid.parse(), start.parse()) else { return usage("bad --pid or --start-time") };
+    berth_runtime::exec::main(ExecArgs { bundle: PathBuf::from(bundle), pid, start_time, args: cmd })
+}
