@@ -42,6 +42,21 @@ insecure = []
 # Layers downloaded at once per node.
 max_concurrent_downloads = 3
 
+[runtime]
+# The berth-monitor binary; empty means the one next to berthd.
+monitor_path = ""
+
+# cgroup (relative to the hierarchy root) for pods whose config names no
+# cgroup_parent; each pod gets <this>/<pod id>.
+default_cgroup_parent = "berth"
+
+# Size of each pod's shared /dev/shm, in bytes.
+shm_size_bytes = 67108864
+
+# StopPodSandbox: how long containers get between their stop signal and
+# SIGKILL, in seconds (kubelet stops containers itself before this).
+pod_stop_grace_seconds = 2
+
 [log]
 # error, warn, info, debug or trace; or a tracing filter such as
 # "info,berth_agent=debug".
@@ -67,8 +82,35 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Image pulling.
     pub image: ImageConfig,
+    /// The executor.
+    pub runtime: RuntimeConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[runtime]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The berth-monitor binary ("" = next to berthd).
+    pub monitor_path: PathBuf,
+    /// cgroup parent for pods without one.
+    pub default_cgroup_parent: String,
+    /// Size of a pod's /dev/shm.
+    pub shm_size_bytes: u64,
+    /// Grace before SIGKILL when a pod is stopped.
+    pub pod_stop_grace_seconds: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            monitor_path: PathBuf::new(),
+            default_cgroup_parent: "berth".into(),
+            shm_size_bytes: 64 << 20,
+            pod_stop_grace_seconds: 2,
+        }
+    }
 }
 
 /// The `[registry]` table.
@@ -124,6 +166,7 @@ impl Default for Config {
             shutdown_timeout_seconds: 10,
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
+            runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -200,6 +243,12 @@ impl Config {
         }
         if self.image.max_concurrent_downloads == 0 || self.image.max_concurrent_downloads > 64 {
             return Err(invalid("image.max_concurrent_downloads", format!("{} is not within 1..=64", self.image.max_concurrent_downloads)));
+        }
+        if berth_runtime::cgroup::normalize(&self.runtime.default_cgroup_parent).is_err() {
+            return Err(invalid("runtime.default_cgroup_parent", format!("{:?} is not a relative cgroup path", self.runtime.default_cgroup_parent)));
+        }
+        if !self.runtime.monitor_path.as_os_str().is_empty() && !self.runtime.monitor_path.is_absolute() {
+            return Err(invalid("runtime.monitor_path", format!("{} is not an absolute path", self.runtime.monitor_path.display())));
         }
         for (registry, mirrors) in &self.registry.mirrors {
             for m in mirrors {

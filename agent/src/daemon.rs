@@ -49,6 +49,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
+    if let Err(e) = crate::pod::recover(&agent).await.and(crate::container::recover(&agent).await) {
+        tracing::warn!("start-up recovery: {}", e.message());
+    }
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(),
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
 

@@ -2,8 +2,12 @@
 //! [`daemon::run`]; tests use the modules directly.
 
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod daemon;
 pub mod image;
 pub mod logging;
+pub mod pod;
+pub mod spec;
 pub mod store;
+pub mod util;

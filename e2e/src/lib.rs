@@ -36,7 +36,7 @@ pub fn berthd_bin() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         // Benchmarks run from target/release and measure a release berthd.
         let release = target_dir().ends_with("release");
-        let mut args = vec!["build", "--quiet", "-p", "berth-agent", "--bin", "berthd"];
+        let mut args = vec!["build", "--quiet", "-p", "berth-agent", "-p", "berth-runtime", "--bins"];
         if release {
             args.push("--release");
         }
@@ -121,6 +121,8 @@ pub struct Berthd {
     pub paths: Paths,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// The instance's default cgroup parent (one path component).
+    pub cgroup_parent: String,
 }
 
 impl Berthd {
@@ -129,12 +131,18 @@ impl Berthd {
         Self::start_with_config("").await
     }
 
-    /// Starts berthd with `config` (TOML) as its config file.
+    /// Starts berthd with `config` (TOML) as its config file. Pods without a
+    /// cgroup parent go under a cgroup unique to this instance, removed on drop.
     pub async fn start_with_config(config: &str) -> Berthd {
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
         let paths = Paths::in_dir(dir.path());
+        let cgroup_parent = format!("berth-e2e-{}", dir.path().file_name().unwrap_or_default().to_string_lossy().trim_start_matches("berth-e2e-"));
+        let mut config = config.to_string();
+        if !config.contains("[runtime]") {
+            config.push_str(&format!("\n[runtime]\ndefault_cgroup_parent = \"{cgroup_parent}\"\n"));
+        }
         std::fs::write(&paths.config, config).expect("writing config");
-        let mut b = Berthd { dir, paths, child: None, extra_args: vec!["--log-level".into(), "debug".into()] };
+        let mut b = Berthd { dir, paths, child: None, extra_args: vec!["--log-level".into(), "debug".into()], cgroup_parent };
         b.spawn().await;
         b
     }
@@ -237,9 +245,11 @@ impl Berthd {
 impl Drop for Berthd {
     fn drop(&mut self) {
         if self.child.is_none() {
+            remove_cgroup_everywhere(&self.cgroup_parent);
             return;
         }
         let status = self.terminate();
+        remove_cgroup_everywhere(&self.cgroup_parent);
         if !status.success() {
             let msg = format!("berthd exited with {status} after SIGTERM\n{}", self.log());
             if std::thread::panicking() {
@@ -249,6 +259,72 @@ impl Drop for Berthd {
             }
         } else if std::thread::panicking() {
             eprintln!("--- berthd log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Every cgroup hierarchy mounted on this machine (v1 controllers and v2).
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            let mountpoint = pre.split_whitespace().nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mountpoint))
+        })
+        .collect()
+}
+
+/// Paths of cgroup directories (in any hierarchy) whose name contains `needle`.
+pub fn cgroups_named(needle: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, needle: &str, out: &mut Vec<PathBuf>, depth: usize) {
+        if depth > 8 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name().to_string_lossy().contains(needle) {
+                    out.push(e.path());
+                }
+                walk(&e.path(), needle, out, depth + 1);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for m in cgroup_mounts() {
+        walk(&m, needle, &mut out, 0);
+    }
+    out
+}
+
+/// Kills what is left in the top-level cgroup `name` and removes it from every hierarchy.
+pub fn remove_cgroup_everywhere(name: &str) {
+    fn rm(dir: &Path) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                rm(&e.path());
+            }
+        }
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        for _ in 0..100 {
+            if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if name.is_empty() {
+        return;
+    }
+    for m in cgroup_mounts() {
+        let d = m.join(name);
+        if d.exists() {
+            rm(&d);
         }
     }
 }
@@ -319,5 +395,144 @@ impl Cri {
     /// RemoveImage.
     pub async fn remove_image(&mut self, image: &str) -> Result<(), tonic::Status> {
         self.image.remove_image(cri::RemoveImageRequest { image: Some(image_spec(image)) }).await.map(drop)
+    }
+}
+
+/// A pod config with a unique uid; logs go to `log_dir`.
+pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}-{}", std::process::id()),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// A container config running `cmd` from `image`, logging to `<name>.log`.
+pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(image_spec(image)),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+impl Cri {
+    /// RunPodSandbox.
+    pub async fn run_pod(&mut self, config: cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = cri::RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() };
+        Ok(self.runtime.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id)
+    }
+
+    /// CreateContainer.
+    pub async fn create(&mut self, pod: &str, config: cri::ContainerConfig, pod_config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) };
+        Ok(self.runtime.create_container(req).await?.into_inner().container_id)
+    }
+
+    /// StartContainer.
+    pub async fn start(&mut self, id: &str) -> Result<(), tonic::Status> {
+        self.runtime.start_container(cri::StartContainerRequest { container_id: id.into() }).await.map(drop)
+    }
+
+    /// CreateContainer then StartContainer.
+    pub async fn run(&mut self, pod: &str, config: cri::ContainerConfig, pod_config: &cri::PodSandboxConfig) -> String {
+        let id = self.create(pod, config, pod_config).await.expect("CreateContainer");
+        self.start(&id).await.expect("StartContainer");
+        id
+    }
+
+    /// StopContainer.
+    pub async fn stop(&mut self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        self.runtime.stop_container(cri::StopContainerRequest { container_id: id.into(), timeout }).await.map(drop)
+    }
+
+    /// ContainerStatus.
+    pub async fn status(&mut self, id: &str) -> cri::ContainerStatus {
+        let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+        self.runtime.container_status(req).await.expect("ContainerStatus").into_inner().status.expect("status")
+    }
+
+    /// ExecSync with a timeout in seconds (0: none).
+    pub async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let req = cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
+        Ok(self.runtime.exec_sync(req).await?.into_inner())
+    }
+
+    /// ExecSync that must succeed; returns stdout as text.
+    pub async fn sh(&mut self, id: &str, script: &str) -> String {
+        let r = self.exec(id, &["sh", "-c", script], 30).await.expect("ExecSync");
+        assert_eq!(r.exit_code, 0, "{script}: stderr {}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8_lossy(&r.stdout).to_string()
+    }
+
+    /// Waits until the container has exited; returns its status.
+    pub async fn wait_exited(&mut self, id: &str, timeout: Duration) -> cri::ContainerStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(id).await;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "container {id} still {} after {timeout:?}", s.state);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// StopPodSandbox + RemovePodSandbox.
+    pub async fn remove_pod(&mut self, id: &str) {
+        self.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await.expect("StopPodSandbox");
+        self.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.expect("RemovePodSandbox");
+    }
+}
+
+/// A registry serving busybox images, and a berthd that pulled them.
+pub struct Fixture {
+    /// The registry (kept alive).
+    pub registry: registry::Registry,
+    /// berthd.
+    pub berthd: Berthd,
+    /// A client.
+    pub cri: Cri,
+    /// The busybox image reference.
+    pub busybox: String,
+    /// Where pods' logs go.
+    pub logs: PathBuf,
+}
+
+impl Fixture {
+    /// Starts everything with a pulled busybox image.
+    pub async fn start() -> Fixture {
+        Self::start_with_config("").await
+    }
+
+    /// Same, with a berthd config.
+    pub async fn start_with_config(config: &str) -> Fixture {
+        let registry = registry::Registry::start().await;
+        let image = oci::busybox_image(&oci::ImageSettings::default());
+        registry.push("busybox", "latest", &image).await;
+        let berthd = Berthd::start_with_config(config).await;
+        let mut cri = berthd.cri().await;
+        let busybox = registry.reference("busybox", "latest");
+        cri.pull(&busybox).await.expect("pull busybox");
+        let logs = berthd.dir().join("logs");
+        Fixture { registry, berthd, cri, busybox, logs }
+    }
+
+    /// A pod config logging under this fixture.
+    pub fn pod(&self, name: &str) -> cri::PodSandboxConfig {
+        pod_config(name, &self.logs)
+    }
+
+    /// A container config from busybox.
+    pub fn container(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        container_config(name, &self.busybox, cmd)
     }
 }

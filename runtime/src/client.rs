@@ -35,7 +35,7 @@ pub enum RuntimeError {
 }
 
 /// A created container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
     /// Host pid of the container init.
     pub pid: i32,
@@ -43,6 +43,12 @@ pub struct Created {
     pub start_time: u64,
     /// Host pid of the monitor.
     pub monitor_pid: i32,
+    /// uid the process will run as.
+    pub uid: u32,
+    /// gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
 }
 
 /// What a monitor says about its container.
@@ -116,13 +122,14 @@ impl Runtime {
         let mut parts = line.trim_end().splitn(2, '\t');
         match (parts.next(), parts.next()) {
             (Some("created"), Some(rest)) => {
-                let mut nums = rest.split('\t').map(|s| s.parse::<i32>().ok());
-                let pid = nums.next().flatten();
-                let monitor_pid = nums.next().flatten();
-                match (pid, monitor_pid) {
-                    (Some(pid), Some(monitor_pid)) => {
+                let f: Vec<&str> = rest.split('\t').collect();
+                let num = |i: usize| f.get(i).and_then(|s| s.parse::<i64>().ok());
+                match (num(0), num(1), num(2), num(3)) {
+                    (Some(pid), Some(monitor_pid), Some(uid), Some(gid)) => {
+                        let pid = pid as i32;
+                        let groups = f.get(4).map(|g| g.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_default();
                         let start_time = crate::exec::proc_start_time(pid).unwrap_or(0);
-                        Ok(Created { pid, start_time, monitor_pid })
+                        Ok(Created { pid, start_time, monitor_pid: monitor_pid as i32, uid: uid as u32, gid: gid as u32, groups })
                     }
                     _ => Err(RuntimeError::Monitor { id: id.into(), reason: format!("bad answer {line:?}") }),
                 }
@@ -168,7 +175,7 @@ impl Runtime {
         if let Some(s) = ExitStatus::read(bundle) {
             return MonitorState::Exited(s);
         }
-        match UnixStream::connect(bundle.join(SOCKET)) {
+        match connect(bundle) {
             Ok(_) => MonitorState::Running,
             // The monitor may have written the file between our two looks.
             Err(_) => match ExitStatus::read(bundle) {
@@ -201,7 +208,7 @@ impl Runtime {
 /// One command on the monitor's socket, one line back.
 fn command(id: &str, bundle: &Path, cmd: &str) -> Result<String, RuntimeError> {
     let err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
-    let mut conn = match UnixStream::connect(bundle.join(SOCKET)) {
+    let mut conn = match connect(bundle) {
         Ok(c) => c,
         Err(_) if ExitStatus::read(bundle).is_some() => return Err(RuntimeError::NotRunning(id.into())),
         Err(e) => return Err(err(format!("connect: {e}"))),
@@ -214,6 +221,13 @@ fn command(id: &str, bundle: &Path, cmd: &str) -> Result<String, RuntimeError> {
         return Err(err(format!("no reply to {cmd}")));
     }
     Ok(reply.trim_end().to_string())
+}
+
+/// Connects to the monitor socket in `bundle`. The path goes through an fd
+/// of the bundle (`/proc/self/fd/N/monitor.sock`) because sun_path is short.
+fn connect(bundle: &Path) -> std::io::Result<UnixStream> {
+    let dir = std::fs::File::open(bundle)?;
+    UnixStream::connect(format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd()))
 }
 
 fn read_line_timeout(fd: OwnedFd, timeout: Duration) -> Result<String, String> {

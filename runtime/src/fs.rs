@@ -116,6 +116,7 @@ impl RootDir {
             .flags(flags | OFlag::O_CLOEXEC)
             .mode(mode)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
         retry_eagain(|| openat2(self.fd.as_fd(), rel, how)).map_err(|e| PathError::io(rel, "open", e))
     }
 }

@@ -97,14 +97,19 @@ fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
     InitError::Setup(format!("{step}: {e}"))
 }
 
-/// The message a ready init sends before waiting for start.
-pub const READY: &[u8] = b"ready\n";
+/// The first word of the line a ready init sends before waiting for start:
+/// `ready <uid> <gid> <groups,…>`.
+pub const READY: &str = "ready";
 
 /// Runs the init: never returns. `report` is close-on-exec, so the monitor
 /// sees EOF exactly when `execve` succeeded.
 pub fn run(spec: &Spec, bundle: &Path, mut report: std::fs::File, mut start: std::fs::File) -> ! {
     let result: Result<(), InitError> = prepare(spec, bundle).and_then(|prepared| {
-        report.write_all(READY).map_err(|e| setup_err("report ready", e))?;
+        let u = &prepared.user;
+        let groups: Vec<String> = u.groups.iter().map(|g| g.to_string()).collect();
+        report
+            .write_all(format!("{READY}\t{}\t{}\t{}\n", u.uid, u.gid, groups.join(",")).as_bytes())
+            .map_err(|e| setup_err("report ready", e))?;
         let mut byte = [0u8; 1];
         match start.read(&mut byte) {
             Ok(1) => {}

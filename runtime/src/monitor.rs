@@ -135,7 +135,10 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     init::close_on_exec_from(3);
     let socket_path = args.bundle.join(SOCKET);
     let _ = std::fs::remove_file(&socket_path);
-    let listener = UnixListener::bind(&socket_path).map_err(|e| setup_err("bind socket", e))?;
+    // sun_path holds 108 bytes; the bundle path may be longer, so bind
+    // relative to the bundle as the working directory.
+    nix::unistd::chdir(&args.bundle).map_err(|e| setup_err("chdir bundle", e))?;
+    let listener = UnixListener::bind(SOCKET).map_err(|e| setup_err("bind socket", e))?;
     listener.set_nonblocking(true).map_err(|e| setup_err("socket", e))?;
 
     let (out_r, out_w) = pipe_cloexec().map_err(|e| setup_err("pipe", e))?;
@@ -166,8 +169,8 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
 
     let mut report = std::fs::File::from(report_r);
     match read_report(&mut report) {
-        Report::Ready => {
-            let _ = writeln!(sync, "created\t{}\t{}", child.as_raw(), std::process::id());
+        Report::Ready(ids) => {
+            let _ = writeln!(sync, "created\t{}\t{}\t{ids}", child.as_raw(), std::process::id());
         }
         Report::Failed(e) => {
             let _ = writeln!(sync, "error\t{}", e.encode());
@@ -207,7 +210,8 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
 }
 
 enum Report {
-    Ready,
+    /// Ready, with the ids the init resolved (`uid\tgid\tgroups`).
+    Ready(String),
     Failed(InitError),
     /// EOF: the init exec'd (or died without a word).
     Exec,
@@ -231,10 +235,9 @@ fn read_report(report: &mut std::fs::File) -> Report {
         }
     }
     let line = String::from_utf8_lossy(&buf);
-    if line.as_bytes() == &init::READY[..init::READY.len() - 1] {
-        Report::Ready
-    } else {
-        Report::Failed(InitError::decode(&line))
+    match line.split_once('\t') {
+        Some((init::READY, ids)) => Report::Ready(ids.to_string()),
+        _ => Report::Failed(InitError::decode(&line)),
     }
 }
 
@@ -496,7 +499,7 @@ impl Monitor {
         match read_report(&mut report) {
             Report::Exec => "ok".into(),
             Report::Failed(e) => format!("error\t{}", e.encode()),
-            Report::Ready => "error\tsetup\tunexpected report".into(),
+            Report::Ready(_) => "error\tsetup\tunexpected report".into(),
         }
     }
 }

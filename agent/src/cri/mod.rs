@@ -6,8 +6,10 @@
 //! An RPC that is not built yet answers `Unimplemented` naming itself: any
 //! other code would break kubelet's fallbacks.
 
+mod container;
 pub mod image;
 mod rpc_log;
+mod sandbox;
 mod runtime_info;
 
 use std::pin::Pin;
@@ -33,6 +35,14 @@ pub struct Agent {
     pub store: Arc<Store>,
     /// Images: pull, lookup, removal.
     pub images: Images,
+    /// The executor.
+    pub runtime: berth_runtime::Runtime,
+    /// Whether the node runs cgroup v2.
+    pub cgroup_v2: bool,
+    /// One operation at a time per pod or container id.
+    pub locks: crate::util::KeyedLocks,
+    /// In-flight creations by name, for kubelet's retries.
+    pub flights: Arc<crate::util::SingleFlight>,
 }
 
 impl Agent {
@@ -43,7 +53,30 @@ impl Agent {
         let containers = config.root.join("containers");
         std::fs::create_dir_all(&containers)
             .map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", containers.display())))?;
-        Ok(Agent { config, store, images })
+        let monitor_bin = if config.runtime.monitor_path.as_os_str().is_empty() {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("berth-monitor")))
+                .unwrap_or_else(|| std::path::PathBuf::from("/usr/local/bin/berth-monitor"))
+        } else {
+            config.runtime.monitor_path.clone()
+        };
+        if !monitor_bin.is_file() {
+            return Err(crate::image::ImageError::Io(format!("runtime.monitor_path: {} does not exist", monitor_bin.display())));
+        }
+        for dir in [config.state.join("pods"), config.state.join("containers")] {
+            std::fs::create_dir_all(&dir).map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", dir.display())))?;
+            let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        }
+        Ok(Agent {
+            config,
+            store,
+            images,
+            runtime: berth_runtime::Runtime::new(monitor_bin),
+            cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
+            locks: Default::default(),
+            flights: Default::default(),
+        })
     }
 
     /// Where container writable layers live.
@@ -90,60 +123,60 @@ impl RuntimeService for CriService {
         runtime_info::version(&self.agent, r).await
     }
 
-    async fn run_pod_sandbox(&self, _r: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
+    async fn run_pod_sandbox(&self, r: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        sandbox::run_pod_sandbox(&self.agent, r).await
     }
 
-    async fn stop_pod_sandbox(&self, _r: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
+    async fn stop_pod_sandbox(&self, r: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        sandbox::stop_pod_sandbox(&self.agent, r).await
     }
 
-    async fn remove_pod_sandbox(&self, _r: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
+    async fn remove_pod_sandbox(&self, r: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        sandbox::remove_pod_sandbox(&self.agent, r).await
     }
 
-    async fn pod_sandbox_status(&self, _r: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
+    async fn pod_sandbox_status(&self, r: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        sandbox::pod_sandbox_status(&self.agent, r).await
     }
 
-    async fn list_pod_sandbox(&self, _r: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
+    async fn list_pod_sandbox(&self, r: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        sandbox::list_pod_sandbox(&self.agent, r).await
     }
 
-    async fn create_container(&self, _r: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
+    async fn create_container(&self, r: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        container::create_container(&self.agent, r).await
     }
 
-    async fn start_container(&self, _r: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
+    async fn start_container(&self, r: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
+        container::start_container(&self.agent, r).await
     }
 
-    async fn stop_container(&self, _r: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
+    async fn stop_container(&self, r: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
+        container::stop_container(&self.agent, r).await
     }
 
-    async fn remove_container(&self, _r: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
+    async fn remove_container(&self, r: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        container::remove_container(&self.agent, r).await
     }
 
-    async fn list_containers(&self, _r: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
+    async fn list_containers(&self, r: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
+        container::list_containers(&self.agent, r).await
     }
 
-    async fn container_status(&self, _r: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
+    async fn container_status(&self, r: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        container::container_status(&self.agent, r).await
     }
 
     async fn update_container_resources(&self, _r: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         Err(unimplemented("UpdateContainerResources"))
     }
 
-    async fn reopen_container_log(&self, _r: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+    async fn reopen_container_log(&self, r: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        container::reopen_container_log(&self.agent, r).await
     }
 
-    async fn exec_sync(&self, _r: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        container::exec_sync(&self.agent, r).await
     }
 
     async fn exec(&self, _r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {

@@ -7,16 +7,17 @@ pub mod distribution;
 pub mod manifest;
 pub mod unpack;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use oci_client::Reference;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::util::KeyedLocks;
 use crate::store::{ContainerRecord, ImageRecord, LayerRecord, Store, StoreError};
 use content::{sha256_digest, ContentError, ContentStore};
 use distribution::{Credentials, Registries, RegistryError, Remote};
@@ -489,28 +490,7 @@ fn du(path: &Path, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) {
     }
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
-
-/// Async mutexes by key, dropped when nobody holds them.
-#[derive(Default)]
-struct KeyedLocks {
-    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = map.get(key).and_then(Weak::upgrade) {
-            return l;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let l = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(key.to_string(), Arc::downgrade(&l));
-        l
-    }
-}
+use crate::util::now_ns;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,454 @@
+//! CRI container config + pod + image → OCI runtime spec for the executor.
+//! Command, env, working dir and user follow Kubernetes' merge rules with the
+//! image config; mounts, devices and namespaces follow containerd's defaults.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use berth_proto::cri;
+use berth_runtime::init::{ANN_CGROUP_PROCS, ANN_LOWERDIRS, ANN_UPPERDIR, ANN_USER, ANN_WORKDIR};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use tonic::Status;
+
+use crate::store::{ImageRecord, MountRecord, PodRecord};
+
+/// CRI NamespaceMode values.
+pub mod ns_mode {
+    /// Shared by the pod.
+    pub const POD: i32 = 0;
+    /// The container's own.
+    pub const CONTAINER: i32 = 1;
+    /// The host's.
+    pub const NODE: i32 = 2;
+    /// Another container's.
+    pub const TARGET: i32 = 3;
+}
+
+/// The default `$PATH` when neither image nor config sets one.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// containerd's default masked paths.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/sys/devices/virtual/powercap", "/proc/scsi",
+];
+/// containerd's default read-only paths.
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Host-side paths the spec refers to.
+#[derive(Debug, Clone)]
+pub struct SpecPaths {
+    /// The pod's state dir (hostname, hosts, resolv.conf, shm, ns pins).
+    pub pod_dir: PathBuf,
+    /// overlayfs lowerdirs, top first.
+    pub lower_dirs: Vec<PathBuf>,
+    /// overlayfs upperdir.
+    pub upper: PathBuf,
+    /// overlayfs workdir.
+    pub work: PathBuf,
+    /// `cgroup.procs` files to join.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The container cgroup (relative).
+    pub cgroup: String,
+    /// Whether the node runs cgroup v2.
+    pub cgroup_v2: bool,
+}
+
+/// What the spec decided that berthd records.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The spec.
+    pub spec: Spec,
+    /// The process's PID namespace mode.
+    pub pid_mode: i32,
+    /// Target container for `TARGET` PID mode.
+    pub pid_target: String,
+    /// Mounts as reported in ContainerStatus.
+    pub mounts: Vec<MountRecord>,
+    /// The stop signal (number).
+    pub stop_signal: i32,
+}
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+fn spec_err(e: oci_spec::OciSpecError) -> Status {
+    Status::internal(format!("building the OCI spec: {e}"))
+}
+
+/// The process's argv by Kubernetes' rules: `command` replaces the image's
+/// ENTRYPOINT (and drops its CMD); `args` replace CMD.
+pub fn argv(config: &cri::ContainerConfig, image: &ImageRecord) -> Result<Vec<String>, Status> {
+    let argv: Vec<String> = if !config.command.is_empty() {
+        config.command.iter().chain(config.args.iter()).cloned().collect()
+    } else if !config.args.is_empty() {
+        image.config.entrypoint.iter().chain(config.args.iter()).cloned().collect()
+    } else {
+        image.config.entrypoint.iter().chain(image.config.cmd.iter()).cloned().collect()
+    };
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(invalid("config.command", "no command given and the image has no ENTRYPOINT or CMD"));
+    }
+    Ok(argv)
+}
+
+/// Image env, then the config's envs overriding by name; PATH defaulted.
+pub fn env(config: &cri::ContainerConfig, image: &ImageRecord, hostname: &str) -> Result<Vec<String>, Status> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = v.to_string(),
+        None => env.push((k.to_string(), v.to_string())),
+    };
+    if !hostname.is_empty() {
+        set("HOSTNAME", hostname);
+    }
+    for e in &image.config.env {
+        let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+        set(k, v);
+    }
+    for kv in &config.envs {
+        if kv.key.is_empty() || kv.key.contains('=') {
+            return Err(invalid("config.envs", format!("{:?} is not a valid variable name", kv.key)));
+        }
+        set(&kv.key, &kv.value);
+    }
+    let mut out: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.push(DEFAULT_PATH.to_string());
+    }
+    Ok(out)
+}
+
+/// uid/gid from the security context or the image's USER; a name that must
+/// be resolved inside the image travels as an annotation.
+pub fn user(config: &cri::ContainerConfig, image: &ImageRecord) -> Result<(u32, u32, Vec<u32>, Option<String>), Status> {
+    let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let extra: Vec<u32> = sc
+        .map(|s| s.supplemental_groups.iter().map(|g| u32::try_from(*g).map_err(|_| invalid("supplemental_groups", format!("{g} is not a gid")))).collect())
+        .transpose()?
+        .unwrap_or_default();
+    let group = sc.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value);
+    let check_id = |field: &str, v: i64| u32::try_from(v).map_err(|_| invalid(field, format!("{v} is not a valid id")));
+    let group = group.map(|g| check_id("run_as_group", g)).transpose()?;
+    if let Some(uid) = sc.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value) {
+        let uid = check_id("run_as_user", uid)?;
+        // A numeric user keeps the image's group unless one is given.
+        let name = if group.is_some() { None } else { Some(uid.to_string()) };
+        return Ok((uid, group.unwrap_or(0), extra, name.map(|n| with_group(&n, group))));
+    }
+    if let Some(name) = sc.map(|s| s.run_as_username.clone()).filter(|n| !n.is_empty()) {
+        return Ok((0, group.unwrap_or(0), extra, Some(with_group(&name, group))));
+    }
+    let image_user = image.config.user.trim();
+    if image_user.is_empty() {
+        return Ok((0, group.unwrap_or(0), extra, group.map(|g| format!("0:{g}"))));
+    }
+    let image_user = match group {
+        Some(g) => format!("{}:{g}", image_user.split(':').next().unwrap_or("")),
+        None => image_user.to_string(),
+    };
+    Ok((0, group.unwrap_or(0), extra, Some(image_user)))
+}
+
+fn with_group(user: &str, group: Option<u32>) -> String {
+    match group {
+        Some(g) => format!("{user}:{g}"),
+        None => user.to_string(),
+    }
+}
+
+/// The signal number of an image's STOPSIGNAL (`SIGQUIT`, `QUIT`, `3`).
+pub fn stop_signal(image: &ImageRecord) -> i32 {
+    let s = image.config.stop_signal.trim();
+    if s.is_empty() {
+        return libc::SIGTERM;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return n;
+    }
+    let name = if s.starts_with("SIG") { s.to_string() } else { format!("SIG{s}") };
+    name.parse::<nix::sys::signal::Signal>().map(|sig| sig as i32).unwrap_or(libc::SIGTERM)
+}
+
+fn bind(dest: &str, source: &Path, options: &[&str]) -> Result<Mount, Status> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_err)
+}
+
+fn fs_mount(dest: &str, kind: &str, options: &[&str]) -> Result<Mount, Status> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(kind)
+        .source(kind)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_err)
+}
+
+fn namespace(kind: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxNamespace, Status> {
+    let mut b = LinuxNamespaceBuilder::default().typ(kind);
+    if let Some(p) = path {
+        b = b.path(p);
+    }
+    b.build().map_err(spec_err)
+}
+
+/// Builds the spec. `pod_pid_ns` is the path of the pod's shared PID
+/// namespace when it has one.
+pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord, paths: &SpecPaths) -> Result<Built, Status> {
+    let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let args = argv(config, image)?;
+    let env = env(config, image, &pod.hostname)?;
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else if !image.config.working_dir.is_empty() {
+        image.config.working_dir.clone()
+    } else {
+        "/".into()
+    };
+    if !cwd.starts_with('/') {
+        return Err(invalid("config.working_dir", format!("{cwd:?} is not absolute")));
+    }
+    let (uid, gid, extra, user_name) = user(config, image)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(extra).build().map_err(spec_err)?)
+        .no_new_privileges(sc.map(|s| s.no_new_privs).unwrap_or(false))
+        .build()
+        .map_err(spec_err)?;
+
+    // Mounts: containerd's defaults, the pod's files, then the config's, which
+    // win over a default at the same destination.
+    let user_dests: Vec<String> = config.mounts.iter().map(|m| m.container_path.clone()).collect();
+    let mut mounts = vec![
+        fs_mount("/proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        fs_mount("/dev", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        fs_mount("/dev/pts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        fs_mount("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        fs_mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+    ];
+    if paths.cgroup_v2 {
+        mounts.push(fs_mount("/sys/fs/cgroup", "cgroup2", &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
+    }
+    let shm = if pod.ipc_mode == ns_mode::NODE { PathBuf::from("/dev/shm") } else { paths.pod_dir.join("shm") };
+    let readonly_root = sc.map(|s| s.readonly_rootfs).unwrap_or(false);
+    let file_opts: &[&str] = if readonly_root { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate"] };
+    for (dest, source, opts) in [
+        ("/dev/shm", shm, &["rbind", "nosuid", "nodev", "noexec"][..]),
+        ("/etc/hostname", paths.pod_dir.join("hostname"), file_opts),
+        ("/etc/hosts", paths.pod_dir.join("hosts"), file_opts),
+        ("/etc/resolv.conf", paths.pod_dir.join("resolv.conf"), file_opts),
+    ] {
+        if !user_dests.iter().any(|d| d == dest) {
+            mounts.push(bind(dest, &source, opts)?);
+        }
+    }
+    let mut mount_records = Vec::new();
+    for (i, m) in config.mounts.iter().enumerate() {
+        let field = format!("config.mounts[{i}]");
+        if !m.container_path.starts_with('/') {
+            return Err(invalid(&format!("{field}.container_path"), format!("{:?} is not absolute", m.container_path)));
+        }
+        if !m.host_path.starts_with('/') {
+            return Err(invalid(&format!("{field}.host_path"), format!("{:?} is not absolute", m.host_path)));
+        }
+        if let Err(e) = std::fs::metadata(&m.host_path) {
+            return Err(invalid(&format!("{field}.host_path"), format!("{}: {e}", m.host_path)));
+        }
+        let propagation = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+            _ => "rprivate",
+        };
+        let mut opts = vec!["rbind", propagation];
+        if m.readonly {
+            opts.push("ro");
+        }
+        mounts.push(bind(&m.container_path, Path::new(&m.host_path), &opts)?);
+        mount_records.push(MountRecord {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.clone(),
+            readonly: m.readonly,
+            propagation: m.propagation,
+        });
+    }
+
+    let mut devices = Vec::new();
+    for (i, d) in config.devices.iter().enumerate() {
+        let field = format!("config.devices[{i}]");
+        let meta = std::fs::metadata(&d.host_path).map_err(|e| invalid(&format!("{field}.host_path"), format!("{}: {e}", d.host_path)))?;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let kind = if meta.file_type().is_char_device() {
+            LinuxDeviceType::C
+        } else if meta.file_type().is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            return Err(invalid(&format!("{field}.host_path"), format!("{} is not a device", d.host_path)));
+        };
+        let path = if d.container_path.is_empty() { d.host_path.clone() } else { d.container_path.clone() };
+        if !path.starts_with("/dev/") {
+            return Err(invalid(&format!("{field}.container_path"), format!("{path:?} is not under /dev")));
+        }
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(kind)
+                .major(nix::sys::stat::major(meta.rdev()) as i64)
+                .minor(nix::sys::stat::minor(meta.rdev()) as i64)
+                .file_mode(meta.mode() & 0o777)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(spec_err)?,
+        );
+    }
+
+    // Namespaces: the pod's pins, or the host's when the pod asked for NODE.
+    let pin = |kind: &str| berth_runtime::sandbox::pin_path(&paths.pod_dir, kind);
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    if pod.network_mode != ns_mode::NODE {
+        namespaces.push(namespace(LinuxNamespaceType::Network, Some(pin("net")))?);
+        namespaces.push(namespace(LinuxNamespaceType::Uts, Some(pin("uts")))?);
+    }
+    if pod.ipc_mode != ns_mode::NODE {
+        namespaces.push(namespace(LinuxNamespaceType::Ipc, Some(pin("ipc")))?);
+    }
+    if paths.cgroup_v2 {
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
+    }
+    let ns_opts = sc.and_then(|s| s.namespace_options.as_ref());
+    let (pid_mode, pid_target) = match ns_opts.map(|n| n.pid) {
+        _ if pod.pid_mode == ns_mode::NODE => (ns_mode::NODE, String::new()),
+        Some(ns_mode::POD) => (ns_mode::POD, String::new()),
+        Some(ns_mode::NODE) => (ns_mode::NODE, String::new()),
+        Some(ns_mode::TARGET) => (ns_mode::TARGET, ns_opts.map(|n| n.target_id.clone()).unwrap_or_default()),
+        _ if pod.pid_mode == ns_mode::POD => (ns_mode::POD, String::new()),
+        _ => (ns_mode::CONTAINER, String::new()),
+    };
+    if pid_mode == ns_mode::TARGET && pid_target.is_empty() {
+        return Err(invalid("namespace_options.target_id", "TARGET PID mode needs a target container"));
+    }
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(if sc.is_some_and(|s| !s.masked_paths.is_empty()) { sc.map(|s| s.masked_paths.clone()).unwrap_or_default() } else { MASKED_PATHS.iter().map(|s| s.to_string()).collect() })
+        .readonly_paths(if sc.is_some_and(|s| !s.readonly_paths.is_empty()) { sc.map(|s| s.readonly_paths.clone()).unwrap_or_default() } else { READONLY_PATHS.iter().map(|s| s.to_string()).collect() })
+        .devices(devices)
+        .cgroups_path(PathBuf::from(format!("/{}", paths.cgroup)))
+        .build()
+        .map_err(spec_err)?;
+
+    let mut annotations: HashMap<String, String> = config.annotations.clone();
+    let join = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    annotations.insert(ANN_LOWERDIRS.into(), join(&paths.lower_dirs));
+    annotations.insert(ANN_UPPERDIR.into(), paths.upper.display().to_string());
+    annotations.insert(ANN_WORKDIR.into(), paths.work.display().to_string());
+    annotations.insert(ANN_CGROUP_PROCS.into(), join(&paths.cgroup_procs));
+    if let Some(name) = user_name {
+        annotations.insert(ANN_USER.into(), name);
+    }
+
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(RootBuilder::default().path("rootfs").readonly(readonly_root).build().map_err(spec_err)?)
+        .mounts(mounts)
+        .linux(linux)
+        .annotations(annotations)
+        .build()
+        .map_err(spec_err)?;
+    if !pod.hostname.is_empty() {
+        spec.set_hostname(Some(pod.hostname.clone()));
+    }
+    Ok(Built { spec, pid_mode, pid_target, mounts: mount_records, stop_signal: stop_signal(image) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ImageRunConfig;
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageRecord {
+        ImageRecord {
+            config: ImageRunConfig {
+                entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                env: vec!["PATH=/bin".into(), "A=image".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn config(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kubernetes_command_rules() {
+        let img = image(&["/entry"], &["cmd"]);
+        assert_eq!(argv(&config(&[], &[]), &img).unwrap(), vec!["/entry", "cmd"]);
+        assert_eq!(argv(&config(&[], &["a"]), &img).unwrap(), vec!["/entry", "a"]);
+        assert_eq!(argv(&config(&["sh"], &[]), &img).unwrap(), vec!["sh"]);
+        assert_eq!(argv(&config(&["sh"], &["-c", "x"]), &img).unwrap(), vec!["sh", "-c", "x"]);
+        assert!(argv(&config(&[], &[]), &image(&[], &[])).is_err());
+    }
+
+    #[test]
+    fn env_overrides_and_path_default() {
+        let mut c = config(&["sh"], &[]);
+        c.envs = vec![cri::KeyValue { key: "A".into(), value: "config".into() }];
+        let e = env(&c, &image(&[], &[]), "host").unwrap();
+        assert!(e.contains(&"A=config".to_string()) && e.contains(&"PATH=/bin".to_string()) && e.contains(&"HOSTNAME=host".to_string()));
+        let e = env(&c, &ImageRecord::default(), "").unwrap();
+        assert!(e.contains(&DEFAULT_PATH.to_string()));
+        c.envs.push(cri::KeyValue { key: "B=C".into(), value: "x".into() });
+        assert_eq!(env(&c, &ImageRecord::default(), "").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn stop_signals() {
+        let mut img = ImageRecord::default();
+        assert_eq!(stop_signal(&img), libc::SIGTERM);
+        img.config.stop_signal = "SIGQUIT".into();
+        assert_eq!(stop_signal(&img), libc::SIGQUIT);
+        img.config.stop_signal = "USR1".into();
+        assert_eq!(stop_signal(&img), libc::SIGUSR1);
+        img.config.stop_signal = "9".into();
+        assert_eq!(stop_signal(&img), 9);
+    }
+
+    #[test]
+    fn users() {
+        let img = ImageRecord { config: ImageRunConfig { user: "1000".into(), ..Default::default() }, ..Default::default() };
+        let (_, _, _, name) = user(&config(&["sh"], &[]), &img).unwrap();
+        assert_eq!(name.as_deref(), Some("1000"));
+        let mut c = config(&["sh"], &[]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 33 }),
+                run_as_group: Some(cri::Int64Value { value: 44 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let (uid, gid, _, name) = user(&c, &img).unwrap();
+        assert_eq!((uid, gid, name), (33, 44, None));
+    }
+}
