@@ -242,14 +242,29 @@ impl Berthd {
     }
 }
 
+impl Berthd {
+    /// What a failed test may leave: containers (killed through their
+    /// cgroups, which also ends their monitors) and mounts under the temp dir.
+    fn sweep(&self) {
+        remove_cgroup_everywhere(&self.cgroup_parent);
+        let dir = self.dir.path().display().to_string();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&dir)).collect();
+        mounts.reverse();
+        for m in mounts {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 impl Drop for Berthd {
     fn drop(&mut self) {
         if self.child.is_none() {
-            remove_cgroup_everywhere(&self.cgroup_parent);
+            self.sweep();
             return;
         }
         let status = self.terminate();
-        remove_cgroup_everywhere(&self.cgroup_parent);
+        self.sweep();
         if !status.success() {
             let msg = format!("berthd exited with {status} after SIGTERM\n{}", self.log());
             if std::thread::panicking() {
@@ -398,9 +413,22 @@ impl Cri {
     }
 }
 
-/// A pod config with a unique uid; logs go to `log_dir`.
+/// CRI NamespaceMode CONTAINER: what kubelet sends for PID unless the pod
+/// shares its process namespace (the proto default, 0, means POD).
+pub const NS_CONTAINER: i32 = 1;
+
+/// Namespace options as kubelet sends them for an ordinary pod.
+pub fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption { network: 0, pid: NS_CONTAINER, ipc: 0, ..Default::default() }
+}
+
+/// A pod config with a unique uid, namespaces as kubelet sets them; logs go to `log_dir`.
 pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() }),
+            ..Default::default()
+        }),
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
             uid: format!("uid-{name}-{}", std::process::id()),
@@ -420,6 +448,10 @@ pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> cri::Container
         image: Some(image_spec(image)),
         command: cmd.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

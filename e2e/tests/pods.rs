@@ -25,3 +25,368 @@ async fn container_runs_logs_and_exits() {
     assert!(lines.iter().any(|l| l.ends_with(" stderr F err")), "{log}");
     f.cri.remove_pod(&pod).await;
 }
+
+/// readlink of /proc/self/ns/<kind> inside a container.
+async fn ns_of(f: &mut Fixture, id: &str, kind: &str) -> String {
+    f.cri.sh(id, &format!("readlink /proc/self/ns/{kind}")).await.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_containers_share_network_ipc_uts_but_not_processes() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("shared");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let server = f.cri.run(&pod, f.container("server", &["sh", "-c", "echo data > /dev/shm/marker; while true; do echo hello-from-server | nc -l -p 8080; done"]), &cfg).await;
+    let client = f.cri.run(&pod, f.container("client", &["sleep", "1000"]), &cfg).await;
+
+    // localhost is shared: the client reaches the server on 127.0.0.1.
+    let got = f.cri.sh(&client, "for i in $(seq 100); do out=$(nc 127.0.0.1 8080 </dev/null) && [ -n \"$out\" ] && echo $out && exit 0; sleep 0.1; done; exit 1").await;
+    assert_eq!(got.trim(), "hello-from-server");
+    // POSIX shm (/dev/shm) and the IPC, network and UTS namespaces are the pod's.
+    assert_eq!(f.cri.sh(&client, "cat /dev/shm/marker").await.trim(), "data");
+    for kind in ["net", "ipc", "uts"] {
+        assert_eq!(ns_of(&mut f, &server, kind).await, ns_of(&mut f, &client, kind).await, "{kind} namespace");
+    }
+    assert_eq!(f.cri.sh(&client, "hostname").await.trim(), "shared");
+    assert!(f.cri.sh(&client, "cat /etc/hosts").await.contains("localhost"));
+    // Without a shared PID namespace, each container sees only its own processes.
+    assert_ne!(ns_of(&mut f, &server, "pid").await, ns_of(&mut f, &client, "pid").await);
+    let ps = f.cri.sh(&client, "ps -o pid,args").await;
+    assert!(!ps.contains("nc -l"), "client sees the server's processes:\n{ps}");
+
+    // A second pod sees neither the first pod's shm nor its processes nor its network.
+    let cfg2 = f.pod("other");
+    let pod2 = f.cri.run_pod(cfg2.clone()).await.unwrap();
+    let stranger = f.cri.run(&pod2, f.container("stranger", &["sleep", "1000"]), &cfg2).await;
+    assert_eq!(f.cri.sh(&stranger, "ls /dev/shm").await.trim(), "");
+    for kind in ["net", "ipc", "uts", "pid"] {
+        assert_ne!(ns_of(&mut f, &server, kind).await, ns_of(&mut f, &stranger, kind).await, "{kind} namespace");
+    }
+    assert_eq!(f.cri.sh(&stranger, "hostname").await.trim(), "other");
+    let r = f.cri.exec(&stranger, &["nc", "-w", "1", "127.0.0.1", "8080"], 10).await.unwrap();
+    assert_ne!(r.exit_code, 0, "the other pod's localhost must not reach the server");
+    f.cri.remove_pod(&pod).await;
+    f.cri.remove_pod(&pod2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_pid_namespace_sees_sibling_processes() {
+    let mut f = Fixture::start().await;
+    let mut cfg = f.pod("pidshare");
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption { pid: 0, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut a_cfg = f.container("a", &["sleep", "1001"]);
+    let mut b_cfg = f.container("b", &["sleep", "1002"]);
+    for c in [&mut a_cfg, &mut b_cfg] {
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption { pid: 0, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let a = f.cri.run(&pod, a_cfg, &cfg).await;
+    let b = f.cri.run(&pod, b_cfg, &cfg).await;
+    let ps = f.cri.sh(&b, "ps -o args").await;
+    assert!(ps.contains("sleep 1001") && ps.contains("sleep 1002"), "{ps}");
+    assert_eq!(ns_of(&mut f, &a, "pid").await, ns_of(&mut f, &b, "pid").await);
+    // PID 1 is berth's pod init, not a container's process.
+    assert!(!f.cri.sh(&a, "cat /proc/1/cmdline").await.contains("sleep"));
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_use_the_cri_format_split_long_lines_and_reopen() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("logs");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let script = "echo first; echo oops >&2; head -c 40000 /dev/zero | tr '\\0' x; echo; printf 'no-newline'";
+    let c = f.cri.run(&pod, f.container("writer", &["sh", "-c", script]), &cfg).await;
+    let s = f.cri.wait_exited(&c, Duration::from_secs(10)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    assert_eq!(s.log_path, f.logs.join("logs/writer.log").display().to_string());
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    let mut records: Vec<(String, String, String)> = Vec::new();
+    for line in log.lines() {
+        let mut parts = line.splitn(4, ' ');
+        let (ts, stream, tag, text) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap_or(""));
+        // 2026-11-25T17:38:47.123456789Z
+        assert_eq!(ts.len(), 30, "timestamp {ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.', "timestamp {ts}");
+        records.push((stream.into(), tag.into(), text.into()));
+    }
+    let stdout: Vec<_> = records.iter().filter(|r| r.0 == "stdout").collect();
+    assert_eq!((stdout[0].1.as_str(), stdout[0].2.as_str()), ("F", "first"));
+    assert!(records.iter().any(|r| r.0 == "stderr" && r.1 == "F" && r.2 == "oops"));
+    // 40000 bytes: 16 KiB partial, 16 KiB partial, then the rest as full.
+    assert_eq!((stdout[1].1.as_str(), stdout[1].2.len()), ("P", 16384));
+    assert_eq!((stdout[2].1.as_str(), stdout[2].2.len()), ("P", 16384));
+    assert_eq!((stdout[3].1.as_str(), stdout[3].2.len()), ("F", 40000 - 2 * 16384));
+    assert_eq!((stdout[4].1.as_str(), stdout[4].2.as_str()), ("P", "no-newline"));
+
+    // ReopenContainerLog: after a rename, new output lands in a new file.
+    let ticker = f.cri.run(&pod, f.container("ticker", &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"]), &cfg).await;
+    let path = f.logs.join("logs/ticker.log");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::rename(&path, f.logs.join("logs/ticker.log.1")).unwrap();
+    f.cri.runtime.reopen_container_log(cri::ReopenContainerLogRequest { container_id: ticker.clone() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = std::fs::read_to_string(&path).expect("new log file after reopen");
+    assert!(fresh.lines().count() >= 2 && fresh.contains("stdout F tick"), "{fresh}");
+    // Reopen on an exited container is refused.
+    let e = f.cri.runtime.reopen_container_log(cri::ReopenContainerLogRequest { container_id: c.clone() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_stop_timeouts_and_bad_entrypoints() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("exits");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let ok = f.cri.run(&pod, f.container("ok", &["true"]), &cfg).await;
+    let s = f.cri.wait_exited(&ok, Duration::from_secs(10)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at && s.created_at <= s.started_at);
+
+    // SIGKILL after the stop timeout: PID 1 ignores SIGTERM without a handler.
+    let stubborn = f.cri.run(&pod, f.container("stubborn", &["sleep", "1000"]), &cfg).await;
+    assert_eq!(f.cri.status(&stubborn).await.state, RUNNING);
+    let t = Instant::now();
+    f.cri.stop(&stubborn, 2).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_secs(2), "the stop timeout was not honoured");
+    let s = f.cri.status(&stubborn).await;
+    assert_eq!((s.state, s.exit_code, s.reason.as_str()), (EXITED, 137, "Error"));
+    // Stopping again, and stopping an unknown id, are fine.
+    f.cri.stop(&stubborn, 2).await.unwrap();
+    f.cri.stop(&"f".repeat(64), 2).await.unwrap();
+
+    // A process that handles SIGTERM exits with its own code before the timeout.
+    let polite = f.cri.run(&pod, f.container("polite", &["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.05; done"]), &cfg).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    f.cri.stop(&polite, 30).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(f.cri.status(&polite).await.exit_code, 42);
+
+    // Missing entrypoints fail CreateContainer with containerd's message, leaving nothing.
+    let before = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers.len();
+    let e = f.cri.create(&pod, f.container("missing", &["no-such-command"]), &cfg).await.unwrap_err();
+    assert!(e.message().contains("exec: \"no-such-command\": executable file not found in $PATH"), "{}", e.message());
+    let e = f.cri.create(&pod, f.container("missing2", &["/bin/nope"]), &cfg).await.unwrap_err();
+    assert!(e.message().contains("exec: \"/bin/nope\""), "{}", e.message());
+    let mut bad_cwd = f.container("badcwd", &["true"]);
+    bad_cwd.working_dir = "/does/not/exist".into();
+    let e = f.cri.create(&pod, bad_cwd, &cfg).await.unwrap_err();
+    assert!(e.message().contains("/does/not/exist"), "{}", e.message());
+    let after = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers.len();
+    assert_eq!(before, after, "failed creations leave no container");
+    let bundles = std::fs::read_dir(f.berthd.paths.state.join("containers")).unwrap().count();
+    assert_eq!(bundles, after, "failed creations leave no bundle");
+
+    // The same name again while the first exists: AlreadyExists naming it.
+    let e = f.cri.create(&pod, f.container("ok", &["true"]), &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(e.message().contains(&ok), "{}", e.message());
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_output_exit_codes_and_timeouts() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("exec");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut ccfg = f.container("target", &["sleep", "1000"]);
+    ccfg.envs.push(cri::KeyValue { key: "GREETING".into(), value: "hi there".into() });
+    ccfg.working_dir = "/tmp".into();
+    let c = f.cri.run(&pod, ccfg, &cfg).await;
+
+    let r = f.cri.exec(&c, &["echo", "hi"], 10).await.unwrap();
+    assert_eq!((r.stdout.as_slice(), r.exit_code), (b"hi\n".as_slice(), 0));
+    let r = f.cri.exec(&c, &["sh", "-c", "echo to-err >&2; echo $GREETING; pwd; exit 7"], 10).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "hi there\n/tmp\n");
+    assert_eq!(r.stderr, b"to-err\n");
+    assert_eq!(r.exit_code, 7);
+    // The exec runs in the container's PID namespace and cgroup.
+    let pid_ns = f.cri.sh(&c, "readlink /proc/self/ns/pid").await;
+    assert_eq!(pid_ns, f.cri.sh(&c, "readlink /proc/1/ns/pid").await);
+    let cgroup = f.cri.sh(&c, "cat /proc/self/cgroup").await;
+    assert_eq!(cgroup, f.cri.sh(&c, "cat /proc/1/cgroup").await);
+
+    let t = Instant::now();
+    let e = f.cri.exec(&c, &["sleep", "30"], 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    // The timed-out command is gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!f.cri.sh(&c, "ps -o args").await.contains("sleep 30"));
+
+    let e = f.cri.exec(&c, &["no-such-command"], 10).await.unwrap_err();
+    assert!(e.message().contains("executable file not found"), "{}", e.message());
+    // Large output is returned whole (below the 16 MiB cap).
+    let r = f.cri.exec(&c, &["sh", "-c", "head -c 3000000 /dev/zero"], 30).await.unwrap();
+    assert_eq!(r.stdout.len(), 3_000_000);
+
+    f.cri.stop(&c, 0).await.unwrap();
+    let e = f.cri.exec(&c, &["true"], 10).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_user_and_status_fields() {
+    let mut f = Fixture::start().await;
+    let image = berth_e2e::oci::busybox_image(&berth_e2e::oci::ImageSettings { user: "user".into(), ..Default::default() });
+    f.registry.push("busybox", "user", &image).await;
+    let user_ref = f.registry.reference("busybox", "user");
+    f.cri.pull(&user_ref).await.unwrap();
+    let cfg = f.pod("users");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut ccfg = berth_e2e::container_config("named", &user_ref, &["sleep", "1000"]);
+    ccfg.labels.insert("app".into(), "web".into());
+    ccfg.annotations.insert("note".into(), "x".into());
+    let c = f.cri.run(&pod, ccfg, &cfg).await;
+    assert_eq!(f.cri.sh(&c, "id").await.trim(), "uid=1000(user) gid=1000(user) groups=1000(user),2000(extra)");
+    let s = f.cri.status(&c).await;
+    assert_eq!(s.state, RUNNING);
+    assert_eq!(s.image.as_ref().unwrap().image, user_ref);
+    assert_eq!(s.image_id, image.id());
+    assert!(s.image_ref.contains("@sha256:"), "{}", s.image_ref);
+    assert_eq!(s.labels["app"], "web");
+    assert_eq!(s.annotations["note"], "x");
+    let user = s.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid, user.supplemental_groups), (1000, 1000, vec![1000, 2000]));
+    assert_eq!(s.metadata.unwrap().name, "named");
+
+    // Lists with filters.
+    let list = |filter: cri::ContainerFilter| cri::ListContainersRequest { filter: Some(filter) };
+    let by_label = f.cri.runtime.list_containers(list(cri::ContainerFilter { label_selector: [("app".to_string(), "web".to_string())].into(), ..Default::default() })).await.unwrap().into_inner();
+    assert_eq!(by_label.containers.len(), 1);
+    let by_prefix = f.cri.runtime.list_containers(list(cri::ContainerFilter { id: c[..10].into(), ..Default::default() })).await.unwrap().into_inner();
+    assert_eq!(by_prefix.containers[0].id, c);
+    let exited = f.cri.runtime.list_containers(list(cri::ContainerFilter { state: Some(cri::ContainerStateValue { state: EXITED }), ..Default::default() })).await.unwrap().into_inner();
+    assert!(exited.containers.is_empty());
+    // Prefix ids work on every RPC.
+    assert_eq!(f.cri.status(&c[..12]).await.id, c);
+    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(cri::PodSandboxFilter { id: pod[..8].into(), ..Default::default() }) }).await.unwrap().into_inner();
+    assert_eq!(pods.items.len(), 1);
+    let ps = f.cri.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }).await.unwrap().into_inner();
+    let st = ps.status.unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(st.metadata.unwrap().name, "users");
+    assert!(ps.info["info"].contains("netns"));
+
+    // Removing the image while the container uses it keeps its layers.
+    f.cri.remove_image(&user_ref).await.unwrap();
+    assert_eq!(f.cri.sh(&c, "echo still-here").await.trim(), "still-here");
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_removal_leaves_nothing_behind() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("tidy");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let c1 = f.cri.run(&pod, f.container("one", &["sleep", "1000"]), &cfg).await;
+    let c2 = f.cri.run(&pod, f.container("two", &["sh", "-c", "sleep 1000 & sleep 1000"]), &cfg).await;
+    let _created = f.cri.create(&pod, f.container("never-started", &["true"]), &cfg).await.unwrap();
+    let pids: Vec<i32> = {
+        let mut v = Vec::new();
+        for c in [&c1, &c2] {
+            let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: c.to_string(), verbose: true }).await.unwrap().into_inner();
+            let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+            v.push(info["pid"].as_i64().unwrap() as i32);
+        }
+        v
+    };
+    assert!(!berth_e2e::cgroups_named(&pod).is_empty(), "the pod has cgroups while it runs");
+    f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    let st = f.cri.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap().into_inner();
+    assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    assert_eq!(f.cri.status(&c1).await.state, EXITED);
+    f.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&pod), "pod mounts left:\n{mountinfo}");
+    assert!(berth_e2e::cgroups_named(&pod).is_empty(), "pod cgroups left: {:?}", berth_e2e::cgroups_named(&pod));
+    for pid in pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} left");
+    }
+    for dir in [f.berthd.paths.state.join("pods"), f.berthd.paths.state.join("containers"), f.berthd.paths.root.join("containers")] {
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{} not empty", dir.display());
+    }
+    let containers = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert!(containers.is_empty());
+    // Idempotent: again, and for ids never seen.
+    f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    f.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    f.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: "a".repeat(64) }).await.unwrap();
+    let e = f.cri.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_pods_and_bad_requests() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("dup");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let e = f.cri.run_pod(cfg.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(e.message().contains(&pod), "{}", e.message());
+    // A new attempt is a new sandbox.
+    let mut next = cfg.clone();
+    next.metadata.as_mut().unwrap().attempt = 1;
+    let pod2 = f.cri.run_pod(next).await.unwrap();
+    assert_ne!(pod, pod2);
+
+    let mut no_name = cfg.clone();
+    no_name.metadata.as_mut().unwrap().name.clear();
+    let e = f.cri.run_pod(no_name).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("metadata.name"), "{}", e.message());
+
+    let e = f.cri.create(&"0".repeat(64), f.container("x", &["true"]), &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = f.cri.create(&pod, berth_e2e::container_config("x", "not-pulled:1", &["true"]), &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mut bad_mount = f.container("badmount", &["true"]);
+    bad_mount.mounts.push(cri::Mount { container_path: "/data".into(), host_path: "/definitely/not/here".into(), ..Default::default() });
+    let e = f.cri.create(&pod, bad_mount, &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("mounts[0].host_path"), "{}", e.message());
+    let e = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: String::new(), verbose: false }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    f.cri.remove_pod(&pod).await;
+    f.cri.remove_pod(&pod2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_survive_a_berthd_crash() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("survivor");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let long = f.cri.run(&pod, f.container("long", &["sh", "-c", "echo started; sleep 1000"]), &cfg).await;
+    let short = f.cri.run(&pod, f.container("short", &["sh", "-c", "sleep 1; echo bye; exit 5"]), &cfg).await;
+    f.berthd.kill9();
+    // While berthd is away, "short" exits.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    assert_eq!(f.cri.status(&long).await.state, RUNNING);
+    let s = f.cri.status(&short).await;
+    assert_eq!((s.state, s.exit_code, s.reason.as_str()), (EXITED, 5, "Error"));
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains("stdout F bye"), "{log}");
+    // The running one is still fully manageable.
+    assert_eq!(f.cri.sh(&long, "echo alive").await.trim(), "alive");
+    f.cri.stop(&long, 1).await.unwrap();
+    assert_eq!(f.cri.status(&long).await.state, EXITED);
+    f.cri.remove_pod(&pod).await;
+}

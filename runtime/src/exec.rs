@@ -135,7 +135,8 @@ fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, args: &[
         return InitError::BadCwd(process.cwd().display().to_string(), e.to_string());
     }
     nix::sys::stat::umask(Mode::from_bits_truncate(process.user().umask().unwrap_or(0o022)));
-    init::exec_final(&executable, args, &env)
+    // Dies with the helper: berthd kills the helper on an ExecSync timeout.
+    init::exec_final(&executable, args, &env, libc::SIGKILL)
 }
 
 #[cfg(test)]

@@ -515,16 +515,22 @@ pub fn exec(spec: &Spec, prepared: Prepared) -> InitError {
     }
     let umask = process.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));
-    exec_final(&prepared.executable, process.args().as_deref().unwrap_or(&[]), process.env().as_deref().unwrap_or(&[]))
+    // The container outlives its monitor's setup phase: no parent-death signal.
+    exec_final(&prepared.executable, process.args().as_deref().unwrap_or(&[]), process.env().as_deref().unwrap_or(&[]), 0)
 }
 
-/// Closes every descriptor above stderr on exec and calls `execve`.
-pub fn exec_final(executable: &CString, args: &[String], env: &[String]) -> InitError {
+/// Closes every descriptor above stderr on exec, sets the parent-death
+/// signal (after the user switch, which clears it), and calls `execve`.
+pub fn exec_final(executable: &CString, args: &[String], env: &[String], pdeathsig: i32) -> InitError {
     close_on_exec_from(3);
     let to_c = |v: &[String]| -> Vec<CString> { v.iter().filter_map(|s| CString::new(s.as_bytes()).ok()).collect() };
     let (argv, envp) = (to_c(args), to_c(env));
+    let parent = nix::unistd::getppid();
     // SAFETY: prctl with PR_SET_PDEATHSIG and an int argument has no memory effects.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig) };
+    if pdeathsig != 0 && nix::unistd::getppid() != parent {
+        return InitError::Setup("parent exited before exec".into());
+    }
     match nix::unistd::execve(executable, &argv, &envp) {
         Err(Errno::EACCES) => InitError::NotExecutable(args.first().cloned().unwrap_or_default()),
         Err(Errno::ENOENT) => InitError::NoSuchFile(args.first().cloned().unwrap_or_default()),

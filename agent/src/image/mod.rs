@@ -205,9 +205,10 @@ impl Images {
             .collect();
 
         // Layers are independent directories, so each one is fetched and
-        // unpacked on its own as soon as it arrives.
+        // unpacked on its own as soon as it arrives. One failure does not
+        // cancel the others: what completes is kept for the next pull.
         let jobs = layers.iter().map(|l| self.fetch_and_unpack(&remote, &image, l));
-        futures::future::try_join_all(jobs).await?;
+        futures::future::join_all(jobs).await.into_iter().collect::<Result<Vec<()>, ImageError>>()?;
 
         // containerd's image size: manifest, config and compressed layers.
         let size = manifest_len + config_desc.size + layers.iter().map(|l| l.size).sum::<u64>();
