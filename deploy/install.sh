@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/deps.sh
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-cargo build --release --locked -p berth-agent
+cargo build --release --locked -p berth-agent -p berth-runtime --bins
 install -m 0755 target/release/berthd /usr/local/bin/berthd
+install -m 0755 target/release/berth-monitor /usr/local/bin/berth-monitor
 if [ ! -e /etc/berth/config.toml ]; then
     install -d -m 0755 /etc/berth
     /usr/local/bin/berthd config default > /etc/berth/config.toml

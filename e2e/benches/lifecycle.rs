@@ -1,0 +1,74 @@
+//! Pod and container lifecycle: medians of RunPodSandbox, CreateContainer,
+//! StartContainer, StopContainer (timeout 0), RemovePodSandbox, and the
+//! resident memory of the per-container monitor and of berthd.
+//! `cargo bench -p berth-e2e --bench lifecycle`
+
+use std::time::{Duration, Instant};
+
+use berth_e2e::{cri, Fixture};
+
+const PODS: usize = 20;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn rss_kib(pid: i64) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut f = Fixture::start().await;
+    let berthd_idle = rss_kib(f.berthd.pid() as i64);
+    let (mut runp, mut create, mut start, mut stop, mut rmp, mut monitor_rss) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut pods = Vec::new();
+    for i in 0..PODS {
+        let cfg = f.pod(&format!("bench{i}"));
+        let t = Instant::now();
+        let pod = f.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+        runp.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let c = f.cri.create(&pod, f.container("sleeper", &["sleep", "1000"]), &cfg).await.expect("CreateContainer");
+        create.push(ms(t.elapsed()));
+        let t = Instant::now();
+        f.cri.start(&c).await.expect("StartContainer");
+        start.push(ms(t.elapsed()));
+        pods.push((pod, c));
+    }
+    // Let the monitors settle, then read their resident memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (_, c) in &pods {
+        let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: c.clone(), verbose: true }).await.unwrap().into_inner();
+        let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+        monitor_rss.push(rss_kib(info["monitorPid"].as_i64().unwrap()));
+    }
+    let berthd_loaded = rss_kib(f.berthd.pid() as i64);
+    for (pod, c) in &pods {
+        let t = Instant::now();
+        f.cri.stop(c, 0).await.expect("StopContainer");
+        stop.push(ms(t.elapsed()));
+        let t = Instant::now();
+        f.cri.remove_pod(pod).await;
+        rmp.push(ms(t.elapsed()));
+    }
+    println!("pod and container lifecycle, {PODS} pods with one busybox `sleep` container each (medians)");
+    println!("  RunPodSandbox       {:8.2} ms", median(runp.clone()));
+    println!("  CreateContainer     {:8.2} ms", median(create.clone()));
+    println!("  StartContainer      {:8.2} ms", median(start.clone()));
+    println!("  pod ready + create + start {:8.2} ms", median(runp.iter().zip(&create).zip(&start).map(|((a, b), c)| a + b + c).collect()));
+    println!("  StopContainer (0s)  {:8.2} ms", median(stop));
+    println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
+    println!("  monitor RSS         {:8.0} KiB per container (target <= 1536 KiB)", median(monitor_rss));
+    println!("  berthd RSS          {:8.0} KiB idle, {:.0} KiB with {PODS} pods", berthd_idle, berthd_loaded);
+}
