@@ -57,6 +57,26 @@ shm_size_bytes = 67108864
 # SIGKILL, in seconds (kubelet stops containers itself before this).
 pod_stop_grace_seconds = 2
 
+[network]
+# "builtin": berth's bridge, veth, NAT and hostPort; "cni": the plugins of
+# the first config in cni_conf_dir; "auto": cni when cni_conf_dir has a
+# config, else builtin.
+mode = "builtin"
+
+# Built-in mode: the bridge, the pod subnet (UpdateRuntimeConfig's pod CIDR
+# replaces it) and the gateway ("" = the subnet's first address).
+bridge = "berth0"
+subnet = "10.88.0.0/16"
+gateway = ""
+
+# Built-in mode: berth's own nftables table (family inet). No other table
+# is ever touched.
+nft_table = "berth"
+
+# CNI mode: where configs and plugins are.
+cni_conf_dir = "/etc/cni/net.d"
+cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+
 [log]
 # error, warn, info, debug or trace; or a tracing filter such as
 # "info,berth_agent=debug".
@@ -84,8 +104,56 @@ pub struct Config {
     pub image: ImageConfig,
     /// The executor.
     pub runtime: RuntimeConfig,
+    /// The pod network.
+    pub network: NetworkConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[network]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// builtin, cni or auto.
+    pub mode: NetworkMode,
+    /// Bridge name (built-in).
+    pub bridge: String,
+    /// Pod subnet (built-in).
+    pub subnet: String,
+    /// Gateway ("" = first address).
+    pub gateway: String,
+    /// nftables table (built-in).
+    pub nft_table: String,
+    /// CNI config directory.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories, searched in order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+}
+
+/// How pods are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// berth's bridge.
+    Builtin,
+    /// CNI plugins.
+    Cni,
+    /// CNI when a config exists, else built-in.
+    Auto,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            mode: NetworkMode::Builtin,
+            bridge: "berth0".into(),
+            subnet: "10.88.0.0/16".into(),
+            gateway: String::new(),
+            nft_table: "berth".into(),
+            cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+            cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+        }
+    }
 }
 
 /// The `[runtime]` table.
@@ -167,6 +235,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
             runtime: RuntimeConfig::default(),
+            network: NetworkConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -249,6 +318,18 @@ impl Config {
         }
         if !self.runtime.monitor_path.as_os_str().is_empty() && !self.runtime.monitor_path.is_absolute() {
             return Err(invalid("runtime.monitor_path", format!("{} is not an absolute path", self.runtime.monitor_path.display())));
+        }
+        if let Err(e) = berth_network::BridgeConfig::new(&self.network.bridge, &self.network.subnet, &self.network.gateway, &self.network.nft_table) {
+            let text = e.to_string();
+            let (key, reason) = text.split_once(": ").unwrap_or(("network", text.as_str()));
+            let key: &'static str = match key {
+                "network.bridge" => "network.bridge",
+                "network.subnet" => "network.subnet",
+                "network.gateway" => "network.gateway",
+                "network.nft_table" => "network.nft_table",
+                _ => "network",
+            };
+            return Err(invalid(key, reason.to_string()));
         }
         for (registry, mirrors) in &self.registry.mirrors {
             for m in mirrors {

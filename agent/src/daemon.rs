@@ -42,7 +42,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let agent = match Agent::open(config.clone(), store) {
+    // Opening sets up the host network with blocking netlink calls.
+    let cfg = config.clone();
+    let opened = tokio::task::spawn_blocking(move || Agent::open(cfg, store)).await.context("start-up task")?;
+    let agent = match opened {
         Ok(a) => Arc::new(a),
         Err(e) => {
             created.remove_all();

@@ -7,6 +7,7 @@ pub mod cri;
 pub mod daemon;
 pub mod image;
 pub mod logging;
+pub mod net;
 pub mod pod;
 pub mod spec;
 pub mod store;

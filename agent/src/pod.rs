@@ -131,6 +131,9 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
     if want.ipc {
         sandbox::mount_shm(&dir.join("shm"), agent.config.runtime.shm_size_bytes).map_err(|e| internal("pod /dev/shm", e))?;
     }
+    if own_net {
+        agent.network.setup(&agent.store, &mut rec, &sandbox::pin_path(&dir, "net"))?;
+    }
     write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
     write_file(&dir.join("hosts"), &hosts_file(&hostname, &rec.ips))?;
     let resolv = match dns.resolv_conf() {
@@ -169,6 +172,9 @@ pub fn hosts_file(hostname: &str, ips: &[String]) -> String {
 
 /// Removes every host resource of a pod (idempotent, best effort, logged).
 fn teardown_host(agent: &Agent, rec: &PodRecord) {
+    if let Err(e) = agent.network.teardown(&agent.store, &rec.id) {
+        tracing::warn!(pod_id = %rec.id, "releasing the pod network: {}", e.message());
+    }
     if rec.init_pid > 0 && berth_runtime::exec::proc_start_time(rec.init_pid) == Some(rec.init_start_time) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.init_pid), nix::sys::signal::Signal::SIGKILL);
     }
@@ -202,7 +208,11 @@ pub async fn stop(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pod.init_pid), nix::sys::signal::Signal::SIGKILL);
     }
     if pod.state != PodState::NotReady {
+        let a = agent.clone();
+        let pid = pod.id.clone();
+        tokio::task::spawn_blocking(move || a.network.teardown(&a.store, &pid)).await.map_err(|e| internal("network task", e))??;
         pod.state = PodState::NotReady;
+        pod.ips.clear();
         agent.store.put(&pod.id, &pod).map_err(|e| internal("store", e))?;
         tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
     }
@@ -233,6 +243,11 @@ pub fn containers_of(agent: &Agent, pod_id: &str) -> Result<Vec<ContainerRecord>
 
 /// Start-up: pods whose creation a crash interrupted are torn down and forgotten.
 pub async fn recover(agent: &Arc<Agent>) -> Result<(), Status> {
+    let a = agent.clone();
+    let gc = async move {
+        let a2 = a.clone();
+        tokio::task::spawn_blocking(move || a2.network.collect_garbage(&a2.store)).await.map_err(|e| internal("network gc", e))?
+    };
     for pod in agent.store.list::<PodRecord>().map_err(|e| internal("store", e))? {
         if pod.state == PodState::Creating {
             tracing::warn!(pod_id = %pod.id, "cleaning up a pod sandbox whose creation was interrupted");
@@ -242,7 +257,7 @@ pub async fn recover(agent: &Arc<Agent>) -> Result<(), Status> {
             let _ = agent.store.delete::<PodRecord>(&pod.id);
         }
     }
-    Ok(())
+    gc.await
 }
 
 #[cfg(test)]

@@ -123,6 +123,47 @@ pub struct Berthd {
     extra_args: Vec<String>,
     /// The instance's default cgroup parent (one path component).
     pub cgroup_parent: String,
+    /// The instance's bridge, subnet and nftables table.
+    pub net: NetNames,
+}
+
+/// Network names unique to one berthd of the test run.
+#[derive(Debug, Clone)]
+pub struct NetNames {
+    /// Bridge name.
+    pub bridge: String,
+    /// /24 pod subnet in 10.200.0.0/13.
+    pub subnet: String,
+    /// nftables table.
+    pub table: String,
+}
+
+impl NetNames {
+    /// Fresh names from the pid, a counter and the clock.
+    pub fn new() -> NetNames {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let x = (std::process::id().wrapping_mul(2654435761)) ^ nanos ^ n.wrapping_mul(40503);
+        let tag = format!("{:06x}", x & 0xffffff);
+        NetNames {
+            bridge: format!("bt{tag}"),
+            subnet: format!("10.{}.{}.0/24", 200 + (x >> 24) % 8, (x >> 8) & 0xff),
+            table: format!("berth_t{tag}"),
+        }
+    }
+
+    /// Removes the bridge and table (they outlive berthd by design).
+    pub fn remove(&self) {
+        let _ = Command::new("ip").args(["link", "delete", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).stderr(Stdio::null()).status();
+    }
+}
+
+impl Default for NetNames {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Berthd {
@@ -141,8 +182,12 @@ impl Berthd {
         if !config.contains("[runtime]") {
             config.push_str(&format!("\n[runtime]\ndefault_cgroup_parent = \"{cgroup_parent}\"\n"));
         }
+        let net = NetNames::new();
+        if !config.contains("[network]") {
+            config.push_str(&format!("\n[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n", net.bridge, net.subnet, net.table));
+        }
         std::fs::write(&paths.config, config).expect("writing config");
-        let mut b = Berthd { dir, paths, child: None, extra_args: vec!["--log-level".into(), "debug".into()], cgroup_parent };
+        let mut b = Berthd { dir, paths, child: None, extra_args: vec!["--log-level".into(), "debug".into()], cgroup_parent, net };
         b.spawn().await;
         b
     }
@@ -247,6 +292,7 @@ impl Berthd {
     /// cgroups, which also ends their monitors) and mounts under the temp dir.
     fn sweep(&self) {
         remove_cgroup_everywhere(&self.cgroup_parent);
+        self.net.remove();
         let dir = self.dir.path().display().to_string();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&dir)).collect();

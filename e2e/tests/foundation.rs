@@ -37,9 +37,9 @@ async fn status_reports_runtime_and_network_conditions() {
     let runtime = conditions.iter().find(|c| c.r#type == "RuntimeReady").expect("RuntimeReady");
     assert!(runtime.status);
     let network = conditions.iter().find(|c| c.r#type == "NetworkReady").expect("NetworkReady");
-    // No pod network is built yet, and berth says so instead of pretending.
-    assert!(!network.status);
-    assert!(!network.reason.is_empty() && !network.message.is_empty());
+    // The built-in bridge is up.
+    assert!(network.status, "{network:?}");
+    assert!(network.message.contains(&berthd.net.bridge), "{network:?}");
     assert!(s.info.is_empty(), "info only when verbose");
 
     let s = cri.runtime.status(cri::StatusRequest { verbose: true }).await.unwrap().into_inner();
@@ -129,8 +129,12 @@ async fn stale_socket_from_a_dead_process_is_replaced() {
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     // Binding and dropping leaves the socket file with nobody listening.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let net = berth_e2e::NetNames::new();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n", net.bridge, net.subnet, net.table)).unwrap();
     let mut child = std::process::Command::new(berth_e2e::berthd_bin())
-        .args(["--root", &dir.path().join("root").display().to_string(),
+        .args(["--config", &config.display().to_string(),
+               "--root", &dir.path().join("root").display().to_string(),
                "--state", &dir.path().join("state").display().to_string(),
                "--socket", &socket.display().to_string()])
         .stderr(std::process::Stdio::null())
@@ -148,6 +152,7 @@ async fn stale_socket_from_a_dead_process_is_replaced() {
     }
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
+    net.remove();
     assert!(ok, "berthd did not serve on the stale socket's path");
     assert!(status.success());
 }

@@ -39,6 +39,8 @@ pub struct Agent {
     pub runtime: berth_runtime::Runtime,
     /// Whether the node runs cgroup v2.
     pub cgroup_v2: bool,
+    /// The pod network.
+    pub network: crate::net::Network,
     /// One operation at a time per pod or container id.
     pub locks: crate::util::KeyedLocks,
     /// In-flight creations by name, for kubelet's retries.
@@ -68,7 +70,10 @@ impl Agent {
             std::fs::create_dir_all(&dir).map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", dir.display())))?;
             let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         }
+        let pod_cidr = store.setting(runtime_info::POD_CIDR_SETTING).map_err(crate::image::ImageError::Store)?;
+        let network = crate::net::Network::open(&config, pod_cidr.as_deref()).map_err(|e| crate::image::ImageError::Io(e.to_string()))?;
         Ok(Agent {
+            network,
             config,
             store,
             images,

@@ -1,6 +1,7 @@
 //! Version, Status, RuntimeConfig and UpdateRuntimeConfig.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use berth_proto::cri;
 use tonic::{Request, Response, Status};
@@ -28,13 +29,8 @@ pub(super) async fn status(agent: &Agent, r: Request<cri::StatusRequest>) -> Res
         reason: String::new(),
         message: String::new(),
     };
-    // Honest until the pod-network issue lands: pods get loopback only.
-    let network_ready = cri::RuntimeCondition {
-        r#type: "NetworkReady".into(),
-        status: false,
-        reason: "NetworkNotImplemented".into(),
-        message: "berth's pod network is not built yet: pods get only a loopback interface".into(),
-    };
+    let (ready, reason, message) = agent.network.ready();
+    let network_ready = cri::RuntimeCondition { r#type: "NetworkReady".into(), status: ready, reason, message };
     let mut info = std::collections::HashMap::new();
     if r.get_ref().verbose {
         let config = serde_json::to_string(&agent.config).map_err(|e| Status::internal(format!("config as JSON: {e}")))?;
@@ -59,7 +55,7 @@ pub(super) async fn runtime_config(_agent: &Agent, _r: Request<cri::RuntimeConfi
     }))
 }
 
-pub(super) async fn update_runtime_config(agent: &Agent, r: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+pub(super) async fn update_runtime_config(agent: &Arc<Agent>, r: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
     let cidr = r.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
     // kubelet sends an empty CIDR when the node has none: nothing to record.
     if cidr.is_empty() {
@@ -70,6 +66,8 @@ pub(super) async fn update_runtime_config(agent: &Agent, r: Request<cri::UpdateR
             return Err(Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {part:?}: {reason}")));
         }
     }
+    let (a, c) = (agent.clone(), cidr.clone());
+    tokio::task::spawn_blocking(move || a.network.set_pod_cidr(&a.config, &c)).await.map_err(|e| Status::internal(e.to_string()))??;
     agent.store.set_setting(POD_CIDR_SETTING, &cidr).map_err(|e| Status::internal(e.to_string()))?;
     tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
     Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))

@@ -48,6 +48,25 @@ fn record_from(agent: &Agent, config: cri::PodSandboxConfig, handler: String) ->
         berth_runtime::cgroup::normalize(&linux.cgroup_parent).map_err(|e| Status::invalid_argument(format!("config.linux.cgroup_parent: {e}")))?
     };
     let dns = config.dns_config.map(|d| PodDns { servers: d.servers, searches: d.searches, options: d.options }).unwrap_or_default();
+    let mut port_mappings = Vec::new();
+    for (i, pm) in config.port_mappings.iter().enumerate() {
+        if pm.host_port == 0 {
+            continue;
+        }
+        let field = format!("config.port_mappings[{i}]");
+        let protocol = match cri::Protocol::try_from(pm.protocol) {
+            Ok(cri::Protocol::Tcp) => berth_network::Protocol::Tcp,
+            Ok(cri::Protocol::Udp) => berth_network::Protocol::Udp,
+            Ok(cri::Protocol::Sctp) => berth_network::Protocol::Sctp,
+            Err(_) => return Err(Status::invalid_argument(format!("{field}.protocol: {} is not TCP, UDP or SCTP", pm.protocol))),
+        };
+        let port = |v: i32, what: &str| u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| Status::invalid_argument(format!("{field}.{what}: {v} is not a port")));
+        let host_ip = match pm.host_ip.as_str() {
+            "" | "0.0.0.0" => None,
+            ip => Some(ip.parse::<std::net::Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("{field}.host_ip: {ip:?} is not an IPv4 address")))?),
+        };
+        port_mappings.push(berth_network::PortMapping { protocol, container_port: port(pm.container_port, "container_port")?, host_port: port(pm.host_port, "host_port")?, host_ip });
+    }
     let hostname = if config.hostname.is_empty() { meta.name.clone() } else { config.hostname.clone() };
     let _ = agent;
     Ok((
@@ -66,6 +85,7 @@ fn record_from(agent: &Agent, config: cri::PodSandboxConfig, handler: String) ->
             pid_mode: if ns.pid == ns_mode::POD { ns_mode::POD } else if ns.pid == ns_mode::NODE { ns_mode::NODE } else { ns_mode::CONTAINER },
             ipc_mode: if ns.ipc == ns_mode::NODE { ns_mode::NODE } else { ns_mode::POD },
             cgroup,
+            port_mappings,
             ..Default::default()
         },
         dns,

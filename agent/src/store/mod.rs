@@ -164,10 +164,7 @@ impl Store {
 
     /// Sets a setting durably.
     pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
-            tx.inner.open_table(SETTINGS)?.insert(key, value)?;
-            Ok(())
-        })
+        self.write(|tx| tx.set_setting(key, value))
     }
 
     /// Runs `f` in one write transaction; it commits only when `f` returns Ok.
@@ -201,6 +198,19 @@ impl WriteTx {
     /// Deletes one record; true when it existed.
     pub fn delete<R: Record>(&self, id: &str) -> Result<bool, StoreError> {
         Ok(self.inner.open_table(R::table())?.remove(id)?.is_some())
+    }
+
+    /// A setting, inside the transaction.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let table = self.inner.open_table(SETTINGS)?;
+        let v = table.get(key)?.map(|v| v.value().to_string());
+        Ok(v)
+    }
+
+    /// Sets a setting, inside the transaction.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.inner.open_table(SETTINGS)?.insert(key, value)?;
+        Ok(())
     }
 
     /// Every record of a table, inside the transaction.

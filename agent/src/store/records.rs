@@ -64,6 +64,8 @@ pub struct PodRecord {
     pub init_start_time: u64,
     /// Pod IPs.
     pub ips: Vec<String>,
+    /// hostPort mappings.
+    pub port_mappings: Vec<berth_network::PortMapping>,
 }
 
 impl PodRecord {

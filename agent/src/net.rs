@@ -1,0 +1,168 @@
+//! The agent's side of the pod network: picks the mode, leases addresses in
+//! the store (never twice, also across restarts), checks hostPort conflicts,
+//! and calls into `berth-network` to wire pods up and down.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::RwLock;
+
+use berth_network::{ipam, BridgeConfig, NetError};
+use tonic::Status;
+
+use crate::config::{Config, NetworkMode};
+use crate::store::{LeaseRecord, PodRecord, PodState, Store};
+
+/// The store setting holding the last address handed out (round robin).
+const LAST_IP: &str = "ipam_last_ip";
+
+/// The pod network as the agent runs it.
+pub struct Network {
+    builtin: Option<RwLock<BridgeConfig>>,
+}
+
+fn status_of(e: NetError) -> Status {
+    match e {
+        NetError::PortInUse(..) => Status::already_exists(e.to_string()),
+        NetError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
+        NetError::Config(_) => Status::failed_precondition(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+impl Network {
+    /// Sets up the host side of the configured mode. `pod_cidr` (from
+    /// UpdateRuntimeConfig) replaces the configured subnet.
+    pub fn open(config: &Config, pod_cidr: Option<&str>) -> Result<Network, NetError> {
+        match config.network.mode {
+            NetworkMode::Builtin | NetworkMode::Auto => {}
+            NetworkMode::Cni => return Err(NetError::Config("network.mode: \"cni\" is not built yet; use \"builtin\"".into())),
+        }
+        let n = &config.network;
+        let subnet = pod_cidr.and_then(|c| c.split(',').map(str::trim).find(|c| c.contains('.'))).unwrap_or(&n.subnet);
+        let gateway = if subnet == n.subnet { n.gateway.as_str() } else { "" };
+        let bridge = BridgeConfig::new(&n.bridge, subnet, gateway, &n.nft_table)?;
+        bridge.ensure_host()?;
+        Ok(Network { builtin: Some(RwLock::new(bridge)) })
+    }
+
+    fn bridge(&self) -> Option<BridgeConfig> {
+        self.builtin.as_ref().map(|b| b.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// NetworkReady's status, reason and message.
+    pub fn ready(&self) -> (bool, String, String) {
+        match self.bridge() {
+            Some(b) => (true, String::new(), format!("built-in bridge {} on {}", b.bridge, b.subnet)),
+            None => (false, "NetworkPluginNotReady".into(), "no pod network is configured".into()),
+        }
+    }
+
+    /// Switches new pods to kubelet's pod CIDR (built-in mode).
+    pub fn set_pod_cidr(&self, config: &Config, cidr: &str) -> Result<(), Status> {
+        let Some(lock) = &self.builtin else { return Ok(()) };
+        let Some(v4) = cidr.split(',').map(str::trim).find(|c| c.contains('.')) else { return Ok(()) };
+        let n = &config.network;
+        let next = BridgeConfig::new(&n.bridge, v4, "", &n.nft_table).map_err(|e| Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {e}")))?;
+        if lock.read().unwrap_or_else(|p| p.into_inner()).subnet == next.subnet {
+            return Ok(());
+        }
+        next.ensure_host().map_err(status_of)?;
+        *lock.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// Leases an address and wires the pod (blocking). Fills `pod.ips`.
+    pub fn setup(&self, store: &Store, pod: &mut PodRecord, netns: &std::path::Path) -> Result<(), Status> {
+        let Some(bridge) = self.bridge() else { return Ok(()) };
+        let ip = lease(store, pod, &bridge)?;
+        bridge.setup_pod(&pod.id, netns, ip, &pod.port_mappings).map_err(|e| {
+            let _ = release(store, &pod.id);
+            status_of(e)
+        })?;
+        pod.ips = vec![ip.to_string()];
+        Ok(())
+    }
+
+    /// Unwires the pod and releases its lease (idempotent, blocking).
+    pub fn teardown(&self, store: &Store, pod_id: &str) -> Result<(), Status> {
+        if let Some(bridge) = self.bridge() {
+            bridge.teardown_pod(pod_id).map_err(status_of)?;
+        }
+        release(store, pod_id)
+    }
+
+    /// Start-up: removes veths, rules and leases of pods that no longer hold a network.
+    pub fn collect_garbage(&self, store: &Store) -> Result<(), Status> {
+        let pods = store.list::<PodRecord>().map_err(|e| Status::internal(e.to_string()))?;
+        let live: Vec<String> = pods.iter().filter(|p| p.state == PodState::Ready && !p.ips.is_empty()).map(|p| p.id.clone()).collect();
+        let stale: Vec<LeaseRecord> = store
+            .list::<LeaseRecord>()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .filter(|l| !live.contains(&l.pod_id))
+            .collect();
+        for l in &stale {
+            store.delete::<LeaseRecord>(&l.ip).map_err(|e| Status::internal(e.to_string()))?;
+        }
+        if let Some(bridge) = self.bridge() {
+            let alive = |prefix: &str| live.iter().any(|id| id.starts_with(prefix));
+            let (veths, rules) = bridge.collect_garbage(&alive).map_err(status_of)?;
+            if veths + rules + stale.len() > 0 {
+                tracing::info!(veths, rules, leases = stale.len(), "pod network garbage collected");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Leases an address for `pod` in one transaction, refusing hostPorts held
+/// by pods that already have a lease.
+fn lease(store: &Store, pod: &PodRecord, bridge: &BridgeConfig) -> Result<Ipv4Addr, Status> {
+    let mut failure: Option<NetError> = None;
+    let ip = store
+        .write(|tx| {
+            let leases = tx.list::<LeaseRecord>()?;
+            if let Some(mine) = leases.iter().find(|l| l.pod_id == pod.id).and_then(|l| l.ip.parse().ok()) {
+                return Ok(Some(mine));
+            }
+            let holders: HashSet<&str> = leases.iter().map(|l| l.pod_id.as_str()).collect();
+            for other in tx.list::<PodRecord>()? {
+                if other.id == pod.id || !holders.contains(other.id.as_str()) {
+                    continue;
+                }
+                if let Some(p) = pod.port_mappings.iter().find(|p| other.port_mappings.iter().any(|o| o.conflicts(p))) {
+                    failure = Some(NetError::PortInUse(p.describe(), other.id.clone()));
+                    return Ok(None);
+                }
+            }
+            let used: HashSet<Ipv4Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
+            let after = tx.setting(LAST_IP)?.and_then(|s| s.parse().ok());
+            let Some(ip) = ipam::allocate(bridge.subnet, bridge.gateway, &used, after) else {
+                failure = Some(NetError::Exhausted(bridge.subnet));
+                return Ok(None);
+            };
+            tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
+            tx.set_setting(LAST_IP, &ip.to_string())?;
+            Ok(Some(ip))
+        })
+        .map_err(|e| Status::internal(e.to_string()))?;
+    match (ip, failure) {
+        (Some(ip), _) => Ok(ip),
+        (None, Some(e)) => Err(status_of(e)),
+        (None, None) => Err(Status::internal("lease: no address and no reason")),
+    }
+}
+
+/// Drops every lease of a pod.
+fn release(store: &Store, pod_id: &str) -> Result<(), Status> {
+    store
+        .write(|tx| {
+            for l in tx.list::<LeaseRecord>()? {
+                if l.pod_id == pod_id {
+                    tx.delete::<LeaseRecord>(&l.ip)?;
+                }
+            }
+            Ok(())
+        })
+        .map_err(|e| Status::internal(e.to_string()))
+}

@@ -1,0 +1,1 @@
+//! CNI plugin mode (see the pod-network issue); filled in below.

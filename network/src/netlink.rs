@@ -1,0 +1,188 @@
+//! Links, addresses and routes through rtnetlink. Each call runs on a
+//! private current-thread runtime, so the crate's API stays blocking and the
+//! agent calls it from its blocking pool; calls inside a pod's network
+//! namespace run on a thread of their own that has joined it.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::NetError;
+
+fn nl(step: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let step = step.into();
+    move |e| NetError::Netlink { step, reason: e.to_string() }
+}
+
+/// Runs `f` with a fresh netlink handle in the calling thread's network namespace.
+pub fn with_handle<T>(f: impl AsyncFnOnce(Handle) -> Result<T, NetError>) -> Result<T, NetError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| NetError::Netlink { step: "runtime".into(), reason: e.to_string() })?;
+    rt.block_on(async {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetError::Netlink { step: "netlink socket".into(), reason: e.to_string() })?;
+        let task = tokio::spawn(conn);
+        let out = f(handle).await;
+        task.abort();
+        out
+    })
+}
+
+/// Runs `f` in the network namespace pinned at `netns`, on a thread of its own.
+pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> Result<T, NetError> + Send + 'static) -> Result<T, NetError> {
+    let fd = std::fs::File::open(netns).map_err(|e| NetError::Netns { path: netns.into(), reason: e.to_string() })?;
+    let path = netns.to_path_buf();
+    std::thread::Builder::new()
+        .name("berth-netns".into())
+        .spawn(move || {
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetError::Netns { path: path.clone(), reason: e.to_string() })?;
+            f()
+        })
+        .map_err(|e| NetError::Netns { path: netns.into(), reason: e.to_string() })?
+        .join()
+        .unwrap_or_else(|_| Err(NetError::Netns { path: netns.into(), reason: "thread panicked".into() }))
+}
+
+/// A link's index and kind, by name.
+pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<(u32, Option<InfoKind>, Option<u32>)>, NetError> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some((msg.header.index, kind_of(&msg), controller_of(&msg)))),
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(nl(format!("get link {name}"))(e)),
+    }
+}
+
+fn kind_of(msg: &LinkMessage) -> Option<InfoKind> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn controller_of(msg: &LinkMessage) -> Option<u32> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Controller(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn name_of(msg: &LinkMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// Creates the bridge (or checks the existing link is one), gives it the
+/// gateway address and brings it up. Returns its index.
+pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, NetError> {
+    let index = match link_by_name(h, name).await? {
+        Some((idx, Some(InfoKind::Bridge), _)) => idx,
+        Some((_, kind, _)) => {
+            return Err(NetError::Config(format!("network.bridge: {name:?} exists and is not a bridge (it is {:?})", kind)));
+        }
+        None => {
+            h.link().add(LinkBridge::new(name).build()).execute().await.map_err(nl(format!("create bridge {name}")))?;
+            link_by_name(h, name).await?.map(|l| l.0).ok_or_else(|| NetError::Config(format!("bridge {name} vanished")))?
+        }
+    };
+    match h.address().add(index, gateway.into(), prefix).execute().await {
+        Ok(()) => {}
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+        Err(e) => return Err(nl(format!("address {gateway}/{prefix} on {name}"))(e)),
+    }
+    h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(nl(format!("set {name} up")))?;
+    Ok(index)
+}
+
+/// The host's IPv4 addresses with their prefix and link name.
+pub async fn host_addresses(h: &Handle) -> Result<Vec<(String, Ipv4Addr, u8)>, NetError> {
+    let mut names = std::collections::HashMap::new();
+    let mut links = h.link().get().execute();
+    while let Some(l) = links.try_next().await.map_err(nl("list links"))? {
+        names.insert(l.header.index, name_of(&l).unwrap_or_default());
+    }
+    let mut out = Vec::new();
+    let mut addrs = h.address().get().execute();
+    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
+        for attr in &a.attributes {
+            if let netlink_packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                out.push((names.get(&a.header.index).cloned().unwrap_or_default(), *ip, a.header.prefix_len));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Names of links attached to the bridge `bridge_index`.
+pub async fn bridge_ports(h: &Handle, bridge_index: u32) -> Result<Vec<String>, NetError> {
+    let mut out = Vec::new();
+    let mut links = h.link().get().execute();
+    while let Some(l) = links.try_next().await.map_err(nl("list links"))? {
+        if controller_of(&l) == Some(bridge_index) {
+            if let Some(n) = name_of(&l) {
+                out.push(n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes a link by name; absent is fine.
+pub async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
+    if let Some((idx, _, _)) = link_by_name(h, name).await? {
+        match h.link().del(idx).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+            Err(e) => return Err(nl(format!("delete {name}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Creates the veth pair: `host` on the bridge and up; `peer` moved into
+/// the namespace of `netns_fd` (still under its temporary name).
+pub async fn create_veth(h: &Handle, host: &str, peer: &str, bridge_index: u32, netns: &std::fs::File) -> Result<(), NetError> {
+    h.link().add(LinkVeth::new(host, peer).build()).execute().await.map_err(nl(format!("create veth {host}")))?;
+    let (peer_idx, _, _) = link_by_name(h, peer).await?.ok_or_else(|| NetError::Config(format!("veth peer {peer} vanished")))?;
+    h.link()
+        .set(LinkUnspec::new_with_index(peer_idx).setns_by_fd(netns.as_raw_fd()).build())
+        .execute()
+        .await
+        .map_err(nl(format!("move {peer} into the pod")))?;
+    let (host_idx, _, _) = link_by_name(h, host).await?.ok_or_else(|| NetError::Config(format!("veth {host} vanished")))?;
+    h.link()
+        .set(LinkUnspec::new_with_index(host_idx).controller(bridge_index).up().build())
+        .execute()
+        .await
+        .map_err(nl(format!("attach {host} to the bridge")))?;
+    Ok(())
+}
+
+/// Inside the pod: renames `peer` to `eth0`, gives it `ip/prefix`, brings
+/// it and `lo` up, and routes by default via `gateway`.
+pub async fn configure_pod_side(h: &Handle, peer: &str, ip: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
+    let (idx, _, _) = link_by_name(h, peer).await?.ok_or_else(|| NetError::Config(format!("{peer} not in the pod")))?;
+    h.link().set(LinkUnspec::new_with_index(idx).name("eth0".to_string()).build()).execute().await.map_err(nl("rename to eth0"))?;
+    h.address().add(idx, ip.into(), prefix).execute().await.map_err(nl(format!("address {ip}/{prefix}")))?;
+    h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl("eth0 up"))?;
+    if let Some((lo, _, _)) = link_by_name(h, "lo").await? {
+        h.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("lo up"))?;
+    }
+    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(idx).build();
+    h.route().add(route).execute().await.map_err(nl(format!("default route via {gateway}")))?;
+    Ok(())
+}

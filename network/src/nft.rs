@@ -1,0 +1,135 @@
+//! berth's nftables table: masquerade of pod egress, hostPort DNAT (from
+//! other hosts, from the node itself via 127.0.0.1, and hairpin), and
+//! forwarding to and from the bridge. Only berth's own table is ever
+//! touched. Rules are written in the nft language and loaded atomically with
+//! `nft -f -`; per-pod rules carry the pod id as their comment so teardown
+//! and garbage collection find them.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+
+use crate::{NetError, PortMapping, Protocol};
+
+const NFT: &str = "nft";
+
+/// Runs an nft script atomically.
+pub fn apply(script: &str) -> Result<(), NetError> {
+    let mut child = Command::new(NFT)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::Nft(format!("running {NFT}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(|e| NetError::Nft(format!("writing to {NFT}: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| NetError::Nft(format!("{NFT}: {e}")))?;
+    if !out.status.success() {
+        return Err(NetError::Nft(String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ")));
+    }
+    Ok(())
+}
+
+fn list_json(args: &[&str]) -> Result<serde_json::Value, NetError> {
+    let out = Command::new(NFT).arg("-j").args(args).output().map_err(|e| NetError::Nft(format!("running {NFT}: {e}")))?;
+    if !out.status.success() {
+        return Err(NetError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| NetError::Nft(format!("{NFT} -j output: {e}")))
+}
+
+/// Creates the table and base chains if missing and (re)writes the static
+/// rules; the per-pod `hostports` chain keeps its rules across restarts.
+pub fn ensure_table(table: &str, bridge: &str, subnet: Ipv4Net) -> Result<(), NetError> {
+    let script = format!(
+        r#"add table inet {table}
+add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+add chain inet {table} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+add chain inet {table} output {{ type nat hook output priority -100; policy accept; }}
+add chain inet {table} forward {{ type filter hook forward priority filter; policy accept; }}
+add chain inet {table} hostports
+flush chain inet {table} postrouting
+flush chain inet {table} prerouting
+flush chain inet {table} output
+flush chain inet {table} forward
+add rule inet {table} postrouting ip saddr {subnet} oifname != "{bridge}" masquerade comment "pod egress"
+add rule inet {table} postrouting oifname "{bridge}" ct status dnat ip saddr 127.0.0.0/8 masquerade comment "hostPort from localhost"
+add rule inet {table} postrouting oifname "{bridge}" ct status dnat ip saddr {subnet} masquerade comment "hostPort hairpin"
+add rule inet {table} prerouting fib daddr type local jump hostports
+add rule inet {table} output fib daddr type local jump hostports
+add rule inet {table} forward iifname "{bridge}" accept
+add rule inet {table} forward oifname "{bridge}" ct state established,related accept
+add rule inet {table} forward oifname "{bridge}" ct status dnat accept
+"#
+    );
+    apply(&script)
+}
+
+/// Removes the whole table (tests; never at runtime).
+pub fn delete_table(table: &str) -> Result<(), NetError> {
+    apply(&format!("delete table inet {table}\n"))
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// DNAT rules for a pod's hostPorts, tagged with the pod id.
+pub fn add_hostports(table: &str, pod_id: &str, pod_ip: Ipv4Addr, ports: &[PortMapping]) -> Result<(), NetError> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let mut script = String::new();
+    for p in ports {
+        let daddr = match p.host_ip {
+            Some(ip) => format!("ip daddr {ip} "),
+            None => String::new(),
+        };
+        script.push_str(&format!(
+            "add rule inet {table} hostports meta nfproto ipv4 {daddr}{proto} dport {hp} dnat ip to {pod_ip}:{cp} comment \"{pod_id}\"\n",
+            proto = proto(p.protocol),
+            hp = p.host_port,
+            cp = p.container_port,
+        ));
+    }
+    apply(&script)
+}
+
+/// Handles of the hostport rules, with the pod id each carries.
+pub fn hostport_rules(table: &str) -> Result<Vec<(u64, String)>, NetError> {
+    let v = list_json(&["list", "chain", "inet", table, "hostports"])?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(rule) = item.get("rule") {
+            if let (Some(handle), Some(comment)) = (rule["handle"].as_u64(), rule["comment"].as_str()) {
+                out.push((handle, comment.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes every hostport rule whose pod id satisfies `gone`.
+pub fn remove_hostports(table: &str, gone: impl Fn(&str) -> bool) -> Result<usize, NetError> {
+    let rules = hostport_rules(table)?;
+    let mut script = String::new();
+    let mut n = 0;
+    for (handle, pod) in rules {
+        if gone(&pod) {
+            script.push_str(&format!("delete rule inet {table} hostports handle {handle}\n"));
+            n += 1;
+        }
+    }
+    if n > 0 {
+        apply(&script)?;
+    }
+    Ok(n)
+}
