@@ -614,3 +614,87 @@ impl Fixture {
         container_config(name, &self.busybox, cmd)
     }
 }
+
+/// Runs `f` on a thread of its own inside the network namespace at `netns`.
+pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let file = File::open(netns).expect("open netns");
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// An "outside" host for egress tests: a network namespace the test makes,
+/// linked to the node by a veth pair on a /30 of its own. Removed on drop.
+pub struct OutsideHost {
+    /// Namespace name (under /run/netns).
+    pub name: String,
+    /// The node's end of the link.
+    pub node_ip: std::net::Ipv4Addr,
+    /// The outside host's address.
+    pub ip: std::net::Ipv4Addr,
+    veth: String,
+}
+
+impl OutsideHost {
+    /// Creates it with `ip netns` and `ip link` (test tooling, not berth's path).
+    pub fn create() -> OutsideHost {
+        let tag = NetNames::new().bridge.trim_start_matches("bt").to_string();
+        let x = u32::from_str_radix(&tag, 16).unwrap_or(1);
+        let base = std::net::Ipv4Addr::new(10, 216 + ((x >> 16) % 8) as u8, (x >> 8) as u8, (x as u8) & 0xfc);
+        let node_ip = std::net::Ipv4Addr::from(u32::from(base) + 1);
+        let ip = std::net::Ipv4Addr::from(u32::from(base) + 2);
+        let name = format!("berth-out-{tag}");
+        let veth = format!("bo{tag}");
+        let run = |args: &[&str]| {
+            let s = Command::new("ip").args(args).status().expect("ip");
+            assert!(s.success(), "ip {args:?} failed");
+        };
+        run(&["netns", "add", &name]);
+        let out = OutsideHost { name: name.clone(), node_ip, ip, veth: veth.clone() };
+        run(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &name]);
+        run(&["addr", "add", &format!("{node_ip}/30"), "dev", &veth]);
+        run(&["link", "set", &veth, "up"]);
+        run(&["-n", &name, "addr", "add", &format!("{ip}/30"), "dev", "eth0"]);
+        run(&["-n", &name, "link", "set", "eth0", "up"]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        out
+    }
+
+    /// The namespace's path.
+    pub fn netns(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for OutsideHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "delete", &self.veth]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["netns", "delete", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+impl Cri {
+    /// The pod's primary IP.
+    pub async fn pod_ip(&mut self, pod: &str) -> String {
+        let st = self
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
+        st.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default()
+    }
+
+    /// The pod's netns pin, from the verbose status.
+    pub async fn pod_netns(&mut self, pod: &str) -> PathBuf {
+        let st = self
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info");
+        PathBuf::from(info["netns"].as_str().expect("netns"))
+    }
+}
