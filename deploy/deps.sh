@@ -13,7 +13,7 @@ pkgs=(ca-certificates curl gcc libc6-dev make pkg-config protobuf-compiler libse
 if [ "$want_test" = 1 ]; then
     # docker-registry: the OCI registry on 127.0.0.1; busybox-static: the
     # images the fixtures build; qemu/kernel bits: the cgroup v2 VM runner.
-    pkgs+=(docker-registry busybox-static
+    pkgs+=(docker-registry busybox-static containernetworking-plugins iptables
            qemu-system-x86 cpio xz-utils e2fsprogs util-linux)
 fi
 apt-get update

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::RwLock;
 
+use berth_network::cni::{Cni, CniPod};
 use berth_network::{ipam, BridgeConfig, NetError};
 use tonic::Status;
 
@@ -18,13 +19,14 @@ const LAST_IP: &str = "ipam_last_ip";
 /// The pod network as the agent runs it.
 pub struct Network {
     builtin: Option<RwLock<BridgeConfig>>,
+    cni: Option<Cni>,
 }
 
 fn status_of(e: NetError) -> Status {
     match e {
         NetError::PortInUse(..) => Status::already_exists(e.to_string()),
         NetError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
-        NetError::Config(_) => Status::failed_precondition(e.to_string()),
+        NetError::Config(_) | NetError::Cni(_) => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -33,16 +35,26 @@ impl Network {
     /// Sets up the host side of the configured mode. `pod_cidr` (from
     /// UpdateRuntimeConfig) replaces the configured subnet.
     pub fn open(config: &Config, pod_cidr: Option<&str>) -> Result<Network, NetError> {
-        match config.network.mode {
-            NetworkMode::Builtin | NetworkMode::Auto => {}
-            NetworkMode::Cni => return Err(NetError::Config("network.mode: \"cni\" is not built yet; use \"builtin\"".into())),
-        }
         let n = &config.network;
+        let cni = Cni { conf_dir: n.cni_conf_dir.clone(), bin_dirs: n.cni_bin_dirs.clone(), cache_dir: config.state.join("cni") };
+        let use_cni = match n.mode {
+            NetworkMode::Cni => true,
+            NetworkMode::Builtin => false,
+            NetworkMode::Auto => matches!(cni.load(), Ok(Some(_)) | Err(_)),
+        };
+        if use_cni {
+            match cni.load() {
+                Ok(Some(l)) => tracing::info!(config = %l.path.display(), "pod network: CNI"),
+                Ok(None) => tracing::warn!(dir = %cni.conf_dir.display(), "pod network: CNI, but no config yet (NetworkReady=false until one appears)"),
+                Err(e) => tracing::warn!("pod network: CNI: {e}"),
+            }
+            return Ok(Network { builtin: None, cni: Some(cni) });
+        }
         let subnet = pod_cidr.and_then(|c| c.split(',').map(str::trim).find(|c| c.contains('.'))).unwrap_or(&n.subnet);
         let gateway = if subnet == n.subnet { n.gateway.as_str() } else { "" };
         let bridge = BridgeConfig::new(&n.bridge, subnet, gateway, &n.nft_table)?;
         bridge.ensure_host()?;
-        Ok(Network { builtin: Some(RwLock::new(bridge)) })
+        Ok(Network { builtin: Some(RwLock::new(bridge)), cni: None })
     }
 
     fn bridge(&self) -> Option<BridgeConfig> {
@@ -51,6 +63,13 @@ impl Network {
 
     /// NetworkReady's status, reason and message.
     pub fn ready(&self) -> (bool, String, String) {
+        if let Some(cni) = &self.cni {
+            return match cni.load() {
+                Ok(Some(l)) => (true, String::new(), format!("CNI config {}", l.path.display())),
+                Ok(None) => (false, "NetworkPluginNotReady".into(), format!("no CNI network config in {}", cni.conf_dir.display())),
+                Err(e) => (false, "NetworkPluginNotReady".into(), e.to_string()),
+            };
+        }
         match self.bridge() {
             Some(b) => (true, String::new(), format!("built-in bridge {} on {}", b.bridge, b.subnet)),
             None => (false, "NetworkPluginNotReady".into(), "no pod network is configured".into()),
@@ -72,7 +91,15 @@ impl Network {
     }
 
     /// Leases an address and wires the pod (blocking). Fills `pod.ips`.
-    pub fn setup(&self, store: &Store, pod: &mut PodRecord, netns: &std::path::Path) -> Result<(), Status> {
+    pub fn setup(&self, store: &Store, pod: &mut PodRecord, netns: &std::path::Path, dns: &crate::pod::PodDns) -> Result<(), Status> {
+        if let Some(cni) = &self.cni {
+            let list = cni.load().map_err(status_of)?.ok_or_else(|| {
+                Status::failed_precondition(format!("no CNI network config in {}: the network is not ready", cni.conf_dir.display()))
+            })?;
+            let ips = cni.add(&list, &cni_pod(pod, netns, dns)).map_err(status_of)?;
+            pod.ips = ips.iter().map(|ip| ip.to_string()).collect();
+            return Ok(());
+        }
         let Some(bridge) = self.bridge() else { return Ok(()) };
         let ip = lease(store, pod, &bridge)?;
         bridge.setup_pod(&pod.id, netns, ip, &pod.port_mappings).map_err(|e| {
@@ -84,11 +111,17 @@ impl Network {
     }
 
     /// Unwires the pod and releases its lease (idempotent, blocking).
-    pub fn teardown(&self, store: &Store, pod_id: &str) -> Result<(), Status> {
-        if let Some(bridge) = self.bridge() {
-            bridge.teardown_pod(pod_id).map_err(status_of)?;
+    pub fn teardown(&self, store: &Store, pod: &PodRecord, netns: &std::path::Path) -> Result<(), Status> {
+        if pod.network_mode == crate::spec::ns_mode::NODE {
+            return Ok(());
         }
-        release(store, pod_id)
+        if let Some(cni) = &self.cni {
+            return cni.del(&cni_pod(pod, netns, &crate::pod::PodDns::default())).map_err(status_of);
+        }
+        if let Some(bridge) = self.bridge() {
+            bridge.teardown_pod(&pod.id).map_err(status_of)?;
+        }
+        release(store, &pod.id)
     }
 
     /// Start-up: removes veths, rules and leases of pods that no longer hold a network.
@@ -112,6 +145,18 @@ impl Network {
             }
         }
         Ok(())
+    }
+}
+
+fn cni_pod<'a>(pod: &'a PodRecord, netns: &'a std::path::Path, dns: &'a crate::pod::PodDns) -> CniPod<'a> {
+    CniPod {
+        id: &pod.id,
+        netns,
+        namespace: &pod.namespace,
+        name: &pod.name,
+        uid: &pod.uid,
+        ports: &pod.port_mappings,
+        dns: (&dns.servers, &dns.searches, &dns.options),
     }
 }
 

@@ -132,7 +132,7 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
         sandbox::mount_shm(&dir.join("shm"), agent.config.runtime.shm_size_bytes).map_err(|e| internal("pod /dev/shm", e))?;
     }
     if own_net {
-        agent.network.setup(&agent.store, &mut rec, &sandbox::pin_path(&dir, "net"))?;
+        agent.network.setup(&agent.store, &mut rec, &sandbox::pin_path(&dir, "net"), dns)?;
     }
     write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
     write_file(&dir.join("hosts"), &hosts_file(&hostname, &rec.ips))?;
@@ -172,7 +172,7 @@ pub fn hosts_file(hostname: &str, ips: &[String]) -> String {
 
 /// Removes every host resource of a pod (idempotent, best effort, logged).
 fn teardown_host(agent: &Agent, rec: &PodRecord) {
-    if let Err(e) = agent.network.teardown(&agent.store, &rec.id) {
+    if let Err(e) = agent.network.teardown(&agent.store, rec, &sandbox::pin_path(&pod_dir(agent, &rec.id), "net")) {
         tracing::warn!(pod_id = %rec.id, "releasing the pod network: {}", e.message());
     }
     if rec.init_pid > 0 && berth_runtime::exec::proc_start_time(rec.init_pid) == Some(rec.init_start_time) {
@@ -209,8 +209,9 @@ pub async fn stop(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
     }
     if pod.state != PodState::NotReady {
         let a = agent.clone();
-        let pid = pod.id.clone();
-        tokio::task::spawn_blocking(move || a.network.teardown(&a.store, &pid)).await.map_err(|e| internal("network task", e))??;
+        let p = pod.clone();
+        let netns = sandbox::pin_path(&pod_dir(agent, &pod.id), "net");
+        tokio::task::spawn_blocking(move || a.network.teardown(&a.store, &p, &netns)).await.map_err(|e| internal("network task", e))??;
         pod.state = PodState::NotReady;
         pod.ips.clear();
         agent.store.put(&pod.id, &pod).map_err(|e| internal("store", e))?;
