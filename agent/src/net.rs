@@ -119,7 +119,7 @@ impl Network {
             return cni.del(&cni_pod(pod, netns, &crate::pod::PodDns::default())).map_err(status_of);
         }
         if let Some(bridge) = self.bridge() {
-            bridge.teardown_pod(&pod.id).map_err(status_of)?;
+            bridge.teardown_pod(&pod.id, !pod.port_mappings.is_empty()).map_err(status_of)?;
         }
         release(store, &pod.id)
     }

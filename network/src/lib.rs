@@ -127,10 +127,6 @@ impl BridgeConfig {
         format!("bv{}", &pod_id[..pod_id.len().min(12)])
     }
 
-    fn peer_veth(pod_id: &str) -> String {
-        format!("bp{}", &pod_id[..pod_id.len().min(12)])
-    }
-
     /// Start-up: the bridge (checked not to clash with the host's networks),
     /// forwarding, route_localnet on the bridge, and the nftables table.
     pub fn ensure_host(&self) -> Result<(), NetError> {
@@ -158,31 +154,34 @@ impl BridgeConfig {
     pub fn setup_pod(&self, pod_id: &str, netns: &Path, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<(), NetError> {
         let r = self.setup_pod_inner(pod_id, netns, ip, ports);
         if r.is_err() {
-            let _ = self.teardown_pod(pod_id);
+            let _ = self.teardown_pod(pod_id, !ports.is_empty());
         }
         r
     }
 
     fn setup_pod_inner(&self, pod_id: &str, netns: &Path, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<(), NetError> {
-        let (host, peer) = (Self::host_veth(pod_id), Self::peer_veth(pod_id));
+        let host = Self::host_veth(pod_id);
         let ns_file = std::fs::File::open(netns).map_err(|e| NetError::Netns { path: netns.into(), reason: e.to_string() })?;
         let bridge = self.bridge.clone();
-        let (h2, p2) = (host.clone(), peer.clone());
+        let h2 = host.clone();
         netlink::with_handle(async move |h| {
             let (bridge_idx, _, _) = netlink::link_by_name(&h, &bridge).await?.ok_or_else(|| NetError::Config(format!("bridge {bridge} is missing")))?;
             netlink::delete_link(&h, &h2).await?;
-            netlink::create_veth(&h, &h2, &p2, bridge_idx, &ns_file).await
+            netlink::create_veth(&h, &h2, bridge_idx, &ns_file).await
         })?;
         // Hairpin: a pod reaching its own hostPort comes back through its port.
         let _ = std::fs::write(format!("/sys/class/net/{host}/brport/hairpin_mode"), "1");
         let (prefix, gateway) = (self.subnet.prefix_len(), self.gateway);
-        netlink::in_netns(netns, move || netlink::with_handle(async move |h| netlink::configure_pod_side(&h, &peer, ip, prefix, gateway).await))?;
+        netlink::in_netns(netns, move || netlink::with_handle(async move |h| netlink::configure_pod_side(&h, ip, prefix, gateway).await))?;
         nft::add_hostports(&self.table, pod_id, ip, ports)
     }
 
-    /// Disconnects a pod (idempotent): its hostPort rules and veth.
-    pub fn teardown_pod(&self, pod_id: &str) -> Result<(), NetError> {
-        nft::remove_hostports(&self.table, |p| p == pod_id)?;
+    /// Disconnects a pod (idempotent): its hostPort rules (when it has any)
+    /// and veth.
+    pub fn teardown_pod(&self, pod_id: &str, had_ports: bool) -> Result<(), NetError> {
+        if had_ports {
+            nft::remove_hostports(&self.table, |p| p == pod_id)?;
+        }
         let host = Self::host_veth(pod_id);
         netlink::with_handle(async move |h| netlink::delete_link(&h, &host).await)
     }

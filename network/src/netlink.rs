@@ -153,16 +153,14 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Creates the veth pair: `host` on the bridge and up; `peer` moved into
-/// the namespace of `netns_fd` (still under its temporary name).
-pub async fn create_veth(h: &Handle, host: &str, peer: &str, bridge_index: u32, netns: &std::fs::File) -> Result<(), NetError> {
-    h.link().add(LinkVeth::new(host, peer).build()).execute().await.map_err(nl(format!("create veth {host}")))?;
-    let (peer_idx, _, _) = link_by_name(h, peer).await?.ok_or_else(|| NetError::Config(format!("veth peer {peer} vanished")))?;
-    h.link()
-        .set(LinkUnspec::new_with_index(peer_idx).setns_by_fd(netns.as_raw_fd()).build())
-        .execute()
-        .await
-        .map_err(nl(format!("move {peer} into the pod")))?;
+/// Creates the veth pair: `host` on the bridge and up; the peer born
+/// directly in the namespace of `netns` as `eth0` (no move, no rename).
+pub async fn create_veth(h: &Handle, host: &str, bridge_index: u32, netns: &std::fs::File) -> Result<(), NetError> {
+    let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new().name("eth0".to_string()).setns_by_fd(netns.as_raw_fd()).build();
+    let msg = LinkVeth::new(host, "eth0")
+        .set_info_data(netlink_packet_route::link::InfoData::Veth(netlink_packet_route::link::InfoVeth::Peer(peer)))
+        .build();
+    h.link().add(msg).execute().await.map_err(nl(format!("create veth {host}")))?;
     let (host_idx, _, _) = link_by_name(h, host).await?.ok_or_else(|| NetError::Config(format!("veth {host} vanished")))?;
     h.link()
         .set(LinkUnspec::new_with_index(host_idx).controller(bridge_index).up().build())
@@ -172,11 +170,10 @@ pub async fn create_veth(h: &Handle, host: &str, peer: &str, bridge_index: u32, 
     Ok(())
 }
 
-/// Inside the pod: renames `peer` to `eth0`, gives it `ip/prefix`, brings
-/// it and `lo` up, and routes by default via `gateway`.
-pub async fn configure_pod_side(h: &Handle, peer: &str, ip: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
-    let (idx, _, _) = link_by_name(h, peer).await?.ok_or_else(|| NetError::Config(format!("{peer} not in the pod")))?;
-    h.link().set(LinkUnspec::new_with_index(idx).name("eth0".to_string()).build()).execute().await.map_err(nl("rename to eth0"))?;
+/// Inside the pod: gives `eth0` `ip/prefix`, brings it and `lo` up, and
+/// routes by default via `gateway`.
+pub async fn configure_pod_side(h: &Handle, ip: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
+    let (idx, _, _) = link_by_name(h, "eth0").await?.ok_or_else(|| NetError::Config("eth0 not in the pod".into()))?;
     h.address().add(idx, ip.into(), prefix).execute().await.map_err(nl(format!("address {ip}/{prefix}")))?;
     h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl("eth0 up"))?;
     if let Some((lo, _, _)) = link_by_name(h, "lo").await? {
