@@ -61,6 +61,7 @@ fn setup(step: &str, e: impl std::fmt::Display) -> InitError {
 }
 
 fn run(args: &ExecArgs) -> Result<i32, InitError> {
+    init::make_non_dumpable();
     let spec: oci_spec::runtime::Spec = std::fs::read(args.bundle.join("config.json"))
         .map_err(|e| setup("reading config.json", e))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| setup("parsing config.json", e)))?;

@@ -139,6 +139,7 @@ fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
 
 /// Everything up to the point where only `execve` is left.
 pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
+    make_non_dumpable();
     // Modes are given explicitly; the umask of the spec applies at exec.
     nix::sys::stat::umask(Mode::empty());
     if let Some(procs) = annotation(spec, ANN_CGROUP_PROCS) {
@@ -517,6 +518,14 @@ pub fn exec(spec: &Spec, prepared: Prepared) -> InitError {
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));
     // The container outlives its monitor's setup phase: no parent-death signal.
     exec_final(&prepared.executable, process.args().as_deref().unwrap_or(&[]), process.env().as_deref().unwrap_or(&[]), 0)
+}
+
+/// Until exec, berth's own binary is this process's /proc/<pid>/exe: a
+/// process in the container must not be able to open it (ptrace access
+/// checks fail for non-dumpable processes). exec of the workload resets it.
+pub fn make_non_dumpable() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
 }
 
 /// Closes every descriptor above stderr on exec, sets the parent-death

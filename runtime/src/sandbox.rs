@@ -194,6 +194,8 @@ pub fn pod_init_main() -> i32 {
         }
         Ok(ForkResult::Child) => {
             drop(report);
+            // PID 1 of a namespace containers join: its /proc/1/exe is berth's binary.
+            crate::init::make_non_dumpable();
             crate::init::close_on_exec_from(0);
             let _ = nix::unistd::chdir("/");
             let mut all = SigSet::all();
