@@ -9,6 +9,7 @@ pub mod image;
 pub mod logging;
 pub mod net;
 pub mod pod;
+pub mod security;
 pub mod spec;
 pub mod store;
 pub mod util;

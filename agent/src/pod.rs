@@ -127,7 +127,8 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
     let want = sandbox::PodNamespaces { net: own_net, ipc: rec.ipc_mode != ns_mode::NODE, uts: own_net };
     let hostname = if own_net { rec.hostname.clone() } else { nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default() };
     rec.hostname = hostname.clone();
-    sandbox::pin_namespaces(&dir, want, &hostname).map_err(|e| internal("pod namespaces", e))?;
+    let sysctls: Vec<(String, String)> = rec.sysctls.clone().into_iter().collect();
+    sandbox::pin_namespaces(&dir, want, &hostname, &sysctls).map_err(|e| internal("pod namespaces", e))?;
     if want.ipc {
         sandbox::mount_shm(&dir.join("shm"), agent.config.runtime.shm_size_bytes).map_err(|e| internal("pod /dev/shm", e))?;
     }

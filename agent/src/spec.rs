@@ -219,7 +219,16 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         return Err(invalid("config.working_dir", format!("{cwd:?} is not absolute")));
     }
     let (uid, gid, extra, user_name) = user(config, image)?;
+    let privileged = sc.map(|s| s.privileged).unwrap_or(false);
+    // Root unless a non-zero uid or a user name (resolved inside) says otherwise.
+    let root = uid == 0 && user_name.as_deref().is_none_or(|n| n == "0" || n.starts_with("0:") || n == "root" || n.starts_with("root:"));
+    let capabilities = crate::security::capabilities(sc, privileged, root)?;
+    // The deprecated path form is still what older kubelets send.
+    #[allow(deprecated)]
+    let legacy_seccomp = sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or("");
+    let seccomp = crate::security::seccomp(sc.and_then(|s| s.seccomp.as_ref()), legacy_seccomp, privileged)?;
     let process = ProcessBuilder::default()
+        .capabilities(capabilities)
         .terminal(false)
         .args(args)
         .env(env)
@@ -237,7 +246,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         fs_mount("/dev", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
         fs_mount("/dev/pts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
         fs_mount("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        fs_mount("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        fs_mount("/sys", "sysfs", if privileged { &["nosuid", "noexec", "nodev"][..] } else { &["nosuid", "noexec", "nodev", "ro"][..] })?,
     ];
     if paths.cgroup_v2 {
         mounts.push(fs_mount("/sys/fs/cgroup", "cgroup2", &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
@@ -285,7 +294,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         });
     }
 
-    let mut devices = Vec::new();
+    let mut devices = if privileged { host_devices() } else { Vec::new() };
     for (i, d) in config.devices.iter().enumerate() {
         let field = format!("config.devices[{i}]");
         let meta = std::fs::metadata(&d.host_path).map_err(|e| invalid(&format!("{field}.host_path"), format!("{}: {e}", d.host_path)))?;
@@ -341,14 +350,27 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         return Err(invalid("namespace_options.target_id", "TARGET PID mode needs a target container"));
     }
 
-    let linux = LinuxBuilder::default()
+    // Privileged: nothing masked or read-only. Otherwise kubelet's lists
+    // (it sends containerd's defaults unless procMount is Unmasked), else ours.
+    let pick = |given: Option<&Vec<String>>, default: &[&str]| -> Vec<String> {
+        if privileged {
+            Vec::new()
+        } else {
+            match given {
+                Some(v) if !v.is_empty() => v.clone(),
+                _ => default.iter().map(|s| s.to_string()).collect(),
+            }
+        }
+    };
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .masked_paths(if sc.is_some_and(|s| !s.masked_paths.is_empty()) { sc.map(|s| s.masked_paths.clone()).unwrap_or_default() } else { MASKED_PATHS.iter().map(|s| s.to_string()).collect() })
-        .readonly_paths(if sc.is_some_and(|s| !s.readonly_paths.is_empty()) { sc.map(|s| s.readonly_paths.clone()).unwrap_or_default() } else { READONLY_PATHS.iter().map(|s| s.to_string()).collect() })
+        .masked_paths(pick(sc.map(|s| &s.masked_paths), MASKED_PATHS))
+        .readonly_paths(pick(sc.map(|s| &s.readonly_paths), READONLY_PATHS))
         .devices(devices)
         .cgroups_path(PathBuf::from(format!("/{}", paths.cgroup)))
         .build()
         .map_err(spec_err)?;
+    linux.set_seccomp(seccomp);
 
     let mut annotations: HashMap<String, String> = config.annotations.clone();
     let join = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
@@ -373,6 +395,51 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         spec.set_hostname(Some(pod.hostname.clone()));
     }
     Ok(Built { spec, pid_mode, pid_target, mounts: mount_records, stop_signal: stop_signal(image) })
+}
+
+/// Every character and block device of the host's /dev (privileged containers).
+fn host_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::from("/dev")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                // The container has its own pts, shm and mqueue.
+                if !matches!(path.file_name().and_then(|n| n.to_str()), Some("pts" | "shm" | "mqueue")) {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let kind = if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            // The OCI defaults are created anyway; /dev/console and ptmx belong to the container.
+            if matches!(path.to_str(), Some("/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom" | "/dev/tty" | "/dev/console" | "/dev/ptmx")) {
+                continue;
+            }
+            if let Ok(d) = LinuxDeviceBuilder::default()
+                .path(path.clone())
+                .typ(kind)
+                .major(nix::sys::stat::major(meta.rdev()) as i64)
+                .minor(nix::sys::stat::minor(meta.rdev()) as i64)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+            {
+                out.push(d);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

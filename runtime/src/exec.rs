@@ -99,7 +99,11 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
         ForkResult::Child => {
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-            let e = child(process, annotation(ANN_USER).as_deref(), &args.args);
+            let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::security::compile);
+            let e = match seccomp.transpose() {
+                Ok(filter) => child(process, annotation(ANN_USER).as_deref(), &args.args, filter.as_ref()),
+                Err(e) => e,
+            };
             std::process::exit(fail(e));
         }
         ForkResult::Parent { child } => loop {
@@ -114,7 +118,7 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     }
 }
 
-fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, args: &[String]) -> InitError {
+fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, args: &[String], seccomp: Option<&libseccomp::ScmpFilterContext>) -> InitError {
     if nix::unistd::getppid().as_raw() == 1 {
         return InitError::Setup("helper died".into());
     }
@@ -129,7 +133,10 @@ fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, args: &[
         Ok(p) => p,
         Err(e) => return e,
     };
-    if let Err(e) = user.switch() {
+    if let Err(e) = nix::unistd::chdir(process.cwd()) {
+        return InitError::BadCwd(process.cwd().display().to_string(), e.to_string());
+    }
+    if let Err(e) = init::confine(process, &user, seccomp) {
         return e;
     }
     if let Err(e) = nix::unistd::chdir(process.cwd()) {

@@ -131,6 +131,7 @@ pub struct Prepared {
     user: ResolvedUser,
     executable: CString,
     cwd: PathBuf,
+    seccomp: Option<libseccomp::ScmpFilterContext>,
 }
 
 fn annotation<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
@@ -163,6 +164,10 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
         }
     }
     if let Some(linux) = spec.linux() {
+        for (key, value) in linux.sysctl().iter().flatten() {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            std::fs::write(&path, value).map_err(|e| setup_err(&format!("sysctl {key}={value}"), e))?;
+        }
         for p in linux.masked_paths().iter().flatten() {
             mask_path(p)?;
         }
@@ -183,7 +188,11 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
     let arg0 = args.first().ok_or_else(|| InitError::Setup("no command given".into()))?;
     let executable = find_executable(arg0, &env)?;
     set_rlimits_and_oom(process)?;
-    Ok(Prepared { user, executable, cwd })
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => Some(crate::security::compile(profile)?),
+        None => None,
+    };
+    Ok(Prepared { user, executable, cwd, seccomp })
 }
 
 /// setns into namespaces with a path, unshare the new ones (PID is done by
@@ -507,7 +516,7 @@ fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Option<nix::sys::re
 /// The last steps: user, umask, fds, exec. Returns only on failure.
 pub fn exec(spec: &Spec, prepared: Prepared) -> InitError {
     let Some(process) = spec.process().as_ref() else { return InitError::Setup("spec has no process".into()) };
-    if let Err(e) = prepared.user.switch() {
+    if let Err(e) = confine(process, &prepared.user, prepared.seccomp.as_ref()) {
         return e;
     }
     // After the switch, so permission on the directory is the user's.
@@ -526,6 +535,24 @@ pub fn exec(spec: &Spec, prepared: Prepared) -> InitError {
 pub fn make_non_dumpable() {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+}
+
+/// User, capabilities, no_new_privs and seccomp, in the order that lets each
+/// step still have the privilege it needs: without no_new_privs the filter
+/// is loaded while CAP_SYS_ADMIN is still held.
+pub fn confine(process: &oci_spec::runtime::Process, user: &ResolvedUser, seccomp: Option<&libseccomp::ScmpFilterContext>) -> Result<(), InitError> {
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if let (Some(f), false) = (seccomp, nnp) {
+        crate::security::load(f)?;
+    }
+    crate::security::switch_user_with_caps(user, process.capabilities().as_ref())?;
+    if nnp {
+        crate::security::no_new_privs()?;
+        if let Some(f) = seccomp {
+            crate::security::load(f)?;
+        }
+    }
+    Ok(())
 }
 
 /// Closes every descriptor above stderr on exec, sets the parent-death

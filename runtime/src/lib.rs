@@ -10,6 +10,7 @@ pub mod init;
 pub mod log;
 pub mod monitor;
 pub mod sandbox;
+pub mod security;
 pub mod time;
 pub mod user;
 

@@ -49,8 +49,9 @@ pub fn pin_path(dir: &Path, kind: &str) -> PathBuf {
 /// Creates the requested namespaces and pins them under `dir` (`ns-net`,
 /// `ns-ipc`, `ns-uts`). In the new UTS namespace the hostname is set; in the
 /// new network namespace `lo` is brought up. On failure nothing stays pinned.
-pub fn pin_namespaces(dir: &Path, want: PodNamespaces, hostname: &str) -> Result<(), SandboxError> {
+pub fn pin_namespaces(dir: &Path, want: PodNamespaces, hostname: &str, sysctls: &[(String, String)]) -> Result<(), SandboxError> {
     let pod_dir = dir.to_path_buf();
+    let sysctls = sysctls.to_vec();
     let dir = dir.to_path_buf();
     let hostname = hostname.to_string();
     // A thread of its own: unshare moves only the calling thread, and this
@@ -81,6 +82,15 @@ pub fn pin_namespaces(dir: &Path, want: PodNamespaces, hostname: &str) -> Result
             }
             if want.net {
                 loopback_up().map_err(ns_err("bring up lo"))?;
+            }
+            // /proc/sys/net and the IPC sysctls follow the writer's (this
+            // thread's) namespaces.
+            for (key, value) in &sysctls {
+                let path = format!("/proc/sys/{}", key.replace('.', "/"));
+                std::fs::write(&path, value).map_err(|e| SandboxError::Ns {
+                    step: format!("sysctl {key}={value}"),
+                    errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                })?;
             }
             for kind in kinds {
                 let pin = pin_path(&dir, kind);

@@ -47,6 +47,8 @@ fn record_from(agent: &Agent, config: cri::PodSandboxConfig, handler: String) ->
     } else {
         berth_runtime::cgroup::normalize(&linux.cgroup_parent).map_err(|e| Status::invalid_argument(format!("config.linux.cgroup_parent: {e}")))?
     };
+    crate::security::check_sysctls(&linux.sysctls, ns.network != ns_mode::NODE, ns.ipc != ns_mode::NODE)?;
+    let sysctls = linux.sysctls.clone().into_iter().collect();
     let dns = config.dns_config.map(|d| PodDns { servers: d.servers, searches: d.searches, options: d.options }).unwrap_or_default();
     let mut port_mappings = Vec::new();
     for (i, pm) in config.port_mappings.iter().enumerate() {
@@ -86,6 +88,7 @@ fn record_from(agent: &Agent, config: cri::PodSandboxConfig, handler: String) ->
             ipc_mode: if ns.ipc == ns_mode::NODE { ns_mode::NODE } else { ns_mode::POD },
             cgroup,
             port_mappings,
+            sysctls,
             ..Default::default()
         },
         dns,

@@ -66,6 +66,8 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     /// hostPort mappings.
     pub port_mappings: Vec<berth_network::PortMapping>,
+    /// Namespaced sysctls set in the pod's namespaces.
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl PodRecord {
