@@ -69,7 +69,8 @@ pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, S
     let (code, finished, reason, message) = match agent.runtime.state(&bundle(agent, &rec.id)) {
         MonitorState::Running => return Ok(rec),
         MonitorState::Exited(s) => {
-            let reason = if s.code == 0 { "Completed" } else { "Error" };
+            let oom = s.signal == libc::SIGKILL && cgroup::oom_killed(&rec.cgroup);
+            let reason = if oom { "OOMKilled" } else if s.code == 0 { "Completed" } else { "Error" };
             (s.code, s.finished_ns, reason.to_string(), rec.message.clone())
         }
         MonitorState::Lost => (255, now_ns(), "Unknown".to_string(), "the container's monitor exited without recording a status".to_string()),
@@ -181,6 +182,8 @@ async fn create_inner(agent: Arc<Agent>, pod: PodRecord, config: cri::ContainerC
         cgroup: cgroup_path.clone(),
         cgroup_v2: agent.cgroup_v2,
     };
+    let limits = limits_from(config.linux.as_ref().and_then(|l| l.resources.as_ref()));
+    limits.validate(agent.cgroup_v2).map_err(|e| Status::invalid_argument(format!("config.linux.resources.{e}")))?;
     let built = spec::build(&config, &pod, &image, &paths)?;
     let pid_ns = match built.pid_mode {
         ns_mode::NODE => PidNamespace::Host,
@@ -220,18 +223,22 @@ async fn create_inner(agent: Arc<Agent>, pod: PodRecord, config: cri::ContainerC
         mounts: built.mounts.clone(),
         cgroup: cgroup_path.clone(),
         stop_signal: built.stop_signal,
+        limits: limits.clone(),
+        oom_score_adj: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0),
         ..Default::default()
     };
     agent.store.put(&id, &rec).map_err(|e| internal("store", e))?;
 
     let a = agent.clone();
     let spec = built.spec;
+    let limits2 = limits.clone();
     let bundle_dir = bundle(&agent, &id);
     let made = tokio::task::spawn_blocking(move || -> Result<berth_runtime::Created, Status> {
         for d in [&layer, &layer.join("upper"), &layer.join("work")] {
             std::fs::create_dir_all(d).map_err(|e| internal(&d.display().to_string(), e))?;
         }
         cgroup::create(&cgroup_path).map_err(|e| internal("container cgroup", e))?;
+        cgroup::apply(&cgroup_path, &limits2).map_err(|e| Status::invalid_argument(format!("config.linux.resources: {e}")))?;
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
         a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns).map_err(status_of)
     })
@@ -447,5 +454,43 @@ pub async fn recover(agent: &Arc<Agent>) -> Result<(), Status> {
             ContainerState::Exited => {}
         }
     }
+    Ok(())
+}
+
+/// CRI resources → cgroup limits.
+pub fn limits_from(r: Option<&cri::LinuxContainerResources>) -> cgroup::Limits {
+    let Some(r) = r else { return cgroup::Limits::default() };
+    cgroup::Limits {
+        cpu_shares: r.cpu_shares.max(0) as u64,
+        cpu_quota: r.cpu_quota,
+        cpu_period: r.cpu_period.max(0) as u64,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
+        memory_limit: r.memory_limit_in_bytes,
+        memory_swap: r.memory_swap_limit_in_bytes,
+        hugepages: r.hugepage_limits.iter().map(|h| (h.page_size.clone(), h.limit)).collect(),
+        unified: r.unified.clone().into_iter().collect(),
+    }
+}
+
+/// UpdateContainerResources: validates and applies the limits live.
+pub async fn update_resources(agent: &Arc<Agent>, id: &str, resources: Option<cri::LinuxContainerResources>) -> Result<(), Status> {
+    let rec = find(agent, id)?;
+    let lock = agent.locks.get(&rec.id);
+    let _held = lock.lock().await;
+    let mut rec = find(agent, &rec.id)?;
+    if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
+        return Err(Status::failed_precondition(format!("container {} is not running", rec.id)));
+    }
+    let limits = limits_from(resources.as_ref());
+    limits.validate(agent.cgroup_v2).map_err(|e| Status::invalid_argument(format!("linux.{e}")))?;
+    let (path, l) = (rec.cgroup.clone(), limits.clone());
+    tokio::task::spawn_blocking(move || cgroup::apply(&path, &l))
+        .await
+        .map_err(|e| internal("update task", e))?
+        .map_err(|e| Status::invalid_argument(format!("linux: {e}")))?;
+    rec.limits = limits;
+    agent.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
+    tracing::info!(container_id = %rec.id, "container resources updated");
     Ok(())
 }

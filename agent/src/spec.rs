@@ -227,7 +227,8 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     #[allow(deprecated)]
     let legacy_seccomp = sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or("");
     let seccomp = crate::security::seccomp(sc.and_then(|s| s.seccomp.as_ref()), legacy_seccomp, privileged)?;
-    let process = ProcessBuilder::default()
+    let oom_score_adj = config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0);
+    let mut process = ProcessBuilder::default()
         .capabilities(capabilities)
         .terminal(false)
         .args(args)
@@ -237,6 +238,11 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         .no_new_privileges(sc.map(|s| s.no_new_privs).unwrap_or(false))
         .build()
         .map_err(spec_err)?;
+    if oom_score_adj != 0 {
+        let adj = i32::try_from(oom_score_adj).ok().filter(|a| (-1000..=1000).contains(a))
+            .ok_or_else(|| invalid("linux.resources.oom_score_adj", format!("{oom_score_adj} is not within -1000..=1000")))?;
+        process.set_oom_score_adj(Some(adj));
+    }
 
     // Mounts: containerd's defaults, the pod's files, then the config's, which
     // win over a default at the same destination.

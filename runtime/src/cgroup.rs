@@ -167,3 +167,175 @@ mod tests {
         assert!(normalize("/a/../b").is_err());
     }
 }
+
+/// Resource limits of a container, in CRI's terms (v1 semantics; converted
+/// for v2 when written).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// CPU shares (2..=262144); 0 = unset.
+    pub cpu_shares: u64,
+    /// CFS quota in µs; 0 or -1 = unlimited.
+    pub cpu_quota: i64,
+    /// CFS period in µs; 0 = default.
+    pub cpu_period: u64,
+    /// cpuset cpus ("0-1").
+    pub cpuset_cpus: String,
+    /// cpuset mems.
+    pub cpuset_mems: String,
+    /// Memory limit in bytes; 0 = unlimited.
+    pub memory_limit: i64,
+    /// Memory + swap in bytes; 0 = unset, -1 = unlimited swap.
+    pub memory_swap: i64,
+    /// Hugepage limits: (page size like "2MB", bytes).
+    pub hugepages: Vec<(String, u64)>,
+    /// v2 files to write as they are.
+    pub unified: std::collections::BTreeMap<String, String>,
+}
+
+impl Limits {
+    /// Checks values the kernel would refuse or that make no sense.
+    pub fn validate(&self, v2: bool) -> Result<(), String> {
+        if self.cpu_shares != 0 && !(2..=262_144).contains(&self.cpu_shares) {
+            return Err(format!("cpu_shares: {} is not within 2..=262144", self.cpu_shares));
+        }
+        if self.cpu_quota > 0 && self.cpu_quota < 1000 {
+            return Err(format!("cpu_quota: {}µs is below the kernel's 1000µs minimum", self.cpu_quota));
+        }
+        if self.cpu_quota < -1 {
+            return Err(format!("cpu_quota: {} is negative", self.cpu_quota));
+        }
+        if self.cpu_period != 0 && !(1000..=1_000_000).contains(&self.cpu_period) {
+            return Err(format!("cpu_period: {}µs is not within 1000..=1000000", self.cpu_period));
+        }
+        if self.memory_limit < 0 {
+            return Err(format!("memory_limit_in_bytes: {} is negative", self.memory_limit));
+        }
+        if self.memory_limit > 0 && self.memory_limit < 4 << 20 {
+            return Err(format!("memory_limit_in_bytes: {} is below 4 MiB, too small to start a container", self.memory_limit));
+        }
+        if self.memory_swap > 0 && self.memory_limit > 0 && self.memory_swap < self.memory_limit {
+            return Err(format!("memory_swap_limit_in_bytes: {} is below the memory limit {}", self.memory_swap, self.memory_limit));
+        }
+        if self.memory_swap < -1 {
+            return Err(format!("memory_swap_limit_in_bytes: {} is negative", self.memory_swap));
+        }
+        for s in [&self.cpuset_cpus, &self.cpuset_mems] {
+            if !s.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-') {
+                return Err(format!("cpuset: {s:?} is not a list like 0-2,4"));
+            }
+        }
+        if !self.unified.is_empty() && !v2 {
+            return Err("unified: only on cgroup v2 nodes".into());
+        }
+        for k in self.unified.keys() {
+            if k.contains('/') || k.starts_with('.') || !k.contains('.') {
+                return Err(format!("unified: {k:?} is not a cgroup file name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// (file, value) pairs for this hierarchy, in a safe order.
+    fn files(&self, v2: bool) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if v2 {
+            if self.cpu_shares != 0 {
+                // runc's conversion of shares [2, 262144] to weight [1, 10000].
+                let weight = 1 + ((self.cpu_shares.max(2) - 2) * 9999) / 262_142;
+                out.push(("cpu.weight".into(), weight.to_string()));
+            }
+            if self.cpu_quota != 0 || self.cpu_period != 0 {
+                let quota = if self.cpu_quota > 0 { self.cpu_quota.to_string() } else { "max".into() };
+                let period = if self.cpu_period > 0 { self.cpu_period } else { 100_000 };
+                out.push(("cpu.max".into(), format!("{quota} {period}")));
+            }
+        } else {
+            if self.cpu_shares != 0 {
+                out.push(("cpu.shares".into(), self.cpu_shares.to_string()));
+            }
+            if self.cpu_period != 0 {
+                out.push(("cpu.cfs_period_us".into(), self.cpu_period.to_string()));
+            }
+            if self.cpu_quota != 0 {
+                out.push(("cpu.cfs_quota_us".into(), if self.cpu_quota > 0 { self.cpu_quota.to_string() } else { "-1".into() }));
+            }
+        }
+        if !self.cpuset_cpus.is_empty() {
+            out.push(("cpuset.cpus".into(), self.cpuset_cpus.clone()));
+        }
+        if !self.cpuset_mems.is_empty() {
+            out.push(("cpuset.mems".into(), self.cpuset_mems.clone()));
+        }
+        let unlimited = |v: i64| if v > 0 { v.to_string() } else if v2 { "max".into() } else { "-1".into() };
+        if v2 {
+            out.push(("memory.max".into(), unlimited(self.memory_limit)));
+            if self.memory_swap != 0 {
+                let swap = if self.memory_swap > 0 && self.memory_limit > 0 { (self.memory_swap - self.memory_limit).to_string() } else { "max".into() };
+                out.push(("memory.swap.max".into(), swap));
+            }
+        } else if self.memory_limit != 0 || self.memory_swap != 0 {
+            out.push(("memory.limit_in_bytes".into(), unlimited(self.memory_limit)));
+            if self.memory_swap != 0 {
+                out.push(("memory.memsw.limit_in_bytes".into(), unlimited(self.memory_swap)));
+            }
+        }
+        for (size, limit) in &self.hugepages {
+            let file = if v2 { format!("hugetlb.{size}.max") } else { format!("hugetlb.{size}.limit_in_bytes") };
+            out.push((file, limit.to_string()));
+        }
+        for (k, v) in &self.unified {
+            out.push((k.clone(), v.clone()));
+        }
+        out
+    }
+}
+
+/// The directory of `path` in the hierarchy that has `file`.
+fn dir_with(path: &str, file: &str) -> Option<PathBuf> {
+    dirs(path).into_iter().find(|d| d.join(file).exists())
+}
+
+/// Reads a cgroup file of `path` from whichever hierarchy has it.
+pub fn read(path: &str, file: &str) -> Option<String> {
+    dir_with(path, file).and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+}
+
+/// Writes the limits into the container's cgroup (also live).
+pub fn apply(path: &str, limits: &Limits) -> Result<(), CgroupError> {
+    let v2 = version() == Version::V2;
+    let files = limits.files(v2);
+    // memsw must stay >= the limit: when lowering, the limit goes first, when
+    // raising, memsw; so try in order and retry once what failed.
+    let mut failed = Vec::new();
+    for (file, value) in &files {
+        if write_knob(path, file, value).is_err() {
+            failed.push((file.clone(), value.clone()));
+        }
+    }
+    for (file, value) in failed {
+        write_knob(path, &file, &value).map_err(|e| failed_write(path, &file, &value, e))?;
+    }
+    Ok(())
+}
+
+fn failed_write(path: &str, file: &str, value: &str, e: std::io::Error) -> CgroupError {
+    CgroupError::Failed { path: path.into(), reason: format!("{file} = {value}: {e}") }
+}
+
+fn write_knob(path: &str, file: &str, value: &str) -> std::io::Result<()> {
+    match dir_with(path, file) {
+        Some(d) => std::fs::write(d.join(file), value),
+        // A controller the node lacks (hugetlb, memsw without swap accounting).
+        None if file.starts_with("hugetlb.") || file.starts_with("memory.memsw") || file == "memory.swap.max" => Ok(()),
+        None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no hierarchy has this file")),
+    }
+}
+
+/// True when the kernel OOM-killed a process of the cgroup.
+pub fn oom_killed(path: &str) -> bool {
+    let count = |text: Option<String>| {
+        text.and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))).unwrap_or(0)
+    };
+    count(read(path, "memory.events")) > 0 || count(read(path, "memory.oom_control")) > 0
+}

@@ -123,6 +123,10 @@ fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, args: &[
         return InitError::Setup("helper died".into());
     }
     crate::monitor::reset_signals();
+    // The exec'd process is limited like the container's own.
+    if let Err(e) = init::set_rlimits_and_oom(process) {
+        return e;
+    }
     let user = match crate::user::resolve(process.user(), user_name) {
         Ok(u) => u,
         Err(e) => return e,

@@ -467,7 +467,7 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<CString, InitError>
 /// rlimits and oom_score_adj. Without CAP_SYS_RESOURCE a raise above the hard
 /// limit or a lower oom_score_adj is refused: clamp and go on, as containerd's
 /// restrict_oom_score_adj does.
-fn set_rlimits_and_oom(process: &oci_spec::runtime::Process) -> Result<(), InitError> {
+pub fn set_rlimits_and_oom(process: &oci_spec::runtime::Process) -> Result<(), InitError> {
     for r in process.rlimits().iter().flatten() {
         let resource = rlimit_resource(r.typ());
         let Some(resource) = resource else { continue };

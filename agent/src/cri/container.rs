@@ -138,7 +138,21 @@ pub fn to_status(c: &ContainerRecord) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: c.log_path.clone(),
-        resources: None,
+        resources: Some(cri::ContainerResources {
+            linux: Some(cri::LinuxContainerResources {
+                cpu_period: c.limits.cpu_period as i64,
+                cpu_quota: c.limits.cpu_quota,
+                cpu_shares: c.limits.cpu_shares as i64,
+                memory_limit_in_bytes: c.limits.memory_limit,
+                oom_score_adj: c.oom_score_adj,
+                cpuset_cpus: c.limits.cpuset_cpus.clone(),
+                cpuset_mems: c.limits.cpuset_mems.clone(),
+                memory_swap_limit_in_bytes: c.limits.memory_swap,
+                unified: c.limits.unified.clone().into_iter().collect(),
+                ..Default::default()
+            }),
+            windows: None,
+        }),
         image_id: c.image_id.clone(),
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser { uid: c.uid, gid: c.gid, supplemental_groups: c.groups.clone() }),
@@ -183,4 +197,11 @@ pub(super) async fn reopen_container_log(agent: &Arc<Agent>, r: Request<cri::Reo
     id_field(&id, "container_id")?;
     container::reopen_log(agent, &id).await?;
     Ok(Response::new(cri::ReopenContainerLogResponse {}))
+}
+
+pub(super) async fn update_container_resources(agent: &Arc<Agent>, r: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+    let req = r.into_inner();
+    id_field(&req.container_id, "container_id")?;
+    container::update_resources(agent, &req.container_id, req.linux).await?;
+    Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
 }

@@ -66,6 +66,9 @@ impl Agent {
         if !monitor_bin.is_file() {
             return Err(crate::image::ImageError::Io(format!("runtime.monitor_path: {} does not exist", monitor_bin.display())));
         }
+        if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(true) {
+            tracing::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj and rlimits above the hard limit are clamped to what may be set");
+        }
         for dir in [config.state.join("pods"), config.state.join("containers")] {
             std::fs::create_dir_all(&dir).map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", dir.display())))?;
             let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
@@ -172,8 +175,8 @@ impl RuntimeService for CriService {
         container::container_status(&self.agent, r).await
     }
 
-    async fn update_container_resources(&self, _r: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+    async fn update_container_resources(&self, r: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        container::update_container_resources(&self.agent, r).await
     }
 
     async fn reopen_container_log(&self, r: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {

@@ -167,6 +167,10 @@ pub struct ContainerRecord {
     pub gid: i64,
     /// Supplementary groups.
     pub groups: Vec<i64>,
+    /// Resource limits as last applied.
+    pub limits: berth_runtime::cgroup::Limits,
+    /// oom_score_adj asked for.
+    pub oom_score_adj: i64,
 }
 
 impl ContainerRecord {

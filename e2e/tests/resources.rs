@@ -1,0 +1,100 @@
+//! Resource limits in the container cgroup: applied at create, updated live,
+//! OOM kills reported as OOMKilled, bad values refused.
+
+use std::time::Duration;
+
+use berth_e2e::{cri, Fixture};
+use tonic::Code;
+
+async fn cgroup_of(f: &mut Fixture, id: &str) -> String {
+    let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true }).await.unwrap().into_inner();
+    let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
+    info["cgroup"].as_str().unwrap().to_string()
+}
+
+/// Reads a cgroup file from whichever hierarchy has it.
+fn knob(cgroup: &str, file: &str) -> String {
+    for m in berth_e2e::cgroup_mounts() {
+        let p = m.join(cgroup).join(file);
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            return t.trim().to_string();
+        }
+    }
+    panic!("no hierarchy has {file} for {cgroup}")
+}
+
+fn resources(f: impl FnOnce(&mut cri::LinuxContainerResources)) -> cri::LinuxContainerResources {
+    let mut r = cri::LinuxContainerResources::default();
+    f(&mut r);
+    r
+}
+
+fn v2() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.contains(" /sys/fs/cgroup ") && l.contains("cgroup2"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_apply_update_live_and_oom_is_reported() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("res");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = f.container("limited", &["sleep", "1000"]);
+    c.linux.as_mut().unwrap().resources = Some(resources(|r| {
+        r.cpu_quota = 50_000;
+        r.cpu_period = 100_000;
+        r.cpu_shares = 512;
+        r.memory_limit_in_bytes = 64 << 20;
+        r.oom_score_adj = 500;
+    }));
+    let id = f.cri.run(&pod, c, &cfg).await;
+    let cg = cgroup_of(&mut f, &id).await;
+    if v2() {
+        assert_eq!(knob(&cg, "cpu.max"), "50000 100000");
+        assert_eq!(knob(&cg, "memory.max"), (64u64 << 20).to_string());
+    } else {
+        assert_eq!(knob(&cg, "cpu.cfs_quota_us"), "50000");
+        assert_eq!(knob(&cg, "cpu.shares"), "512");
+        assert_eq!(knob(&cg, "memory.limit_in_bytes"), (64u64 << 20).to_string());
+    }
+    assert_eq!(f.cri.sh(&id, "cat /proc/self/oom_score_adj").await.trim(), "500");
+    let st = f.cri.status(&id).await;
+    assert_eq!(st.resources.unwrap().linux.unwrap().memory_limit_in_bytes, 64 << 20);
+
+    // Live update.
+    let update = cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(resources(|r| {
+            r.cpu_quota = 20_000;
+            r.cpu_period = 100_000;
+            r.memory_limit_in_bytes = 128 << 20;
+        })),
+        ..Default::default()
+    };
+    f.cri.runtime.update_container_resources(update).await.unwrap();
+    let (quota, mem) = if v2() { ("cpu.max", "memory.max") } else { ("cpu.cfs_quota_us", "memory.limit_in_bytes") };
+    assert!(knob(&cg, quota).starts_with("20000"));
+    assert_eq!(knob(&cg, mem), (128u64 << 20).to_string());
+
+    // Bad values: refused, nothing changed or created.
+    let bad = cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(resources(|r| r.memory_limit_in_bytes = -5)),
+        ..Default::default()
+    };
+    let e = f.cri.runtime.update_container_resources(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("memory_limit_in_bytes"), "{}", e.message());
+    let mut c = f.container("absurd", &["true"]);
+    c.linux.as_mut().unwrap().resources = Some(resources(|r| r.cpu_quota = 10));
+    let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("cpu_quota"), "{}", e.message());
+
+    // An OOM kill is reported as OOMKilled with 137.
+    let mut c = f.container("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"]);
+    c.linux.as_mut().unwrap().resources = Some(resources(|r| r.memory_limit_in_bytes = 32 << 20));
+    let hog = f.cri.run(&pod, c, &cfg).await;
+    let s = f.cri.wait_exited(&hog, Duration::from_secs(20)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+    f.cri.remove_pod(&pod).await;
+}
