@@ -360,6 +360,7 @@ pub async fn remove(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
     let r = rec.clone();
     tokio::task::spawn_blocking(move || teardown(&a, &r)).await.map_err(|e| internal("teardown task", e))?;
     agent.store.delete::<ContainerRecord>(&rec.id).map_err(|e| internal("store", e))?;
+    agent.cpu_samples.forget(&rec.cgroup);
     tracing::info!(container_id = %rec.id, "container removed");
     Ok(())
 }

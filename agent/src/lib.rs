@@ -11,5 +11,6 @@ pub mod net;
 pub mod pod;
 pub mod security;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod util;

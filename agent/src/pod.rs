@@ -234,6 +234,7 @@ pub async fn remove(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
     let rec = pod.clone();
     tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await.map_err(|e| internal("teardown task", e))?;
     agent.store.delete::<PodRecord>(&pod.id).map_err(|e| internal("store", e))?;
+    agent.cpu_samples.forget(&pod.cgroup);
     tracing::info!(pod_id = %pod.id, "pod sandbox removed");
     Ok(())
 }

@@ -54,6 +54,13 @@ async fn main() {
         monitor_rss.push(rss_kib(info["monitorPid"].as_i64().unwrap()));
     }
     let berthd_loaded = rss_kib(f.berthd.pid() as i64);
+    let mut stats_ms = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let n = f.cri.runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap().into_inner().stats.len();
+        assert_eq!(n, PODS);
+        stats_ms.push(ms(t.elapsed()));
+    }
     for (pod, c) in &pods {
         let t = Instant::now();
         f.cri.stop(c, 0).await.expect("StopContainer");
@@ -69,6 +76,7 @@ async fn main() {
     println!("  pod ready + create + start {:8.2} ms", median(runp.iter().zip(&create).zip(&start).map(|((a, b), c)| a + b + c).collect()));
     println!("  StopContainer (0s)  {:8.2} ms", median(stop));
     println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
+    println!("  ListContainerStats ({PODS} containers) {:6.2} ms", median(stats_ms));
     println!("  monitor RSS         {:8.0} KiB per container (target <= 1536 KiB)", median(monitor_rss));
     println!("  berthd RSS          {:8.0} KiB idle, {:.0} KiB with {PODS} pods", berthd_idle, berthd_loaded);
 }

@@ -98,3 +98,56 @@ async fn limits_apply_update_live_and_oom_is_reported() {
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
     f.cri.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_plausible() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("stats");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let busy = f.cri.run(&pod, f.container("busy", &["sh", "-c", "while true; do :; done"]), &cfg).await;
+    let mem = f.cri.run(&pod, f.container("mem", &["sh", "-c", "head -c 20000000 /dev/zero > /dev/shm/buf; nc -ll -p 8080 -e echo stats"]), &cfg).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let get = |r: cri::ContainerStatsResponse| r.stats.unwrap();
+    let s1 = get(f.cri.runtime.container_stats(cri::ContainerStatsRequest { container_id: busy.clone() }).await.unwrap().into_inner());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s2 = get(f.cri.runtime.container_stats(cri::ContainerStatsRequest { container_id: busy.clone() }).await.unwrap().into_inner());
+    let cpu = |s: &cri::ContainerStats| s.cpu.as_ref().unwrap().usage_core_nano_seconds.unwrap().value;
+    assert!(cpu(&s2) > cpu(&s1), "cpu grows while busy: {} -> {}", cpu(&s1), cpu(&s2));
+    let cores = s2.cpu.unwrap().usage_nano_cores.unwrap().value;
+    assert!(cores > 200_000_000, "a busy loop uses most of a core, got {cores} nano-cores");
+
+    let m = get(f.cri.runtime.container_stats(cri::ContainerStatsRequest { container_id: mem.clone() }).await.unwrap().into_inner());
+    let usage = m.memory.as_ref().unwrap();
+    assert!(usage.usage_bytes.unwrap().value >= 20_000_000, "memory {usage:?}");
+    assert!(usage.working_set_bytes.unwrap().value >= 20_000_000, "memory {usage:?}");
+    assert!(m.writable_layer.unwrap().inodes_used.unwrap().value >= 1);
+
+    let list = f.cri.runtime.list_container_stats(cri::ListContainerStatsRequest { filter: Some(cri::ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }) }).await.unwrap().into_inner();
+    assert_eq!(list.stats.len(), 2);
+
+    // Pod stats carry the network counters of the pod's namespace.
+    let ip = f.cri.pod_ip(&pod).await;
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), Duration::from_secs(1)) {
+            let mut out = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut out);
+            if !out.is_empty() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ps = f.cri.runtime.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap().into_inner().stats.unwrap();
+    let linux = ps.linux.unwrap();
+    let eth0 = linux.network.unwrap().default_interface.unwrap();
+    assert!(eth0.rx_bytes.unwrap().value > 0 && eth0.tx_bytes.unwrap().value > 0, "{eth0:?}");
+    assert_eq!(linux.containers.len(), 2);
+    assert!(linux.memory.unwrap().usage_bytes.unwrap().value >= 20_000_000);
+    let all = f.cri.runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(all.stats.len(), 1);
+    let d = f.cri.runtime.list_metric_descriptors(cri::ListMetricDescriptorsRequest {}).await.unwrap().into_inner();
+    assert!(d.descriptors.iter().any(|m| m.name == "container_cpu_usage_seconds_total"));
+    let pm = f.cri.runtime.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await.unwrap().into_inner();
+    assert_eq!(pm.pod_metrics[0].container_metrics.len(), 2);
+    f.cri.remove_pod(&pod).await;
+}

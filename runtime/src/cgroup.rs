@@ -339,3 +339,56 @@ pub fn oom_killed(path: &str) -> bool {
     };
     count(read(path, "memory.events")) > 0 || count(read(path, "memory.oom_control")) > 0
 }
+
+/// CPU and memory use of a cgroup, read from its files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Cumulative CPU time in ns.
+    pub cpu_ns: u64,
+    /// Memory in use (bytes).
+    pub memory: u64,
+    /// Working set: usage minus inactive file cache.
+    pub working_set: u64,
+    /// Anonymous and swap cache memory.
+    pub rss: u64,
+    /// Page faults.
+    pub page_faults: u64,
+    /// Major page faults.
+    pub major_page_faults: u64,
+    /// The memory limit, if any (bytes).
+    pub limit: Option<u64>,
+    /// Processes in the cgroup.
+    pub processes: u64,
+}
+
+fn stat_map(text: Option<String>) -> std::collections::HashMap<String, u64> {
+    text.unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ').and_then(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v))))
+        .collect()
+}
+
+/// Reads CPU and memory use (v1: cpuacct and memory; v2: cpu.stat and memory.*).
+pub fn usage(path: &str) -> Usage {
+    let num = |file: &str| read(path, file).and_then(|t| t.trim().parse::<u64>().ok());
+    let v2 = version() == Version::V2;
+    let (cpu_ns, memory, stat) = if v2 {
+        let cpu = stat_map(read(path, "cpu.stat")).get("usage_usec").copied().unwrap_or(0) * 1000;
+        (cpu, num("memory.current").unwrap_or(0), stat_map(read(path, "memory.stat")))
+    } else {
+        (num("cpuacct.usage").unwrap_or(0), num("memory.usage_in_bytes").unwrap_or(0), stat_map(read(path, "memory.stat")))
+    };
+    let get = |v1: &str, v2k: &str| stat.get(if v2 { v2k } else { v1 }).copied().unwrap_or(0);
+    let inactive_file = get("total_inactive_file", "inactive_file");
+    let limit = if v2 { num("memory.max") } else { num("memory.limit_in_bytes").filter(|l| *l < (1 << 62)) };
+    Usage {
+        cpu_ns,
+        memory,
+        working_set: memory.saturating_sub(inactive_file),
+        rss: get("total_rss", "anon"),
+        page_faults: get("total_pgfault", "pgfault"),
+        major_page_faults: get("total_pgmajfault", "pgmajfault"),
+        limit,
+        processes: pids(path).len() as u64,
+    }
+}

@@ -10,6 +10,7 @@ mod container;
 pub mod image;
 mod rpc_log;
 mod sandbox;
+mod stats;
 mod runtime_info;
 
 use std::pin::Pin;
@@ -45,6 +46,8 @@ pub struct Agent {
     pub locks: crate::util::KeyedLocks,
     /// In-flight creations by name, for kubelet's retries.
     pub flights: Arc<crate::util::SingleFlight>,
+    /// Previous CPU samples, for rates.
+    pub cpu_samples: crate::stats::CpuSamples,
 }
 
 impl Agent {
@@ -84,6 +87,7 @@ impl Agent {
             cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
             locks: Default::default(),
             flights: Default::default(),
+            cpu_samples: Default::default(),
         })
     }
 
@@ -199,20 +203,20 @@ impl RuntimeService for CriService {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, _r: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+    async fn container_stats(&self, r: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        stats::container_stats(&self.agent, r).await
     }
 
-    async fn list_container_stats(&self, _r: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+    async fn list_container_stats(&self, r: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        stats::list_container_stats(&self.agent, r).await
     }
 
-    async fn pod_sandbox_stats(&self, _r: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+    async fn pod_sandbox_stats(&self, r: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        stats::pod_sandbox_stats(&self.agent, r).await
     }
 
-    async fn list_pod_sandbox_stats(&self, _r: Request<cri::ListPodSandboxStatsRequest>) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+    async fn list_pod_sandbox_stats(&self, r: Request<cri::ListPodSandboxStatsRequest>) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        stats::list_pod_sandbox_stats(&self.agent, r).await
     }
 
     async fn update_runtime_config(&self, r: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
@@ -227,12 +231,12 @@ impl RuntimeService for CriService {
         Err(unimplemented("CheckpointContainer"))
     }
 
-    async fn list_metric_descriptors(&self, _r: Request<cri::ListMetricDescriptorsRequest>) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+    async fn list_metric_descriptors(&self, r: Request<cri::ListMetricDescriptorsRequest>) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        stats::list_metric_descriptors(&self.agent, r).await
     }
 
-    async fn list_pod_sandbox_metrics(&self, _r: Request<cri::ListPodSandboxMetricsRequest>) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+    async fn list_pod_sandbox_metrics(&self, r: Request<cri::ListPodSandboxMetricsRequest>) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        stats::list_pod_sandbox_metrics(&self.agent, r).await
     }
 
     async fn runtime_config(&self, r: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
