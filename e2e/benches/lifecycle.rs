@@ -23,6 +23,16 @@ fn rss_kib(pid: i64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Proportional set size: shared pages (libc, the binary) split among the
+/// processes mapping them — the per-container cost when many monitors run.
+fn pss_kib(pid: i64) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -31,7 +41,7 @@ fn ms(d: Duration) -> f64 {
 async fn main() {
     let mut f = Fixture::start().await;
     let berthd_idle = rss_kib(f.berthd.pid() as i64);
-    let (mut runp, mut create, mut start, mut stop, mut rmp, mut monitor_rss) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut runp, mut create, mut start, mut stop, mut rmp, mut monitor_rss, mut monitor_pss) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut pods = Vec::new();
     for i in 0..PODS {
         let cfg = f.pod(&format!("bench{i}"));
@@ -52,6 +62,7 @@ async fn main() {
         let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: c.clone(), verbose: true }).await.unwrap().into_inner();
         let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
         monitor_rss.push(rss_kib(info["monitorPid"].as_i64().unwrap()));
+        monitor_pss.push(pss_kib(info["monitorPid"].as_i64().unwrap()));
     }
     let berthd_loaded = rss_kib(f.berthd.pid() as i64);
     let mut stats_ms = Vec::new();
@@ -78,5 +89,6 @@ async fn main() {
     println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
     println!("  ListContainerStats ({PODS} containers) {:6.2} ms", median(stats_ms));
     println!("  monitor RSS         {:8.0} KiB per container (target <= 1536 KiB)", median(monitor_rss));
+    println!("  monitor PSS         {:8.0} KiB per container (shared pages split among {PODS} monitors)", median(monitor_pss));
     println!("  berthd RSS          {:8.0} KiB idle, {:.0} KiB with {PODS} pods", berthd_idle, berthd_loaded);
 }
