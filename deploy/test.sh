@@ -7,3 +7,5 @@ bash deploy/deps.sh --test
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace --no-fail-fast
+# cgroup v2 for real, inside a throwaway VM (this machine's controllers are on v1).
+bash e2e/cgroupv2-vm/run-tests.sh
