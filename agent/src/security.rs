@@ -228,3 +228,37 @@ mod tests {
         assert!(check_sysctls(&m("net.ipv4.ip_forward"), false, true).is_err());
     }
 }
+
+/// True when the kernel has AppArmor enabled.
+pub fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").map(|v| v.trim() == "Y").unwrap_or(false)
+}
+
+/// The AppArmor profile to run the container under (None: unconfined or
+/// the kernel has no AppArmor and the runtime default was asked for).
+pub fn apparmor(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<Option<String>, Status> {
+    let Some(p) = profile else { return Ok(None) };
+    match cri::security_profile::ProfileType::try_from(p.profile_type) {
+        Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
+        // berth ships no AppArmor policy of its own: RuntimeDefault without
+        // AppArmor (or privileged) runs unconfined, as containerd does there.
+        Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(None),
+        Ok(cri::security_profile::ProfileType::Localhost) => {
+            if privileged {
+                return Ok(None);
+            }
+            if !apparmor_enabled() {
+                return Err(Status::invalid_argument(format!(
+                    "apparmor.localhost_ref: profile {:?} asked for, but AppArmor is not enabled on this node",
+                    p.localhost_ref
+                )));
+            }
+            let name = p.localhost_ref.trim_start_matches("localhost/");
+            if name.is_empty() || name.contains('\n') {
+                return Err(Status::invalid_argument("apparmor.localhost_ref: empty or invalid profile name"));
+            }
+            Ok(Some(name.to_string()))
+        }
+        Err(_) => Err(Status::invalid_argument(format!("apparmor.profile_type: {} is not a profile type", p.profile_type))),
+    }
+}

@@ -228,6 +228,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     let legacy_seccomp = sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or("");
     let seccomp = crate::security::seccomp(sc.and_then(|s| s.seccomp.as_ref()), legacy_seccomp, privileged)?;
     let oom_score_adj = config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0);
+    let apparmor = crate::security::apparmor(sc.and_then(|s| s.apparmor.as_ref()), privileged)?;
     let mut process = ProcessBuilder::default()
         .capabilities(capabilities)
         .terminal(false)
@@ -238,6 +239,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         .no_new_privileges(sc.map(|s| s.no_new_privs).unwrap_or(false))
         .build()
         .map_err(spec_err)?;
+    process.set_apparmor_profile(apparmor);
     if oom_score_adj != 0 {
         let adj = i32::try_from(oom_score_adj).ok().filter(|a| (-1000..=1000).contains(a))
             .ok_or_else(|| invalid("linux.resources.oom_score_adj", format!("{oom_score_adj} is not within -1000..=1000")))?;
@@ -386,6 +388,10 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     annotations.insert(ANN_CGROUP_PROCS.into(), join(&paths.cgroup_procs));
     if let Some(name) = user_name {
         annotations.insert(ANN_USER.into(), name);
+    }
+    // Strict: only the ids given, no memberships from the image's /etc/group.
+    if sc.is_some_and(|s| s.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32) {
+        annotations.insert(berth_runtime::init::ANN_GROUPS_STRICT.into(), "true".into());
     }
 
     let mut spec = SpecBuilder::default()

@@ -56,6 +56,14 @@ async fn users_capabilities_seccomp_and_paths() {
     });
     let ids = f.cri.run(&pod, c, &cfg).await;
     assert_eq!(f.cri.sh(&ids, "id -u; id -g; id -G").await, "1234\n5678\n5678 4242\n");
+    // Strict: no memberships from the image's /etc/group (user is in "extra" there).
+    let mut c = f.container("strict", &["sleep", "1000"]);
+    c.linux = sc(|s| {
+        s.run_as_username = "user".into();
+        s.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+    });
+    let strict = f.cri.run(&pod, c, &cfg).await;
+    assert_eq!(f.cri.sh(&strict, "id -G").await.trim(), "1000");
     let user = f.cri.status(&ids).await.user.unwrap().linux.unwrap();
     assert_eq!((user.uid, user.gid, user.supplemental_groups), (1234, 5678, vec![5678, 4242]));
     assert_eq!(status_field(&mut f, &ids, "CapEff").await, "0000000000000000", "non-root has no effective caps");
@@ -125,6 +133,13 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
         let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{name}: {}", e.message());
         assert!(e.message().contains(&path), "{}", e.message());
+    }
+    if !std::path::Path::new("/sys/module/apparmor").exists() {
+        let mut c = f.container("aa", &["true"]);
+        c.linux = sc(|s| s.apparmor = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: "my-profile".into() }));
+        let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("AppArmor is not enabled") && e.message().contains("my-profile"), "{}", e.message());
     }
     let mut c = f.container("nouser", &["true"]);
     c.linux = sc(|s| s.run_as_username = "nosuchuser".into());

@@ -100,8 +100,9 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::security::compile);
+            let strict = annotation(init::ANN_GROUPS_STRICT).is_some();
             let e = match seccomp.transpose() {
-                Ok(filter) => child(process, annotation(ANN_USER).as_deref(), &args.args, filter.as_ref()),
+                Ok(filter) => child(process, annotation(ANN_USER).as_deref(), strict, &args.args, filter.as_ref()),
                 Err(e) => e,
             };
             std::process::exit(fail(e));
@@ -118,7 +119,7 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     }
 }
 
-fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, args: &[String], seccomp: Option<&libseccomp::ScmpFilterContext>) -> InitError {
+fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, strict: bool, args: &[String], seccomp: Option<&libseccomp::ScmpFilterContext>) -> InitError {
     if nix::unistd::getppid().as_raw() == 1 {
         return InitError::Setup("helper died".into());
     }
@@ -127,7 +128,7 @@ fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, args: &[
     if let Err(e) = init::set_rlimits_and_oom(process) {
         return e;
     }
-    let user = match crate::user::resolve(process.user(), user_name) {
+    let user = match crate::user::resolve(process.user(), user_name, strict) {
         Ok(u) => u,
         Err(e) => return e,
     };

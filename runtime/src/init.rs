@@ -32,6 +32,8 @@ pub const ANN_WORKDIR: &str = "io.berth.rootfs.workdir";
 pub const ANN_CGROUP_PROCS: &str = "io.berth.cgroup.procs";
 /// Annotation: a user name (`name` or `name:group`) to resolve in the image.
 pub const ANN_USER: &str = "io.berth.user";
+/// Annotation: supplemental groups policy Strict (no image memberships).
+pub const ANN_GROUPS_STRICT: &str = "io.berth.groups.strict";
 
 /// Why a container could not be started; travels from the init to the
 /// monitor to berthd as one line.
@@ -180,7 +182,7 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
             .map_err(|e| setup_err("remount / read-only", e))?;
     }
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
-    let user = user::resolve(process.user(), annotation(spec, ANN_USER))?;
+    let user = user::resolve(process.user(), annotation(spec, ANN_USER), annotation(spec, ANN_GROUPS_STRICT).is_some())?;
     let cwd = process.cwd().clone();
     check_cwd(&cwd)?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
@@ -541,6 +543,12 @@ pub fn make_non_dumpable() {
 /// step still have the privilege it needs: without no_new_privs the filter
 /// is loaded while CAP_SYS_ADMIN is still held.
 pub fn confine(process: &oci_spec::runtime::Process, user: &ResolvedUser, seccomp: Option<&libseccomp::ScmpFilterContext>) -> Result<(), InitError> {
+    if let Some(profile) = process.apparmor_profile() {
+        // Takes effect at exec, like runc's aa_change_onexec.
+        std::fs::write("/proc/self/attr/apparmor/exec", format!("exec {profile}"))
+            .or_else(|_| std::fs::write("/proc/self/attr/exec", format!("exec {profile}")))
+            .map_err(|e| InitError::Setup(format!("apparmor profile {profile}: {e}")))?;
+    }
     let nnp = process.no_new_privileges().unwrap_or(false);
     if let (Some(f), false) = (seccomp, nnp) {
         crate::security::load(f)?;

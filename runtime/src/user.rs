@@ -56,7 +56,7 @@ fn groups(text: &str) -> Vec<GroupEntry> {
 
 /// Resolves the spec user against files' contents; `name` is `user[:group]`
 /// when the user was given by name. Pure, for tests.
-pub fn resolve_with(spec_user: &oci_spec::runtime::User, name: Option<&str>, passwd_text: &str, group_text: &str)
+pub fn resolve_with(spec_user: &oci_spec::runtime::User, name: Option<&str>, strict: bool, passwd_text: &str, group_text: &str)
     -> Result<ResolvedUser, InitError> {
     let users = passwd(passwd_text);
     let all_groups = groups(group_text);
@@ -90,6 +90,7 @@ pub fn resolve_with(spec_user: &oci_spec::runtime::User, name: Option<&str>, pas
     }
     // Supplementary groups: the image's memberships of the user, then the spec's.
     let mut extra: Vec<u32> = match &user_name {
+        _ if strict => Vec::new(),
         Some(n) => all_groups.iter().filter(|g| g.members.iter().any(|m| m == n)).map(|g| g.gid).collect(),
         None => Vec::new(),
     };
@@ -105,10 +106,10 @@ pub fn resolve_with(spec_user: &oci_spec::runtime::User, name: Option<&str>, pas
 
 /// Resolves against the container's `/etc/passwd` and `/etc/group` (a missing
 /// file is empty, as in scratch images).
-pub fn resolve(spec_user: &oci_spec::runtime::User, name: Option<&str>) -> Result<ResolvedUser, InitError> {
+pub fn resolve(spec_user: &oci_spec::runtime::User, name: Option<&str>, strict: bool) -> Result<ResolvedUser, InitError> {
     let p = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let g = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    resolve_with(spec_user, name, &p, &g)
+    resolve_with(spec_user, name, strict, &p, &g)
 }
 
 impl ResolvedUser {
@@ -137,15 +138,17 @@ mod tests {
 
     #[test]
     fn names_numbers_and_memberships() {
-        let r = resolve_with(&spec_user(0, 0, vec![]), Some("user"), PASSWD, GROUP).unwrap();
+        let r = resolve_with(&spec_user(0, 0, vec![]), Some("user"), false, PASSWD, GROUP).unwrap();
         assert_eq!(r, ResolvedUser { uid: 1000, gid: 1000, groups: vec![1000, 2000] });
-        let r = resolve_with(&spec_user(0, 0, vec![]), Some("1000:video"), PASSWD, GROUP).unwrap();
+        let strict = resolve_with(&spec_user(0, 0, vec![]), Some("user"), true, PASSWD, GROUP).unwrap();
+        assert_eq!(strict.groups, vec![1000], "Strict ignores the image's memberships");
+        let r = resolve_with(&spec_user(0, 0, vec![]), Some("1000:video"), false, PASSWD, GROUP).unwrap();
         assert_eq!((r.uid, r.gid), (1000, 44));
-        let r = resolve_with(&spec_user(1000, 1000, vec![44]), None, PASSWD, GROUP).unwrap();
+        let r = resolve_with(&spec_user(1000, 1000, vec![44]), None, false, PASSWD, GROUP).unwrap();
         assert_eq!(r.groups, vec![1000, 2000, 44]);
-        let r = resolve_with(&spec_user(4242, 4242, vec![]), None, PASSWD, GROUP).unwrap();
+        let r = resolve_with(&spec_user(4242, 4242, vec![]), None, false, PASSWD, GROUP).unwrap();
         assert_eq!(r, ResolvedUser { uid: 4242, gid: 4242, groups: vec![4242] });
-        assert_eq!(resolve_with(&spec_user(0, 0, vec![]), Some("bob"), PASSWD, GROUP).unwrap_err(), InitError::UnknownUser("bob".into()));
-        assert_eq!(resolve_with(&spec_user(0, 0, vec![]), Some("user:nogrp"), PASSWD, GROUP).unwrap_err(), InitError::UnknownGroup("nogrp".into()));
+        assert_eq!(resolve_with(&spec_user(0, 0, vec![]), Some("bob"), false, PASSWD, GROUP).unwrap_err(), InitError::UnknownUser("bob".into()));
+        assert_eq!(resolve_with(&spec_user(0, 0, vec![]), Some("user:nogrp"), false, PASSWD, GROUP).unwrap_err(), InitError::UnknownGroup("nogrp".into()));
     }
 }

@@ -45,7 +45,7 @@ pub(super) async fn status(agent: &Agent, r: Request<cri::StatusRequest>) -> Res
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
         }],
-        features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false }),
+        features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true }),
     }))
 }
 
