@@ -103,16 +103,7 @@ impl Runtime {
         };
         let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(|e| io("monitor.log", e))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
-        let wfd = w.as_raw_fd();
-        // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(wfd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        pass_as_fd3(&mut cmd, &w);
         let mut first = cmd.spawn().map_err(|e| RuntimeError::Monitor { id: id.into(), reason: format!("{}: {e}", self.monitor_bin.display()) })?;
         drop(w);
         // The first monitor process exits right after forking the real one.
@@ -202,6 +193,22 @@ impl Runtime {
             .args(args)
             .stdin(Stdio::null());
         cmd
+    }
+}
+
+/// Makes `fd` the child's fd 3 (the sync/report pipe of berth-monitor); the
+/// original stays close-on-exec.
+pub fn pass_as_fd3(cmd: &mut Command, fd: &OwnedFd) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: only dup2 (async-signal-safe) runs between fork and exec, on
+    // an fd that stays open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -169,16 +168,7 @@ pub fn spawn_pod_init(monitor_bin: &Path) -> Result<i32, SandboxError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ns_err("pipe"))?;
     let mut cmd = Command::new(monitor_bin);
     cmd.arg("pod-init").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let wfd = w.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; it runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(wfd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::client::pass_as_fd3(&mut cmd, &w);
     let mut child = cmd.spawn().map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
     drop(w);
     let mut line = String::new();
