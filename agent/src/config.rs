@@ -77,6 +77,13 @@ nft_table = "berth"
 cni_conf_dir = "/etc/cni/net.d"
 cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 
+[stream]
+# The streaming server for Exec (and later Attach/PortForward): address and
+# port (0 = a free one); URLs it hands out are single-use and expire.
+address = "127.0.0.1"
+port = 0
+token_ttl_seconds = 60
+
 [log]
 # error, warn, info, debug or trace; or a tracing filter such as
 # "info,berth_agent=debug".
@@ -106,8 +113,28 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The pod network.
     pub network: NetworkConfig,
+    /// The streaming server.
+    pub stream: StreamConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[stream]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Listen address.
+    pub address: String,
+    /// Listen port (0 = any free one).
+    pub port: u16,
+    /// Lifetime of a streaming URL.
+    pub token_ttl_seconds: u64,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig { address: "127.0.0.1".into(), port: 0, token_ttl_seconds: 60 }
+    }
 }
 
 /// The `[network]` table.
@@ -236,6 +263,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             runtime: RuntimeConfig::default(),
             network: NetworkConfig::default(),
+            stream: StreamConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -330,6 +358,12 @@ impl Config {
                 _ => "network",
             };
             return Err(invalid(key, reason.to_string()));
+        }
+        if self.stream.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid("stream.address", format!("{:?} is not an IP address", self.stream.address)));
+        }
+        if self.stream.token_ttl_seconds == 0 {
+            return Err(invalid("stream.token_ttl_seconds", "must be at least 1".into()));
         }
         for (registry, mirrors) in &self.registry.mirrors {
             for m in mirrors {

@@ -52,6 +52,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
+    let stream_cfg = &config.stream;
+    match crate::stream::Streams::bind(&stream_cfg.address, stream_cfg.port, Duration::from_secs(stream_cfg.token_ttl_seconds)).await {
+        Ok((streams, listener)) => {
+            let _ = agent.streams.set(streams.clone());
+            crate::stream::serve(streams, listener, Arc::downgrade(&agent));
+        }
+        Err(e) => {
+            created.remove_all();
+            bail!("stream.address {}:{}: {e}", stream_cfg.address, stream_cfg.port);
+        }
+    }
     if let Err(e) = crate::pod::recover(&agent).await.and(crate::container::recover(&agent).await) {
         tracing::warn!("start-up recovery: {}", e.message());
     }

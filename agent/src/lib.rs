@@ -13,4 +13,5 @@ pub mod security;
 pub mod spec;
 pub mod stats;
 pub mod store;
+pub mod stream;
 pub mod util;

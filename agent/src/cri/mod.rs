@@ -11,6 +11,7 @@ pub mod image;
 mod rpc_log;
 mod sandbox;
 mod stats;
+mod streaming;
 mod runtime_info;
 
 use std::pin::Pin;
@@ -48,6 +49,8 @@ pub struct Agent {
     pub flights: Arc<crate::util::SingleFlight>,
     /// Previous CPU samples, for rates.
     pub cpu_samples: crate::stats::CpuSamples,
+    /// The streaming server, once bound.
+    pub streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
 }
 
 impl Agent {
@@ -88,6 +91,7 @@ impl Agent {
             locks: Default::default(),
             flights: Default::default(),
             cpu_samples: Default::default(),
+            streams: Default::default(),
         })
     }
 
@@ -191,8 +195,8 @@ impl RuntimeService for CriService {
         container::exec_sync(&self.agent, r).await
     }
 
-    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        streaming::exec(&self.agent, r).await
     }
 
     async fn attach(&self, _r: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {

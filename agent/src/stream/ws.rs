@@ -1,0 +1,168 @@
+//! The Kubernetes channel protocol over WebSocket: every binary message
+//! starts with its channel (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize);
+//! v5 adds 255 = "close the channel named in the next byte".
+
+use std::sync::{Arc, Mutex};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{exit_status_json, failure_json, StreamRequest};
+use crate::cri::Agent;
+use crate::store::ContainerState;
+
+/// Subprotocols berth speaks, best first.
+const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const ERROR: u8 = 3;
+const CLOSE: u8 = 255;
+
+/// Upgrades and runs the request's session.
+pub async fn serve<S>(agent: Arc<Agent>, req: StreamRequest, stream: S) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let chosen: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
+    let chosen2 = chosen.clone();
+    let callback = move |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        let offered: Vec<String> = request
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+            .collect();
+        let Some(p) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+            let mut e = ErrorResponse::new(Some(format!("no supported subprotocol; berth speaks {}", PROTOCOLS.join(", "))));
+            *e.status_mut() = http::StatusCode::BAD_REQUEST;
+            return Err(e);
+        };
+        response.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static(p));
+        *chosen2.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        Ok(response)
+    };
+    let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.map_err(std::io::Error::other)?;
+    let v5 = *chosen.lock().unwrap_or_else(|e| e.into_inner()) == Some("v5.channel.k8s.io");
+    match req {
+        StreamRequest::Exec { container_id, cmd, stdin, stdout, stderr, tty } => exec(agent, ws, v5, container_id, cmd, stdin, stdout, stderr, tty).await,
+    }
+}
+
+fn frame(channel: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(channel);
+    v.extend_from_slice(data);
+    Message::Binary(v.into())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exec<S>(agent: Arc<Agent>, ws: tokio_tungstenite::WebSocketStream<S>, v5: bool, id: String, cmd: Vec<String>, want_stdin: bool, want_stdout: bool, want_stderr: bool, tty: bool)
+    -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let fail = |msg: String| frame(ERROR, failure_json(&msg).as_bytes());
+    if tty {
+        let _ = tx.send(fail("exec with a TTY is not supported by berth yet".into())).await;
+        return Ok(());
+    }
+    let rec = match crate::container::find(&agent, &id) {
+        Ok(r) if r.state == ContainerState::Running => r,
+        Ok(r) => {
+            let _ = tx.send(fail(format!("container {} is not running", r.id))).await;
+            return Ok(());
+        }
+        Err(s) => {
+            let _ = tx.send(fail(s.message().to_string())).await;
+            return Ok(());
+        }
+    };
+    let mut command = tokio::process::Command::from(agent.runtime.exec_command(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd));
+    command
+        .stdin(if want_stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(fail(format!("exec helper: {e}"))).await;
+            return Ok(());
+        }
+    };
+    let mut child_stdin = child.stdin.take();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let (otx, mut orx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
+    for (channel, pipe, wanted) in [(STDOUT, out.take().map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>), want_stdout), (STDERR, err.take().map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>), want_stderr)] {
+        let Some(mut pipe) = pipe else { continue };
+        let otx = otx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) if wanted => {
+                        if otx.send((channel, buf[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+    drop(otx);
+    let mut setup_error = Vec::new();
+    let mut outputs_open = true;
+    loop {
+        tokio::select! {
+            chunk = orx.recv(), if outputs_open => match chunk {
+                Some((channel, data)) => {
+                    if channel == STDERR && data.starts_with(berth_runtime::exec::ERROR_MARKER.as_bytes()) {
+                        setup_error.extend_from_slice(&data);
+                        continue;
+                    }
+                    if tx.send(frame(channel, &data)).await.is_err() {
+                        return Ok(()); // client gone: kill_on_drop ends the helper and the command
+                    }
+                }
+                None => outputs_open = false,
+            },
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
+                    STDIN => {
+                        if let Some(stdin) = child_stdin.as_mut() {
+                            if stdin.write_all(&b[1..]).await.is_err() {
+                                child_stdin = None;
+                            }
+                        }
+                    }
+                    CLOSE if v5 && b.get(1) == Some(&STDIN) => child_stdin = None,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+        }
+        if !outputs_open {
+            break;
+        }
+    }
+    let status = child.wait().await?;
+    let code = status.code().unwrap_or(255);
+    let text = String::from_utf8_lossy(&setup_error);
+    let status_json = match text.lines().find_map(|l| l.strip_prefix(berth_runtime::exec::ERROR_MARKER)) {
+        Some(line) if code == berth_runtime::exec::SETUP_FAILED => failure_json(&berth_runtime::init::InitError::decode(line).to_string()),
+        _ => exit_status_json(code),
+    };
+    let _ = tx.send(frame(ERROR, status_json.as_bytes())).await;
+    let _ = tx.send(Message::Close(None)).await;
+    Ok(())
+}
