@@ -122,3 +122,42 @@ async fn twenty_concurrent_execs_and_a_disconnect_leaves_nothing() {
     assert!(gone, "the exec'd command outlived its client");
     f.cri.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_port_forward_to_two_ports_in_the_pod() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("pf");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    f.cri.run(&pod, f.container("a", &["nc", "-ll", "-p", "8080", "-e", "echo", "from-8080"]), &cfg).await;
+    f.cri.run(&pod, f.container("b", &["nc", "-ll", "-p", "8081", "-e", "cat"]), &cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080, 8081] }).await.unwrap().into_inner().url;
+    let mut req = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static("portforward.k8s.io"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    // Port 8081 echoes what it gets (cat).
+    ws.send(Message::Binary([&[2u8][..], b"ping-8081\n"].concat().into())).await.unwrap();
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut headers = 0;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        let Message::Binary(b) = msg else { continue };
+        let (ch, body) = (b[0], &b[1..]);
+        if headers < 4 && body.len() == 2 && (ch <= 3) && (u16::from_le_bytes([body[0], body[1]]) == 8080 || u16::from_le_bytes([body[0], body[1]]) == 8081) {
+            headers += 1;
+            continue;
+        }
+        match ch {
+            0 => first.extend_from_slice(body),
+            2 => second.extend_from_slice(body),
+            1 | 3 => panic!("error channel {ch}: {}", String::from_utf8_lossy(body)),
+            _ => {}
+        }
+        if first.ends_with(b"\n") && second.ends_with(b"\n") {
+            break;
+        }
+    }
+    assert_eq!(headers, 4, "each channel starts with its port");
+    assert_eq!(String::from_utf8_lossy(&first), "from-8080\n");
+    assert_eq!(String::from_utf8_lossy(&second), "ping-8081\n");
+    f.cri.remove_pod(&pod).await;
+}

@@ -203,8 +203,8 @@ impl RuntimeService for CriService {
         Err(unimplemented("Attach"))
     }
 
-    async fn port_forward(&self, _r: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+    async fn port_forward(&self, r: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+        streaming::port_forward(&self.agent, r).await
     }
 
     async fn container_stats(&self, r: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {

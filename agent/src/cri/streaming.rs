@@ -34,3 +34,23 @@ pub(super) async fn exec(agent: &Arc<Agent>, r: Request<cri::ExecRequest>) -> Re
     );
     Ok(Response::new(cri::ExecResponse { url }))
 }
+
+pub(super) async fn port_forward(agent: &Arc<Agent>, r: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+    let req = r.into_inner();
+    let pod = crate::pod::find(agent, &req.pod_sandbox_id)?;
+    if pod.state != crate::store::PodState::Ready {
+        return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
+    }
+    let mut ports = Vec::new();
+    for p in req.port {
+        ports.push(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| Status::invalid_argument(format!("port: {p} is not a port")))?);
+    }
+    let netns = if pod.network_mode == crate::spec::ns_mode::NODE {
+        std::path::PathBuf::from("/proc/1/ns/net")
+    } else {
+        berth_runtime::sandbox::pin_path(&crate::pod::pod_dir(agent, &pod.id), "net")
+    };
+    let streams = agent.streams.get().ok_or_else(|| Status::unavailable("the streaming server is not up"))?;
+    let url = streams.register("portforward", StreamRequest::PortForward { netns, ports });
+    Ok(Response::new(cri::PortForwardResponse { url }))
+}

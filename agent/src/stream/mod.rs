@@ -5,7 +5,9 @@
 //! Unknown, used or expired tokens get 404.
 //!
 //! Protocols today: WebSocket with the channel-prefixed subprotocols
-//! (`v5.channel.k8s.io`, `v4.channel.k8s.io`) for exec without a TTY.
+//! (`v5.channel.k8s.io`, `v4.channel.k8s.io`) for exec without a TTY, and
+//! `v4.channel.k8s.io` / `portforward.k8s.io` / `v2.portforward.k8s.io`
+//! for port forwarding.
 
 mod ws;
 
@@ -24,6 +26,13 @@ use crate::cri::Agent;
 /// What a token stands for.
 #[derive(Debug, Clone)]
 pub enum StreamRequest {
+    /// Port forwarding into a pod's network namespace.
+    PortForward {
+        /// The pod's netns pin.
+        netns: std::path::PathBuf,
+        /// Ports asked for in the RPC (a client may name its own in the URL).
+        ports: Vec<u16>,
+    },
     /// An exec session.
     Exec {
         /// Container id (full).
@@ -70,7 +79,7 @@ impl Streams {
     fn take(&self, kind: &str, token: &str) -> Option<StreamRequest> {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let (req, exp) = tokens.remove(token)?;
-        let matches = matches!((&req, kind), (StreamRequest::Exec { .. }, "exec"));
+        let matches = matches!((&req, kind), (StreamRequest::Exec { .. }, "exec") | (StreamRequest::PortForward { .. }, "portforward"));
         (exp > Instant::now() && matches).then_some(req)
     }
 }
@@ -116,6 +125,14 @@ async fn handle(streams: Arc<Streams>, agent: Weak<Agent>, mut conn: TcpStream) 
         conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nberth streams over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io); SPDY is not built yet\n").await?;
         return Ok(());
     }
+    let query_ports: Vec<u16> = path
+        .split_once('?')
+        .map(|(_, q)| q.split('&').filter_map(|kv| kv.strip_prefix("port=").and_then(|p| p.parse().ok())).collect())
+        .unwrap_or_default();
+    let req = match req {
+        StreamRequest::PortForward { netns, ports } if !query_ports.is_empty() && ports.is_empty() => StreamRequest::PortForward { netns, ports: query_ports },
+        other => other,
+    };
     ws::serve(agent, req, Prefixed { prefix: head, pos: 0, inner: conn }).await
 }
 

@@ -14,7 +14,7 @@ use crate::cri::Agent;
 use crate::store::ContainerState;
 
 /// Subprotocols berth speaks, best first.
-const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", "v2.portforward.k8s.io", "portforward.k8s.io"];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -50,7 +50,85 @@ where
     let v5 = *chosen.lock().unwrap_or_else(|e| e.into_inner()) == Some("v5.channel.k8s.io");
     match req {
         StreamRequest::Exec { container_id, cmd, stdin, stdout, stderr, tty } => exec(agent, ws, v5, container_id, cmd, stdin, stdout, stderr, tty).await,
+        StreamRequest::PortForward { netns, ports } => port_forward(ws, netns, ports).await,
     }
+}
+
+/// Port forwarding over WebSocket: port i gets data channel 2i and error
+/// channel 2i+1; the first frame on each carries the port (little endian).
+/// Each port is one connection to localhost:port inside the pod.
+async fn port_forward<S>(ws: tokio_tungstenite::WebSocketStream<S>, netns: std::path::PathBuf, ports: Vec<u16>) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let (otx, mut orx) = tokio::sync::mpsc::channel::<Message>(32);
+    let mut writers: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
+        let le = port.to_le_bytes();
+        tx.send(frame(data, &le)).await.map_err(std::io::Error::other)?;
+        tx.send(frame(error, &le)).await.map_err(std::io::Error::other)?;
+        let ns = netns.clone();
+        let port = *port;
+        // The socket is made on a thread inside the pod's namespace and
+        // stays bound to it afterwards.
+        let conn = berth_network::netlink::in_netns(&ns, move || {
+            std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), std::time::Duration::from_secs(5))
+                .map_err(|e| berth_network::NetError::Config(format!("connect to localhost:{port} in the pod: {e}")))
+        });
+        let stream = conn.and_then(|s| {
+            s.set_nonblocking(true).map_err(|e| berth_network::NetError::Config(e.to_string()))?;
+            tokio::net::TcpStream::from_std(s).map_err(|e| berth_network::NetError::Config(e.to_string()))
+        });
+        match stream {
+            Ok(s) => {
+                let (mut r, w) = s.into_split();
+                writers.push(Some(w));
+                let otx = otx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 32 * 1024];
+                    loop {
+                        match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if otx.send(frame(data, &buf[..n])).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                writers.push(None);
+                tx.send(frame(error, e.to_string().as_bytes())).await.map_err(std::io::Error::other)?;
+            }
+        }
+    }
+    drop(otx);
+    loop {
+        tokio::select! {
+            out = orx.recv() => match out {
+                Some(m) => if tx.send(m).await.is_err() { return Ok(()) },
+                None => break,
+            },
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() && b[0] % 2 == 0 => {
+                    let i = (b[0] / 2) as usize;
+                    if let Some(Some(w)) = writers.get_mut(i) {
+                        if w.write_all(&b[1..]).await.is_err() {
+                            writers[i] = None;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = tx.send(Message::Close(None)).await;
+    Ok(())
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
