@@ -224,7 +224,12 @@ impl Images {
             config: config.config.unwrap_or_default().run_config(),
         };
         let record = self.record_pull(&r, &top_digest, record)?;
-        tracing::info!(id = %record.id, endpoint = %remote.endpoint, "image pulled");
+        drop(remote);
+        // A pull's buffers (TLS roots, HTTP, decompression) are freed but glibc
+        // keeps them; give them back so an idle node stays small.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
+        tracing::info!(id = %record.id, "image pulled");
         Ok(record)
     }
 
