@@ -76,11 +76,13 @@ pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, S
         MonitorState::Lost => (255, now_ns(), "Unknown".to_string(), "the container's monitor exited without recording a status".to_string()),
     };
     // Re-read inside the transaction: a concurrent fold may have won.
+    let mut stopped = false;
     let updated = agent
         .store
         .write(|tx| {
             let Some(mut cur) = tx.get::<ContainerRecord>(&rec.id)? else { return Ok(None) };
             if matches!(cur.state, ContainerState::Created | ContainerState::Running) {
+                stopped = true;
                 cur.state = ContainerState::Exited;
                 cur.exit_code = code;
                 cur.finished_at_ns = finished;
@@ -92,6 +94,9 @@ pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, S
             Ok(Some(cur))
         })
         .map_err(|e| internal("store", e))?;
+    if let (true, Some(c)) = (stopped, &updated) {
+        crate::cri::events::emit(agent, c, cri::ContainerEventType::ContainerStoppedEvent);
+    }
     Ok(updated.unwrap_or(rec))
 }
 
@@ -255,6 +260,7 @@ async fn create_inner(agent: Arc<Agent>, pod: PodRecord, config: cri::ContainerC
             rec.groups = created.groups.iter().map(|g| *g as i64).collect();
             agent.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
             watch(&agent, rec.id.clone(), rec.monitor_pid);
+            crate::cri::events::emit(&agent, &rec, cri::ContainerEventType::ContainerCreatedEvent);
             tracing::info!("container created");
             Ok(rec.id)
         }
@@ -304,6 +310,7 @@ pub async fn start(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
             rec.state = ContainerState::Running;
             rec.started_at_ns = now_ns();
             agent.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
+            crate::cri::events::emit(agent, &rec, cri::ContainerEventType::ContainerStartedEvent);
             tracing::info!(container_id = %rec.id, "container started");
             Ok(())
         }
@@ -361,6 +368,7 @@ pub async fn remove(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
     tokio::task::spawn_blocking(move || teardown(&a, &r)).await.map_err(|e| internal("teardown task", e))?;
     agent.store.delete::<ContainerRecord>(&rec.id).map_err(|e| internal("store", e))?;
     agent.cpu_samples.forget(&rec.cgroup);
+    crate::cri::events::emit(agent, &rec, cri::ContainerEventType::ContainerDeletedEvent);
     tracing::info!(container_id = %rec.id, "container removed");
     Ok(())
 }

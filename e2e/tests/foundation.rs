@@ -63,9 +63,9 @@ async fn unbuilt_rpcs_answer_unimplemented_with_their_name() {
     let e = cri.runtime.checkpoint_container(cri::CheckpointContainerRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("CheckpointContainer"), "{}", e.message());
-    let e = cri.runtime.get_container_events(cri::GetEventsRequest::default()).await.unwrap_err();
+    let e = cri.runtime.attach(cri::AttachRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("GetContainerEvents"), "{}", e.message());
+    assert!(e.message().contains("Attach"), "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

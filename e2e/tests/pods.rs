@@ -390,3 +390,25 @@ async fn containers_survive_a_berthd_crash() {
     assert_eq!(f.cri.status(&long).await.state, EXITED);
     f.cri.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events_stream_the_lifecycle() {
+    use futures::StreamExt;
+    let mut f = Fixture::start().await;
+    let mut events = f.cri.runtime.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+    let cfg = f.pod("events");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let c = f.cri.run(&pod, f.container("ev", &["sleep", "1000"]), &cfg).await;
+    f.cri.stop(&c, 0).await.unwrap();
+    f.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("event").unwrap().unwrap();
+        assert_eq!(ev.container_id, c);
+        assert_eq!(ev.pod_sandbox_status.as_ref().unwrap().id, pod);
+        kinds.push(ev.container_event_type);
+    }
+    use cri::ContainerEventType as T;
+    assert_eq!(kinds, vec![T::ContainerCreatedEvent as i32, T::ContainerStartedEvent as i32, T::ContainerStoppedEvent as i32, T::ContainerDeletedEvent as i32]);
+    f.cri.remove_pod(&pod).await;
+}

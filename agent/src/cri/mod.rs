@@ -6,15 +6,15 @@
 //! An RPC that is not built yet answers `Unimplemented` naming itself: any
 //! other code would break kubelet's fallbacks.
 
-mod container;
+pub(crate) mod container;
+pub mod events;
 pub mod image;
 mod rpc_log;
-mod sandbox;
+pub(crate) mod sandbox;
 mod stats;
 mod streaming;
 mod runtime_info;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use berth_proto::cri::{self, image_service_server::{ImageService, ImageServiceServer},
@@ -51,6 +51,8 @@ pub struct Agent {
     pub cpu_samples: crate::stats::CpuSamples,
     /// The streaming server, once bound.
     pub streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
+    /// Container lifecycle events for GetContainerEvents.
+    pub events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
 }
 
 impl Agent {
@@ -92,6 +94,7 @@ impl Agent {
             flights: Default::default(),
             cpu_samples: Default::default(),
             streams: Default::default(),
+            events: tokio::sync::broadcast::channel(events::BUFFER).0,
         })
     }
 
@@ -129,11 +132,9 @@ fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
 }
 
-type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl RuntimeService for CriService {
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = events::EventStream;
 
     async fn version(&self, r: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
         runtime_info::version(&self.agent, r).await
@@ -247,8 +248,8 @@ impl RuntimeService for CriService {
         runtime_info::runtime_config(&self.agent, r).await
     }
 
-    async fn get_container_events(&self, _r: Request<cri::GetEventsRequest>) -> Result<Response<EventStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+    async fn get_container_events(&self, r: Request<cri::GetEventsRequest>) -> Result<Response<events::EventStream>, Status> {
+        events::get_container_events(&self.agent, r).await
     }
 }
 

@@ -24,7 +24,7 @@ fn metadata(p: &PodRecord) -> cri::PodSandboxMetadata {
 }
 
 /// Validates the config into a record (id and times are set by the pod module).
-fn record_from(agent: &Agent, config: cri::PodSandboxConfig, handler: String) -> Result<(PodRecord, PodDns), Status> {
+fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRecord, PodDns), Status> {
     let meta = config.metadata.ok_or_else(|| Status::invalid_argument("config.metadata: required"))?;
     for (field, value) in [("name", &meta.name), ("namespace", &meta.namespace), ("uid", &meta.uid)] {
         if value.is_empty() {
@@ -70,7 +70,6 @@ fn record_from(agent: &Agent, config: cri::PodSandboxConfig, handler: String) ->
         port_mappings.push(berth_network::PortMapping { protocol, container_port: port(pm.container_port, "container_port")?, host_port: port(pm.host_port, "host_port")?, host_ip });
     }
     let hostname = if config.hostname.is_empty() { meta.name.clone() } else { config.hostname.clone() };
-    let _ = agent;
     Ok((
         PodRecord {
             name: meta.name,
@@ -98,7 +97,7 @@ fn record_from(agent: &Agent, config: cri::PodSandboxConfig, handler: String) ->
 pub(super) async fn run_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
     let req = r.into_inner();
     let config = req.config.ok_or_else(|| Status::invalid_argument("config: required"))?;
-    let (record, dns) = record_from(agent, config, req.runtime_handler)?;
+    let (record, dns) = record_from(config, req.runtime_handler)?;
     let id = pod::run(agent, record, dns).await?;
     Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
 }
@@ -124,14 +123,14 @@ pub(super) async fn remove_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::Remov
     Ok(Response::new(cri::RemovePodSandboxResponse {}))
 }
 
-fn to_status(agent: &Agent, p: &PodRecord) -> cri::PodSandboxStatus {
+/// The CRI status of a pod record.
+pub fn to_status(p: &PodRecord) -> cri::PodSandboxStatus {
     let ns = cri::NamespaceOption {
         network: p.network_mode,
         pid: p.pid_mode,
         ipc: p.ipc_mode,
         ..Default::default()
     };
-    let _ = agent;
     cri::PodSandboxStatus {
         id: p.id.clone(),
         metadata: Some(metadata(p)),
@@ -167,7 +166,7 @@ pub(super) async fn pod_sandbox_status(agent: &Arc<Agent>, r: Request<cri::PodSa
         info.insert("info".to_string(), v.to_string());
     }
     Ok(Response::new(cri::PodSandboxStatusResponse {
-        status: Some(to_status(agent, &p)),
+        status: Some(to_status(&p)),
         info,
         containers_statuses: Vec::new(),
         timestamp: crate::util::now_ns(),
