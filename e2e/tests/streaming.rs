@@ -81,9 +81,16 @@ async fn websocket_exec_output_exit_codes_stdin_and_tokens() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 404);
 
-    // TTY is not built yet, and says so.
-    let e = f.cri.runtime.exec(cri::ExecRequest { container_id: c.clone(), cmd: vec!["sh".into()], tty: true, stdin: true, stdout: true, stderr: false }).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    // A TTY: the window size from the resize channel is what `stty size` sees,
+    // and the process has a controlling terminal.
+    let req = cri::ExecRequest { container_id: c.clone(), cmd: vec!["sh".into(), "-c".into(), "sleep 0.5; stty size; tty".into()], tty: true, stdin: true, stdout: true, stderr: false };
+    let url = f.cri.runtime.exec(req).await.unwrap().into_inner().url;
+    let mut ws = connect(&url).await;
+    ws.send(Message::Binary([&[4u8][..], br#"{"Width":100,"Height":40}"#].concat().into())).await.unwrap();
+    let (out, _, status) = collect(&mut ws).await;
+    assert!(out.contains("40 100"), "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert_eq!(status["status"], "Success");
     f.cri.remove_pod(&pod).await;
 }
 

@@ -181,8 +181,16 @@ impl Runtime {
     /// [`crate::exec::ERROR_MARKER`] line on stderr and exit code
     /// [`crate::exec::SETUP_FAILED`].
     pub fn exec_command(&self, bundle: &Path, pid: i32, start_time: u64, args: &[String]) -> Command {
+        self.exec_command_tty(bundle, pid, start_time, args, false)
+    }
+
+    /// Like [`Runtime::exec_command`]; with `tty` the command runs on a
+    /// terminal and window sizes are read as `cols rows` lines from fd 3.
+    pub fn exec_command_tty(&self, bundle: &Path, pid: i32, start_time: u64, args: &[String], tty: bool) -> Command {
         let mut cmd = Command::new(&self.monitor_bin);
         cmd.arg("exec")
+            .arg("--tty")
+            .arg(if tty { "true" } else { "false" })
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid")

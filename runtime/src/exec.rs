@@ -7,6 +7,7 @@
 //! (PDEATHSIG), so killing the helper on a timeout kills the command.
 
 use std::os::fd::AsFd;
+
 use std::path::PathBuf;
 
 use nix::fcntl::OFlag;
@@ -33,6 +34,9 @@ pub struct ExecArgs {
     pub start_time: u64,
     /// The command.
     pub args: Vec<String>,
+    /// Run it on a pseudo-terminal from the container's devpts; the helper
+    /// relays stdin/stdout and reads `cols rows` lines from fd 3 to resize.
+    pub tty: bool,
 }
 
 /// The start time (clock ticks since boot) of a process, field 22 of its stat.
@@ -93,10 +97,19 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     }
     drop(fds);
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
+    // After the mount namespace switch, /dev/ptmx is the container's own
+    // devpts instance: the terminal lives inside the container.
+    let pty = if args.tty { Some(open_pty()?) } else { None };
 
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }.map_err(|e| setup("fork", e))? {
         ForkResult::Child => {
+            if let Some((master, slave_path)) = pty {
+                drop(master);
+                if let Err(e) = attach_terminal(&slave_path) {
+                    std::process::exit(fail(e));
+                }
+            }
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::security::compile);
@@ -107,6 +120,10 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
             };
             std::process::exit(fail(e));
         }
+        ForkResult::Parent { child } if pty.is_some() => {
+            let (master, _) = pty.unwrap_or_else(|| unreachable!());
+            Ok(relay_terminal(child, master))
+        }
         ForkResult::Parent { child } => loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, code)) => return Ok(code),
@@ -116,6 +133,115 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
                 Err(e) => return Err(setup("wait", e)),
             }
         },
+    }
+}
+
+/// A new pseudo-terminal: the master fd and the slave's path.
+fn open_pty() -> Result<(std::os::fd::OwnedFd, String), InitError> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(|e| setup("open /dev/ptmx", e))?;
+    grantpt(&master).map_err(|e| setup("grantpt", e))?;
+    unlockpt(&master).map_err(|e| setup("unlockpt", e))?;
+    let path = ptsname_r(&master).map_err(|e| setup("ptsname", e))?;
+    Ok((master.into(), path))
+}
+
+/// In the child: a new session with the terminal as its controlling
+/// terminal and as stdin, stdout and stderr.
+fn attach_terminal(slave_path: &str) -> Result<(), InitError> {
+    nix::unistd::setsid().map_err(|e| setup("setsid", e))?;
+    let fd = nix::fcntl::open(slave_path, OFlag::O_RDWR, Mode::empty()).map_err(|e| setup(&format!("open {slave_path}"), e))?;
+    // SAFETY: TIOCSCTTY takes an int argument; fd is a terminal we opened.
+    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(setup("TIOCSCTTY", nix::errno::Errno::last()));
+    }
+    for target in 0..3 {
+        init::dup_onto(std::os::fd::AsRawFd::as_raw_fd(&fd), target)?;
+    }
+    Ok(())
+}
+
+/// In the helper: copies stdin to the terminal and the terminal to stdout,
+/// applies `cols rows` lines from fd 3 as window sizes, and returns the
+/// command's exit code once it has exited and its output is drained.
+fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: fds 0 and 3 belong to this process for its whole life.
+    let (stdin, resize) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(3)) };
+    let resize_ok = nix::fcntl::fcntl(resize, nix::fcntl::FcntlArg::F_GETFD).is_ok();
+    let mut stdin_open = true;
+    let mut resize_open = resize_ok;
+    let mut pending = Vec::new();
+    let mut code = None;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if code.is_none() {
+            match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, c)) => code = Some(c),
+                Ok(WaitStatus::Signaled(_, sig, _)) => code = Some(128 + sig as i32),
+                _ => {}
+            }
+        }
+        let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+        }
+        if resize_open {
+            fds.push(PollFd::new(resize, PollFlags::POLLIN));
+        }
+        let timeout = if code.is_some() { PollTimeout::from(50u16) } else { PollTimeout::from(200u16) };
+        let n = poll(&mut fds, timeout).unwrap_or(0);
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        if n == 0 && code.is_some() {
+            return code.unwrap_or(255);
+        }
+        if ready[0] {
+            match nix::unistd::read(&master, &mut buf) {
+                Ok(0) | Err(_) if code.is_some() => return code.unwrap_or(255),
+                Ok(0) | Err(_) => {}
+                Ok(k) => {
+                    if nix::unistd::write(std::io::stdout(), &buf[..k]).is_err() {
+                        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGHUP);
+                    }
+                }
+            }
+        }
+        let mut i = 1;
+        if stdin_open {
+            if ready.get(i).copied().unwrap_or(false) {
+                match nix::unistd::read(stdin, &mut buf) {
+                    Ok(0) | Err(_) => {
+                        stdin_open = false;
+                        // End of input on a terminal: ^D.
+                        let _ = nix::unistd::write(&master, &[4u8]);
+                    }
+                    Ok(k) => {
+                        let _ = nix::unistd::write(&master, &buf[..k]);
+                    }
+                }
+            }
+            i += 1;
+        }
+        if resize_open && ready.get(i).copied().unwrap_or(false) {
+            match nix::unistd::read(resize, &mut buf) {
+                Ok(0) | Err(_) => resize_open = false,
+                Ok(k) => {
+                    pending.extend_from_slice(&buf[..k]);
+                    while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=pos).collect();
+                        let text = String::from_utf8_lossy(&line);
+                        let mut it = text.split_whitespace().filter_map(|x| x.parse::<u16>().ok());
+                        if let (Some(cols), Some(rows)) = (it.next(), it.next()) {
+                            let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+                            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -20,9 +20,6 @@ pub(super) async fn exec(agent: &Arc<Agent>, r: Request<cri::ExecRequest>) -> Re
     if !(req.stdin || req.stdout || req.stderr) {
         return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
     }
-    if req.tty {
-        return Err(Status::unimplemented("Exec with tty is not implemented by berth yet"));
-    }
     let c = crate::container::find(agent, &req.container_id)?;
     if c.state != ContainerState::Running {
         return Err(Status::failed_precondition(format!("container {} is not running", c.id)));

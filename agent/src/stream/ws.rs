@@ -20,6 +20,7 @@ const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// Upgrades and runs the request's session.
@@ -146,10 +147,6 @@ where
 {
     let (mut tx, mut rx) = ws.split();
     let fail = |msg: String| frame(ERROR, failure_json(&msg).as_bytes());
-    if tty {
-        let _ = tx.send(fail("exec with a TTY is not supported by berth yet".into())).await;
-        return Ok(());
-    }
     let rec = match crate::container::find(&agent, &id) {
         Ok(r) if r.state == ContainerState::Running => r,
         Ok(r) => {
@@ -161,9 +158,21 @@ where
             return Ok(());
         }
     };
-    let mut command = tokio::process::Command::from(agent.runtime.exec_command(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd));
+    let mut std_cmd = agent.runtime.exec_command_tty(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd, tty);
+    // With a TTY, window sizes go to the helper as "cols rows" lines on its fd 3.
+    let mut resize_tx = None;
+    let resize_rx;
+    if tty {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::other)?;
+        berth_runtime::client::pass_as_fd3(&mut std_cmd, &r);
+        resize_rx = Some(r);
+        resize_tx = Some(tokio::fs::File::from_std(std::fs::File::from(w)));
+    } else {
+        resize_rx = None;
+    }
+    let mut command = tokio::process::Command::from(std_cmd);
     command
-        .stdin(if want_stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdin(if want_stdin || tty { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
@@ -174,6 +183,7 @@ where
             return Ok(());
         }
     };
+    drop(resize_rx);
     let mut child_stdin = child.stdin.take();
     let mut out = child.stdout.take();
     let mut err = child.stderr.take();
@@ -223,6 +233,12 @@ where
                         }
                     }
                     CLOSE if v5 && b.get(1) == Some(&STDIN) => child_stdin = None,
+                    RESIZE => {
+                        if let (Some(w), Ok(size)) = (resize_tx.as_mut(), serde_json::from_slice::<serde_json::Value>(&b[1..])) {
+                            let (cols, rows) = (size["Width"].as_u64().unwrap_or(0), size["Height"].as_u64().unwrap_or(0));
+                            let _ = w.write_all(format!("{cols} {rows}\n").as_bytes()).await;
+                        }
+                    }
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),

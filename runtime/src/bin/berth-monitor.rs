@@ -75,5 +75,6 @@ fn exec(args: &[String]) -> i32 {
         return usage("exec needs --bundle, --pid and --start-time");
     };
     let (Ok(pid), Ok(start_time)) = (pid.parse(), start.parse()) else { return usage("bad --pid or --start-time") };
-    berth_runtime::exec::main(ExecArgs { bundle: PathBuf::from(bundle), pid, start_time, args: cmd })
+    let tty = get(&f, "tty") == Some("true");
+    berth_runtime::exec::main(ExecArgs { bundle: PathBuf::from(bundle), pid, start_time, args: cmd, tty })
 }
