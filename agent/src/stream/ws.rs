@@ -63,7 +63,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut tx, mut rx) = ws.split();
-    let (otx, mut orx) = tokio::sync::mpsc::channel::<Message>(32);
+    let (otx, mut orx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(32);
     let mut writers: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
@@ -84,22 +84,9 @@ where
         });
         match stream {
             Ok(s) => {
-                let (mut r, w) = s.into_split();
+                let (r, w) = s.into_split();
                 writers.push(Some(w));
-                let otx = otx.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 32 * 1024];
-                    loop {
-                        match r.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if otx.send(frame(data, &buf[..n])).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                });
+                pump(r, data, true, otx.clone());
             }
             Err(e) => {
                 writers.push(None);
@@ -111,7 +98,7 @@ where
     loop {
         tokio::select! {
             out = orx.recv() => match out {
-                Some(m) => if tx.send(m).await.is_err() { return Ok(()) },
+                Some((channel, data)) => if tx.send(frame(channel, &data)).await.is_err() { return Ok(()) },
                 None => break,
             },
             msg = rx.next() => match msg {
@@ -130,6 +117,25 @@ where
     }
     let _ = tx.send(Message::Close(None)).await;
     Ok(())
+}
+
+/// Copies `reader` into `out` as (channel, bytes) until EOF; output not
+/// `wanted` is read and dropped, so the writer never blocks on a full pipe.
+fn pump<R: AsyncRead + Unpin + Send + 'static>(mut reader: R, channel: u8, wanted: bool, out: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) if wanted => {
+                    if out.send((channel, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    });
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -189,22 +195,9 @@ where
     let mut err = child.stderr.take();
     let (otx, mut orx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
     for (channel, pipe, wanted) in [(STDOUT, out.take().map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>), want_stdout), (STDERR, err.take().map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>), want_stderr)] {
-        let Some(mut pipe) = pipe else { continue };
-        let otx = otx.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match pipe.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) if wanted => {
-                        if otx.send((channel, buf[..n].to_vec())).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                }
-            }
-        });
+        if let Some(pipe) = pipe {
+            pump(pipe, channel, wanted, otx.clone());
+        }
     }
     drop(otx);
     let mut setup_error = Vec::new();
