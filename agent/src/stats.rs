@@ -67,7 +67,7 @@ pub fn container_stats(agent: &Agent, c: &ContainerRecord) -> cri::ContainerStat
     let upper = crate::container::layer_dir(agent, &c.id).join("upper");
     let mut seen = std::collections::HashSet::new();
     let mut usage = crate::image::Usage { path: upper.clone(), ..Default::default() };
-    crate::image::du_into(&upper, &mut seen, &mut usage);
+    crate::image::du(&upper, &mut seen, &mut usage);
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: c.id.clone(),

@@ -675,25 +675,24 @@ impl Drop for OutsideHost {
 }
 
 impl Cri {
-    /// The pod's primary IP.
-    pub async fn pod_ip(&mut self, pod: &str) -> String {
-        let st = self
-            .runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
+    /// PodSandboxStatus.
+    pub async fn pod_status(&mut self, pod: &str, verbose: bool) -> cri::PodSandboxStatusResponse {
+        self.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose })
             .await
             .expect("PodSandboxStatus")
-            .into_inner();
+            .into_inner()
+    }
+
+    /// The pod's primary IP.
+    pub async fn pod_ip(&mut self, pod: &str) -> String {
+        let st = self.pod_status(pod, false).await;
         st.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default()
     }
 
     /// The pod's netns pin, from the verbose status.
     pub async fn pod_netns(&mut self, pod: &str) -> PathBuf {
-        let st = self
-            .runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: true })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner();
+        let st = self.pod_status(pod, true).await;
         let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info");
         PathBuf::from(info["netns"].as_str().expect("netns"))
     }

@@ -87,15 +87,49 @@ pub fn dirs(path: &str) -> Vec<PathBuf> {
 
 /// Pids in the cgroup (and, on v1, in any hierarchy of it).
 pub fn pids(path: &str) -> Vec<i32> {
-    let mut out: Vec<i32> = Vec::new();
-    for f in procs_files_of(path) {
-        if let Ok(text) = std::fs::read_to_string(&f) {
-            out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    Located::of(path).pids()
+}
+
+/// A cgroup's directories, looked up once: each lookup reads mountinfo and
+/// walks the hierarchies, so a caller reading several files keeps this.
+struct Located {
+    dirs: Vec<PathBuf>,
+}
+
+impl Located {
+    fn of(path: &str) -> Located {
+        Located { dirs: dirs(path) }
+    }
+
+    /// The directory (of the hierarchy) that has `file`.
+    fn dir_with(&self, file: &str) -> Option<&PathBuf> {
+        self.dirs.iter().find(|d| d.join(file).exists())
+    }
+
+    fn read(&self, file: &str) -> Option<String> {
+        self.dir_with(file).and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let mut out: Vec<i32> = Vec::new();
+        for d in &self.dirs {
+            if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn write(&self, file: &str, value: &str) -> std::io::Result<()> {
+        match self.dir_with(file) {
+            Some(d) => std::fs::write(d.join(file), value),
+            // A controller the node lacks (hugetlb, memsw without swap accounting).
+            None if file.starts_with("hugetlb.") || file.starts_with("memory.memsw") || file == "memory.swap.max" => Ok(()),
+            None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no hierarchy has this file")),
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 /// Sends `signal` to every process in the cgroup.
@@ -291,30 +325,26 @@ impl Limits {
     }
 }
 
-/// The directory of `path` in the hierarchy that has `file`.
-fn dir_with(path: &str, file: &str) -> Option<PathBuf> {
-    dirs(path).into_iter().find(|d| d.join(file).exists())
-}
-
 /// Reads a cgroup file of `path` from whichever hierarchy has it.
 pub fn read(path: &str, file: &str) -> Option<String> {
-    dir_with(path, file).and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+    Located::of(path).read(file)
 }
 
 /// Writes the limits into the container's cgroup (also live).
 pub fn apply(path: &str, limits: &Limits) -> Result<(), CgroupError> {
     let v2 = version() == Version::V2;
     let files = limits.files(v2);
+    let cg = Located::of(path);
     // memsw must stay >= the limit: when lowering, the limit goes first, when
     // raising, memsw; so try in order and retry once what failed.
     let mut failed = Vec::new();
     for (file, value) in &files {
-        if write_knob(path, file, value).is_err() {
+        if cg.write(file, value).is_err() {
             failed.push((file.clone(), value.clone()));
         }
     }
     for (file, value) in failed {
-        write_knob(path, &file, &value).map_err(|e| failed_write(path, &file, &value, e))?;
+        cg.write(&file, &value).map_err(|e| failed_write(path, &file, &value, e))?;
     }
     Ok(())
 }
@@ -323,21 +353,13 @@ fn failed_write(path: &str, file: &str, value: &str, e: std::io::Error) -> Cgrou
     CgroupError::Failed { path: path.into(), reason: format!("{file} = {value}: {e}") }
 }
 
-fn write_knob(path: &str, file: &str, value: &str) -> std::io::Result<()> {
-    match dir_with(path, file) {
-        Some(d) => std::fs::write(d.join(file), value),
-        // A controller the node lacks (hugetlb, memsw without swap accounting).
-        None if file.starts_with("hugetlb.") || file.starts_with("memory.memsw") || file == "memory.swap.max" => Ok(()),
-        None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no hierarchy has this file")),
-    }
-}
-
 /// True when the kernel OOM-killed a process of the cgroup.
 pub fn oom_killed(path: &str) -> bool {
     let count = |text: Option<String>| {
         text.and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))).unwrap_or(0)
     };
-    count(read(path, "memory.events")) > 0 || count(read(path, "memory.oom_control")) > 0
+    let cg = Located::of(path);
+    count(cg.read("memory.events")) > 0 || count(cg.read("memory.oom_control")) > 0
 }
 
 /// CPU and memory use of a cgroup, read from its files.
@@ -370,13 +392,14 @@ fn stat_map(text: Option<String>) -> std::collections::HashMap<String, u64> {
 
 /// Reads CPU and memory use (v1: cpuacct and memory; v2: cpu.stat and memory.*).
 pub fn usage(path: &str) -> Usage {
-    let num = |file: &str| read(path, file).and_then(|t| t.trim().parse::<u64>().ok());
+    let cg = Located::of(path);
+    let num = |file: &str| cg.read(file).and_then(|t| t.trim().parse::<u64>().ok());
     let v2 = version() == Version::V2;
     let (cpu_ns, memory, stat) = if v2 {
-        let cpu = stat_map(read(path, "cpu.stat")).get("usage_usec").copied().unwrap_or(0) * 1000;
-        (cpu, num("memory.current").unwrap_or(0), stat_map(read(path, "memory.stat")))
+        let cpu = stat_map(cg.read("cpu.stat")).get("usage_usec").copied().unwrap_or(0) * 1000;
+        (cpu, num("memory.current").unwrap_or(0), stat_map(cg.read("memory.stat")))
     } else {
-        (num("cpuacct.usage").unwrap_or(0), num("memory.usage_in_bytes").unwrap_or(0), stat_map(read(path, "memory.stat")))
+        (num("cpuacct.usage").unwrap_or(0), num("memory.usage_in_bytes").unwrap_or(0), stat_map(cg.read("memory.stat")))
     };
     let get = |v1: &str, v2k: &str| stat.get(if v2 { v2k } else { v1 }).copied().unwrap_or(0);
     let inactive_file = get("total_inactive_file", "inactive_file");
@@ -389,6 +412,6 @@ pub fn usage(path: &str) -> Usage {
         page_faults: get("total_pgfault", "pgfault"),
         major_page_faults: get("total_pgmajfault", "pgmajfault"),
         limit,
-        processes: pids(path).len() as u64,
+        processes: cg.pids().len() as u64,
     }
 }

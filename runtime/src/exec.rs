@@ -120,18 +120,17 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
             };
             std::process::exit(fail(e));
         }
-        ForkResult::Parent { child } if pty.is_some() => {
-            let (master, _) = pty.unwrap_or_else(|| unreachable!());
-            Ok(relay_terminal(child, master))
-        }
-        ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(setup("wait", e)),
-            }
+        ForkResult::Parent { child } => match pty {
+            Some((master, _)) => Ok(relay_terminal(child, master)),
+            None => loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) => continue,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(setup("wait", e)),
+                }
+            },
         },
     }
 }

@@ -6,9 +6,9 @@
 //!
 //! This runs in a single-threaded child, so plain allocation is fine.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -331,24 +331,24 @@ fn mount_into(root: &RootDir, m: &Mount) -> Result<(), InitError> {
     if is_bind {
         mount(Some(&source), tpath.as_str(), None::<&str>, flags & (MsFlags::MS_BIND | MsFlags::MS_REC), None::<&str>)
             .map_err(|e| setup_err(&step("bind"), e))?;
-        // A bind mount takes its flags only on a remount.
-        let extra = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
-        if !extra.is_empty() {
-            let fd = root
-                .open_in_root(&clean_relative(dest.strip_prefix("/").unwrap_or(dest)).map_err(|e| setup_err("mount destination", e))?, OFlag::O_PATH, Mode::empty())
-                .map_err(path_err)?;
-            mount(None::<&str>, fd_path(&fd).as_str(), None::<&str>, extra | MsFlags::MS_REMOUNT | MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| setup_err(&step("remount"), e))?;
-        }
     } else {
         mount(Some(&source), tpath.as_str(), Some(kind.as_str()), flags, data_opt).map_err(|e| setup_err(&step(&kind), e))?;
     }
+    // A bind mount takes its flags only on a remount.
+    let extra = if is_bind { flags & !(MsFlags::MS_BIND | MsFlags::MS_REC) } else { MsFlags::empty() };
+    if extra.is_empty() && propagation.is_empty() {
+        return Ok(());
+    }
+    // The target fd points beneath the new mount; open the mount itself.
+    let rel = clean_relative(dest.strip_prefix("/").unwrap_or(dest)).map_err(|e| setup_err("mount destination", e))?;
+    let mounted = root.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(path_err)?;
+    let mpath = fd_path(&mounted);
+    if !extra.is_empty() {
+        mount(None::<&str>, mpath.as_str(), None::<&str>, extra | MsFlags::MS_REMOUNT | MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| setup_err(&step("remount"), e))?;
+    }
     if !propagation.is_empty() {
-        let fd = root
-            .open_in_root(&clean_relative(dest.strip_prefix("/").unwrap_or(dest)).map_err(|e| setup_err("mount destination", e))?, OFlag::O_PATH, Mode::empty())
-            .map_err(path_err)?;
-        mount(None::<&str>, fd_path(&fd).as_str(), None::<&str>, propagation, None::<&str>)
-            .map_err(|e| setup_err(&step("propagation"), e))?;
+        mount(None::<&str>, mpath.as_str(), None::<&str>, propagation, None::<&str>).map_err(|e| setup_err(&step("propagation"), e))?;
     }
     Ok(())
 }
@@ -618,20 +618,6 @@ pub fn dup_onto(fd: RawFd, target: RawFd) -> Result<(), InitError> {
         return Err(setup_err("dup2 stdio", Errno::last()));
     }
     Ok(())
-}
-
-/// Wraps a raw fd the caller owns.
-///
-/// # Safety
-/// `fd` must be open and owned by nobody else.
-pub unsafe fn file_from_raw(fd: RawFd) -> std::fs::File {
-    // SAFETY: guaranteed by the caller.
-    unsafe { std::fs::File::from_raw_fd(fd) }
-}
-
-#[allow(dead_code)]
-fn os(s: &str) -> &OsStr {
-    OsStr::new(s)
 }
 
 #[cfg(test)]

@@ -481,11 +481,7 @@ pub fn collect_garbage(store: &Store, content: &ContentStore, snapshots: &Path) 
 }
 
 /// Adds the allocated bytes and distinct inodes below `path`.
-pub fn du_into(path: &Path, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) {
-    du(path, seen, usage)
-}
-
-fn du(path: &Path, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) {
+pub fn du(path: &Path, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) {
     let Ok(meta) = std::fs::symlink_metadata(path) else { return };
     if seen.insert((meta.dev(), meta.ino())) {
         usage.bytes += meta.blocks() * 512;
