@@ -230,8 +230,12 @@ async fn create_inner(agent: Arc<Agent>, pod: PodRecord, config: cri::ContainerC
         stop_signal: built.stop_signal,
         limits: limits.clone(),
         oom_score_adj: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0),
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        tty: config.tty,
         ..Default::default()
     };
+    let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
     agent.store.put(&id, &rec).map_err(|e| internal("store", e))?;
 
     let a = agent.clone();
@@ -245,7 +249,7 @@ async fn create_inner(agent: Arc<Agent>, pod: PodRecord, config: cri::ContainerC
         cgroup::create(&cgroup_path).map_err(|e| internal("container cgroup", e))?;
         cgroup::apply(&cgroup_path, &limits2).map_err(|e| Status::invalid_argument(format!("config.linux.resources: {e}")))?;
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
-        a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns).map_err(status_of)
+        a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio).map_err(status_of)
     })
     .await
     .map_err(|e| internal("create task", e))?;

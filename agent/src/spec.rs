@@ -231,7 +231,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     let apparmor = crate::security::apparmor(sc.and_then(|s| s.apparmor.as_ref()), privileged)?;
     let mut process = ProcessBuilder::default()
         .capabilities(capabilities)
-        .terminal(false)
+        .terminal(config.tty)
         .args(args)
         .env(env)
         .cwd(cwd)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use oci_spec::runtime::Spec;
 
 use crate::init::InitError;
-use crate::monitor::{ExitStatus, PidNamespace, EXIT_FILE, SOCKET};
+use crate::monitor::{ExitStatus, PidNamespace, StdioOpts, EXIT_FILE, SOCKET};
 
 /// Executor failures, typed so that the agent can map them.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ impl Runtime {
 
     /// Writes `spec` into `bundle/config.json`, spawns the monitor, and waits
     /// until the container init has done everything but exec.
-    pub fn create(&self, id: &str, bundle: &Path, spec: &Spec, log: Option<&Path>, pid_ns: &PidNamespace)
+    pub fn create(&self, id: &str, bundle: &Path, spec: &Spec, log: Option<&Path>, pid_ns: &PidNamespace, stdio: StdioOpts)
         -> Result<Created, RuntimeError> {
         let io = |what: &str, e: std::io::Error| RuntimeError::Io(format!("{what}: {e}"));
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(bundle).map_err(|e| io("bundle", e))?;
@@ -101,6 +101,11 @@ impl Runtime {
             PidNamespace::Host => cmd.arg("--pid-ns").arg("host"),
             PidNamespace::Join(p) => cmd.arg("--pid-ns").arg(p),
         };
+        for (flag, on) in [("--stdin", stdio.stdin), ("--stdin-once", stdio.stdin_once), ("--tty", stdio.tty)] {
+            if on {
+                cmd.arg(flag).arg("true");
+            }
+        }
         let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(|e| io("monitor.log", e))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
         pass_as_fd3(&mut cmd, &w);
@@ -158,6 +163,33 @@ impl Runtime {
         match command(id, bundle, "reopen")?.as_str() {
             "ok" => Ok(()),
             r => Err(RuntimeError::Monitor { id: id.into(), reason: r.replace('\t', " ") }),
+        }
+    }
+
+    /// Attaches to the container's stdio through its monitor: the returned
+    /// socket speaks the monitor's attach frames ([`crate::monitor::attach_frame`]).
+    pub fn attach(&self, id: &str, bundle: &Path, stdin: bool) -> Result<UnixStream, RuntimeError> {
+        let err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
+        let mut conn = send(id, bundle, if stdin { "attach stdin" } else { "attach" })?;
+        // Byte by byte: frames may follow the reply at once.
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while reply.len() < 256 {
+            match conn.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) => reply.push(byte[0]),
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(err(format!("read reply to attach: {e}"))),
+            }
+        }
+        match reply.as_slice() {
+            b"ok" => {
+                conn.set_read_timeout(None).map_err(|e| err(e.to_string()))?;
+                Ok(conn)
+            }
+            r if r.ends_with(b"not running") => Err(RuntimeError::NotRunning(id.into())),
+            r => Err(err(String::from_utf8_lossy(r).replace('\t', " "))),
         }
     }
 
@@ -220,8 +252,9 @@ pub fn pass_as_fd3(cmd: &mut Command, fd: &OwnedFd) {
     }
 }
 
-/// One command on the monitor's socket, one line back.
-fn command(id: &str, bundle: &Path, cmd: &str) -> Result<String, RuntimeError> {
+/// Connects to the monitor and sends one command line; NotRunning when the
+/// monitor is gone because the container exited.
+fn send(id: &str, bundle: &Path, cmd: &str) -> Result<UnixStream, RuntimeError> {
     let err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
     let mut conn = match connect(bundle) {
         Ok(c) => c,
@@ -230,6 +263,13 @@ fn command(id: &str, bundle: &Path, cmd: &str) -> Result<String, RuntimeError> {
     };
     conn.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
     conn.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| err(format!("send {cmd}: {e}")))?;
+    Ok(conn)
+}
+
+/// One command on the monitor's socket, one line back.
+fn command(id: &str, bundle: &Path, cmd: &str) -> Result<String, RuntimeError> {
+    let err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
+    let conn = send(id, bundle, cmd)?;
     let mut reply = String::new();
     BufReader::new(&conn).read_line(&mut reply).map_err(|e| err(format!("read reply to {cmd}: {e}")))?;
     if reply.is_empty() {

@@ -99,14 +99,14 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     // After the mount namespace switch, /dev/ptmx is the container's own
     // devpts instance: the terminal lives inside the container.
-    let pty = if args.tty { Some(open_pty()?) } else { None };
+    let pty = if args.tty { Some(crate::tty::open_pty()?) } else { None };
 
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }.map_err(|e| setup("fork", e))? {
         ForkResult::Child => {
             if let Some((master, slave_path)) = pty {
                 drop(master);
-                if let Err(e) = attach_terminal(&slave_path) {
+                if let Err(e) = crate::tty::attach_terminal(&slave_path, None) {
                     std::process::exit(fail(e));
                 }
             }
@@ -135,37 +135,12 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     }
 }
 
-/// A new pseudo-terminal: the master fd and the slave's path.
-fn open_pty() -> Result<(std::os::fd::OwnedFd, String), InitError> {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(|e| setup("open /dev/ptmx", e))?;
-    grantpt(&master).map_err(|e| setup("grantpt", e))?;
-    unlockpt(&master).map_err(|e| setup("unlockpt", e))?;
-    let path = ptsname_r(&master).map_err(|e| setup("ptsname", e))?;
-    Ok((master.into(), path))
-}
-
-/// In the child: a new session with the terminal as its controlling
-/// terminal and as stdin, stdout and stderr.
-fn attach_terminal(slave_path: &str) -> Result<(), InitError> {
-    nix::unistd::setsid().map_err(|e| setup("setsid", e))?;
-    let fd = nix::fcntl::open(slave_path, OFlag::O_RDWR, Mode::empty()).map_err(|e| setup(&format!("open {slave_path}"), e))?;
-    // SAFETY: TIOCSCTTY takes an int argument; fd is a terminal we opened.
-    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TIOCSCTTY, 0) } < 0 {
-        return Err(setup("TIOCSCTTY", nix::errno::Errno::last()));
-    }
-    for target in 0..3 {
-        init::dup_onto(std::os::fd::AsRawFd::as_raw_fd(&fd), target)?;
-    }
-    Ok(())
-}
-
 /// In the helper: copies stdin to the terminal and the terminal to stdout,
 /// applies `cols rows` lines from fd 3 as window sizes, and returns the
 /// command's exit code once it has exited and its output is drained.
 fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::os::fd::BorrowedFd;
     // SAFETY: fds 0 and 3 belong to this process for its whole life.
     let (stdin, resize) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(3)) };
     let resize_ok = nix::fcntl::fcntl(resize, nix::fcntl::FcntlArg::F_GETFD).is_ok();
@@ -233,9 +208,7 @@ fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 
                         let text = String::from_utf8_lossy(&line);
                         let mut it = text.split_whitespace().filter_map(|x| x.parse::<u16>().ok());
                         if let (Some(cols), Some(rows)) = (it.next(), it.next()) {
-                            let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-                            // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-                            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                            crate::tty::set_window_size(&master, cols, rows);
                         }
                     }
                 }

@@ -104,10 +104,17 @@ fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 pub const READY: &str = "ready";
 
 /// Runs the init: never returns. `report` is close-on-exec, so the monitor
-/// sees EOF exactly when `execve` succeeded.
-pub fn run(spec: &Spec, bundle: &Path, mut report: std::fs::File, mut start: std::fs::File) -> ! {
+/// sees EOF exactly when `execve` succeeded. With a `console` socket (a TTY
+/// container) the init opens a terminal in the container's devpts, makes it
+/// its stdio and controlling terminal, and sends the master to the monitor.
+pub fn run(spec: &Spec, bundle: &Path, mut report: std::fs::File, mut start: std::fs::File, console: Option<std::os::fd::OwnedFd>) -> ! {
     let result: Result<(), InitError> = prepare(spec, bundle).and_then(|prepared| {
         let u = &prepared.user;
+        if let Some(console) = console {
+            let (master, slave) = crate::tty::open_pty()?;
+            crate::tty::attach_terminal(&slave, Some((u.uid, u.gid)))?;
+            crate::tty::send_fd(&console, &master).map_err(|e| setup_err("sending the terminal to the monitor", e))?;
+        }
         let groups: Vec<String> = u.groups.iter().map(|g| g.to_string()).collect();
         report
             .write_all(format!("{READY}\t{}\t{}\t{}\n", u.uid, u.gid, groups.join(",")).as_bytes())

@@ -12,6 +12,7 @@ pub mod monitor;
 pub mod sandbox;
 pub mod security;
 pub mod time;
+pub mod tty;
 pub mod user;
 
 pub use client::{Created, MonitorState, Runtime, RuntimeError};

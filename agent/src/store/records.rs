@@ -171,6 +171,12 @@ pub struct ContainerRecord {
     pub limits: berth_runtime::cgroup::Limits,
     /// oom_score_adj asked for.
     pub oom_score_adj: i64,
+    /// Stdin kept open for attach.
+    pub stdin: bool,
+    /// Stdin closes after the first attach session.
+    pub stdin_once: bool,
+    /// The container runs on a terminal.
+    pub tty: bool,
 }
 
 impl ContainerRecord {

@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 
 use berth_runtime::exec::ExecArgs;
-use berth_runtime::monitor::{MonitorArgs, PidNamespace};
+use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|PATH]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init");
+    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|PATH] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init");
     2
 }
 
@@ -63,6 +63,7 @@ fn monitor(args: &[String]) -> i32 {
         log: get(&f, "log").map(PathBuf::from),
         pid_ns,
         sync_fd,
+        stdio: StdioOpts { stdin: get(&f, "stdin") == Some("true"), stdin_once: get(&f, "stdin-once") == Some("true"), tty: get(&f, "tty") == Some("true") },
     })
 }
 
