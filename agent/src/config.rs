@@ -78,11 +78,14 @@ cni_conf_dir = "/etc/cni/net.d"
 cni_bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 
 [stream]
-# The streaming server for Exec (and later Attach/PortForward): address and
-# port (0 = a free one); URLs it hands out are single-use and expire.
+# The streaming server for Exec, Attach and PortForward: address and port
+# (0 = a free one); URLs it hands out are single-use and expire. With both
+# TLS files set (PEM), it serves https.
 address = "127.0.0.1"
 port = 0
 token_ttl_seconds = 60
+# tls_cert_file = "/etc/berth/stream.crt"
+# tls_key_file = "/etc/berth/stream.key"
 
 [log]
 # error, warn, info, debug or trace; or a tracing filter such as
@@ -129,11 +132,17 @@ pub struct StreamConfig {
     pub port: u16,
     /// Lifetime of a streaming URL.
     pub token_ttl_seconds: u64,
+    /// PEM certificate chain for TLS (with `tls_key_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for TLS (with `tls_cert_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        StreamConfig { address: "127.0.0.1".into(), port: 0, token_ttl_seconds: 60 }
+        StreamConfig { address: "127.0.0.1".into(), port: 0, token_ttl_seconds: 60, tls_cert_file: None, tls_key_file: None }
     }
 }
 
@@ -361,6 +370,9 @@ impl Config {
         }
         if self.stream.address.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid("stream.address", format!("{:?} is not an IP address", self.stream.address)));
+        }
+        if self.stream.tls_cert_file.is_some() != self.stream.tls_key_file.is_some() {
+            return Err(invalid("stream.tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
         }
         if self.stream.token_ttl_seconds == 0 {
             return Err(invalid("stream.token_ttl_seconds", "must be at least 1".into()));

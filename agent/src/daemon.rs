@@ -33,6 +33,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Checked first: a bad certificate must not leave a half-started node.
+    let tls = match (&config.stream.tls_cert_file, &config.stream.tls_key_file) {
+        (Some(cert), Some(key)) => Some(crate::stream::tls_acceptor(cert, key).map_err(|e| anyhow!(e))?),
+        _ => None,
+    };
     let mut created = CreatedPaths::default();
     let started = prepare(&config, &mut created);
     let (store, lock, listener) = match started {
@@ -53,7 +58,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let stream_cfg = &config.stream;
-    match crate::stream::Streams::bind(&stream_cfg.address, stream_cfg.port, Duration::from_secs(stream_cfg.token_ttl_seconds)).await {
+    match crate::stream::Streams::bind(&stream_cfg.address, stream_cfg.port, Duration::from_secs(stream_cfg.token_ttl_seconds), tls).await {
         Ok((streams, listener)) => {
             let _ = agent.streams.set(streams.clone());
             crate::stream::serve(streams, listener, Arc::downgrade(&agent));

@@ -19,6 +19,7 @@ pub use berth_proto::cri;
 
 pub mod oci;
 pub mod registry;
+pub mod spdy;
 
 /// How long berthd may take to answer its first `Version`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);

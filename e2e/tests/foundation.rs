@@ -63,9 +63,10 @@ async fn unbuilt_rpcs_answer_unimplemented_with_their_name() {
     let e = cri.runtime.checkpoint_container(cri::CheckpointContainerRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(e.message().contains("CheckpointContainer"), "{}", e.message());
+    // Attach is built: an empty request is a bad argument, not Unimplemented.
     let e = cri.runtime.attach(cri::AttachRequest::default()).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("Attach"), "{}", e.message());
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("container_id"), "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +222,12 @@ fn config_errors_name_the_file_or_key_and_leave_nothing() {
 
     let err = expect_startup_failure(d, None, &["--config", &d.join("missing.toml").display().to_string()]);
     assert!(err.contains("missing.toml"), "{err}");
+
+    // TLS for the streaming server: both files or neither, and they must load.
+    let err = expect_startup_failure(d, Some("[stream]\ntls_cert_file = \"/etc/hostname\"\n"), &[]);
+    assert!(err.contains("stream.tls_cert_file"), "{err}");
+    let err = expect_startup_failure(d, Some("[stream]\ntls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"\n"), &[]);
+    assert!(err.contains("/nonexistent/c.pem"), "{err}");
 
     // A socket whose parent cannot be created: a regular file is in the way.
     std::fs::write(d.join("plainfile"), "").unwrap();

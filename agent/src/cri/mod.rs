@@ -200,8 +200,8 @@ impl RuntimeService for CriService {
         streaming::exec(&self.agent, r).await
     }
 
-    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        streaming::attach(&self.agent, r).await
     }
 
     async fn port_forward(&self, r: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {

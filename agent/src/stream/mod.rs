@@ -1,14 +1,18 @@
-//! The streaming server behind Exec (and, as they land, Attach and
-//! PortForward): a TCP listener handing out single-use, expiring tokens.
-//! An RPC stores its request under a token and answers a URL; the client
-//! (kubelet, crictl) connects there and upgrades to a stream protocol.
-//! Unknown, used or expired tokens get 404.
+//! The streaming server behind Exec, Attach and PortForward: a TCP (or TLS)
+//! listener handing out single-use, expiring tokens. An RPC stores its
+//! request under a token and answers a URL; the client (kubelet, crictl)
+//! connects there and upgrades to a stream protocol. Unknown, used or
+//! expired tokens get 404.
 //!
-//! Protocols today: WebSocket with the channel-prefixed subprotocols
-//! (`v5.channel.k8s.io`, `v4.channel.k8s.io`) for exec without a TTY, and
-//! `v4.channel.k8s.io` / `portforward.k8s.io` / `v2.portforward.k8s.io`
-//! for port forwarding.
+//! Protocols: SPDY/3.1 with `X-Stream-Protocol-Version` negotiation
+//! (`v4`…`v1` `channel.k8s.io` for exec and attach, `portforward.k8s.io`),
+//! what kubelet and crictl use by default; and WebSocket with the
+//! channel-prefixed subprotocols (`v5.channel.k8s.io`, `v4.channel.k8s.io`,
+//! `portforward.k8s.io`, `v2.portforward.k8s.io`). The session logic is
+//! shared ([`session`]); each transport only maps its streams onto it.
 
+pub mod session;
+pub mod spdy;
 mod ws;
 
 use std::collections::HashMap;
@@ -19,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::cri::Agent;
 
@@ -39,49 +43,85 @@ pub enum StreamRequest {
         container_id: String,
         /// Command.
         cmd: Vec<String>,
-        /// Attach stdin.
-        stdin: bool,
-        /// Send stdout.
-        stdout: bool,
-        /// Send stderr.
-        stderr: bool,
-        /// TTY requested.
-        tty: bool,
+        /// Streams asked for.
+        wants: session::Wants,
     },
+    /// Attaching to a container's own stdio.
+    Attach {
+        /// Container id (full).
+        container_id: String,
+        /// Streams asked for.
+        wants: session::Wants,
+    },
+}
+
+impl StreamRequest {
+    /// The URL path segment of this kind of request.
+    fn kind(&self) -> &'static str {
+        match self {
+            StreamRequest::PortForward { .. } => "portforward",
+            StreamRequest::Exec { .. } => "exec",
+            StreamRequest::Attach { .. } => "attach",
+        }
+    }
 }
 
 /// Tokens and the listener's address.
 pub struct Streams {
     addr: SocketAddr,
     ttl: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tokens: Mutex<HashMap<String, (StreamRequest, Instant)>>,
 }
 
 impl Streams {
-    /// Binds the listener (port 0 = a free one).
-    pub async fn bind(address: &str, port: u16, ttl: Duration) -> std::io::Result<(Arc<Streams>, TcpListener)> {
+    /// Binds the listener (port 0 = a free one); with `tls`, connections
+    /// are TLS and URLs `https`.
+    pub async fn bind(address: &str, port: u16, ttl: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<(Arc<Streams>, TcpListener)> {
         let listener = TcpListener::bind((address, port)).await?;
         let addr = listener.local_addr()?;
-        Ok((Arc::new(Streams { addr, ttl, tokens: Mutex::new(HashMap::new()) }), listener))
+        Ok((Arc::new(Streams { addr, ttl, tls, tokens: Mutex::new(HashMap::new()) }), listener))
     }
 
     /// Stores `req` under a fresh token and returns the URL to give out.
-    pub fn register(&self, kind: &str, req: StreamRequest) -> String {
+    pub fn register(&self, req: StreamRequest) -> String {
         let token = crate::util::random_id();
+        let kind = req.kind();
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         tokens.retain(|_, (_, exp)| *exp > now);
         tokens.insert(token.clone(), (req, now + self.ttl));
-        format!("http://{}/{kind}/{token}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/{kind}/{token}", self.addr)
     }
 
-    /// Takes a token (single use); None when unknown, used or expired.
+    /// Takes a token (single use); None when unknown, used, expired, or
+    /// presented on another kind's path.
     fn take(&self, kind: &str, token: &str) -> Option<StreamRequest> {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let (req, exp) = tokens.remove(token)?;
-        let matches = matches!((&req, kind), (StreamRequest::Exec { .. }, "exec") | (StreamRequest::PortForward { .. }, "portforward"));
-        (exp > Instant::now() && matches).then_some(req)
+        (exp > Instant::now() && req.kind() == kind).then_some(req)
     }
+}
+
+/// Loads a PEM certificate chain and key into a TLS acceptor.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("stream.tls_cert_file {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("stream.tls_cert_file {}: no certificate in it", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("stream.tls_key_file {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("stream TLS certificate and key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Serves connections until the process ends.
@@ -89,9 +129,18 @@ pub fn serve(streams: Arc<Streams>, listener: TcpListener, agent: Weak<Agent>) {
     tokio::spawn(async move {
         loop {
             let Ok((conn, peer)) = listener.accept().await else { continue };
+            let _ = conn.set_nodelay(true);
             let (streams, agent) = (streams.clone(), agent.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(streams, agent, conn).await {
+                let result = match streams.tls.clone() {
+                    Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(conn)).await {
+                        Ok(Ok(conn)) => handle(streams, agent, conn).await,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                    },
+                    None => handle(streams, agent, conn).await,
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, "stream connection: {e}");
                 }
             });
@@ -99,11 +148,47 @@ pub fn serve(streams: Arc<Streams>, listener: TcpListener, agent: Weak<Agent>) {
     });
 }
 
+/// A request head: path and headers (names lower case).
+pub struct Head {
+    /// The request target.
+    pub path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn parse(bytes: &[u8]) -> Option<Head> {
+        let mut raw = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut raw);
+        req.parse(bytes).ok()?;
+        let path = req.path?.to_string();
+        let headers = req.headers.iter().map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).to_string())).collect();
+        Some(Head { path, headers })
+    }
+
+    /// All values of a header, comma lists split.
+    pub fn values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn upgrade(&self) -> Option<String> {
+        self.values("upgrade").first().map(|u| u.to_ascii_lowercase())
+    }
+}
+
 /// Reads the request head, answers 404 for a bad token, else hands the
-/// connection (with the head replayed) to the protocol.
-async fn handle(streams: Arc<Streams>, agent: Weak<Agent>, mut conn: TcpStream) -> std::io::Result<()> {
+/// connection (with the head replayed for WebSocket) to the protocol.
+async fn handle<S>(streams: Arc<Streams>, agent: Weak<Agent>, mut conn: S) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
+    // Byte by byte past the first read would be slow; a client sends
+    // nothing after its head until the upgrade is answered.
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
         if n == 0 || head.len() > 16 * 1024 {
@@ -111,20 +196,16 @@ async fn handle(streams: Arc<Streams>, agent: Weak<Agent>, mut conn: TcpStream) 
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let path = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("").to_string();
+    let Some(parsed) = Head::parse(&head) else {
+        return conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+    };
+    let path = parsed.path.clone();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (kind, token) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").split('?').next().unwrap_or(""));
-    let websocket = text.lines().any(|l| l.to_ascii_lowercase().starts_with("upgrade:") && l.to_ascii_lowercase().contains("websocket"));
     let Some(req) = streams.take(kind, token) else {
-        conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
-        return Ok(());
+        return conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
     };
     let Some(agent) = agent.upgrade() else { return Ok(()) };
-    if !websocket {
-        conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nberth streams over WebSocket (v5.channel.k8s.io, v4.channel.k8s.io); SPDY is not built yet\n").await?;
-        return Ok(());
-    }
     let query_ports: Vec<u16> = path
         .split_once('?')
         .map(|(_, q)| q.split('&').filter_map(|kv| kv.strip_prefix("port=").and_then(|p| p.parse().ok())).collect())
@@ -133,7 +214,19 @@ async fn handle(streams: Arc<Streams>, agent: Weak<Agent>, mut conn: TcpStream) 
         StreamRequest::PortForward { netns, ports } if !query_ports.is_empty() && ports.is_empty() => StreamRequest::PortForward { netns, ports: query_ports },
         other => other,
     };
-    ws::serve(agent, req, Prefixed { prefix: head, pos: 0, inner: conn }).await
+    match parsed.upgrade().as_deref() {
+        Some("websocket") => ws::serve(agent, req, Prefixed { prefix: head, pos: 0, inner: conn }).await,
+        Some(u) if u.starts_with("spdy/3") => {
+            // Anything the client sent past its head belongs to the new protocol.
+            let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |p| p + 4);
+            spdy::serve(agent, req, &parsed, Prefixed { prefix: head[end..].to_vec(), pos: 0, inner: conn }).await
+        }
+        _ => {
+            let body = "berth's streaming server speaks SPDY/3.1 and WebSocket: send an Upgrade header\n";
+            let response = format!("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            conn.write_all(response.as_bytes()).await
+        }
+    }
 }
 
 /// A stream that first replays bytes already read from it.
@@ -202,16 +295,18 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_are_single_use_and_expire() {
-        let (s, _l) = Streams::bind("127.0.0.1", 0, Duration::from_millis(50)).await.unwrap();
-        let req = StreamRequest::Exec { container_id: "c".into(), cmd: vec![], stdin: false, stdout: true, stderr: true, tty: false };
-        let url = s.register("exec", req.clone());
+        let (s, _l) = Streams::bind("127.0.0.1", 0, Duration::from_millis(50), None).await.unwrap();
+        let wants = session::Wants { stdin: false, stdout: true, stderr: true, tty: false };
+        let req = StreamRequest::Exec { container_id: "c".into(), cmd: vec![], wants };
+        let url = s.register(req.clone());
+        assert!(url.starts_with("http://127.0.0.1:"));
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(s.take("attach", &token).is_none(), "kind must match");
-        let url = s.register("exec", req.clone());
+        let url = s.register(req.clone());
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(s.take("exec", &token).is_some());
         assert!(s.take("exec", &token).is_none(), "single use");
-        let url = s.register("exec", req);
+        let url = s.register(req);
         let token = url.rsplit('/').next().unwrap().to_string();
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(s.take("exec", &token).is_none(), "expired");

@@ -5,13 +5,13 @@
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{exit_status_json, failure_json, StreamRequest};
+use super::session::{self, connect_in_netns, pump, Channels, Input, Outcome, Output};
+use super::StreamRequest;
 use crate::cri::Agent;
-use crate::store::ContainerState;
 
 /// Subprotocols berth speaks, best first.
 const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", "v2.portforward.k8s.io", "portforward.k8s.io"];
@@ -26,7 +26,7 @@ const CLOSE: u8 = 255;
 /// Upgrades and runs the request's session.
 pub async fn serve<S>(agent: Arc<Agent>, req: StreamRequest, stream: S) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let chosen: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let chosen2 = chosen.clone();
@@ -50,9 +50,11 @@ where
     let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.map_err(std::io::Error::other)?;
     let v5 = *chosen.lock().unwrap_or_else(|e| e.into_inner()) == Some("v5.channel.k8s.io");
     match req {
-        StreamRequest::Exec { container_id, cmd, stdin, stdout, stderr, tty } => exec(agent, ws, v5, container_id, cmd, stdin, stdout, stderr, tty).await,
-        StreamRequest::PortForward { netns, ports } => port_forward(ws, netns, ports).await,
+        StreamRequest::Exec { container_id, cmd, wants } => session::exec(agent, WsChannels::new(ws, v5), container_id, cmd, wants).await,
+        StreamRequest::Attach { container_id, wants } => session::attach(agent, WsChannels::new(ws, v5), container_id, wants).await,
+        StreamRequest::PortForward { netns, ports } => return port_forward(ws, netns, ports).await,
     }
+    Ok(())
 }
 
 /// Port forwarding over WebSocket: port i gets data channel 2i and error
@@ -70,19 +72,7 @@ where
         let le = port.to_le_bytes();
         tx.send(frame(data, &le)).await.map_err(std::io::Error::other)?;
         tx.send(frame(error, &le)).await.map_err(std::io::Error::other)?;
-        let ns = netns.clone();
-        let port = *port;
-        // The socket is made on a thread inside the pod's namespace and
-        // stays bound to it afterwards.
-        let conn = berth_network::netlink::in_netns(&ns, move || {
-            std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), std::time::Duration::from_secs(5))
-                .map_err(|e| berth_network::NetError::Config(format!("connect to localhost:{port} in the pod: {e}")))
-        });
-        let stream = conn.and_then(|s| {
-            s.set_nonblocking(true).map_err(|e| berth_network::NetError::Config(e.to_string()))?;
-            tokio::net::TcpStream::from_std(s).map_err(|e| berth_network::NetError::Config(e.to_string()))
-        });
-        match stream {
+        match connect_in_netns(netns.clone(), *port).await {
             Ok(s) => {
                 let (r, w) = s.into_split();
                 writers.push(Some(w));
@@ -90,7 +80,7 @@ where
             }
             Err(e) => {
                 writers.push(None);
-                tx.send(frame(error, e.to_string().as_bytes())).await.map_err(std::io::Error::other)?;
+                tx.send(frame(error, e.as_bytes())).await.map_err(std::io::Error::other)?;
             }
         }
     }
@@ -119,25 +109,6 @@ where
     Ok(())
 }
 
-/// Copies `reader` into `out` as (channel, bytes) until EOF; output not
-/// `wanted` is read and dropped, so the writer never blocks on a full pipe.
-fn pump<R: AsyncRead + Unpin + Send + 'static>(mut reader: R, channel: u8, wanted: bool, out: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>) {
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match reader.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) if wanted => {
-                    if out.send((channel, buf[..n].to_vec())).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-            }
-        }
-    });
-}
-
 fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
@@ -145,111 +116,53 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(v.into())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn exec<S>(agent: Arc<Agent>, ws: tokio_tungstenite::WebSocketStream<S>, v5: bool, id: String, cmd: Vec<String>, want_stdin: bool, want_stdout: bool, want_stderr: bool, tty: bool)
-    -> std::io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut tx, mut rx) = ws.split();
-    let fail = |msg: String| frame(ERROR, failure_json(&msg).as_bytes());
-    let rec = match crate::container::find(&agent, &id) {
-        Ok(r) if r.state == ContainerState::Running => r,
-        Ok(r) => {
-            let _ = tx.send(fail(format!("container {} is not running", r.id))).await;
-            return Ok(());
-        }
-        Err(s) => {
-            let _ = tx.send(fail(s.message().to_string())).await;
-            return Ok(());
-        }
-    };
-    let mut std_cmd = agent.runtime.exec_command_tty(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd, tty);
-    // With a TTY, window sizes go to the helper as "cols rows" lines on its fd 3.
-    let mut resize_tx = None;
-    let resize_rx;
-    if tty {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::other)?;
-        berth_runtime::client::pass_as_fd3(&mut std_cmd, &r);
-        resize_rx = Some(r);
-        resize_tx = Some(tokio::fs::File::from_std(std::fs::File::from(w)));
-    } else {
-        resize_rx = None;
+/// Exec and attach over the channel protocol.
+struct WsChannels<S> {
+    tx: futures::stream::SplitSink<tokio_tungstenite::WebSocketStream<S>, Message>,
+    rx: futures::stream::SplitStream<tokio_tungstenite::WebSocketStream<S>>,
+    v5: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsChannels<S> {
+    fn new(ws: tokio_tungstenite::WebSocketStream<S>, v5: bool) -> Self {
+        let (tx, rx) = ws.split();
+        WsChannels { tx, rx, v5 }
     }
-    let mut command = tokio::process::Command::from(std_cmd);
-    command
-        .stdin(if want_stdin || tty { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = tx.send(fail(format!("exec helper: {e}"))).await;
-            return Ok(());
-        }
-    };
-    drop(resize_rx);
-    let mut child_stdin = child.stdin.take();
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let (otx, mut orx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
-    for (channel, pipe, wanted) in [(STDOUT, out.take().map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>), want_stdout), (STDERR, err.take().map(|p| Box::new(p) as Box<dyn AsyncRead + Unpin + Send>), want_stderr)] {
-        if let Some(pipe) = pipe {
-            pump(pipe, channel, wanted, otx.clone());
-        }
-    }
-    drop(otx);
-    let mut setup_error = Vec::new();
-    let mut outputs_open = true;
-    loop {
-        tokio::select! {
-            chunk = orx.recv(), if outputs_open => match chunk {
-                Some((channel, data)) => {
-                    if channel == STDERR && data.starts_with(berth_runtime::exec::ERROR_MARKER.as_bytes()) {
-                        setup_error.extend_from_slice(&data);
-                        continue;
-                    }
-                    if tx.send(frame(channel, &data)).await.is_err() {
-                        return Ok(()); // client gone: kill_on_drop ends the helper and the command
-                    }
-                }
-                None => outputs_open = false,
-            },
-            msg = rx.next() => match msg {
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Channels for WsChannels<S> {
+    async fn recv(&mut self) -> Option<Input> {
+        loop {
+            match self.rx.next().await {
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
-                    STDIN => {
-                        if let Some(stdin) = child_stdin.as_mut() {
-                            if stdin.write_all(&b[1..]).await.is_err() {
-                                child_stdin = None;
-                            }
-                        }
-                    }
-                    CLOSE if v5 && b.get(1) == Some(&STDIN) => child_stdin = None,
+                    STDIN => return Some(Input::Stdin(b[1..].to_vec())),
+                    CLOSE if self.v5 && b.get(1) == Some(&STDIN) => return Some(Input::StdinClose),
                     RESIZE => {
-                        if let (Some(w), Ok(size)) = (resize_tx.as_mut(), serde_json::from_slice::<serde_json::Value>(&b[1..])) {
-                            let (cols, rows) = (size["Width"].as_u64().unwrap_or(0), size["Height"].as_u64().unwrap_or(0));
-                            let _ = w.write_all(format!("{cols} {rows}\n").as_bytes()).await;
+                        if let Some((cols, rows)) = parse_resize(&b[1..]) {
+                            return Some(Input::Resize { cols, rows });
                         }
                     }
                     _ => {}
                 },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => {}
-            },
-        }
-        if !outputs_open {
-            break;
+            }
         }
     }
-    let status = child.wait().await?;
-    let code = status.code().unwrap_or(255);
-    let text = String::from_utf8_lossy(&setup_error);
-    let status_json = match text.lines().find_map(|l| l.strip_prefix(berth_runtime::exec::ERROR_MARKER)) {
-        Some(line) if code == berth_runtime::exec::SETUP_FAILED => failure_json(&berth_runtime::init::InitError::decode(line).to_string()),
-        _ => exit_status_json(code),
-    };
-    let _ = tx.send(frame(ERROR, status_json.as_bytes())).await;
-    let _ = tx.send(Message::Close(None)).await;
-    Ok(())
+
+    async fn send(&mut self, out: Output, data: Vec<u8>) -> std::io::Result<()> {
+        let channel = if out == Output::Stdout { STDOUT } else { STDERR };
+        self.tx.send(frame(channel, &data)).await.map_err(std::io::Error::other)
+    }
+
+    async fn finish(mut self, outcome: Outcome) {
+        let _ = self.tx.send(frame(ERROR, session::status_json(&outcome).as_bytes())).await;
+        let _ = self.tx.send(Message::Close(None)).await;
+    }
+}
+
+/// A `{"Width":…,"Height":…}` terminal size (Kubernetes' `TerminalSize`).
+pub fn parse_resize(json: &[u8]) -> Option<(u16, u16)> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    Some((u16::try_from(v["Width"].as_u64()?).ok()?, u16::try_from(v["Height"].as_u64()?).ok()?))
 }

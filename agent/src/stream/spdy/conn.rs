@@ -1,0 +1,192 @@
+//! A SPDY/3.1 server connection: a reader task turning frames into stream
+//! events and a writer task owning the outgoing header compressor.
+//!
+//! Streams are opened by the client (kubelet's and crictl's remote-command
+//! and port-forward clients create every stream themselves); each SYN_STREAM
+//! is answered with SYN_REPLY at once, as spdystream does, because the
+//! client waits for that reply before it uses the stream. Flow control is
+//! not enforced in either direction: spdystream neither sends nor honours
+//! WINDOW_UPDATE, so a window would only stall large outputs.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::frame::{Decoder, Encoder, Frame, Headers};
+
+/// What the client did.
+#[derive(Debug)]
+pub enum Event {
+    /// A new stream with its headers (already replied to).
+    Stream { id: u32, headers: Headers },
+    /// Payload on a stream.
+    Data { id: u32, data: Vec<u8> },
+    /// The client closed its half of a stream.
+    Fin { id: u32 },
+    /// The client reset a stream.
+    Reset { id: u32 },
+}
+
+/// The sending side of a connection; cheap to clone.
+#[derive(Clone)]
+pub struct Sender(mpsc::Sender<Out>);
+
+/// What the writer task gets: a frame, or the order to flush and shut down.
+enum Out {
+    Frame(Frame),
+    Shutdown,
+}
+
+impl Sender {
+    /// Sends payload on a stream (`fin` closes berth's half).
+    pub async fn data(&self, id: u32, data: Vec<u8>, fin: bool) -> std::io::Result<()> {
+        self.send(Frame::Data { stream_id: id, fin, data }).await
+    }
+
+    /// Closes berth's half of a stream.
+    pub async fn fin(&self, id: u32) -> std::io::Result<()> {
+        self.data(id, Vec::new(), true).await
+    }
+
+    /// Resets a stream.
+    pub async fn reset(&self, id: u32, status: u32) -> std::io::Result<()> {
+        self.send(Frame::RstStream { stream_id: id, status }).await
+    }
+
+    async fn send(&self, f: Frame) -> std::io::Result<()> {
+        self.0.send(Out::Frame(f)).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+/// A running connection.
+pub struct Conn {
+    /// The client's actions, in wire order; ends when the client goes away.
+    pub events: mpsc::Receiver<Event>,
+    /// Frames out.
+    pub sender: Sender,
+    writer: tokio::task::JoinHandle<()>,
+    last_stream: Arc<AtomicU32>,
+}
+
+impl Conn {
+    /// Starts the reader and writer tasks on an upgraded connection.
+    pub fn start<S>(io: S) -> Conn
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let (ftx, mut frx) = mpsc::channel::<Out>(64);
+        let (etx, events) = mpsc::channel::<Event>(64);
+        let writer = tokio::spawn(async move {
+            let mut enc = Encoder::new();
+            let mut buf = Vec::with_capacity(16 * 1024);
+            let mut next = frx.recv().await;
+            'write: while let Some(Out::Frame(frame)) = next {
+                buf.clear();
+                if enc.encode(&frame, &mut buf).is_err() {
+                    break;
+                }
+                // Batch what is already queued into one write.
+                next = None;
+                while buf.len() < 64 * 1024 {
+                    match frx.try_recv() {
+                        Ok(Out::Frame(f)) => {
+                            if enc.encode(&f, &mut buf).is_err() {
+                                break 'write;
+                            }
+                        }
+                        Ok(Out::Shutdown) => {
+                            next = Some(Out::Shutdown);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+                if next.is_none() {
+                    next = frx.recv().await;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let sender = Sender(ftx);
+        let replies = sender.clone();
+        let last_stream = Arc::new(AtomicU32::new(0));
+        let last = last_stream.clone();
+        tokio::spawn(async move {
+            let mut dec = Decoder::new();
+            let mut buf = Vec::with_capacity(16 * 1024);
+            let mut chunk = vec![0u8; 32 * 1024];
+            let mut open: HashSet<u32> = HashSet::new();
+            'read: loop {
+                loop {
+                    let frame = match dec.decode(&mut buf) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!("spdy: {e}");
+                            let _ = replies.send(Frame::GoAway { last_good_stream_id: open.iter().copied().max().unwrap_or(0), status: 1 }).await;
+                            break 'read;
+                        }
+                    };
+                    let mut ev = Vec::with_capacity(2);
+                    match frame {
+                        Frame::SynStream { stream_id, fin, headers, .. } => {
+                            // Client streams are odd and new; anything else is refused.
+                            if stream_id % 2 == 0 || !open.insert(stream_id) {
+                                let _ = replies.reset(stream_id, super::frame::RST_PROTOCOL_ERROR).await;
+                                continue;
+                            }
+                            last.fetch_max(stream_id, Ordering::Relaxed);
+                            let _ = replies.send(Frame::SynReply { stream_id, fin: false, headers: Vec::new() }).await;
+                            ev.push(Event::Stream { id: stream_id, headers });
+                            if fin {
+                                ev.push(Event::Fin { id: stream_id });
+                            }
+                        }
+                        Frame::Data { stream_id, fin, data } => {
+                            if !data.is_empty() {
+                                ev.push(Event::Data { id: stream_id, data });
+                            }
+                            if fin {
+                                ev.push(Event::Fin { id: stream_id });
+                            }
+                        }
+                        Frame::Headers { stream_id, fin: true, .. } => ev.push(Event::Fin { id: stream_id }),
+                        Frame::RstStream { stream_id, .. } => ev.push(Event::Reset { id: stream_id }),
+                        Frame::Ping { id } => {
+                            let _ = replies.send(Frame::Ping { id }).await;
+                        }
+                        Frame::GoAway { .. } => break 'read,
+                        _ => {}
+                    }
+                    for e in ev {
+                        if etx.send(e).await.is_err() {
+                            break 'read;
+                        }
+                    }
+                }
+                match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        Conn { events, sender, writer, last_stream }
+    }
+
+    /// Says goodbye (GOAWAY) and waits until everything queued is written.
+    pub async fn close(self) {
+        let Conn { events, sender, writer, last_stream } = self;
+        drop(events);
+        let _ = sender.send(Frame::GoAway { last_good_stream_id: last_stream.load(Ordering::Relaxed), status: 0 }).await;
+        let _ = sender.0.send(Out::Shutdown).await;
+        // Bounded: a client that stopped reading must not hold the task.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    }
+}

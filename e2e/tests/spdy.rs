@@ -1,0 +1,349 @@
+//! Exec, Attach and PortForward over SPDY/3.1 (what kubelet and crictl use
+//! by default), Attach over WebSocket too, and the same sessions driven by
+//! spdystream itself (the Go library under client-go) as an independent
+//! implementation.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_e2e::spdy::{remote_command, SpdyClient};
+use berth_e2e::{cri, Fixture};
+use futures::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const V4: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
+
+async fn exec_url(f: &mut Fixture, id: &str, cmd: &[&str], stdin: bool, tty: bool) -> String {
+    let req = cri::ExecRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), tty, stdin, stdout: true, stderr: !tty };
+    f.cri.runtime.exec(req).await.unwrap().into_inner().url
+}
+
+fn status(error_stream: &str) -> serde_json::Value {
+    serde_json::from_str(error_stream).unwrap_or_else(|e| panic!("error stream {error_stream:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("spdy");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let c = f.cri.run(&pod, f.container("target", &["sleep", "1000"]), &cfg).await;
+
+    let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["echo", "hi"], false, false).await, V4).await.unwrap();
+    assert_eq!(s.protocol, "v4.channel.k8s.io");
+    let out = remote_command(&mut s, None, None).await;
+    assert_eq!(out.stdout, "hi\n");
+    assert_eq!(status(&out.error)["status"], "Success");
+
+    let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["sh", "-c", "echo oops >&2; exit 3"], false, false).await, V4).await.unwrap();
+    let out = remote_command(&mut s, None, None).await;
+    assert_eq!(out.stderr, "oops\n");
+    let st = status(&out.error);
+    assert_eq!(st["reason"], "NonZeroExitCode");
+    assert_eq!(st["details"]["causes"][0]["message"], "3");
+
+    // stdin, ended by the stdin stream's FIN.
+    let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["cat"], true, false).await, V4).await.unwrap();
+    let out = remote_command(&mut s, Some(b"hello over spdy\n"), None).await;
+    assert_eq!(out.stdout, "hello over spdy\n");
+    assert_eq!(status(&out.error)["status"], "Success");
+
+    // A TTY: the size from the resize stream is what `stty size` sees.
+    let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["sh", "-c", "sleep 0.5; stty size; tty"], true, true).await, V4).await.unwrap();
+    let out = remote_command(&mut s, Some(b""), Some((120, 33))).await;
+    assert!(out.stdout.contains("33 120"), "{out:?}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out:?}");
+
+    // An older client: v2 reports a failure as plain text.
+    let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["sh", "-c", "exit 4"], false, false).await, &["v2.channel.k8s.io"]).await.unwrap();
+    assert_eq!(s.protocol, "v2.channel.k8s.io");
+    let out = remote_command(&mut s, None, None).await;
+    assert!(out.error.contains("non-zero exit code") && out.error.contains('4'), "{out:?}");
+
+    // No common protocol: 403 naming both sides; the token is spent.
+    let url = exec_url(&mut f, &c, &["true"], false, false).await;
+    let refused = SpdyClient::connect(&url, &["v9.channel.k8s.io"]).await.err().expect("refused");
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("v9.channel.k8s.io") && refused.body.contains("v4.channel.k8s.io"), "{}", refused.body);
+    assert_eq!(SpdyClient::connect(&url, V4).await.err().expect("used token").status, 404);
+
+    // 20 at once, each sees its own output.
+    let mut urls = Vec::new();
+    for i in 0..20 {
+        urls.push(exec_url(&mut f, &c, &["sh", "-c", &format!("echo run-{i}")], false, false).await);
+    }
+    let runs = urls.into_iter().enumerate().map(|(i, url)| async move {
+        let mut s = SpdyClient::connect(&url, V4).await.unwrap();
+        let out = remote_command(&mut s, None, None).await;
+        assert_eq!(out.stdout, format!("run-{i}\n"));
+    });
+    futures::future::join_all(runs).await;
+
+    // A client that disconnects mid-stream: the command goes too.
+    let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["sleep", "778"], false, false).await, V4).await.unwrap();
+    for t in ["error", "stdout", "stderr"] {
+        s.open(&[("streamtype", t)]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(f.cri.sh(&c, "ps -o args").await.contains("sleep 778"));
+    drop(s);
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !f.cri.sh(&c, "ps -o args").await.contains("sleep 778") {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the exec'd command outlived its SPDY client");
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdy_port_forward_two_connections_and_a_closed_port() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("spdy-pf");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    f.cri.run(&pod, f.container("a", &["nc", "-ll", "-p", "8080", "-e", "echo", "from-8080"]), &cfg).await;
+    f.cri.run(&pod, f.container("b", &["nc", "-ll", "-p", "8081", "-e", "cat"]), &cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080, 8081] }).await.unwrap().into_inner().url;
+    let mut s = SpdyClient::connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    assert_eq!(s.protocol, "portforward.k8s.io");
+    let e0 = s.open(&[("streamtype", "error"), ("port", "8080"), ("requestid", "0")]).await;
+    let d0 = s.open(&[("streamtype", "data"), ("port", "8080"), ("requestid", "0")]).await;
+    let e1 = s.open(&[("streamtype", "error"), ("port", "8081"), ("requestid", "1")]).await;
+    let d1 = s.open(&[("streamtype", "data"), ("port", "8081"), ("requestid", "1")]).await;
+    // Nothing listens on 9; its error stream says so.
+    let e2 = s.open(&[("streamtype", "error"), ("port", "9"), ("requestid", "2")]).await;
+    let d2 = s.open(&[("streamtype", "data"), ("port", "9"), ("requestid", "2")]).await;
+    s.send(d1, b"ping-8081\n", true).await;
+    let (data, replied) = s.collect(&[d0, d1, e2]).await;
+    for id in [e0, d0, e1, d1, e2, d2] {
+        assert!(replied.contains(&id), "stream {id} got no SYN_REPLY");
+    }
+    assert_eq!(String::from_utf8_lossy(&data[&d0]), "from-8080\n");
+    assert_eq!(String::from_utf8_lossy(&data[&d1]), "ping-8081\n");
+    let err = String::from_utf8_lossy(&data[&e2]).to_string();
+    assert!(err.contains("port 9") && err.contains("refused"), "{err}");
+    f.cri.remove_pod(&pod).await;
+}
+
+fn stdio_container(f: &Fixture, name: &str, cmd: &[&str], stdin: bool, stdin_once: bool, tty: bool) -> cri::ContainerConfig {
+    let mut c = f.container(name, cmd);
+    c.stdin = stdin;
+    c.stdin_once = stdin_once;
+    c.tty = tty;
+    c
+}
+
+async fn attach_url(f: &mut Fixture, id: &str, stdin: bool, tty: bool) -> String {
+    let req = cri::AttachRequest { container_id: id.into(), stdin, tty, stdout: true, stderr: !tty };
+    f.cri.runtime.attach(req).await.unwrap().into_inner().url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_to_output_stdin_once_and_a_terminal() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("attach");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+
+    // A counter: an attached client sees it advance, over SPDY and WebSocket.
+    let counter = f.cri.run(&pod, f.container("counter", &["sh", "-c", "i=0; while true; do echo n=$i; i=$((i+1)); sleep 0.1; done"]), &cfg).await;
+    let mut s = SpdyClient::connect(&attach_url(&mut f, &counter, false, false).await, V4).await.unwrap();
+    let _error = s.open(&[("streamtype", "error")]).await;
+    let out = s.open(&[("streamtype", "stdout")]).await;
+    let _err = s.open(&[("streamtype", "stderr")]).await;
+    let mut seen = String::new();
+    while seen.matches("n=").count() < 4 {
+        match s.next().await {
+            Some(berth_agent::stream::spdy::frame::Frame::Data { stream_id, data, .. }) if stream_id == out => seen.push_str(&String::from_utf8_lossy(&data)),
+            Some(_) => {}
+            None => panic!("attach ended early: {seen:?}"),
+        }
+    }
+    let nums: Vec<u64> = seen.lines().filter_map(|l| l.strip_prefix("n=")).filter_map(|n| n.parse().ok()).collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    drop(s);
+    // Detaching leaves the container running.
+    assert_eq!(f.cri.status(&counter).await.state, cri::ContainerState::ContainerRunning as i32);
+
+    let url = attach_url(&mut f, &counter, false, false).await.replacen("http://", "ws://", 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static("v5.channel.k8s.io"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut seen = String::new();
+    while seen.matches("n=").count() < 3 {
+        let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await else { panic!("websocket attach stalled") };
+        if b[0] == 1 {
+            seen.push_str(&String::from_utf8_lossy(&b[1..]));
+        }
+    }
+    drop(ws);
+
+    // stdin + stdin_once: what the client sends reaches the container, and
+    // closing it ends `cat`; the session reports Success.
+    let cat = f.cri.run(&pod, stdio_container(&f, "cat", &["cat"], true, true, false), &cfg).await;
+    let mut s = SpdyClient::connect(&attach_url(&mut f, &cat, true, false).await, V4).await.unwrap();
+    let out = remote_command(&mut s, Some(b"through the monitor\n"), None).await;
+    assert_eq!(out.stdout, "through the monitor\n");
+    assert_eq!(status(&out.error)["status"], "Success");
+    let st = f.cri.wait_exited(&cat, Duration::from_secs(10)).await;
+    assert_eq!(st.exit_code, 0);
+    // The output is in the CRI log as well.
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    assert!(log.contains("stdout F through the monitor"), "{log}");
+
+    // stdin without a stdin container is refused; so is a tty mismatch.
+    let req = cri::AttachRequest { container_id: counter.clone(), stdin: true, tty: false, stdout: true, stderr: true };
+    assert_eq!(f.cri.runtime.attach(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let req = cri::AttachRequest { container_id: counter.clone(), stdin: false, tty: true, stdout: true, stderr: false };
+    assert_eq!(f.cri.runtime.attach(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    // A TTY container: its stdio is a terminal from its own devpts; the
+    // attach resize reaches it, and `exit` ends it.
+    let shell = f.cri.run(&pod, stdio_container(&f, "shell", &["sh"], true, false, true), &cfg).await;
+    let mut s = SpdyClient::connect(&attach_url(&mut f, &shell, true, true).await, V4).await.unwrap();
+    let out = remote_command(&mut s, Some(b"sleep 0.3; stty size; tty; exit 5\n"), Some((77, 22))).await;
+    assert!(out.stdout.contains("22 77"), "{out:?}");
+    assert!(out.stdout.contains("/dev/pts/0"), "{out:?}");
+    assert_eq!(f.cri.wait_exited(&shell, Duration::from_secs(10)).await.exit_code, 5);
+    f.cri.remove_pod(&pod).await;
+}
+
+/// Builds the Go client (spdystream from Debian's golang-github-docker-spdystream-dev).
+fn go_client() -> PathBuf {
+    let out = std::env::temp_dir().join(format!("berth-spdyclient-{}", std::process::id()));
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/spdyclient");
+    let cache = std::env::temp_dir().join("berth-go-cache");
+    let st = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", &cache)
+        .env("GOFLAGS", "")
+        .status()
+        .expect("go (golang-go) is installed by deploy/deps.sh --test");
+    assert!(st.success(), "building the spdystream client failed");
+    out
+}
+
+/// Runs the Go client; returns stdout and the error stream's content.
+fn run_go(bin: &PathBuf, args: &[&str], stdin: &[u8]) -> (String, String) {
+    let status_file = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .env("SPDYCLIENT_STATUS", status_file.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "spdyclient {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).into(), std::fs::read_to_string(status_file.path()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdystream_client_interoperates() {
+    let bin = tokio::task::spawn_blocking(go_client).await.unwrap();
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("gospdy");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let c = f.cri.run(&pod, f.container("target", &["sleep", "1000"]), &cfg).await;
+    f.cri.run(&pod, f.container("web", &["nc", "-ll", "-p", "8080", "-e", "cat"]), &cfg).await;
+
+    let url = exec_url(&mut f, &c, &["sh", "-c", "echo hi; exit 3"], false, false).await;
+    let b = bin.clone();
+    let (out, st) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url], b"")).await.unwrap();
+    assert_eq!(out, "hi\n");
+    assert_eq!(status(&st)["details"]["causes"][0]["message"], "3");
+
+    let url = exec_url(&mut f, &c, &["cat"], true, false).await;
+    let b = bin.clone();
+    let (out, st) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url, "-stdin"], b"go says hello\n")).await.unwrap();
+    assert_eq!(out, "go says hello\n");
+    assert_eq!(status(&st)["status"], "Success");
+
+    let url = exec_url(&mut f, &c, &["sh", "-c", "sleep 0.5; stty size"], true, true).await;
+    let b = bin.clone();
+    let (out, _) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url, "-stdin", "-tty"], b"")).await.unwrap();
+    assert!(out.contains("17 91"), "{out:?}");
+
+    // A large output arrives whole (no flow-control stall).
+    let url = exec_url(&mut f, &c, &["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"], false, false).await;
+    let b = bin.clone();
+    let (out, _) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url], b"")).await.unwrap();
+    assert_eq!(out.len(), 3_000_000);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] }).await.unwrap().into_inner().url;
+    let b = bin.clone();
+    let (out, _) = tokio::task::spawn_blocking(move || run_go(&b, &["portforward", &url, "8080"], b"echo me\n")).await.unwrap();
+    assert_eq!(out, "echo me\n");
+    let _ = std::fs::remove_file(&bin);
+    f.cri.remove_pod(&pod).await;
+}
+
+/// A self-signed certificate for 127.0.0.1 (openssl from deploy/deps.sh).
+fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("stream.crt"), dir.join("stream.key"));
+    let st = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let config = format!("[stream]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n", cert.display().to_string(), key.display().to_string());
+    let mut f = Fixture::start_with_config(&config).await;
+    let cfg = f.pod("tls");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let c = f.cri.run(&pod, f.container("target", &["sleep", "1000"]), &cfg).await;
+    let url = exec_url(&mut f, &c, &["echo", "over tls"], false, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    // Plain HTTP on the TLS port gets no answer a client could take for one.
+    let host = url.trim_start_matches("https://").split('/').next().unwrap().to_string();
+    let mut plain = tokio::net::TcpStream::connect(&host).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET /exec/x HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut buf)).await;
+    assert!(!buf.starts_with(b"HTTP/1.1"), "{:?}", String::from_utf8_lossy(&buf));
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&cert).unwrap();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client)).connect(name, tcp).await.expect("TLS handshake");
+    let mut s = SpdyClient::upgrade(Box::new(tls), &url, V4).await.unwrap();
+    let out = remote_command(&mut s, None, None).await;
+    assert_eq!(out.stdout, "over tls\n");
+    assert_eq!(status(&out.error)["status"], "Success");
+    f.cri.remove_pod(&pod).await;
+}
