@@ -82,7 +82,11 @@ async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
     });
     futures::future::join_all(runs).await;
 
-    // A client that disconnects mid-stream: the command goes too.
+    // A client that disconnects mid-stream: the command goes too, and berthd
+    // holds no more fds than before.
+    let fd_dir = format!("/proc/{}/fd", f.berthd.pid());
+    let fds = || std::fs::read_dir(&fd_dir).unwrap().count();
+    let fds_before = fds();
     let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["sleep", "778"], false, false).await, V4).await.unwrap();
     for t in ["error", "stdout", "stderr"] {
         s.open(&[("streamtype", t)]).await;
@@ -99,6 +103,15 @@ async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
         }
     }
     assert!(gone, "the exec'd command outlived its SPDY client");
+    let mut fds_after = fds();
+    for _ in 0..30 {
+        if fds_after <= fds_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fds_after = fds();
+    }
+    assert!(fds_after <= fds_before, "berthd fds: {fds_before} before, {fds_after} after the disconnect");
     f.cri.remove_pod(&pod).await;
 }
 
