@@ -142,7 +142,45 @@ async fn spdy_port_forward_two_connections_and_a_closed_port() {
     assert_eq!(String::from_utf8_lossy(&data[&d1]), "ping-8081\n");
     let err = String::from_utf8_lossy(&data[&e2]).to_string();
     assert!(err.contains("port 9") && err.contains("refused"), "{err}");
+    drop(s);
+
+    // A pod server that never closes (sleep holds the connection): when the
+    // client goes, over SPDY or WebSocket, berthd lets go of it all the same.
+    f.cri.run(&pod, f.container("hold", &["nc", "-ll", "-p", "8082", "-e", "sleep", "1000"]), &cfg).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fd_dir = format!("/proc/{}/fd", f.berthd.pid());
+    let fds = || std::fs::read_dir(&fd_dir).unwrap().count();
+    let before = fds();
+    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8082] }).await.unwrap().into_inner().url;
+    let mut s = SpdyClient::connect(&url, &["portforward.k8s.io"]).await.unwrap();
+    s.open(&[("streamtype", "error"), ("port", "8082"), ("requestid", "0")]).await;
+    let d = s.open(&[("streamtype", "data"), ("port", "8082"), ("requestid", "0")]).await;
+    s.send(d, b"x", false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fds() > before, "the forwarded connection is up");
+    drop(s);
+    settle(&fd_dir, before).await;
+
+    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8082] }).await.unwrap().into_inner().url;
+    let mut req = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static("portforward.k8s.io"));
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(fds() > before, "the forwarded connection is up");
+    drop(ws);
+    settle(&fd_dir, before).await;
     f.cri.remove_pod(&pod).await;
+}
+
+/// Waits until berthd holds no more fds than `before`.
+async fn settle(fd_dir: &str, before: usize) {
+    for _ in 0..50 {
+        if std::fs::read_dir(fd_dir).unwrap().count() <= before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("berthd kept fds of a forwarded connection after its client left");
 }
 
 fn stdio_container(f: &Fixture, name: &str, cmd: &[&str], stdin: bool, stdin_once: bool, tty: bool) -> cri::ContainerConfig {

@@ -130,6 +130,10 @@ pub fn serve(streams: Arc<Streams>, listener: TcpListener, agent: Weak<Agent>) {
         loop {
             let Ok((conn, peer)) = listener.accept().await else { continue };
             let _ = conn.set_nodelay(true);
+            // A peer that vanishes without a FIN (a partition, a dead node)
+            // is noticed within about two minutes, so its session ends.
+            let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10)).with_retries(9);
+            let _ = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive);
             let (streams, agent) = (streams.clone(), agent.clone());
             tokio::spawn(async move {
                 let result = match streams.tls.clone() {

@@ -232,8 +232,9 @@ pub async fn attach<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, wants
     ch.finish(Outcome::Exit(0)).await;
 }
 
-/// Copies `reader` into `out` as (stream, bytes) until EOF; output not
-/// `wanted` is read and dropped, so the writer never blocks on a full pipe.
+/// Copies `reader` into `out` as (stream, bytes) until EOF or until `out`
+/// is closed; output not `wanted` is read and dropped, so the writer never
+/// blocks on a full pipe.
 pub fn pump<R, K>(mut reader: R, key: K, wanted: bool, out: tokio::sync::mpsc::Sender<(K, Vec<u8>)>)
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -242,7 +243,12 @@ where
     tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
-            match reader.read(&mut buf).await {
+            // Stop as soon as nobody listens, even if the source stays open.
+            let read = tokio::select! {
+                r = reader.read(&mut buf) => r,
+                () = out.closed() => break,
+            };
+            match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) if wanted => {
                     if out.send((key, buf[..n].to_vec())).await.is_err() {

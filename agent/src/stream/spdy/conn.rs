@@ -69,6 +69,19 @@ pub struct Conn {
     pub sender: Sender,
     writer: tokio::task::JoinHandle<()>,
     last_stream: Arc<AtomicU32>,
+    /// The reader task ends with the connection, not with the client's
+    /// good will: a client that keeps its socket open after GOAWAY or
+    /// after the session ended must not keep the task and fd alive.
+    _reader: AbortOnDrop,
+}
+
+/// Aborts a task when dropped.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Conn {
@@ -118,7 +131,7 @@ impl Conn {
         let replies = sender.clone();
         let last_stream = Arc::new(AtomicU32::new(0));
         let last = last_stream.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut dec = Decoder::new();
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut chunk = vec![0u8; 32 * 1024];
@@ -177,12 +190,12 @@ impl Conn {
                 }
             }
         });
-        Conn { events, sender, writer, last_stream }
+        Conn { events, sender, writer, last_stream, _reader: AbortOnDrop(reader) }
     }
 
     /// Says goodbye (GOAWAY) and waits until everything queued is written.
     pub async fn close(self) {
-        let Conn { events, sender, writer, last_stream } = self;
+        let Conn { events, sender, writer, last_stream, _reader } = self;
         drop(events);
         let _ = sender.send(Frame::GoAway { last_good_stream_id: last_stream.load(Ordering::Relaxed), status: 0 }).await;
         let _ = sender.0.send(Out::Shutdown).await;

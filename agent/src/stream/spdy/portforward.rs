@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::conn::{Conn, Event, Sender};
+use super::conn::{AbortOnDrop, Conn, Event, Sender};
 use super::frame::{header, Headers};
 use crate::stream::session::connect_in_netns;
 
@@ -30,6 +30,9 @@ struct Pair {
 pub async fn serve(mut conn: Conn, netns: PathBuf) {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let mut by_data: HashMap<u32, String> = HashMap::new();
+    // Forwarded connections end with the client's connection, even when the
+    // pod side would stay open.
+    let mut forwards: Vec<AbortOnDrop> = Vec::new();
     while let Some(ev) = conn.events.recv().await {
         match ev {
             Event::Stream { id, headers } => {
@@ -55,7 +58,8 @@ pub async fn serve(mut conn: Conn, netns: PathBuf) {
                 if let (Some(error), Some(data), None) = (pair.error, pair.data, pair.to_pod.as_ref()) {
                     let (tx, rx) = mpsc::channel(32);
                     pair.to_pod = Some(tx);
-                    tokio::spawn(forward(conn.sender.clone(), netns.clone(), pair.port, error, data, rx));
+                    forwards.retain(|f| !f.0.is_finished());
+                    forwards.push(AbortOnDrop(tokio::spawn(forward(conn.sender.clone(), netns.clone(), pair.port, error, data, rx))));
                 }
             }
             Event::Data { id, data } => {
@@ -72,6 +76,7 @@ pub async fn serve(mut conn: Conn, netns: PathBuf) {
             }
         }
     }
+    drop(forwards);
     conn.close().await;
 }
 
