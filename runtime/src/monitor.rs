@@ -495,6 +495,15 @@ impl Monitor {
             let stdin_ready = stdin_idx.is_some_and(ready);
             let clients_ready: Vec<bool> = (first_client..fds.len()).map(ready).collect();
             drop(fds);
+            // Clients first, while `clients_ready` still matches the list:
+            // output below may drop stuck clients and reorder it. Highest
+            // index first, so a client's own removal (swap_remove) only moves
+            // one already served.
+            for (i, r) in clients_ready.iter().enumerate().rev() {
+                if *r {
+                    self.serve_client(i);
+                }
+            }
             if out_ready {
                 self.drain(Stream::Stdout);
             }
@@ -507,12 +516,6 @@ impl Monitor {
             }
             if stdin_ready {
                 self.flush_stdin();
-            }
-            // Highest index first so removals keep the other indices valid.
-            for (i, r) in clients_ready.iter().enumerate().rev() {
-                if *r {
-                    self.serve_client(i);
-                }
             }
             if sig_ready {
                 while let Ok(Some(_)) = sigfd.read_signal() {}
