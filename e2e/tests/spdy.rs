@@ -32,6 +32,25 @@ async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let c = f.cri.run(&pod, f.container("target", &["sleep", "1000"]), &cfg).await;
 
+    // Bad requests are refused at the RPC, naming what is wrong.
+    let bad = |container_id: &str, cmd: &[&str], streams: bool| cri::ExecRequest {
+        container_id: container_id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin: false,
+        stdout: streams,
+        stderr: false,
+    };
+    for (req, code, needle) in [
+        (bad("", &["true"], true), tonic::Code::InvalidArgument, "container_id"),
+        (bad(&c, &[], true), tonic::Code::InvalidArgument, "cmd"),
+        (bad(&c, &["true"], false), tonic::Code::InvalidArgument, "stdout"),
+        (bad("0123456789abcdef", &["true"], true), tonic::Code::NotFound, "0123456789abcdef"),
+    ] {
+        let e = f.cri.runtime.exec(req).await.unwrap_err();
+        assert_eq!((e.code(), e.message().contains(needle)), (code, true), "{e:?}");
+    }
+
     let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["echo", "hi"], false, false).await, V4).await.unwrap();
     assert_eq!(s.protocol, "v4.channel.k8s.io");
     let out = remote_command(&mut s, None, None).await;

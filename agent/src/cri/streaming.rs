@@ -7,52 +7,52 @@ use berth_proto::cri;
 use tonic::{Request, Response, Status};
 
 use super::Agent;
-use crate::store::ContainerState;
+use crate::store::{ContainerRecord, ContainerState};
 use crate::stream::session::Wants;
 use crate::stream::StreamRequest;
 
-pub(super) async fn exec(agent: &Arc<Agent>, r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-    let req = r.into_inner();
-    if req.container_id.is_empty() {
+/// Exec's and Attach's shared checks: a container id, at least one stream,
+/// and a running container.
+fn stream_target(agent: &Arc<Agent>, container_id: &str, any_stream: bool) -> Result<ContainerRecord, Status> {
+    if container_id.is_empty() {
         return Err(Status::invalid_argument("container_id: must not be empty"));
     }
-    if req.cmd.is_empty() || req.cmd[0].is_empty() {
-        return Err(Status::invalid_argument("cmd: must not be empty"));
-    }
-    if !(req.stdin || req.stdout || req.stderr) {
+    if !any_stream {
         return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
     }
-    let c = crate::container::find(agent, &req.container_id)?;
+    let c = crate::container::find(agent, container_id)?;
     if c.state != ContainerState::Running {
         return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
     }
-    let streams = agent.streams.get().ok_or_else(|| Status::unavailable("the streaming server is not up"))?;
+    Ok(c)
+}
+
+fn streams(agent: &Agent) -> Result<&Arc<crate::stream::Streams>, Status> {
+    agent.streams.get().ok_or_else(|| Status::unavailable("the streaming server is not up"))
+}
+
+pub(super) async fn exec(agent: &Arc<Agent>, r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+    let req = r.into_inner();
+    if req.cmd.is_empty() || req.cmd[0].is_empty() {
+        return Err(Status::invalid_argument("cmd: must not be empty"));
+    }
+    let c = stream_target(agent, &req.container_id, req.stdin || req.stdout || req.stderr)?;
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
-    let url = streams.register(StreamRequest::Exec { container_id: c.id, cmd: req.cmd, wants });
+    let url = streams(agent)?.register(StreamRequest::Exec { container_id: c.id, cmd: req.cmd, wants });
     Ok(Response::new(cri::ExecResponse { url }))
 }
 
 pub(super) async fn attach(agent: &Arc<Agent>, r: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
     let req = r.into_inner();
-    if req.container_id.is_empty() {
-        return Err(Status::invalid_argument("container_id: must not be empty"));
-    }
-    if !(req.stdin || req.stdout || req.stderr) {
-        return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
-    }
-    let c = crate::container::find(agent, &req.container_id)?;
-    if c.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
-    }
+    let c = stream_target(agent, &req.container_id, req.stdin || req.stdout || req.stderr)?;
     if req.stdin && !c.stdin {
         return Err(Status::invalid_argument(format!("stdin: container {} was not created with stdin", c.id)));
     }
     if req.tty != c.tty {
         return Err(Status::invalid_argument(format!("tty: container {} was created with tty={}", c.id, c.tty)));
     }
-    let streams = agent.streams.get().ok_or_else(|| Status::unavailable("the streaming server is not up"))?;
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: c.tty };
-    let url = streams.register(StreamRequest::Attach { container_id: c.id, wants });
+    let url = streams(agent)?.register(StreamRequest::Attach { container_id: c.id, wants });
     Ok(Response::new(cri::AttachResponse { url }))
 }
 
@@ -71,7 +71,6 @@ pub(super) async fn port_forward(agent: &Arc<Agent>, r: Request<cri::PortForward
     } else {
         berth_runtime::sandbox::pin_path(&crate::pod::pod_dir(agent, &pod.id), "net")
     };
-    let streams = agent.streams.get().ok_or_else(|| Status::unavailable("the streaming server is not up"))?;
-    let url = streams.register(StreamRequest::PortForward { netns, ports });
+    let url = streams(agent)?.register(StreamRequest::PortForward { netns, ports });
     Ok(Response::new(cri::PortForwardResponse { url }))
 }

@@ -191,15 +191,18 @@ where
 {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    // Byte by byte past the first read would be slow; a client sends
-    // nothing after its head until the upgrade is answered.
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    // Read in chunks: bytes past the head are replayed with it (WebSocket)
+    // or handed to the protocol (SPDY).
+    let end = loop {
+        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
         let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.map_err(|_| std::io::ErrorKind::TimedOut)??;
         if n == 0 || head.len() > 16 * 1024 {
             return Ok(());
         }
         head.extend_from_slice(&buf[..n]);
-    }
+    };
     let Some(parsed) = Head::parse(&head) else {
         return conn.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
     };
@@ -221,8 +224,6 @@ where
     match parsed.upgrade().as_deref() {
         Some("websocket") => ws::serve(agent, req, Prefixed { prefix: head, pos: 0, inner: conn }).await,
         Some(u) if u.starts_with("spdy/3") => {
-            // Anything the client sent past its head belongs to the new protocol.
-            let end = head.windows(4).position(|w| w == b"\r\n\r\n").map_or(head.len(), |p| p + 4);
             spdy::serve(agent, req, &parsed, Prefixed { prefix: head[end..].to_vec(), pos: 0, inner: conn }).await
         }
         _ => {

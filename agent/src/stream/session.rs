@@ -63,6 +63,20 @@ pub struct Wants {
     pub tty: bool,
 }
 
+/// A Kubernetes `TerminalSize` (`{"Width":…,"Height":…}`) as (cols, rows).
+pub fn terminal_size(v: &serde_json::Value) -> Option<(u16, u16)> {
+    Some((u16::try_from(v["Width"].as_u64()?).ok()?, u16::try_from(v["Height"].as_u64()?).ok()?))
+}
+
+/// The container `id` if it is running; else the session's failure.
+fn running_container(agent: &Agent, id: &str) -> Result<crate::store::ContainerRecord, Outcome> {
+    match crate::container::find(agent, id) {
+        Ok(r) if r.state == ContainerState::Running => Ok(r),
+        Ok(r) => Err(Outcome::Failure(format!("container {} is not running", r.id))),
+        Err(s) => Err(Outcome::Failure(s.message().to_string())),
+    }
+}
+
 /// The `metav1.Status` JSON for an outcome (v4+ error channel).
 pub fn status_json(outcome: &Outcome) -> String {
     match outcome {
@@ -73,10 +87,9 @@ pub fn status_json(outcome: &Outcome) -> String {
 
 /// Runs `cmd` in a running container with the client's stdio.
 pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Vec<String>, wants: Wants) {
-    let rec = match crate::container::find(&agent, &id) {
-        Ok(r) if r.state == ContainerState::Running => r,
-        Ok(r) => return ch.finish(Outcome::Failure(format!("container {} is not running", r.id))).await,
-        Err(s) => return ch.finish(Outcome::Failure(s.message().to_string())).await,
+    let rec = match running_container(&agent, &id) {
+        Ok(r) => r,
+        Err(failure) => return ch.finish(failure).await,
     };
     let mut std_cmd = agent.runtime.exec_command_tty(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd, wants.tty);
     // With a TTY, window sizes go to the helper as "cols rows" lines on its fd 3.
@@ -163,10 +176,9 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
 /// keeps running; a `stdin_once` container loses its stdin).
 pub async fn attach<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, wants: Wants) {
     use berth_runtime::monitor::{attach_frame, take_attach_frame, FRAME_EXIT, FRAME_RESIZE, FRAME_STDERR, FRAME_STDIN, FRAME_STDIN_CLOSE, FRAME_STDOUT};
-    let rec = match crate::container::find(&agent, &id) {
-        Ok(r) if r.state == ContainerState::Running => r,
-        Ok(r) => return ch.finish(Outcome::Failure(format!("container {} is not running", r.id))).await,
-        Err(s) => return ch.finish(Outcome::Failure(s.message().to_string())).await,
+    let rec = match running_container(&agent, &id) {
+        Ok(r) => r,
+        Err(failure) => return ch.finish(failure).await,
     };
     let bundle = crate::container::bundle(&agent, &rec.id);
     let runtime = agent.runtime.clone();

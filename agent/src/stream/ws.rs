@@ -138,7 +138,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Channels for WsChannels<S> {
                     STDIN => return Some(Input::Stdin(b[1..].to_vec())),
                     CLOSE if self.v5 && b.get(1) == Some(&STDIN) => return Some(Input::StdinClose),
                     RESIZE => {
-                        if let Some((cols, rows)) = parse_resize(&b[1..]) {
+                        let size = serde_json::from_slice(&b[1..]).ok();
+                        if let Some((cols, rows)) = size.as_ref().and_then(session::terminal_size) {
                             return Some(Input::Resize { cols, rows });
                         }
                     }
@@ -159,10 +160,4 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Channels for WsChannels<S> {
         let _ = self.tx.send(frame(ERROR, session::status_json(&outcome).as_bytes())).await;
         let _ = self.tx.send(Message::Close(None)).await;
     }
-}
-
-/// A `{"Width":…,"Height":…}` terminal size (Kubernetes' `TerminalSize`).
-pub fn parse_resize(json: &[u8]) -> Option<(u16, u16)> {
-    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-    Some((u16::try_from(v["Width"].as_u64()?).ok()?, u16::try_from(v["Height"].as_u64()?).ok()?))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::conn::{Conn, Event};
 use super::frame::header;
-use crate::stream::session::{status_json, Channels, Input, Outcome, Output, Wants};
+use crate::stream::session::{status_json, terminal_size, Channels, Input, Outcome, Output, Wants};
 
 /// Remote-command subprotocols berth speaks over SPDY, best first.
 pub const PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
@@ -101,9 +101,7 @@ impl SpdyChannels {
                 let mut used = 0;
                 while let Some(Ok(v)) = stream.next() {
                     used = stream.byte_offset();
-                    if let (Some(w), Some(h)) = (v["Width"].as_u64(), v["Height"].as_u64()) {
-                        self.sizes.push_back((w.min(u16::MAX as u64) as u16, h.min(u16::MAX as u64) as u16));
-                    }
+                    self.sizes.extend(terminal_size(&v));
                 }
                 self.resize_buf.drain(..used);
                 self.sizes.pop_front().map(|(cols, rows)| Some(Input::Resize { cols, rows }))
