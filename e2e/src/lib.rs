@@ -552,6 +552,18 @@ impl Cri {
         String::from_utf8_lossy(&r.stdout).to_string()
     }
 
+    /// Waits up to 5 s until no process in the container has `needle` in its
+    /// command line; false if one still does.
+    pub async fn wait_process_gone(&mut self, id: &str, needle: &str) -> bool {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !self.sh(id, "ps -o args").await.contains(needle) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Waits until the container has exited; returns its status.
     pub async fn wait_exited(&mut self, id: &str, timeout: Duration) -> cri::ContainerStatus {
         let deadline = Instant::now() + timeout;

@@ -104,8 +104,7 @@ async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
     // A client that disconnects mid-stream: the command goes too, and berthd
     // holds no more fds than before.
     let fd_dir = format!("/proc/{}/fd", f.berthd.pid());
-    let fds = || std::fs::read_dir(&fd_dir).unwrap().count();
-    let fds_before = fds();
+    let fds_before = std::fs::read_dir(&fd_dir).unwrap().count();
     let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["sleep", "778"], false, false).await, V4).await.unwrap();
     for t in ["error", "stdout", "stderr"] {
         s.open(&[("streamtype", t)]).await;
@@ -113,24 +112,8 @@ async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(f.cri.sh(&c, "ps -o args").await.contains("sleep 778"));
     drop(s);
-    let mut gone = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if !f.cri.sh(&c, "ps -o args").await.contains("sleep 778") {
-            gone = true;
-            break;
-        }
-    }
-    assert!(gone, "the exec'd command outlived its SPDY client");
-    let mut fds_after = fds();
-    for _ in 0..30 {
-        if fds_after <= fds_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        fds_after = fds();
-    }
-    assert!(fds_after <= fds_before, "berthd fds: {fds_before} before, {fds_after} after the disconnect");
+    assert!(f.cri.wait_process_gone(&c, "sleep 778").await, "the exec'd command outlived its SPDY client");
+    settle(&fd_dir, fds_before, Duration::from_secs(3)).await;
     f.cri.remove_pod(&pod).await;
 }
 
@@ -178,7 +161,7 @@ async fn spdy_port_forward_two_connections_and_a_closed_port() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(fds() > before, "the forwarded connection is up");
     drop(s);
-    settle(&fd_dir, before).await;
+    settle(&fd_dir, before, Duration::from_secs(5)).await;
 
     let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8082] }).await.unwrap().into_inner().url;
     let mut req = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
@@ -187,19 +170,22 @@ async fn spdy_port_forward_two_connections_and_a_closed_port() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(fds() > before, "the forwarded connection is up");
     drop(ws);
-    settle(&fd_dir, before).await;
+    settle(&fd_dir, before, Duration::from_secs(5)).await;
     f.cri.remove_pod(&pod).await;
 }
 
-/// Waits until berthd holds no more fds than `before`.
-async fn settle(fd_dir: &str, before: usize) {
-    for _ in 0..50 {
-        if std::fs::read_dir(fd_dir).unwrap().count() <= before {
+/// Waits up to `within` until berthd (its `/proc/PID/fd`) holds no more
+/// fds than `before`.
+async fn settle(fd_dir: &str, before: usize, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = std::fs::read_dir(fd_dir).unwrap().count();
+        if now <= before {
             return;
         }
+        assert!(tokio::time::Instant::now() < deadline, "berthd holds {now} fds, {before} before its streaming client came and left");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("berthd kept fds of a forwarded connection after its client left");
 }
 
 fn stdio_container(f: &Fixture, name: &str, cmd: &[&str], stdin: bool, stdin_once: bool, tty: bool) -> cri::ContainerConfig {

@@ -118,15 +118,7 @@ async fn twenty_concurrent_execs_and_a_disconnect_leaves_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(f.cri.sh(&c, "ps -o args").await.contains("sleep 777"));
     drop(ws);
-    let mut gone = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if !f.cri.sh(&c, "ps -o args").await.contains("sleep 777") {
-            gone = true;
-            break;
-        }
-    }
-    assert!(gone, "the exec'd command outlived its client");
+    assert!(f.cri.wait_process_gone(&c, "sleep 777").await, "the exec'd command outlived its client");
     f.cri.remove_pod(&pod).await;
 }
 
