@@ -52,6 +52,23 @@ pub fn find(agent: &Agent, id: &str) -> Result<ContainerRecord, Status> {
     refresh(agent, rec)
 }
 
+/// Like [`find`], for operations that need the container running.
+pub fn find_running(agent: &Agent, id: &str) -> Result<ContainerRecord, Status> {
+    let rec = find(agent, id)?;
+    if rec.state != ContainerState::Running {
+        return Err(Status::failed_precondition(format!("container {} is not running", rec.id)));
+    }
+    Ok(rec)
+}
+
+/// ExecSync's and Exec's command: a program must be named.
+pub fn check_cmd(cmd: &[String]) -> Result<(), Status> {
+    if cmd.first().is_none_or(|c| c.is_empty()) {
+        return Err(Status::invalid_argument("cmd: must not be empty"));
+    }
+    Ok(())
+}
+
 fn find_opt(agent: &Agent, id: &str) -> Result<Option<ContainerRecord>, Status> {
     match find(agent, id) {
         Ok(c) => Ok(Some(c)),
@@ -379,10 +396,7 @@ pub async fn remove(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
 
 /// ReopenContainerLog.
 pub async fn reopen_log(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
-    let rec = find(agent, id)?;
-    if rec.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!("container {} is not running", rec.id)));
-    }
+    let rec = find_running(agent, id)?;
     let a = agent.clone();
     let bdir = bundle(agent, &rec.id);
     tokio::task::spawn_blocking(move || a.runtime.reopen_log(&rec.id, &bdir)).await.map_err(|e| internal("reopen task", e))?.map_err(status_of)
@@ -390,13 +404,8 @@ pub async fn reopen_log(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
 
 /// ExecSync: runs `cmd` in the container; output capped, `timeout_s` > 0 kills.
 pub async fn exec_sync(agent: &Arc<Agent>, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<cri::ExecSyncResponse, Status> {
-    if cmd.is_empty() || cmd[0].is_empty() {
-        return Err(Status::invalid_argument("cmd: must not be empty"));
-    }
-    let rec = find(agent, id)?;
-    if rec.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!("container {} is not running", rec.id)));
-    }
+    check_cmd(&cmd)?;
+    let rec = find_running(agent, id)?;
     let mut command = tokio::process::Command::from(agent.runtime.exec_command(&bundle(agent, &rec.id), rec.pid, rec.start_time, &cmd));
     command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| internal("exec helper", e))?;

@@ -9,7 +9,7 @@ use berth_proto::cri;
 use tonic::{Request, Response, Status};
 
 use super::sandbox::labels_match;
-use super::Agent;
+use super::{id_field, Agent};
 use crate::container;
 use crate::store::{ContainerRecord, ContainerState};
 
@@ -19,13 +19,6 @@ fn state_of(s: ContainerState) -> i32 {
         ContainerState::Running => cri::ContainerState::ContainerRunning as i32,
         ContainerState::Exited => cri::ContainerState::ContainerExited as i32,
     }
-}
-
-fn id_field(id: &str, field: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{field}: must not be empty")));
-    }
-    Ok(())
 }
 
 /// Runs a mutating operation as its own task, so a client that gives up

@@ -127,6 +127,14 @@ pub fn server(agent: Arc<Agent>) -> CriRouter {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// A required id field of a request: InvalidArgument naming it when empty.
+fn id_field(id: &str, field: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!("{field}: must not be empty")));
+    }
+    Ok(())
+}
+
 /// The answer of an RPC whose issue has not landed.
 fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))

@@ -104,9 +104,7 @@ pub(super) async fn run_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::RunPodSa
 
 pub(super) async fn stop_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
     let id = r.into_inner().pod_sandbox_id;
-    if id.is_empty() {
-        return Err(Status::invalid_argument("pod_sandbox_id: must not be empty"));
-    }
+    super::id_field(&id, "pod_sandbox_id")?;
     let agent = agent.clone();
     // Its own task: a client that gives up does not stop the stop half-way.
     tokio::spawn(async move { pod::stop(&agent, &id).await }).await.map_err(|e| Status::internal(e.to_string()))??;
@@ -115,9 +113,7 @@ pub(super) async fn stop_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::StopPod
 
 pub(super) async fn remove_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
     let id = r.into_inner().pod_sandbox_id;
-    if id.is_empty() {
-        return Err(Status::invalid_argument("pod_sandbox_id: must not be empty"));
-    }
+    super::id_field(&id, "pod_sandbox_id")?;
     let agent = agent.clone();
     tokio::spawn(async move { pod::remove(&agent, &id).await }).await.map_err(|e| Status::internal(e.to_string()))??;
     Ok(Response::new(cri::RemovePodSandboxResponse {}))

@@ -7,24 +7,18 @@ use berth_proto::cri;
 use tonic::{Request, Response, Status};
 
 use super::Agent;
-use crate::store::{ContainerRecord, ContainerState};
+use crate::store::ContainerRecord;
 use crate::stream::session::Wants;
 use crate::stream::StreamRequest;
 
 /// Exec's and Attach's shared checks: a container id, at least one stream,
 /// and a running container.
 fn stream_target(agent: &Arc<Agent>, container_id: &str, any_stream: bool) -> Result<ContainerRecord, Status> {
-    if container_id.is_empty() {
-        return Err(Status::invalid_argument("container_id: must not be empty"));
-    }
+    super::id_field(container_id, "container_id")?;
     if !any_stream {
         return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
     }
-    let c = crate::container::find(agent, container_id)?;
-    if c.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!("container {} is not running", c.id)));
-    }
-    Ok(c)
+    crate::container::find_running(agent, container_id)
 }
 
 fn streams(agent: &Agent) -> Result<&Arc<crate::stream::Streams>, Status> {
@@ -33,9 +27,7 @@ fn streams(agent: &Agent) -> Result<&Arc<crate::stream::Streams>, Status> {
 
 pub(super) async fn exec(agent: &Arc<Agent>, r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
     let req = r.into_inner();
-    if req.cmd.is_empty() || req.cmd[0].is_empty() {
-        return Err(Status::invalid_argument("cmd: must not be empty"));
-    }
+    crate::container::check_cmd(&req.cmd)?;
     let c = stream_target(agent, &req.container_id, req.stdin || req.stdout || req.stderr)?;
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
     let url = streams(agent)?.register(StreamRequest::Exec { container_id: c.id, cmd: req.cmd, wants });

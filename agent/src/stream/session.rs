@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::cri::Agent;
-use crate::store::ContainerState;
 
 /// What the client sends during a session.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,11 +69,7 @@ pub fn terminal_size(v: &serde_json::Value) -> Option<(u16, u16)> {
 
 /// The container `id` if it is running; else the session's failure.
 fn running_container(agent: &Agent, id: &str) -> Result<crate::store::ContainerRecord, Outcome> {
-    match crate::container::find(agent, id) {
-        Ok(r) if r.state == ContainerState::Running => Ok(r),
-        Ok(r) => Err(Outcome::Failure(format!("container {} is not running", r.id))),
-        Err(s) => Err(Outcome::Failure(s.message().to_string())),
-    }
+    crate::container::find_running(agent, id).map_err(|s| Outcome::Failure(s.message().to_string()))
 }
 
 /// The `metav1.Status` JSON for an outcome (v4+ error channel).
