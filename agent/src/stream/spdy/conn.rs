@@ -8,7 +8,6 @@
 //! not enforced in either direction: spdystream neither sends nor honours
 //! WINDOW_UPDATE, so a window would only stall large outputs.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -135,7 +134,6 @@ impl Conn {
             let mut dec = Decoder::new();
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut chunk = vec![0u8; 32 * 1024];
-            let mut open: HashSet<u32> = HashSet::new();
             'read: loop {
                 loop {
                     let frame = match dec.decode(&mut buf) {
@@ -143,19 +141,20 @@ impl Conn {
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!("spdy: {e}");
-                            let _ = replies.send(Frame::GoAway { last_good_stream_id: open.iter().copied().max().unwrap_or(0), status: 1 }).await;
+                            let _ = replies.send(Frame::GoAway { last_good_stream_id: last.load(Ordering::Relaxed), status: 1 }).await;
                             break 'read;
                         }
                     };
                     let mut ev = Vec::with_capacity(2);
                     match frame {
                         Frame::SynStream { stream_id, fin, headers, .. } => {
-                            // Client streams are odd and new; anything else is refused.
-                            if stream_id % 2 == 0 || !open.insert(stream_id) {
+                            // Client streams are odd and their ids only grow (SPDY/3.1
+                            // 2.3.2), so a repeated or older id is refused.
+                            if stream_id % 2 == 0 || stream_id <= last.load(Ordering::Relaxed) {
                                 let _ = replies.reset(stream_id, super::frame::RST_PROTOCOL_ERROR).await;
                                 continue;
                             }
-                            last.fetch_max(stream_id, Ordering::Relaxed);
+                            last.store(stream_id, Ordering::Relaxed);
                             let _ = replies.send(Frame::SynReply { stream_id, fin: false, headers: Vec::new() }).await;
                             ev.push(Event::Stream { id: stream_id, headers });
                             if fin {
@@ -201,5 +200,45 @@ impl Conn {
         let _ = sender.0.send(Out::Shutdown).await;
         // Bounded: a client that stopped reading must not hold the task.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_are_replied_to_and_repeated_ids_reset() {
+        let (server, mut client) = tokio::io::duplex(64 * 1024);
+        let mut conn = Conn::start(server);
+        let (mut enc, mut dec) = (Encoder::new(), Decoder::new());
+        let mut wire = Vec::new();
+        for id in [1, 1, 2, 3] {
+            enc.encode(&Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, fin: false, headers: vec![] }, &mut wire).unwrap();
+        }
+        enc.encode(&Frame::Ping { id: 9 }, &mut wire).unwrap();
+        client.write_all(&wire).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = Vec::new();
+        while seen.len() < 5 {
+            let mut chunk = [0u8; 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(f) = dec.decode(&mut buf).unwrap() {
+                seen.push(f);
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                Frame::SynReply { stream_id: 1, fin: false, headers: vec![] },
+                Frame::RstStream { stream_id: 1, status: super::super::frame::RST_PROTOCOL_ERROR },
+                Frame::RstStream { stream_id: 2, status: super::super::frame::RST_PROTOCOL_ERROR },
+                Frame::SynReply { stream_id: 3, fin: false, headers: vec![] },
+                Frame::Ping { id: 9 },
+            ]
+        );
+        assert!(matches!(conn.events.recv().await, Some(Event::Stream { id: 1, .. })));
+        assert!(matches!(conn.events.recv().await, Some(Event::Stream { id: 3, .. })));
     }
 }
