@@ -326,8 +326,7 @@ impl Config {
             }
             Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
         };
-        let config = Config::parse(&text)
-            .map_err(|detail| ConfigError::Parse { path: path.into(), detail })?;
+        let config = Config::parse(&text).map_err(|detail| ConfigError::Parse { path: path.into(), detail })?;
         Ok((config, Origin::File(path.into())))
     }
 
@@ -351,12 +350,17 @@ impl Config {
             return Err(invalid("image.max_concurrent_downloads", format!("{} is not within 1..=64", self.image.max_concurrent_downloads)));
         }
         if berth_runtime::cgroup::normalize(&self.runtime.default_cgroup_parent).is_err() {
-            return Err(invalid("runtime.default_cgroup_parent", format!("{:?} is not a relative cgroup path", self.runtime.default_cgroup_parent)));
+            return Err(invalid(
+                "runtime.default_cgroup_parent",
+                format!("{:?} is not a relative cgroup path", self.runtime.default_cgroup_parent),
+            ));
         }
         if !self.runtime.monitor_path.as_os_str().is_empty() && !self.runtime.monitor_path.is_absolute() {
             return Err(invalid("runtime.monitor_path", format!("{} is not an absolute path", self.runtime.monitor_path.display())));
         }
-        if let Err(e) = berth_network::BridgeConfig::new(&self.network.bridge, &self.network.subnet, &self.network.gateway, &self.network.nft_table) {
+        if let Err(e) =
+            berth_network::BridgeConfig::new(&self.network.bridge, &self.network.subnet, &self.network.gateway, &self.network.nft_table)
+        {
             let text = e.to_string();
             let (key, reason) = text.split_once(": ").unwrap_or(("network", text.as_str()));
             let key: &'static str = match key {

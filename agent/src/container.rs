@@ -87,10 +87,18 @@ pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, S
         MonitorState::Running => return Ok(rec),
         MonitorState::Exited(s) => {
             let oom = s.signal == libc::SIGKILL && cgroup::oom_killed(&rec.cgroup);
-            let reason = if oom { "OOMKilled" } else if s.code == 0 { "Completed" } else { "Error" };
+            let reason = if oom {
+                "OOMKilled"
+            } else if s.code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
             (s.code, s.finished_ns, reason.to_string(), rec.message.clone())
         }
-        MonitorState::Lost => (255, now_ns(), "Unknown".to_string(), "the container's monitor exited without recording a status".to_string()),
+        MonitorState::Lost => {
+            (255, now_ns(), "Unknown".to_string(), "the container's monitor exited without recording a status".to_string())
+        }
     };
     // Re-read inside the transaction: a concurrent fold may have won.
     let mut stopped = false;
@@ -190,8 +198,13 @@ pub async fn create(agent: &Arc<Agent>, pod_id: &str, config: cri::ContainerConf
         .await
 }
 
-async fn create_inner(agent: Arc<Agent>, pod: PodRecord, config: cri::ContainerConfig, image: crate::store::ImageRecord, id: String)
-    -> Result<String, Status> {
+async fn create_inner(
+    agent: Arc<Agent>,
+    pod: PodRecord,
+    config: cri::ContainerConfig,
+    image: crate::store::ImageRecord,
+    id: String,
+) -> Result<String, Status> {
     let meta = config.metadata.clone().unwrap_or_default();
     let layer = layer_dir(&agent, &id);
     let cgroup_path = format!("{}/{}", pod.cgroup, id);
@@ -399,7 +412,10 @@ pub async fn reopen_log(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
     let rec = find_running(agent, id)?;
     let a = agent.clone();
     let bdir = bundle(agent, &rec.id);
-    tokio::task::spawn_blocking(move || a.runtime.reopen_log(&rec.id, &bdir)).await.map_err(|e| internal("reopen task", e))?.map_err(status_of)
+    tokio::task::spawn_blocking(move || a.runtime.reopen_log(&rec.id, &bdir))
+        .await
+        .map_err(|e| internal("reopen task", e))?
+        .map_err(status_of)
 }
 
 /// ExecSync: runs `cmd` in the container; output capped, `timeout_s` > 0 kills.

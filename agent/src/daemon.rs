@@ -75,10 +75,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = cri::server(agent.clone())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+    let server = cri::server(agent.clone()).serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    });
     tokio::pin!(server);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -100,8 +99,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Stops accepting, lets in-flight RPCs finish within `timeout_s`, then returns.
-async fn graceful<F>(server: &mut std::pin::Pin<&mut F>, signal: &str, timeout_s: u64,
-    stop: tokio::sync::oneshot::Sender<()>) -> anyhow::Result<()>
+async fn graceful<F>(
+    server: &mut std::pin::Pin<&mut F>,
+    signal: &str,
+    timeout_s: u64,
+    stop: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
 {
@@ -132,8 +135,7 @@ fn prepare(config: &Config, created: &mut CreatedPaths) -> anyhow::Result<(Store
     let socket_dir = config.socket.parent().unwrap_or(Path::new("/"));
     created.dir(socket_dir, 0o711).with_context(|| format!("socket directory {}", socket_dir.display()))?;
     clear_stale_socket(&config.socket)?;
-    let listener = UnixListener::bind(&config.socket)
-        .with_context(|| format!("binding socket {}", config.socket.display()))?;
+    let listener = UnixListener::bind(&config.socket).with_context(|| format!("binding socket {}", config.socket.display()))?;
     created.files.push(config.socket.clone());
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod 0660 {}", config.socket.display()))?;
@@ -159,12 +161,13 @@ fn take_lock(path: &Path, created: &mut CreatedPaths) -> anyhow::Result<Flock<Fi
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
-            bail!("another berthd (pid {}) holds {}: refusing to start a second one on the same state",
-                pid.trim(), path.display());
+            bail!("another berthd (pid {}) holds {}: refusing to start a second one on the same state", pid.trim(), path.display());
         }
         Err((_, e)) => bail!("locking {}: {e}", path.display()),
     };
-    lock.set_len(0).and_then(|_| lock.rewind()).and_then(|_| writeln!(lock, "{}", std::process::id()))
+    lock.set_len(0)
+        .and_then(|_| lock.rewind())
+        .and_then(|_| writeln!(lock, "{}", std::process::id()))
         .with_context(|| format!("writing pid to {}", path.display()))?;
     Ok(lock)
 }

@@ -45,7 +45,9 @@ impl Network {
         if use_cni {
             match cni.load() {
                 Ok(Some(l)) => tracing::info!(config = %l.path.display(), "pod network: CNI"),
-                Ok(None) => tracing::warn!(dir = %cni.conf_dir.display(), "pod network: CNI, but no config yet (NetworkReady=false until one appears)"),
+                Ok(None) => {
+                    tracing::warn!(dir = %cni.conf_dir.display(), "pod network: CNI, but no config yet (NetworkReady=false until one appears)")
+                }
                 Err(e) => tracing::warn!("pod network: CNI: {e}"),
             }
             return Ok(Network { builtin: None, cni: Some(cni) });
@@ -81,7 +83,8 @@ impl Network {
         let Some(lock) = &self.builtin else { return Ok(()) };
         let Some(v4) = cidr.split(',').map(str::trim).find(|c| c.contains('.')) else { return Ok(()) };
         let n = &config.network;
-        let next = BridgeConfig::new(&n.bridge, v4, "", &n.nft_table).map_err(|e| Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {e}")))?;
+        let next = BridgeConfig::new(&n.bridge, v4, "", &n.nft_table)
+            .map_err(|e| Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {e}")))?;
         if lock.read().unwrap_or_else(|p| p.into_inner()).subnet == next.subnet {
             return Ok(());
         }

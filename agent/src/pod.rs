@@ -90,7 +90,8 @@ pub async fn run(agent: &Arc<Agent>, mut record: PodRecord, dns: PodDns) -> Resu
             record.id = random_id();
             record.created_at_ns = now_ns();
             if record.cgroup.is_empty() {
-                let parent = berth_runtime::cgroup::normalize(&agent2.config.runtime.default_cgroup_parent).map_err(|e| internal("cgroup", e))?;
+                let parent =
+                    berth_runtime::cgroup::normalize(&agent2.config.runtime.default_cgroup_parent).map_err(|e| internal("cgroup", e))?;
                 record.cgroup = format!("{parent}/{}", record.id);
                 record.own_cgroup = true;
             }
@@ -125,7 +126,11 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
     std::fs::create_dir_all(&dir).map_err(|e| internal(&format!("{}", dir.display()), e))?;
     let own_net = rec.network_mode != ns_mode::NODE;
     let want = sandbox::PodNamespaces { net: own_net, ipc: rec.ipc_mode != ns_mode::NODE, uts: own_net };
-    let hostname = if own_net { rec.hostname.clone() } else { nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default() };
+    let hostname = if own_net {
+        rec.hostname.clone()
+    } else {
+        nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default()
+    };
     rec.hostname = hostname.clone();
     let sysctls: Vec<(String, String)> = rec.sysctls.clone().into_iter().collect();
     sandbox::pin_namespaces(&dir, want, &hostname, &sysctls).map_err(|e| internal("pod namespaces", e))?;
@@ -269,7 +274,11 @@ mod tests {
 
     #[test]
     fn resolv_conf_from_dns_config() {
-        let dns = PodDns { servers: vec!["10.0.0.10".into()], searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()], options: vec!["ndots:5".into()] };
+        let dns = PodDns {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
         assert_eq!(dns.resolv_conf().unwrap(), "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n");
         assert!(PodDns::default().resolv_conf().is_none());
     }

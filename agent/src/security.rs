@@ -13,8 +13,20 @@ use tonic::Status;
 
 /// containerd's default capability set.
 pub const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
-    "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
 ];
 
 /// Syscalls the built-in RuntimeDefault profile refuses with EPERM: those
@@ -22,27 +34,75 @@ pub const DEFAULT_CAPS: &[&str] = &[
 /// because they reach beyond the container (namespaces, mounts, kernel
 /// keyring, modules, BPF, tracing, clocks, swap, reboot).
 pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-    "finit_module", "fanotify_init", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms",
-    "get_mempolicy", "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl",
-    "lookup_dcookie", "mbind", "mount", "mount_setattr", "move_mount", "move_pages", "name_to_handle_at",
-    "nfsservctl", "open_by_handle_at", "open_tree", "perf_event_open", "pivot_root",
-    "process_vm_readv", "process_vm_writev", "ptrace", "query_module", "quotactl", "quotactl_fd", "reboot",
-    "request_key", "set_mempolicy", "setns", "settimeofday", "stime", "swapoff", "swapon", "_sysctl", "syslog",
-    "umount", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "vhangup", "vm86", "vm86old",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fanotify_init",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "get_mempolicy",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mbind",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "move_pages",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "quotactl_fd",
+    "reboot",
+    "request_key",
+    "set_mempolicy",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "_sysctl",
+    "syslog",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vhangup",
+    "vm86",
+    "vm86old",
 ];
 
 fn parse_cap(name: &str, field: &str) -> Result<Capability, Status> {
     let bare = name.trim().trim_start_matches("CAP_").to_uppercase();
-    Capability::from_str(&bare)
-        .map_err(|_| Status::invalid_argument(format!("{field}: unknown capability {name:?}")))
+    Capability::from_str(&bare).map_err(|_| Status::invalid_argument(format!("{field}: unknown capability {name:?}")))
 }
 
 fn all_caps() -> HashSet<Capability> {
     // Every capability the kernel and oci-spec know.
-    (0..64)
-        .filter_map(|i| caps_name(i).and_then(|n| Capability::from_str(n.trim_start_matches("CAP_")).ok()))
-        .collect()
+    (0..64).filter_map(|i| caps_name(i).and_then(|n| Capability::from_str(n.trim_start_matches("CAP_")).ok())).collect()
 }
 
 fn caps_name(i: u8) -> Option<String> {
@@ -54,11 +114,8 @@ fn caps_name(i: u8) -> Option<String> {
 /// explicitly adds in effective, permitted and ambient (Kubernetes'
 /// expectation that added capabilities work for non-root users).
 pub fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, privileged: bool, root: bool) -> Result<LinuxCapabilities, Status> {
-    let mut set: HashSet<Capability> = if privileged {
-        all_caps()
-    } else {
-        DEFAULT_CAPS.iter().map(|c| parse_cap(c, "default")).collect::<Result<_, _>>()?
-    };
+    let mut set: HashSet<Capability> =
+        if privileged { all_caps() } else { DEFAULT_CAPS.iter().map(|c| parse_cap(c, "default")).collect::<Result<_, _>>()? };
     let mut added = HashSet::new();
     if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
         for name in &c.drop_capabilities {
@@ -85,7 +142,11 @@ pub fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, privileged:
             set.insert(cap);
         }
     }
-    let (eff, amb) = if root { (set.clone(), HashSet::new()) } else { (added.intersection(&set).copied().collect(), added.intersection(&set).copied().collect()) };
+    let (eff, amb) = if root {
+        (set.clone(), HashSet::new())
+    } else {
+        (added.intersection(&set).copied().collect(), added.intersection(&set).copied().collect())
+    };
     LinuxCapabilitiesBuilder::default()
         .bounding(set.clone())
         .inheritable(set.clone())
@@ -137,8 +198,14 @@ pub fn seccomp(profile: Option<&cri::SecurityProfile>, legacy_path: &str, privil
         None => match legacy_path {
             "" | "unconfined" => (cri::security_profile::ProfileType::Unconfined as i32, String::new()),
             "runtime/default" | "docker/default" => (cri::security_profile::ProfileType::RuntimeDefault as i32, String::new()),
-            p if p.starts_with("localhost/") => (cri::security_profile::ProfileType::Localhost as i32, p.trim_start_matches("localhost").to_string()),
-            p => return Err(Status::invalid_argument(format!("seccomp_profile_path: {p:?} is not runtime/default, unconfined or localhost/<path>"))),
+            p if p.starts_with("localhost/") => {
+                (cri::security_profile::ProfileType::Localhost as i32, p.trim_start_matches("localhost").to_string())
+            }
+            p => {
+                return Err(Status::invalid_argument(format!(
+                    "seccomp_profile_path: {p:?} is not runtime/default, unconfined or localhost/<path>"
+                )))
+            }
         },
     };
     match cri::security_profile::ProfileType::try_from(kind) {
@@ -150,8 +217,8 @@ pub fn seccomp(profile: Option<&cri::SecurityProfile>, legacy_path: &str, privil
                 return Err(Status::invalid_argument(format!("{field}: {localhost:?} is not an absolute path")));
             }
             let text = std::fs::read_to_string(&localhost).map_err(|e| Status::invalid_argument(format!("{field}: {localhost}: {e}")))?;
-            let profile: LinuxSeccomp =
-                serde_json::from_str(&text).map_err(|e| Status::invalid_argument(format!("{field}: {localhost}: not an OCI seccomp profile: {e}")))?;
+            let profile: LinuxSeccomp = serde_json::from_str(&text)
+                .map_err(|e| Status::invalid_argument(format!("{field}: {localhost}: not an OCI seccomp profile: {e}")))?;
             // Compile once here, so a profile libseccomp refuses fails CreateContainer cleanly.
             berth_runtime::security::compile(&profile).map_err(|e| Status::invalid_argument(format!("{field}: {localhost}: {e}")))?;
             Ok(Some(profile))

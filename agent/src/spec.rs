@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use berth_proto::cri;
 use berth_runtime::init::{ANN_CGROUP_PROCS, ANN_LOWERDIRS, ANN_UPPERDIR, ANN_USER, ANN_WORKDIR};
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use tonic::Status;
 
@@ -32,8 +32,17 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 
 /// containerd's default masked paths.
 pub const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-    "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/sys/devices/virtual/powercap", "/proc/scsi",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
 ];
 /// containerd's default read-only paths.
 pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
@@ -128,7 +137,12 @@ pub fn env(config: &cri::ContainerConfig, image: &ImageRecord, hostname: &str) -
 pub fn user(config: &cri::ContainerConfig, image: &ImageRecord) -> Result<(u32, u32, Vec<u32>, Option<String>), Status> {
     let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
     let extra: Vec<u32> = sc
-        .map(|s| s.supplemental_groups.iter().map(|g| u32::try_from(*g).map_err(|_| invalid("supplemental_groups", format!("{g} is not a gid")))).collect())
+        .map(|s| {
+            s.supplemental_groups
+                .iter()
+                .map(|g| u32::try_from(*g).map_err(|_| invalid("supplemental_groups", format!("{g} is not a gid"))))
+                .collect()
+        })
         .transpose()?
         .unwrap_or_default();
     let group = sc.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value);
@@ -241,7 +255,9 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         .map_err(spec_err)?;
     process.set_apparmor_profile(apparmor);
     if oom_score_adj != 0 {
-        let adj = i32::try_from(oom_score_adj).ok().filter(|a| (-1000..=1000).contains(a))
+        let adj = i32::try_from(oom_score_adj)
+            .ok()
+            .filter(|a| (-1000..=1000).contains(a))
             .ok_or_else(|| invalid("linux.resources.oom_score_adj", format!("{oom_score_adj} is not within -1000..=1000")))?;
         process.set_oom_score_adj(Some(adj));
     }
@@ -434,7 +450,10 @@ fn host_devices() -> Vec<oci_spec::runtime::LinuxDevice> {
                 continue;
             };
             // The OCI defaults are created anyway; /dev/console and ptmx belong to the container.
-            if matches!(path.to_str(), Some("/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom" | "/dev/tty" | "/dev/console" | "/dev/ptmx")) {
+            if matches!(
+                path.to_str(),
+                Some("/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom" | "/dev/tty" | "/dev/console" | "/dev/ptmx")
+            ) {
                 continue;
             }
             if let Ok(d) = LinuxDeviceBuilder::default()

@@ -124,7 +124,12 @@ pub fn pod_stats(agent: &Agent, pod: &PodRecord, containers: &[ContainerRecord])
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: pod.id.clone(),
-            metadata: Some(cri::PodSandboxMetadata { name: pod.name.clone(), uid: pod.uid.clone(), namespace: pod.namespace.clone(), attempt: pod.attempt }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: pod.name.clone(),
+                uid: pod.uid.clone(),
+                namespace: pod.namespace.clone(),
+                attempt: pod.attempt,
+            }),
             labels: pod.labels.clone().into_iter().collect(),
             annotations: pod.annotations.clone().into_iter().collect(),
         }),

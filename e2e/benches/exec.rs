@@ -29,7 +29,8 @@ async fn main() {
         sync.push(t.elapsed().as_secs_f64() * 1e3);
 
         let t = Instant::now();
-        let req = cri::ExecRequest { container_id: c.clone(), cmd: vec!["true".into()], tty: false, stdin: false, stdout: true, stderr: true };
+        let req =
+            cri::ExecRequest { container_id: c.clone(), cmd: vec!["true".into()], tty: false, stdin: false, stdout: true, stderr: true };
         let url = f.cri.runtime.exec(req).await.unwrap().into_inner().url;
         let mut r = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
         r.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static("v5.channel.k8s.io"));
@@ -38,7 +39,8 @@ async fn main() {
         ws.push(t.elapsed().as_secs_f64() * 1e3);
 
         let t = Instant::now();
-        let req = cri::ExecRequest { container_id: c.clone(), cmd: vec!["true".into()], tty: false, stdin: false, stdout: true, stderr: true };
+        let req =
+            cri::ExecRequest { container_id: c.clone(), cmd: vec!["true".into()], tty: false, stdin: false, stdout: true, stderr: true };
         let url = f.cri.runtime.exec(req).await.unwrap().into_inner().url;
         let mut s = berth_e2e::spdy::SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
         let out = berth_e2e::spdy::remote_command(&mut s, None, None).await;

@@ -27,10 +27,7 @@ fn rss_kib(pid: i64) -> f64 {
 /// processes mapping them — the per-container cost when many monitors run.
 fn pss_kib(pid: i64) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(f64::NAN)
+    s.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(f64::NAN)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -41,7 +38,8 @@ fn ms(d: Duration) -> f64 {
 async fn main() {
     let mut f = Fixture::start().await;
     let berthd_idle = rss_kib(f.berthd.pid() as i64);
-    let (mut runp, mut create, mut start, mut stop, mut rmp, mut monitor_rss, mut monitor_pss) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut runp, mut create, mut start, mut stop, mut rmp, mut monitor_rss, mut monitor_pss) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut pods = Vec::new();
     for i in 0..PODS {
         let cfg = f.pod(&format!("bench{i}"));
@@ -59,7 +57,13 @@ async fn main() {
     // Let the monitors settle, then read their resident memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (_, c) in &pods {
-        let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: c.clone(), verbose: true }).await.unwrap().into_inner();
+        let r = f
+            .cri
+            .runtime
+            .container_status(cri::ContainerStatusRequest { container_id: c.clone(), verbose: true })
+            .await
+            .unwrap()
+            .into_inner();
         let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
         monitor_rss.push(rss_kib(info["monitorPid"].as_i64().unwrap()));
         monitor_pss.push(pss_kib(info["monitorPid"].as_i64().unwrap()));

@@ -55,13 +55,21 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut cni = Fixture::start_with_config(&format!("[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"/usr/lib/cni\"]\n", conf.display())).await;
+    let mut cni = Fixture::start_with_config(&format!(
+        "[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"/usr/lib/cni\"]\n",
+        conf.display()
+    ))
+    .await;
     let (c_run, c_stop) = measure(&mut cni, false).await;
     drop(cni);
     net.remove();
 
     println!("pod network setup and teardown, {PODS} pods per mode (medians)");
     println!("  host network:  RunPodSandbox {host_run:7.2} ms, StopPodSandbox {host_stop:7.2} ms");
-    println!("  built-in:      RunPodSandbox {b_run:7.2} ms, StopPodSandbox {b_stop:7.2} ms  => setup {:6.2} ms, teardown {:6.2} ms", b_run - host_run, b_stop - host_stop);
+    println!(
+        "  built-in:      RunPodSandbox {b_run:7.2} ms, StopPodSandbox {b_stop:7.2} ms  => setup {:6.2} ms, teardown {:6.2} ms",
+        b_run - host_run,
+        b_stop - host_stop
+    );
     println!("  CNI (bridge+host-local+portmap): RunPodSandbox {c_run:7.2} ms, StopPodSandbox {c_stop:7.2} ms  => setup {:6.2} ms, teardown {:6.2} ms", c_run - host_run, c_stop - host_stop);
 }

@@ -41,11 +41,7 @@ pub fn berthd_bin() -> &'static Path {
         if release {
             args.push("--release");
         }
-        let status = Command::new(cargo)
-            .args(&args)
-            .current_dir(workspace_dir())
-            .status()
-            .expect("running cargo build for berthd");
+        let status = Command::new(cargo).args(&args).current_dir(workspace_dir()).status().expect("running cargo build for berthd");
         assert!(status.success(), "cargo build of berthd failed");
         target_dir().join("berthd")
     })
@@ -178,14 +174,18 @@ impl Berthd {
     pub async fn start_with_config(config: &str) -> Berthd {
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
         let paths = Paths::in_dir(dir.path());
-        let cgroup_parent = format!("berth-e2e-{}", dir.path().file_name().unwrap_or_default().to_string_lossy().trim_start_matches("berth-e2e-"));
+        let cgroup_parent =
+            format!("berth-e2e-{}", dir.path().file_name().unwrap_or_default().to_string_lossy().trim_start_matches("berth-e2e-"));
         let mut config = config.to_string();
         if !config.contains("[runtime]") {
             config.push_str(&format!("\n[runtime]\ndefault_cgroup_parent = \"{cgroup_parent}\"\n"));
         }
         let net = NetNames::new();
         if !config.contains("[network]") {
-            config.push_str(&format!("\n[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n", net.bridge, net.subnet, net.table));
+            config.push_str(&format!(
+                "\n[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n",
+                net.bridge, net.subnet, net.table
+            ));
         }
         std::fs::write(&paths.config, config).expect("writing config");
         let mut b = Berthd { dir, paths, child: None, extra_args: vec!["--log-level".into(), "debug".into()], cgroup_parent, net };
@@ -202,10 +202,14 @@ impl Berthd {
     pub fn args(&self) -> Vec<String> {
         let p = &self.paths;
         let mut args: Vec<String> = vec![
-            "--config".into(), p.config.display().to_string(),
-            "--root".into(), p.root.display().to_string(),
-            "--state".into(), p.state.display().to_string(),
-            "--socket".into(), p.socket.display().to_string(),
+            "--config".into(),
+            p.config.display().to_string(),
+            "--root".into(),
+            p.root.display().to_string(),
+            "--state".into(),
+            p.state.display().to_string(),
+            "--socket".into(),
+            p.socket.display().to_string(),
         ];
         args.extend(self.extra_args.iter().cloned());
         args
@@ -473,7 +477,10 @@ pub fn kubelet_namespaces() -> cri::NamespaceOption {
 pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         linux: Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() }),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         metadata: Some(cri::PodSandboxMetadata {
@@ -496,7 +503,10 @@ pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> cri::Container
         command: cmd.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
         linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -511,8 +521,14 @@ impl Cri {
     }
 
     /// CreateContainer.
-    pub async fn create(&mut self, pod: &str, config: cri::ContainerConfig, pod_config: &cri::PodSandboxConfig) -> Result<String, tonic::Status> {
-        let req = cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) };
+    pub async fn create(
+        &mut self,
+        pod: &str,
+        config: cri::ContainerConfig,
+        pod_config: &cri::PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
+        let req =
+            cri::CreateContainerRequest { pod_sandbox_id: pod.into(), config: Some(config), sandbox_config: Some(pod_config.clone()) };
         Ok(self.runtime.create_container(req).await?.into_inner().container_id)
     }
 

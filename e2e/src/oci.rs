@@ -11,9 +11,9 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// The applets the test images link to busybox.
 pub const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "ls", "sleep", "id", "true", "false", "env", "hostname", "ps", "grep", "wc", "head",
-    "mkdir", "rm", "touch", "stat", "test", "nc", "httpd", "ip", "ipcs", "ipcrm", "mount", "umount", "stty",
-    "dd", "seq", "kill", "sync", "pwd", "readlink", "unshare", "tail", "timeout", "wget", "printf", "uname",
+    "sh", "echo", "cat", "ls", "sleep", "id", "true", "false", "env", "hostname", "ps", "grep", "wc", "head", "mkdir", "rm", "touch",
+    "stat", "test", "nc", "httpd", "ip", "ipcs", "ipcrm", "mount", "umount", "stty", "dd", "seq", "kill", "sync", "pwd", "readlink",
+    "unshare", "tail", "timeout", "wget", "printf", "uname",
 ];
 
 /// `sha256:<hex>`.

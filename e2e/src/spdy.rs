@@ -69,7 +69,9 @@ impl SpdyClient {
         }
         let protocol = text
             .lines()
-            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("x-stream-protocol-version")).map(|(_, v)| v.trim().to_string()))
+            .find_map(|l| {
+                l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("x-stream-protocol-version")).map(|(_, v)| v.trim().to_string())
+            })
             .unwrap_or_default();
         Ok(SpdyClient { io, enc: Encoder::new(), dec: Decoder::new(), buf: Vec::new(), next_id: 1, protocol })
     }

@@ -74,7 +74,8 @@ async fn cni_plugins_network_pods_and_readiness_follows_the_config_dir() {
 
     let hp = 21000 + (std::process::id() % 20000) as i32;
     let mut cfg_a = f.pod("cni-a");
-    cfg_a.port_mappings = vec![cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: hp, host_ip: String::new() }];
+    cfg_a.port_mappings =
+        vec![cri::PortMapping { protocol: cri::Protocol::Tcp as i32, container_port: 80, host_port: hp, host_ip: String::new() }];
     let a = f.cri.run_pod(cfg_a.clone()).await.unwrap();
     f.cri.run(&a, f.container("srv", &["nc", "-ll", "-p", "80", "-e", "echo", "cni-hello"]), &cfg_a).await;
     let cfg_b = f.pod("cni-b");
@@ -96,7 +97,8 @@ async fn cni_plugins_network_pods_and_readiness_follows_the_config_dir() {
     assert!(!f.berthd.paths.state.join("cni").join(format!("{a}.json")).exists());
 
     // A missing plugin binary is named, and the pod is not left half made.
-    std::fs::write(conf_dir.join("10-berth.conflist"), r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"no-such-plugin"}]}"#).unwrap();
+    std::fs::write(conf_dir.join("10-berth.conflist"), r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"no-such-plugin"}]}"#)
+        .unwrap();
     let e = f.cri.run_pod(f.pod("missing")).await.unwrap_err();
     assert!(e.message().contains("no-such-plugin") && e.message().contains("not found"), "{}", e.message());
     assert!(f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
@@ -113,7 +115,21 @@ fn remove_portmap_chains() {
     for bin in ["iptables", "ip6tables"] {
         ipt(bin, &["-t", "nat", "-D", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"]);
         ipt(bin, &["-t", "nat", "-D", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"]);
-        ipt(bin, &["-t", "nat", "-D", "POSTROUTING", "-m", "comment", "--comment", "CNI portfwd requiring masquerade", "-j", "CNI-HOSTPORT-MASQ"]);
+        ipt(
+            bin,
+            &[
+                "-t",
+                "nat",
+                "-D",
+                "POSTROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "CNI portfwd requiring masquerade",
+                "-j",
+                "CNI-HOSTPORT-MASQ",
+            ],
+        );
         for chain in ["CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"] {
             ipt(bin, &["-t", "nat", "-F", chain]);
             ipt(bin, &["-t", "nat", "-X", chain]);

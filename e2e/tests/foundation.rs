@@ -73,9 +73,7 @@ async fn unbuilt_rpcs_answer_unimplemented_with_their_name() {
 async fn pod_cidr_is_validated_and_survives_restart() {
     let mut berthd = Berthd::start().await;
     let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
-        runtime_config: Some(cri::RuntimeConfig {
-            network_config: Some(cri::NetworkConfig { pod_cidr: cidr.into() }),
-        }),
+        runtime_config: Some(cri::RuntimeConfig { network_config: Some(cri::NetworkConfig { pod_cidr: cidr.into() }) }),
     };
     let mut cri = berthd.cri().await;
     let e = cri.runtime.update_runtime_config(update("10.244.0.0")).await.unwrap_err();
@@ -102,9 +100,12 @@ async fn second_berthd_is_refused_and_first_keeps_serving() {
 
     // Same state directory: the lock says who holds it.
     let (status, _, err) = run_berthd(&[
-        "--root", &other.join("root").display().to_string(),
-        "--state", &p.state.display().to_string(),
-        "--socket", &other.join("s.sock").display().to_string(),
+        "--root",
+        &other.join("root").display().to_string(),
+        "--state",
+        &p.state.display().to_string(),
+        "--socket",
+        &other.join("s.sock").display().to_string(),
     ]);
     assert!(!status.success());
     assert!(err.contains("another berthd") && err.contains(&berthd.pid().to_string()), "{err}");
@@ -112,9 +113,12 @@ async fn second_berthd_is_refused_and_first_keeps_serving() {
 
     // Same socket, other state: the live socket is not taken over.
     let (status, _, err) = run_berthd(&[
-        "--root", &other.join("root").display().to_string(),
-        "--state", &other.join("state").display().to_string(),
-        "--socket", &p.socket.display().to_string(),
+        "--root",
+        &other.join("root").display().to_string(),
+        "--state",
+        &other.join("state").display().to_string(),
+        "--socket",
+        &p.socket.display().to_string(),
     ]);
     assert!(!status.success());
     assert!(err.contains("in use"), "{err}");
@@ -132,12 +136,22 @@ async fn stale_socket_from_a_dead_process_is_replaced() {
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let net = berth_e2e::NetNames::new();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n", net.bridge, net.subnet, net.table)).unwrap();
+    std::fs::write(
+        &config,
+        format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n", net.bridge, net.subnet, net.table),
+    )
+    .unwrap();
     let mut child = std::process::Command::new(berth_e2e::berthd_bin())
-        .args(["--config", &config.display().to_string(),
-               "--root", &dir.path().join("root").display().to_string(),
-               "--state", &dir.path().join("state").display().to_string(),
-               "--socket", &socket.display().to_string()])
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "--root",
+            &dir.path().join("root").display().to_string(),
+            "--state",
+            &dir.path().join("state").display().to_string(),
+            "--socket",
+            &socket.display().to_string(),
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -226,7 +240,8 @@ fn config_errors_name_the_file_or_key_and_leave_nothing() {
     // TLS for the streaming server: both files or neither, and they must load.
     let err = expect_startup_failure(d, Some("[stream]\ntls_cert_file = \"/etc/hostname\"\n"), &[]);
     assert!(err.contains("stream.tls_cert_file"), "{err}");
-    let err = expect_startup_failure(d, Some("[stream]\ntls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"\n"), &[]);
+    let err =
+        expect_startup_failure(d, Some("[stream]\ntls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"\n"), &[]);
     assert!(err.contains("/nonexistent/c.pem"), "{err}");
 
     // A socket whose parent cannot be created: a regular file is in the way.

@@ -240,7 +240,8 @@ async fn basic_auth_right_and_wrong_credentials() {
     let berthd = Berthd::start().await;
     let mut cri = berthd.cri().await;
     let reference = registry.reference("private/app", "1");
-    let auth = |user: &str, password: &str| Some(cri::AuthConfig { username: user.into(), password: password.into(), ..Default::default() });
+    let auth =
+        |user: &str, password: &str| Some(cri::AuthConfig { username: user.into(), password: password.into(), ..Default::default() });
 
     let e = cri.pull(&reference).await.unwrap_err();
     assert_ne!(e.code(), Code::Ok);

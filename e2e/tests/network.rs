@@ -151,7 +151,8 @@ async fn host_ports_tcp_udp_localhost_node_address_and_conflicts() {
 
 fn bridge_ports(bridge: &str) -> Vec<String> {
     let out = std::process::Command::new("ip").args(["-br", "link", "show", "master", bridge]).output().unwrap();
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(['@', ' ']).next().map(String::from)).collect();
+    let mut v: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(['@', ' ']).next().map(String::from)).collect();
     v.sort();
     v
 }
@@ -216,10 +217,14 @@ async fn bad_network_config_is_refused_clearly() {
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, format!("[network]\n{network}\n")).unwrap();
         berth_e2e::run_berthd(&[
-            "--config", &cfg.display().to_string(),
-            "--root", &dir.path().join("root").display().to_string(),
-            "--state", &dir.path().join("state").display().to_string(),
-            "--socket", &dir.path().join("s.sock").display().to_string(),
+            "--config",
+            &cfg.display().to_string(),
+            "--root",
+            &dir.path().join("root").display().to_string(),
+            "--state",
+            &dir.path().join("state").display().to_string(),
+            "--socket",
+            &dir.path().join("s.sock").display().to_string(),
         ])
     };
     let (st, _, err) = run(&format!("bridge = \"{}\"\nsubnet = \"10.1.2.3/33\"\nnft_table = \"{}\"", net.bridge, net.table));
@@ -227,7 +232,11 @@ async fn bad_network_config_is_refused_clearly() {
     // A link of another kind (a veth) under the bridge's name.
     let dummy = format!("bd{}", &net.bridge[2..]);
     let peer = format!("be{}", &net.bridge[2..]);
-    assert!(std::process::Command::new("ip").args(["link", "add", &dummy, "type", "veth", "peer", "name", &peer]).status().unwrap().success());
+    assert!(std::process::Command::new("ip")
+        .args(["link", "add", &dummy, "type", "veth", "peer", "name", &peer])
+        .status()
+        .unwrap()
+        .success());
     let (st, _, err) = run(&format!("bridge = \"{dummy}\"\nsubnet = \"{}\"\nnft_table = \"{}\"", net.subnet, net.table));
     // An overlapping subnet: that link holds an address inside it.
     let other = berth_e2e::NetNames::new();

@@ -36,7 +36,17 @@ async fn pod_containers_share_network_ipc_uts_but_not_processes() {
     let mut f = Fixture::start().await;
     let cfg = f.pod("shared");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
-    let server = f.cri.run(&pod, f.container("server", &["sh", "-c", "echo data > /dev/shm/marker; while true; do echo hello-from-server | nc -l -p 8080; done"]), &cfg).await;
+    let server = f
+        .cri
+        .run(
+            &pod,
+            f.container(
+                "server",
+                &["sh", "-c", "echo data > /dev/shm/marker; while true; do echo hello-from-server | nc -l -p 8080; done"],
+            ),
+            &cfg,
+        )
+        .await;
     let client = f.cri.run(&pod, f.container("client", &["sleep", "1000"]), &cfg).await;
 
     // localhost is shared: the client reaches the server on 127.0.0.1.
@@ -132,7 +142,8 @@ async fn logs_use_the_cri_format_split_long_lines_and_reopen() {
     assert_eq!((stdout[4].1.as_str(), stdout[4].2.as_str()), ("P", "no-newline"));
 
     // ReopenContainerLog: after a rename, new output lands in a new file.
-    let ticker = f.cri.run(&pod, f.container("ticker", &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"]), &cfg).await;
+    let ticker =
+        f.cri.run(&pod, f.container("ticker", &["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"]), &cfg).await;
     let path = f.logs.join("logs/ticker.log");
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::rename(&path, f.logs.join("logs/ticker.log.1")).unwrap();
@@ -267,17 +278,45 @@ async fn image_user_and_status_fields() {
 
     // Lists with filters.
     let list = |filter: cri::ContainerFilter| cri::ListContainersRequest { filter: Some(filter) };
-    let by_label = f.cri.runtime.list_containers(list(cri::ContainerFilter { label_selector: [("app".to_string(), "web".to_string())].into(), ..Default::default() })).await.unwrap().into_inner();
+    let by_label = f
+        .cri
+        .runtime
+        .list_containers(list(cri::ContainerFilter {
+            label_selector: [("app".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(by_label.containers.len(), 1);
-    let by_prefix = f.cri.runtime.list_containers(list(cri::ContainerFilter { id: c[..10].into(), ..Default::default() })).await.unwrap().into_inner();
+    let by_prefix =
+        f.cri.runtime.list_containers(list(cri::ContainerFilter { id: c[..10].into(), ..Default::default() })).await.unwrap().into_inner();
     assert_eq!(by_prefix.containers[0].id, c);
-    let exited = f.cri.runtime.list_containers(list(cri::ContainerFilter { state: Some(cri::ContainerStateValue { state: EXITED }), ..Default::default() })).await.unwrap().into_inner();
+    let exited = f
+        .cri
+        .runtime
+        .list_containers(list(cri::ContainerFilter { state: Some(cri::ContainerStateValue { state: EXITED }), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(exited.containers.is_empty());
     // Prefix ids work on every RPC.
     assert_eq!(f.cri.status(&c[..12]).await.id, c);
-    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(cri::PodSandboxFilter { id: pod[..8].into(), ..Default::default() }) }).await.unwrap().into_inner();
+    let pods = f
+        .cri
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(cri::PodSandboxFilter { id: pod[..8].into(), ..Default::default() }) })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(pods.items.len(), 1);
-    let ps = f.cri.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true }).await.unwrap().into_inner();
+    let ps = f
+        .cri
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
     let st = ps.status.unwrap();
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(st.metadata.unwrap().name, "users");
@@ -300,7 +339,13 @@ async fn pod_removal_leaves_nothing_behind() {
     let pids: Vec<i32> = {
         let mut v = Vec::new();
         for c in [&c1, &c2] {
-            let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: c.to_string(), verbose: true }).await.unwrap().into_inner();
+            let r = f
+                .cri
+                .runtime
+                .container_status(cri::ContainerStatusRequest { container_id: c.to_string(), verbose: true })
+                .await
+                .unwrap()
+                .into_inner();
             let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
             v.push(info["pid"].as_i64().unwrap() as i32);
         }
@@ -308,7 +353,13 @@ async fn pod_removal_leaves_nothing_behind() {
     };
     assert!(!berth_e2e::cgroups_named(&pod).is_empty(), "the pod has cgroups while it runs");
     f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
-    let st = f.cri.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap().into_inner();
+    let st = f
+        .cri
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(st.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
     assert_eq!(f.cri.status(&c1).await.state, EXITED);
     f.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
@@ -328,7 +379,8 @@ async fn pod_removal_leaves_nothing_behind() {
     f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     f.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
     f.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: "a".repeat(64) }).await.unwrap();
-    let e = f.cri.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap_err();
+    let e =
+        f.cri.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
 
@@ -409,6 +461,14 @@ async fn container_events_stream_the_lifecycle() {
         kinds.push(ev.container_event_type);
     }
     use cri::ContainerEventType as T;
-    assert_eq!(kinds, vec![T::ContainerCreatedEvent as i32, T::ContainerStartedEvent as i32, T::ContainerStoppedEvent as i32, T::ContainerDeletedEvent as i32]);
+    assert_eq!(
+        kinds,
+        vec![
+            T::ContainerCreatedEvent as i32,
+            T::ContainerStartedEvent as i32,
+            T::ContainerStoppedEvent as i32,
+            T::ContainerDeletedEvent as i32
+        ]
+    );
     f.cri.remove_pod(&pod).await;
 }

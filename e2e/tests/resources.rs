@@ -7,7 +7,8 @@ use berth_e2e::{cri, Fixture};
 use tonic::Code;
 
 async fn cgroup_of(f: &mut Fixture, id: &str) -> String {
-    let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true }).await.unwrap().into_inner();
+    let r =
+        f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true }).await.unwrap().into_inner();
     let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
     info["cgroup"].as_str().unwrap().to_string()
 }
@@ -105,7 +106,10 @@ async fn stats_are_plausible() {
     let cfg = f.pod("stats");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let busy = f.cri.run(&pod, f.container("busy", &["sh", "-c", "while true; do :; done"]), &cfg).await;
-    let mem = f.cri.run(&pod, f.container("mem", &["sh", "-c", "head -c 20000000 /dev/zero > /dev/shm/buf; nc -ll -p 8080 -e echo stats"]), &cfg).await;
+    let mem = f
+        .cri
+        .run(&pod, f.container("mem", &["sh", "-c", "head -c 20000000 /dev/zero > /dev/shm/buf; nc -ll -p 8080 -e echo stats"]), &cfg)
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let get = |r: cri::ContainerStatsResponse| r.stats.unwrap();
     let s1 = get(f.cri.runtime.container_stats(cri::ContainerStatsRequest { container_id: busy.clone() }).await.unwrap().into_inner());
@@ -122,7 +126,15 @@ async fn stats_are_plausible() {
     assert!(usage.working_set_bytes.unwrap().value >= 20_000_000, "memory {usage:?}");
     assert!(m.writable_layer.unwrap().inodes_used.unwrap().value >= 1);
 
-    let list = f.cri.runtime.list_container_stats(cri::ListContainerStatsRequest { filter: Some(cri::ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }) }).await.unwrap().into_inner();
+    let list = f
+        .cri
+        .runtime
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.stats.len(), 2);
 
     // Pod stats carry the network counters of the pod's namespace.
@@ -137,7 +149,15 @@ async fn stats_are_plausible() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ps = f.cri.runtime.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap().into_inner().stats.unwrap();
+    let ps = f
+        .cri
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
     let linux = ps.linux.unwrap();
     let eth0 = linux.network.unwrap().default_interface.unwrap();
     assert!(eth0.rx_bytes.unwrap().value > 0 && eth0.tx_bytes.unwrap().value > 0, "{eth0:?}");

@@ -71,8 +71,15 @@ async fn users_capabilities_seccomp_and_paths() {
     // add/drop, RuntimeDefault seccomp, no_new_privs, read-only rootfs.
     let mut c = f.container("tight", &["sleep", "1000"]);
     c.linux = sc(|s| {
-        s.capabilities = Some(cri::Capability { add_capabilities: vec!["NET_ADMIN".into()], drop_capabilities: vec!["CHOWN".into()], ..Default::default() });
-        s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, localhost_ref: String::new() });
+        s.capabilities = Some(cri::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["CHOWN".into()],
+            ..Default::default()
+        });
+        s.seccomp = Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
+        });
         s.no_new_privs = true;
         s.readonly_rootfs = true;
     });
@@ -93,7 +100,9 @@ async fn users_capabilities_seccomp_and_paths() {
     std::fs::write(&profile, r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"],"syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#).unwrap();
     let mut c = f.container("local", &["sleep", "1000"]);
     let p = profile.display().to_string();
-    c.linux = sc(|s| s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: p }));
+    c.linux = sc(|s| {
+        s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: p })
+    });
     let local = f.cri.run(&pod, c, &cfg).await;
     let r = f.cri.exec(&local, &["mkdir", "/tmp/x"], 10).await.unwrap();
     assert_ne!(r.exit_code, 0);
@@ -129,14 +138,21 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
         };
         let mut c = f.container(name, &["true"]);
         let p = path.clone();
-        c.linux = sc(|s| s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: p }));
+        c.linux = sc(|s| {
+            s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: p })
+        });
         let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{name}: {}", e.message());
         assert!(e.message().contains(&path), "{}", e.message());
     }
     if !std::path::Path::new("/sys/module/apparmor").exists() {
         let mut c = f.container("aa", &["true"]);
-        c.linux = sc(|s| s.apparmor = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: "my-profile".into() }));
+        c.linux = sc(|s| {
+            s.apparmor = Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: "my-profile".into(),
+            })
+        });
         let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
         assert!(e.message().contains("AppArmor is not enabled") && e.message().contains("my-profile"), "{}", e.message());

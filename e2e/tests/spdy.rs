@@ -17,7 +17,14 @@ use tokio_tungstenite::tungstenite::Message;
 const V4: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
 
 async fn exec_url(f: &mut Fixture, id: &str, cmd: &[&str], stdin: bool, tty: bool) -> String {
-    let req = cri::ExecRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), tty, stdin, stdout: true, stderr: !tty };
+    let req = cri::ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr: !tty,
+    };
     f.cri.runtime.exec(req).await.unwrap().into_inner().url
 }
 
@@ -77,7 +84,8 @@ async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
     assert!(out.stdout.contains("/dev/pts/"), "{out:?}");
 
     // An older client: v2 reports a failure as plain text.
-    let mut s = SpdyClient::connect(&exec_url(&mut f, &c, &["sh", "-c", "exit 4"], false, false).await, &["v2.channel.k8s.io"]).await.unwrap();
+    let mut s =
+        SpdyClient::connect(&exec_url(&mut f, &c, &["sh", "-c", "exit 4"], false, false).await, &["v2.channel.k8s.io"]).await.unwrap();
     assert_eq!(s.protocol, "v2.channel.k8s.io");
     let out = remote_command(&mut s, None, None).await;
     assert!(out.error.contains("non-zero exit code") && out.error.contains('4'), "{out:?}");
@@ -125,7 +133,14 @@ async fn spdy_port_forward_two_connections_and_a_closed_port() {
     f.cri.run(&pod, f.container("a", &["nc", "-ll", "-p", "8080", "-e", "echo", "from-8080"]), &cfg).await;
     f.cri.run(&pod, f.container("b", &["nc", "-ll", "-p", "8081", "-e", "cat"]), &cfg).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080, 8081] }).await.unwrap().into_inner().url;
+    let url = f
+        .cri
+        .runtime
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080, 8081] })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
     let mut s = SpdyClient::connect(&url, &["portforward.k8s.io"]).await.unwrap();
     assert_eq!(s.protocol, "portforward.k8s.io");
     let e0 = s.open(&[("streamtype", "error"), ("port", "8080"), ("requestid", "0")]).await;
@@ -153,7 +168,14 @@ async fn spdy_port_forward_two_connections_and_a_closed_port() {
     let fd_dir = format!("/proc/{}/fd", f.berthd.pid());
     let fds = || std::fs::read_dir(&fd_dir).unwrap().count();
     let before = fds();
-    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8082] }).await.unwrap().into_inner().url;
+    let url = f
+        .cri
+        .runtime
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8082] })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
     let mut s = SpdyClient::connect(&url, &["portforward.k8s.io"]).await.unwrap();
     s.open(&[("streamtype", "error"), ("port", "8082"), ("requestid", "0")]).await;
     let d = s.open(&[("streamtype", "data"), ("port", "8082"), ("requestid", "0")]).await;
@@ -163,7 +185,14 @@ async fn spdy_port_forward_two_connections_and_a_closed_port() {
     drop(s);
     settle(&fd_dir, before, Duration::from_secs(5)).await;
 
-    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8082] }).await.unwrap().into_inner().url;
+    let url = f
+        .cri
+        .runtime
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8082] })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
     let mut req = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
     req.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static("portforward.k8s.io"));
     let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
@@ -208,7 +237,8 @@ async fn attach_to_output_stdin_once_and_a_terminal() {
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
 
     // A counter: an attached client sees it advance, over SPDY and WebSocket.
-    let counter = f.cri.run(&pod, f.container("counter", &["sh", "-c", "i=0; while true; do echo n=$i; i=$((i+1)); sleep 0.1; done"]), &cfg).await;
+    let counter =
+        f.cri.run(&pod, f.container("counter", &["sh", "-c", "i=0; while true; do echo n=$i; i=$((i+1)); sleep 0.1; done"]), &cfg).await;
     let mut s = SpdyClient::connect(&attach_url(&mut f, &counter, false, false).await, V4).await.unwrap();
     let _error = s.open(&[("streamtype", "error")]).await;
     let out = s.open(&[("streamtype", "stdout")]).await;
@@ -216,7 +246,9 @@ async fn attach_to_output_stdin_once_and_a_terminal() {
     let mut seen = String::new();
     while seen.matches("n=").count() < 4 {
         match s.next().await {
-            Some(berth_agent::stream::spdy::frame::Frame::Data { stream_id, data, .. }) if stream_id == out => seen.push_str(&String::from_utf8_lossy(&data)),
+            Some(berth_agent::stream::spdy::frame::Frame::Data { stream_id, data, .. }) if stream_id == out => {
+                seen.push_str(&String::from_utf8_lossy(&data))
+            }
             Some(_) => {}
             None => panic!("attach ended early: {seen:?}"),
         }
@@ -233,7 +265,9 @@ async fn attach_to_output_stdin_once_and_a_terminal() {
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let mut seen = String::new();
     while seen.matches("n=").count() < 3 {
-        let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await else { panic!("websocket attach stalled") };
+        let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await else {
+            panic!("websocket attach stalled")
+        };
         if b[0] == 1 {
             seen.push_str(&String::from_utf8_lossy(&b[1..]));
         }
@@ -340,7 +374,14 @@ async fn spdystream_client_interoperates() {
     assert_eq!(out.len(), 3_000_000);
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] }).await.unwrap().into_inner().url;
+    let url = f
+        .cri
+        .runtime
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
     let b = bin.clone();
     let (out, _) = tokio::task::spawn_blocking(move || run_go(&b, &["portforward", &url, "8080"], b"echo me\n")).await.unwrap();
     assert_eq!(out, "echo me\n");
@@ -352,7 +393,23 @@ async fn spdystream_client_interoperates() {
 fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("stream.crt"), dir.join("stream.key"));
     let st = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

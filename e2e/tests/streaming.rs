@@ -12,7 +12,14 @@ use tokio_tungstenite::tungstenite::Message;
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn exec_url(f: &mut Fixture, id: &str, cmd: &[&str], stdin: bool) -> String {
-    let req = cri::ExecRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), tty: false, stdin, stdout: true, stderr: true };
+    let req = cri::ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin,
+        stdout: true,
+        stderr: true,
+    };
     f.cri.runtime.exec(req).await.unwrap().into_inner().url
 }
 
@@ -83,7 +90,14 @@ async fn websocket_exec_output_exit_codes_stdin_and_tokens() {
 
     // A TTY: the window size from the resize channel is what `stty size` sees,
     // and the process has a controlling terminal.
-    let req = cri::ExecRequest { container_id: c.clone(), cmd: vec!["sh".into(), "-c".into(), "sleep 0.5; stty size; tty".into()], tty: true, stdin: true, stdout: true, stderr: false };
+    let req = cri::ExecRequest {
+        container_id: c.clone(),
+        cmd: vec!["sh".into(), "-c".into(), "sleep 0.5; stty size; tty".into()],
+        tty: true,
+        stdin: true,
+        stdout: true,
+        stderr: false,
+    };
     let url = f.cri.runtime.exec(req).await.unwrap().into_inner().url;
     let mut ws = connect(&url).await;
     ws.send(Message::Binary([&[4u8][..], br#"{"Width":100,"Height":40}"#].concat().into())).await.unwrap();
@@ -130,7 +144,14 @@ async fn websocket_port_forward_to_two_ports_in_the_pod() {
     f.cri.run(&pod, f.container("a", &["nc", "-ll", "-p", "8080", "-e", "echo", "from-8080"]), &cfg).await;
     f.cri.run(&pod, f.container("b", &["nc", "-ll", "-p", "8081", "-e", "cat"]), &cfg).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = f.cri.runtime.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080, 8081] }).await.unwrap().into_inner().url;
+    let url = f
+        .cri
+        .runtime
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080, 8081] })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
     let mut req = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
     req.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static("portforward.k8s.io"));
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
@@ -141,7 +162,11 @@ async fn websocket_port_forward_to_two_ports_in_the_pod() {
     while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         let Message::Binary(b) = msg else { continue };
         let (ch, body) = (b[0], &b[1..]);
-        if headers < 4 && body.len() == 2 && (ch <= 3) && (u16::from_le_bytes([body[0], body[1]]) == 8080 || u16::from_le_bytes([body[0], body[1]]) == 8081) {
+        if headers < 4
+            && body.len() == 2
+            && (ch <= 3)
+            && (u16::from_le_bytes([body[0], body[1]]) == 8080 || u16::from_le_bytes([body[0], body[1]]) == 8081)
+        {
             headers += 1;
             continue;
         }

@@ -101,14 +101,10 @@ impl Cni {
         if kind.contains('/') {
             return Err(cni_err(format!("plugin type {kind:?} is not a plain name")));
         }
-        self.bin_dirs
-            .iter()
-            .map(|d| d.join(kind))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                let dirs: Vec<String> = self.bin_dirs.iter().map(|d| d.display().to_string()).collect();
-                cni_err(format!("plugin {kind:?} not found in {}", dirs.join(", ")))
-            })
+        self.bin_dirs.iter().map(|d| d.join(kind)).find(|p| p.is_file()).ok_or_else(|| {
+            let dirs: Vec<String> = self.bin_dirs.iter().map(|d| d.display().to_string()).collect();
+            cni_err(format!("plugin {kind:?} not found in {}", dirs.join(", ")))
+        })
     }
 
     fn cache_path(&self, pod_id: &str) -> PathBuf {
@@ -132,7 +128,8 @@ impl Cni {
         }
         let result = prev.unwrap_or(Value::Null);
         std::fs::create_dir_all(&self.cache_dir).map_err(|e| cni_err(format!("{}: {e}", self.cache_dir.display())))?;
-        let cache = json!({ "config": list.path, "name": list.name, "cniVersion": list.version, "plugins": list.plugins, "result": result });
+        let cache =
+            json!({ "config": list.path, "name": list.name, "cniVersion": list.version, "plugins": list.plugins, "result": result });
         std::fs::write(self.cache_path(pod.id), cache.to_string()).map_err(|e| cni_err(format!("cache: {e}")))?;
         Ok(ips_of(&result))
     }
@@ -267,7 +264,11 @@ impl Cni {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err);
                 }
-                if err.trim().is_empty() { out.trim().to_string() } else { err.trim().to_string() }
+                if err.trim().is_empty() {
+                    out.trim().to_string()
+                } else {
+                    err.trim().to_string()
+                }
             });
             let details = v["details"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
             return Err(cni_err(format!("plugin {kind} {command} failed: {msg}{details}")));
@@ -299,7 +300,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cni = Cni { conf_dir: dir.path().into(), bin_dirs: vec![], cache_dir: dir.path().join("cache") };
         assert!(cni.load().unwrap().is_none());
-        std::fs::write(dir.path().join("10-a.conflist"), r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#).unwrap();
+        std::fs::write(
+            dir.path().join("10-a.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
+        )
+        .unwrap();
         let l = cni.load().unwrap().unwrap();
         assert_eq!((l.name.as_str(), l.plugins.len()), ("n", 2));
         std::fs::write(dir.path().join("05-bad.conflist"), "{nope").unwrap();

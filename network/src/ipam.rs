@@ -25,9 +25,7 @@ pub fn allocate(subnet: Ipv4Net, gateway: Ipv4Addr, used: &HashSet<Ipv4Addr>, af
         Some(a) if subnet.contains(&a) && u32::from(a) >= first && u32::from(a) <= last => u32::from(a) - first + 1,
         _ => 0,
     };
-    (0..span)
-        .map(|i| Ipv4Addr::from(first + (start + i) % span))
-        .find(|ip| *ip != gateway && !used.contains(ip))
+    (0..span).map(|i| Ipv4Addr::from(first + (start + i) % span)).find(|ip| *ip != gateway && !used.contains(ip))
 }
 
 #[cfg(test)]

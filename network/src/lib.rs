@@ -110,7 +110,8 @@ impl BridgeConfig {
         let gateway = if gateway.is_empty() {
             ipam::nth(subnet, 1)
         } else {
-            let g: Ipv4Addr = gateway.parse().map_err(|_| NetError::Config(format!("network.gateway: {gateway:?} is not an IPv4 address")))?;
+            let g: Ipv4Addr =
+                gateway.parse().map_err(|_| NetError::Config(format!("network.gateway: {gateway:?} is not an IPv4 address")))?;
             if !subnet.contains(&g) || g == subnet.network() || g == subnet.broadcast() {
                 return Err(NetError::Config(format!("network.gateway: {g} is not a host address of {subnet}")));
             }
@@ -165,7 +166,8 @@ impl BridgeConfig {
         let bridge = self.bridge.clone();
         let h2 = host.clone();
         netlink::with_handle(async move |h| {
-            let (bridge_idx, _, _) = netlink::link_by_name(&h, &bridge).await?.ok_or_else(|| NetError::Config(format!("bridge {bridge} is missing")))?;
+            let (bridge_idx, _, _) =
+                netlink::link_by_name(&h, &bridge).await?.ok_or_else(|| NetError::Config(format!("bridge {bridge} is missing")))?;
             netlink::delete_link(&h, &h2).await?;
             netlink::create_veth(&h, &h2, bridge_idx, &ns_file).await
         })?;

@@ -301,11 +301,23 @@ impl Limits {
         if !self.cpuset_mems.is_empty() {
             out.push(("cpuset.mems".into(), self.cpuset_mems.clone()));
         }
-        let unlimited = |v: i64| if v > 0 { v.to_string() } else if v2 { "max".into() } else { "-1".into() };
+        let unlimited = |v: i64| {
+            if v > 0 {
+                v.to_string()
+            } else if v2 {
+                "max".into()
+            } else {
+                "-1".into()
+            }
+        };
         if v2 {
             out.push(("memory.max".into(), unlimited(self.memory_limit)));
             if self.memory_swap != 0 {
-                let swap = if self.memory_swap > 0 && self.memory_limit > 0 { (self.memory_swap - self.memory_limit).to_string() } else { "max".into() };
+                let swap = if self.memory_swap > 0 && self.memory_limit > 0 {
+                    (self.memory_swap - self.memory_limit).to_string()
+                } else {
+                    "max".into()
+                };
                 out.push(("memory.swap.max".into(), swap));
             }
         } else if self.memory_limit != 0 || self.memory_swap != 0 {

@@ -81,8 +81,15 @@ impl Runtime {
 
     /// Writes `spec` into `bundle/config.json`, spawns the monitor, and waits
     /// until the container init has done everything but exec.
-    pub fn create(&self, id: &str, bundle: &Path, spec: &Spec, log: Option<&Path>, pid_ns: &PidNamespace, stdio: StdioOpts)
-        -> Result<Created, RuntimeError> {
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: &Spec,
+        log: Option<&Path>,
+        pid_ns: &PidNamespace,
+        stdio: StdioOpts,
+    ) -> Result<Created, RuntimeError> {
         let io = |what: &str, e: std::io::Error| RuntimeError::Io(format!("{what}: {e}"));
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(bundle).map_err(|e| io("bundle", e))?;
         std::fs::DirBuilder::new().recursive(true).mode(0o755).create(bundle.join("rootfs")).map_err(|e| io("rootfs dir", e))?;
@@ -109,12 +116,12 @@ impl Runtime {
         let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(|e| io("monitor.log", e))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
         pass_as_fd3(&mut cmd, &w);
-        let mut first = cmd.spawn().map_err(|e| RuntimeError::Monitor { id: id.into(), reason: format!("{}: {e}", self.monitor_bin.display()) })?;
+        let mut first =
+            cmd.spawn().map_err(|e| RuntimeError::Monitor { id: id.into(), reason: format!("{}: {e}", self.monitor_bin.display()) })?;
         drop(w);
         // The first monitor process exits right after forking the real one.
         let _ = first.wait();
-        let line = read_line_timeout(r, Duration::from_secs(60))
-            .map_err(|reason| RuntimeError::Monitor { id: id.into(), reason })?;
+        let line = read_line_timeout(r, Duration::from_secs(60)).map_err(|reason| RuntimeError::Monitor { id: id.into(), reason })?;
         let mut parts = line.trim_end().splitn(2, '\t');
         match (parts.next(), parts.next()) {
             (Some("created"), Some(rest)) => {

@@ -217,7 +217,13 @@ fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 
     }
 }
 
-fn child(process: &oci_spec::runtime::Process, user_name: Option<&str>, strict: bool, args: &[String], seccomp: Option<&libseccomp::ScmpFilterContext>) -> InitError {
+fn child(
+    process: &oci_spec::runtime::Process,
+    user_name: Option<&str>,
+    strict: bool,
+    args: &[String],
+    seccomp: Option<&libseccomp::ScmpFilterContext>,
+) -> InitError {
     if nix::unistd::getppid().as_raw() == 1 {
         return InitError::Setup("helper died".into());
     }

@@ -142,8 +142,7 @@ fn retry_eagain<T>(mut f: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> 
 }
 
 fn dup_path_fd(fd: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd, PathError> {
-    openat(fd, ".", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| PathError::io(path, "reopen", e))
+    openat(fd, ".", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| PathError::io(path, "reopen", e))
 }
 
 /// Names the reason a component could not be opened as a directory; with
@@ -206,8 +205,7 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> Result<(), Err
 pub fn lsetxattr_at(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, value: &[u8]) -> Result<(), Errno> {
     // /proc/self/fd/N/name resolves N's directory by fd, so the lookup stays
     // pinned to the directory we hold; lsetxattr does not follow the last link.
-    let path = CString::new(format!("/proc/self/fd/{}/{}", dir.as_raw_fd(), name.to_string_lossy()))
-        .map_err(|_| Errno::EINVAL)?;
+    let path = CString::new(format!("/proc/self/fd/{}/{}", dir.as_raw_fd(), name.to_string_lossy())).map_err(|_| Errno::EINVAL)?;
     let cattr = CString::new(attr).map_err(|_| Errno::EINVAL)?;
     // SAFETY: both strings are NUL-terminated and live; value is one live slice.
     let r = unsafe { libc::lsetxattr(path.as_ptr(), cattr.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
@@ -246,9 +244,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::os::unix::fs::symlink("/etc/hosts-real", dir.path().join("etc/hosts")).unwrap();
         let root = RootDir::open(dir.path()).unwrap();
-        let fd = root
-            .open_in_root(Path::new("etc/hosts"), OFlag::O_WRONLY | OFlag::O_CREAT, Mode::from_bits_truncate(0o644))
-            .unwrap();
+        let fd = root.open_in_root(Path::new("etc/hosts"), OFlag::O_WRONLY | OFlag::O_CREAT, Mode::from_bits_truncate(0o644)).unwrap();
         drop(fd);
         // The link pointed at the host's /etc: the file landed inside the root instead.
         assert!(dir.path().join("etc/hosts-real").exists());

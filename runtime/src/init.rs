@@ -240,8 +240,7 @@ fn join_namespaces(spec: &Spec) -> Result<bool, InitError> {
 /// Overlayfs of the image snapshots with the container's writable layer.
 fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), InitError> {
     // Nothing mounted from here on may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(|e| setup_err("make / rslave", e))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>).map_err(|e| setup_err("make / rslave", e))?;
     let lower = annotation(spec, ANN_LOWERDIRS).ok_or_else(|| InitError::Setup("no rootfs layers".into()))?;
     let data = match (annotation(spec, ANN_UPPERDIR), annotation(spec, ANN_WORKDIR)) {
         (Some(upper), Some(work)) => format!("lowerdir={lower},upperdir={upper},workdir={work}"),
@@ -297,7 +296,12 @@ fn mount_target(root: &RootDir, dest: &Path, is_file: bool) -> Result<OwnedFd, I
         }
         let name = c.as_os_str();
         if last && is_file {
-            let fd = nix::fcntl::openat(parent.as_fd(), name, OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::from_bits_truncate(0o644));
+            let fd = nix::fcntl::openat(
+                parent.as_fd(),
+                name,
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(0o644),
+            );
             match fd {
                 Ok(_) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(target_err(e)),
@@ -372,15 +376,25 @@ fn create_devices(spec: &Spec, root: &RootDir) -> Result<(), InitError> {
         defaults.iter().map(|(n, ma, mi)| (PathBuf::from(n), SFlag::S_IFCHR, *ma, *mi, 0o666, 0, 0)).collect();
     if let Some(linux) = spec.linux() {
         for d in linux.devices().iter().flatten() {
-            let rel = d.path().strip_prefix("/dev").map(Path::to_path_buf).map_err(|_| {
-                InitError::Setup(format!("device {} is not under /dev", d.path().display()))
-            })?;
+            let rel = d
+                .path()
+                .strip_prefix("/dev")
+                .map(Path::to_path_buf)
+                .map_err(|_| InitError::Setup(format!("device {} is not under /dev", d.path().display())))?;
             let kind = match d.typ() {
                 oci_spec::runtime::LinuxDeviceType::B => SFlag::S_IFBLK,
                 oci_spec::runtime::LinuxDeviceType::P => SFlag::S_IFIFO,
                 _ => SFlag::S_IFCHR,
             };
-            nodes.push((rel, kind, d.major() as u64, d.minor() as u64, d.file_mode().unwrap_or(0o666), d.uid().unwrap_or(0), d.gid().unwrap_or(0)));
+            nodes.push((
+                rel,
+                kind,
+                d.major() as u64,
+                d.minor() as u64,
+                d.file_mode().unwrap_or(0o666),
+                d.uid().unwrap_or(0),
+                d.gid().unwrap_or(0),
+            ));
         }
     }
     for (rel, kind, major, minor, mode, uid, gid) in nodes {
@@ -392,10 +406,23 @@ fn create_devices(spec: &Spec, root: &RootDir) -> Result<(), InitError> {
         let _ = nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
         nix::sys::stat::mknodat(parent.as_fd(), name, kind, Mode::from_bits_truncate(mode), nix::sys::stat::makedev(major, minor))
             .map_err(|e| setup_err(&format!("mknod /{}", parent_rel.join(name).display()), e))?;
-        nix::unistd::fchownat(parent.as_fd(), name, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| setup_err("chown device", e))?;
+        nix::unistd::fchownat(
+            parent.as_fd(),
+            name,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| setup_err("chown device", e))?;
     }
-    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx"), ("core", "/proc/kcore")] {
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
         match nix::unistd::symlinkat(target, dev.as_fd(), link) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(setup_err(&format!("symlink /dev/{link}"), e)),
@@ -428,9 +455,13 @@ fn readonly_path(p: &str) -> Result<(), InitError> {
     }
     mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .and_then(|_| {
-            mount(None::<&str>, p, None::<&str>,
+            mount(
+                None::<&str>,
+                p,
+                None::<&str>,
                 MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                None::<&str>)
+                None::<&str>,
+            )
         })
         .map_err(|e| setup_err(&format!("readonly {p}"), e))
 }
@@ -460,10 +491,7 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<CString, InitError>
             Err(()) => Err(InitError::NoSuchFile(arg0.into())),
         };
     }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(arg0);
         if let Ok(true) = is_exec(&candidate) {
@@ -549,7 +577,11 @@ pub fn make_non_dumpable() {
 /// User, capabilities, no_new_privs and seccomp, in the order that lets each
 /// step still have the privilege it needs: without no_new_privs the filter
 /// is loaded while CAP_SYS_ADMIN is still held.
-pub fn confine(process: &oci_spec::runtime::Process, user: &ResolvedUser, seccomp: Option<&libseccomp::ScmpFilterContext>) -> Result<(), InitError> {
+pub fn confine(
+    process: &oci_spec::runtime::Process,
+    user: &ResolvedUser,
+    seccomp: Option<&libseccomp::ScmpFilterContext>,
+) -> Result<(), InitError> {
     if let Some(profile) = process.apparmor_profile() {
         // Takes effect at exec, like runc's aa_change_onexec.
         std::fs::write("/proc/self/attr/apparmor/exec", format!("exec {profile}"))

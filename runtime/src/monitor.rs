@@ -338,7 +338,14 @@ fn read_report(report: &mut std::fs::File) -> Report {
     }
 }
 
-fn child_main(args: &MonitorArgs, null: OwnedFd, stdio: [Option<OwnedFd>; 3], report_w: OwnedFd, start_r: OwnedFd, console: Option<OwnedFd>) -> ! {
+fn child_main(
+    args: &MonitorArgs,
+    null: OwnedFd,
+    stdio: [Option<OwnedFd>; 3],
+    report_w: OwnedFd,
+    start_r: OwnedFd,
+    console: Option<OwnedFd>,
+) -> ! {
     let mut report = std::fs::File::from(report_w);
     let fail = |report: &mut std::fs::File, e: InitError| -> ! {
         let _ = writeln!(report, "{}", e.encode());
@@ -421,13 +428,7 @@ impl Monitor {
             if let Some(dir) = p.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .mode(0o640)
-                .open(p)
-                .ok()
+            std::fs::OpenOptions::new().create(true).append(true).custom_flags(libc::O_CLOEXEC).mode(0o640).open(p).ok()
         });
     }
 
@@ -469,7 +470,8 @@ impl Monitor {
             let err_idx = slot(&mut fds, self.err.as_ref(), PollFlags::POLLIN);
             let pty_flags = if want_stdin_out { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
             let pty_idx = slot(&mut fds, self.pty.as_ref(), pty_flags);
-            let stdin_idx = if want_stdin_out && self.pty.is_none() { slot(&mut fds, self.stdin.as_ref(), PollFlags::POLLOUT) } else { None };
+            let stdin_idx =
+                if want_stdin_out && self.pty.is_none() { slot(&mut fds, self.stdin.as_ref(), PollFlags::POLLOUT) } else { None };
             let first_client = fds.len();
             for c in &self.clients {
                 let mut flags = PollFlags::empty();

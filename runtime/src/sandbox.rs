@@ -207,11 +207,15 @@ pub fn pod_init_main() -> i32 {
             loop {
                 match wait.wait() {
                     Ok(Signal::SIGTERM) => return 0,
-                    _ => while let Ok(s) = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                        if s == nix::sys::wait::WaitStatus::StillAlive {
-                            break;
+                    _ => {
+                        while let Ok(s) =
+                            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+                        {
+                            if s == nix::sys::wait::WaitStatus::StillAlive {
+                                break;
+                            }
                         }
-                    },
+                    }
                 }
             }
         }

@@ -34,9 +34,8 @@ pub fn switch_user_with_caps(user: &ResolvedUser, caps: Option<&LinuxCapabilitie
     // What this node lets us hand out at all (no CAP_SYS_RESOURCE in some
     // sandboxes): every set is clamped to it rather than failing the pod.
     let available: HashSet<Capability> = caps::read(None, CapSet::Bounding).unwrap_or_default();
-    let to_caps = |set: &Option<oci_spec::runtime::Capabilities>| -> HashSet<Capability> {
-        to_caps(set).intersection(&available).copied().collect()
-    };
+    let to_caps =
+        |set: &Option<oci_spec::runtime::Capabilities>| -> HashSet<Capability> { to_caps(set).intersection(&available).copied().collect() };
     let bounding = to_caps(caps.bounding());
     for c in caps::all() {
         if !bounding.contains(&c) && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {

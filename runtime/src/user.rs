@@ -56,8 +56,13 @@ fn groups(text: &str) -> Vec<GroupEntry> {
 
 /// Resolves the spec user against files' contents; `name` is `user[:group]`
 /// when the user was given by name. Pure, for tests.
-pub fn resolve_with(spec_user: &oci_spec::runtime::User, name: Option<&str>, strict: bool, passwd_text: &str, group_text: &str)
-    -> Result<ResolvedUser, InitError> {
+pub fn resolve_with(
+    spec_user: &oci_spec::runtime::User,
+    name: Option<&str>,
+    strict: bool,
+    passwd_text: &str,
+    group_text: &str,
+) -> Result<ResolvedUser, InitError> {
     let users = passwd(passwd_text);
     let all_groups = groups(group_text);
     let (mut uid, mut gid) = (spec_user.uid(), spec_user.gid());
@@ -148,7 +153,13 @@ mod tests {
         assert_eq!(r.groups, vec![1000, 2000, 44]);
         let r = resolve_with(&spec_user(4242, 4242, vec![]), None, false, PASSWD, GROUP).unwrap();
         assert_eq!(r, ResolvedUser { uid: 4242, gid: 4242, groups: vec![4242] });
-        assert_eq!(resolve_with(&spec_user(0, 0, vec![]), Some("bob"), false, PASSWD, GROUP).unwrap_err(), InitError::UnknownUser("bob".into()));
-        assert_eq!(resolve_with(&spec_user(0, 0, vec![]), Some("user:nogrp"), false, PASSWD, GROUP).unwrap_err(), InitError::UnknownGroup("nogrp".into()));
+        assert_eq!(
+            resolve_with(&spec_user(0, 0, vec![]), Some("bob"), false, PASSWD, GROUP).unwrap_err(),
+            InitError::UnknownUser("bob".into())
+        );
+        assert_eq!(
+            resolve_with(&spec_user(0, 0, vec![]), Some("user:nogrp"), false, PASSWD, GROUP).unwrap_err(),
+            InitError::UnknownGroup("nogrp".into())
+        );
     }
 }

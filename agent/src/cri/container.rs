@@ -27,7 +27,10 @@ async fn detached<T: Send + 'static>(f: impl std::future::Future<Output = Result
     tokio::spawn(f).await.map_err(|e| Status::internal(format!("task: {e}")))?
 }
 
-pub(super) async fn create_container(agent: &Arc<Agent>, r: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
+pub(super) async fn create_container(
+    agent: &Arc<Agent>,
+    r: Request<cri::CreateContainerRequest>,
+) -> Result<Response<cri::CreateContainerResponse>, Status> {
     let req = r.into_inner();
     id_field(&req.pod_sandbox_id, "pod_sandbox_id")?;
     let config = req.config.ok_or_else(|| Status::invalid_argument("config: required"))?;
@@ -36,7 +39,10 @@ pub(super) async fn create_container(agent: &Arc<Agent>, r: Request<cri::CreateC
     Ok(Response::new(cri::CreateContainerResponse { container_id: id }))
 }
 
-pub(super) async fn start_container(agent: &Arc<Agent>, r: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
+pub(super) async fn start_container(
+    agent: &Arc<Agent>,
+    r: Request<cri::StartContainerRequest>,
+) -> Result<Response<cri::StartContainerResponse>, Status> {
     let id = r.into_inner().container_id;
     id_field(&id, "container_id")?;
     let agent = agent.clone();
@@ -44,7 +50,10 @@ pub(super) async fn start_container(agent: &Arc<Agent>, r: Request<cri::StartCon
     Ok(Response::new(cri::StartContainerResponse {}))
 }
 
-pub(super) async fn stop_container(agent: &Arc<Agent>, r: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
+pub(super) async fn stop_container(
+    agent: &Arc<Agent>,
+    r: Request<cri::StopContainerRequest>,
+) -> Result<Response<cri::StopContainerResponse>, Status> {
     let req = r.into_inner();
     id_field(&req.container_id, "container_id")?;
     if req.timeout < 0 {
@@ -55,7 +64,10 @@ pub(super) async fn stop_container(agent: &Arc<Agent>, r: Request<cri::StopConta
     Ok(Response::new(cri::StopContainerResponse {}))
 }
 
-pub(super) async fn remove_container(agent: &Arc<Agent>, r: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+pub(super) async fn remove_container(
+    agent: &Arc<Agent>,
+    r: Request<cri::RemoveContainerRequest>,
+) -> Result<Response<cri::RemoveContainerResponse>, Status> {
     let id = r.into_inner().container_id;
     id_field(&id, "container_id")?;
     let agent = agent.clone();
@@ -71,7 +83,10 @@ fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
     cri::ImageSpec { image: c.image.clone(), ..Default::default() }
 }
 
-pub(super) async fn list_containers(agent: &Arc<Agent>, r: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
+pub(super) async fn list_containers(
+    agent: &Arc<Agent>,
+    r: Request<cri::ListContainersRequest>,
+) -> Result<Response<cri::ListContainersResponse>, Status> {
     let filter = r.into_inner().filter.unwrap_or_default();
     let all = agent.store.list::<ContainerRecord>().map_err(|e| Status::internal(e.to_string()))?;
     let mut containers = Vec::new();
@@ -153,7 +168,10 @@ pub fn to_status(c: &ContainerRecord) -> cri::ContainerStatus {
     }
 }
 
-pub(super) async fn container_status(agent: &Arc<Agent>, r: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+pub(super) async fn container_status(
+    agent: &Arc<Agent>,
+    r: Request<cri::ContainerStatusRequest>,
+) -> Result<Response<cri::ContainerStatusResponse>, Status> {
     let req = r.into_inner();
     id_field(&req.container_id, "container_id")?;
     let c = container::find(agent, &req.container_id)?;
@@ -185,14 +203,20 @@ pub(super) async fn exec_sync(agent: &Arc<Agent>, r: Request<cri::ExecSyncReques
     Ok(Response::new(container::exec_sync(agent, &req.container_id, req.cmd, req.timeout).await?))
 }
 
-pub(super) async fn reopen_container_log(agent: &Arc<Agent>, r: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+pub(super) async fn reopen_container_log(
+    agent: &Arc<Agent>,
+    r: Request<cri::ReopenContainerLogRequest>,
+) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
     let id = r.into_inner().container_id;
     id_field(&id, "container_id")?;
     container::reopen_log(agent, &id).await?;
     Ok(Response::new(cri::ReopenContainerLogResponse {}))
 }
 
-pub(super) async fn update_container_resources(agent: &Arc<Agent>, r: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+pub(super) async fn update_container_resources(
+    agent: &Arc<Agent>,
+    r: Request<cri::UpdateContainerResourcesRequest>,
+) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
     let req = r.into_inner();
     id_field(&req.container_id, "container_id")?;
     container::update_resources(agent, &req.container_id, req.linux).await?;

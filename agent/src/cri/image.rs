@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::Agent;
 use crate::image::distribution::Credentials;
-use crate::image::ImageError;
 use crate::image::manifest::user_of;
+use crate::image::ImageError;
 use crate::store::ImageRecord;
 
 /// The gRPC status of an image failure.
@@ -92,7 +92,10 @@ pub(super) async fn remove_image(agent: &Agent, r: Request<cri::RemoveImageReque
     Ok(Response::new(cri::RemoveImageResponse {}))
 }
 
-pub(super) async fn image_fs_info(agent: &Agent, _r: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+pub(super) async fn image_fs_info(
+    agent: &Agent,
+    _r: Request<cri::ImageFsInfoRequest>,
+) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
     let (images, containers) = agent.images.fs_usage(agent.containers_dir()).await.map_err(status_of)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let usage = |u: crate::image::Usage| cri::FilesystemUsage {
@@ -101,8 +104,5 @@ pub(super) async fn image_fs_info(agent: &Agent, _r: Request<cri::ImageFsInfoReq
         used_bytes: Some(cri::UInt64Value { value: u.bytes }),
         inodes_used: Some(cri::UInt64Value { value: u.inodes }),
     };
-    Ok(Response::new(cri::ImageFsInfoResponse {
-        image_filesystems: vec![usage(images)],
-        container_filesystems: vec![usage(containers)],
-    }))
+    Ok(Response::new(cri::ImageFsInfoResponse { image_filesystems: vec![usage(images)], container_filesystems: vec![usage(containers)] }))
 }

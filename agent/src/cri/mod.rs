@@ -10,15 +10,18 @@ pub(crate) mod container;
 pub mod events;
 pub mod image;
 mod rpc_log;
+mod runtime_info;
 pub(crate) mod sandbox;
 mod stats;
 mod streaming;
-mod runtime_info;
 
 use std::sync::Arc;
 
-use berth_proto::cri::{self, image_service_server::{ImageService, ImageServiceServer},
-    runtime_service_server::{RuntimeService, RuntimeServiceServer}};
+use berth_proto::cri::{
+    self,
+    image_service_server::{ImageService, ImageServiceServer},
+    runtime_service_server::{RuntimeService, RuntimeServiceServer},
+};
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
@@ -61,8 +64,7 @@ impl Agent {
         let store = Arc::new(store);
         let images = Images::open(&config, store.clone())?;
         let containers = config.root.join("containers");
-        std::fs::create_dir_all(&containers)
-            .map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", containers.display())))?;
+        std::fs::create_dir_all(&containers).map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", containers.display())))?;
         let monitor_bin = if config.runtime.monitor_path.as_os_str().is_empty() {
             std::env::current_exe()
                 .ok()
@@ -111,20 +113,19 @@ pub struct CriService {
 }
 
 /// The router type [`server`] builds.
-pub type CriRouter =
-    tonic::transport::server::Router<tower::layer::util::Stack<rpc_log::RpcLogLayer, tower::layer::util::Identity>>;
+pub type CriRouter = tonic::transport::server::Router<tower::layer::util::Stack<rpc_log::RpcLogLayer, tower::layer::util::Identity>>;
 
 /// A tonic router serving both CRI services with per-RPC logging.
 pub fn server(agent: Arc<Agent>) -> CriRouter {
     let svc = CriService { agent };
     tonic::transport::Server::builder()
         .layer(rpc_log::RpcLogLayer)
-        .add_service(RuntimeServiceServer::new(svc.clone())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(ImageServiceServer::new(svc)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            RuntimeServiceServer::new(svc.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(ImageServiceServer::new(svc).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// A required id field of a request: InvalidArgument naming it when empty.
@@ -156,11 +157,17 @@ impl RuntimeService for CriService {
         sandbox::stop_pod_sandbox(&self.agent, r).await
     }
 
-    async fn remove_pod_sandbox(&self, r: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         sandbox::remove_pod_sandbox(&self.agent, r).await
     }
 
-    async fn pod_sandbox_status(&self, r: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         sandbox::pod_sandbox_status(&self.agent, r).await
     }
 
@@ -192,11 +199,17 @@ impl RuntimeService for CriService {
         container::container_status(&self.agent, r).await
     }
 
-    async fn update_container_resources(&self, r: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         container::update_container_resources(&self.agent, r).await
     }
 
-    async fn reopen_container_log(&self, r: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         container::reopen_container_log(&self.agent, r).await
     }
 
@@ -220,7 +233,10 @@ impl RuntimeService for CriService {
         stats::container_stats(&self.agent, r).await
     }
 
-    async fn list_container_stats(&self, r: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+    async fn list_container_stats(
+        &self,
+        r: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
         stats::list_container_stats(&self.agent, r).await
     }
 
@@ -228,11 +244,17 @@ impl RuntimeService for CriService {
         stats::pod_sandbox_stats(&self.agent, r).await
     }
 
-    async fn list_pod_sandbox_stats(&self, r: Request<cri::ListPodSandboxStatsRequest>) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         stats::list_pod_sandbox_stats(&self.agent, r).await
     }
 
-    async fn update_runtime_config(&self, r: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
         runtime_info::update_runtime_config(&self.agent, r).await
     }
 
@@ -240,15 +262,24 @@ impl RuntimeService for CriService {
         runtime_info::status(&self.agent, r).await
     }
 
-    async fn checkpoint_container(&self, _r: Request<cri::CheckpointContainerRequest>) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
         Err(unimplemented("CheckpointContainer"))
     }
 
-    async fn list_metric_descriptors(&self, r: Request<cri::ListMetricDescriptorsRequest>) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
         stats::list_metric_descriptors(&self.agent, r).await
     }
 
-    async fn list_pod_sandbox_metrics(&self, r: Request<cri::ListPodSandboxMetricsRequest>) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         stats::list_pod_sandbox_metrics(&self.agent, r).await
     }
 

@@ -23,12 +23,8 @@ pub(super) async fn version(_agent: &Agent, _r: Request<cri::VersionRequest>) ->
 }
 
 pub(super) async fn status(agent: &Agent, r: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
-    let runtime_ready = cri::RuntimeCondition {
-        r#type: "RuntimeReady".into(),
-        status: true,
-        reason: String::new(),
-        message: String::new(),
-    };
+    let runtime_ready =
+        cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() };
     let (ready, reason, message) = agent.network.ready();
     let network_ready = cri::RuntimeCondition { r#type: "NetworkReady".into(), status: ready, reason, message };
     let mut info = std::collections::HashMap::new();
@@ -49,13 +45,19 @@ pub(super) async fn status(agent: &Agent, r: Request<cri::StatusRequest>) -> Res
     }))
 }
 
-pub(super) async fn runtime_config(_agent: &Agent, _r: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+pub(super) async fn runtime_config(
+    _agent: &Agent,
+    _r: Request<cri::RuntimeConfigRequest>,
+) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
     Ok(Response::new(cri::RuntimeConfigResponse {
         linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }),
     }))
 }
 
-pub(super) async fn update_runtime_config(agent: &Arc<Agent>, r: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+pub(super) async fn update_runtime_config(
+    agent: &Arc<Agent>,
+    r: Request<cri::UpdateRuntimeConfigRequest>,
+) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
     let cidr = r.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
     // kubelet sends an empty CIDR when the node has none: nothing to record.
     if cidr.is_empty() {

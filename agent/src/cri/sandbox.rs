@@ -45,7 +45,8 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
         // Filled in with the id by the pod module.
         String::new()
     } else {
-        berth_runtime::cgroup::normalize(&linux.cgroup_parent).map_err(|e| Status::invalid_argument(format!("config.linux.cgroup_parent: {e}")))?
+        berth_runtime::cgroup::normalize(&linux.cgroup_parent)
+            .map_err(|e| Status::invalid_argument(format!("config.linux.cgroup_parent: {e}")))?
     };
     crate::security::check_sysctls(&linux.sysctls, ns.network != ns_mode::NODE, ns.ipc != ns_mode::NODE)?;
     let sysctls = linux.sysctls.clone().into_iter().collect();
@@ -62,12 +63,22 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
             Ok(cri::Protocol::Sctp) => berth_network::Protocol::Sctp,
             Err(_) => return Err(Status::invalid_argument(format!("{field}.protocol: {} is not TCP, UDP or SCTP", pm.protocol))),
         };
-        let port = |v: i32, what: &str| u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| Status::invalid_argument(format!("{field}.{what}: {v} is not a port")));
+        let port = |v: i32, what: &str| {
+            u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| Status::invalid_argument(format!("{field}.{what}: {v} is not a port")))
+        };
         let host_ip = match pm.host_ip.as_str() {
             "" | "0.0.0.0" => None,
-            ip => Some(ip.parse::<std::net::Ipv4Addr>().map_err(|_| Status::invalid_argument(format!("{field}.host_ip: {ip:?} is not an IPv4 address")))?),
+            ip => Some(
+                ip.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| Status::invalid_argument(format!("{field}.host_ip: {ip:?} is not an IPv4 address")))?,
+            ),
         };
-        port_mappings.push(berth_network::PortMapping { protocol, container_port: port(pm.container_port, "container_port")?, host_port: port(pm.host_port, "host_port")?, host_ip });
+        port_mappings.push(berth_network::PortMapping {
+            protocol,
+            container_port: port(pm.container_port, "container_port")?,
+            host_port: port(pm.host_port, "host_port")?,
+            host_ip,
+        });
     }
     let hostname = if config.hostname.is_empty() { meta.name.clone() } else { config.hostname.clone() };
     Ok((
@@ -83,7 +94,13 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
             runtime_handler: handler,
             // CONTAINER means "the pod's own" for a sandbox.
             network_mode: if ns.network == ns_mode::NODE { ns_mode::NODE } else { ns_mode::POD },
-            pid_mode: if ns.pid == ns_mode::POD { ns_mode::POD } else if ns.pid == ns_mode::NODE { ns_mode::NODE } else { ns_mode::CONTAINER },
+            pid_mode: if ns.pid == ns_mode::POD {
+                ns_mode::POD
+            } else if ns.pid == ns_mode::NODE {
+                ns_mode::NODE
+            } else {
+                ns_mode::CONTAINER
+            },
             ipc_mode: if ns.ipc == ns_mode::NODE { ns_mode::NODE } else { ns_mode::POD },
             cgroup,
             port_mappings,
@@ -94,7 +111,10 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
     ))
 }
 
-pub(super) async fn run_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+pub(super) async fn run_pod_sandbox(
+    agent: &Arc<Agent>,
+    r: Request<cri::RunPodSandboxRequest>,
+) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
     let req = r.into_inner();
     let config = req.config.ok_or_else(|| Status::invalid_argument("config: required"))?;
     let (record, dns) = record_from(config, req.runtime_handler)?;
@@ -102,7 +122,10 @@ pub(super) async fn run_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::RunPodSa
     Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
 }
 
-pub(super) async fn stop_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+pub(super) async fn stop_pod_sandbox(
+    agent: &Arc<Agent>,
+    r: Request<cri::StopPodSandboxRequest>,
+) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
     let id = r.into_inner().pod_sandbox_id;
     super::id_field(&id, "pod_sandbox_id")?;
     let agent = agent.clone();
@@ -111,7 +134,10 @@ pub(super) async fn stop_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::StopPod
     Ok(Response::new(cri::StopPodSandboxResponse {}))
 }
 
-pub(super) async fn remove_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+pub(super) async fn remove_pod_sandbox(
+    agent: &Arc<Agent>,
+    r: Request<cri::RemovePodSandboxRequest>,
+) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
     let id = r.into_inner().pod_sandbox_id;
     super::id_field(&id, "pod_sandbox_id")?;
     let agent = agent.clone();
@@ -121,12 +147,7 @@ pub(super) async fn remove_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::Remov
 
 /// The CRI status of a pod record.
 pub fn to_status(p: &PodRecord) -> cri::PodSandboxStatus {
-    let ns = cri::NamespaceOption {
-        network: p.network_mode,
-        pid: p.pid_mode,
-        ipc: p.ipc_mode,
-        ..Default::default()
-    };
+    let ns = cri::NamespaceOption { network: p.network_mode, pid: p.pid_mode, ipc: p.ipc_mode, ..Default::default() };
     cri::PodSandboxStatus {
         id: p.id.clone(),
         metadata: Some(metadata(p)),
@@ -143,7 +164,10 @@ pub fn to_status(p: &PodRecord) -> cri::PodSandboxStatus {
     }
 }
 
-pub(super) async fn pod_sandbox_status(agent: &Arc<Agent>, r: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+pub(super) async fn pod_sandbox_status(
+    agent: &Arc<Agent>,
+    r: Request<cri::PodSandboxStatusRequest>,
+) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
     let req = r.into_inner();
     let p = pod::find(agent, &req.pod_sandbox_id)?;
     let mut info = HashMap::new();
@@ -174,7 +198,10 @@ pub fn labels_match(labels: &std::collections::BTreeMap<String, String>, selecto
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-pub(super) async fn list_pod_sandbox(agent: &Arc<Agent>, r: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+pub(super) async fn list_pod_sandbox(
+    agent: &Arc<Agent>,
+    r: Request<cri::ListPodSandboxRequest>,
+) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
     let filter = r.into_inner().filter.unwrap_or_default();
     let pods = agent.store.list::<PodRecord>().map_err(|e| Status::internal(e.to_string()))?;
     let items = pods

@@ -48,7 +48,10 @@ pub(super) async fn attach(agent: &Arc<Agent>, r: Request<cri::AttachRequest>) -
     Ok(Response::new(cri::AttachResponse { url }))
 }
 
-pub(super) async fn port_forward(agent: &Arc<Agent>, r: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+pub(super) async fn port_forward(
+    agent: &Arc<Agent>,
+    r: Request<cri::PortForwardRequest>,
+) -> Result<Response<cri::PortForwardResponse>, Status> {
     let req = r.into_inner();
     let pod = crate::pod::find(agent, &req.pod_sandbox_id)?;
     if pod.state != crate::store::PodState::Ready {

@@ -12,12 +12,7 @@ use oci_client::{Client, Reference};
 use crate::config::RegistryConfig;
 
 /// Manifest media types berth understands, in the Accept header.
-pub const ACCEPTED_MANIFESTS: &[&str] = &[
-    MEDIA_OCI_INDEX,
-    MEDIA_DOCKER_LIST,
-    MEDIA_OCI_MANIFEST,
-    MEDIA_DOCKER_MANIFEST,
-];
+pub const ACCEPTED_MANIFESTS: &[&str] = &[MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST];
 /// OCI image index.
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Docker manifest list.
@@ -58,8 +53,13 @@ impl std::fmt::Debug for Credentials {
 impl Credentials {
     /// From the CRI `AuthConfig` fields. `registry_token` is a bearer token
     /// for the registry; `auth` is base64 `user:password`.
-    pub fn from_cri(username: &str, password: &str, auth: &str, identity_token: &str, registry_token: &str)
-        -> Result<Credentials, RegistryError> {
+    pub fn from_cri(
+        username: &str,
+        password: &str,
+        auth: &str,
+        identity_token: &str,
+        registry_token: &str,
+    ) -> Result<Credentials, RegistryError> {
         if !registry_token.is_empty() {
             return Ok(Credentials(Some(RegistryAuth::Bearer(registry_token.to_string()))));
         }
@@ -177,11 +177,7 @@ impl Remote {
     /// Fetches a manifest by tag or digest: (bytes, media type).
     pub async fn manifest(&self, target: &str) -> Result<(Vec<u8>, String), RegistryError> {
         let r = self.at(target);
-        let (bytes, _digest) = self
-            .client
-            .pull_manifest_raw(&r, &self.auth, ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| self.error(e))?;
+        let (bytes, _digest) = self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED_MANIFESTS).await.map_err(|e| self.error(e))?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))

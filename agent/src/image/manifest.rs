@@ -97,10 +97,8 @@ pub fn host_platform() -> Platform {
 /// Picks the entry for `want`: same OS and architecture; among those, the
 /// exact variant, then one without a variant, then any.
 pub fn choose_platform<'a>(entries: &'a [IndexEntry], want: &Platform) -> Option<&'a IndexEntry> {
-    let candidates: Vec<&IndexEntry> = entries
-        .iter()
-        .filter(|e| e.platform.as_ref().is_some_and(|p| p.os == want.os && p.architecture == want.architecture))
-        .collect();
+    let candidates: Vec<&IndexEntry> =
+        entries.iter().filter(|e| e.platform.as_ref().is_some_and(|p| p.os == want.os && p.architecture == want.architecture)).collect();
     let variant_of = |e: &IndexEntry| e.platform.as_ref().and_then(|p| p.variant.clone());
     candidates
         .iter()
@@ -218,7 +216,8 @@ mod tests {
 
     #[test]
     fn platform_choice_is_variant_aware() {
-        let entries = vec![entry("a", "arm", Some("v6")), entry("b", "arm", Some("v7")), entry("c", "amd64", None), entry("d", "arm64", None)];
+        let entries =
+            vec![entry("a", "arm", Some("v6")), entry("b", "arm", Some("v7")), entry("c", "amd64", None), entry("d", "arm64", None)];
         let want = |a: &str, v: Option<&str>| Platform { architecture: a.into(), os: "linux".into(), variant: v.map(Into::into) };
         assert_eq!(choose_platform(&entries, &want("arm", Some("v7"))).unwrap().digest, "b");
         assert_eq!(choose_platform(&entries, &want("amd64", None)).unwrap().digest, "c");
@@ -244,15 +243,24 @@ mod tests {
 
     #[test]
     fn docker_and_oci_shapes_parse() {
-        let m: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
-            "config":{"mediaType":"x","digest":"sha256:c","size":3},"layers":[{"mediaType":"y","digest":"sha256:l","size":9}]}"#).unwrap();
+        let m: Manifest = serde_json::from_str(
+            r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+            "config":{"mediaType":"x","digest":"sha256:c","size":3},"layers":[{"mediaType":"y","digest":"sha256:l","size":9}]}"#,
+        )
+        .unwrap();
         assert!(!m.is_index());
         assert_eq!(m.layers[0].size, 9);
-        let i: Manifest = serde_json::from_str(r#"{"schemaVersion":2,"manifests":[{"digest":"sha256:m","size":1,
-            "platform":{"architecture":"amd64","os":"linux"}}]}"#).unwrap();
+        let i: Manifest = serde_json::from_str(
+            r#"{"schemaVersion":2,"manifests":[{"digest":"sha256:m","size":1,
+            "platform":{"architecture":"amd64","os":"linux"}}]}"#,
+        )
+        .unwrap();
         assert!(i.is_index());
-        let c: ImageConfigFile = serde_json::from_str(r#"{"architecture":"amd64","os":"linux","config":{"User":"1000","Cmd":["sh"],
-            "ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":["sha256:d"]}}"#).unwrap();
+        let c: ImageConfigFile = serde_json::from_str(
+            r#"{"architecture":"amd64","os":"linux","config":{"User":"1000","Cmd":["sh"],
+            "ExposedPorts":{"80/tcp":{}}},"rootfs":{"type":"layers","diff_ids":["sha256:d"]}}"#,
+        )
+        .unwrap();
         let run = c.config.unwrap().run_config();
         assert_eq!(run.user, "1000");
         assert_eq!(run.exposed_ports, vec!["80/tcp"]);

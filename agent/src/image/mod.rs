@@ -17,8 +17,8 @@ use oci_client::Reference;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
-use crate::util::KeyedLocks;
 use crate::store::{ContainerRecord, ImageRecord, LayerRecord, Store, StoreError};
+use crate::util::KeyedLocks;
 use content::{sha256_digest, ContentError, ContentStore};
 use distribution::{Credentials, Registries, RegistryError, Remote};
 use manifest::{ImageConfigFile, Manifest};
@@ -106,8 +106,8 @@ impl Images {
     /// Opens the content store and snapshot directory under `config.root`,
     /// removing leftovers of interrupted downloads and unpacks.
     pub fn open(config: &Config, store: Arc<Store>) -> Result<Images, ImageError> {
-        let content = ContentStore::open(&config.root.join("content"))
-            .map_err(|source| ImageError::Content { image: String::new(), source })?;
+        let content =
+            ContentStore::open(&config.root.join("content")).map_err(|source| ImageError::Content { image: String::new(), source })?;
         let snapshots = config.root.join("snapshots");
         std::fs::create_dir_all(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))?;
         for entry in std::fs::read_dir(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))? {
@@ -249,9 +249,7 @@ impl Images {
             let chunk = chunk.map_err(|e| source(distribution::flatten_error(&e)))?;
             writer.write(&chunk)?;
         }
-        tokio::task::spawn_blocking(move || writer.commit())
-            .await
-            .map_err(|e| source(format!("commit task: {e}")))??;
+        tokio::task::spawn_blocking(move || writer.commit()).await.map_err(|e| source(format!("commit task: {e}")))??;
         Ok(())
     }
 

@@ -162,9 +162,7 @@ impl ParentCache {
                 return Ok((fd, name));
             }
         }
-        let fd = root
-            .open_dir_beneath(&parent_rel, create)
-            .map_err(|source| UnpackError::Path { entry: rel.to_path_buf(), source })?;
+        let fd = root.open_dir_beneath(&parent_rel, create).map_err(|source| UnpackError::Path { entry: rel.to_path_buf(), source })?;
         let copy = fd.try_clone().map_err(UnpackError::Archive)?;
         self.last = Some((parent_rel, copy));
         Ok((fd, name))
@@ -206,8 +204,8 @@ fn extract_entry<R: Read>(
     // Whiteouts: the opaque marker makes the parent hide lower layers; `.wh.x`
     // hides x. Other `.wh..wh.` names are aufs bookkeeping and are skipped.
     if name_bytes == OPAQUE_MARKER.as_bytes() {
-        let dir = safefs::open_beneath(parent.as_fd(), Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-            .map_err(fail("open parent"))?;
+        let dir =
+            safefs::open_beneath(parent.as_fd(), Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(fail("open parent"))?;
         return safefs::fsetxattr(dir.as_fd(), OVERLAY_OPAQUE_XATTR, b"y").map_err(fail("set opaque xattr"));
     }
     if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
@@ -236,8 +234,8 @@ fn extract_entry<R: Read>(
             if !keep_dir {
                 mkdirat(parent.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700)).map_err(fail("mkdir"))?;
             }
-            let fd = safefs::open_beneath(parent.as_fd(), Path::new(&name), OFlag::O_RDONLY | OFlag::O_DIRECTORY)
-                .map_err(fail("open dir"))?;
+            let fd =
+                safefs::open_beneath(parent.as_fd(), Path::new(&name), OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(fail("open dir"))?;
             set_owner_mode_xattrs(&fd, entry, uid, gid, mode).map_err(fail("metadata"))?;
             dir_times.push(DirTimes { path: rel.to_path_buf(), mtime });
         }
@@ -258,25 +256,21 @@ fn extract_entry<R: Read>(
         tar::EntryType::Symlink => {
             let target = entry.link_name().map_err(UnpackError::Archive)?.unwrap_or_default().into_owned();
             symlinkat(target.as_os_str(), parent.as_fd(), name.as_os_str()).map_err(fail("symlink"))?;
-            fchownat(parent.as_fd(), name.as_os_str(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(fail("chown"))?;
+            fchownat(parent.as_fd(), name.as_os_str(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(fail("chown"))?;
             nix::sys::stat::utimensat(parent.as_fd(), name.as_os_str(), &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
                 .map_err(fail("utimes"))?;
         }
         tar::EntryType::Link => {
             let target_raw = entry.link_name().map_err(UnpackError::Archive)?.unwrap_or_default().into_owned();
-            let target = safefs::clean_relative(&target_raw)
-                .map_err(|source| UnpackError::Path { entry: raw.into(), source })?;
-            let target_name = target.file_name().ok_or_else(|| UnpackError::Path {
-                entry: raw.into(),
-                source: PathError::Escapes { path: target_raw.clone() },
-            })?;
+            let target = safefs::clean_relative(&target_raw).map_err(|source| UnpackError::Path { entry: raw.into(), source })?;
+            let target_name = target
+                .file_name()
+                .ok_or_else(|| UnpackError::Path { entry: raw.into(), source: PathError::Escapes { path: target_raw.clone() } })?;
             let target_parent = root
                 .open_dir_beneath(target.parent().unwrap_or(Path::new("")), false)
                 .map_err(|source| UnpackError::Path { entry: raw.into(), source })?;
             // Flags 0: a symlink target is linked itself, never followed.
-            linkat(target_parent.as_fd(), target_name, parent.as_fd(), name.as_os_str(), AtFlags::empty())
-                .map_err(fail("hardlink"))?;
+            linkat(target_parent.as_fd(), target_name, parent.as_fd(), name.as_os_str(), AtFlags::empty()).map_err(fail("hardlink"))?;
         }
         tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
             let kind_flag = match kind {
@@ -288,8 +282,7 @@ fn extract_entry<R: Read>(
             let minor = header.device_minor().ok().flatten().unwrap_or(0) as u64;
             let dev = nix::sys::stat::makedev(major, minor);
             mknodat(parent.as_fd(), name.as_os_str(), kind_flag, mode, dev).map_err(fail("mknod"))?;
-            fchownat(parent.as_fd(), name.as_os_str(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
-                .map_err(fail("chown"))?;
+            fchownat(parent.as_fd(), name.as_os_str(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(fail("chown"))?;
             fchmodat(parent.as_fd(), name.as_os_str(), mode, FchmodatFlags::FollowSymlink).map_err(fail("chmod"))?;
             nix::sys::stat::utimensat(parent.as_fd(), name.as_os_str(), &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
                 .map_err(fail("utimes"))?;

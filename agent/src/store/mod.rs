@@ -238,8 +238,14 @@ fn decode_error<R: Record>(key: &str, reason: String) -> StoreError {
 pub struct Json<T>(PhantomData<T>);
 
 impl<T: Serialize + DeserializeOwned + std::fmt::Debug + 'static> redb::Value for Json<T> {
-    type SelfType<'a> = Result<T, String> where Self: 'a;
-    type AsBytes<'a> = Vec<u8> where Self: 'a;
+    type SelfType<'a>
+        = Result<T, String>
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = Vec<u8>
+    where
+        Self: 'a;
 
     fn fixed_width() -> Option<usize> {
         None

@@ -124,8 +124,7 @@ fn kill9_during_writes_keeps_committed_records() {
                 }
             }
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)
-            .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
         // Commits reported between our last read and the kill are durable too.
         for line in lines {
             if let Some(n) = line.unwrap().strip_prefix("committed ") {

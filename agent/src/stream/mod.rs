@@ -77,7 +77,12 @@ pub struct Streams {
 impl Streams {
     /// Binds the listener (port 0 = a free one); with `tls`, connections
     /// are TLS and URLs `https`.
-    pub async fn bind(address: &str, port: u16, ttl: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<(Arc<Streams>, TcpListener)> {
+    pub async fn bind(
+        address: &str,
+        port: u16,
+        ttl: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<(Arc<Streams>, TcpListener)> {
         let listener = TcpListener::bind((address, port)).await?;
         let addr = listener.local_addr()?;
         Ok((Arc::new(Streams { addr, ttl, tls, tokens: Mutex::new(HashMap::new()) }), listener))
@@ -132,7 +137,8 @@ pub fn serve(streams: Arc<Streams>, listener: TcpListener, agent: Weak<Agent>) {
             let _ = conn.set_nodelay(true);
             // A peer that vanishes without a FIN (a partition, a dead node)
             // is noticed within about two minutes, so its session ends.
-            let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10)).with_retries(9);
+            let keepalive =
+                socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10)).with_retries(9);
             let _ = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive);
             let (streams, agent) = (streams.clone(), agent.clone());
             tokio::spawn(async move {
@@ -218,7 +224,9 @@ where
         .map(|(_, q)| q.split('&').filter_map(|kv| kv.strip_prefix("port=").and_then(|p| p.parse().ok())).collect())
         .unwrap_or_default();
     let req = match req {
-        StreamRequest::PortForward { netns, ports } if !query_ports.is_empty() && ports.is_empty() => StreamRequest::PortForward { netns, ports: query_ports },
+        StreamRequest::PortForward { netns, ports } if !query_ports.is_empty() && ports.is_empty() => {
+            StreamRequest::PortForward { netns, ports: query_ports }
+        }
         other => other,
     };
     match parsed.upgrade().as_deref() {
@@ -228,7 +236,10 @@ where
         }
         _ => {
             let body = "berth's streaming server speaks SPDY/3.1 and WebSocket: send an Upgrade header\n";
-            let response = format!("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let response = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             conn.write_all(response.as_bytes()).await
         }
     }

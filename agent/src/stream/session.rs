@@ -159,7 +159,9 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
     };
     let text = String::from_utf8_lossy(&setup_error);
     let outcome = match text.lines().find_map(|l| l.strip_prefix(berth_runtime::exec::ERROR_MARKER)) {
-        Some(line) if code == berth_runtime::exec::SETUP_FAILED => Outcome::Failure(berth_runtime::init::InitError::decode(line).to_string()),
+        Some(line) if code == berth_runtime::exec::SETUP_FAILED => {
+            Outcome::Failure(berth_runtime::init::InitError::decode(line).to_string())
+        }
         _ => Outcome::Exit(code),
     };
     ch.finish(outcome).await;
@@ -170,7 +172,9 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
 /// as kubelet reports attach) or when the client goes away (the container
 /// keeps running; a `stdin_once` container loses its stdin).
 pub async fn attach<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, wants: Wants) {
-    use berth_runtime::monitor::{attach_frame, take_attach_frame, FRAME_EXIT, FRAME_RESIZE, FRAME_STDERR, FRAME_STDIN, FRAME_STDIN_CLOSE, FRAME_STDOUT};
+    use berth_runtime::monitor::{
+        attach_frame, take_attach_frame, FRAME_EXIT, FRAME_RESIZE, FRAME_STDERR, FRAME_STDIN, FRAME_STDIN_CLOSE, FRAME_STDOUT,
+    };
     let rec = match running_container(&agent, &id) {
         Ok(r) => r,
         Err(failure) => return ch.finish(failure).await,

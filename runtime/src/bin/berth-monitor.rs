@@ -63,7 +63,11 @@ fn monitor(args: &[String]) -> i32 {
         log: get(&f, "log").map(PathBuf::from),
         pid_ns,
         sync_fd,
-        stdio: StdioOpts { stdin: get(&f, "stdin") == Some("true"), stdin_once: get(&f, "stdin-once") == Some("true"), tty: get(&f, "tty") == Some("true") },
+        stdio: StdioOpts {
+            stdin: get(&f, "stdin") == Some("true"),
+            stdin_once: get(&f, "stdin-once") == Some("true"),
+            tty: get(&f, "tty") == Some("true"),
+        },
     })
 }
 

@@ -254,7 +254,9 @@ impl Encoder {
                 let body = [&(stream_id & 0x7fff_ffff).to_be_bytes()[..], &self.compress(headers)?].concat();
                 control(out, HEADERS, flag(*fin), &body);
             }
-            Frame::RstStream { stream_id, status } => control(out, RST_STREAM, 0, &[(stream_id & 0x7fff_ffff).to_be_bytes(), status.to_be_bytes()].concat()),
+            Frame::RstStream { stream_id, status } => {
+                control(out, RST_STREAM, 0, &[(stream_id & 0x7fff_ffff).to_be_bytes(), status.to_be_bytes()].concat())
+            }
             Frame::Settings { entries } => {
                 let mut body = (entries.len() as u32).to_be_bytes().to_vec();
                 for (id, value) in entries {
@@ -264,8 +266,12 @@ impl Encoder {
                 control(out, SETTINGS, 0, &body);
             }
             Frame::Ping { id } => control(out, PING, 0, &id.to_be_bytes()),
-            Frame::GoAway { last_good_stream_id, status } => control(out, GOAWAY, 0, &[(last_good_stream_id & 0x7fff_ffff).to_be_bytes(), status.to_be_bytes()].concat()),
-            Frame::WindowUpdate { stream_id, delta } => control(out, WINDOW_UPDATE, 0, &[(stream_id & 0x7fff_ffff).to_be_bytes(), (delta & 0x7fff_ffff).to_be_bytes()].concat()),
+            Frame::GoAway { last_good_stream_id, status } => {
+                control(out, GOAWAY, 0, &[(last_good_stream_id & 0x7fff_ffff).to_be_bytes(), status.to_be_bytes()].concat())
+            }
+            Frame::WindowUpdate { stream_id, delta } => {
+                control(out, WINDOW_UPDATE, 0, &[(stream_id & 0x7fff_ffff).to_be_bytes(), (delta & 0x7fff_ffff).to_be_bytes()].concat())
+            }
             Frame::Unknown { frame_type } => control(out, *frame_type, 0, &[]),
         }
         Ok(())
@@ -385,7 +391,13 @@ mod tests {
         round_trip(Frame::RstStream { stream_id: 11, status: RST_PROTOCOL_ERROR });
         round_trip(Frame::GoAway { last_good_stream_id: 3, status: 0 });
         round_trip(Frame::Settings { entries: vec![(4, 100), (7, 65536)] });
-        round_trip(Frame::SynStream { stream_id: 1, associated_to: 0, priority: 0, fin: false, headers: vec![("streamtype".into(), "error".into())] });
+        round_trip(Frame::SynStream {
+            stream_id: 1,
+            associated_to: 0,
+            priority: 0,
+            fin: false,
+            headers: vec![("streamtype".into(), "error".into())],
+        });
         round_trip(Frame::SynReply { stream_id: 1, fin: false, headers: vec![] });
         round_trip(Frame::Headers { stream_id: 1, fin: true, headers: vec![("a".into(), "b\0c".into())] });
     }
@@ -395,7 +407,13 @@ mod tests {
         let (mut a, mut b) = (Encoder::new(), Decoder::new());
         let mut wire = Vec::new();
         for (id, kind) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr"), (9, "resize")] {
-            let f = Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, fin: false, headers: vec![("streamtype".into(), kind.into())] };
+            let f = Frame::SynStream {
+                stream_id: id,
+                associated_to: 0,
+                priority: 0,
+                fin: false,
+                headers: vec![("streamtype".into(), kind.into())],
+            };
             a.encode(&f, &mut wire).unwrap();
         }
         let mut kinds = Vec::new();

@@ -89,7 +89,13 @@ fn describe(id: u32, headers: &Headers) -> Option<(&'static str, String, Result<
     };
     // Clients before Kubernetes 1.4 send no request id: the error stream is
     // created right before its data stream, so they pair by stream id.
-    let request = header(headers, "requestid").map(str::to_string).unwrap_or_else(|| if kind == "error" { (id + 2).to_string() } else { id.to_string() });
+    let request = header(headers, "requestid").map(str::to_string).unwrap_or_else(|| {
+        if kind == "error" {
+            (id + 2).to_string()
+        } else {
+            id.to_string()
+        }
+    });
     let port = match header(headers, "port") {
         None => Err("port: the stream names no port".to_string()),
         Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("port: {p:?} is not a valid port")),
