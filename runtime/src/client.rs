@@ -106,7 +106,7 @@ impl Runtime {
         match pid_ns {
             PidNamespace::New => cmd.arg("--pid-ns").arg("new"),
             PidNamespace::Host => cmd.arg("--pid-ns").arg("host"),
-            PidNamespace::Join(p) => cmd.arg("--pid-ns").arg(p),
+            PidNamespace::Join { pid, start_time } => cmd.arg("--pid-ns").arg(format!("pid:{pid}:{start_time}")),
         };
         for (flag, on) in [("--stdin", stdio.stdin), ("--stdin-once", stdio.stdin_once), ("--tty", stdio.tty)] {
             if on {
@@ -131,7 +131,7 @@ impl Runtime {
                     (Some(pid), Some(monitor_pid), Some(uid), Some(gid)) => {
                         let pid = pid as i32;
                         let groups = f.get(4).map(|g| g.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_default();
-                        let start_time = crate::exec::proc_start_time(pid).unwrap_or(0);
+                        let start_time = crate::process::start_time(pid).unwrap_or(0);
                         Ok(Created { pid, start_time, monitor_pid: monitor_pid as i32, uid: uid as u32, gid: gid as u32, groups })
                     }
                     _ => Err(RuntimeError::Monitor { id: id.into(), reason: format!("bad answer {line:?}") }),
@@ -306,15 +306,4 @@ fn read_line_timeout(fd: OwnedFd, timeout: Duration) -> Result<String, String> {
     let mut reader = BufReader::new(file.take(64 * 1024));
     reader.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
     Ok(line)
-}
-
-/// `pidfd_open(2)`: an fd that becomes readable when `pid` exits.
-pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: the syscall takes two integers and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh fd that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -7,10 +7,8 @@
 //! (PDEATHSIG), so killing the helper on a timeout kills the command.
 
 use std::os::fd::AsFd;
-
 use std::path::PathBuf;
 
-use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
@@ -39,14 +37,6 @@ pub struct ExecArgs {
     pub tty: bool,
 }
 
-/// The start time (clock ticks since boot) of a process, field 22 of its stat.
-pub fn proc_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses; fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 fn fail(e: InitError) -> i32 {
     eprintln!("{ERROR_MARKER}{}", e.encode());
     SETUP_FAILED
@@ -69,33 +59,22 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     let spec: oci_spec::runtime::Spec = std::fs::read(args.bundle.join("config.json"))
         .map_err(|e| setup("reading config.json", e))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| setup("parsing config.json", e)))?;
-    if proc_start_time(args.pid) != Some(args.start_time) {
-        return Err(InitError::Setup("the container is not running".into()));
-    }
+    // The pidfd first, then the start-time check: every later step acts on
+    // the container's init, never on a process that reused its pid.
+    let target =
+        crate::process::Process::open(args.pid, args.start_time).map_err(|_| InitError::Setup("the container is not running".into()))?;
     let annotation = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned().filter(|s| !s.is_empty());
-    // Namespace fds first: after the mount namespace switch /proc is the container's.
-    let mut fds = Vec::new();
-    for (name, flag) in [
-        ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC),
-        ("uts", nix::sched::CloneFlags::CLONE_NEWUTS),
-        ("net", nix::sched::CloneFlags::CLONE_NEWNET),
-        ("pid", nix::sched::CloneFlags::CLONE_NEWPID),
-        ("cgroup", nix::sched::CloneFlags::CLONE_NEWCGROUP),
-        ("mnt", nix::sched::CloneFlags::CLONE_NEWNS),
-    ] {
-        let path = format!("/proc/{}/ns/{name}", args.pid);
-        let fd = nix::fcntl::open(path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| setup(&path, e))?;
-        fds.push((name, fd, flag));
-    }
     if let Some(procs) = annotation(ANN_CGROUP_PROCS) {
         for f in procs.split(':') {
             std::fs::write(f, "0").map_err(|e| setup(&format!("joining cgroup {f}"), e))?;
         }
     }
-    for (name, fd, flag) in &fds {
-        nix::sched::setns(fd.as_fd(), *flag).map_err(|e| setup(&format!("setns {name}"), e))?;
-    }
-    drop(fds);
+    use nix::sched::CloneFlags as F;
+    // All at once: after the mount namespace switch /proc is the container's.
+    target
+        .join(F::CLONE_NEWIPC | F::CLONE_NEWUTS | F::CLONE_NEWNET | F::CLONE_NEWPID | F::CLONE_NEWCGROUP | F::CLONE_NEWNS)
+        .map_err(|e| setup("joining the container's namespaces", e))?;
+    drop(target);
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     // After the mount namespace switch, /dev/ptmx is the container's own
     // devpts instance: the terminal lives inside the container.
@@ -242,25 +221,17 @@ fn child(
         Ok(p) => p,
         Err(e) => return e,
     };
-    if let Err(e) = nix::unistd::chdir(process.cwd()) {
-        return InitError::BadCwd(process.cwd().display().to_string(), e.to_string());
+    if let Err(e) = init::chdir_inside(process.cwd()) {
+        return e;
     }
     if let Err(e) = init::confine(process, &user, seccomp) {
         return e;
     }
-    if let Err(e) = nix::unistd::chdir(process.cwd()) {
-        return InitError::BadCwd(process.cwd().display().to_string(), e.to_string());
+    // Again as the final user, whose permissions on the directory count.
+    if let Err(e) = init::chdir_inside(process.cwd()) {
+        return e;
     }
     nix::sys::stat::umask(Mode::from_bits_truncate(process.user().umask().unwrap_or(0o022)));
     // Dies with the helper: berthd kills the helper on an ExecSync timeout.
     init::exec_final(&executable, args, &env, libc::SIGKILL)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn start_time_of_self() {
-        assert!(super::proc_start_time(std::process::id() as i32).is_some());
-        assert!(super::proc_start_time(i32::MAX).is_none());
-    }
 }

@@ -58,6 +58,16 @@ pub fn clean_relative(path: &Path) -> Result<PathBuf, PathError> {
     Ok(out.iter().collect())
 }
 
+/// Creates `path` (and missing parents) if needed and makes it mode 0700,
+/// also when it already existed with a wider mode: the directories under
+/// which image content and container layers live are root's alone, so no
+/// local user reaches a device node or setuid binary an image brought.
+pub fn ensure_private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// An open directory that is the root of untrusted content.
 #[derive(Debug)]
 pub struct RootDir {
@@ -71,6 +81,12 @@ impl RootDir {
         let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| PathError::io(path, "open root", e))?;
         Ok(RootDir { fd, path: path.to_path_buf() })
+    }
+
+    /// Takes `fd` (an open directory, e.g. a mount just made) as a root;
+    /// `path` names it in messages.
+    pub fn from_fd(fd: OwnedFd, path: &Path) -> RootDir {
+        RootDir { fd, path: path.to_path_buf() }
     }
 
     /// The root's host path (for messages and mounts).

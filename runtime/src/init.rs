@@ -19,6 +19,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::{Mode, SFlag};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
+use crate::cgroup::DeviceRule;
 use crate::fs::{clean_relative, PathError, RootDir};
 use crate::user::{self, ResolvedUser};
 
@@ -159,12 +160,19 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
     }
     let new_uts = join_namespaces(spec)?;
     let rootfs = bundle.join("rootfs");
-    mount_rootfs(spec, &rootfs)?;
+    let root_flags = mount_rootfs(spec, &rootfs)?;
     let root = RootDir::open(&rootfs).map_err(|e| setup_err("open rootfs", e))?;
+    // The container's null device, made by us in its /dev tmpfs: the one
+    // thing masked files are bound from.
+    let mut null = None;
     for m in spec.mounts().iter().flatten() {
-        mount_into(&root, m)?;
+        let mounted = mount_into(&root, m)?;
+        // Device nodes go into the /dev tmpfs right after it is mounted, by
+        // its fd: never into the image, nor into a volume mounted at /dev later.
+        if m.destination() == Path::new("/dev") && m.typ().as_deref() == Some("tmpfs") {
+            null = Some(create_devices(spec, mounted)?);
+        }
     }
-    create_devices(spec, &root)?;
     drop(root);
     pivot(&rootfs)?;
     if new_uts {
@@ -178,14 +186,15 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
             std::fs::write(&path, value).map_err(|e| setup_err(&format!("sysctl {key}={value}"), e))?;
         }
         for p in linux.masked_paths().iter().flatten() {
-            mask_path(p)?;
+            mask_path(p, null.as_ref())?;
         }
         for p in linux.readonly_paths().iter().flatten() {
             readonly_path(p)?;
         }
     }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
+        // A bind remount sets every per-mount flag: keep the rootfs's own.
+        mount(None::<&str>, "/", None::<&str>, root_flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
             .map_err(|e| setup_err("remount / read-only", e))?;
     }
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
@@ -237,8 +246,18 @@ fn join_namespaces(spec: &Spec) -> Result<bool, InitError> {
     Ok(new_uts)
 }
 
-/// Overlayfs of the image snapshots with the container's writable layer.
-fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), InitError> {
+/// True when the spec's device cgroup rules deny by default: then no device
+/// node in the rootfs may be usable either (`nodev`), whoever put it there.
+fn devices_restricted(spec: &Spec) -> Result<bool, InitError> {
+    let rules = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone()).unwrap_or_default();
+    let rules: Vec<DeviceRule> =
+        rules.iter().map(DeviceRule::from_oci).collect::<Result<_, _>>().map_err(|e| setup_err("device rules", e))?;
+    Ok(!crate::cgroup::devices::reduce(&rules).default_allow)
+}
+
+/// Overlayfs of the image snapshots with the container's writable layer;
+/// returns the per-mount flags it was mounted with.
+fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<MsFlags, InitError> {
     // Nothing mounted from here on may propagate back to the host.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>).map_err(|e| setup_err("make / rslave", e))?;
     let lower = annotation(spec, ANN_LOWERDIRS).ok_or_else(|| InitError::Setup("no rootfs layers".into()))?;
@@ -246,8 +265,10 @@ fn mount_rootfs(spec: &Spec, rootfs: &Path) -> Result<(), InitError> {
         (Some(upper), Some(work)) => format!("lowerdir={lower},upperdir={upper},workdir={work}"),
         _ => format!("lowerdir={lower}"),
     };
-    mount(Some("overlay"), rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
-        .map_err(|e| setup_err(&format!("mount overlay rootfs ({} bytes of options)", data.len()), e))
+    let flags = if devices_restricted(spec)? { MsFlags::MS_NODEV } else { MsFlags::empty() };
+    mount(Some("overlay"), rootfs, Some("overlay"), flags, Some(data.as_str()))
+        .map_err(|e| setup_err(&format!("mount overlay rootfs ({} bytes of options)", data.len()), e))?;
+    Ok(flags)
 }
 
 /// Mount flags and data from OCI mount options.
@@ -324,8 +345,9 @@ fn fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-/// One OCI mount, into the (not yet pivoted) root.
-fn mount_into(root: &RootDir, m: &Mount) -> Result<(), InitError> {
+/// One OCI mount, into the (not yet pivoted) root; returns an `O_PATH` fd of
+/// the new mount's root.
+fn mount_into(root: &RootDir, m: &Mount) -> Result<OwnedFd, InitError> {
     let kind = m.typ().clone().unwrap_or_else(|| "bind".into());
     let (mut flags, propagation, data) = parse_options(m.options().as_deref().unwrap_or(&[]));
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&kind));
@@ -345,14 +367,11 @@ fn mount_into(root: &RootDir, m: &Mount) -> Result<(), InitError> {
     } else {
         mount(Some(&source), tpath.as_str(), Some(kind.as_str()), flags, data_opt).map_err(|e| setup_err(&step(&kind), e))?;
     }
-    // A bind mount takes its flags only on a remount.
-    let extra = if is_bind { flags & !(MsFlags::MS_BIND | MsFlags::MS_REC) } else { MsFlags::empty() };
-    if extra.is_empty() && propagation.is_empty() {
-        return Ok(());
-    }
     // The target fd points beneath the new mount; open the mount itself.
     let rel = clean_relative(dest.strip_prefix("/").unwrap_or(dest)).map_err(|e| setup_err("mount destination", e))?;
     let mounted = root.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(path_err)?;
+    // A bind mount takes its flags only on a remount.
+    let extra = if is_bind { flags & !(MsFlags::MS_BIND | MsFlags::MS_REC) } else { MsFlags::empty() };
     let mpath = fd_path(&mounted);
     if !extra.is_empty() {
         mount(None::<&str>, mpath.as_str(), None::<&str>, extra | MsFlags::MS_REMOUNT | MsFlags::MS_BIND, None::<&str>)
@@ -361,15 +380,18 @@ fn mount_into(root: &RootDir, m: &Mount) -> Result<(), InitError> {
     if !propagation.is_empty() {
         mount(None::<&str>, mpath.as_str(), None::<&str>, propagation, None::<&str>).map_err(|e| setup_err(&step("propagation"), e))?;
     }
-    Ok(())
+    Ok(mounted)
 }
 
-/// The OCI default devices plus the spec's, as nodes in the container's /dev.
-fn create_devices(spec: &Spec, root: &RootDir) -> Result<(), InitError> {
-    let dev = match root.open_in_root(Path::new("dev"), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(_) => return Ok(()),
-    };
+/// The OCI default devices plus the spec's, as nodes in the container's /dev
+/// tmpfs `dev` (checked to be a tmpfs), and its standard links. Returns an
+/// `O_PATH` fd of the `null` node made here (checked to be `c 1:3`).
+fn create_devices(spec: &Spec, dev: OwnedFd) -> Result<OwnedFd, InitError> {
+    let fs = nix::sys::statfs::fstatfs(&dev).map_err(|e| setup_err("statfs /dev", e))?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return Err(InitError::Setup("/dev is not the container's tmpfs: no device nodes are made there".into()));
+    }
+    let dev = RootDir::from_fd(dev, Path::new("/dev"));
     let defaults: [(&str, u64, u64); 6] =
         [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
     let mut nodes: Vec<(PathBuf, SFlag, u64, u64, u32, u32, u32)> =
@@ -400,12 +422,10 @@ fn create_devices(spec: &Spec, root: &RootDir) -> Result<(), InitError> {
     for (rel, kind, major, minor, mode, uid, gid) in nodes {
         let rel = clean_relative(&rel).map_err(|e| setup_err("device path", e))?;
         let name = rel.file_name().ok_or_else(|| InitError::Setup("device path is /dev".into()))?;
-        let parent_rel = Path::new("dev").join(rel.parent().unwrap_or(Path::new("")));
-        let _ = mount_target(root, &Path::new("/").join(&parent_rel), false)?;
-        let parent = root.open_in_root(&parent_rel, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).map_err(path_err)?;
+        let parent = dev.open_dir_beneath(rel.parent().unwrap_or(Path::new("")), true).map_err(path_err)?;
         let _ = nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
         nix::sys::stat::mknodat(parent.as_fd(), name, kind, Mode::from_bits_truncate(mode), nix::sys::stat::makedev(major, minor))
-            .map_err(|e| setup_err(&format!("mknod /{}", parent_rel.join(name).display()), e))?;
+            .map_err(|e| setup_err(&format!("mknod /dev/{}", rel.display()), e))?;
         nix::unistd::fchownat(
             parent.as_fd(),
             name,
@@ -423,12 +443,17 @@ fn create_devices(spec: &Spec, root: &RootDir) -> Result<(), InitError> {
         ("ptmx", "pts/ptmx"),
         ("core", "/proc/kcore"),
     ] {
-        match nix::unistd::symlinkat(target, dev.as_fd(), link) {
+        match nix::unistd::symlinkat(target, dev.fd(), link) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(setup_err(&format!("symlink /dev/{link}"), e)),
         }
     }
-    Ok(())
+    let null = crate::fs::open_beneath(dev.fd(), Path::new("null"), OFlag::O_PATH).map_err(|e| setup_err("open /dev/null", e))?;
+    let st = nix::sys::stat::fstat(&null).map_err(|e| setup_err("stat /dev/null", e))?;
+    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFCHR || st.st_rdev != nix::sys::stat::makedev(1, 3) {
+        return Err(InitError::Setup("/dev/null is not the null device".into()));
+    }
+    Ok(null)
 }
 
 /// `pivot_root` onto the rootfs and detach the old root.
@@ -440,11 +465,19 @@ fn pivot(rootfs: &Path) -> Result<(), InitError> {
     nix::unistd::chdir("/").map_err(|e| setup_err("chdir /", e))
 }
 
-fn mask_path(p: &str) -> Result<(), InitError> {
+/// Hides `p`: a directory under an empty read-only tmpfs, a file under the
+/// null device that `create_devices` made and checked — bound from its fd,
+/// never looked up by name, so a `/dev/null` swapped for a link to somewhere
+/// else (a volume at /dev) cannot be what is mounted.
+fn mask_path(p: &str, null: Option<&OwnedFd>) -> Result<(), InitError> {
     let r = match std::fs::symlink_metadata(p) {
         Err(_) => return Ok(()),
         Ok(m) if m.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
-        Ok(_) => mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        Ok(_) => {
+            let null =
+                null.ok_or_else(|| InitError::Setup(format!("mask {p}: the spec mounts no /dev tmpfs to take a null device from")))?;
+            mount(Some(fd_path(null).as_str()), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        }
     };
     r.map_err(|e| setup_err(&format!("mask {p}"), e))
 }
@@ -464,6 +497,20 @@ fn readonly_path(p: &str) -> Result<(), InitError> {
             )
         })
         .map_err(|e| setup_err(&format!("readonly {p}"), e))
+}
+
+/// `chdir`, then a check that the new working directory is inside the
+/// process's root: a directory reached through an fd from outside (the shape
+/// of CVE-2024-21626) has no path from the root, and `getcwd` fails for it
+/// (the kernel marks it "(unreachable)", glibc answers ENOENT).
+pub fn chdir_inside(cwd: &Path) -> Result<(), InitError> {
+    let bad = |why: String| InitError::BadCwd(cwd.display().to_string(), why);
+    nix::unistd::chdir(cwd).map_err(|e| bad(e.to_string()))?;
+    match nix::unistd::getcwd() {
+        Ok(p) if p.is_absolute() => Ok(()),
+        Ok(p) => Err(bad(format!("the working directory {} is outside the container", p.display()))),
+        Err(e) => Err(bad(format!("the working directory is outside the container ({e})"))),
+    }
 }
 
 fn check_cwd(cwd: &Path) -> Result<(), InitError> {
@@ -557,8 +604,8 @@ pub fn exec(spec: &Spec, prepared: Prepared) -> InitError {
         return e;
     }
     // After the switch, so permission on the directory is the user's.
-    if let Err(e) = nix::unistd::chdir(&prepared.cwd) {
-        return InitError::BadCwd(prepared.cwd.display().to_string(), e.to_string());
+    if let Err(e) = chdir_inside(&prepared.cwd) {
+        return e;
     }
     let umask = process.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));
@@ -682,6 +729,36 @@ mod tests {
         assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC));
         assert_eq!(p, MsFlags::MS_SLAVE | MsFlags::MS_REC);
         assert_eq!(d, "mode=755,size=64m");
+    }
+
+    /// CVE-2024-21626's shape: a working directory reached through an fd to
+    /// a directory outside the root. chdir itself succeeds; chdir_inside
+    /// refuses it. Runs in a thread of its own, which alone gets the new
+    /// mount namespace and root.
+    #[test]
+    fn chdir_through_an_fd_outside_the_root_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let outcome = std::thread::spawn(move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).unwrap();
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).unwrap();
+            mount(Some("proc"), &root.join("proc"), Some("proc"), MsFlags::empty(), None::<&str>).unwrap();
+            let fd = nix::fcntl::open(&outside, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+            nix::unistd::chroot(&root).unwrap();
+            nix::unistd::chdir("/").unwrap();
+            let through_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let refused = chdir_inside(&through_fd);
+            (refused, chdir_inside(Path::new("/proc")))
+        })
+        .join()
+        .unwrap();
+        assert!(matches!(outcome.0, Err(InitError::BadCwd(_, ref why)) if why.contains("outside the container")), "{:?}", outcome.0);
+        assert!(outcome.1.is_ok(), "{:?}", outcome.1);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod fs;
 pub mod init;
 pub mod log;
 pub mod monitor;
+pub mod process;
 pub mod sandbox;
 pub mod security;
 pub mod time;

@@ -83,8 +83,14 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 pub enum PidNamespace {
     /// A new one; the init is its PID 1.
     New,
-    /// Join an existing one (the pod's), by path.
-    Join(PathBuf),
+    /// Join the one of a running process (the pod's init, or a target
+    /// container's), named by pid and start time.
+    Join {
+        /// Host pid.
+        pid: i32,
+        /// Its start time, so a reused pid is refused.
+        start_time: u64,
+    },
     /// The host's.
     Host,
 }
@@ -223,10 +229,10 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
 
     match &args.pid_ns {
         PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
-        PidNamespace::Join(path) => {
-            let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(|e| setup_err(&format!("open {}", path.display()), e))?;
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
+        PidNamespace::Join { pid, start_time } => {
+            let target = crate::process::Process::open(*pid, *start_time)
+                .map_err(|e| setup_err(&format!("the process {pid} whose PID namespace to join"), e))?;
+            target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
         }
         PidNamespace::Host => {}
     }

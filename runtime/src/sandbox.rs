@@ -162,29 +162,130 @@ pub fn unmount_shm(path: &Path) {
     let _ = std::fs::remove_dir(path);
 }
 
+/// The leaf cgroup, under the pod's, that holds the pod's init (on cgroup v2
+/// a cgroup with children may hold no process itself).
+pub const INIT_CGROUP: &str = "init";
+
+/// The pod's running PID-namespace init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodInit {
+    /// Host pid.
+    pub pid: i32,
+    /// Its start time.
+    pub start_time: u64,
+}
+
+/// What `berth-monitor pod-init` needs.
+#[derive(Debug, Clone)]
+pub struct PodInitArgs {
+    /// The pod id: in the command line, so that a crash leaves it findable.
+    pub pod_id: String,
+    /// The pod's state dir: its namespace pins; in the init's own mount
+    /// namespace an empty tmpfs is mounted here to become its root.
+    pub pod_dir: PathBuf,
+    /// `cgroup.procs` files to join before anything else.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
 /// Starts the pod's PID-namespace init via `monitor_bin pod-init`; returns
-/// its host pid once it runs as PID 1 of a new namespace.
-pub fn spawn_pod_init(monitor_bin: &Path) -> Result<i32, SandboxError> {
+/// it once it runs as PID 1 of a new namespace, confined (see
+/// [`pod_init_main`]), or the reason it could not be.
+pub fn spawn_pod_init(monitor_bin: &Path, args: &PodInitArgs) -> Result<PodInit, SandboxError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ns_err("pipe"))?;
     let mut cmd = Command::new(monitor_bin);
-    cmd.arg("pod-init").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let procs: Vec<String> = args.cgroup_procs.iter().map(|p| p.display().to_string()).collect();
+    cmd.arg("pod-init")
+        .arg("--pod")
+        .arg(&args.pod_id)
+        .arg("--pod-dir")
+        .arg(&args.pod_dir)
+        .arg("--cgroup-procs")
+        .arg(procs.join(":"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     crate::client::pass_as_fd3(&mut cmd, &w);
     let mut child = cmd.spawn().map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
     drop(w);
-    let mut line = String::new();
-    let _ = BufReader::new(std::fs::File::from(r)).read_line(&mut line);
+    // Line one: the init's pid (from the first process); line two: "ready"
+    // or what failed (from the init itself).
+    let mut reader = BufReader::new(std::fs::File::from(r));
+    let (mut first, mut second) = (String::new(), String::new());
+    let _ = reader.read_line(&mut first);
+    let _ = reader.read_line(&mut second);
     let _ = child.wait();
-    line.trim().parse::<i32>().map_err(|_| SandboxError::Init(format!("unexpected answer {line:?}")))
+    let pid = first.trim().parse::<i32>().map_err(|_| SandboxError::Init(format!("unexpected answer {:?}", first.trim())))?;
+    let start_time = crate::process::start_time(pid);
+    match (second.trim(), start_time) {
+        ("ready", Some(start_time)) => Ok(PodInit { pid, start_time }),
+        (answer, _) => {
+            if let Some(t) = start_time {
+                if let Ok(p) = crate::process::Process::open(pid, t) {
+                    let _ = p.signal(Signal::SIGKILL);
+                }
+            }
+            let why = answer.strip_prefix("error ").unwrap_or(if answer.is_empty() { "it exited without a word" } else { answer });
+            Err(SandboxError::Init(why.to_string()))
+        }
+    }
 }
 
-/// `berth-monitor pod-init`: becomes PID 1 of a new PID namespace that
-/// reaps orphans until it is killed. Reports its host pid on fd 3.
-pub fn pod_init_main() -> i32 {
+/// Syscalls the pod init makes once confined: wait for signals, reap,
+/// report ready, close its fds, exit.
+const POD_INIT_SYSCALLS: &[&str] = &[
+    "rt_sigtimedwait",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "restart_syscall",
+    "wait4",
+    "waitid",
+    "write",
+    "close",
+    "close_range",
+    "brk",
+    "mmap",
+    "munmap",
+    "exit",
+    "exit_group",
+];
+
+/// `berth-monitor pod-init`: joins the pod's cgroup and namespaces, then
+/// becomes PID 1 of a new PID namespace that reaps orphans until it is
+/// killed. It keeps nothing of the host: its root is an empty read-only
+/// tmpfs in a mount namespace of its own, it has no capabilities in any set,
+/// runs as 65535 with no_new_privs and a seccomp allow-list, and holds no
+/// fd — so a container that may ptrace it (`/proc/1/root`, `/proc/1/fd`)
+/// finds nothing there. Reports its host pid, then "ready", on fd 3.
+pub fn pod_init_main(args: &PodInitArgs) -> i32 {
     // SAFETY: fd 3 was set up by spawn_pod_init and is ours alone.
     let report: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(3) };
+    let fail = |report: &OwnedFd, step: &str, e: &dyn std::fmt::Display| -> i32 {
+        let _ = nix::unistd::write(report, format!("error {step}: {e}\n").as_bytes());
+        1
+    };
     let _ = nix::unistd::setsid();
-    if nix::sched::unshare(CloneFlags::CLONE_NEWPID).is_err() {
-        return 1;
+    // Into the pod's cgroup first: from here on the process is found by it.
+    for f in &args.cgroup_procs {
+        if let Err(e) = std::fs::write(f, "0") {
+            let _ = nix::unistd::write(&report, b"0\n");
+            return fail(&report, &format!("joining cgroup {}", f.display()), &e);
+        }
+    }
+    for (kind, flag) in [("net", CloneFlags::CLONE_NEWNET), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS)] {
+        let pin = pin_path(&args.pod_dir, kind);
+        if !pin.exists() {
+            continue;
+        }
+        let joined =
+            std::fs::File::open(&pin).map_err(|e| e.to_string()).and_then(|f| nix::sched::setns(f, flag).map_err(|e| e.to_string()));
+        if let Err(e) = joined {
+            let _ = nix::unistd::write(&report, b"0\n");
+            return fail(&report, &format!("joining the pod's {kind} namespace"), &e);
+        }
+    }
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
+        let _ = nix::unistd::write(&report, b"0\n");
+        return fail(&report, "unshare", &e);
     }
     // SAFETY: single-threaded.
     match unsafe { fork() } {
@@ -193,20 +294,25 @@ pub fn pod_init_main() -> i32 {
             0
         }
         Ok(ForkResult::Child) => {
-            drop(report);
             // PID 1 of a namespace containers join: its /proc/1/exe is berth's binary.
             crate::init::make_non_dumpable();
-            crate::init::close_on_exec_from(0);
-            let _ = nix::unistd::chdir("/");
+            if let Err((step, e)) = confine_pod_init(&args.pod_dir) {
+                return fail(&report, step, &e);
+            }
             let mut all = SigSet::all();
             all.remove(Signal::SIGKILL);
             let _ = all.thread_block();
+            let _ = nix::unistd::write(&report, b"ready\n");
+            // No fd at all from here on: nothing to find through /proc/1/fd.
+            // SAFETY: close_range only closes fds; none is used afterwards.
+            unsafe { libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0) };
             let mut wait = SigSet::empty();
             wait.add(Signal::SIGCHLD);
             wait.add(Signal::SIGTERM);
             loop {
                 match wait.wait() {
-                    Ok(Signal::SIGTERM) => return 0,
+                    // SAFETY: _exit ends the process without running anything else.
+                    Ok(Signal::SIGTERM) => unsafe { libc::_exit(0) },
                     _ => {
                         while let Ok(s) =
                             nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
@@ -219,6 +325,42 @@ pub fn pod_init_main() -> i32 {
                 }
             }
         }
-        Err(_) => 1,
+        Err(e) => fail(&report, "fork", &e),
     }
+}
+
+/// The pod init's confinement, in the order each step still has the
+/// privilege it needs: an empty read-only root, then capabilities, ids,
+/// no_new_privs and the seccomp filter.
+fn confine_pod_init(mountpoint: &Path) -> Result<(), (&'static str, String)> {
+    let e = |step: &'static str| move |err: nix::errno::Errno| (step, err.to_string());
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(e("make / private"))?;
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("pod-init"), mountpoint, Some("tmpfs"), hidden, Some("mode=0555,size=4k")).map_err(e("mount the init's root"))?;
+    nix::unistd::chdir(mountpoint).map_err(e("chdir to the init's root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(e("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(e("detach the host's root"))?;
+    nix::unistd::chdir("/").map_err(e("chdir /"))?;
+    mount(None::<&str>, "/", None::<&str>, hidden | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY, None::<&str>)
+        .map_err(e("remount the init's root read-only"))?;
+    for cap in caps::all() {
+        caps::drop(None, caps::CapSet::Bounding, cap).map_err(|err| ("drop the bounding set", err.to_string()))?;
+    }
+    caps::clear(None, caps::CapSet::Inheritable).map_err(|err| ("clear inheritable capabilities", err.to_string()))?;
+    caps::clear(None, caps::CapSet::Ambient).map_err(|err| ("clear ambient capabilities", err.to_string()))?;
+    // pause's ids; without keepcaps the switch empties permitted and effective.
+    let nobody = nix::unistd::Gid::from_raw(65535);
+    nix::unistd::setgroups(&[]).map_err(e("setgroups"))?;
+    nix::unistd::setresgid(nobody, nobody, nobody).map_err(e("setresgid"))?;
+    let nobody = nix::unistd::Uid::from_raw(65535);
+    nix::unistd::setresuid(nobody, nobody, nobody).map_err(e("setresuid"))?;
+    crate::security::no_new_privs().map_err(|err| ("no_new_privs", err.to_string()))?;
+    let mut filter = libseccomp::ScmpFilterContext::new(libseccomp::ScmpAction::Errno(libc::EPERM))
+        .map_err(|err| ("seccomp filter", err.to_string()))?;
+    for name in POD_INIT_SYSCALLS {
+        if let Ok(sc) = libseccomp::ScmpSyscall::from_name(name) {
+            filter.add_rule(libseccomp::ScmpAction::Allow, sc).map_err(|err| ("seccomp rule", err.to_string()))?;
+        }
+    }
+    filter.load().map_err(|err| ("load seccomp filter", err.to_string()))
 }

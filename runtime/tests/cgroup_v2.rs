@@ -87,3 +87,46 @@ fn v2_limits_usage_oom_and_removal() {
     cgroup::remove(&pod).unwrap();
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/{pod}")).exists());
 }
+
+#[test]
+#[ignore = "needs the cgroup v2 VM: bash e2e/cgroupv2-vm/run-tests.sh"]
+fn v2_device_cgroup_is_an_ebpf_program() {
+    use berth_runtime::cgroup::devices::{access, DeviceKind};
+    use berth_runtime::cgroup::DeviceRule;
+    assert_eq!(cgroup::version(), Version::V2, "not a cgroup v2 host");
+    let ctr = format!("{}/berth-devices", base());
+    cgroup::create(&ctr).unwrap();
+    let rule = |kind, major, minor, access| DeviceRule { allow: true, kind, major, minor, access };
+    // What berth gives an ordinary container: nothing, then the basic nodes
+    // and mknod (but not open) of any node.
+    let rules = [
+        DeviceRule::all(false),
+        rule(DeviceKind::Char, None, None, access::MKNOD),
+        rule(DeviceKind::Block, None, None, access::MKNOD),
+        rule(DeviceKind::Char, Some(1), Some(3), access::ALL),
+        rule(DeviceKind::Char, Some(1), Some(5), access::ALL),
+    ];
+    cgroup::apply_devices(&ctr, &rules).unwrap();
+    // Re-applying replaces the program instead of stacking another.
+    cgroup::apply_devices(&ctr, &rules).unwrap();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/{ctr}"));
+    assert_eq!(cgroup::bpf::attached_count(&dir).unwrap(), 1);
+    let procs_file = format!("/sys/fs/cgroup/{ctr}/cgroup.procs");
+    let tmp = tempfile::tempdir().unwrap();
+    let script = format!(
+        "echo $$ > {procs_file}
+         try() {{ if (exec 3<\"$1\") 2>/dev/null; then echo \"$2 opened\"; else echo \"$2 denied\"; fi; }}
+         try /dev/null null; try /dev/zero zero; try /dev/loop-control loop-control; try /dev/fuse fuse
+         mknod {t}/loop0 b 7 0 && echo mknod-ok; try {t}/loop0 loop0",
+        t = tmp.path().display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["null opened", "zero opened", "loop-control denied", "fuse denied", "mknod-ok", "loop0 denied"] {
+        assert!(text.contains(want), "{want}: {text} {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Outside the cgroup the same node opens: the program is what refused.
+    let out = Command::new("sh").args(["-c", "(exec 3</dev/loop-control) && echo opened"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "opened");
+    cgroup::remove(&ctr).unwrap();
+}

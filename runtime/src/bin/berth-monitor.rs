@@ -8,7 +8,7 @@ use berth_runtime::exec::ExecArgs;
 use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|PATH] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init");
+    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]");
     2
 }
 
@@ -17,7 +17,7 @@ fn main() {
     let code = match args.first().map(String::as_str) {
         Some("monitor") => monitor(&args[1..]),
         Some("exec") => exec(&args[1..]),
-        Some("pod-init") => berth_runtime::sandbox::pod_init_main(),
+        Some("pod-init") => pod_init(&args[1..]),
         _ => usage("unknown mode"),
     };
     std::process::exit(code);
@@ -55,7 +55,13 @@ fn monitor(args: &[String]) -> i32 {
     let pid_ns = match get(&f, "pid-ns") {
         None | Some("new") => PidNamespace::New,
         Some("host") => PidNamespace::Host,
-        Some(path) => PidNamespace::Join(PathBuf::from(path)),
+        Some(other) => {
+            let parsed = other.strip_prefix("pid:").and_then(|p| p.split_once(':'));
+            match parsed.and_then(|(pid, start)| Some((pid.parse().ok()?, start.parse().ok()?))) {
+                Some((pid, start_time)) => PidNamespace::Join { pid, start_time },
+                None => return usage("bad --pid-ns"),
+            }
+        }
     };
     berth_runtime::monitor::main(MonitorArgs {
         id: id.to_string(),
@@ -82,4 +88,19 @@ fn exec(args: &[String]) -> i32 {
     let (Ok(pid), Ok(start_time)) = (pid.parse(), start.parse()) else { return usage("bad --pid or --start-time") };
     let tty = get(&f, "tty") == Some("true");
     berth_runtime::exec::main(ExecArgs { bundle: PathBuf::from(bundle), pid, start_time, args: cmd, tty })
+}
+
+fn pod_init(args: &[String]) -> i32 {
+    let (f, _) = match flags(args) {
+        Ok(v) => v,
+        Err(e) => return usage(&e),
+    };
+    let (Some(pod_id), Some(pod_dir), Some(procs)) = (get(&f, "pod"), get(&f, "pod-dir"), get(&f, "cgroup-procs")) else {
+        return usage("pod-init needs --pod, --pod-dir and --cgroup-procs");
+    };
+    berth_runtime::sandbox::pod_init_main(&berth_runtime::sandbox::PodInitArgs {
+        pod_id: pod_id.to_string(),
+        pod_dir: PathBuf::from(pod_dir),
+        cgroup_procs: procs.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect(),
+    })
 }

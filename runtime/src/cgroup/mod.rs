@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 use cgroups_rs::fs::hierarchies;
 use cgroups_rs::fs::Cgroup;
 
+pub mod bpf;
+pub mod devices;
+
+pub use devices::DeviceRule;
+
 /// cgroup failures.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -363,6 +368,24 @@ pub fn apply(path: &str, limits: &Limits) -> Result<(), CgroupError> {
 
 fn failed_write(path: &str, file: &str, value: &str, e: std::io::Error) -> CgroupError {
     CgroupError::Failed { path: path.into(), reason: format!("{file} = {value}: {e}") }
+}
+
+/// Sets the cgroup's device rules (see [`devices`]): v1 through its
+/// `devices.deny`/`devices.allow` files, in order; v2 by attaching an eBPF
+/// program compiled from them, replacing the one applied before.
+pub fn apply_devices(path: &str, rules: &[DeviceRule]) -> Result<(), CgroupError> {
+    let cg = Located::of(path);
+    if version() == Version::V2 {
+        let dir = cg.dirs.first().ok_or_else(|| failed(path, "no cgroup directory"))?;
+        let prog = bpf::load_device_program(&devices::program(&devices::reduce(rules))).map_err(|e| failed(path, e))?;
+        return bpf::attach_device_program(dir, &prog).map_err(|e| failed(path, e));
+    }
+    let dir = cg.dir_with("devices.allow").ok_or_else(|| failed(path, "the node has no devices controller"))?;
+    for r in rules {
+        let file = if r.allow { "devices.allow" } else { "devices.deny" };
+        std::fs::write(dir.join(file), r.v1_line()).map_err(|e| failed_write(path, file, &r.v1_line(), e))?;
+    }
+    Ok(())
 }
 
 /// True when the kernel OOM-killed a process of the cgroup.

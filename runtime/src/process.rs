@@ -1,0 +1,84 @@
+//! Handles on host processes that a later process with the same pid can
+//! never be mistaken for: a pidfd, taken before the start time is compared,
+//! so every action goes to the process that was checked.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+use nix::sched::CloneFlags;
+
+/// The start time (clock ticks since boot) of a process, field 22 of its stat.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `pidfd_open(2)`: an fd that refers to `pid` and becomes readable when it exits.
+pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: the syscall takes two integers and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh fd that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A running process, pinned by a pidfd.
+#[derive(Debug)]
+pub struct Process {
+    fd: OwnedFd,
+    pid: i32,
+}
+
+impl Process {
+    /// Opens `pid` and checks that it is the process that started at
+    /// `start_time`: the pidfd is taken first, so a pid reused after the
+    /// check cannot be the one acted on, and one reused before it fails it.
+    pub fn open(pid: i32, started: u64) -> std::io::Result<Process> {
+        let fd = pidfd_open(pid)?;
+        if start_time(pid) != Some(started) {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(Process { fd, pid })
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal` to the process (`pidfd_send_signal`); ESRCH once it has exited.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+        let r = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.fd.as_raw_fd(), signal as i32, std::ptr::null::<libc::siginfo_t>(), 0)
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Joins the process's namespaces named by `flags`, all at once
+    /// (`setns` on a pidfd); ESRCH once it has exited.
+    pub fn join(&self, flags: CloneFlags) -> nix::Result<()> {
+        nix::sched::setns(self.fd.as_fd(), flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_and_a_checked_open() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap();
+        assert!(start_time(i32::MAX).is_none());
+        assert_eq!(Process::open(me, t).unwrap().pid(), me);
+        assert_eq!(Process::open(me, t + 1).unwrap_err().raw_os_error(), Some(libc::ESRCH));
+    }
+}
