@@ -44,6 +44,11 @@ fn list_json(args: &[&str]) -> Result<serde_json::Value, NetError> {
 
 /// Creates the table and base chains if missing and (re)writes the static
 /// rules; the per-pod `hostports` chain keeps its rules across restarts.
+///
+/// `route_localnet` is on for the bridge (hostPort via 127.0.0.1 needs it),
+/// which also lets a packet from a pod to 127.0.0.0/8 reach the node's
+/// loopback services; the input rule drops every such packet that does not
+/// belong to a connection the node made (CVE-2020-8558, as kube-proxy does).
 pub fn ensure_table(table: &str, bridge: &str, subnet: Ipv4Net) -> Result<(), NetError> {
     let script = format!(
         r#"add table inet {table}
@@ -51,11 +56,13 @@ add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat;
 add chain inet {table} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 add chain inet {table} output {{ type nat hook output priority -100; policy accept; }}
 add chain inet {table} forward {{ type filter hook forward priority filter; policy accept; }}
+add chain inet {table} input {{ type filter hook input priority filter; policy accept; }}
 add chain inet {table} hostports
 flush chain inet {table} postrouting
 flush chain inet {table} prerouting
 flush chain inet {table} output
 flush chain inet {table} forward
+flush chain inet {table} input
 add rule inet {table} postrouting ip saddr {subnet} oifname != "{bridge}" masquerade comment "pod egress"
 add rule inet {table} postrouting oifname "{bridge}" ct status dnat ip saddr 127.0.0.0/8 masquerade comment "hostPort from localhost"
 add rule inet {table} postrouting oifname "{bridge}" ct status dnat ip saddr {subnet} masquerade comment "hostPort hairpin"
@@ -64,6 +71,7 @@ add rule inet {table} output fib daddr type local jump hostports
 add rule inet {table} forward iifname "{bridge}" accept
 add rule inet {table} forward oifname "{bridge}" ct state established,related accept
 add rule inet {table} forward oifname "{bridge}" ct status dnat accept
+add rule inet {table} input iifname "{bridge}" ip daddr 127.0.0.0/8 ct state != {{ established, related }} counter drop comment "pods never reach the node's loopback"
 "#
     );
     apply(&script)
