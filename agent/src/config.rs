@@ -42,6 +42,10 @@ insecure = []
 # Layers downloaded at once per node.
 max_concurrent_downloads = 3
 
+# Create the character and block device nodes image layers carry. Off: they
+# are left out (and logged); containers get their devices from berth.
+unpack_device_nodes = false
+
 [runtime]
 # The berth-monitor binary; empty means the one next to berthd.
 monitor_path = ""
@@ -233,11 +237,13 @@ pub struct RegistryConfig {
 pub struct ImageConfig {
     /// Parallel layer downloads per node.
     pub max_concurrent_downloads: usize,
+    /// Create device nodes from layers.
+    pub unpack_device_nodes: bool,
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { max_concurrent_downloads: 3 }
+        ImageConfig { max_concurrent_downloads: 3, unpack_device_nodes: false }
     }
 }
 

@@ -18,8 +18,10 @@ use crate::spec::{self, ns_mode, SpecPaths};
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
 use crate::util::{now_ns, random_id, resolve_prefix};
 
-/// ExecSync keeps at most this much of each stream.
-pub const EXEC_OUTPUT_CAP: usize = 16 << 20;
+/// ExecSync keeps at most this much of each stream: both together, with
+/// the reply's framing, stay within the 16 MiB CRI message kubelet accepts,
+/// so a chatty command gets truncated output rather than a failed RPC.
+pub const EXEC_OUTPUT_CAP: usize = (8 << 20) - (32 << 10);
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{what}: {e}"))
@@ -129,7 +131,7 @@ pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, S
 pub fn watch(agent: &Arc<Agent>, id: String, monitor_pid: i32) {
     let agent = agent.clone();
     tokio::spawn(async move {
-        if let Ok(fd) = berth_runtime::client::pidfd_open(monitor_pid) {
+        if let Ok(fd) = berth_runtime::process::pidfd_open(monitor_pid) {
             wait_fd(fd).await;
         }
         if let Ok(Some(rec)) = agent.store.get::<ContainerRecord>(&id) {
@@ -148,7 +150,7 @@ async fn wait_fd(fd: OwnedFd) {
 
 /// Waits (bounded) for the monitor of `rec` to finish; true if it did.
 async fn wait_exit(agent: &Agent, rec: &ContainerRecord, timeout: Duration) -> bool {
-    let fd = match berth_runtime::client::pidfd_open(rec.monitor_pid) {
+    let fd = match berth_runtime::process::pidfd_open(rec.monitor_pid) {
         Ok(fd) => fd,
         // Already gone.
         Err(_) => return true,
@@ -191,7 +193,7 @@ pub async fn create(agent: &Arc<Agent>, pod_id: &str, config: cri::ContainerConf
     agent
         .flights
         .run(format!("ctr:{name_key}"), check, async move {
-            let id = random_id();
+            let id = random_id().map_err(|e| internal("container id from the kernel's random source", e))?;
             let span = tracing::info_span!("container", container_id = %id, pod_id = %pod.id, name = %meta.name);
             tracing::Instrument::instrument(create_inner(agent2, pod, config, image, id), span).await
         })
@@ -209,6 +211,7 @@ async fn create_inner(
     let layer = layer_dir(&agent, &id);
     let cgroup_path = format!("{}/{}", pod.cgroup, id);
     let paths = SpecPaths {
+        state: agent.config.state.clone(),
         pod_dir: crate::pod::pod_dir(&agent, &pod.id),
         lower_dirs: agent.images.lower_dirs(&image).map_err(crate::cri::image::status_of)?,
         upper: layer.join("upper"),
@@ -222,13 +225,13 @@ async fn create_inner(
     let built = spec::build(&config, &pod, &image, &paths)?;
     let pid_ns = match built.pid_mode {
         ns_mode::NODE => PidNamespace::Host,
-        ns_mode::POD if pod.init_pid > 0 => PidNamespace::Join(PathBuf::from(format!("/proc/{}/ns/pid", pod.init_pid))),
+        ns_mode::POD if pod.init_pid > 0 => PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time },
         ns_mode::TARGET => {
             let target = find(&agent, &built.pid_target)?;
             if target.state != ContainerState::Running && target.state != ContainerState::Created {
                 return Err(Status::failed_precondition(format!("target container {} is not running", target.id)));
             }
-            PidNamespace::Join(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
+            PidNamespace::Join { pid: target.pid, start_time: target.start_time }
         }
         _ => PidNamespace::New,
     };
@@ -268,6 +271,7 @@ async fn create_inner(
     let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
     agent.store.put(&id, &rec).map_err(|e| internal("store", e))?;
 
+    let device_rules = spec_device_rules(&built.spec)?;
     let a = agent.clone();
     let spec = built.spec;
     let limits2 = limits.clone();
@@ -278,6 +282,7 @@ async fn create_inner(
         }
         cgroup::create(&cgroup_path).map_err(|e| internal("container cgroup", e))?;
         cgroup::apply(&cgroup_path, &limits2).map_err(|e| Status::invalid_argument(format!("config.linux.resources: {e}")))?;
+        cgroup::apply_devices(&cgroup_path, &device_rules).map_err(|e| internal("container device cgroup", e))?;
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
         a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio).map_err(status_of)
     })
@@ -307,6 +312,12 @@ async fn create_inner(
             Err(status)
         }
     }
+}
+
+/// The device cgroup rules of a spec, in the executor's terms.
+fn spec_device_rules(spec: &oci_spec::runtime::Spec) -> Result<Vec<cgroup::DeviceRule>, Status> {
+    let rules = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone()).unwrap_or_default();
+    rules.iter().map(|r| cgroup::DeviceRule::from_oci(r).map_err(|e| internal("device rules", e))).collect()
 }
 
 /// Removes every host resource of a container (idempotent).

@@ -125,7 +125,9 @@ fn prepare(config: &Config, created: &mut CreatedPaths) -> anyhow::Result<(Store
     created.dir(&config.state, 0o711).with_context(|| format!("state {}", config.state.display()))?;
     let lock = take_lock(&config.state.join(LOCK_FILE), created)?;
 
-    created.dir(&config.root, 0o711).with_context(|| format!("root {}", config.root.display()))?;
+    created.dir(&config.root, 0o700).with_context(|| format!("root {}", config.root.display()))?;
+    std::fs::set_permissions(&config.root, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 root {}", config.root.display()))?;
     let store_path = Store::path_in(&config.root);
     if !store_path.exists() {
         created.files.push(store_path.clone());
@@ -135,11 +137,28 @@ fn prepare(config: &Config, created: &mut CreatedPaths) -> anyhow::Result<(Store
     let socket_dir = config.socket.parent().unwrap_or(Path::new("/"));
     created.dir(socket_dir, 0o711).with_context(|| format!("socket directory {}", socket_dir.display()))?;
     clear_stale_socket(&config.socket)?;
-    let listener = UnixListener::bind(&config.socket).with_context(|| format!("binding socket {}", config.socket.display()))?;
+    let listener = bind_private(&config.socket)?;
     created.files.push(config.socket.clone());
-    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod 0660 {}", config.socket.display()))?;
     Ok((store, lock, listener))
+}
+
+/// Binds the CRI socket so that it never exists at its path with a wider
+/// mode than 0660: bound inside a fresh 0700 directory next to it, given its
+/// mode there, then renamed into place (a unix socket is found by its inode,
+/// so the listener keeps working under the new name).
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    let dir = path.parent().unwrap_or(Path::new("/")).join(format!(".berthd-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join("s");
+    let bound = UnixListener::bind(&tmp).with_context(|| format!("binding socket {}", path.display())).and_then(|l| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660)).with_context(|| format!("chmod 0660 {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&dir);
+    bound
 }
 
 /// Takes an exclusive, non-blocking lock and writes our pid into the file.

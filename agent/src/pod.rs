@@ -87,7 +87,7 @@ pub async fn run(agent: &Arc<Agent>, mut record: PodRecord, dns: PodDns) -> Resu
     agent
         .flights
         .run(key, check, async move {
-            record.id = random_id();
+            record.id = random_id().map_err(|e| internal("pod id from the kernel's random source", e))?;
             record.created_at_ns = now_ns();
             if record.cgroup.is_empty() {
                 let parent =
@@ -147,14 +147,13 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
         None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
     write_file(&dir.join("resolv.conf"), &resolv)?;
-    let procs = cgroup::create(&rec.cgroup).map_err(|e| internal("pod cgroup", e))?;
+    cgroup::create(&rec.cgroup).map_err(|e| internal("pod cgroup", e))?;
     if rec.pid_mode == ns_mode::POD {
-        let pid = sandbox::spawn_pod_init(agent.runtime.monitor_bin()).map_err(|e| internal("pod PID namespace", e))?;
-        rec.init_pid = pid;
-        rec.init_start_time = berth_runtime::exec::proc_start_time(pid).unwrap_or(0);
-        for f in &procs {
-            let _ = std::fs::write(f, pid.to_string());
-        }
+        let procs = cgroup::create(&init_cgroup(&rec)).map_err(|e| internal("pod init cgroup", e))?;
+        let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: procs };
+        let init = sandbox::spawn_pod_init(agent.runtime.monitor_bin(), &args).map_err(|e| internal("pod PID namespace", e))?;
+        rec.init_pid = init.pid;
+        rec.init_start_time = init.start_time;
     }
     rec.state = PodState::Ready;
     Ok(rec)
@@ -176,17 +175,30 @@ pub fn hosts_file(hostname: &str, ips: &[String]) -> String {
     s
 }
 
+/// The leaf cgroup of the pod's PID-namespace init.
+fn init_cgroup(rec: &PodRecord) -> String {
+    format!("{}/{}", rec.cgroup, sandbox::INIT_CGROUP)
+}
+
+/// Ends the pod's PID-namespace init, if it still is the process recorded.
+fn kill_init(rec: &PodRecord) {
+    if rec.init_pid > 0 {
+        if let Ok(init) = berth_runtime::process::Process::open(rec.init_pid, rec.init_start_time) {
+            let _ = init.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// Removes every host resource of a pod (idempotent, best effort, logged).
 fn teardown_host(agent: &Agent, rec: &PodRecord) {
     if let Err(e) = agent.network.teardown(&agent.store, rec, &sandbox::pin_path(&pod_dir(agent, &rec.id), "net")) {
         tracing::warn!(pod_id = %rec.id, "releasing the pod network: {}", e.message());
     }
-    if rec.init_pid > 0 && berth_runtime::exec::proc_start_time(rec.init_pid) == Some(rec.init_start_time) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.init_pid), nix::sys::signal::Signal::SIGKILL);
-    }
-    if rec.own_cgroup {
-        if let Err(e) = cgroup::remove(&rec.cgroup) {
-            tracing::warn!(pod_id = %rec.id, "removing pod cgroup: {e}");
+    kill_init(rec);
+    let cgroups = if rec.own_cgroup { vec![rec.cgroup.clone()] } else { vec![init_cgroup(rec)] };
+    for cg in cgroups {
+        if let Err(e) = cgroup::remove(&cg) {
+            tracing::warn!(pod_id = %rec.id, "removing cgroup {cg}: {e}");
         }
     }
     let dir = pod_dir(agent, &rec.id);
@@ -210,9 +222,7 @@ pub async fn stop(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
         crate::container::stop(agent, &c.id, grace).await?;
     }
     let Some(mut pod) = agent.store.get::<PodRecord>(&pod.id).map_err(|e| internal("store", e))? else { return Ok(()) };
-    if pod.init_pid > 0 && berth_runtime::exec::proc_start_time(pod.init_pid) == Some(pod.init_start_time) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pod.init_pid), nix::sys::signal::Signal::SIGKILL);
-    }
+    kill_init(&pod);
     if pod.state != PodState::NotReady {
         let a = agent.clone();
         let p = pod.clone();

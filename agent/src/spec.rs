@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use berth_proto::cri;
 use berth_runtime::init::{ANN_CGROUP_PROCS, ANN_LOWERDIRS, ANN_UPPERDIR, ANN_USER, ANN_WORKDIR};
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use tonic::Status;
 
@@ -50,6 +50,8 @@ pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/pr
 /// Host-side paths the spec refers to.
 #[derive(Debug, Clone)]
 pub struct SpecPaths {
+    /// berthd's state dir (where generated security profiles are written).
+    pub state: PathBuf,
     /// The pod's state dir (hostname, hosts, resolv.conf, shm, ns pins).
     pub pod_dir: PathBuf,
     /// overlayfs lowerdirs, top first.
@@ -240,9 +242,9 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     // The deprecated path form is still what older kubelets send.
     #[allow(deprecated)]
     let legacy_seccomp = sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or("");
-    let seccomp = crate::security::seccomp(sc.and_then(|s| s.seccomp.as_ref()), legacy_seccomp, privileged)?;
+    let seccomp = crate::security::seccomp(sc.and_then(|s| s.seccomp.as_ref()), legacy_seccomp, privileged, &capabilities)?;
     let oom_score_adj = config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0);
-    let apparmor = crate::security::apparmor(sc.and_then(|s| s.apparmor.as_ref()), privileged)?;
+    let apparmor = crate::security::apparmor(sc.and_then(|s| s.apparmor.as_ref()), privileged, &paths.state)?;
     let mut process = ProcessBuilder::default()
         .capabilities(capabilities)
         .terminal(config.tty)
@@ -319,6 +321,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     }
 
     let mut devices = if privileged { host_devices() } else { Vec::new() };
+    let mut device_rules = default_device_rules(privileged)?;
     for (i, d) in config.devices.iter().enumerate() {
         let field = format!("config.devices[{i}]");
         let meta = std::fs::metadata(&d.host_path).map_err(|e| invalid(&format!("{field}.host_path"), format!("{}: {e}", d.host_path)))?;
@@ -334,6 +337,17 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         if !path.starts_with("/dev/") {
             return Err(invalid(&format!("{field}.container_path"), format!("{path:?} is not under /dev")));
         }
+        let permissions = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
+        if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return Err(invalid(&format!("{field}.permissions"), format!("{permissions:?} is not a combination of r, w and m")));
+        }
+        device_rules.push(device_rule(
+            true,
+            kind,
+            Some(nix::sys::stat::major(meta.rdev()) as i64),
+            Some(nix::sys::stat::minor(meta.rdev()) as i64),
+            permissions,
+        )?);
         devices.push(
             LinuxDeviceBuilder::default()
                 .path(path)
@@ -386,7 +400,9 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
             }
         }
     };
+    let resources = LinuxResourcesBuilder::default().devices(device_rules).build().map_err(spec_err)?;
     let mut linux = LinuxBuilder::default()
+        .resources(resources)
         .namespaces(namespaces)
         .masked_paths(pick(sc.map(|s| &s.masked_paths), MASKED_PATHS))
         .readonly_paths(pick(sc.map(|s| &s.readonly_paths), READONLY_PATHS))
@@ -423,6 +439,47 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         spec.set_hostname(Some(pod.hostname.clone()));
     }
     Ok(Built { spec, pid_mode, pid_target, mounts: mount_records, stop_signal: stop_signal(image) })
+}
+
+/// One device cgroup rule.
+fn device_rule(
+    allow: bool,
+    kind: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> Result<LinuxDeviceCgroup, Status> {
+    let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).typ(kind).access(access);
+    if let Some(m) = major {
+        b = b.major(m);
+    }
+    if let Some(m) = minor {
+        b = b.minor(m);
+    }
+    b.build().map_err(spec_err)
+}
+
+/// The device cgroup rules every container starts from, as containerd's
+/// default spec has them: a privileged container may use every device;
+/// any other may use the OCI default nodes and its terminals, and may
+/// create (`m`) any node but not open one it was not given.
+pub fn default_device_rules(privileged: bool) -> Result<Vec<LinuxDeviceCgroup>, Status> {
+    use LinuxDeviceType::{A, C};
+    if privileged {
+        return Ok(vec![device_rule(true, A, None, None, "rwm")?]);
+    }
+    let mut rules = vec![
+        device_rule(false, A, None, None, "rwm")?,
+        device_rule(true, C, None, None, "m")?,
+        device_rule(true, LinuxDeviceType::B, None, None, "m")?,
+    ];
+    // null, zero, full, random, urandom, tty, console, ptmx, and every pts.
+    for (major, minor) in
+        [(1, Some(3)), (1, Some(5)), (1, Some(7)), (1, Some(8)), (1, Some(9)), (5, Some(0)), (5, Some(1)), (5, Some(2)), (136, None)]
+    {
+        rules.push(device_rule(true, C, Some(major), minor, "rwm")?);
+    }
+    Ok(rules)
 }
 
 /// Every character and block device of the host's /dev (privileged containers).

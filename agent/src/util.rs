@@ -7,23 +7,32 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tonic::Status;
 
-/// A new 64-hex-character id from the kernel's random source.
-pub fn random_id() -> String {
+/// A new 64-hex-character id from the kernel's random source. Ids name
+/// pods, containers and single-use streaming tokens, so a failure of the
+/// source is an error, never a predictable fallback.
+pub fn random_id() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
-    // getrandom never fails for 32 bytes once the pool is initialised; a
-    // failure would mean no entropy at all, and then time is the fallback.
-    if nix::errno::Errno::result(unsafe_getrandom(&mut bytes)).is_err() {
-        let t = now_ns().to_le_bytes();
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = t[i % 8] ^ (i as u8).wrapping_mul(151) ^ (std::process::id() as u8);
-        }
-    }
-    hex::encode(bytes)
+    fill_random(&mut bytes)?;
+    Ok(hex::encode(bytes))
 }
 
-fn unsafe_getrandom(buf: &mut [u8]) -> isize {
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) }
+/// Fills `buf` from `getrandom(2)` (blocking until the pool is initialised).
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: getrandom writes at most rest.len() bytes into rest.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// Nanoseconds since the epoch.
@@ -124,10 +133,10 @@ mod tests {
 
     #[test]
     fn ids_are_64_hex_and_distinct() {
-        let a = random_id();
+        let a = random_id().unwrap();
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(a, random_id());
+        assert_ne!(a, random_id().unwrap());
     }
 
     #[test]

@@ -32,6 +32,9 @@ use crate::store::Store;
 /// large ListContainers answers.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+// An ExecSync reply with both streams at their cap still fits one message.
+const _: () = assert!(2 * crate::container::EXEC_OUTPUT_CAP + (64 << 10) <= MAX_MESSAGE_BYTES);
+
 /// What every RPC family shares: the effective config, the store and the services.
 pub struct Agent {
     /// The effective configuration.
@@ -64,7 +67,8 @@ impl Agent {
         let store = Arc::new(store);
         let images = Images::open(&config, store.clone())?;
         let containers = config.root.join("containers");
-        std::fs::create_dir_all(&containers).map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", containers.display())))?;
+        berth_runtime::fs::ensure_private_dir(&containers)
+            .map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", containers.display())))?;
         let monitor_bin = if config.runtime.monitor_path.as_os_str().is_empty() {
             std::env::current_exe()
                 .ok()

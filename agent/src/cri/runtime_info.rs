@@ -33,6 +33,7 @@ pub(super) async fn status(agent: &Agent, r: Request<cri::StatusRequest>) -> Res
         info.insert("config".to_string(), config);
         let pod_cidr = agent.store.setting(POD_CIDR_SETTING).map_err(|e| Status::internal(e.to_string()))?;
         info.insert("podCIDR".to_string(), pod_cidr.unwrap_or_default());
+        info.insert("apparmor".to_string(), crate::security::apparmor::status_line());
     }
     Ok(Response::new(cri::StatusResponse {
         status: Some(cri::RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),

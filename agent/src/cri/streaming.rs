@@ -30,7 +30,9 @@ pub(super) async fn exec(agent: &Arc<Agent>, r: Request<cri::ExecRequest>) -> Re
     crate::container::check_cmd(&req.cmd)?;
     let c = stream_target(agent, &req.container_id, req.stdin || req.stdout || req.stderr)?;
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
-    let url = streams(agent)?.register(StreamRequest::Exec { container_id: c.id, cmd: req.cmd, wants });
+    let url = streams(agent)?
+        .register(StreamRequest::Exec { container_id: c.id, cmd: req.cmd, wants })
+        .map_err(|e| Status::internal(format!("streaming token from the kernel's random source: {e}")))?;
     Ok(Response::new(cri::ExecResponse { url }))
 }
 
@@ -44,7 +46,9 @@ pub(super) async fn attach(agent: &Arc<Agent>, r: Request<cri::AttachRequest>) -
         return Err(Status::invalid_argument(format!("tty: container {} was created with tty={}", c.id, c.tty)));
     }
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: c.tty };
-    let url = streams(agent)?.register(StreamRequest::Attach { container_id: c.id, wants });
+    let url = streams(agent)?
+        .register(StreamRequest::Attach { container_id: c.id, wants })
+        .map_err(|e| Status::internal(format!("streaming token from the kernel's random source: {e}")))?;
     Ok(Response::new(cri::AttachResponse { url }))
 }
 
@@ -66,6 +70,8 @@ pub(super) async fn port_forward(
     } else {
         berth_runtime::sandbox::pin_path(&crate::pod::pod_dir(agent, &pod.id), "net")
     };
-    let url = streams(agent)?.register(StreamRequest::PortForward { netns, ports });
+    let url = streams(agent)?
+        .register(StreamRequest::PortForward { netns, ports })
+        .map_err(|e| Status::internal(format!("streaming token from the kernel's random source: {e}")))?;
     Ok(Response::new(cri::PortForwardResponse { url }))
 }

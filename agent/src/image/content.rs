@@ -58,6 +58,7 @@ impl ContentStore {
     /// interrupted downloads.
     pub fn open(dir: &Path) -> Result<ContentStore, ContentError> {
         let store = ContentStore { blobs: dir.join("blobs/sha256"), ingest: dir.join("ingest") };
+        berth_runtime::fs::ensure_private_dir(dir).map_err(io_err(dir))?;
         std::fs::create_dir_all(&store.blobs).map_err(io_err(&store.blobs))?;
         if store.ingest.exists() {
             std::fs::remove_dir_all(&store.ingest).map_err(io_err(&store.ingest))?;

@@ -100,6 +100,8 @@ pub struct Images {
     /// Pulls hold it shared, removal and GC exclusively: GC never deletes a
     /// blob or snapshot a pull in flight has fetched but not yet recorded.
     gc: tokio::sync::RwLock<()>,
+    /// How layers are unpacked.
+    unpack: unpack::UnpackOptions,
 }
 
 impl Images {
@@ -109,7 +111,7 @@ impl Images {
         let content =
             ContentStore::open(&config.root.join("content")).map_err(|source| ImageError::Content { image: String::new(), source })?;
         let snapshots = config.root.join("snapshots");
-        std::fs::create_dir_all(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))?;
+        berth_runtime::fs::ensure_private_dir(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))?;
         for entry in std::fs::read_dir(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))? {
             let Ok(entry) = entry else { continue };
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -123,6 +125,7 @@ impl Images {
             snapshots,
             registries: Registries::new(config.registry.clone()),
             downloads: Arc::new(Semaphore::new(config.image.max_concurrent_downloads)),
+            unpack: unpack::UnpackOptions { device_nodes: config.image.unpack_device_nodes },
             locks: KeyedLocks::default(),
             gc: tokio::sync::RwLock::new(()),
         })
@@ -269,10 +272,11 @@ impl Images {
         let diff_id = layer.diff_id.clone();
         let tmp = self.snapshots.join(format!(".tmp-{}", dest.file_name().unwrap_or_default().to_string_lossy()));
         let dest2 = dest.clone();
+        let opts = self.unpack;
         let result = tokio::task::spawn_blocking(move || -> Result<(), UnpackFailure> {
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir(&tmp).map_err(|e| UnpackFailure::Io(format!("{}: {e}", tmp.display())))?;
-            let r = unpack::unpack_layer(&blob, &tmp, &diff_id)
+            let r = unpack::unpack_layer(&blob, &tmp, &diff_id, opts)
                 .map_err(UnpackFailure::Unpack)
                 .and_then(|_| std::fs::rename(&tmp, &dest2).map_err(|e| UnpackFailure::Io(format!("{}: {e}", dest2.display()))));
             if r.is_err() {

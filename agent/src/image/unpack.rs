@@ -67,9 +67,20 @@ impl Compression {
     }
 }
 
+/// How layers are unpacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackOptions {
+    /// Create the character and block devices a layer carries. Off by
+    /// default: a node from an image is data from its author, usable by
+    /// whoever can reach it; the layer then gets everything else and the
+    /// nodes are left out (logged). FIFOs and overlayfs whiteouts (`c 0:0`)
+    /// are always made.
+    pub device_nodes: bool,
+}
+
 /// Unpacks the layer blob at `blob` into the empty directory `dest` and checks
 /// that the uncompressed stream hashes to `diff_id`.
-pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &str) -> Result<(), UnpackError> {
+pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &str, opts: UnpackOptions) -> Result<(), UnpackError> {
     let mut file = File::open(blob).map_err(UnpackError::Archive)?;
     let mut head = [0u8; 4];
     let n = read_up_to(&mut file, &mut head).map_err(UnpackError::Archive)?;
@@ -80,7 +91,10 @@ pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &str) -> Result<(), Unpac
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(UnpackError::Archive)?),
     };
     let mut hashing = HashingReader { inner: reader, hasher: Sha256::new() };
-    unpack_tar(&mut hashing, dest)?;
+    let skipped = unpack_tar(&mut hashing, dest, opts)?;
+    if skipped > 0 {
+        tracing::warn!(layer = %diff_id, skipped, "left out the layer's device nodes (image.unpack_device_nodes is off)");
+    }
     // The tar reader stops at the end-of-archive blocks; the digest covers all.
     io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Archive)?;
     let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
@@ -121,16 +135,23 @@ struct DirTimes {
     mtime: TimeSpec,
 }
 
-/// Extracts an uncompressed tar stream into `dest`.
-pub fn unpack_tar(reader: &mut dyn Read, dest: &Path) -> Result<(), UnpackError> {
+/// Extracts an uncompressed tar stream into `dest`; returns how many device
+/// nodes `opts` left out.
+pub fn unpack_tar(reader: &mut dyn Read, dest: &Path, opts: UnpackOptions) -> Result<usize, UnpackError> {
     let root = RootDir::open(dest).map_err(|source| UnpackError::Path { entry: dest.into(), source })?;
     let mut archive = tar::Archive::new(reader);
     let mut dir_times = Vec::new();
     let mut parents = ParentCache::default();
+    let mut skipped = 0;
     for entry in archive.entries().map_err(UnpackError::Archive)? {
         let mut entry = entry.map_err(UnpackError::Archive)?;
         let raw = entry.path().map_err(UnpackError::Archive)?.into_owned();
         let rel = safefs::clean_relative(&raw).map_err(|source| UnpackError::Path { entry: raw.clone(), source })?;
+        if !opts.device_nodes && is_device_node(&entry) {
+            tracing::debug!(entry = ?raw, "leaving out a device node");
+            skipped += 1;
+            continue;
+        }
         extract_entry(&root, &mut parents, &mut entry, &raw, &rel, &mut dir_times)?;
     }
     // Children first, so a parent's time is set after its children's.
@@ -139,7 +160,21 @@ pub fn unpack_tar(reader: &mut dyn Read, dest: &Path) -> Result<(), UnpackError>
         let name = name.unwrap_or_else(|| OsString::from("."));
         let _ = nix::sys::stat::utimensat(parent.as_fd(), name.as_os_str(), &d.mtime, &d.mtime, UtimensatFlags::NoFollowSymlink);
     }
-    Ok(())
+    Ok(skipped)
+}
+
+/// A character or block device other than an overlayfs whiteout (`c 0:0`).
+fn is_device_node<R: Read>(entry: &tar::Entry<R>) -> bool {
+    let h = entry.header();
+    match h.entry_type() {
+        tar::EntryType::Block => true,
+        tar::EntryType::Char => {
+            let major = h.device_major().ok().flatten().unwrap_or(0);
+            let minor = h.device_minor().ok().flatten().unwrap_or(0);
+            (major, minor) != (0, 0)
+        }
+        _ => false,
+    }
 }
 
 /// Keeps the fd of the last parent directory: entries come grouped by directory.
@@ -158,7 +193,7 @@ impl ParentCache {
         };
         if let Some((p, fd)) = &self.last {
             if *p == parent_rel {
-                let fd = fd.try_clone().map_err(|e| UnpackError::Archive(e))?;
+                let fd = fd.try_clone().map_err(UnpackError::Archive)?;
                 return Ok((fd, name));
             }
         }

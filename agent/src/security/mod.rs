@@ -6,9 +6,10 @@ use std::collections::HashSet;
 use std::str::FromStr;
 
 use berth_proto::cri;
-use oci_spec::runtime::{
-    Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
-};
+use oci_spec::runtime::{Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, LinuxSeccomp};
+
+pub mod apparmor;
+pub mod seccomp_default;
 use tonic::Status;
 
 /// containerd's default capability set.
@@ -29,72 +30,6 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-/// Syscalls the built-in RuntimeDefault profile refuses with EPERM: those
-/// Docker's and containerd's default profiles leave out of their allow list
-/// because they reach beyond the container (namespaces, mounts, kernel
-/// keyring, modules, BPF, tracing, clocks, swap, reboot).
-pub const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fanotify_init",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "quotactl_fd",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "stime",
-    "swapoff",
-    "swapon",
-    "_sysctl",
-    "syslog",
-    "umount",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vhangup",
-    "vm86",
-    "vm86old",
-];
-
 fn parse_cap(name: &str, field: &str) -> Result<Capability, Status> {
     let bare = name.trim().trim_start_matches("CAP_").to_uppercase();
     Capability::from_str(&bare).map_err(|_| Status::invalid_argument(format!("{field}: unknown capability {name:?}")))
@@ -109,10 +44,14 @@ fn caps_name(i: u8) -> Option<String> {
     caps::all().into_iter().find(|c| c.index() == i).map(|c| c.to_string())
 }
 
-/// The capability sets for a container. Root gets the set in every set;
-/// a non-root user keeps it in bounding and inheritable, and only caps it
-/// explicitly adds in effective, permitted and ambient (Kubernetes'
-/// expectation that added capabilities work for non-root users).
+/// The capability sets for a container. Root gets the set in bounding,
+/// effective and permitted; a non-root user keeps it in bounding only, and
+/// the caps it explicitly adds in effective, permitted and ambient
+/// (Kubernetes' expectation that added capabilities work for non-root
+/// users). Inheritable holds only those ambient caps (the kernel wants
+/// ambient within inheritable) and is otherwise empty: an inheritable set
+/// would turn a binary's inheritable file capabilities into permitted ones
+/// on exec (CVE-2022-24769).
 pub fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, privileged: bool, root: bool) -> Result<LinuxCapabilities, Status> {
     let mut set: HashSet<Capability> =
         if privileged { all_caps() } else { DEFAULT_CAPS.iter().map(|c| parse_cap(c, "default")).collect::<Result<_, _>>()? };
@@ -149,7 +88,7 @@ pub fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, privileged:
     };
     LinuxCapabilitiesBuilder::default()
         .bounding(set.clone())
-        .inheritable(set.clone())
+        .inheritable(amb.clone())
         .effective(eff.clone())
         .permitted(eff)
         .ambient(amb)
@@ -157,39 +96,15 @@ pub fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, privileged:
         .map_err(|e| Status::internal(format!("capabilities: {e}")))
 }
 
-/// The built-in RuntimeDefault profile: allow by default, EPERM for the
-/// listed syscalls on the native and compat architectures.
-pub fn runtime_default() -> Result<LinuxSeccomp, Status> {
-    use oci_spec::runtime::Arch;
-    let archs = match std::env::consts::ARCH {
-        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
-        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
-        _ => vec![Arch::ScmpArchNative],
-    };
-    let rule = LinuxSyscallBuilder::default()
-        .names(DENIED_SYSCALLS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::EPERM as u32)
-        .build()
-        .map_err(|e| Status::internal(format!("seccomp: {e}")))?;
-    // clone3 answers ENOSYS, as in Docker's profile, so libc falls back to
-    // clone, whose namespace flags the kernel checks against capabilities.
-    let clone3 = LinuxSyscallBuilder::default()
-        .names(vec!["clone3".to_string()])
-        .action(LinuxSeccompAction::ScmpActErrno)
-        .errno_ret(libc::ENOSYS as u32)
-        .build()
-        .map_err(|e| Status::internal(format!("seccomp: {e}")))?;
-    LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
-        .architectures(archs)
-        .syscalls(vec![rule, clone3])
-        .build()
-        .map_err(|e| Status::internal(format!("seccomp: {e}")))
-}
-
 /// The seccomp profile a container asked for (None: unconfined).
-pub fn seccomp(profile: Option<&cri::SecurityProfile>, legacy_path: &str, privileged: bool) -> Result<Option<LinuxSeccomp>, Status> {
+/// `caps` are the container's capabilities: the built-in RuntimeDefault
+/// profile allows the privileged syscalls its bounding set covers.
+pub fn seccomp(
+    profile: Option<&cri::SecurityProfile>,
+    legacy_path: &str,
+    privileged: bool,
+    caps: &LinuxCapabilities,
+) -> Result<Option<LinuxSeccomp>, Status> {
     if privileged {
         return Ok(None);
     }
@@ -209,7 +124,9 @@ pub fn seccomp(profile: Option<&cri::SecurityProfile>, legacy_path: &str, privil
         },
     };
     match cri::security_profile::ProfileType::try_from(kind) {
-        Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(Some(runtime_default()?)),
+        Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+            Ok(Some(seccomp_default::profile(caps).map_err(|e| Status::internal(format!("seccomp: {e}")))?))
+        }
         Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
         Ok(cri::security_profile::ProfileType::Localhost) => {
             let field = "seccomp.localhost_ref";
@@ -250,6 +167,41 @@ pub fn check_sysctls(sysctls: &std::collections::HashMap<String, String>, own_ne
     Ok(())
 }
 
+/// The AppArmor profile to run the container under (None: unconfined, or
+/// RuntimeDefault on a node without AppArmor). `state_dir` is where the
+/// built-in profile is written before it is loaded.
+pub fn apparmor(profile: Option<&cri::SecurityProfile>, privileged: bool, state_dir: &std::path::Path) -> Result<Option<String>, Status> {
+    let Some(p) = profile else { return Ok(None) };
+    match cri::security_profile::ProfileType::try_from(p.profile_type) {
+        Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
+        Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+            if privileged || !apparmor::enabled() {
+                return Ok(None);
+            }
+            apparmor::ensure_default(state_dir)
+                .map(|name| Some(name.to_string()))
+                .map_err(|e| Status::failed_precondition(format!("apparmor: the RuntimeDefault profile cannot be loaded: {e}")))
+        }
+        Ok(cri::security_profile::ProfileType::Localhost) => {
+            if privileged {
+                return Ok(None);
+            }
+            if !apparmor::enabled() {
+                return Err(Status::invalid_argument(format!(
+                    "apparmor.localhost_ref: profile {:?} asked for, but AppArmor is not enabled on this node",
+                    p.localhost_ref
+                )));
+            }
+            let name = p.localhost_ref.trim_start_matches("localhost/");
+            if name.is_empty() || name.contains('\n') {
+                return Err(Status::invalid_argument("apparmor.localhost_ref: empty or invalid profile name"));
+            }
+            Ok(Some(name.to_string()))
+        }
+        Err(_) => Err(Status::invalid_argument(format!("apparmor.profile_type: {} is not a profile type", p.profile_type))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,13 +228,14 @@ mod tests {
         assert_eq!(c.bounding().clone().unwrap(), [Capability::SysTime].into_iter().collect());
         let c = capabilities(Some(&sc(&["NET_BIND_SERVICE"], &["ALL"])), false, false).unwrap();
         assert_eq!(c.ambient().clone().unwrap(), [Capability::NetBindService].into_iter().collect());
+        assert_eq!(c.inheritable().clone().unwrap(), [Capability::NetBindService].into_iter().collect());
+        // Nothing inheritable unless added for a non-root user.
+        for root in [true, false] {
+            assert!(capabilities(None, false, root).unwrap().inheritable().as_ref().unwrap().is_empty());
+            assert!(capabilities(Some(&sc(&["NET_ADMIN"], &[])), false, root).unwrap().inheritable().as_ref().unwrap().is_empty() == root);
+        }
         assert!(capabilities(Some(&sc(&["NOT_A_CAP"], &[])), false, true).unwrap_err().message().contains("NOT_A_CAP"));
         assert!(capabilities(None, true, true).unwrap().bounding().as_ref().unwrap().len() > 30);
-    }
-
-    #[test]
-    fn default_profile_compiles() {
-        berth_runtime::security::compile(&runtime_default().unwrap()).unwrap();
     }
 
     #[test]
@@ -293,39 +246,5 @@ mod tests {
         assert!(check_sysctls(&m("vm.swappiness"), true, true).unwrap_err().message().contains("not a namespaced"));
         assert!(check_sysctls(&m("net.ipv4.no_such_thing"), true, true).unwrap_err().message().contains("unknown"));
         assert!(check_sysctls(&m("net.ipv4.ip_forward"), false, true).is_err());
-    }
-}
-
-/// True when the kernel has AppArmor enabled.
-pub fn apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").map(|v| v.trim() == "Y").unwrap_or(false)
-}
-
-/// The AppArmor profile to run the container under (None: unconfined or
-/// the kernel has no AppArmor and the runtime default was asked for).
-pub fn apparmor(profile: Option<&cri::SecurityProfile>, privileged: bool) -> Result<Option<String>, Status> {
-    let Some(p) = profile else { return Ok(None) };
-    match cri::security_profile::ProfileType::try_from(p.profile_type) {
-        Ok(cri::security_profile::ProfileType::Unconfined) => Ok(None),
-        // berth ships no AppArmor policy of its own: RuntimeDefault without
-        // AppArmor (or privileged) runs unconfined, as containerd does there.
-        Ok(cri::security_profile::ProfileType::RuntimeDefault) => Ok(None),
-        Ok(cri::security_profile::ProfileType::Localhost) => {
-            if privileged {
-                return Ok(None);
-            }
-            if !apparmor_enabled() {
-                return Err(Status::invalid_argument(format!(
-                    "apparmor.localhost_ref: profile {:?} asked for, but AppArmor is not enabled on this node",
-                    p.localhost_ref
-                )));
-            }
-            let name = p.localhost_ref.trim_start_matches("localhost/");
-            if name.is_empty() || name.contains('\n') {
-                return Err(Status::invalid_argument("apparmor.localhost_ref: empty or invalid profile name"));
-            }
-            Ok(Some(name.to_string()))
-        }
-        Err(_) => Err(Status::invalid_argument(format!("apparmor.profile_type: {} is not a profile type", p.profile_type))),
     }
 }

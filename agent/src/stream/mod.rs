@@ -89,15 +89,15 @@ impl Streams {
     }
 
     /// Stores `req` under a fresh token and returns the URL to give out.
-    pub fn register(&self, req: StreamRequest) -> String {
-        let token = crate::util::random_id();
+    pub fn register(&self, req: StreamRequest) -> std::io::Result<String> {
+        let token = crate::util::random_id()?;
         let kind = req.kind();
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         tokens.retain(|_, (_, exp)| *exp > now);
         tokens.insert(token.clone(), (req, now + self.ttl));
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}/{kind}/{token}", self.addr)
+        Ok(format!("{scheme}://{}/{kind}/{token}", self.addr))
     }
 
     /// Takes a token (single use); None when unknown, used, expired, or
@@ -314,15 +314,15 @@ mod tests {
         let (s, _l) = Streams::bind("127.0.0.1", 0, Duration::from_millis(50), None).await.unwrap();
         let wants = session::Wants { stdin: false, stdout: true, stderr: true, tty: false };
         let req = StreamRequest::Exec { container_id: "c".into(), cmd: vec![], wants };
-        let url = s.register(req.clone());
+        let url = s.register(req.clone()).unwrap();
         assert!(url.starts_with("http://127.0.0.1:"));
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(s.take("attach", &token).is_none(), "kind must match");
-        let url = s.register(req.clone());
+        let url = s.register(req.clone()).unwrap();
         let token = url.rsplit('/').next().unwrap().to_string();
         assert!(s.take("exec", &token).is_some());
         assert!(s.take("exec", &token).is_none(), "single use");
-        let url = s.register(req);
+        let url = s.register(req).unwrap();
         let token = url.rsplit('/').next().unwrap().to_string();
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(s.take("exec", &token).is_none(), "expired");
