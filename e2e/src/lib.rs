@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub use berth_proto::cri;
 
 pub mod oci;
+pub mod rawnet;
 pub mod registry;
 pub mod spdy;
 

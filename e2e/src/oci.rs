@@ -139,6 +139,22 @@ impl LayerBuilder {
         self.raw(h, name, None, &[])
     }
 
+    /// A block device with `mode`.
+    pub fn block_device(&mut self, name: &str, major: u32, minor: u32, mode: u32) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Block, mode, 0);
+        h.set_device_major(major).expect("major");
+        h.set_device_minor(minor).expect("minor");
+        self.raw(h, name, None, &[])
+    }
+
+    /// A regular file carrying extended attributes (PAX `SCHILY.xattr.*`
+    /// records, as image builders write them).
+    pub fn file_with_xattrs(&mut self, name: &str, data: &[u8], mode: u32, xattrs: &[(&str, &[u8])]) -> &mut Self {
+        let keys: Vec<String> = xattrs.iter().map(|(k, _)| format!("SCHILY.xattr.{k}")).collect();
+        self.tar.append_pax_extensions(keys.iter().map(String::as_str).zip(xattrs.iter().map(|(_, v)| *v))).expect("pax header");
+        self.file(name, data, mode)
+    }
+
     /// A FIFO.
     pub fn fifo(&mut self, name: &str) -> &mut Self {
         self.raw(Self::header(tar::EntryType::Fifo, 0o644, 0), name, None, &[])
@@ -330,4 +346,35 @@ pub fn index(entries: &[(&BuiltImage, &str, Option<&str>)]) -> Blob {
         "manifests": manifests,
     });
     Blob::new(serde_json::to_vec(&index).expect("index"), "application/vnd.oci.image.index.v1+json")
+}
+
+/// `security.capability` (VFS_CAP_REVISION_2) giving a file the capabilities
+/// in `permitted` and `inheritable` (bit = capability number), effective on exec.
+pub fn file_caps(permitted: u64, inheritable: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20);
+    v.extend_from_slice(&(0x0200_0000u32 | 1).to_le_bytes());
+    for half in [0, 32] {
+        v.extend_from_slice(&((permitted >> half) as u32).to_le_bytes());
+        v.extend_from_slice(&((inheritable >> half) as u32).to_le_bytes());
+    }
+    v
+}
+
+/// The `probe` test program (fixtures/probe.c), built statically with gcc
+/// once per test process: it makes one system call and prints the answer.
+pub fn probe_binary() -> &'static [u8] {
+    static BIN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/probe.c");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("probe");
+        let status = std::process::Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("running gcc (deploy/deps.sh --test installs it)");
+        assert!(status.success(), "building {} failed", src.display());
+        std::fs::read(&out).expect("reading the probe")
+    })
 }

@@ -1,0 +1,356 @@
+//! What a hostile tenant tries on a node, performed against a real berthd
+//! with the security contexts kubelet sends by default. Each test is the
+//! attack itself and fails if it works; each failed on berth before the fix
+//! it guards.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_e2e::oci::{self, Compression, ImageSettings, LayerBuilder};
+use berth_e2e::{cri, Fixture};
+
+/// The image an attacker ships: world-usable device nodes (loop0, fuse), a
+/// copy of busybox (as `grep`) with every capability inheritable in its
+/// file capabilities, and the syscall probe.
+async fn push_attack_image(f: &Fixture) -> String {
+    let busybox = std::fs::read(oci::BUSYBOX).expect("busybox");
+    let caps = oci::file_caps(0, 0xff_ffff_ffff);
+    let mut layer = LayerBuilder::new();
+    layer
+        .busybox()
+        .dir("attack", 0o755)
+        .block_device("attack/loop0", 7, 0, 0o666)
+        .char_device("attack/fuse", 10, 229)
+        .dir("opt", 0o755)
+        .dir("opt/caps", 0o755)
+        .file_with_xattrs("opt/caps/grep", &busybox, 0o755, &[("security.capability", &caps)])
+        .file("bin/probe", oci::probe_binary(), 0o755);
+    let image = oci::image(vec![layer.build(Compression::Gzip)], &ImageSettings::default());
+    f.registry.push("attack", "v1", &image).await;
+    let reference = f.registry.reference("attack", "v1");
+    f.cri.clone().pull(&reference).await.expect("pull the attack image");
+    reference
+}
+
+fn security(f: impl FnOnce(&mut cri::LinuxContainerSecurityContext)) -> Option<cri::LinuxContainerConfig> {
+    let mut s = cri::LinuxContainerSecurityContext { namespace_options: Some(berth_e2e::kubelet_namespaces()), ..Default::default() };
+    f(&mut s);
+    Some(cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() })
+}
+
+/// The container's cgroup (relative), from the verbose status.
+async fn cgroup_of(f: &mut Fixture, id: &str) -> String {
+    let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: true };
+    let info = f.cri.runtime.container_status(req).await.expect("ContainerStatus").into_inner().info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info");
+    v["cgroup"].as_str().expect("cgroup").to_string()
+}
+
+/// The v1 device controller's list for a container, when this node has one.
+async fn devices_list(f: &mut Fixture, id: &str) -> Option<String> {
+    let cg = cgroup_of(f, id).await;
+    let mount = berth_e2e::cgroup_mounts().into_iter().find(|m| m.join("devices.list").exists())?;
+    Some(std::fs::read_to_string(mount.join(cg).join("devices.list")).expect("devices.list"))
+}
+
+/// Runs `script` in the container; stdout and stderr together.
+async fn run(f: &mut Fixture, id: &str, script: &str) -> String {
+    let r = f.cri.exec(id, &["sh", "-c", script], 30).await.expect("ExecSync");
+    format!("{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_cgroup_denies_what_a_container_was_not_given() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("devices");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let root = f.cri.run(&pod, f.container("root", &["sleep", "1000"]), &cfg).await;
+
+    // A root container may make nodes (CAP_MKNOD, as on containerd) but not
+    // open one it was not given: loop0 would be a host disk on a real node.
+    for (node, kind, major, minor) in [("loop0", "b", 7, 0), ("fuse", "c", 10, 229)] {
+        let out = run(&mut f, &root, &format!("mknod /dev/{node} {kind} {major} {minor} && exec 3</dev/{node} && echo opened")).await;
+        assert!(!out.contains("opened") && out.contains("not permitted"), "{node}: {out}");
+    }
+    // The nodes it was given still work.
+    assert_eq!(run(&mut f, &root, "head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null-ok").await, "3\nnull-ok\n");
+    // A node made on the rootfs cannot be used at all: it is mounted nodev.
+    let out = run(&mut f, &root, "mknod /tmp/null c 1 3 && echo x > /tmp/null && echo wrote").await;
+    assert!(!out.contains("wrote") && out.contains("denied"), "{out}");
+    if let Some(list) = devices_list(&mut f, &root).await {
+        assert!(!list.contains("a *:* rwm") && list.contains("c 1:3 rwm") && list.contains("b *:* m"), "{list}");
+    }
+
+    // Privileged: every device, as containerd gives it.
+    let mut c = f.container("priv", &["sleep", "1000"]);
+    c.linux = security(|s| s.privileged = true);
+    let privileged = f.cri.run(&pod, c, &cfg).await;
+    if let Some(list) = devices_list(&mut f, &privileged).await {
+        assert_eq!(list.trim(), "a *:* rwm");
+    }
+    assert!(run(&mut f, &privileged, "mknod /tmp/n c 1 3 && echo x > /tmp/n && echo wrote").await.contains("wrote"));
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_device_nodes_reach_neither_containers_nor_host_users() {
+    for unpack_nodes in [false, true] {
+        // The default first, then a node that allows unpacking them.
+        let config = if unpack_nodes { "[image]\nunpack_device_nodes = true\n" } else { "" };
+        let mut f = Fixture::start_with_config(config).await;
+        let image = push_attack_image(&f).await;
+        // The stores are root's alone.
+        let root = f.berthd.paths.root.clone();
+        for dir in [root.clone(), root.join("snapshots"), root.join("content"), root.join("containers")] {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+        // The node as unpacked on the host: absent by default; where the
+        // node allows them, no local user reaches it.
+        let nodes = find_named(&root.join("snapshots"), "loop0");
+        if unpack_nodes {
+            assert_eq!(nodes.len(), 1, "{nodes:?}");
+            let out =
+                std::process::Command::new(oci::BUSYBOX).args(["head", "-c", "1"]).arg(&nodes[0]).uid(65534).gid(65534).output().unwrap();
+            assert!(!out.status.success(), "a host user opened the image's node");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("denied"), "{}", String::from_utf8_lossy(&out.stderr));
+        } else {
+            assert!(nodes.is_empty(), "{nodes:?}");
+        }
+        // A non-root container with every capability dropped cannot use it either.
+        let cfg = f.pod("imgdev");
+        let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+        let mut c = berth_e2e::container_config("user", &image, &["sleep", "1000"]);
+        c.linux = security(|s| {
+            s.run_as_user = Some(cri::Int64Value { value: 1000 });
+            s.capabilities = Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() });
+        });
+        let user = f.cri.run(&pod, c, &cfg).await;
+        for node in ["loop0", "fuse"] {
+            let out = run(&mut f, &user, &format!("exec 3</attack/{node} && echo opened")).await;
+            assert!(!out.contains("opened"), "{node}: {out}");
+        }
+        f.cri.remove_pod(&pod).await;
+    }
+}
+
+fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let t = e.file_type().unwrap();
+        if e.file_name() == name {
+            out.push(e.path());
+        } else if t.is_dir() {
+            out.extend(find_named(&e.path(), name));
+        }
+    }
+    out
+}
+
+/// A field of a process status inside the container.
+async fn status_field(f: &mut Fixture, id: &str, file: &str, field: &str) -> String {
+    let out = f.cri.sh(id, &format!("grep '^{field}:' {file}")).await;
+    out.split_whitespace().nth(1).unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inheritable_capabilities_are_empty_so_file_capabilities_give_nothing() {
+    let mut f = Fixture::start().await;
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod("capinh");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let root = f.cri.run(&pod, berth_e2e::container_config("root", &image, &["sleep", "1000"]), &cfg).await;
+    assert_eq!(status_field(&mut f, &root, "/proc/self/status", "CapInh").await, "0000000000000000");
+    let mut c = berth_e2e::container_config("user", &image, &["sleep", "1000"]);
+    c.linux = security(|s| s.run_as_user = Some(cri::Int64Value { value: 1000 }));
+    let user = f.cri.run(&pod, c, &cfg).await;
+    assert_eq!(status_field(&mut f, &user, "/proc/self/status", "CapInh").await, "0000000000000000");
+    // CVE-2022-24769: a binary whose file capabilities are all inheritable
+    // gets permitted what the process has inheritable: nothing.
+    let out = f.cri.sh(&user, "/opt/caps/grep -E '^Cap(Prm|Eff):' /proc/self/status").await;
+    assert_eq!(out, "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n");
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_pid_init_shows_nothing_of_the_host() {
+    let mut f = Fixture::start().await;
+    let marker = f.berthd.dir().join("host-marker");
+    std::fs::write(&marker, "host secret\n").unwrap();
+    let mut cfg = f.pod("pidinit");
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption { pid: 0, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = f.container("tracer", &["sleep", "1000"]);
+    c.linux = security(|s| {
+        s.namespace_options = Some(cri::NamespaceOption { pid: 0, ..Default::default() });
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+    });
+    let tracer = f.cri.run(&pod, c, &cfg).await;
+    assert!(f.cri.sh(&tracer, "cat /proc/1/cmdline | tr '\\0' ' '").await.contains("pod-init"));
+    let out = run(&mut f, &tracer, &format!("cat /proc/1/root{}", marker.display())).await;
+    assert!(!out.contains("host secret"), "the host's file through /proc/1/root: {out}");
+    assert_eq!(run(&mut f, &tracer, "ls -A /proc/1/root/ /proc/1/fd/").await, "/proc/1/fd/:\n\n/proc/1/root/:\n");
+    for (field, want) in [
+        ("CapEff", "0000000000000000"),
+        ("CapPrm", "0000000000000000"),
+        ("CapBnd", "0000000000000000"),
+        ("NoNewPrivs", "1"),
+        ("Seccomp", "2"),
+    ] {
+        assert_eq!(status_field(&mut f, &tracer, "/proc/1/status", field).await, want, "{field}");
+    }
+    assert_eq!(status_field(&mut f, &tracer, "/proc/1/status", "Uid").await, "65535");
+    f.cri.remove_pod(&pod).await;
+}
+
+/// Packets and bytes the berth table's loopback-guard rule has dropped.
+fn loopback_drops(table: &str) -> u64 {
+    let out = std::process::Command::new("nft").args(["-j", "list", "chain", "inet", table, "input"]).output().expect("nft");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut packets = 0;
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for expr in item["rule"]["expr"].as_array().into_iter().flatten() {
+            packets += expr["counter"]["packets"].as_u64().unwrap_or(0);
+        }
+    }
+    packets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_cannot_reach_the_node_loopback() {
+    let mut f = Fixture::start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = f.pod("loopback");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let pod_ip: std::net::Ipv4Addr = f.cri.pod_ip(&pod).await.parse().unwrap();
+    let netns = f.cri.pod_netns(&pod).await;
+    let gw_mac = oci_mac(&f.berthd.net.bridge);
+    let before = loopback_drops(&f.berthd.net.table);
+    // The node has talked to the pod (as kubelet's probes do), so it knows
+    // the pod's MAC and a reply could find its way back.
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    udp.send_to(b"hello", (pod_ip, 9)).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // What a container with NET_RAW (a default capability) can send: a SYN
+    // to 127.0.0.1, addressed to the gateway's MAC.
+    let replies = berth_e2e::in_netns(&netns, move || {
+        let frame =
+            berth_e2e::rawnet::syn_frame(gw_mac, berth_e2e::rawnet::mac_of("eth0"), pod_ip, std::net::Ipv4Addr::LOCALHOST, 40123, port);
+        berth_e2e::rawnet::send_and_watch("eth0", &frame, std::net::Ipv4Addr::LOCALHOST, port, Duration::from_secs(2))
+    })
+    .join()
+    .unwrap();
+    assert!(replies.is_empty(), "the node's 127.0.0.1:{port} answered the pod (TCP flags {replies:x?})");
+    // The packet did reach the node and was dropped by berth's rule, so the
+    // silence above is the rule's doing.
+    assert!(loopback_drops(&f.berthd.net.table) > before, "the loopback guard never saw the packet");
+    drop(listener);
+    f.cri.remove_pod(&pod).await;
+}
+
+fn oci_mac(ifname: &str) -> [u8; 6] {
+    berth_e2e::rawnet::parse_mac(&std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).expect("bridge MAC"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_at_dev_is_not_written_into_and_masks_cannot_be_redirected() {
+    let mut f = Fixture::start().await;
+    // A host directory mounted at /dev whose `null` is a link to a file the
+    // container may not write (CVE-2025-31133's shape: masks bound from it
+    // would expose that file writable at a masked path).
+    let host_dev = f.berthd.dir().join("host-dev");
+    std::fs::create_dir(&host_dev).unwrap();
+    std::os::unix::fs::symlink("/proc/sys/kernel/domainname", host_dev.join("null")).unwrap();
+    std::fs::write(host_dev.join("keep"), "keep").unwrap();
+    let listing = |d: &Path| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().to_string(),
+                    std::fs::read_link(e.path()).map(|t| t.display().to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&host_dev);
+    let cfg = f.pod("devvol");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = f.container("c", &["sleep", "1000"]);
+    c.mounts = vec![cri::Mount { container_path: "/dev".into(), host_path: host_dev.display().to_string(), ..Default::default() }];
+    let id = f.cri.run(&pod, c, &cfg).await;
+    assert_eq!(listing(&host_dev), before, "berth wrote into the host directory mounted at /dev");
+    // Masked files (/proc/keys here; /proc/kcore where the kernel has it) are
+    // masked by the null device berth made, not by what the volume's `null`
+    // points at.
+    assert_eq!(f.cri.sh(&id, "stat -c %t:%T /proc/keys").await.trim(), "1:3");
+    let out = run(&mut f, &id, "echo pwned > /proc/keys; cat /proc/sys/kernel/domainname").await;
+    assert!(!out.contains("pwned"), "{out}");
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_default_seccomp_is_an_allow_list() {
+    let mut f = Fixture::start().await;
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod("seccomp");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = berth_e2e::container_config("confined", &image, &["sleep", "1000"]);
+    c.linux = security(|s| {
+        s.seccomp =
+            Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() })
+    });
+    let confined = f.cri.run(&pod, c, &cfg).await;
+    let unconfined = f.cri.run(&pod, berth_e2e::container_config("free", &image, &["sleep", "1000"]), &cfg).await;
+    // Each blocked only by the filter: the kernel itself allows it to root
+    // without CAP_SYS_ADMIN (io_uring, a user namespace, keyrings) or answers
+    // differently (clone3 with size 0 is EINVAL; the filter says ENOSYS).
+    let eperm = "errno 1";
+    for (probe, confined_answer) in [
+        ("io_uring_setup", eperm),
+        ("unshare-user", eperm),
+        ("keyctl", eperm),
+        ("add_key", eperm),
+        ("clone3", "errno 38"),
+        ("personality 0040000", eperm),
+        ("socket 40", eperm),
+        ("socket 38", eperm),
+        ("personality ffffffff", "ok"),
+        ("socket 2", "ok"),
+    ] {
+        assert_eq!(f.cri.sh(&confined, &format!("probe {probe}")).await.trim(), confined_answer, "{probe} under RuntimeDefault");
+    }
+    for probe in ["io_uring_setup", "unshare-user", "keyctl"] {
+        assert_eq!(f.cri.sh(&unconfined, &format!("probe {probe}")).await.trim(), "ok", "{probe} unconfined");
+    }
+    f.cri.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_output_always_fits_the_reply() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("bigexec");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let id = f.cri.run(&pod, f.container("c", &["sleep", "1000"]), &cfg).await;
+    // 16 MiB on each stream: more than one CRI message holds.
+    let r = f
+        .cri
+        .exec(&id, &["sh", "-c", "head -c 16777216 /dev/zero; head -c 16777216 /dev/zero >&2"], 60)
+        .await
+        .expect("ExecSync truncates instead of failing");
+    let cap = (8 << 20) - (32 << 10);
+    assert_eq!((r.stdout.len(), r.stderr.len(), r.exit_code), (cap, cap, 0));
+    f.cri.remove_pod(&pod).await;
+}
