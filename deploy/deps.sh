@@ -30,4 +30,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
 fi
+# The toolchain rust-toolchain.toml pins, with rustfmt and clippy.
+if command -v rustup >/dev/null 2>&1; then
+    (cd "$(dirname "$0")/.." && { rustup toolchain install 2>/dev/null || rustup show active-toolchain >/dev/null; })
+fi
 cargo --version

@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/deps.sh --test
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+# House rules first: formatting and lints are part of the suite.
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace --no-fail-fast
 # cgroup v2 for real, inside a throwaway VM (this machine's controllers are on v1).

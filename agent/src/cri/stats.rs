@@ -137,8 +137,8 @@ pub(super) async fn list_pod_sandbox_metrics(
                         let name = c.attributes.as_ref().and_then(|a| a.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
                         let labels = vec![name, p.name.clone(), p.namespace.clone()];
                         let v = |o: Option<cri::UInt64Value>| o.map(|x| x.value).unwrap_or(0);
-                        let cpu = c.cpu.clone().unwrap_or_default();
-                        let mem = c.memory.clone().unwrap_or_default();
+                        let cpu = c.cpu.unwrap_or_default();
+                        let mem = c.memory.unwrap_or_default();
                         cri::ContainerMetrics {
                             container_id: c.attributes.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
                             metrics: vec![

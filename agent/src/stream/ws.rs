@@ -24,6 +24,8 @@ const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
 /// Upgrades and runs the request's session.
+// The handshake callback's error type is tungstenite's own (an HTTP response).
+#[allow(clippy::result_large_err)]
 pub async fn serve<S>(agent: Arc<Agent>, req: StreamRequest, stream: S) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,

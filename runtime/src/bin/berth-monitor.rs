@@ -23,8 +23,11 @@ fn main() {
     std::process::exit(code);
 }
 
+/// `--flag value` pairs, and the arguments after a `--`.
+type Flags = (Vec<(String, String)>, Vec<String>);
+
 /// Splits `--flag value` pairs up to a `--`; returns them and the rest.
-fn flags(args: &[String]) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+fn flags(args: &[String]) -> Result<Flags, String> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < args.len() {
