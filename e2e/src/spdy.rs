@@ -1,13 +1,13 @@
 //! A SPDY/3.1 client for the tests, speaking Kubernetes remote command and
 //! port forwarding the way client-go does: HTTP upgrade with
 //! `X-Stream-Protocol-Version`, client-opened streams named by
-//! `streamtype`. It reuses berth's frame codec; the Go interop test checks
+//! `streamtype`. It uses berth-proto's frame codec; the Go interop test checks
 //! that codec against spdystream independently.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use berth_agent::stream::spdy::frame::{Decoder, Encoder, Frame, Headers};
+use berth_proto::spdy::frame::{Decoder, Encoder, Frame, Headers};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Any byte stream (plain TCP or TLS).

@@ -246,7 +246,7 @@ async fn attach_to_output_stdin_once_and_a_terminal() {
     let mut seen = String::new();
     while seen.matches("n=").count() < 4 {
         match s.next().await {
-            Some(berth_agent::stream::spdy::frame::Frame::Data { stream_id, data, .. }) if stream_id == out => {
+            Some(berth_proto::spdy::frame::Frame::Data { stream_id, data, .. }) if stream_id == out => {
                 seen.push_str(&String::from_utf8_lossy(&data))
             }
             Some(_) => {}

@@ -34,6 +34,11 @@ pub(super) async fn status(agent: &Agent, r: Request<cri::StatusRequest>) -> Res
         let pod_cidr = agent.store.setting(POD_CIDR_SETTING).map_err(|e| Status::internal(e.to_string()))?;
         info.insert("podCIDR".to_string(), pod_cidr.unwrap_or_default());
         info.insert("apparmor".to_string(), crate::security::apparmor::status_line());
+        let leases = agent.store.list::<crate::store::LeaseRecord>().map_err(|e| Status::internal(e.to_string()))?.len();
+        info.insert(
+            "network".to_string(),
+            serde_json::json!({ "mode": format!("{:?}", agent.config.network.mode).to_lowercase(), "leases": leases }).to_string(),
+        );
     }
     Ok(Response::new(cri::StatusResponse {
         status: Some(cri::RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),

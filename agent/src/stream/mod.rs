@@ -277,37 +277,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// The `metav1.Status` the error channel carries at the end of an exec.
-pub fn exit_status_json(code: i32) -> String {
-    if code == 0 {
-        return r#"{"metadata":{},"status":"Success"}"#.to_string();
-    }
-    serde_json::json!({
-        "metadata": {},
-        "status": "Failure",
-        "message": format!("command terminated with non-zero exit code: error executing command, exit code {code}"),
-        "reason": "NonZeroExitCode",
-        "details": { "causes": [ { "reason": "ExitCode", "message": code.to_string() } ] }
-    })
-    .to_string()
-}
-
-/// The `metav1.Status` for a failure to run at all.
-pub fn failure_json(message: &str) -> String {
-    serde_json::json!({ "metadata": {}, "status": "Failure", "message": message, "reason": "InternalError" }).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_json() {
-        assert!(exit_status_json(0).contains("Success"));
-        let v: serde_json::Value = serde_json::from_str(&exit_status_json(3)).unwrap();
-        assert_eq!(v["reason"], "NonZeroExitCode");
-        assert_eq!(v["details"]["causes"][0]["message"], "3");
-    }
 
     #[tokio::test]
     async fn tokens_are_single_use_and_expire() {

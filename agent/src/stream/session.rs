@@ -62,11 +62,6 @@ pub struct Wants {
     pub tty: bool,
 }
 
-/// A Kubernetes `TerminalSize` (`{"Width":…,"Height":…}`) as (cols, rows).
-pub fn terminal_size(v: &serde_json::Value) -> Option<(u16, u16)> {
-    Some((u16::try_from(v["Width"].as_u64()?).ok()?, u16::try_from(v["Height"].as_u64()?).ok()?))
-}
-
 /// The container `id` if it is running; else the session's failure.
 fn running_container(agent: &Agent, id: &str) -> Result<crate::store::ContainerRecord, Outcome> {
     crate::container::find_running(agent, id).map_err(|s| Outcome::Failure(s.message().to_string()))
@@ -75,8 +70,8 @@ fn running_container(agent: &Agent, id: &str) -> Result<crate::store::ContainerR
 /// The `metav1.Status` JSON for an outcome (v4+ error channel).
 pub fn status_json(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Exit(code) => super::exit_status_json(*code),
-        Outcome::Failure(m) => super::failure_json(m),
+        Outcome::Exit(code) => berth_proto::remotecommand::exit_status_json(*code),
+        Outcome::Failure(m) => berth_proto::remotecommand::failure_json(m),
     }
 }
 

@@ -9,19 +9,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
+use berth_proto::remotecommand::{
+    channel_frame, parse_terminal_size, portforward_channels, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT, WS_EXEC_PROTOCOLS,
+    WS_PORTFORWARD_PROTOCOLS,
+};
+
 use super::session::{self, connect_in_netns, pump, Channels, Input, Outcome, Output};
 use super::StreamRequest;
 use crate::cri::Agent;
-
-/// Subprotocols berth speaks, best first.
-const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", "v2.portforward.k8s.io", "portforward.k8s.io"];
-
-const STDIN: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const ERROR: u8 = 3;
-const RESIZE: u8 = 4;
-const CLOSE: u8 = 255;
 
 /// Upgrades and runs the request's session.
 // The handshake callback's error type is tungstenite's own (an HTTP response).
@@ -40,8 +35,10 @@ where
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
             .collect();
-        let Some(p) = PROTOCOLS.iter().find(|p| offered.iter().any(|o| o == *p)) else {
-            let mut e = ErrorResponse::new(Some(format!("no supported subprotocol; berth speaks {}", PROTOCOLS.join(", "))));
+        let protocols = WS_EXEC_PROTOCOLS.iter().chain(WS_PORTFORWARD_PROTOCOLS);
+        let Some(p) = protocols.clone().find(|p| offered.iter().any(|o| o == *p)) else {
+            let all: Vec<&str> = protocols.copied().collect();
+            let mut e = ErrorResponse::new(Some(format!("no supported subprotocol; berth speaks {}", all.join(", "))));
             *e.status_mut() = http::StatusCode::BAD_REQUEST;
             return Err(e);
         };
@@ -70,7 +67,7 @@ where
     let (otx, mut orx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(32);
     let mut writers: Vec<Option<tokio::net::tcp::OwnedWriteHalf>> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
-        let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
+        let Some((data, error)) = portforward_channels(i) else { break };
         let le = port.to_le_bytes();
         tx.send(frame(data, &le)).await.map_err(std::io::Error::other)?;
         tx.send(frame(error, &le)).await.map_err(std::io::Error::other)?;
@@ -112,10 +109,7 @@ where
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
-    let mut v = Vec::with_capacity(data.len() + 1);
-    v.push(channel);
-    v.extend_from_slice(data);
-    Message::Binary(v.into())
+    Message::Binary(channel_frame(channel, data).into())
 }
 
 /// Exec and attach over the channel protocol.
@@ -140,8 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Channels for WsChannels<S> {
                     STDIN => return Some(Input::Stdin(b[1..].to_vec())),
                     CLOSE if self.v5 && b.get(1) == Some(&STDIN) => return Some(Input::StdinClose),
                     RESIZE => {
-                        let size = serde_json::from_slice(&b[1..]).ok();
-                        if let Some((cols, rows)) = size.as_ref().and_then(session::terminal_size) {
+                        if let Some((cols, rows)) = parse_terminal_size(&b[1..]) {
                             return Some(Input::Resize { cols, rows });
                         }
                     }

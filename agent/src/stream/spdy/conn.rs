@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::frame::{Decoder, Encoder, Frame, Headers};
+use berth_proto::spdy::frame::{Decoder, Encoder, Frame, Headers};
 
 /// What the client did.
 #[derive(Debug)]
@@ -151,7 +151,7 @@ impl Conn {
                             // Client streams are odd and their ids only grow (SPDY/3.1
                             // 2.3.2), so a repeated or older id is refused.
                             if stream_id % 2 == 0 || stream_id <= last.load(Ordering::Relaxed) {
-                                let _ = replies.reset(stream_id, super::frame::RST_PROTOCOL_ERROR).await;
+                                let _ = replies.reset(stream_id, berth_proto::spdy::frame::RST_PROTOCOL_ERROR).await;
                                 continue;
                             }
                             last.store(stream_id, Ordering::Relaxed);
@@ -232,8 +232,8 @@ mod tests {
             seen,
             [
                 Frame::SynReply { stream_id: 1, fin: false, headers: vec![] },
-                Frame::RstStream { stream_id: 1, status: super::super::frame::RST_PROTOCOL_ERROR },
-                Frame::RstStream { stream_id: 2, status: super::super::frame::RST_PROTOCOL_ERROR },
+                Frame::RstStream { stream_id: 1, status: berth_proto::spdy::frame::RST_PROTOCOL_ERROR },
+                Frame::RstStream { stream_id: 2, status: berth_proto::spdy::frame::RST_PROTOCOL_ERROR },
                 Frame::SynReply { stream_id: 3, fin: false, headers: vec![] },
                 Frame::Ping { id: 9 },
             ]

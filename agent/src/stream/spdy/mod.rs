@@ -4,8 +4,6 @@
 //! berth has its own because no maintained Rust SPDY server exists.
 
 pub mod conn;
-mod dictionary;
-pub mod frame;
 mod portforward;
 mod remote;
 

@@ -11,11 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::conn::{AbortOnDrop, Conn, Event, Sender};
-use super::frame::{header, Headers};
 use crate::stream::session::connect_in_netns;
+use berth_proto::spdy::frame::{header, Headers};
 
 /// The port-forward subprotocol.
-pub const PROTOCOL: &str = "portforward.k8s.io";
+pub use berth_proto::remotecommand::SPDY_PORTFORWARD_PROTOCOL as PROTOCOL;
 
 #[derive(Default)]
 struct Pair {
@@ -37,7 +37,7 @@ pub async fn serve(mut conn: Conn, netns: PathBuf) {
         match ev {
             Event::Stream { id, headers } => {
                 let Some((kind, request, port)) = describe(id, &headers) else {
-                    let _ = conn.sender.reset(id, super::frame::RST_PROTOCOL_ERROR).await;
+                    let _ = conn.sender.reset(id, berth_proto::spdy::frame::RST_PROTOCOL_ERROR).await;
                     continue;
                 };
                 let pair = pairs.entry(request.clone()).or_default();

@@ -8,11 +8,13 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::conn::{Conn, Event};
-use super::frame::header;
-use crate::stream::session::{status_json, terminal_size, Channels, Input, Outcome, Output, Wants};
+use berth_proto::remotecommand::terminal_size;
+use berth_proto::spdy::frame::header;
+
+use crate::stream::session::{status_json, Channels, Input, Outcome, Output, Wants};
 
 /// Remote-command subprotocols berth speaks over SPDY, best first.
-pub const PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
+pub use berth_proto::remotecommand::SPDY_EXEC_PROTOCOLS as PROTOCOLS;
 /// How long a client has to open its streams (kubelet's default).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -80,7 +82,7 @@ impl SpdyChannels {
                     "resize" => ch.resize = Some(id),
                     other => {
                         tracing::debug!(stream = id, "spdy: unknown stream type {other:?}");
-                        let _ = ch.conn.sender.reset(id, super::frame::RST_PROTOCOL_ERROR).await;
+                        let _ = ch.conn.sender.reset(id, berth_proto::spdy::frame::RST_PROTOCOL_ERROR).await;
                     }
                 },
                 other => ch.early.push_back(other),
