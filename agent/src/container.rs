@@ -131,7 +131,7 @@ pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, S
 pub fn watch(agent: &Arc<Agent>, id: String, monitor_pid: i32) {
     let agent = agent.clone();
     tokio::spawn(async move {
-        if let Ok(fd) = berth_runtime::process::pidfd_open(monitor_pid) {
+        if let Ok(fd) = berth_runtime::pidfd::pidfd_open(monitor_pid) {
             wait_fd(fd).await;
         }
         if let Ok(Some(rec)) = agent.store.get::<ContainerRecord>(&id) {
@@ -150,7 +150,7 @@ async fn wait_fd(fd: OwnedFd) {
 
 /// Waits (bounded) for the monitor of `rec` to finish; true if it did.
 async fn wait_exit(agent: &Agent, rec: &ContainerRecord, timeout: Duration) -> bool {
-    let fd = match berth_runtime::process::pidfd_open(rec.monitor_pid) {
+    let fd = match berth_runtime::pidfd::pidfd_open(rec.monitor_pid) {
         Ok(fd) => fd,
         // Already gone.
         Err(_) => return true,
@@ -433,9 +433,13 @@ pub async fn reopen_log(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
 pub async fn exec_sync(agent: &Arc<Agent>, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<cri::ExecSyncResponse, Status> {
     check_cmd(&cmd)?;
     let rec = find_running(agent, id)?;
-    let mut command = tokio::process::Command::from(agent.runtime.exec_command(&bundle(agent, &rec.id), rec.pid, rec.start_time, &cmd));
+    let mut helper =
+        agent.runtime.exec_helper(&bundle(agent, &rec.id), rec.pid, rec.start_time, &cmd, false).map_err(|e| internal("exec helper", e))?;
+    let std_cmd = std::mem::replace(&mut helper.command, std::process::Command::new("/"));
+    let mut command = tokio::process::Command::from(std_cmd);
     command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| internal("exec helper", e))?;
+    helper.spawned();
     let out = read_capped(child.stdout.take());
     let err = read_capped(child.stderr.take());
     let run = async {
@@ -454,14 +458,22 @@ pub async fn exec_sync(agent: &Arc<Agent>, id: &str, cmd: Vec<String>, timeout_s
         run.await
     };
     let status = status.map_err(|e| internal("exec helper", e))?;
-    let code = status.code().unwrap_or(255);
-    if code == berth_runtime::exec::SETUP_FAILED {
-        let text = String::from_utf8_lossy(&stderr);
-        if let Some(line) = text.lines().rev().find_map(|l| l.strip_prefix(berth_runtime::exec::ERROR_MARKER)) {
-            return Err(status_of(RuntimeError::Init(berth_runtime::init::InitError::decode(line))));
-        }
+    if let Some(e) = exec_report(helper.report).await {
+        return Err(status_of(RuntimeError::Init(e)));
     }
-    Ok(cri::ExecSyncResponse { stdout, stderr, exit_code: code })
+    Ok(cri::ExecSyncResponse { stdout, stderr, exit_code: status.code().unwrap_or(255) })
+}
+
+/// What an exec helper reported on its report channel once it has exited:
+/// why the command could not be started, or None when it ran.
+pub async fn exec_report(report: OwnedFd) -> Option<berth_runtime::message::InitError> {
+    let mut buf = Vec::new();
+    let mut f = tokio::fs::File::from_std(std::fs::File::from(report));
+    f.read_to_end(&mut buf).await.ok()?;
+    match berth_runtime::channel::take::<berth_runtime::message::ExecReport>(&mut buf) {
+        Ok(Some(berth_runtime::message::ExecReport::Failed(e))) => Some(e),
+        _ => None,
+    }
 }
 
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> Vec<u8> {

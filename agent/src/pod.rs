@@ -183,7 +183,7 @@ fn init_cgroup(rec: &PodRecord) -> String {
 /// Ends the pod's PID-namespace init, if it still is the process recorded.
 fn kill_init(rec: &PodRecord) {
     if rec.init_pid > 0 {
-        if let Ok(init) = berth_runtime::process::Process::open(rec.init_pid, rec.init_start_time) {
+        if let Ok(init) = berth_runtime::pidfd::Process::open(rec.init_pid, rec.init_start_time) {
             let _ = init.signal(nix::sys::signal::Signal::SIGKILL);
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use berth_proto::cri;
-use berth_runtime::init::{ANN_CGROUP_PROCS, ANN_LOWERDIRS, ANN_UPPERDIR, ANN_USER, ANN_WORKDIR};
+use berth_runtime::annotations;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder,
     LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
@@ -414,16 +414,16 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
 
     let mut annotations: HashMap<String, String> = config.annotations.clone();
     let join = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    annotations.insert(ANN_LOWERDIRS.into(), join(&paths.lower_dirs));
-    annotations.insert(ANN_UPPERDIR.into(), paths.upper.display().to_string());
-    annotations.insert(ANN_WORKDIR.into(), paths.work.display().to_string());
-    annotations.insert(ANN_CGROUP_PROCS.into(), join(&paths.cgroup_procs));
+    annotations.insert(annotations::LOWERDIRS.into(), join(&paths.lower_dirs));
+    annotations.insert(annotations::UPPERDIR.into(), paths.upper.display().to_string());
+    annotations.insert(annotations::WORKDIR.into(), paths.work.display().to_string());
+    annotations.insert(annotations::CGROUP_PROCS.into(), join(&paths.cgroup_procs));
     if let Some(name) = user_name {
-        annotations.insert(ANN_USER.into(), name);
+        annotations.insert(annotations::USER.into(), name);
     }
     // Strict: only the ids given, no memberships from the image's /etc/group.
     if sc.is_some_and(|s| s.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32) {
-        annotations.insert(berth_runtime::init::ANN_GROUPS_STRICT.into(), "true".into());
+        annotations.insert(annotations::GROUPS_STRICT.into(), "true".into());
     }
 
     let mut spec = SpecBuilder::default()

@@ -1,10 +1,10 @@
 //! The executor as berthd uses it: create a container from a spec and a
 //! bundle (spawning its monitor), start it, signal it, reopen its log, read
-//! its exit status, and build ExecSync commands. Blocking calls; the agent
-//! runs them on its blocking pool.
+//! its exit status, attach to it, and build exec helpers. Blocking calls;
+//! the agent runs them on its blocking pool. Every exchange with berth's own
+//! processes is a typed message ([`crate::message`]) on a channel of its own.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use oci_spec::runtime::Spec;
 
-use crate::init::InitError;
-use crate::monitor::{ExitStatus, PidNamespace, StdioOpts, EXIT_FILE, SOCKET};
+use crate::channel::{self, ChannelError};
+use crate::message::{ControlReply, ControlRequest, InitError, MonitorReport};
+use crate::monitor::{ExitStatus, PidNamespace, StdioOpts, SOCKET};
 
 /// Executor failures, typed so that the agent can map them.
 #[derive(Debug, thiserror::Error)]
@@ -25,13 +26,33 @@ pub enum RuntimeError {
     Init(#[from] InitError),
     /// Talking to or starting the monitor failed.
     #[error("monitor of {id}: {reason}")]
-    Monitor { id: String, reason: String },
+    Monitor {
+        /// Container id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A channel to one of berth's processes failed.
+    #[error("monitor of {id}: {source}")]
+    Channel {
+        /// Container id.
+        id: String,
+        /// The channel's error.
+        #[source]
+        source: ChannelError,
+    },
     /// The container is not running.
     #[error("container {0} is not running")]
     NotRunning(String),
-    /// Local I/O.
-    #[error("{0}")]
-    Io(String),
+    /// Local I/O on the bundle.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A created container.
@@ -68,6 +89,32 @@ pub struct Runtime {
     monitor_bin: PathBuf,
 }
 
+/// An exec helper ready to spawn: the command, and berthd's ends of its
+/// report channel and (with a TTY) its resize channel.
+pub struct ExecHelper {
+    /// `berth-monitor exec …`; stdio is the caller's to set.
+    pub command: Command,
+    /// Read end of the report channel ([`crate::message::ExecReport`]).
+    pub report: OwnedFd,
+    /// Write end of the resize channel ([`crate::message::ExecControl`]).
+    pub resize: Option<OwnedFd>,
+    /// The helper's ends, kept open until it is spawned.
+    child_ends: Vec<OwnedFd>,
+}
+
+impl ExecHelper {
+    /// Closes berthd's copies of the helper's ends: call once it is spawned,
+    /// so the report channel ends when the helper does.
+    pub fn spawned(&mut self) {
+        self.child_ends.clear();
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
 impl Runtime {
     /// Uses `monitor_bin` (the `berth-monitor` binary).
     pub fn new(monitor_bin: PathBuf) -> Runtime {
@@ -90,14 +137,14 @@ impl Runtime {
         pid_ns: &PidNamespace,
         stdio: StdioOpts,
     ) -> Result<Created, RuntimeError> {
-        let io = |what: &str, e: std::io::Error| RuntimeError::Io(format!("{what}: {e}"));
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(bundle).map_err(|e| io("bundle", e))?;
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(bundle.join("rootfs")).map_err(|e| io("rootfs dir", e))?;
-        let json = serde_json::to_vec(spec).map_err(|e| RuntimeError::Io(format!("spec: {e}")))?;
-        std::fs::write(bundle.join("config.json"), json).map_err(|e| io("config.json", e))?;
-        let _ = std::fs::remove_file(bundle.join(EXIT_FILE));
+        let monitor_err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(bundle).map_err(io_err("bundle"))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(bundle.join("rootfs")).map_err(io_err("rootfs dir"))?;
+        let json = serde_json::to_vec(spec).map_err(|e| monitor_err(format!("spec: {e}")))?;
+        std::fs::write(bundle.join("config.json"), json).map_err(io_err("config.json"))?;
+        let _ = std::fs::remove_file(bundle.join(crate::monitor::EXIT_FILE));
 
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Io(format!("pipe: {e}")))?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
         let mut cmd = Command::new(&self.monitor_bin);
         cmd.arg("monitor").arg("--id").arg(id).arg("--bundle").arg(bundle).arg("--sync-fd").arg("3");
         if let Some(log) = log {
@@ -113,90 +160,70 @@ impl Runtime {
                 cmd.arg(flag).arg("true");
             }
         }
-        let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(|e| io("monitor.log", e))?;
+        let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(io_err("monitor.log"))?;
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
-        pass_as_fd3(&mut cmd, &w);
-        let mut first =
-            cmd.spawn().map_err(|e| RuntimeError::Monitor { id: id.into(), reason: format!("{}: {e}", self.monitor_bin.display()) })?;
+        pass_fds(&mut cmd, &[(&w, 3)]);
+        let mut first = cmd.spawn().map_err(|e| monitor_err(format!("{}: {e}", self.monitor_bin.display())))?;
         drop(w);
         // The first monitor process exits right after forking the real one.
         let _ = first.wait();
-        let line = read_line_timeout(r, Duration::from_secs(60)).map_err(|reason| RuntimeError::Monitor { id: id.into(), reason })?;
-        let mut parts = line.trim_end().splitn(2, '\t');
-        match (parts.next(), parts.next()) {
-            (Some("created"), Some(rest)) => {
-                let f: Vec<&str> = rest.split('\t').collect();
-                let num = |i: usize| f.get(i).and_then(|s| s.parse::<i64>().ok());
-                match (num(0), num(1), num(2), num(3)) {
-                    (Some(pid), Some(monitor_pid), Some(uid), Some(gid)) => {
-                        let pid = pid as i32;
-                        let groups = f.get(4).map(|g| g.split(',').filter_map(|x| x.parse().ok()).collect()).unwrap_or_default();
-                        let start_time = crate::process::start_time(pid).unwrap_or(0);
-                        Ok(Created { pid, start_time, monitor_pid: monitor_pid as i32, uid: uid as u32, gid: gid as u32, groups })
-                    }
-                    _ => Err(RuntimeError::Monitor { id: id.into(), reason: format!("bad answer {line:?}") }),
-                }
+        let report =
+            recv_timeout::<MonitorReport>(r, Duration::from_secs(60)).map_err(|source| RuntimeError::Channel { id: id.into(), source });
+        match report {
+            Ok(Some(MonitorReport::Created { pid, monitor_pid, uid, gid, groups })) => {
+                let start_time = crate::pidfd::start_time(pid).unwrap_or(0);
+                Ok(Created { pid, start_time, monitor_pid, uid, gid, groups })
             }
-            (Some("error"), Some(rest)) => Err(RuntimeError::Init(InitError::decode(rest))),
-            _ => {
+            Ok(Some(MonitorReport::Failed(e))) => Err(RuntimeError::Init(e)),
+            other => {
                 let log = std::fs::read_to_string(bundle.join("monitor.log")).unwrap_or_default();
-                Err(RuntimeError::Monitor { id: id.into(), reason: format!("no answer ({line:?}); monitor log: {}", log.trim()) })
+                let what = match other {
+                    Err(e) => e.to_string(),
+                    _ => "the monitor closed its report channel without a word".into(),
+                };
+                Err(monitor_err(format!("{what}; monitor log: {}", log.trim())))
             }
         }
     }
 
     /// Lets a created container exec its process.
     pub fn start(&self, id: &str, bundle: &Path) -> Result<(), RuntimeError> {
-        let reply = command(id, bundle, "start")?;
-        match reply.split_once('\t') {
-            None if reply == "ok" => Ok(()),
-            Some(("error", rest)) => Err(RuntimeError::Init(InitError::decode(rest))),
-            _ => Err(RuntimeError::Monitor { id: id.into(), reason: format!("start: {reply}") }),
+        match request(id, bundle, ControlRequest::Start)?.1 {
+            ControlReply::Ok => Ok(()),
+            ControlReply::StartFailed(e) => Err(RuntimeError::Init(e)),
+            ControlReply::NotRunning => Err(RuntimeError::Init(InitError::Setup("already started or exited".into()))),
+            other => Err(unexpected(id, other)),
         }
     }
 
     /// Sends a signal to the container init through its monitor.
     pub fn signal(&self, id: &str, bundle: &Path, signal: i32) -> Result<(), RuntimeError> {
-        let reply = command(id, bundle, &format!("signal {signal}"))?;
-        match reply.as_str() {
-            "ok" => Ok(()),
-            r if r.contains("not running") => Err(RuntimeError::NotRunning(id.into())),
-            r => Err(RuntimeError::Monitor { id: id.into(), reason: r.replace('\t', " ") }),
+        match request(id, bundle, ControlRequest::Signal(signal))?.1 {
+            ControlReply::Ok => Ok(()),
+            ControlReply::NotRunning => Err(RuntimeError::NotRunning(id.into())),
+            other => Err(unexpected(id, other)),
         }
     }
 
     /// Makes the monitor reopen the log file (after kubelet rotated it).
     pub fn reopen_log(&self, id: &str, bundle: &Path) -> Result<(), RuntimeError> {
-        match command(id, bundle, "reopen")?.as_str() {
-            "ok" => Ok(()),
-            r => Err(RuntimeError::Monitor { id: id.into(), reason: r.replace('\t', " ") }),
+        match request(id, bundle, ControlRequest::Reopen)?.1 {
+            ControlReply::Ok => Ok(()),
+            other => Err(unexpected(id, other)),
         }
     }
 
     /// Attaches to the container's stdio through its monitor: the returned
-    /// socket speaks the monitor's attach frames ([`crate::monitor::attach_frame`]).
+    /// socket carries the monitor's attach frames ([`crate::monitor::attach`]).
     pub fn attach(&self, id: &str, bundle: &Path, stdin: bool) -> Result<UnixStream, RuntimeError> {
-        let err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
-        let mut conn = send(id, bundle, if stdin { "attach stdin" } else { "attach" })?;
-        // Byte by byte: frames may follow the reply at once.
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while reply.len() < 256 {
-            match conn.read(&mut byte) {
-                Ok(1) if byte[0] == b'\n' => break,
-                Ok(1) => reply.push(byte[0]),
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(err(format!("read reply to attach: {e}"))),
-            }
-        }
-        match reply.as_slice() {
-            b"ok" => {
-                conn.set_read_timeout(None).map_err(|e| err(e.to_string()))?;
+        let (conn, reply) = request(id, bundle, ControlRequest::Attach { stdin })?;
+        match reply {
+            ControlReply::Ok => {
+                conn.set_read_timeout(None).map_err(io_err("attach socket"))?;
                 Ok(conn)
             }
-            r if r.ends_with(b"not running") => Err(RuntimeError::NotRunning(id.into())),
-            r => Err(err(String::from_utf8_lossy(r).replace('\t', " "))),
+            ControlReply::NotRunning => Err(RuntimeError::NotRunning(id.into())),
+            other => Err(unexpected(id, other)),
         }
     }
 
@@ -215,19 +242,14 @@ impl Runtime {
         }
     }
 
-    /// A command running `args` in the container (ExecSync): stdout and
-    /// stderr are the command's, except a failure to start it, which is an
-    /// [`crate::exec::ERROR_MARKER`] line on stderr and exit code
-    /// [`crate::exec::SETUP_FAILED`].
-    pub fn exec_command(&self, bundle: &Path, pid: i32, start_time: u64, args: &[String]) -> Command {
-        self.exec_command_tty(bundle, pid, start_time, args, false)
-    }
-
-    /// Like [`Runtime::exec_command`]; with `tty` the command runs on a
-    /// terminal and window sizes are read as `cols rows` lines from fd 3.
-    pub fn exec_command_tty(&self, bundle: &Path, pid: i32, start_time: u64, args: &[String], tty: bool) -> Command {
-        let mut cmd = Command::new(&self.monitor_bin);
-        cmd.arg("exec")
+    /// An exec helper running `args` in the container whose init is
+    /// `pid`/`start_time`: a failure to start the command comes as an
+    /// [`crate::message::ExecReport`] on `report`, never on its stderr; with
+    /// `tty` the command runs on a terminal sized through `resize`.
+    pub fn exec_helper(&self, bundle: &Path, pid: i32, start_time: u64, args: &[String], tty: bool) -> std::io::Result<ExecHelper> {
+        let mut command = Command::new(&self.monitor_bin);
+        command
+            .arg("exec")
             .arg("--tty")
             .arg(if tty { "true" } else { "false" })
             .arg("--bundle")
@@ -239,50 +261,72 @@ impl Runtime {
             .arg("--")
             .args(args)
             .stdin(Stdio::null());
-        cmd
+        let (report, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut child_ends = vec![report_w];
+        let resize = if tty {
+            let (resize_r, resize_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            child_ends.push(resize_r);
+            Some(resize_w)
+        } else {
+            None
+        };
+        let mut map = vec![(&child_ends[0], crate::process::exec::REPORT_FD)];
+        if let Some(r) = child_ends.get(1) {
+            map.push((r, crate::process::exec::RESIZE_FD));
+        }
+        pass_fds(&mut command, &map);
+        Ok(ExecHelper { command, report, resize, child_ends })
     }
 }
 
-/// Makes `fd` the child's fd 3 (the sync/report pipe of berth-monitor); the
-/// original stays close-on-exec.
-pub fn pass_as_fd3(cmd: &mut Command, fd: &OwnedFd) {
-    let raw = fd.as_raw_fd();
-    // SAFETY: only dup2 (async-signal-safe) runs between fork and exec, on
-    // an fd that stays open until spawn returns.
+fn unexpected(id: &str, reply: ControlReply) -> RuntimeError {
+    match reply {
+        ControlReply::Error(reason) => RuntimeError::Monitor { id: id.into(), reason },
+        other => RuntimeError::Monitor { id: id.into(), reason: format!("unexpected reply {other:?}") },
+    }
+}
+
+/// Makes each `fd` the child's fd `target` (the originals stay close-on-exec).
+pub fn pass_fds(cmd: &mut Command, fds: &[(&OwnedFd, i32)]) {
+    let raw: Vec<(i32, i32)> = fds.iter().map(|(fd, target)| (fd.as_raw_fd(), *target)).collect();
+    // SAFETY: only fcntl and dup2 (async-signal-safe) run between fork and
+    // exec, on fds that stay open until spawn returns. Every source is first
+    // copied above the targets, so no dup2 overwrites a source still needed;
+    // the copies are close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            let mut high = [0i32; 8];
+            for (i, (fd, _)) in raw.iter().enumerate().take(high.len()) {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, (_, target)) in raw.iter().enumerate().take(high.len()) {
+                if libc::dup2(high[i], *target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
 }
 
-/// Connects to the monitor and sends one command line; NotRunning when the
+/// One request on the monitor's socket and its reply; NotRunning when the
 /// monitor is gone because the container exited.
-fn send(id: &str, bundle: &Path, cmd: &str) -> Result<UnixStream, RuntimeError> {
-    let err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
+fn request(id: &str, bundle: &Path, req: ControlRequest) -> Result<(UnixStream, ControlReply), RuntimeError> {
     let mut conn = match connect(bundle) {
         Ok(c) => c,
         Err(_) if ExitStatus::read(bundle).is_some() => return Err(RuntimeError::NotRunning(id.into())),
-        Err(e) => return Err(err(format!("connect: {e}"))),
+        Err(e) => return Err(RuntimeError::Monitor { id: id.into(), reason: format!("connect: {e}") }),
     };
-    conn.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
-    conn.write_all(format!("{cmd}\n").as_bytes()).map_err(|e| err(format!("send {cmd}: {e}")))?;
-    Ok(conn)
-}
-
-/// One command on the monitor's socket, one line back.
-fn command(id: &str, bundle: &Path, cmd: &str) -> Result<String, RuntimeError> {
-    let err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
-    let conn = send(id, bundle, cmd)?;
-    let mut reply = String::new();
-    BufReader::new(&conn).read_line(&mut reply).map_err(|e| err(format!("read reply to {cmd}: {e}")))?;
-    if reply.is_empty() {
-        return Err(err(format!("no reply to {cmd}")));
+    let chan = |source| RuntimeError::Channel { id: id.into(), source };
+    conn.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_err("monitor socket"))?;
+    channel::send(&mut conn, &req).map_err(chan)?;
+    match channel::recv::<ControlReply>(&mut conn).map_err(chan)? {
+        Some(reply) => Ok((conn, reply)),
+        None => Err(RuntimeError::Monitor { id: id.into(), reason: format!("no reply to {req:?}") }),
     }
-    Ok(reply.trim_end().to_string())
 }
 
 /// Connects to the monitor socket in `bundle`. The path goes through an fd
@@ -292,18 +336,14 @@ fn connect(bundle: &Path) -> std::io::Result<UnixStream> {
     UnixStream::connect(format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd()))
 }
 
-fn read_line_timeout(fd: OwnedFd, timeout: Duration) -> Result<String, String> {
+/// Waits up to `timeout` for a message on `fd`, then reads it.
+fn recv_timeout<T: serde::de::DeserializeOwned>(fd: OwnedFd, timeout: Duration) -> Result<Option<T>, ChannelError> {
     let mut pfd = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fd), nix::poll::PollFlags::POLLIN)];
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
     match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)) {
-        Ok(0) => return Err(format!("no answer within {timeout:?}")),
+        Ok(0) => return Err(ChannelError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")))),
         Ok(_) => {}
-        Err(e) => return Err(format!("poll: {e}")),
+        Err(e) => return Err(ChannelError::Io(e.into())),
     }
-    // SAFETY: into_raw_fd hands over ownership of the fd to the File.
-    let file = unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
-    let mut line = String::new();
-    let mut reader = BufReader::new(file.take(64 * 1024));
-    reader.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-    Ok(line)
+    channel::recv(&mut std::fs::File::from(fd))
 }

@@ -3,8 +3,7 @@
 //! a PID namespace, which needs a living init, gets berth's own tiny one
 //! (`berth-monitor pod-init`).
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -12,6 +11,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, ForkResult};
+
+use crate::channel;
+use crate::message::PodInitReport;
 
 /// Sandbox failures.
 #[derive(Debug, thiserror::Error)]
@@ -204,28 +206,36 @@ pub fn spawn_pod_init(monitor_bin: &Path, args: &PodInitArgs) -> Result<PodInit,
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    crate::client::pass_as_fd3(&mut cmd, &w);
+    crate::client::pass_fds(&mut cmd, &[(&w, 3)]);
     let mut child = cmd.spawn().map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
     drop(w);
-    // Line one: the init's pid (from the first process); line two: "ready"
-    // or what failed (from the init itself).
-    let mut reader = BufReader::new(std::fs::File::from(r));
-    let (mut first, mut second) = (String::new(), String::new());
-    let _ = reader.read_line(&mut first);
-    let _ = reader.read_line(&mut second);
+    // Started (from the process that forked the init), then Ready or what
+    // failed (from the init itself); a failure may also come first.
+    let mut reports = std::fs::File::from(r);
+    let mut next = || channel::recv::<PodInitReport>(&mut reports).map_err(|e| SandboxError::Init(e.to_string()));
+    let first = next();
+    let second = if matches!(first, Ok(Some(PodInitReport::Started { .. }))) { next() } else { Ok(None) };
     let _ = child.wait();
-    let pid = first.trim().parse::<i32>().map_err(|_| SandboxError::Init(format!("unexpected answer {:?}", first.trim())))?;
-    let start_time = crate::process::start_time(pid);
-    match (second.trim(), start_time) {
-        ("ready", Some(start_time)) => Ok(PodInit { pid, start_time }),
+    let pid = match first? {
+        Some(PodInitReport::Started { pid }) => pid,
+        Some(PodInitReport::Failed(why)) => return Err(SandboxError::Init(why)),
+        other => return Err(SandboxError::Init(format!("unexpected report {other:?}"))),
+    };
+    let start_time = crate::pidfd::start_time(pid);
+    match (second, start_time) {
+        (Ok(Some(PodInitReport::Ready)), Some(start_time)) => Ok(PodInit { pid, start_time }),
         (answer, _) => {
             if let Some(t) = start_time {
-                if let Ok(p) = crate::process::Process::open(pid, t) {
+                if let Ok(p) = crate::pidfd::Process::open(pid, t) {
                     let _ = p.signal(Signal::SIGKILL);
                 }
             }
-            let why = answer.strip_prefix("error ").unwrap_or(if answer.is_empty() { "it exited without a word" } else { answer });
-            Err(SandboxError::Init(why.to_string()))
+            Err(SandboxError::Init(match answer {
+                Ok(Some(PodInitReport::Failed(why))) => why,
+                Ok(None) => "it exited without a word".into(),
+                Ok(Some(other)) => format!("unexpected report {other:?}"),
+                Err(e) => e.to_string(),
+            }))
         }
     }
 }
@@ -258,17 +268,16 @@ const POD_INIT_SYSCALLS: &[&str] = &[
 /// finds nothing there. Reports its host pid, then "ready", on fd 3.
 pub fn pod_init_main(args: &PodInitArgs) -> i32 {
     // SAFETY: fd 3 was set up by spawn_pod_init and is ours alone.
-    let report: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(3) };
-    let fail = |report: &OwnedFd, step: &str, e: &dyn std::fmt::Display| -> i32 {
-        let _ = nix::unistd::write(report, format!("error {step}: {e}\n").as_bytes());
+    let mut report = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    let fail = |report: &mut std::fs::File, step: &str, e: &dyn std::fmt::Display| -> i32 {
+        let _ = channel::send(report, &PodInitReport::Failed(format!("{step}: {e}")));
         1
     };
     let _ = nix::unistd::setsid();
     // Into the pod's cgroup first: from here on the process is found by it.
     for f in &args.cgroup_procs {
         if let Err(e) = std::fs::write(f, "0") {
-            let _ = nix::unistd::write(&report, b"0\n");
-            return fail(&report, &format!("joining cgroup {}", f.display()), &e);
+            return fail(&mut report, &format!("joining cgroup {}", f.display()), &e);
         }
     }
     for (kind, flag) in [("net", CloneFlags::CLONE_NEWNET), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS)] {
@@ -279,30 +288,28 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
         let joined =
             std::fs::File::open(&pin).map_err(|e| e.to_string()).and_then(|f| nix::sched::setns(f, flag).map_err(|e| e.to_string()));
         if let Err(e) = joined {
-            let _ = nix::unistd::write(&report, b"0\n");
-            return fail(&report, &format!("joining the pod's {kind} namespace"), &e);
+            return fail(&mut report, &format!("joining the pod's {kind} namespace"), &e);
         }
     }
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
-        let _ = nix::unistd::write(&report, b"0\n");
-        return fail(&report, "unshare", &e);
+        return fail(&mut report, "unshare", &e);
     }
     // SAFETY: single-threaded.
     match unsafe { fork() } {
         Ok(ForkResult::Parent { child }) => {
-            let _ = nix::unistd::write(&report, format!("{}\n", child.as_raw()).as_bytes());
+            let _ = channel::send(&mut report, &PodInitReport::Started { pid: child.as_raw() });
             0
         }
         Ok(ForkResult::Child) => {
             // PID 1 of a namespace containers join: its /proc/1/exe is berth's binary.
-            crate::init::make_non_dumpable();
+            crate::process::init::make_non_dumpable();
             if let Err((step, e)) = confine_pod_init(&args.pod_dir) {
-                return fail(&report, step, &e);
+                return fail(&mut report, step, &e);
             }
             let mut all = SigSet::all();
             all.remove(Signal::SIGKILL);
             let _ = all.thread_block();
-            let _ = nix::unistd::write(&report, b"ready\n");
+            let _ = channel::send(&mut report, &PodInitReport::Ready);
             // No fd at all from here on: nothing to find through /proc/1/fd.
             // SAFETY: close_range only closes fds; none is used afterwards.
             unsafe { libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0) };
@@ -325,7 +332,7 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
                 }
             }
         }
-        Err(e) => fail(&report, "fork", &e),
+        Err(e) => fail(&mut report, "fork", &e),
     }
 }
 
@@ -354,7 +361,7 @@ fn confine_pod_init(mountpoint: &Path) -> Result<(), (&'static str, String)> {
     nix::unistd::setresgid(nobody, nobody, nobody).map_err(e("setresgid"))?;
     let nobody = nix::unistd::Uid::from_raw(65535);
     nix::unistd::setresuid(nobody, nobody, nobody).map_err(e("setresuid"))?;
-    crate::security::no_new_privs().map_err(|err| ("no_new_privs", err.to_string()))?;
+    crate::process::security::no_new_privs().map_err(|err| ("no_new_privs", err.to_string()))?;
     let mut filter = libseccomp::ScmpFilterContext::new(libseccomp::ScmpAction::Errno(libc::EPERM))
         .map_err(|err| ("seccomp filter", err.to_string()))?;
     for name in POD_INIT_SYSCALLS {

@@ -137,7 +137,8 @@ pub fn seccomp(
             let profile: LinuxSeccomp = serde_json::from_str(&text)
                 .map_err(|e| Status::invalid_argument(format!("{field}: {localhost}: not an OCI seccomp profile: {e}")))?;
             // Compile once here, so a profile libseccomp refuses fails CreateContainer cleanly.
-            berth_runtime::security::compile(&profile).map_err(|e| Status::invalid_argument(format!("{field}: {localhost}: {e}")))?;
+            berth_runtime::process::security::compile(&profile)
+                .map_err(|e| Status::invalid_argument(format!("{field}: {localhost}: {e}")))?;
             Ok(Some(profile))
         }
         Err(_) => Err(Status::invalid_argument(format!("seccomp.profile_type: {kind} is not a profile type"))),

@@ -547,6 +547,6 @@ mod tests {
     #[test]
     fn profile_compiles_for_libseccomp() {
         let caps = LinuxCapabilitiesBuilder::default().build().unwrap();
-        berth_runtime::security::compile(&profile(&caps).unwrap()).unwrap();
+        berth_runtime::process::security::compile(&profile(&caps).unwrap()).unwrap();
     }
 }

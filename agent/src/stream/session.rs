@@ -81,20 +81,14 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
         Ok(r) => r,
         Err(failure) => return ch.finish(failure).await,
     };
-    let mut std_cmd = agent.runtime.exec_command_tty(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd, wants.tty);
-    // With a TTY, window sizes go to the helper as "cols rows" lines on its fd 3.
-    let mut resize_tx = None;
-    let mut resize_rx = None;
-    if wants.tty {
-        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok((r, w)) => {
-                berth_runtime::client::pass_as_fd3(&mut std_cmd, &r);
-                resize_rx = Some(r);
-                resize_tx = Some(tokio::fs::File::from_std(std::fs::File::from(w)));
-            }
-            Err(e) => return ch.finish(Outcome::Failure(format!("resize pipe: {e}"))).await,
-        }
-    }
+    let helper = agent.runtime.exec_helper(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd, wants.tty);
+    let mut helper = match helper {
+        Ok(h) => h,
+        Err(e) => return ch.finish(Outcome::Failure(format!("exec helper: {e}"))).await,
+    };
+    // With a TTY, window sizes go to the helper as messages on its resize channel.
+    let mut resize_tx = helper.resize.take().map(|w| tokio::fs::File::from_std(std::fs::File::from(w)));
+    let std_cmd = std::mem::replace(&mut helper.command, std::process::Command::new("/"));
     let mut command = tokio::process::Command::from(std_cmd);
     command
         .stdin(if wants.stdin || wants.tty { std::process::Stdio::piped() } else { std::process::Stdio::null() })
@@ -105,26 +99,21 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
         Ok(c) => c,
         Err(e) => return ch.finish(Outcome::Failure(format!("exec helper: {e}"))).await,
     };
-    drop(resize_rx);
+    helper.spawned();
     let mut child_stdin = child.stdin.take();
     let (otx, mut orx) = tokio::sync::mpsc::channel::<(Output, Vec<u8>)>(16);
     if let Some(p) = child.stdout.take() {
         pump(p, Output::Stdout, wants.stdout, otx.clone());
     }
     if let Some(p) = child.stderr.take() {
-        // The helper's own setup errors arrive on stderr even when the
-        // client did not ask for it; the pump keeps them apart.
-        pump(p, Output::Stderr, true, otx.clone());
+        pump(p, Output::Stderr, wants.stderr, otx.clone());
     }
     drop(otx);
-    let mut setup_error = Vec::new();
     loop {
         tokio::select! {
             chunk = orx.recv() => match chunk {
                 Some((out, data)) => {
-                    if out == Output::Stderr && data.starts_with(berth_runtime::exec::ERROR_MARKER.as_bytes()) {
-                        setup_error.extend_from_slice(&data);
-                    } else if (out == Output::Stdout || wants.stderr) && ch.send(out, data).await.is_err() {
+                    if ch.send(out, data).await.is_err() {
                         return; // client gone: kill_on_drop ends the helper and the command
                     }
                 }
@@ -141,7 +130,8 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
                 Some(Input::StdinClose) => child_stdin = None,
                 Some(Input::Resize { cols, rows }) => {
                     if let Some(w) = resize_tx.as_mut() {
-                        let _ = w.write_all(format!("{cols} {rows}\n").as_bytes()).await;
+                        let msg = berth_runtime::channel::encode(&berth_runtime::message::ExecControl::Resize { cols, rows });
+                        let _ = w.write_all(&msg).await;
                     }
                 }
                 None => return,
@@ -152,12 +142,9 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
         Ok(status) => status.code().unwrap_or(255),
         Err(e) => return ch.finish(Outcome::Failure(format!("waiting for the exec helper: {e}"))).await,
     };
-    let text = String::from_utf8_lossy(&setup_error);
-    let outcome = match text.lines().find_map(|l| l.strip_prefix(berth_runtime::exec::ERROR_MARKER)) {
-        Some(line) if code == berth_runtime::exec::SETUP_FAILED => {
-            Outcome::Failure(berth_runtime::init::InitError::decode(line).to_string())
-        }
-        _ => Outcome::Exit(code),
+    let outcome = match crate::container::exec_report(helper.report).await {
+        Some(e) => Outcome::Failure(e.to_string()),
+        None => Outcome::Exit(code),
     };
     ch.finish(outcome).await;
 }

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use berth_runtime::exec::ExecArgs;
 use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
+use berth_runtime::process::exec::ExecArgs;
 
 fn usage(msg: &str) -> i32 {
     eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]");
@@ -90,7 +90,7 @@ fn exec(args: &[String]) -> i32 {
     };
     let (Ok(pid), Ok(start_time)) = (pid.parse(), start.parse()) else { return usage("bad --pid or --start-time") };
     let tty = get(&f, "tty") == Some("true");
-    berth_runtime::exec::main(ExecArgs { bundle: PathBuf::from(bundle), pid, start_time, args: cmd, tty })
+    berth_runtime::process::exec::main(ExecArgs { bundle: PathBuf::from(bundle), pid, start_time, args: cmd, tty })
 }
 
 fn pod_init(args: &[String]) -> i32 {

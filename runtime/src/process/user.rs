@@ -5,7 +5,7 @@
 
 use nix::unistd::{Gid, Uid};
 
-use crate::init::InitError;
+use crate::message::InitError;
 
 /// Final ids of the container process.
 #[derive(Debug, Clone, PartialEq, Eq)]

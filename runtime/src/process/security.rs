@@ -8,8 +8,8 @@ use caps::{CapSet, Capability};
 use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use oci_spec::runtime::{Arch, LinuxCapabilities, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 
-use crate::init::InitError;
-use crate::user::ResolvedUser;
+use super::user::ResolvedUser;
+use crate::message::InitError;
 
 fn err(step: &str, e: impl std::fmt::Display) -> InitError {
     InitError::Setup(format!("{step}: {e}"))

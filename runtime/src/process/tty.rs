@@ -10,7 +10,7 @@ use nix::fcntl::OFlag;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::stat::Mode;
 
-use crate::init::{self, InitError};
+use crate::message::InitError;
 
 fn setup(step: &str, e: impl std::fmt::Display) -> InitError {
     InitError::Setup(format!("{step}: {e}"))
@@ -42,7 +42,7 @@ pub fn attach_terminal(slave_path: &str, owner: Option<(u32, u32)>) -> Result<()
         return Err(setup("TIOCSCTTY", nix::errno::Errno::last()));
     }
     for target in 0..3 {
-        init::dup_onto(fd.as_raw_fd(), target)?;
+        super::init::dup_onto(fd.as_raw_fd(), target)?;
     }
     Ok(())
 }

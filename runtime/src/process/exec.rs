@@ -13,12 +13,18 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
-use crate::init::{self, InitError, ANN_CGROUP_PROCS, ANN_USER};
+use super::init;
+use crate::annotations;
+use crate::channel;
+use crate::message::{ExecControl, ExecReport, InitError};
 
-/// The line prefix on stderr that marks a failure to start the command
-/// (as opposed to the command's own output), followed by an encoded [`InitError`].
-pub const ERROR_MARKER: &str = "berth-exec-error\t";
-/// The helper's exit code when the command could not be started.
+/// The helper's fd on which a failure to start the command is reported
+/// ([`ExecReport`]); closed on exec, so EOF means the command ran.
+pub const REPORT_FD: i32 = 3;
+/// A TTY helper's fd from which window sizes arrive ([`ExecControl`]).
+pub const RESIZE_FD: i32 = 4;
+/// The helper's exit code when the command could not be started (berthd
+/// reads the reason on [`REPORT_FD`]; a command may exit 255 itself).
 pub const SETUP_FAILED: i32 = 255;
 
 /// Arguments of `berth-monitor exec`.
@@ -33,12 +39,17 @@ pub struct ExecArgs {
     /// The command.
     pub args: Vec<String>,
     /// Run it on a pseudo-terminal from the container's devpts; the helper
-    /// relays stdin/stdout and reads `cols rows` lines from fd 3 to resize.
+    /// relays stdin/stdout and takes window sizes from [`RESIZE_FD`].
     pub tty: bool,
 }
 
+/// Reports why the command could not be started on [`REPORT_FD`]; never on
+/// stderr, which is the command's.
 fn fail(e: InitError) -> i32 {
-    eprintln!("{ERROR_MARKER}{}", e.encode());
+    // SAFETY: fd 3 was handed to the helper for this report and stays open
+    // for the process's life; ManuallyDrop keeps this borrow from closing it.
+    let mut report = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(REPORT_FD) });
+    let _ = channel::send(&mut *report, &ExecReport::Failed(e));
     SETUP_FAILED
 }
 
@@ -51,7 +62,7 @@ pub fn main(args: ExecArgs) -> i32 {
 }
 
 fn setup(step: &str, e: impl std::fmt::Display) -> InitError {
-    InitError::Setup(format!("{step}: {e}"))
+    InitError::setup(step, e)
 }
 
 fn run(args: &ExecArgs) -> Result<i32, InitError> {
@@ -62,13 +73,8 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     // The pidfd first, then the start-time check: every later step acts on
     // the container's init, never on a process that reused its pid.
     let target =
-        crate::process::Process::open(args.pid, args.start_time).map_err(|_| InitError::Setup("the container is not running".into()))?;
-    let annotation = |k: &str| spec.annotations().as_ref().and_then(|a| a.get(k)).cloned().filter(|s| !s.is_empty());
-    if let Some(procs) = annotation(ANN_CGROUP_PROCS) {
-        for f in procs.split(':') {
-            std::fs::write(f, "0").map_err(|e| setup(&format!("joining cgroup {f}"), e))?;
-        }
-    }
+        crate::pidfd::Process::open(args.pid, args.start_time).map_err(|_| InitError::Setup("the container is not running".into()))?;
+    init::join_cgroup(&spec)?;
     use nix::sched::CloneFlags as F;
     // All at once: after the mount namespace switch /proc is the container's.
     target
@@ -78,23 +84,23 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     // After the mount namespace switch, /dev/ptmx is the container's own
     // devpts instance: the terminal lives inside the container.
-    let pty = if args.tty { Some(crate::tty::open_pty()?) } else { None };
+    let pty = if args.tty { Some(super::tty::open_pty()?) } else { None };
 
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }.map_err(|e| setup("fork", e))? {
         ForkResult::Child => {
             if let Some((master, slave_path)) = pty {
                 drop(master);
-                if let Err(e) = crate::tty::attach_terminal(&slave_path, None) {
+                if let Err(e) = super::tty::attach_terminal(&slave_path, None) {
                     std::process::exit(fail(e));
                 }
             }
             // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-            let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(crate::security::compile);
-            let strict = annotation(init::ANN_GROUPS_STRICT).is_some();
+            let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(super::security::compile);
+            let strict = annotations::get(&spec, annotations::GROUPS_STRICT).is_some();
             let e = match seccomp.transpose() {
-                Ok(filter) => child(process, annotation(ANN_USER).as_deref(), strict, &args.args, filter.as_ref()),
+                Ok(filter) => child(process, annotations::get(&spec, annotations::USER), strict, &args.args, filter.as_ref()),
                 Err(e) => e,
             };
             std::process::exit(fail(e));
@@ -115,13 +121,13 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
 }
 
 /// In the helper: copies stdin to the terminal and the terminal to stdout,
-/// applies `cols rows` lines from fd 3 as window sizes, and returns the
+/// applies the window sizes arriving on [`RESIZE_FD`], and returns the
 /// command's exit code once it has exited and its output is drained.
 fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::BorrowedFd;
-    // SAFETY: fds 0 and 3 belong to this process for its whole life.
-    let (stdin, resize) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(3)) };
+    // SAFETY: fds 0 and RESIZE_FD belong to this process for its whole life.
+    let (stdin, resize) = unsafe { (BorrowedFd::borrow_raw(0), BorrowedFd::borrow_raw(RESIZE_FD)) };
     let resize_ok = nix::fcntl::fcntl(resize, nix::fcntl::FcntlArg::F_GETFD).is_ok();
     let mut stdin_open = true;
     let mut resize_open = resize_ok;
@@ -182,12 +188,15 @@ fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 
                 Ok(0) | Err(_) => resize_open = false,
                 Ok(k) => {
                     pending.extend_from_slice(&buf[..k]);
-                    while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=pos).collect();
-                        let text = String::from_utf8_lossy(&line);
-                        let mut it = text.split_whitespace().filter_map(|x| x.parse::<u16>().ok());
-                        if let (Some(cols), Some(rows)) = (it.next(), it.next()) {
-                            crate::tty::set_window_size(&master, cols, rows);
+                    loop {
+                        match channel::take::<ExecControl>(&mut pending) {
+                            Ok(Some(ExecControl::Resize { cols, rows })) => super::tty::set_window_size(&master, cols, rows),
+                            Ok(None) => break,
+                            // Garbage on a control channel: stop listening to it.
+                            Err(_) => {
+                                resize_open = false;
+                                break;
+                            }
                         }
                     }
                 }
@@ -211,7 +220,7 @@ fn child(
     if let Err(e) = init::set_rlimits_and_oom(process) {
         return e;
     }
-    let user = match crate::user::resolve(process.user(), user_name, strict) {
+    let user = match super::user::resolve(process.user(), user_name, strict) {
         Ok(u) => u,
         Err(e) => return e,
     };

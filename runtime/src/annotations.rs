@@ -1,0 +1,20 @@
+//! The annotations berthd puts into a container's OCI spec for what the OCI
+//! runtime spec has no field for; the executor reads them back.
+
+/// overlayfs lowerdirs, top first, `:`-separated.
+pub const LOWERDIRS: &str = "io.berth.rootfs.lowerdirs";
+/// overlayfs upperdir.
+pub const UPPERDIR: &str = "io.berth.rootfs.upperdir";
+/// overlayfs workdir.
+pub const WORKDIR: &str = "io.berth.rootfs.workdir";
+/// `cgroup.procs` files to join, `:`-separated.
+pub const CGROUP_PROCS: &str = "io.berth.cgroup.procs";
+/// A user name (`name` or `name:group`) to resolve in the image.
+pub const USER: &str = "io.berth.user";
+/// Supplemental groups policy Strict (no image memberships).
+pub const GROUPS_STRICT: &str = "io.berth.groups.strict";
+
+/// A non-empty annotation of `spec`.
+pub fn get<'a>(spec: &'a oci_spec::runtime::Spec, key: &str) -> Option<&'a str> {
+    spec.annotations().as_ref().and_then(|a| a.get(key)).map(String::as_str).filter(|s| !s.is_empty())
+}

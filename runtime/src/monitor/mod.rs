@@ -1,0 +1,285 @@
+//! The per-container monitor: a small single-threaded process (no async
+//! runtime), parent of the container init and a child subreaper, not a child
+//! of berthd. It holds the container's stdio (pipes, or a terminal for TTY
+//! containers), writes the CRI log ([`log`]), answers typed requests on a
+//! filesystem socket in the container's 0700 state dir
+//! ([`crate::message::ControlRequest`]), serves attached clients
+//! ([`attach`]), and records the exit status ([`exit`]) before it goes.
+
+pub mod attach;
+mod events;
+pub mod exit;
+pub mod log;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, ForkResult};
+
+pub use attach::{attach_frame, take_attach_frame, FRAME_EXIT, FRAME_RESIZE, FRAME_STDERR, FRAME_STDIN, FRAME_STDIN_CLOSE, FRAME_STDOUT};
+pub use exit::ExitStatus;
+
+use crate::channel;
+use crate::message::{InitError, InitReport, MonitorReport};
+use crate::process::init;
+use events::Monitor;
+use log::{LineSplitter, Stream};
+
+/// The control socket's name in the bundle.
+pub const SOCKET: &str = "monitor.sock";
+/// The exit status file's name in the bundle.
+pub const EXIT_FILE: &str = "exit";
+
+/// How the container's PID namespace is set up before the fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// A new one; the init is its PID 1.
+    New,
+    /// Join the one of a running process (the pod's init, or a target
+    /// container's), named by pid and start time.
+    Join {
+        /// Host pid.
+        pid: i32,
+        /// Its start time, so a reused pid is refused.
+        start_time: u64,
+    },
+    /// The host's.
+    Host,
+}
+
+/// Arguments of `berth-monitor monitor`.
+#[derive(Debug, Clone)]
+pub struct MonitorArgs {
+    /// Container id, for messages.
+    pub id: String,
+    /// The bundle: config.json, rootfs/, the socket and exit file.
+    pub bundle: PathBuf,
+    /// The CRI log file, if any.
+    pub log: Option<PathBuf>,
+    /// PID namespace.
+    pub pid_ns: PidNamespace,
+    /// Where to report [`MonitorReport`] (then closed).
+    pub sync_fd: RawFd,
+    /// The container's stdio.
+    pub stdio: StdioOpts,
+}
+
+/// How the container's stdio is wired (CRI's `stdin`, `stdin_once`, `tty`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StdioOpts {
+    /// Keep stdin open for attach (else it is /dev/null).
+    pub stdin: bool,
+    /// Close stdin when the first attached client with stdin detaches.
+    pub stdin_once: bool,
+    /// A terminal is the container's stdin, stdout and stderr.
+    pub tty: bool,
+}
+
+fn pipe_cloexec() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC)
+}
+
+/// Runs the monitor; returns the process exit code (only on early failure
+/// in the first process; the daemonised monitor exits itself).
+pub fn main(args: MonitorArgs) -> i32 {
+    // SAFETY: sync_fd was handed to us by berthd and nobody else owns it.
+    let mut sync = unsafe { std::fs::File::from_raw_fd(args.sync_fd) };
+    // Leave berthd's process tree: the first process exits at once, the
+    // second lives on, reparented to init (or the nearest subreaper).
+    // SAFETY: single-threaded at this point (no threads were started).
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => return 0,
+        Ok(ForkResult::Child) => {}
+        Err(e) => {
+            let _ = channel::send(&mut sync, &MonitorReport::Failed(InitError::setup("fork monitor", e)));
+            return 1;
+        }
+    }
+    let _ = nix::unistd::setsid();
+    crate::diag::set_context(format!("container_id={}", args.id));
+    match run(&args, &mut sync) {
+        Ok(()) => 0,
+        Err(e) => {
+            crate::diag::log(crate::diag::Level::Error, &format!("monitor failed: {e}"));
+            let _ = channel::send(&mut sync, &MonitorReport::Failed(e));
+            1
+        }
+    }
+}
+
+pub(super) fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
+    InitError::Setup(format!("monitor {step}: {e}"))
+}
+
+fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    init::close_on_exec_from(3);
+    let socket_path = args.bundle.join(SOCKET);
+    let _ = std::fs::remove_file(&socket_path);
+    // sun_path holds 108 bytes; the bundle path may be longer, so bind
+    // relative to the bundle as the working directory.
+    nix::unistd::chdir(&args.bundle).map_err(|e| setup_err("chdir bundle", e))?;
+    let listener = UnixListener::bind(SOCKET).map_err(|e| setup_err("bind socket", e))?;
+    listener.set_nonblocking(true).map_err(|e| setup_err("socket", e))?;
+
+    let tty = args.stdio.tty;
+    // A TTY container's output comes from its terminal, not from pipes.
+    let out = if tty { None } else { Some(pipe_cloexec().map_err(|e| setup_err("pipe", e))?) };
+    let err = if tty { None } else { Some(pipe_cloexec().map_err(|e| setup_err("pipe", e))?) };
+    let stdin = if args.stdio.stdin && !tty { Some(pipe_cloexec().map_err(|e| setup_err("pipe", e))?) } else { None };
+    let console = if tty {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        Some(socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).map_err(|e| setup_err("socketpair", e))?)
+    } else {
+        None
+    };
+    let (out_r, out_w) = out.unzip();
+    let (err_r, err_w) = err.unzip();
+    let (stdin_r, stdin_w) = stdin.unzip();
+    let (console_parent, console_child) = console.unzip();
+    let (report_r, report_w) = pipe_cloexec().map_err(|e| setup_err("pipe", e))?;
+    let (start_r, start_w) = pipe_cloexec().map_err(|e| setup_err("pipe", e))?;
+    let null = init::open_null().map_err(|e| setup_err("open /dev/null", e))?;
+
+    match &args.pid_ns {
+        PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
+        PidNamespace::Join { pid, start_time } => {
+            let target = crate::pidfd::Process::open(*pid, *start_time)
+                .map_err(|e| setup_err(&format!("the process {pid} whose PID namespace to join"), e))?;
+            target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
+        }
+        PidNamespace::Host => {}
+    }
+
+    // SAFETY: the monitor is single-threaded, so the child may allocate.
+    let child = match unsafe { fork() }.map_err(|e| setup_err("fork init", e))? {
+        ForkResult::Child => {
+            drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener));
+            let stdio = [stdin_r, out_w, err_w];
+            child_main(args, null, stdio, report_w, start_r, console_child)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop((out_w, err_w, stdin_r, console_child, report_w, start_r, null));
+
+    let mut report = std::fs::File::from(report_r);
+    let mut pty = None;
+    let failed = |sync: &mut std::fs::File, e: InitError| {
+        crate::diag::log(crate::diag::Level::Warn, &format!("container setup failed: {e}"));
+        let _ = channel::send(sync, &MonitorReport::Failed(e));
+        let _ = waitpid(child, None);
+        let _ = std::fs::remove_file(&socket_path);
+    };
+    match channel::recv::<InitReport>(&mut report) {
+        Ok(Some(InitReport::Ready { uid, gid, groups })) => {
+            // A TTY init sent its terminal's master before it reported ready.
+            if let Some(console) = &console_parent {
+                match crate::process::tty::recv_fd(console) {
+                    Ok(Some(master)) => pty = Some(std::fs::File::from(master)),
+                    other => {
+                        let why = other.err().map_or("no terminal received".to_string(), |e| e.to_string());
+                        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                        failed(sync, InitError::Setup(format!("container terminal: {why}")));
+                        return Ok(());
+                    }
+                }
+            }
+            crate::diag::log(crate::diag::Level::Info, &format!("container created, init pid {}", child.as_raw()));
+            let created = MonitorReport::Created { pid: child.as_raw(), monitor_pid: std::process::id() as i32, uid, gid, groups };
+            let _ = channel::send(sync, &created);
+        }
+        Ok(Some(InitReport::Failed(e))) => {
+            failed(sync, e);
+            return Ok(());
+        }
+        Ok(None) | Err(_) => {
+            failed(sync, InitError::Setup("init exited before it was ready".into()));
+            return Ok(());
+        }
+    }
+    drop(std::mem::replace(sync, std::fs::File::from(init::open_null().map_err(|e| setup_err("null", e))?)));
+    drop(console_parent);
+
+    let mut state = Monitor {
+        child,
+        log_path: args.log.clone(),
+        log: None,
+        out: out_r.map(std::fs::File::from),
+        err: err_r.map(std::fs::File::from),
+        pty,
+        stdin: stdin_w.map(std::fs::File::from),
+        stdin_pending: Vec::new(),
+        stdin_closing: false,
+        stdin_once: args.stdio.stdin_once,
+        clients: Vec::new(),
+        out_split: LineSplitter::new(Stream::Stdout),
+        err_split: LineSplitter::new(Stream::Stderr),
+        report: Some(report),
+        start: Some(std::fs::File::from(start_w)),
+        exit: None,
+        exited_at: None,
+    };
+    state.open_log();
+    state.event_loop(&listener)?;
+    if let Some(status) = &state.exit {
+        exit::write_exit_file(&args.bundle, status);
+        crate::diag::log(crate::diag::Level::Info, &format!("container exited code={} signal={}", status.code, status.signal));
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+fn child_main(
+    args: &MonitorArgs,
+    null: OwnedFd,
+    stdio: [Option<OwnedFd>; 3],
+    report_w: OwnedFd,
+    start_r: OwnedFd,
+    console: Option<OwnedFd>,
+) -> ! {
+    let mut report = std::fs::File::from(report_w);
+    let fail = |report: &mut std::fs::File, e: InitError| -> ! {
+        let _ = channel::send(report, &InitReport::Failed(e));
+        // SAFETY: _exit in a forked child.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: prctl with integer arguments; dies with the monitor until exec.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    reset_signals();
+    // Missing streams are /dev/null; a TTY init replaces all three later.
+    for (target, fd) in stdio.iter().enumerate() {
+        let fd = fd.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd());
+        if let Err(e) = init::dup_onto(fd, target as RawFd) {
+            fail(&mut report, e);
+        }
+    }
+    drop((null, stdio));
+    let spec = match std::fs::read(args.bundle.join("config.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<oci_spec::runtime::Spec>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => fail(&mut report, InitError::Setup(format!("reading config.json: {e}"))),
+    };
+    init::run(&spec, &args.bundle, report, std::fs::File::from(start_r), console)
+}
+
+/// Default dispositions and an empty mask: the Rust runtime ignores SIGPIPE,
+/// and ignored signals would stay ignored across execve.
+pub fn reset_signals() {
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL is always sound.
+        unsafe {
+            let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}

@@ -1,0 +1,226 @@
+//! [`RootfsOps`] with real syscalls. Before the pivot every path is resolved
+//! inside the rootfs through its fd with `openat2(RESOLVE_IN_ROOT)`, so a
+//! symlink an image planted never leads a mount out of it; mounts are made
+//! onto fds (`/proc/self/fd/N`), never onto looked-up path strings.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{Mode, SFlag};
+
+use super::{DeviceNode, Layers, MountOp, RootfsOps};
+use crate::fs::{clean_relative, PathError, RootDir};
+use crate::message::InitError;
+
+/// The kernel, building the rootfs at `rootfs` (the bundle's `rootfs/`).
+pub struct Kernel {
+    rootfs: PathBuf,
+    /// The rootfs, once mounted.
+    root: Option<RootDir>,
+    /// The root of the last mount made (for populate_dev).
+    last_mount: Option<OwnedFd>,
+    /// The null device populate_dev made (for masking).
+    null: Option<OwnedFd>,
+}
+
+impl Kernel {
+    /// A builder for the rootfs at `rootfs`.
+    pub fn new(rootfs: &Path) -> Kernel {
+        Kernel { rootfs: rootfs.to_path_buf(), root: None, last_mount: None, null: None }
+    }
+
+    fn root(&self) -> Result<&RootDir, InitError> {
+        self.root.as_ref().ok_or_else(|| InitError::Setup("the rootfs is not mounted".into()))
+    }
+}
+
+fn path_err(e: PathError) -> InitError {
+    InitError::setup("mount destination", e)
+}
+
+fn fd_path(fd: &impl AsRawFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Creates the destination inside the root (symlinks resolved as the
+/// container would, never out of it) and returns an O_PATH fd to mount on.
+fn mount_target(root: &RootDir, dest: &Path, is_file: bool) -> Result<OwnedFd, InitError> {
+    let rel = clean_relative(dest.strip_prefix("/").unwrap_or(dest)).map_err(path_err)?;
+    let target_err = |e: Errno| InitError::setup(&format!("mount destination {}", dest.display()), e);
+    let mut prefix = PathBuf::new();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let parent = root.open_in_root(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).map_err(path_err)?;
+        prefix.push(c);
+        if root.open_in_root(&prefix, OFlag::O_PATH, Mode::empty()).is_ok() {
+            continue;
+        }
+        let name = c.as_os_str();
+        if last && is_file {
+            let fd = nix::fcntl::openat(
+                parent.as_fd(),
+                name,
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(0o644),
+            );
+            match fd {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(target_err(e)),
+            }
+        } else {
+            match nix::sys::stat::mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(target_err(e)),
+            }
+        }
+    }
+    root.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(path_err)
+}
+
+impl RootfsOps for Kernel {
+    fn set_root_propagation(&mut self, propagation: MsFlags) -> Result<(), InitError> {
+        mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(|e| InitError::setup("set the propagation of /", e))
+    }
+
+    fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError> {
+        let data = match &layers.upper_work {
+            Some((upper, work)) => format!("lowerdir={},upperdir={upper},workdir={work}", layers.lower),
+            None => format!("lowerdir={}", layers.lower),
+        };
+        mount(Some("overlay"), &self.rootfs, Some("overlay"), flags, Some(data.as_str()))
+            .map_err(|e| InitError::setup(&format!("mount overlay rootfs ({} bytes of options)", data.len()), e))?;
+        self.root = Some(RootDir::open(&self.rootfs).map_err(|e| InitError::setup("open rootfs", e))?);
+        Ok(())
+    }
+
+    fn mount(&mut self, m: &MountOp) -> Result<(), InitError> {
+        let root = self.root()?;
+        let is_file = m.bind && std::fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false);
+        let target = mount_target(root, &m.dest, is_file)?;
+        let tpath = fd_path(&target);
+        let step = |what: &str| format!("mount {} on {} ({what})", m.source.display(), m.dest.display());
+        let data = (!m.data.is_empty()).then_some(m.data.as_str());
+        if m.bind {
+            let rec = if m.recursive { MsFlags::MS_REC } else { MsFlags::empty() };
+            mount(Some(&m.source), tpath.as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
+                .map_err(|e| InitError::setup(&step("bind"), e))?;
+        } else {
+            mount(Some(&m.source), tpath.as_str(), Some(m.kind.as_str()), m.flags, data)
+                .map_err(|e| InitError::setup(&step(&m.kind), e))?;
+        }
+        // The target fd points beneath the new mount; open the mount itself.
+        let rel = clean_relative(m.dest.strip_prefix("/").unwrap_or(&m.dest)).map_err(path_err)?;
+        let mounted = root.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(path_err)?;
+        let mpath = fd_path(&mounted);
+        // A bind mount takes its flags only on a remount.
+        if m.bind && !m.flags.is_empty() {
+            mount(None::<&str>, mpath.as_str(), None::<&str>, m.flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| InitError::setup(&step("remount"), e))?;
+        }
+        if !m.propagation.is_empty() {
+            mount(None::<&str>, mpath.as_str(), None::<&str>, m.propagation, None::<&str>)
+                .map_err(|e| InitError::setup(&step("propagation"), e))?;
+        }
+        self.last_mount = Some(mounted);
+        Ok(())
+    }
+
+    fn populate_dev(&mut self, nodes: &[DeviceNode], links: &[(&str, &str)]) -> Result<(), InitError> {
+        let dev = self.last_mount.take().ok_or_else(|| InitError::Setup("no /dev mount to make devices in".into()))?;
+        let fs = nix::sys::statfs::fstatfs(&dev).map_err(|e| InitError::setup("statfs /dev", e))?;
+        if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+            return Err(InitError::Setup("/dev is not the container's tmpfs: no device nodes are made there".into()));
+        }
+        let dev = RootDir::from_fd(dev, Path::new("/dev"));
+        for n in nodes {
+            let name = n.rel.file_name().ok_or_else(|| InitError::Setup("device path is /dev".into()))?;
+            let parent = dev.open_dir_beneath(n.rel.parent().unwrap_or(Path::new("")), true).map_err(path_err)?;
+            let _ = nix::unistd::unlinkat(parent.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            nix::sys::stat::mknodat(
+                parent.as_fd(),
+                name,
+                n.kind,
+                Mode::from_bits_truncate(n.mode),
+                nix::sys::stat::makedev(n.major, n.minor),
+            )
+            .map_err(|e| InitError::setup(&format!("mknod /dev/{}", n.rel.display()), e))?;
+            let (uid, gid) = (nix::unistd::Uid::from_raw(n.uid), nix::unistd::Gid::from_raw(n.gid));
+            nix::unistd::fchownat(parent.as_fd(), name, Some(uid), Some(gid), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| InitError::setup("chown device", e))?;
+        }
+        for (link, target) in links {
+            match nix::unistd::symlinkat(*target, dev.fd(), *link) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(InitError::setup(&format!("symlink /dev/{link}"), e)),
+            }
+        }
+        let null =
+            crate::fs::open_beneath(dev.fd(), Path::new("null"), OFlag::O_PATH).map_err(|e| InitError::setup("open /dev/null", e))?;
+        let st = nix::sys::stat::fstat(&null).map_err(|e| InitError::setup("stat /dev/null", e))?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFCHR || st.st_rdev != nix::sys::stat::makedev(1, 3) {
+            return Err(InitError::Setup("/dev/null is not the null device".into()));
+        }
+        self.null = Some(null);
+        Ok(())
+    }
+
+    fn pivot_root(&mut self) -> Result<(), InitError> {
+        self.root = None;
+        self.last_mount = None;
+        fn step(what: &'static str) -> impl Fn(Errno) -> InitError {
+            move |e| InitError::setup(what, e)
+        }
+        nix::unistd::chdir(&self.rootfs).map_err(step("chdir rootfs"))?;
+        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
+        // The old root is stacked under the new one at "."; detach it.
+        umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root"))?;
+        nix::unistd::chdir("/").map_err(step("chdir /"))
+    }
+
+    fn set_hostname(&mut self, name: &str) -> Result<(), InitError> {
+        nix::unistd::sethostname(name).map_err(|e| InitError::setup("sethostname", e))
+    }
+
+    fn sysctl(&mut self, key: &str, value: &str) -> Result<(), InitError> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| InitError::setup(&format!("sysctl {key}={value}"), e))
+    }
+
+    fn mask(&mut self, p: &str) -> Result<(), InitError> {
+        let r = match std::fs::symlink_metadata(p) {
+            Err(_) => return Ok(()),
+            Ok(m) if m.is_dir() => mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>),
+            Ok(_) => {
+                // Bound from the fd of the node populate_dev made and checked,
+                // never a /dev/null looked up by name (a volume at /dev could
+                // have swapped it for a link elsewhere).
+                let null = self
+                    .null
+                    .as_ref()
+                    .ok_or_else(|| InitError::Setup(format!("mask {p}: the spec mounts no /dev tmpfs to take a null device from")))?;
+                mount(Some(fd_path(null).as_str()), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            }
+        };
+        r.map_err(|e| InitError::setup(&format!("mask {p}"), e))
+    }
+
+    fn readonly(&mut self, p: &str) -> Result<(), InitError> {
+        if std::fs::symlink_metadata(p).is_err() {
+            return Ok(());
+        }
+        let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .and_then(|_| mount(None::<&str>, p, None::<&str>, ro, None::<&str>))
+            .map_err(|e| InitError::setup(&format!("readonly {p}"), e))
+    }
+
+    fn remount_root_readonly(&mut self, flags: MsFlags) -> Result<(), InitError> {
+        // A bind remount sets every per-mount flag: keep the rootfs's own.
+        mount(None::<&str>, "/", None::<&str>, flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
+            .map_err(|e| InitError::setup("remount / read-only", e))
+    }
+}

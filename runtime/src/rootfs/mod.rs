@@ -1,0 +1,232 @@
+//! The container's view of the filesystem, built by its init inside a new
+//! mount namespace: the overlay rootfs, the spec's mounts, the device nodes
+//! of its own /dev, `pivot_root`, then hostname, sysctls, masked and
+//! read-only paths and a read-only root.
+//!
+//! [`build`] decides what happens and in which order; a [`RootfsOps`] does
+//! it — [`Kernel`] with real syscalls in a container init, a recorder in the
+//! unit tests, which check the ordering and choices without root.
+
+pub mod devices;
+mod kernel;
+pub mod mount;
+
+use nix::mount::MsFlags;
+use oci_spec::runtime::Spec;
+
+pub use devices::DeviceNode;
+pub use kernel::Kernel;
+pub use mount::MountOp;
+
+use crate::annotations;
+use crate::cgroup::DeviceRule;
+use crate::message::InitError;
+
+/// The overlayfs layers of the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layers {
+    /// lowerdirs, top first, `:`-separated.
+    pub lower: String,
+    /// upperdir and workdir; None for a read-only stack.
+    pub upper_work: Option<(String, String)>,
+}
+
+/// The kernel operations that build a rootfs. Paths are the container's;
+/// the implementation resolves them inside the rootfs (before the pivot)
+/// or the container's root (after it).
+pub trait RootfsOps {
+    /// Makes every mount of the new namespace `propagation` (e.g. rslave),
+    /// so nothing mounted from here on reaches the host unless asked.
+    fn set_root_propagation(&mut self, propagation: MsFlags) -> Result<(), InitError>;
+    /// Mounts the overlay rootfs with per-mount `flags`.
+    fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError>;
+    /// Makes one mount inside the rootfs.
+    fn mount(&mut self, m: &MountOp) -> Result<(), InitError>;
+    /// Creates device nodes and links in the /dev tmpfs the last
+    /// [`RootfsOps::mount`] made, and keeps its null device for masking.
+    fn populate_dev(&mut self, nodes: &[DeviceNode], links: &[(&str, &str)]) -> Result<(), InitError>;
+    /// `pivot_root` into the rootfs; the host's root is detached.
+    fn pivot_root(&mut self) -> Result<(), InitError>;
+    /// Sets the hostname (of a new UTS namespace).
+    fn set_hostname(&mut self, name: &str) -> Result<(), InitError>;
+    /// Writes a namespaced sysctl.
+    fn sysctl(&mut self, key: &str, value: &str) -> Result<(), InitError>;
+    /// Hides a path: a directory under an empty read-only tmpfs, a file
+    /// under the null device [`RootfsOps::populate_dev`] made. Missing is fine.
+    fn mask(&mut self, path: &str) -> Result<(), InitError>;
+    /// Makes a path read-only (recursively). Missing is fine.
+    fn readonly(&mut self, path: &str) -> Result<(), InitError>;
+    /// Remounts / read-only, keeping `flags`.
+    fn remount_root_readonly(&mut self, flags: MsFlags) -> Result<(), InitError>;
+}
+
+/// True when the spec's device cgroup rules deny by default: then no device
+/// node in the rootfs may be usable either (`nodev`), whoever put it there.
+pub fn devices_restricted(spec: &Spec) -> Result<bool, InitError> {
+    let rules = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone()).unwrap_or_default();
+    let rules: Vec<DeviceRule> =
+        rules.iter().map(DeviceRule::from_oci).collect::<Result<_, _>>().map_err(|e| InitError::setup("device rules", e))?;
+    Ok(!crate::cgroup::devices::reduce(&rules).default_allow)
+}
+
+/// The layers the agent put into the spec's annotations.
+pub fn layers(spec: &Spec) -> Result<Layers, InitError> {
+    let lower = annotations::get(spec, annotations::LOWERDIRS).ok_or_else(|| InitError::Setup("no rootfs layers".into()))?;
+    let upper_work = match (annotations::get(spec, annotations::UPPERDIR), annotations::get(spec, annotations::WORKDIR)) {
+        (Some(u), Some(w)) => Some((u.to_string(), w.to_string())),
+        _ => None,
+    };
+    Ok(Layers { lower: lower.to_string(), upper_work })
+}
+
+/// Builds the container's filesystem view from `spec`; `new_uts` says
+/// whether the container has a UTS namespace of its own to name.
+pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(), InitError> {
+    // Nothing mounted from here on may propagate back to the host.
+    ops.set_root_propagation(MsFlags::MS_SLAVE | MsFlags::MS_REC)?;
+    let root_flags = if devices_restricted(spec)? { MsFlags::MS_NODEV } else { MsFlags::empty() };
+    ops.mount_rootfs(&layers(spec)?, root_flags)?;
+    let nodes = devices::nodes(spec)?;
+    for m in spec.mounts().iter().flatten() {
+        let op = MountOp::from_oci(m);
+        ops.mount(&op)?;
+        // Device nodes go into the /dev tmpfs right after it is mounted: never
+        // into the image, nor into a volume mounted over /dev later.
+        if op.is_dev_tmpfs() {
+            ops.populate_dev(&nodes, &devices::LINKS)?;
+        }
+    }
+    ops.pivot_root()?;
+    if new_uts {
+        if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+            ops.set_hostname(h)?;
+        }
+    }
+    if let Some(linux) = spec.linux() {
+        for (key, value) in linux.sysctl().iter().flatten() {
+            ops.sysctl(key, value)?;
+        }
+        for p in linux.masked_paths().iter().flatten() {
+            ops.mask(p)?;
+        }
+        for p in linux.readonly_paths().iter().flatten() {
+            ops.readonly(p)?;
+        }
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+        ops.remount_root_readonly(root_flags)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxBuilder, LinuxDeviceCgroupBuilder, LinuxResourcesBuilder, MountBuilder, RootBuilder, SpecBuilder};
+
+    /// Records the operations instead of making them.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl RootfsOps for Recorder {
+        fn set_root_propagation(&mut self, p: MsFlags) -> Result<(), InitError> {
+            self.0.push(format!("propagation {p:?}"));
+            Ok(())
+        }
+        fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError> {
+            self.0.push(format!("rootfs {} {:?}", layers.lower, flags));
+            Ok(())
+        }
+        fn mount(&mut self, m: &MountOp) -> Result<(), InitError> {
+            self.0.push(format!("mount {} {}", m.kind, m.dest.display()));
+            Ok(())
+        }
+        fn populate_dev(&mut self, nodes: &[DeviceNode], links: &[(&str, &str)]) -> Result<(), InitError> {
+            let names: Vec<String> = nodes.iter().map(|n| n.rel.display().to_string()).collect();
+            self.0.push(format!("devices {} +{} links", names.join(","), links.len()));
+            Ok(())
+        }
+        fn pivot_root(&mut self) -> Result<(), InitError> {
+            self.0.push("pivot".into());
+            Ok(())
+        }
+        fn set_hostname(&mut self, name: &str) -> Result<(), InitError> {
+            self.0.push(format!("hostname {name}"));
+            Ok(())
+        }
+        fn sysctl(&mut self, key: &str, value: &str) -> Result<(), InitError> {
+            self.0.push(format!("sysctl {key}={value}"));
+            Ok(())
+        }
+        fn mask(&mut self, path: &str) -> Result<(), InitError> {
+            self.0.push(format!("mask {path}"));
+            Ok(())
+        }
+        fn readonly(&mut self, path: &str) -> Result<(), InitError> {
+            self.0.push(format!("readonly {path}"));
+            Ok(())
+        }
+        fn remount_root_readonly(&mut self, flags: MsFlags) -> Result<(), InitError> {
+            self.0.push(format!("root ro {flags:?}"));
+            Ok(())
+        }
+    }
+
+    fn mount(dest: &str, kind: &str) -> oci_spec::runtime::Mount {
+        MountBuilder::default().destination(dest).typ(kind).source(kind).build().unwrap()
+    }
+
+    fn spec(deny_devices: bool, readonly: bool, mounts: Vec<oci_spec::runtime::Mount>) -> Spec {
+        let rule = LinuxDeviceCgroupBuilder::default().allow(!deny_devices).access("rwm").build().unwrap();
+        let linux = LinuxBuilder::default()
+            .resources(LinuxResourcesBuilder::default().devices(vec![rule]).build().unwrap())
+            .masked_paths(vec!["/proc/kcore".to_string()])
+            .readonly_paths(vec!["/proc/sys".to_string()])
+            .build()
+            .unwrap();
+        let mut s = SpecBuilder::default()
+            .linux(linux)
+            .mounts(mounts)
+            .root(RootBuilder::default().path("rootfs").readonly(readonly).build().unwrap())
+            .hostname("pod")
+            .build()
+            .unwrap();
+        let mut ann = std::collections::HashMap::new();
+        ann.insert(annotations::LOWERDIRS.to_string(), "/l1:/l0".to_string());
+        s.set_annotations(Some(ann));
+        s
+    }
+
+    #[test]
+    fn dev_nodes_come_right_after_the_dev_tmpfs_and_masks_after_the_pivot() {
+        let s = spec(true, true, vec![mount("/proc", "proc"), mount("/dev", "tmpfs"), mount("/dev/pts", "devpts"), mount("/dev", "bind")]);
+        let mut r = Recorder::default();
+        build(&s, true, &mut r).unwrap();
+        assert_eq!(
+            r.0,
+            [
+                "propagation MsFlags(MS_REC | MS_SLAVE)",
+                "rootfs /l1:/l0 MsFlags(MS_NODEV)",
+                "mount proc /proc",
+                "mount tmpfs /dev",
+                "devices null,zero,full,random,urandom,tty +6 links",
+                "mount devpts /dev/pts",
+                "mount bind /dev",
+                "pivot",
+                "hostname pod",
+                "mask /proc/kcore",
+                "readonly /proc/sys",
+                "root ro MsFlags(MS_NODEV)",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unrestricted_device_cgroup_leaves_the_rootfs_dev_and_no_tmpfs_gets_no_nodes() {
+        let s = spec(false, false, vec![mount("/proc", "proc")]);
+        let mut r = Recorder::default();
+        build(&s, false, &mut r).unwrap();
+        assert_eq!(r.0[1], "rootfs /l1:/l0 MsFlags(0x0)");
+        assert!(!r.0.iter().any(|c| c.starts_with("devices") || c.starts_with("hostname") || c.starts_with("root ro")), "{:?}", r.0);
+    }
+}
