@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::image::RegistryConfig;
+
 /// Where berthd looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/config.toml";
 
@@ -219,16 +221,6 @@ impl Default for RuntimeConfig {
             pod_stop_grace_seconds: 2,
         }
     }
-}
-
-/// The `[registry]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistryConfig {
-    /// Hosts reached over plain HTTP.
-    pub insecure: Vec<String>,
-    /// Mirror hosts per registry host, in order.
-    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The `[image]` table.

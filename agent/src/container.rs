@@ -1,5 +1,5 @@
 //! Container lifecycle: Creating → Created → Running → Exited → removed.
-//! The executor does the kernel work; this module keeps the store right,
+//! The executor does the kernel work; this module keeps the records right,
 //! folds exit statuses in as monitors report them, and serialises the
 //! operations on one container.
 
@@ -8,84 +8,98 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_proto::cri;
 use berth_runtime::{cgroup, MonitorState, PidNamespace, RuntimeError};
 use tokio::io::AsyncReadExt;
-use tonic::Status;
 
-use crate::cri::Agent;
+use crate::error::{Error, Result};
+use crate::events::EventKind;
+use crate::image::ImageRecord;
+use crate::model::{ContainerRequest, ExecOutput, Resources};
+use crate::node::Node;
 use crate::spec::{self, ns_mode, SpecPaths};
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
-use crate::util::{now_ns, random_id, resolve_prefix};
+use crate::util::{now_ns, random_id};
 
 /// ExecSync keeps at most this much of each stream: both together, with
 /// the reply's framing, stay within the 16 MiB CRI message kubelet accepts,
 /// so a chatty command gets truncated output rather than a failed RPC.
 pub const EXEC_OUTPUT_CAP: usize = (8 << 20) - (32 << 10);
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
+fn internal(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(what, e.to_string())
 }
 
-/// The gRPC status of an executor error.
-pub fn status_of(e: RuntimeError) -> Status {
-    match e {
-        RuntimeError::Init(init) => Status::failed_precondition(init.to_string()),
-        RuntimeError::NotRunning(id) => Status::failed_precondition(format!("container {id} is not running")),
-        other => Status::internal(other.to_string()),
+impl From<RuntimeError> for Error {
+    fn from(e: RuntimeError) -> Error {
+        match e {
+            RuntimeError::Init(init) => Error::FailedPrecondition(init.to_string()),
+            RuntimeError::NotRunning(id) => Error::FailedPrecondition(format!("container {id} is not running")),
+            other => Error::internal("executor", other),
+        }
     }
 }
 
-/// The container's bundle (state dir, 0700).
-pub fn bundle(agent: &Agent, id: &str) -> PathBuf {
-    agent.config.state.join("containers").join(id)
-}
-
-/// The container's writable layer.
-pub fn layer_dir(agent: &Agent, id: &str) -> PathBuf {
-    agent.containers_dir().join(id)
-}
-
 /// Finds a container by id or unique prefix, with its exit status folded in.
-pub fn find(agent: &Agent, id: &str) -> Result<ContainerRecord, Status> {
-    let all = agent.store.list::<ContainerRecord>().map_err(|e| internal("store", e))?;
-    let id = resolve_prefix(all.iter().map(|c| c.id.as_str()), id, "container")?;
-    let rec = all.into_iter().find(|c| c.id == id).ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
-    refresh(agent, rec)
+pub fn find(node: &Node, id: &str) -> Result<ContainerRecord> {
+    let rec = node.containers.find(id)?;
+    refresh(node, rec)
+}
+
+/// Like [`find`], None when absent (stop and remove are idempotent).
+fn find_opt(node: &Node, id: &str) -> Result<Option<ContainerRecord>> {
+    node.containers.find_opt(id)?.map(|rec| refresh(node, rec)).transpose()
 }
 
 /// Like [`find`], for operations that need the container running.
-pub fn find_running(agent: &Agent, id: &str) -> Result<ContainerRecord, Status> {
-    let rec = find(agent, id)?;
+pub fn find_running(node: &Node, id: &str) -> Result<ContainerRecord> {
+    let rec = find(node, id)?;
     if rec.state != ContainerState::Running {
-        return Err(Status::failed_precondition(format!("container {} is not running", rec.id)));
+        return Err(Error::FailedPrecondition(format!("container {} is not running", rec.id)));
     }
     Ok(rec)
 }
 
 /// ExecSync's and Exec's command: a program must be named.
-pub fn check_cmd(cmd: &[String]) -> Result<(), Status> {
+pub fn check_cmd(cmd: &[String]) -> Result<()> {
     if cmd.first().is_none_or(|c| c.is_empty()) {
-        return Err(Status::invalid_argument("cmd: must not be empty"));
+        return Err(Error::invalid("cmd", "must not be empty"));
     }
     Ok(())
 }
 
-fn find_opt(agent: &Agent, id: &str) -> Result<Option<ContainerRecord>, Status> {
-    match find(agent, id) {
-        Ok(c) => Ok(Some(c)),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-        Err(s) => Err(s),
-    }
+/// How a container ended, as its monitor (or its absence) tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ended {
+    code: i32,
+    finished_ns: i64,
+    reason: &'static str,
+    /// The monitor went without recording anything.
+    lost: bool,
 }
 
-/// Folds a recorded exit status into the store if the monitor wrote one
+/// The state change an end makes: Created or Running becomes Exited with
+/// the status; any other state stays. True when the record changed.
+fn fold_exit(cur: &mut ContainerRecord, end: &Ended) -> bool {
+    if !matches!(cur.state, ContainerState::Created | ContainerState::Running) {
+        return false;
+    }
+    cur.state = ContainerState::Exited;
+    cur.exit_code = end.code;
+    cur.finished_at_ns = end.finished_ns;
+    cur.reason = end.reason.into();
+    if end.lost {
+        cur.message = "the container's monitor exited without recording a status".into();
+    }
+    true
+}
+
+/// Folds a recorded exit status into the record if the monitor wrote one
 /// (or vanished) since we last looked.
-pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, Status> {
+pub fn refresh(node: &Node, rec: ContainerRecord) -> Result<ContainerRecord> {
     if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
         return Ok(rec);
     }
-    let (code, finished, reason, message) = match agent.runtime.state(&bundle(agent, &rec.id)) {
+    let end = match node.runtime.state(&node.bundle(&rec.id)) {
         MonitorState::Running => return Ok(rec),
         MonitorState::Exited(s) => {
             let oom = s.signal == libc::SIGKILL && cgroup::oom_killed(&rec.cgroup);
@@ -96,46 +110,32 @@ pub fn refresh(agent: &Agent, rec: ContainerRecord) -> Result<ContainerRecord, S
             } else {
                 "Error"
             };
-            (s.code, s.finished_ns, reason.to_string(), rec.message.clone())
+            Ended { code: s.code, finished_ns: s.finished_ns, reason, lost: false }
         }
-        MonitorState::Lost => {
-            (255, now_ns(), "Unknown".to_string(), "the container's monitor exited without recording a status".to_string())
-        }
+        MonitorState::Lost => Ended { code: 255, finished_ns: now_ns(), reason: "Unknown", lost: true },
     };
-    // Re-read inside the transaction: a concurrent fold may have won.
+    // Re-read under the table's writer lock: a concurrent fold may have won.
     let mut stopped = false;
-    let updated = agent
-        .store
-        .write(|tx| {
-            let Some(mut cur) = tx.get::<ContainerRecord>(&rec.id)? else { return Ok(None) };
-            if matches!(cur.state, ContainerState::Created | ContainerState::Running) {
-                stopped = true;
-                cur.state = ContainerState::Exited;
-                cur.exit_code = code;
-                cur.finished_at_ns = finished;
-                cur.reason = reason.clone();
-                cur.message = message.clone();
-                tx.put(&cur.id.clone(), &cur)?;
-                tracing::info!(container_id = %cur.id, exit_code = code, "container exited");
-            }
-            Ok(Some(cur))
-        })
-        .map_err(|e| internal("store", e))?;
+    let updated = node.containers.update(&rec.id, |cur| {
+        stopped = fold_exit(cur, &end);
+        stopped
+    })?;
     if let (true, Some(c)) = (stopped, &updated) {
-        crate::cri::events::emit(agent, c, cri::ContainerEventType::ContainerStoppedEvent);
+        tracing::info!(container_id = %c.id, exit_code = end.code, "container exited");
+        node.events.emit(&c.id, &c.pod_id, EventKind::Stopped);
     }
     Ok(updated.unwrap_or(rec))
 }
 
 /// Watches the monitor process and folds the exit in as soon as it goes.
-pub fn watch(agent: &Arc<Agent>, id: String, monitor_pid: i32) {
-    let agent = agent.clone();
+pub fn watch(node: &Arc<Node>, id: String, monitor_pid: i32) {
+    let node = node.clone();
     tokio::spawn(async move {
         if let Ok(fd) = berth_runtime::pidfd::pidfd_open(monitor_pid) {
             wait_fd(fd).await;
         }
-        if let Ok(Some(rec)) = agent.store.get::<ContainerRecord>(&id) {
-            let _ = refresh(&agent, rec);
+        if let Some(rec) = node.containers.get(&id) {
+            let _ = refresh(&node, rec);
         }
     });
 }
@@ -149,87 +149,77 @@ async fn wait_fd(fd: OwnedFd) {
 }
 
 /// Waits (bounded) for the monitor of `rec` to finish; true if it did.
-async fn wait_exit(agent: &Agent, rec: &ContainerRecord, timeout: Duration) -> bool {
+async fn wait_exit(node: &Node, rec: &ContainerRecord, timeout: Duration) -> bool {
     let fd = match berth_runtime::pidfd::pidfd_open(rec.monitor_pid) {
         Ok(fd) => fd,
         // Already gone.
         Err(_) => return true,
     };
     let done = tokio::time::timeout(timeout, wait_fd(fd)).await.is_ok();
-    done || !matches!(agent.runtime.state(&bundle(agent, &rec.id)), MonitorState::Running)
+    done || !matches!(node.runtime.state(&node.bundle(&rec.id)), MonitorState::Running)
 }
 
 /// CreateContainer: validates, records the intent, builds the bundle and
-/// starts the monitor; the init then waits for StartContainer.
-pub async fn create(agent: &Arc<Agent>, pod_id: &str, config: cri::ContainerConfig) -> Result<String, Status> {
-    let pod = crate::pod::find(agent, pod_id)?;
+/// starts the monitor; the init then waits for StartContainer. A retry with
+/// the same name while the first is in flight gets the first one's result.
+pub async fn create(node: &Arc<Node>, pod_id: &str, config: ContainerRequest) -> Result<String> {
+    let pod = node.pods.find(pod_id)?;
     if pod.state != PodState::Ready {
-        return Err(Status::failed_precondition(format!("pod sandbox {} is not ready", pod.id)));
+        return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready", pod.id)));
     }
-    let meta = config.metadata.clone().unwrap_or_default();
-    if meta.name.is_empty() {
-        return Err(Status::invalid_argument("config.metadata.name: must not be empty"));
+    if config.name.is_empty() {
+        return Err(Error::invalid("config.metadata.name", "must not be empty"));
     }
-    let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
-    if image_name.is_empty() {
-        return Err(Status::invalid_argument("config.image.image: must name an image"));
+    if config.image.is_empty() {
+        return Err(Error::invalid("config.image.image", "must name an image"));
     }
-    let image = agent
+    let image = node
         .images
-        .resolve(&image_name)
-        .map_err(crate::cri::image::status_of)?
-        .ok_or_else(|| Status::not_found(format!("image {image_name:?} not found: pull it first")))?;
-    let name_key = format!("{}/{}/{}", pod.id, meta.name, meta.attempt);
-    let check_agent = agent.clone();
+        .resolve(&config.image)
+        .map_err(Error::from)?
+        .ok_or_else(|| Error::NotFound(format!("image {:?} not found: pull it first", config.image)))?;
+    let name_key = format!("{}/{}/{}", pod.id, config.name, config.attempt);
+    let check_node = node.clone();
     let check_key = name_key.clone();
     let check = move || {
-        let all = check_agent.store.list::<ContainerRecord>().map_err(|e| internal("store", e))?;
-        if let Some(c) = all.iter().find(|c| c.name_key() == check_key) {
-            return Err(Status::already_exists(format!("container {check_key} already exists as {}", c.id)));
+        if let Some(c) = check_node.containers.by_name(&check_key) {
+            return Err(Error::AlreadyExists(format!("container {check_key} already exists as {}", c.id)));
         }
         Ok(())
     };
-    let agent2 = agent.clone();
-    agent
-        .flights
+    let node2 = node.clone();
+    node.flights
         .run(format!("ctr:{name_key}"), check, async move {
             let id = random_id().map_err(|e| internal("container id from the kernel's random source", e))?;
-            let span = tracing::info_span!("container", container_id = %id, pod_id = %pod.id, name = %meta.name);
-            tracing::Instrument::instrument(create_inner(agent2, pod, config, image, id), span).await
+            let span = tracing::info_span!("container", container_id = %id, pod_id = %pod.id, name = %config.name);
+            tracing::Instrument::instrument(create_inner(node2, pod, config, image, id), span).await
         })
         .await
 }
 
-async fn create_inner(
-    agent: Arc<Agent>,
-    pod: PodRecord,
-    config: cri::ContainerConfig,
-    image: crate::store::ImageRecord,
-    id: String,
-) -> Result<String, Status> {
-    let meta = config.metadata.clone().unwrap_or_default();
-    let layer = layer_dir(&agent, &id);
+async fn create_inner(node: Arc<Node>, pod: PodRecord, config: ContainerRequest, image: ImageRecord, id: String) -> Result<String> {
+    let layer = node.layer_dir(&id);
     let cgroup_path = format!("{}/{}", pod.cgroup, id);
     let paths = SpecPaths {
-        state: agent.config.state.clone(),
-        pod_dir: crate::pod::pod_dir(&agent, &pod.id),
-        lower_dirs: agent.images.lower_dirs(&image).map_err(crate::cri::image::status_of)?,
+        state: node.config.state.clone(),
+        pod_dir: node.pod_dir(&pod.id),
+        lower_dirs: node.images.lower_dirs(&image).map_err(Error::from)?,
         upper: layer.join("upper"),
         work: layer.join("work"),
         cgroup_procs: cgroup::procs_files_of(&cgroup_path),
         cgroup: cgroup_path.clone(),
-        cgroup_v2: agent.cgroup_v2,
+        cgroup_v2: node.cgroup_v2,
     };
-    let limits = limits_from(config.linux.as_ref().and_then(|l| l.resources.as_ref()));
-    limits.validate(agent.cgroup_v2).map_err(|e| Status::invalid_argument(format!("config.linux.resources.{e}")))?;
+    let limits = config.resources.limits.clone();
+    limits.validate(node.cgroup_v2).map_err(|e| crate::error::limits_error("config.linux.resources", &e))?;
     let built = spec::build(&config, &pod, &image, &paths)?;
     let pid_ns = match built.pid_mode {
         ns_mode::NODE => PidNamespace::Host,
         ns_mode::POD if pod.init_pid > 0 => PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time },
         ns_mode::TARGET => {
-            let target = find(&agent, &built.pid_target)?;
+            let target = find(&node, &built.pid_target)?;
             if target.state != ContainerState::Running && target.state != ContainerState::Created {
-                return Err(Status::failed_precondition(format!("target container {} is not running", target.id)));
+                return Err(Error::FailedPrecondition(format!("target container {} is not running", target.id)));
             }
             PidNamespace::Join { pid: target.pid, start_time: target.start_time }
         }
@@ -238,22 +228,21 @@ async fn create_inner(
     let log_path = if pod.log_directory.is_empty() || config.log_path.is_empty() {
         String::new()
     } else {
-        let p = PathBuf::from(&pod.log_directory).join(&config.log_path);
         if berth_runtime::fs::clean_relative(std::path::Path::new(&config.log_path)).is_err() {
-            return Err(Status::invalid_argument(format!("config.log_path: {:?} leaves the pod's log directory", config.log_path)));
+            return Err(Error::invalid("config.log_path", format!("{:?} leaves the pod's log directory", config.log_path)));
         }
-        p.display().to_string()
+        PathBuf::from(&pod.log_directory).join(&config.log_path).display().to_string()
     };
     let mut rec = ContainerRecord {
         id: id.clone(),
         pod_id: pod.id.clone(),
-        name: meta.name.clone(),
-        attempt: meta.attempt,
+        name: config.name.clone(),
+        attempt: config.attempt,
         state: ContainerState::Creating,
         created_at_ns: now_ns(),
-        labels: config.labels.clone().into_iter().collect(),
-        annotations: config.annotations.clone().into_iter().collect(),
-        image: config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
+        labels: config.labels.clone(),
+        annotations: config.annotations.clone(),
+        image: config.image.clone(),
         image_id: image.id.clone(),
         image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
         snapshot_chain: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
@@ -262,32 +251,30 @@ async fn create_inner(
         cgroup: cgroup_path.clone(),
         stop_signal: built.stop_signal,
         limits: limits.clone(),
-        oom_score_adj: config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0),
+        oom_score_adj: config.resources.oom_score_adj,
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         tty: config.tty,
         ..Default::default()
     };
     let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
-    agent.store.put(&id, &rec).map_err(|e| internal("store", e))?;
+    node.containers.put(&rec)?;
 
     let device_rules = spec_device_rules(&built.spec)?;
-    let a = agent.clone();
+    let a = node.clone();
     let spec = built.spec;
-    let limits2 = limits.clone();
-    let bundle_dir = bundle(&agent, &id);
-    let made = tokio::task::spawn_blocking(move || -> Result<berth_runtime::Created, Status> {
+    let bundle_dir = node.bundle(&id);
+    let made = tokio::task::spawn_blocking(move || -> Result<berth_runtime::Created> {
         for d in [&layer, &layer.join("upper"), &layer.join("work")] {
             std::fs::create_dir_all(d).map_err(|e| internal(&d.display().to_string(), e))?;
         }
         cgroup::create(&cgroup_path).map_err(|e| internal("container cgroup", e))?;
-        cgroup::apply(&cgroup_path, &limits2).map_err(|e| Status::invalid_argument(format!("config.linux.resources: {e}")))?;
+        cgroup::apply(&cgroup_path, &limits).map_err(|e| Error::invalid("config.linux.resources", e))?;
         cgroup::apply_devices(&cgroup_path, &device_rules).map_err(|e| internal("container device cgroup", e))?;
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
-        a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio).map_err(status_of)
+        Ok(a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?)
     })
-    .await
-    .map_err(|e| internal("create task", e))?;
+    .await?;
     match made {
         Ok(created) => {
             rec.state = ContainerState::Created;
@@ -297,37 +284,37 @@ async fn create_inner(
             rec.uid = created.uid as i64;
             rec.gid = created.gid as i64;
             rec.groups = created.groups.iter().map(|g| *g as i64).collect();
-            agent.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
-            watch(&agent, rec.id.clone(), rec.monitor_pid);
-            crate::cri::events::emit(&agent, &rec, cri::ContainerEventType::ContainerCreatedEvent);
+            node.containers.put(&rec)?;
+            watch(&node, rec.id.clone(), rec.monitor_pid);
+            node.events.emit(&rec.id, &rec.pod_id, EventKind::Created);
             tracing::info!("container created");
             Ok(rec.id)
         }
-        Err(status) => {
-            tracing::warn!("container creation failed: {}", status.message());
-            let a = agent.clone();
+        Err(e) => {
+            tracing::warn!("container creation failed: {e}");
+            let a = node.clone();
             let r = rec.clone();
             let _ = tokio::task::spawn_blocking(move || teardown(&a, &r)).await;
-            let _ = agent.store.delete::<ContainerRecord>(&rec.id);
-            Err(status)
+            let _ = node.containers.delete(&rec.id);
+            Err(e)
         }
     }
 }
 
 /// The device cgroup rules of a spec, in the executor's terms.
-fn spec_device_rules(spec: &oci_spec::runtime::Spec) -> Result<Vec<cgroup::DeviceRule>, Status> {
+fn spec_device_rules(spec: &oci_spec::runtime::Spec) -> Result<Vec<cgroup::DeviceRule>> {
     let rules = spec.linux().as_ref().and_then(|l| l.resources().as_ref()).and_then(|r| r.devices().clone()).unwrap_or_default();
     rules.iter().map(|r| cgroup::DeviceRule::from_oci(r).map_err(|e| internal("device rules", e))).collect()
 }
 
 /// Removes every host resource of a container (idempotent).
-fn teardown(agent: &Agent, rec: &ContainerRecord) {
+fn teardown(node: &Node, rec: &ContainerRecord) {
     if !rec.cgroup.is_empty() {
         if let Err(e) = cgroup::remove(&rec.cgroup) {
             tracing::warn!(container_id = %rec.id, "removing cgroup: {e}");
         }
     }
-    for dir in [bundle(agent, &rec.id), layer_dir(agent, &rec.id)] {
+    for dir in [node.bundle(&rec.id), node.layer_dir(&rec.id)] {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(container_id = %rec.id, "removing {}: {e}", dir.display());
@@ -337,104 +324,101 @@ fn teardown(agent: &Agent, rec: &ContainerRecord) {
 }
 
 /// StartContainer.
-pub async fn start(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
-    let rec = find(agent, id)?;
-    let lock = agent.locks.get(&rec.id);
+pub async fn start(node: &Arc<Node>, id: &str) -> Result<()> {
+    let rec = find(node, id)?;
+    let lock = node.locks.get(&rec.id);
     let _held = lock.lock().await;
-    let mut rec = find(agent, &rec.id)?;
+    let mut rec = find(node, &rec.id)?;
     match rec.state {
         ContainerState::Created => {}
-        ContainerState::Running => return Err(Status::failed_precondition(format!("container {} is already running", rec.id))),
-        _ => return Err(Status::failed_precondition(format!("container {} is {:?}, not created", rec.id, rec.state))),
+        ContainerState::Running => return Err(Error::FailedPrecondition(format!("container {} is already running", rec.id))),
+        s => return Err(Error::FailedPrecondition(format!("container {} is {s:?}, not created", rec.id))),
     }
-    let a = agent.clone();
-    let (cid, bdir) = (rec.id.clone(), bundle(agent, &rec.id));
-    let started = tokio::task::spawn_blocking(move || a.runtime.start(&cid, &bdir)).await.map_err(|e| internal("start task", e))?;
+    let a = node.clone();
+    let (cid, bdir) = (rec.id.clone(), node.bundle(&rec.id));
+    let started = tokio::task::spawn_blocking(move || a.runtime.start(&cid, &bdir)).await?;
     match started {
         Ok(()) => {
             rec.state = ContainerState::Running;
             rec.started_at_ns = now_ns();
-            agent.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
-            crate::cri::events::emit(agent, &rec, cri::ContainerEventType::ContainerStartedEvent);
+            node.containers.put(&rec)?;
+            node.events.emit(&rec.id, &rec.pod_id, EventKind::Started);
             tracing::info!(container_id = %rec.id, "container started");
             Ok(())
         }
         Err(e) => {
-            let status = status_of(e);
-            rec.message = status.message().to_string();
+            let e = Error::from(e);
+            rec.message = e.to_string();
             rec.started_at_ns = now_ns();
-            agent.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
+            node.containers.put(&rec)?;
             // The init exits; its monitor records the status shortly.
-            let _ = wait_exit(agent, &rec, Duration::from_secs(5)).await;
-            let _ = refresh(agent, rec);
-            Err(status)
+            let _ = wait_exit(node, &rec, Duration::from_secs(5)).await;
+            let _ = refresh(node, rec);
+            Err(e)
         }
     }
 }
 
 /// StopContainer: the stop signal, `timeout` seconds, then SIGKILL to every
 /// process of the container. Stopped or unknown containers are fine.
-pub async fn stop(agent: &Arc<Agent>, id: &str, timeout_s: i64) -> Result<(), Status> {
-    let Some(rec) = find_opt(agent, id)? else { return Ok(()) };
-    let lock = agent.locks.get(&rec.id);
+pub async fn stop(node: &Arc<Node>, id: &str, timeout_s: i64) -> Result<()> {
+    let Some(rec) = find_opt(node, id)? else { return Ok(()) };
+    let lock = node.locks.get(&rec.id);
     let _held = lock.lock().await;
-    let Some(rec) = find_opt(agent, &rec.id)? else { return Ok(()) };
+    let Some(rec) = find_opt(node, &rec.id)? else { return Ok(()) };
     if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
         return Ok(());
     }
-    let bdir = bundle(agent, &rec.id);
+    let bdir = node.bundle(&rec.id);
     if rec.state == ContainerState::Running && timeout_s > 0 {
-        let _ = agent.runtime.signal(&rec.id, &bdir, rec.stop_signal);
-        if wait_exit(agent, &rec, Duration::from_secs(timeout_s as u64)).await {
-            refresh(agent, rec)?;
+        let _ = node.runtime.signal(&rec.id, &bdir, rec.stop_signal);
+        if wait_exit(node, &rec, Duration::from_secs(timeout_s as u64)).await {
+            refresh(node, rec)?;
             return Ok(());
         }
         tracing::info!(container_id = %rec.id, "stop timeout of {timeout_s}s passed: killing");
     }
-    let _ = agent.runtime.signal(&rec.id, &bdir, libc::SIGKILL);
+    let _ = node.runtime.signal(&rec.id, &bdir, libc::SIGKILL);
     let cg = rec.cgroup.clone();
     let _ = tokio::task::spawn_blocking(move || cgroup::signal_all(&cg, nix::sys::signal::Signal::SIGKILL)).await;
-    if !wait_exit(agent, &rec, Duration::from_secs(10)).await {
-        return Err(Status::internal(format!("container {} did not exit after SIGKILL", rec.id)));
+    if !wait_exit(node, &rec, Duration::from_secs(10)).await {
+        return Err(Error::DeadlineExceeded(format!("container {} did not exit after SIGKILL", rec.id)));
     }
-    refresh(agent, rec)?;
+    refresh(node, rec)?;
     Ok(())
 }
 
 /// RemoveContainer: force-stops a running container, then removes it.
 /// Unknown containers are fine.
-pub async fn remove(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
-    let Some(rec) = find_opt(agent, id)? else { return Ok(()) };
-    stop(agent, &rec.id, 0).await?;
-    let lock = agent.locks.get(&rec.id);
+pub async fn remove(node: &Arc<Node>, id: &str) -> Result<()> {
+    let Some(rec) = find_opt(node, id)? else { return Ok(()) };
+    stop(node, &rec.id, 0).await?;
+    let lock = node.locks.get(&rec.id);
     let _held = lock.lock().await;
-    let a = agent.clone();
+    let a = node.clone();
     let r = rec.clone();
-    tokio::task::spawn_blocking(move || teardown(&a, &r)).await.map_err(|e| internal("teardown task", e))?;
-    agent.store.delete::<ContainerRecord>(&rec.id).map_err(|e| internal("store", e))?;
-    agent.cpu_samples.forget(&rec.cgroup);
-    crate::cri::events::emit(agent, &rec, cri::ContainerEventType::ContainerDeletedEvent);
+    tokio::task::spawn_blocking(move || teardown(&a, &r)).await?;
+    node.containers.delete(&rec.id)?;
+    node.cpu_samples.forget(&rec.cgroup);
+    node.events.emit(&rec.id, &rec.pod_id, EventKind::Deleted);
     tracing::info!(container_id = %rec.id, "container removed");
     Ok(())
 }
 
 /// ReopenContainerLog.
-pub async fn reopen_log(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
-    let rec = find_running(agent, id)?;
-    let a = agent.clone();
-    let bdir = bundle(agent, &rec.id);
-    tokio::task::spawn_blocking(move || a.runtime.reopen_log(&rec.id, &bdir))
-        .await
-        .map_err(|e| internal("reopen task", e))?
-        .map_err(status_of)
+pub async fn reopen_log(node: &Arc<Node>, id: &str) -> Result<()> {
+    let rec = find_running(node, id)?;
+    let a = node.clone();
+    let bdir = node.bundle(&rec.id);
+    Ok(tokio::task::spawn_blocking(move || a.runtime.reopen_log(&rec.id, &bdir)).await??)
 }
 
 /// ExecSync: runs `cmd` in the container; output capped, `timeout_s` > 0 kills.
-pub async fn exec_sync(agent: &Arc<Agent>, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<cri::ExecSyncResponse, Status> {
+pub async fn exec_sync(node: &Arc<Node>, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<ExecOutput> {
     check_cmd(&cmd)?;
-    let rec = find_running(agent, id)?;
+    let rec = find_running(node, id)?;
     let mut helper =
-        agent.runtime.exec_helper(&bundle(agent, &rec.id), rec.pid, rec.start_time, &cmd, false).map_err(|e| internal("exec helper", e))?;
+        node.runtime.exec_helper(&node.bundle(&rec.id), rec.pid, rec.start_time, &cmd, false).map_err(|e| internal("exec helper", e))?;
     let std_cmd = std::mem::replace(&mut helper.command, std::process::Command::new("/"));
     let mut command = tokio::process::Command::from(std_cmd);
     command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
@@ -451,29 +435,17 @@ pub async fn exec_sync(agent: &Arc<Agent>, id: &str, cmd: Vec<String>, timeout_s
             Ok(v) => v,
             Err(_) => {
                 // kill_on_drop ends the helper; PDEATHSIG ends the command.
-                return Err(Status::deadline_exceeded(format!("command {:?} timed out after {timeout_s}s", cmd[0])));
+                return Err(Error::DeadlineExceeded(format!("command {:?} timed out after {timeout_s}s", cmd[0])));
             }
         }
     } else {
         run.await
     };
     let status = status.map_err(|e| internal("exec helper", e))?;
-    if let Some(e) = exec_report(helper.report).await {
-        return Err(status_of(RuntimeError::Init(e)));
+    if let Some(e) = berth_runtime::client::exec_failure(helper.report) {
+        return Err(RuntimeError::Init(e).into());
     }
-    Ok(cri::ExecSyncResponse { stdout, stderr, exit_code: status.code().unwrap_or(255) })
-}
-
-/// What an exec helper reported on its report channel once it has exited:
-/// why the command could not be started, or None when it ran.
-pub async fn exec_report(report: OwnedFd) -> Option<berth_runtime::message::InitError> {
-    let mut buf = Vec::new();
-    let mut f = tokio::fs::File::from_std(std::fs::File::from(report));
-    f.read_to_end(&mut buf).await.ok()?;
-    match berth_runtime::channel::take::<berth_runtime::message::ExecReport>(&mut buf) {
-        Ok(Some(berth_runtime::message::ExecReport::Failed(e))) => Some(e),
-        _ => None,
-    }
+    Ok(ExecOutput { stdout, stderr, exit_code: status.code().unwrap_or(255) })
 }
 
 async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> Vec<u8> {
@@ -493,23 +465,23 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> Vec<
 
 /// Start-up: interrupted creations are cleaned up; live containers are
 /// watched again; exits that happened while berthd was away are folded in.
-pub async fn recover(agent: &Arc<Agent>) -> Result<(), Status> {
-    for rec in agent.store.list::<ContainerRecord>().map_err(|e| internal("store", e))? {
+pub async fn recover(node: &Arc<Node>) -> Result<()> {
+    for rec in node.containers.list() {
         match rec.state {
             ContainerState::Creating => {
                 tracing::warn!(container_id = %rec.id, "cleaning up a container whose creation was interrupted");
                 if rec.monitor_pid > 0 {
-                    let _ = agent.runtime.signal(&rec.id, &bundle(agent, &rec.id), libc::SIGKILL);
+                    let _ = node.runtime.signal(&rec.id, &node.bundle(&rec.id), libc::SIGKILL);
                 }
-                let a = agent.clone();
+                let a = node.clone();
                 let r = rec.clone();
                 let _ = tokio::task::spawn_blocking(move || teardown(&a, &r)).await;
-                let _ = agent.store.delete::<ContainerRecord>(&rec.id);
+                let _ = node.containers.delete(&rec.id);
             }
             ContainerState::Created | ContainerState::Running => {
-                let rec = refresh(agent, rec)?;
+                let rec = refresh(node, rec)?;
                 if matches!(rec.state, ContainerState::Created | ContainerState::Running) {
-                    watch(agent, rec.id.clone(), rec.monitor_pid);
+                    watch(node, rec.id.clone(), rec.monitor_pid);
                 }
             }
             ContainerState::Exited => {}
@@ -518,40 +490,64 @@ pub async fn recover(agent: &Arc<Agent>) -> Result<(), Status> {
     Ok(())
 }
 
-/// CRI resources → cgroup limits.
-pub fn limits_from(r: Option<&cri::LinuxContainerResources>) -> cgroup::Limits {
-    let Some(r) = r else { return cgroup::Limits::default() };
-    cgroup::Limits {
-        cpu_shares: r.cpu_shares.max(0) as u64,
-        cpu_quota: r.cpu_quota,
-        cpu_period: r.cpu_period.max(0) as u64,
-        cpuset_cpus: r.cpuset_cpus.clone(),
-        cpuset_mems: r.cpuset_mems.clone(),
-        memory_limit: r.memory_limit_in_bytes,
-        memory_swap: r.memory_swap_limit_in_bytes,
-        hugepages: r.hugepage_limits.iter().map(|h| (h.page_size.clone(), h.limit)).collect(),
-        unified: r.unified.clone().into_iter().collect(),
+/// UpdateContainerResources: validates and applies the limits live.
+pub async fn update_resources(node: &Arc<Node>, id: &str, resources: Resources) -> Result<()> {
+    let rec = find(node, id)?;
+    let lock = node.locks.get(&rec.id);
+    let _held = lock.lock().await;
+    let mut rec = find(node, &rec.id)?;
+    if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
+        return Err(Error::FailedPrecondition(format!("container {} is not running", rec.id)));
+    }
+    let limits = resources.limits;
+    limits.validate(node.cgroup_v2).map_err(|e| crate::error::limits_error("linux", &e))?;
+    let (path, l) = (rec.cgroup.clone(), limits.clone());
+    tokio::task::spawn_blocking(move || cgroup::apply(&path, &l)).await?.map_err(|e| Error::invalid("linux", e))?;
+    rec.limits = limits;
+    node.containers.put(&rec)?;
+    tracing::info!(container_id = %rec.id, "container resources updated");
+    Ok(())
+}
+
+/// The streaming server reaches running containers through the node.
+impl crate::stream::Backend for Node {
+    fn running(&self, id: &str) -> std::result::Result<crate::stream::Target, String> {
+        let rec = find_running(self, id).map_err(|e| e.to_string())?;
+        Ok(crate::stream::Target { bundle: self.bundle(&rec.id), id: rec.id, pid: rec.pid, start_time: rec.start_time, stdin: rec.stdin })
+    }
+
+    fn runtime(&self) -> &berth_runtime::Runtime {
+        &self.runtime
     }
 }
 
-/// UpdateContainerResources: validates and applies the limits live.
-pub async fn update_resources(agent: &Arc<Agent>, id: &str, resources: Option<cri::LinuxContainerResources>) -> Result<(), Status> {
-    let rec = find(agent, id)?;
-    let lock = agent.locks.get(&rec.id);
-    let _held = lock.lock().await;
-    let mut rec = find(agent, &rec.id)?;
-    if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
-        return Err(Status::failed_precondition(format!("container {} is not running", rec.id)));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_folds_into_live_containers_only() {
+        let end = Ended { code: 137, finished_ns: 42, reason: "OOMKilled", lost: false };
+        for state in [ContainerState::Created, ContainerState::Running] {
+            let mut c = ContainerRecord { state, ..Default::default() };
+            assert!(fold_exit(&mut c, &end));
+            assert_eq!((c.state, c.exit_code, c.finished_at_ns, c.reason.as_str()), (ContainerState::Exited, 137, 42, "OOMKilled"));
+            assert!(c.message.is_empty());
+        }
+        for state in [ContainerState::Creating, ContainerState::Exited] {
+            let mut c = ContainerRecord { state, exit_code: 1, ..Default::default() };
+            assert!(!fold_exit(&mut c, &end));
+            assert_eq!((c.state, c.exit_code), (state, 1));
+        }
+        let mut c = ContainerRecord { state: ContainerState::Running, ..Default::default() };
+        assert!(fold_exit(&mut c, &Ended { code: 255, finished_ns: 1, reason: "Unknown", lost: true }));
+        assert!(c.message.contains("without recording"));
     }
-    let limits = limits_from(resources.as_ref());
-    limits.validate(agent.cgroup_v2).map_err(|e| Status::invalid_argument(format!("linux.{e}")))?;
-    let (path, l) = (rec.cgroup.clone(), limits.clone());
-    tokio::task::spawn_blocking(move || cgroup::apply(&path, &l))
-        .await
-        .map_err(|e| internal("update task", e))?
-        .map_err(|e| Status::invalid_argument(format!("linux: {e}")))?;
-    rec.limits = limits;
-    agent.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
-    tracing::info!(container_id = %rec.id, "container resources updated");
-    Ok(())
+
+    #[test]
+    fn exec_commands_must_name_a_program() {
+        assert!(check_cmd(&["true".into()]).is_ok());
+        assert!(matches!(check_cmd(&[]), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(check_cmd(&["".into()]), Err(Error::InvalidArgument { .. })));
+    }
 }

@@ -15,7 +15,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
-use crate::cri::{self, Agent};
+use crate::cri;
+use crate::node::Node;
 use crate::store::Store;
 
 /// The lock file under `--state` that makes one berthd per state dir.
@@ -49,7 +50,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     // Opening sets up the host network with blocking netlink calls.
     let cfg = config.clone();
-    let opened = tokio::task::spawn_blocking(move || Agent::open(cfg, store)).await.context("start-up task")?;
+    let opened = tokio::task::spawn_blocking(move || Node::open(cfg, store)).await.context("start-up task")?;
     let agent = match opened {
         Ok(a) => Arc::new(a),
         Err(e) => {
@@ -61,7 +62,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     match crate::stream::Streams::bind(&stream_cfg.address, stream_cfg.port, Duration::from_secs(stream_cfg.token_ttl_seconds), tls).await {
         Ok((streams, listener)) => {
             let _ = agent.streams.set(streams.clone());
-            crate::stream::serve(streams, listener, Arc::downgrade(&agent));
+            let backend: std::sync::Weak<dyn crate::stream::Backend> =
+                Arc::downgrade(&agent) as std::sync::Weak<dyn crate::stream::Backend>;
+            crate::stream::serve(streams, listener, backend);
         }
         Err(e) => {
             created.remove_all();
@@ -69,7 +72,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     if let Err(e) = crate::pod::recover(&agent).await.and(crate::container::recover(&agent).await) {
-        tracing::warn!("start-up recovery: {}", e.message());
+        tracing::warn!("start-up recovery: {e}");
     }
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(),
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");

@@ -8,9 +8,9 @@ use std::sync::RwLock;
 
 use berth_network::cni::{Cni, CniPod};
 use berth_network::{ipam, BridgeConfig, NetError};
-use tonic::Status;
 
 use crate::config::{Config, NetworkMode};
+use crate::error::{Error, Result};
 use crate::store::{LeaseRecord, PodRecord, PodState, Store};
 
 /// The store setting holding the last address handed out (round robin).
@@ -22,19 +22,21 @@ pub struct Network {
     cni: Option<Cni>,
 }
 
-fn status_of(e: NetError) -> Status {
-    match e {
-        NetError::PortInUse(..) => Status::already_exists(e.to_string()),
-        NetError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
-        NetError::Config(_) | NetError::Cni(_) => Status::failed_precondition(e.to_string()),
-        _ => Status::internal(e.to_string()),
+impl From<NetError> for Error {
+    fn from(e: NetError) -> Error {
+        match e {
+            NetError::PortInUse(..) => Error::AlreadyExists(e.to_string()),
+            NetError::Exhausted(_) => Error::ResourceExhausted(e.to_string()),
+            NetError::Config(_) | NetError::Cni(_) => Error::FailedPrecondition(e.to_string()),
+            e => Error::internal("pod network", e),
+        }
     }
 }
 
 impl Network {
     /// Sets up the host side of the configured mode. `pod_cidr` (from
     /// UpdateRuntimeConfig) replaces the configured subnet.
-    pub fn open(config: &Config, pod_cidr: Option<&str>) -> Result<Network, NetError> {
+    pub fn open(config: &Config, pod_cidr: Option<&str>) -> Result<Network> {
         let n = &config.network;
         let cni = Cni { conf_dir: n.cni_conf_dir.clone(), bin_dirs: n.cni_bin_dirs.clone(), cache_dir: config.state.join("cni") };
         let use_cni = match n.mode {
@@ -79,70 +81,72 @@ impl Network {
     }
 
     /// Switches new pods to kubelet's pod CIDR (built-in mode).
-    pub fn set_pod_cidr(&self, config: &Config, cidr: &str) -> Result<(), Status> {
+    pub fn set_pod_cidr(&self, config: &Config, cidr: &str) -> Result<()> {
         let Some(lock) = &self.builtin else { return Ok(()) };
         let Some(v4) = cidr.split(',').map(str::trim).find(|c| c.contains('.')) else { return Ok(()) };
         let n = &config.network;
-        let next = BridgeConfig::new(&n.bridge, v4, "", &n.nft_table)
-            .map_err(|e| Status::invalid_argument(format!("runtime_config.network_config.pod_cidr: {e}")))?;
+        let next =
+            BridgeConfig::new(&n.bridge, v4, "", &n.nft_table).map_err(|e| Error::invalid("runtime_config.network_config.pod_cidr", e))?;
         if lock.read().unwrap_or_else(|p| p.into_inner()).subnet == next.subnet {
             return Ok(());
         }
-        next.ensure_host().map_err(status_of)?;
+        next.ensure_host().map_err(Error::from)?;
         *lock.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
 
     /// Leases an address and wires the pod (blocking). Fills `pod.ips`.
-    pub fn setup(&self, store: &Store, pod: &mut PodRecord, netns: &std::path::Path, dns: &crate::pod::PodDns) -> Result<(), Status> {
+    /// `others` are the node's other pods (for hostPort conflicts).
+    pub fn setup(
+        &self,
+        store: &Store,
+        others: &[PodRecord],
+        pod: &mut PodRecord,
+        netns: &std::path::Path,
+        dns: &crate::pod::PodDns,
+    ) -> Result<()> {
         if let Some(cni) = &self.cni {
-            let list = cni.load().map_err(status_of)?.ok_or_else(|| {
-                Status::failed_precondition(format!("no CNI network config in {}: the network is not ready", cni.conf_dir.display()))
+            let list = cni.load().map_err(Error::from)?.ok_or_else(|| {
+                Error::FailedPrecondition(format!("no CNI network config in {}: the network is not ready", cni.conf_dir.display()))
             })?;
-            let ips = cni.add(&list, &cni_pod(pod, netns, dns)).map_err(status_of)?;
+            let ips = cni.add(&list, &cni_pod(pod, netns, dns)).map_err(Error::from)?;
             pod.ips = ips.iter().map(|ip| ip.to_string()).collect();
             return Ok(());
         }
         let Some(bridge) = self.bridge() else { return Ok(()) };
-        let ip = lease(store, pod, &bridge)?;
+        let ip = lease(store, others, pod, &bridge)?;
         bridge.setup_pod(&pod.id, netns, ip, &pod.port_mappings).map_err(|e| {
             let _ = release(store, &pod.id);
-            status_of(e)
+            Error::from(e)
         })?;
         pod.ips = vec![ip.to_string()];
         Ok(())
     }
 
     /// Unwires the pod and releases its lease (idempotent, blocking).
-    pub fn teardown(&self, store: &Store, pod: &PodRecord, netns: &std::path::Path) -> Result<(), Status> {
+    pub fn teardown(&self, store: &Store, pod: &PodRecord, netns: &std::path::Path) -> Result<()> {
         if pod.network_mode == crate::spec::ns_mode::NODE {
             return Ok(());
         }
         if let Some(cni) = &self.cni {
-            return cni.del(&cni_pod(pod, netns, &crate::pod::PodDns::default())).map_err(status_of);
+            return cni.del(&cni_pod(pod, netns, &crate::pod::PodDns::default())).map_err(Error::from);
         }
         if let Some(bridge) = self.bridge() {
-            bridge.teardown_pod(&pod.id, !pod.port_mappings.is_empty()).map_err(status_of)?;
+            bridge.teardown_pod(&pod.id, !pod.port_mappings.is_empty()).map_err(Error::from)?;
         }
         release(store, &pod.id)
     }
 
     /// Start-up: removes veths, rules and leases of pods that no longer hold a network.
-    pub fn collect_garbage(&self, store: &Store) -> Result<(), Status> {
-        let pods = store.list::<PodRecord>().map_err(|e| Status::internal(e.to_string()))?;
+    pub fn collect_garbage(&self, store: &Store, pods: &[PodRecord]) -> Result<()> {
         let live: Vec<String> = pods.iter().filter(|p| p.state == PodState::Ready && !p.ips.is_empty()).map(|p| p.id.clone()).collect();
-        let stale: Vec<LeaseRecord> = store
-            .list::<LeaseRecord>()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
-            .filter(|l| !live.contains(&l.pod_id))
-            .collect();
+        let stale: Vec<LeaseRecord> = store.list::<LeaseRecord>()?.into_iter().filter(|l| !live.contains(&l.pod_id)).collect();
         for l in &stale {
-            store.delete::<LeaseRecord>(&l.ip).map_err(|e| Status::internal(e.to_string()))?;
+            store.delete::<LeaseRecord>(&l.ip)?;
         }
         if let Some(bridge) = self.bridge() {
             let alive = |prefix: &str| live.iter().any(|id| id.starts_with(prefix));
-            let (veths, rules) = bridge.collect_garbage(&alive).map_err(status_of)?;
+            let (veths, rules) = bridge.collect_garbage(&alive).map_err(Error::from)?;
             if veths + rules + stale.len() > 0 {
                 tracing::info!(veths, rules, leases = stale.len(), "pod network garbage collected");
             }
@@ -165,52 +169,48 @@ fn cni_pod<'a>(pod: &'a PodRecord, netns: &'a std::path::Path, dns: &'a crate::p
 
 /// Leases an address for `pod` in one transaction, refusing hostPorts held
 /// by pods that already have a lease.
-fn lease(store: &Store, pod: &PodRecord, bridge: &BridgeConfig) -> Result<Ipv4Addr, Status> {
+fn lease(store: &Store, others: &[PodRecord], pod: &PodRecord, bridge: &BridgeConfig) -> Result<Ipv4Addr> {
     let mut failure: Option<NetError> = None;
-    let ip = store
-        .write(|tx| {
-            let leases = tx.list::<LeaseRecord>()?;
-            if let Some(mine) = leases.iter().find(|l| l.pod_id == pod.id).and_then(|l| l.ip.parse().ok()) {
-                return Ok(Some(mine));
+    let ip = store.write(|tx| {
+        let leases = tx.list::<LeaseRecord>()?;
+        if let Some(mine) = leases.iter().find(|l| l.pod_id == pod.id).and_then(|l| l.ip.parse().ok()) {
+            return Ok(Some(mine));
+        }
+        let holders: HashSet<&str> = leases.iter().map(|l| l.pod_id.as_str()).collect();
+        for other in others {
+            if other.id == pod.id || !holders.contains(other.id.as_str()) {
+                continue;
             }
-            let holders: HashSet<&str> = leases.iter().map(|l| l.pod_id.as_str()).collect();
-            for other in tx.list::<PodRecord>()? {
-                if other.id == pod.id || !holders.contains(other.id.as_str()) {
-                    continue;
-                }
-                if let Some(p) = pod.port_mappings.iter().find(|p| other.port_mappings.iter().any(|o| o.conflicts(p))) {
-                    failure = Some(NetError::PortInUse(p.describe(), other.id.clone()));
-                    return Ok(None);
-                }
-            }
-            let used: HashSet<Ipv4Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
-            let after = tx.setting(LAST_IP)?.and_then(|s| s.parse().ok());
-            let Some(ip) = ipam::allocate(bridge.subnet, bridge.gateway, &used, after) else {
-                failure = Some(NetError::Exhausted(bridge.subnet));
+            if let Some(p) = pod.port_mappings.iter().find(|p| other.port_mappings.iter().any(|o| o.conflicts(p))) {
+                failure = Some(NetError::PortInUse(p.describe(), other.id.clone()));
                 return Ok(None);
-            };
-            tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
-            tx.set_setting(LAST_IP, &ip.to_string())?;
-            Ok(Some(ip))
-        })
-        .map_err(|e| Status::internal(e.to_string()))?;
+            }
+        }
+        let used: HashSet<Ipv4Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
+        let after = tx.setting(LAST_IP)?.and_then(|s| s.parse().ok());
+        let Some(ip) = ipam::allocate(bridge.subnet, bridge.gateway, &used, after) else {
+            failure = Some(NetError::Exhausted(bridge.subnet));
+            return Ok(None);
+        };
+        tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
+        tx.set_setting(LAST_IP, &ip.to_string())?;
+        Ok(Some(ip))
+    })?;
     match (ip, failure) {
         (Some(ip), _) => Ok(ip),
-        (None, Some(e)) => Err(status_of(e)),
-        (None, None) => Err(Status::internal("lease: no address and no reason")),
+        (None, Some(e)) => Err(e.into()),
+        (None, None) => Err(Error::internal("lease", "no address and no reason")),
     }
 }
 
 /// Drops every lease of a pod.
-fn release(store: &Store, pod_id: &str) -> Result<(), Status> {
-    store
-        .write(|tx| {
-            for l in tx.list::<LeaseRecord>()? {
-                if l.pod_id == pod_id {
-                    tx.delete::<LeaseRecord>(&l.ip)?;
-                }
+fn release(store: &Store, pod_id: &str) -> Result<()> {
+    Ok(store.write(|tx| {
+        for l in tx.list::<LeaseRecord>()? {
+            if l.pod_id == pod_id {
+                tx.delete::<LeaseRecord>(&l.ip)?;
             }
-            Ok(())
-        })
-        .map_err(|e| Status::internal(e.to_string()))
+        }
+        Ok(())
+    })?)
 }

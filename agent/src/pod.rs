@@ -3,16 +3,16 @@
 //! what a crash left half made.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use berth_runtime::{cgroup, sandbox};
-use tonic::Status;
 
-use crate::cri::Agent;
+use crate::error::{Error, Result};
+use crate::node::Node;
 use crate::spec::ns_mode;
-use crate::store::{ContainerRecord, PodRecord, PodState};
-use crate::util::{now_ns, random_id, resolve_prefix};
+use crate::store::{PodRecord, PodState};
+use crate::util::{now_ns, random_id};
 
 /// DNS settings for the pod's resolv.conf.
 #[derive(Debug, Clone, Default)]
@@ -45,73 +45,55 @@ impl PodDns {
     }
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(format!("{what}: {e}"))
-}
-
-/// The pod's state directory.
-pub fn pod_dir(agent: &Agent, id: &str) -> PathBuf {
-    agent.config.state.join("pods").join(id)
+fn internal(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(what, e.to_string())
 }
 
 /// Finds a pod by id or unique prefix.
-pub fn find(agent: &Agent, id: &str) -> Result<PodRecord, Status> {
-    let pods = agent.store.list::<PodRecord>().map_err(|e| internal("store", e))?;
-    let id = resolve_prefix(pods.iter().map(|p| p.id.as_str()), id, "pod sandbox")?;
-    pods.into_iter().find(|p| p.id == id).ok_or_else(|| Status::not_found(format!("pod sandbox {id} not found")))
-}
-
-/// Like [`find`], but None when absent (stop/remove are idempotent).
-pub fn find_opt(agent: &Agent, id: &str) -> Result<Option<PodRecord>, Status> {
-    match find(agent, id) {
-        Ok(p) => Ok(Some(p)),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-        Err(s) => Err(s),
-    }
+pub fn find(node: &Node, id: &str) -> Result<PodRecord> {
+    node.pods.find(id)
 }
 
 /// RunPodSandbox: returns the new pod's id. A retry with the same name key
 /// while the first is in flight gets the first one's result.
-pub async fn run(agent: &Arc<Agent>, mut record: PodRecord, dns: PodDns) -> Result<String, Status> {
+pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result<String> {
     let key = format!("pod:{}", record.name_key());
-    let check_agent = agent.clone();
+    let check_node = node.clone();
     let check_key = record.name_key();
     let check = move || {
-        let pods = check_agent.store.list::<PodRecord>().map_err(|e| internal("store", e))?;
-        if let Some(p) = pods.iter().find(|p| p.name_key() == check_key) {
-            return Err(Status::already_exists(format!("pod sandbox {check_key} already exists as {}", p.id)));
+        if let Some(p) = check_node.pods.by_name(&check_key) {
+            return Err(Error::AlreadyExists(format!("pod sandbox {check_key} already exists as {}", p.id)));
         }
         Ok(())
     };
-    let agent2 = agent.clone();
-    agent
-        .flights
+    let node2 = node.clone();
+    node.flights
         .run(key, check, async move {
             record.id = random_id().map_err(|e| internal("pod id from the kernel's random source", e))?;
             record.created_at_ns = now_ns();
             if record.cgroup.is_empty() {
                 let parent =
-                    berth_runtime::cgroup::normalize(&agent2.config.runtime.default_cgroup_parent).map_err(|e| internal("cgroup", e))?;
+                    berth_runtime::cgroup::normalize(&node2.config.runtime.default_cgroup_parent).map_err(|e| internal("cgroup", e))?;
                 record.cgroup = format!("{parent}/{}", record.id);
                 record.own_cgroup = true;
             }
             record.state = PodState::Creating;
-            agent2.store.put(&record.id, &record).map_err(|e| internal("store", e))?;
-            let a = agent2.clone();
+            node2.pods.put(&record)?;
+            let a = node2.clone();
             let rec = record.clone();
-            let made = tokio::task::spawn_blocking(move || setup_host(&a, rec, &dns)).await.map_err(|e| internal("pod setup task", e))?;
+            let made = tokio::task::spawn_blocking(move || setup_host(&a, rec, &dns)).await?;
             match made {
                 Ok(rec) => {
-                    agent2.store.put(&rec.id, &rec).map_err(|e| internal("store", e))?;
+                    node2.pods.put(&rec)?;
                     tracing::info!(pod_id = %rec.id, "pod sandbox ready");
                     Ok(rec.id)
                 }
                 Err(e) => {
                     tracing::warn!(pod_id = %record.id, "pod sandbox setup failed: {e}");
-                    let a = agent2.clone();
+                    let a = node2.clone();
                     let rec = record.clone();
                     let _ = tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await;
-                    let _ = agent2.store.delete::<PodRecord>(&record.id);
+                    let _ = node2.pods.delete(&record.id);
                     Err(e)
                 }
             }
@@ -121,8 +103,8 @@ pub async fn run(agent: &Arc<Agent>, mut record: PodRecord, dns: PodDns) -> Resu
 
 /// Makes the host side of a pod: pinned namespaces, /dev/shm, files, cgroup,
 /// PID-namespace init. On error the caller tears down.
-fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodRecord, Status> {
-    let dir = pod_dir(agent, &rec.id);
+fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<PodRecord> {
+    let dir = node.pod_dir(&rec.id);
     std::fs::create_dir_all(&dir).map_err(|e| internal(&format!("{}", dir.display()), e))?;
     let own_net = rec.network_mode != ns_mode::NODE;
     let want = sandbox::PodNamespaces { net: own_net, ipc: rec.ipc_mode != ns_mode::NODE, uts: own_net };
@@ -135,10 +117,11 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
     let sysctls: Vec<(String, String)> = rec.sysctls.clone().into_iter().collect();
     sandbox::pin_namespaces(&dir, want, &hostname, &sysctls).map_err(|e| internal("pod namespaces", e))?;
     if want.ipc {
-        sandbox::mount_shm(&dir.join("shm"), agent.config.runtime.shm_size_bytes).map_err(|e| internal("pod /dev/shm", e))?;
+        sandbox::mount_shm(&dir.join("shm"), node.config.runtime.shm_size_bytes).map_err(|e| internal("pod /dev/shm", e))?;
     }
     if own_net {
-        agent.network.setup(&agent.store, &mut rec, &sandbox::pin_path(&dir, "net"), dns)?;
+        let others = node.pods.filter(|p| p.id != rec.id);
+        node.network.setup(&node.store, &others, &mut rec, &sandbox::pin_path(&dir, "net"), dns)?;
     }
     write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
     write_file(&dir.join("hosts"), &hosts_file(&hostname, &rec.ips))?;
@@ -151,7 +134,7 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
     if rec.pid_mode == ns_mode::POD {
         let procs = cgroup::create(&init_cgroup(&rec)).map_err(|e| internal("pod init cgroup", e))?;
         let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: procs };
-        let init = sandbox::spawn_pod_init(agent.runtime.monitor_bin(), &args).map_err(|e| internal("pod PID namespace", e))?;
+        let init = sandbox::spawn_pod_init(node.runtime.monitor_bin(), &args).map_err(|e| internal("pod PID namespace", e))?;
         rec.init_pid = init.pid;
         rec.init_start_time = init.start_time;
     }
@@ -159,7 +142,7 @@ fn setup_host(agent: &Agent, mut rec: PodRecord, dns: &PodDns) -> Result<PodReco
     Ok(rec)
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), Status> {
+fn write_file(path: &Path, text: &str) -> Result<()> {
     let mut f = std::fs::File::create(path).map_err(|e| internal(&path.display().to_string(), e))?;
     f.write_all(text.as_bytes()).map_err(|e| internal(&path.display().to_string(), e))
 }
@@ -190,9 +173,9 @@ fn kill_init(rec: &PodRecord) {
 }
 
 /// Removes every host resource of a pod (idempotent, best effort, logged).
-fn teardown_host(agent: &Agent, rec: &PodRecord) {
-    if let Err(e) = agent.network.teardown(&agent.store, rec, &sandbox::pin_path(&pod_dir(agent, &rec.id), "net")) {
-        tracing::warn!(pod_id = %rec.id, "releasing the pod network: {}", e.message());
+fn teardown_host(node: &Node, rec: &PodRecord) {
+    if let Err(e) = node.network.teardown(&node.store, rec, &sandbox::pin_path(&node.pod_dir(&rec.id), "net")) {
+        tracing::warn!(pod_id = %rec.id, "releasing the pod network: {e}");
     }
     kill_init(rec);
     let cgroups = if rec.own_cgroup { vec![rec.cgroup.clone()] } else { vec![init_cgroup(rec)] };
@@ -201,7 +184,7 @@ fn teardown_host(agent: &Agent, rec: &PodRecord) {
             tracing::warn!(pod_id = %rec.id, "removing cgroup {cg}: {e}");
         }
     }
-    let dir = pod_dir(agent, &rec.id);
+    let dir = node.pod_dir(&rec.id);
     sandbox::unmount_shm(&dir.join("shm"));
     sandbox::unpin_namespaces(&dir);
     if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -213,24 +196,24 @@ fn teardown_host(agent: &Agent, rec: &PodRecord) {
 
 /// StopPodSandbox: stops every container (grace, then kill), ends the PID
 /// init, marks the pod NotReady. Unknown or stopped pods are fine.
-pub async fn stop(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
-    let Some(pod) = find_opt(agent, id)? else { return Ok(()) };
-    let lock = agent.locks.get(&pod.id);
+pub async fn stop(node: &Arc<Node>, id: &str) -> Result<()> {
+    let Some(pod) = node.pods.find_opt(id)? else { return Ok(()) };
+    let lock = node.locks.get(&pod.id);
     let _held = lock.lock().await;
-    let grace = agent.config.runtime.pod_stop_grace_seconds as i64;
-    for c in containers_of(agent, &pod.id)? {
-        crate::container::stop(agent, &c.id, grace).await?;
+    let grace = node.config.runtime.pod_stop_grace_seconds as i64;
+    for c in node.containers_of(&pod.id) {
+        crate::container::stop(node, &c.id, grace).await?;
     }
-    let Some(mut pod) = agent.store.get::<PodRecord>(&pod.id).map_err(|e| internal("store", e))? else { return Ok(()) };
+    let Some(mut pod) = node.pods.get(&pod.id) else { return Ok(()) };
     kill_init(&pod);
     if pod.state != PodState::NotReady {
-        let a = agent.clone();
+        let a = node.clone();
         let p = pod.clone();
-        let netns = sandbox::pin_path(&pod_dir(agent, &pod.id), "net");
-        tokio::task::spawn_blocking(move || a.network.teardown(&a.store, &p, &netns)).await.map_err(|e| internal("network task", e))??;
+        let netns = sandbox::pin_path(&node.pod_dir(&pod.id), "net");
+        tokio::task::spawn_blocking(move || a.network.teardown(&a.store, &p, &netns)).await??;
         pod.state = PodState::NotReady;
         pod.ips.clear();
-        agent.store.put(&pod.id, &pod).map_err(|e| internal("store", e))?;
+        node.pods.put(&pod)?;
         tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
     }
     Ok(())
@@ -238,44 +221,33 @@ pub async fn stop(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
 
 /// RemovePodSandbox: removes containers, namespaces, cgroup, dirs and the
 /// record. Unknown pods are fine.
-pub async fn remove(agent: &Arc<Agent>, id: &str) -> Result<(), Status> {
-    let Some(pod) = find_opt(agent, id)? else { return Ok(()) };
-    for c in containers_of(agent, &pod.id)? {
-        crate::container::remove(agent, &c.id).await?;
+pub async fn remove(node: &Arc<Node>, id: &str) -> Result<()> {
+    let Some(pod) = node.pods.find_opt(id)? else { return Ok(()) };
+    for c in node.containers_of(&pod.id) {
+        crate::container::remove(node, &c.id).await?;
     }
-    let lock = agent.locks.get(&pod.id);
+    let lock = node.locks.get(&pod.id);
     let _held = lock.lock().await;
-    let a = agent.clone();
+    let a = node.clone();
     let rec = pod.clone();
-    tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await.map_err(|e| internal("teardown task", e))?;
-    agent.store.delete::<PodRecord>(&pod.id).map_err(|e| internal("store", e))?;
-    agent.cpu_samples.forget(&pod.cgroup);
+    tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await?;
+    node.pods.delete(&pod.id)?;
+    node.cpu_samples.forget(&pod.cgroup);
     tracing::info!(pod_id = %pod.id, "pod sandbox removed");
     Ok(())
 }
 
-/// The pod's containers.
-pub fn containers_of(agent: &Agent, pod_id: &str) -> Result<Vec<ContainerRecord>, Status> {
-    Ok(agent.store.list::<ContainerRecord>().map_err(|e| internal("store", e))?.into_iter().filter(|c| c.pod_id == pod_id).collect())
-}
-
 /// Start-up: pods whose creation a crash interrupted are torn down and forgotten.
-pub async fn recover(agent: &Arc<Agent>) -> Result<(), Status> {
-    let a = agent.clone();
-    let gc = async move {
-        let a2 = a.clone();
-        tokio::task::spawn_blocking(move || a2.network.collect_garbage(&a2.store)).await.map_err(|e| internal("network gc", e))?
-    };
-    for pod in agent.store.list::<PodRecord>().map_err(|e| internal("store", e))? {
-        if pod.state == PodState::Creating {
-            tracing::warn!(pod_id = %pod.id, "cleaning up a pod sandbox whose creation was interrupted");
-            let a = agent.clone();
-            let rec = pod.clone();
-            let _ = tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await;
-            let _ = agent.store.delete::<PodRecord>(&pod.id);
-        }
+pub async fn recover(node: &Arc<Node>) -> Result<()> {
+    for pod in node.pods.filter(|p| p.state == PodState::Creating) {
+        tracing::warn!(pod_id = %pod.id, "cleaning up a pod sandbox whose creation was interrupted");
+        let a = node.clone();
+        let rec = pod.clone();
+        let _ = tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await;
+        let _ = node.pods.delete(&pod.id);
     }
-    gc.await
+    let a = node.clone();
+    tokio::task::spawn_blocking(move || a.network.collect_garbage(&a.store, &a.pods.list())).await?
 }
 
 #[cfg(test)]

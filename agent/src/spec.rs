@@ -1,18 +1,18 @@
-//! CRI container config + pod + image → OCI runtime spec for the executor.
+//! A container request + pod + image → OCI runtime spec for the executor.
 //! Command, env, working dir and user follow Kubernetes' merge rules with the
 //! image config; mounts, devices and namespaces follow containerd's defaults.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use berth_proto::cri;
 use berth_runtime::annotations;
 use oci_spec::runtime::{
     LinuxBuilder, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace, LinuxNamespaceBuilder,
     LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
-use tonic::Status;
 
+use crate::error::{Error, Result};
+use crate::model::{ContainerRequest, NamespaceMode, Propagation};
 use crate::store::{ImageRecord, MountRecord, PodRecord};
 
 /// CRI NamespaceMode values.
@@ -83,17 +83,17 @@ pub struct Built {
     pub stop_signal: i32,
 }
 
-fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {reason}"))
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Error {
+    Error::invalid(field, reason)
 }
 
-fn spec_err(e: oci_spec::OciSpecError) -> Status {
-    Status::internal(format!("building the OCI spec: {e}"))
+fn spec_err(e: oci_spec::OciSpecError) -> Error {
+    Error::internal("building the OCI spec", e)
 }
 
 /// The process's argv by Kubernetes' rules: `command` replaces the image's
 /// ENTRYPOINT (and drops its CMD); `args` replace CMD.
-pub fn argv(config: &cri::ContainerConfig, image: &ImageRecord) -> Result<Vec<String>, Status> {
+pub fn argv(config: &ContainerRequest, image: &ImageRecord) -> Result<Vec<String>> {
     let argv: Vec<String> = if !config.command.is_empty() {
         config.command.iter().chain(config.args.iter()).cloned().collect()
     } else if !config.args.is_empty() {
@@ -108,7 +108,7 @@ pub fn argv(config: &cri::ContainerConfig, image: &ImageRecord) -> Result<Vec<St
 }
 
 /// Image env, then the config's envs overriding by name; PATH defaulted.
-pub fn env(config: &cri::ContainerConfig, image: &ImageRecord, hostname: &str) -> Result<Vec<String>, Status> {
+pub fn env(config: &ContainerRequest, image: &ImageRecord, hostname: &str) -> Result<Vec<String>> {
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
         Some(e) => e.1 = v.to_string(),
@@ -121,11 +121,11 @@ pub fn env(config: &cri::ContainerConfig, image: &ImageRecord, hostname: &str) -
         let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
         set(k, v);
     }
-    for kv in &config.envs {
-        if kv.key.is_empty() || kv.key.contains('=') {
-            return Err(invalid("config.envs", format!("{:?} is not a valid variable name", kv.key)));
+    for (key, value) in &config.envs {
+        if key.is_empty() || key.contains('=') {
+            return Err(invalid("config.envs", format!("{key:?} is not a valid variable name")));
         }
-        set(&kv.key, &kv.value);
+        set(key, value);
     }
     let mut out: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !out.iter().any(|e| e.starts_with("PATH=")) {
@@ -136,28 +136,23 @@ pub fn env(config: &cri::ContainerConfig, image: &ImageRecord, hostname: &str) -
 
 /// uid/gid from the security context or the image's USER; a name that must
 /// be resolved inside the image travels as an annotation.
-pub fn user(config: &cri::ContainerConfig, image: &ImageRecord) -> Result<(u32, u32, Vec<u32>, Option<String>), Status> {
-    let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+pub fn user(config: &ContainerRequest, image: &ImageRecord) -> Result<(u32, u32, Vec<u32>, Option<String>)> {
+    let sc = &config.security;
     let extra: Vec<u32> = sc
-        .map(|s| {
-            s.supplemental_groups
-                .iter()
-                .map(|g| u32::try_from(*g).map_err(|_| invalid("supplemental_groups", format!("{g} is not a gid"))))
-                .collect()
-        })
-        .transpose()?
-        .unwrap_or_default();
-    let group = sc.and_then(|s| s.run_as_group.as_ref()).map(|g| g.value);
+        .supplemental_groups
+        .iter()
+        .map(|g| u32::try_from(*g).map_err(|_| invalid("supplemental_groups", format!("{g} is not a gid"))))
+        .collect::<Result<_>>()?;
     let check_id = |field: &str, v: i64| u32::try_from(v).map_err(|_| invalid(field, format!("{v} is not a valid id")));
-    let group = group.map(|g| check_id("run_as_group", g)).transpose()?;
-    if let Some(uid) = sc.and_then(|s| s.run_as_user.as_ref()).map(|u| u.value) {
+    let group = sc.run_as_group.map(|g| check_id("run_as_group", g)).transpose()?;
+    if let Some(uid) = sc.run_as_user {
         let uid = check_id("run_as_user", uid)?;
         // A numeric user keeps the image's group unless one is given.
         let name = if group.is_some() { None } else { Some(uid.to_string()) };
         return Ok((uid, group.unwrap_or(0), extra, name.map(|n| with_group(&n, group))));
     }
-    if let Some(name) = sc.map(|s| s.run_as_username.clone()).filter(|n| !n.is_empty()) {
-        return Ok((0, group.unwrap_or(0), extra, Some(with_group(&name, group))));
+    if !sc.run_as_username.is_empty() {
+        return Ok((0, group.unwrap_or(0), extra, Some(with_group(&sc.run_as_username, group))));
     }
     let image_user = image.config.user.trim();
     if image_user.is_empty() {
@@ -190,7 +185,7 @@ pub fn stop_signal(image: &ImageRecord) -> i32 {
     name.parse::<nix::sys::signal::Signal>().map(|sig| sig as i32).unwrap_or(libc::SIGTERM)
 }
 
-fn bind(dest: &str, source: &Path, options: &[&str]) -> Result<Mount, Status> {
+fn bind(dest: &str, source: &Path, options: &[&str]) -> Result<Mount> {
     MountBuilder::default()
         .destination(dest)
         .typ("bind")
@@ -200,7 +195,7 @@ fn bind(dest: &str, source: &Path, options: &[&str]) -> Result<Mount, Status> {
         .map_err(spec_err)
 }
 
-fn fs_mount(dest: &str, kind: &str, options: &[&str]) -> Result<Mount, Status> {
+fn fs_mount(dest: &str, kind: &str, options: &[&str]) -> Result<Mount> {
     MountBuilder::default()
         .destination(dest)
         .typ(kind)
@@ -210,7 +205,7 @@ fn fs_mount(dest: &str, kind: &str, options: &[&str]) -> Result<Mount, Status> {
         .map_err(spec_err)
 }
 
-fn namespace(kind: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxNamespace, Status> {
+fn namespace(kind: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxNamespace> {
     let mut b = LinuxNamespaceBuilder::default().typ(kind);
     if let Some(p) = path {
         b = b.path(p);
@@ -220,8 +215,8 @@ fn namespace(kind: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxNam
 
 /// Builds the spec. `pod_pid_ns` is the path of the pod's shared PID
 /// namespace when it has one.
-pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord, paths: &SpecPaths) -> Result<Built, Status> {
-    let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, paths: &SpecPaths) -> Result<Built> {
+    let sc = &config.security;
     let args = argv(config, image)?;
     let env = env(config, image, &pod.hostname)?;
     let cwd = if !config.working_dir.is_empty() {
@@ -235,16 +230,13 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         return Err(invalid("config.working_dir", format!("{cwd:?} is not absolute")));
     }
     let (uid, gid, extra, user_name) = user(config, image)?;
-    let privileged = sc.map(|s| s.privileged).unwrap_or(false);
+    let privileged = sc.privileged;
     // Root unless a non-zero uid or a user name (resolved inside) says otherwise.
     let root = uid == 0 && user_name.as_deref().is_none_or(|n| n == "0" || n.starts_with("0:") || n == "root" || n.starts_with("root:"));
-    let capabilities = crate::security::capabilities(sc, privileged, root)?;
-    // The deprecated path form is still what older kubelets send.
-    #[allow(deprecated)]
-    let legacy_seccomp = sc.map(|s| s.seccomp_profile_path.as_str()).unwrap_or("");
-    let seccomp = crate::security::seccomp(sc.and_then(|s| s.seccomp.as_ref()), legacy_seccomp, privileged, &capabilities)?;
-    let oom_score_adj = config.linux.as_ref().and_then(|l| l.resources.as_ref()).map(|r| r.oom_score_adj).unwrap_or(0);
-    let apparmor = crate::security::apparmor(sc.and_then(|s| s.apparmor.as_ref()), privileged, &paths.state)?;
+    let capabilities = crate::security::capabilities(sc, root)?;
+    let seccomp = crate::security::seccomp(&sc.seccomp, privileged, &capabilities)?;
+    let oom_score_adj = config.resources.oom_score_adj;
+    let apparmor = crate::security::apparmor(&sc.apparmor, privileged, &paths.state)?;
     let mut process = ProcessBuilder::default()
         .capabilities(capabilities)
         .terminal(config.tty)
@@ -252,7 +244,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         .env(env)
         .cwd(cwd)
         .user(UserBuilder::default().uid(uid).gid(gid).additional_gids(extra).build().map_err(spec_err)?)
-        .no_new_privileges(sc.map(|s| s.no_new_privs).unwrap_or(false))
+        .no_new_privileges(sc.no_new_privs)
         .build()
         .map_err(spec_err)?;
     process.set_apparmor_profile(apparmor);
@@ -278,7 +270,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         mounts.push(fs_mount("/sys/fs/cgroup", "cgroup2", &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
     }
     let shm = if pod.ipc_mode == ns_mode::NODE { PathBuf::from("/dev/shm") } else { paths.pod_dir.join("shm") };
-    let readonly_root = sc.map(|s| s.readonly_rootfs).unwrap_or(false);
+    let readonly_root = sc.readonly_rootfs;
     let file_opts: &[&str] = if readonly_root { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate"] };
     for (dest, source, opts) in [
         ("/dev/shm", shm, &["rbind", "nosuid", "nodev", "noexec"][..]),
@@ -302,22 +294,17 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         if let Err(e) = std::fs::metadata(&m.host_path) {
             return Err(invalid(&format!("{field}.host_path"), format!("{}: {e}", m.host_path)));
         }
-        let propagation = match cri::MountPropagation::try_from(m.propagation) {
-            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
-            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
-            _ => "rprivate",
+        let propagation = match m.propagation {
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
+            Propagation::Private => "rprivate",
         };
         let mut opts = vec!["rbind", propagation];
         if m.readonly {
             opts.push("ro");
         }
         mounts.push(bind(&m.container_path, Path::new(&m.host_path), &opts)?);
-        mount_records.push(MountRecord {
-            container_path: m.container_path.clone(),
-            host_path: m.host_path.clone(),
-            readonly: m.readonly,
-            propagation: m.propagation,
-        });
+        mount_records.push(MountRecord::from(m));
     }
 
     let mut devices = if privileged { host_devices() } else { Vec::new() };
@@ -375,14 +362,12 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     if paths.cgroup_v2 {
         namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }
-    let ns_opts = sc.and_then(|s| s.namespace_options.as_ref());
-    let (pid_mode, pid_target) = match ns_opts.map(|n| n.pid) {
+    let (pid_mode, pid_target) = match sc.pid {
         _ if pod.pid_mode == ns_mode::NODE => (ns_mode::NODE, String::new()),
-        Some(ns_mode::POD) => (ns_mode::POD, String::new()),
-        Some(ns_mode::NODE) => (ns_mode::NODE, String::new()),
-        Some(ns_mode::TARGET) => (ns_mode::TARGET, ns_opts.map(|n| n.target_id.clone()).unwrap_or_default()),
-        _ if pod.pid_mode == ns_mode::POD => (ns_mode::POD, String::new()),
-        _ => (ns_mode::CONTAINER, String::new()),
+        NamespaceMode::Pod => (if pod.pid_mode == ns_mode::POD { ns_mode::POD } else { ns_mode::CONTAINER }, String::new()),
+        NamespaceMode::Node => (ns_mode::NODE, String::new()),
+        NamespaceMode::Target => (ns_mode::TARGET, sc.pid_target.clone()),
+        NamespaceMode::Container => (ns_mode::CONTAINER, String::new()),
     };
     if pid_mode == ns_mode::TARGET && pid_target.is_empty() {
         return Err(invalid("namespace_options.target_id", "TARGET PID mode needs a target container"));
@@ -404,15 +389,15 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
     let mut linux = LinuxBuilder::default()
         .resources(resources)
         .namespaces(namespaces)
-        .masked_paths(pick(sc.map(|s| &s.masked_paths), MASKED_PATHS))
-        .readonly_paths(pick(sc.map(|s| &s.readonly_paths), READONLY_PATHS))
+        .masked_paths(pick(sc.masked_paths.as_ref(), MASKED_PATHS))
+        .readonly_paths(pick(sc.readonly_paths.as_ref(), READONLY_PATHS))
         .devices(devices)
         .cgroups_path(PathBuf::from(format!("/{}", paths.cgroup)))
         .build()
         .map_err(spec_err)?;
     linux.set_seccomp(seccomp);
 
-    let mut annotations: HashMap<String, String> = config.annotations.clone();
+    let mut annotations: HashMap<String, String> = config.annotations.clone().into_iter().collect();
     let join = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     annotations.insert(annotations::LOWERDIRS.into(), join(&paths.lower_dirs));
     annotations.insert(annotations::UPPERDIR.into(), paths.upper.display().to_string());
@@ -422,7 +407,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
         annotations.insert(annotations::USER.into(), name);
     }
     // Strict: only the ids given, no memberships from the image's /etc/group.
-    if sc.is_some_and(|s| s.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32) {
+    if sc.strict_groups {
         annotations.insert(annotations::GROUPS_STRICT.into(), "true".into());
     }
 
@@ -442,13 +427,7 @@ pub fn build(config: &cri::ContainerConfig, pod: &PodRecord, image: &ImageRecord
 }
 
 /// One device cgroup rule.
-fn device_rule(
-    allow: bool,
-    kind: LinuxDeviceType,
-    major: Option<i64>,
-    minor: Option<i64>,
-    access: &str,
-) -> Result<LinuxDeviceCgroup, Status> {
+fn device_rule(allow: bool, kind: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str) -> Result<LinuxDeviceCgroup> {
     let mut b = LinuxDeviceCgroupBuilder::default().allow(allow).typ(kind).access(access);
     if let Some(m) = major {
         b = b.major(m);
@@ -463,7 +442,7 @@ fn device_rule(
 /// default spec has them: a privileged container may use every device;
 /// any other may use the OCI default nodes and its terminals, and may
 /// create (`m`) any node but not open one it was not given.
-pub fn default_device_rules(privileged: bool) -> Result<Vec<LinuxDeviceCgroup>, Status> {
+pub fn default_device_rules(privileged: bool) -> Result<Vec<LinuxDeviceCgroup>> {
     use LinuxDeviceType::{A, C};
     if privileged {
         return Ok(vec![device_rule(true, A, None, None, "rwm")?]);
@@ -547,8 +526,8 @@ mod tests {
         }
     }
 
-    fn config(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
-        cri::ContainerConfig {
+    fn config(command: &[&str], args: &[&str]) -> ContainerRequest {
+        ContainerRequest {
             command: command.iter().map(|s| s.to_string()).collect(),
             args: args.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
@@ -568,13 +547,13 @@ mod tests {
     #[test]
     fn env_overrides_and_path_default() {
         let mut c = config(&["sh"], &[]);
-        c.envs = vec![cri::KeyValue { key: "A".into(), value: "config".into() }];
+        c.envs = vec![("A".into(), "config".into())];
         let e = env(&c, &image(&[], &[]), "host").unwrap();
         assert!(e.contains(&"A=config".to_string()) && e.contains(&"PATH=/bin".to_string()) && e.contains(&"HOSTNAME=host".to_string()));
         let e = env(&c, &ImageRecord::default(), "").unwrap();
         assert!(e.contains(&DEFAULT_PATH.to_string()));
-        c.envs.push(cri::KeyValue { key: "B=C".into(), value: "x".into() });
-        assert_eq!(env(&c, &ImageRecord::default(), "").unwrap_err().code(), tonic::Code::InvalidArgument);
+        c.envs.push(("B=C".into(), "x".into()));
+        assert!(matches!(env(&c, &ImageRecord::default(), ""), Err(Error::InvalidArgument { .. })));
     }
 
     #[test]
@@ -595,14 +574,8 @@ mod tests {
         let (_, _, _, name) = user(&config(&["sh"], &[]), &img).unwrap();
         assert_eq!(name.as_deref(), Some("1000"));
         let mut c = config(&["sh"], &[]);
-        c.linux = Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                run_as_user: Some(cri::Int64Value { value: 33 }),
-                run_as_group: Some(cri::Int64Value { value: 44 }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        c.security.run_as_user = Some(33);
+        c.security.run_as_group = Some(44);
         let (uid, gid, _, name) = user(&c, &img).unwrap();
         assert_eq!((uid, gid, name), (33, 44, None));
     }

@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use berth_proto::cri;
 use berth_runtime::cgroup;
 
-use crate::cri::Agent;
+use crate::node::Node;
 use crate::store::{ContainerRecord, ContainerState, PodRecord};
 use crate::util::now_ns;
 
@@ -37,111 +36,159 @@ impl CpuSamples {
     }
 }
 
-fn u64v(v: u64) -> Option<cri::UInt64Value> {
-    Some(cri::UInt64Value { value: v })
+/// CPU use at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    /// When, ns since the epoch.
+    pub ts: i64,
+    /// Cumulative CPU time, ns.
+    pub total_ns: u64,
+    /// Rate since the previous sample, in nano-cores (0 for the first).
+    pub nano_cores: u64,
 }
 
-fn cpu_memory(agent: &Agent, cgroup_path: &str, ts: i64) -> (cri::CpuUsage, cri::MemoryUsage, u64) {
+/// Memory use at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// When, ns since the epoch.
+    pub ts: i64,
+    /// Usage minus inactive file cache.
+    pub working_set: u64,
+    /// What is left below the limit, when there is one.
+    pub available: Option<u64>,
+    /// Usage.
+    pub usage: u64,
+    /// Anonymous and swap cache memory.
+    pub rss: u64,
+    /// Page faults.
+    pub page_faults: u64,
+    /// Major page faults.
+    pub major_page_faults: u64,
+}
+
+/// Disk use of a writable layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsStats {
+    /// When, ns since the epoch.
+    pub ts: i64,
+    /// The filesystem's mountpoint (the containers directory).
+    pub mountpoint: String,
+    /// Bytes allocated.
+    pub bytes: u64,
+    /// Inodes used.
+    pub inodes: u64,
+}
+
+/// One container's use.
+#[derive(Debug, Clone)]
+pub struct ContainerStats {
+    /// The container.
+    pub container: ContainerRecord,
+    /// CPU.
+    pub cpu: CpuStats,
+    /// Memory.
+    pub memory: MemoryStats,
+    /// Its writable layer.
+    pub fs: FsStats,
+}
+
+/// One network interface's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interface {
+    /// Its name in the pod.
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Send errors.
+    pub tx_errors: u64,
+}
+
+/// A pod's use, with its containers'.
+#[derive(Debug, Clone)]
+pub struct PodStats {
+    /// The pod.
+    pub pod: PodRecord,
+    /// CPU of the pod cgroup.
+    pub cpu: CpuStats,
+    /// Memory of the pod cgroup.
+    pub memory: MemoryStats,
+    /// Processes in the pod cgroup.
+    pub processes: u64,
+    /// When the network counters were read.
+    pub network_ts: i64,
+    /// Interfaces of its own network namespace (None on the host's).
+    pub network: Option<Vec<Interface>>,
+    /// Its live containers.
+    pub containers: Vec<ContainerStats>,
+}
+
+fn cpu_memory(node: &Node, cgroup_path: &str, ts: i64) -> (CpuStats, MemoryStats, u64) {
     let u = cgroup::usage(cgroup_path);
-    let cpu = cri::CpuUsage {
-        timestamp: ts,
-        usage_core_nano_seconds: u64v(u.cpu_ns),
-        usage_nano_cores: agent.cpu_samples.rate(cgroup_path, ts, u.cpu_ns).and_then(u64v).or(u64v(0)),
-    };
-    let memory = cri::MemoryUsage {
-        timestamp: ts,
-        working_set_bytes: u64v(u.working_set),
-        available_bytes: u.limit.map(|l| l.saturating_sub(u.working_set)).and_then(u64v),
-        usage_bytes: u64v(u.memory),
-        rss_bytes: u64v(u.rss),
-        page_faults: u64v(u.page_faults),
-        major_page_faults: u64v(u.major_page_faults),
+    let cpu = CpuStats { ts, total_ns: u.cpu_ns, nano_cores: node.cpu_samples.rate(cgroup_path, ts, u.cpu_ns).unwrap_or(0) };
+    let memory = MemoryStats {
+        ts,
+        working_set: u.working_set,
+        available: u.limit.map(|l| l.saturating_sub(u.working_set)),
+        usage: u.memory,
+        rss: u.rss,
+        page_faults: u.page_faults,
+        major_page_faults: u.major_page_faults,
     };
     (cpu, memory, u.processes)
 }
 
 /// Stats of one container (blocking: reads cgroup files and walks the upper dir).
-pub fn container_stats(agent: &Agent, c: &ContainerRecord) -> cri::ContainerStats {
+pub fn container_stats(node: &Node, c: &ContainerRecord) -> ContainerStats {
     let ts = now_ns();
-    let (cpu, memory, _) = cpu_memory(agent, &c.cgroup, ts);
-    let upper = crate::container::layer_dir(agent, &c.id).join("upper");
+    let (cpu, memory, _) = cpu_memory(node, &c.cgroup, ts);
+    let upper = node.layer_dir(&c.id).join("upper");
     let mut seen = std::collections::HashSet::new();
     let mut usage = crate::image::Usage { path: upper.clone(), ..Default::default() };
     crate::image::du(&upper, &mut seen, &mut usage);
-    cri::ContainerStats {
-        attributes: Some(cri::ContainerAttributes {
-            id: c.id.clone(),
-            metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt: c.attempt }),
-            labels: c.labels.clone().into_iter().collect(),
-            annotations: c.annotations.clone().into_iter().collect(),
-        }),
-        cpu: Some(cpu),
-        memory: Some(memory),
-        writable_layer: Some(cri::FilesystemUsage {
-            timestamp: ts,
-            fs_id: Some(cri::FilesystemIdentifier { mountpoint: agent.containers_dir().display().to_string() }),
-            used_bytes: u64v(usage.bytes),
-            inodes_used: u64v(usage.inodes),
-        }),
-        swap: None,
-    }
+    let fs = FsStats { ts, mountpoint: node.containers_dir().display().to_string(), bytes: usage.bytes, inodes: usage.inodes };
+    ContainerStats { container: c.clone(), cpu, memory, fs }
 }
 
 /// Per-interface counters of the pod's network namespace.
-fn network(agent: &Agent, pod: &PodRecord, ts: i64) -> Option<cri::NetworkUsage> {
+fn network(node: &Node, pod: &PodRecord) -> Option<Vec<Interface>> {
     if pod.network_mode == crate::spec::ns_mode::NODE {
         return None;
     }
-    let netns = berth_runtime::sandbox::pin_path(&crate::pod::pod_dir(agent, &pod.id), "net");
+    let netns = berth_runtime::sandbox::pin_path(&node.pod_dir(&pod.id), "net");
     // /proc/thread-self/net follows the reading thread's namespace.
     let text = berth_network::netlink::in_netns(&netns, || {
         std::fs::read_to_string("/proc/thread-self/net/dev").map_err(|e| berth_network::NetError::Config(e.to_string()))
     })
     .ok()?;
-    let interfaces: Vec<cri::NetworkInterfaceUsage> = text
+    let interfaces = text
         .lines()
         .skip(2)
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
             let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            Some(cri::NetworkInterfaceUsage {
+            Some(Interface {
                 name: name.trim().to_string(),
-                rx_bytes: u64v(*f.first()?),
-                rx_errors: u64v(*f.get(2)?),
-                tx_bytes: u64v(*f.get(8)?),
-                tx_errors: u64v(*f.get(10)?),
+                rx_bytes: *f.first()?,
+                rx_errors: *f.get(2)?,
+                tx_bytes: *f.get(8)?,
+                tx_errors: *f.get(10)?,
             })
         })
         .filter(|i| i.name != "lo")
         .collect();
-    Some(cri::NetworkUsage { timestamp: ts, default_interface: interfaces.iter().find(|i| i.name == "eth0").cloned(), interfaces })
+    Some(interfaces)
 }
 
 /// Stats of a pod and its containers (blocking).
-pub fn pod_stats(agent: &Agent, pod: &PodRecord, containers: &[ContainerRecord]) -> cri::PodSandboxStats {
+pub fn pod_stats(node: &Node, pod: &PodRecord) -> PodStats {
     let ts = now_ns();
-    let (cpu, memory, processes) = cpu_memory(agent, &pod.cgroup, ts);
-    cri::PodSandboxStats {
-        attributes: Some(cri::PodSandboxAttributes {
-            id: pod.id.clone(),
-            metadata: Some(cri::PodSandboxMetadata {
-                name: pod.name.clone(),
-                uid: pod.uid.clone(),
-                namespace: pod.namespace.clone(),
-                attempt: pod.attempt,
-            }),
-            labels: pod.labels.clone().into_iter().collect(),
-            annotations: pod.annotations.clone().into_iter().collect(),
-        }),
-        linux: Some(cri::LinuxPodSandboxStats {
-            cpu: Some(cpu),
-            memory: Some(memory),
-            network: network(agent, pod, ts),
-            process: Some(cri::ProcessUsage { timestamp: ts, process_count: u64v(processes) }),
-            containers: containers.iter().filter(|c| c.pod_id == pod.id && is_live(c)).map(|c| container_stats(agent, c)).collect(),
-        }),
-        windows: None,
-    }
+    let (cpu, memory, processes) = cpu_memory(node, &pod.cgroup, ts);
+    let containers = node.containers_of(&pod.id).iter().filter(|c| is_live(c)).map(|c| container_stats(node, c)).collect();
+    PodStats { pod: pod.clone(), cpu, memory, processes, network_ts: ts, network: network(node, pod), containers }
 }
 
 /// Containers that have a cgroup worth reading.

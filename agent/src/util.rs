@@ -3,36 +3,17 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
-use tonic::Status;
+use crate::error::Error;
 
 /// A new 64-hex-character id from the kernel's random source. Ids name
 /// pods, containers and single-use streaming tokens, so a failure of the
 /// source is an error, never a predictable fallback.
 pub fn random_id() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
-    fill_random(&mut bytes)?;
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
     Ok(hex::encode(bytes))
-}
-
-/// Fills `buf` from `getrandom(2)` (blocking until the pool is initialised).
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: getrandom writes at most rest.len() bytes into rest.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        done += n as usize;
-    }
-    Ok(())
 }
 
 /// Nanoseconds since the epoch.
@@ -40,27 +21,9 @@ pub fn now_ns() -> i64 {
     berth_runtime::time::now_ns()
 }
 
-/// Async mutexes by key, dropped when nobody holds them.
-#[derive(Default)]
-pub struct KeyedLocks {
-    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-}
+pub use crate::image::KeyedLocks;
 
-impl KeyedLocks {
-    /// The lock for `key`.
-    pub fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = map.get(key).and_then(Weak::upgrade) {
-            return l;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let l = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(key.to_string(), Arc::downgrade(&l));
-        l
-    }
-}
-
-type Outcome = Result<String, Status>;
+type Outcome = Result<String, Error>;
 
 /// Operations identified by a key, run once as their own task: a caller who
 /// asks again while the first is in flight (kubelet retrying after its own
@@ -74,7 +37,7 @@ pub struct SingleFlight {
 impl SingleFlight {
     /// Runs `work` under `key` unless it is in flight, then waits for the result.
     /// `check` runs under the same guard first; its error is returned as is.
-    pub async fn run<F>(self: &Arc<Self>, key: String, check: impl FnOnce() -> Result<(), Status>, work: F) -> Outcome
+    pub async fn run<F>(self: &Arc<Self>, key: String, check: impl FnOnce() -> Result<(), Error>, work: F) -> Outcome
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
@@ -101,30 +64,10 @@ impl SingleFlight {
                 return out;
             }
             if rx.changed().await.is_err() {
-                return rx.borrow().clone().unwrap_or_else(|| Err(Status::internal("operation vanished")));
+                return rx.borrow().clone().unwrap_or_else(|| Err(Error::internal("single flight", "the operation vanished")));
             }
         }
     }
-}
-
-/// Finds the one id in `ids` equal to or starting with `prefix`.
-pub fn resolve_prefix<'a>(ids: impl Iterator<Item = &'a str>, prefix: &str, what: &str) -> Result<String, Status> {
-    if prefix.is_empty() {
-        return Err(Status::invalid_argument(format!("{what} id: must not be empty")));
-    }
-    let mut found: Option<&str> = None;
-    for id in ids {
-        if id == prefix {
-            return Ok(id.to_string());
-        }
-        if id.starts_with(prefix) {
-            if found.is_some() {
-                return Err(Status::invalid_argument(format!("{what} id {prefix:?} is ambiguous: it prefixes several {what}s")));
-            }
-            found = Some(id);
-        }
-    }
-    found.map(str::to_string).ok_or_else(|| Status::not_found(format!("{what} {prefix:?} not found")))
 }
 
 #[cfg(test)]
@@ -137,15 +80,6 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(a, random_id().unwrap());
-    }
-
-    #[test]
-    fn prefixes() {
-        let ids = ["abc1", "abd2", "ff"];
-        assert_eq!(resolve_prefix(ids.iter().copied(), "abc", "pod").unwrap(), "abc1");
-        assert_eq!(resolve_prefix(ids.iter().copied(), "ab", "pod").unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(resolve_prefix(ids.iter().copied(), "zz", "pod").unwrap_err().code(), tonic::Code::NotFound);
-        assert_eq!(resolve_prefix(ids.iter().copied(), "", "pod").unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
     #[tokio::test]

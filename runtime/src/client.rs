@@ -279,6 +279,16 @@ impl Runtime {
     }
 }
 
+/// Once an exec helper has exited: why its command could not be started,
+/// or None when it ran (the report channel closed on exec without a word).
+/// Does not block: every writer of the channel is gone by then.
+pub fn exec_failure(report: OwnedFd) -> Option<InitError> {
+    match channel::recv::<crate::message::ExecReport>(&mut std::fs::File::from(report)) {
+        Ok(Some(crate::message::ExecReport::Failed(e))) => Some(e),
+        _ => None,
+    }
+}
+
 fn unexpected(id: &str, reply: ControlReply) -> RuntimeError {
     match reply {
         ControlReply::Error(reason) => RuntimeError::Monitor { id: id.into(), reason },

@@ -1,32 +1,20 @@
 //! ImageService: PullImage, ListImages, ImageStatus, RemoveImage, ImageFsInfo.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use berth_proto::cri;
-use tonic::{Request, Response, Status};
 
-use super::Agent;
+use crate::error::{Error, Result};
 use crate::image::distribution::Credentials;
 use crate::image::manifest::user_of;
-use crate::image::ImageError;
-use crate::store::ImageRecord;
+use crate::image::ImageRecord;
+use crate::node::Node;
 
-/// The gRPC status of an image failure.
-pub fn status_of(e: ImageError) -> Status {
-    let msg = e.to_string();
-    match e {
-        ImageError::InvalidReference { .. } | ImageError::Ambiguous(_) => Status::invalid_argument(msg),
-        ImageError::Registry { .. } => Status::unavailable(msg),
-        ImageError::BadImage { .. } | ImageError::Unpack { .. } => Status::failed_precondition(msg),
-        ImageError::Content { .. } => Status::data_loss(msg),
-        ImageError::Store(_) | ImageError::Io(_) => Status::internal(msg),
-    }
-}
-
-fn image_field(spec: Option<cri::ImageSpec>, field: &str) -> Result<String, Status> {
+fn image_field(spec: Option<cri::ImageSpec>, field: &str) -> Result<String> {
     match spec.map(|s| s.image) {
         Some(i) if !i.is_empty() => Ok(i),
-        _ => Err(Status::invalid_argument(format!("{field}.image: must name an image"))),
+        _ => Err(Error::invalid(format!("{field}.image"), "must name an image")),
     }
 }
 
@@ -45,33 +33,31 @@ pub fn to_cri(r: &ImageRecord) -> cri::Image {
     }
 }
 
-pub(super) async fn pull_image(agent: &Agent, r: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
-    let req = r.into_inner();
+pub(super) async fn pull_image(node: &Arc<Node>, req: cri::PullImageRequest) -> Result<cri::PullImageResponse> {
     let image = image_field(req.image, "image")?;
     let creds = match req.auth {
         Some(a) => Credentials::from_cri(&a.username, &a.password, &a.auth, &a.identity_token, &a.registry_token)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            .map_err(|e| Error::invalid("auth", e))?,
         None => Credentials::default(),
     };
-    let record = agent.images.pull(&image, &creds).await.map_err(status_of)?;
-    Ok(Response::new(cri::PullImageResponse { image_ref: record.id }))
+    let record = node.images.pull(&image, &creds).await?;
+    Ok(cri::PullImageResponse { image_ref: record.id })
 }
 
-pub(super) async fn list_images(agent: &Agent, r: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
-    let filter = r.into_inner().filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
+pub(super) async fn list_images(node: &Arc<Node>, req: cri::ListImagesRequest) -> Result<cri::ListImagesResponse> {
+    let filter = req.filter.and_then(|f| f.image).map(|s| s.image).filter(|s| !s.is_empty());
     let images = match filter {
-        Some(f) => agent.images.resolve(&f).map_err(status_of)?.into_iter().collect(),
-        None => agent.images.list().map_err(status_of)?,
+        Some(f) => node.images.resolve(&f)?.into_iter().collect(),
+        None => node.images.list()?,
     };
-    Ok(Response::new(cri::ListImagesResponse { images: images.iter().map(to_cri).collect() }))
+    Ok(cri::ListImagesResponse { images: images.iter().map(to_cri).collect() })
 }
 
-pub(super) async fn image_status(agent: &Agent, r: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
-    let req = r.into_inner();
+pub(super) async fn image_status(node: &Arc<Node>, req: cri::ImageStatusRequest) -> Result<cri::ImageStatusResponse> {
     let image = image_field(req.image, "image")?;
     // An unknown image is an empty answer, not an error: kubelet pulls then.
-    let Some(record) = agent.images.resolve(&image).map_err(status_of)? else {
-        return Ok(Response::new(cri::ImageStatusResponse::default()));
+    let Some(record) = node.images.resolve(&image)? else {
+        return Ok(cri::ImageStatusResponse::default());
     };
     let mut info = HashMap::new();
     if req.verbose {
@@ -79,24 +65,21 @@ pub(super) async fn image_status(agent: &Agent, r: Request<cri::ImageStatusReque
             "id": record.id,
             "manifestDigest": record.manifest_digest,
             "chainIDs": record.layers.iter().map(|l| l.chain_id.clone()).collect::<Vec<_>>(),
-            "imageSpec": agent.images.config_json(&record).map_err(status_of)?,
+            "imageSpec": node.images.config_json(&record)?,
         });
         info.insert("info".to_string(), verbose.to_string());
     }
-    Ok(Response::new(cri::ImageStatusResponse { image: Some(to_cri(&record)), info }))
+    Ok(cri::ImageStatusResponse { image: Some(to_cri(&record)), info })
 }
 
-pub(super) async fn remove_image(agent: &Agent, r: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
-    let image = image_field(r.into_inner().image, "image")?;
-    agent.images.remove(&image).await.map_err(status_of)?;
-    Ok(Response::new(cri::RemoveImageResponse {}))
+pub(super) async fn remove_image(node: &Arc<Node>, req: cri::RemoveImageRequest) -> Result<cri::RemoveImageResponse> {
+    let image = image_field(req.image, "image")?;
+    node.images.remove(&image).await?;
+    Ok(cri::RemoveImageResponse {})
 }
 
-pub(super) async fn image_fs_info(
-    agent: &Agent,
-    _r: Request<cri::ImageFsInfoRequest>,
-) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-    let (images, containers) = agent.images.fs_usage(agent.containers_dir()).await.map_err(status_of)?;
+pub(super) async fn image_fs_info(node: &Arc<Node>, _req: cri::ImageFsInfoRequest) -> Result<cri::ImageFsInfoResponse> {
+    let (images, containers) = node.images.fs_usage(node.containers_dir()).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let usage = |u: crate::image::Usage| cri::FilesystemUsage {
         timestamp: now,
@@ -104,5 +87,5 @@ pub(super) async fn image_fs_info(
         used_bytes: Some(cri::UInt64Value { value: u.bytes }),
         inodes_used: Some(cri::UInt64Value { value: u.inodes }),
     };
-    Ok(Response::new(cri::ImageFsInfoResponse { image_filesystems: vec![usage(images)], container_filesystems: vec![usage(containers)] }))
+    Ok(cri::ImageFsInfoResponse { image_filesystems: vec![usage(images)], container_filesystems: vec![usage(containers)] })
 }

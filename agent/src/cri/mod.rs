@@ -1,20 +1,23 @@
-//! berth's CRI v1 server: the `RuntimeService` and `ImageService` traits,
-//! each RPC delegated to the file of its family (containerd's layout):
-//! `runtime_info` (version, status, runtime config), and — as they land —
-//! sandboxes, containers, images, streaming and stats.
+//! berth's CRI v1 server: a thin adapter over the node. Each RPC family has
+//! its file (containerd's layout) that validates the wire input, converts
+//! proto → domain, calls the core and converts back. This is the only
+//! place that knows gRPC and CRI types; the one mapping of the domain's
+//! [`Error`] to a gRPC status is here.
 //!
-//! An RPC that is not built yet answers `Unimplemented` naming itself: any
-//! other code would break kubelet's fallbacks.
+//! Every RPC runs in a `tracing` span named after it, with the pod and
+//! container ids it concerns.
 
-pub(crate) mod container;
-pub mod events;
-pub mod image;
+mod container;
+mod convert;
+mod events;
+mod image;
 mod rpc_log;
 mod runtime_info;
-pub(crate) mod sandbox;
+mod sandbox;
 mod stats;
 mod streaming;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use berth_proto::cri::{
@@ -23,10 +26,10 @@ use berth_proto::cri::{
     runtime_service_server::{RuntimeService, RuntimeServiceServer},
 };
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
-use crate::config::Config;
-use crate::image::Images;
-use crate::store::Store;
+use crate::error::Error;
+use crate::node::Node;
 
 /// kubelet's own limit for CRI messages; the default 4 MiB is too small for
 /// large ListContainers answers.
@@ -35,93 +38,35 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 // An ExecSync reply with both streams at their cap still fits one message.
 const _: () = assert!(2 * crate::container::EXEC_OUTPUT_CAP + (64 << 10) <= MAX_MESSAGE_BYTES);
 
-/// What every RPC family shares: the effective config, the store and the services.
-pub struct Agent {
-    /// The effective configuration.
-    pub config: Config,
-    /// The metadata store.
-    pub store: Arc<Store>,
-    /// Images: pull, lookup, removal.
-    pub images: Images,
-    /// The executor.
-    pub runtime: berth_runtime::Runtime,
-    /// Whether the node runs cgroup v2.
-    pub cgroup_v2: bool,
-    /// The pod network.
-    pub network: crate::net::Network,
-    /// One operation at a time per pod or container id.
-    pub locks: crate::util::KeyedLocks,
-    /// In-flight creations by name, for kubelet's retries.
-    pub flights: Arc<crate::util::SingleFlight>,
-    /// Previous CPU samples, for rates.
-    pub cpu_samples: crate::stats::CpuSamples,
-    /// The streaming server, once bound.
-    pub streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
-    /// Container lifecycle events for GetContainerEvents.
-    pub events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
-}
-
-impl Agent {
-    /// Opens the services over the opened store.
-    pub fn open(config: Config, store: Store) -> Result<Agent, crate::image::ImageError> {
-        let store = Arc::new(store);
-        let images = Images::open(&config, store.clone())?;
-        let containers = config.root.join("containers");
-        berth_runtime::fs::ensure_private_dir(&containers)
-            .map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", containers.display())))?;
-        let monitor_bin = if config.runtime.monitor_path.as_os_str().is_empty() {
-            std::env::current_exe()
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.join("berth-monitor")))
-                .unwrap_or_else(|| std::path::PathBuf::from("/usr/local/bin/berth-monitor"))
-        } else {
-            config.runtime.monitor_path.clone()
-        };
-        if !monitor_bin.is_file() {
-            return Err(crate::image::ImageError::Io(format!("runtime.monitor_path: {} does not exist", monitor_bin.display())));
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let msg = e.to_string();
+        match e {
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::AlreadyExists(_) => Status::already_exists(msg),
+            Error::InvalidArgument { .. } => Status::invalid_argument(msg),
+            Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
+            Error::DataLoss(_) => Status::data_loss(msg),
+            Error::Internal { .. } => Status::internal(msg),
         }
-        if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(true) {
-            tracing::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj and rlimits above the hard limit are clamped to what may be set");
-        }
-        for dir in [config.state.join("pods"), config.state.join("containers")] {
-            std::fs::create_dir_all(&dir).map_err(|e| crate::image::ImageError::Io(format!("{}: {e}", dir.display())))?;
-            let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-        }
-        let pod_cidr = store.setting(runtime_info::POD_CIDR_SETTING).map_err(crate::image::ImageError::Store)?;
-        let network = crate::net::Network::open(&config, pod_cidr.as_deref()).map_err(|e| crate::image::ImageError::Io(e.to_string()))?;
-        Ok(Agent {
-            network,
-            config,
-            store,
-            images,
-            runtime: berth_runtime::Runtime::new(monitor_bin),
-            cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
-            locks: Default::default(),
-            flights: Default::default(),
-            cpu_samples: Default::default(),
-            streams: Default::default(),
-            events: tokio::sync::broadcast::channel(events::BUFFER).0,
-        })
-    }
-
-    /// Where container writable layers live.
-    pub fn containers_dir(&self) -> std::path::PathBuf {
-        self.config.root.join("containers")
     }
 }
 
 /// The tonic service implementing both CRI services.
 #[derive(Clone)]
 pub struct CriService {
-    agent: Arc<Agent>,
+    node: Arc<Node>,
 }
 
 /// The router type [`server`] builds.
 pub type CriRouter = tonic::transport::server::Router<tower::layer::util::Stack<rpc_log::RpcLogLayer, tower::layer::util::Identity>>;
 
 /// A tonic router serving both CRI services with per-RPC logging.
-pub fn server(agent: Arc<Agent>) -> CriRouter {
-    let svc = CriService { agent };
+pub fn server(node: Arc<Node>) -> CriRouter {
+    let svc = CriService { node };
     tonic::transport::Server::builder()
         .layer(rpc_log::RpcLogLayer)
         .add_service(
@@ -133,14 +78,45 @@ pub fn server(agent: Arc<Agent>) -> CriRouter {
 }
 
 /// A required id field of a request: InvalidArgument naming it when empty.
-fn id_field(id: &str, field: &str) -> Result<(), Status> {
+fn id_field(id: &str, field: &str) -> Result<(), Error> {
     if id.is_empty() {
-        return Err(Status::invalid_argument(format!("{field}: must not be empty")));
+        return Err(Error::invalid(field, "must not be empty"));
     }
     Ok(())
 }
 
-/// The answer of an RPC whose issue has not landed.
+/// Runs an RPC's body in its span and answers with its result; a failure
+/// is logged in the span with its source chain.
+async fn rpc<T>(span: tracing::Span, body: impl Future<Output = Result<T, Error>>) -> Result<Response<T>, Status> {
+    let result = body.instrument(span.clone()).await;
+    match result {
+        Ok(v) => Ok(Response::new(v)),
+        Err(e) => {
+            span.in_scope(|| match &e {
+                Error::Internal { .. } => tracing::warn!(error = %e, "rpc failed"),
+                _ => tracing::debug!(error = %e, "rpc refused"),
+            });
+            Err(e.into())
+        }
+    }
+}
+
+/// The span of an RPC without ids.
+fn span(rpc: &'static str) -> tracing::Span {
+    tracing::info_span!("rpc", rpc)
+}
+
+/// The span of an RPC about a pod.
+fn pod_span(rpc: &'static str, pod_id: &str) -> tracing::Span {
+    tracing::info_span!("rpc", rpc, pod_id)
+}
+
+/// The span of an RPC about a container.
+fn container_span(rpc: &'static str, container_id: &str) -> tracing::Span {
+    tracing::info_span!("rpc", rpc, container_id)
+}
+
+/// The answer of an RPC berth does not implement.
 fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
 }
@@ -150,120 +126,140 @@ impl RuntimeService for CriService {
     type GetContainerEventsStream = events::EventStream;
 
     async fn version(&self, r: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
-        runtime_info::version(&self.agent, r).await
+        rpc(span("Version"), runtime_info::version(&self.node, r.into_inner())).await
     }
 
     async fn run_pod_sandbox(&self, r: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        sandbox::run_pod_sandbox(&self.agent, r).await
+        let req = r.into_inner();
+        let name = req.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
+        rpc(tracing::info_span!("rpc", rpc = "RunPodSandbox", pod_name = %name), sandbox::run(&self.node, req)).await
     }
 
     async fn stop_pod_sandbox(&self, r: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        sandbox::stop_pod_sandbox(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(pod_span("StopPodSandbox", &req.pod_sandbox_id), sandbox::stop(&self.node, req)).await
     }
 
     async fn remove_pod_sandbox(
         &self,
         r: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        sandbox::remove_pod_sandbox(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(pod_span("RemovePodSandbox", &req.pod_sandbox_id), sandbox::remove(&self.node, req)).await
     }
 
     async fn pod_sandbox_status(
         &self,
         r: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        sandbox::pod_sandbox_status(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(pod_span("PodSandboxStatus", &req.pod_sandbox_id), sandbox::status(&self.node, req)).await
     }
 
     async fn list_pod_sandbox(&self, r: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        sandbox::list_pod_sandbox(&self.agent, r).await
+        rpc(span("ListPodSandbox"), sandbox::list(&self.node, r.into_inner())).await
     }
 
     async fn create_container(&self, r: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        container::create_container(&self.agent, r).await
+        let req = r.into_inner();
+        let name = req.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
+        let span = tracing::info_span!("rpc", rpc = "CreateContainer", pod_id = %req.pod_sandbox_id, container_name = %name);
+        rpc(span, container::create(&self.node, req)).await
     }
 
     async fn start_container(&self, r: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
-        container::start_container(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("StartContainer", &req.container_id), container::start(&self.node, req)).await
     }
 
     async fn stop_container(&self, r: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
-        container::stop_container(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("StopContainer", &req.container_id), container::stop(&self.node, req)).await
     }
 
     async fn remove_container(&self, r: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        container::remove_container(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("RemoveContainer", &req.container_id), container::remove(&self.node, req)).await
     }
 
     async fn list_containers(&self, r: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
-        container::list_containers(&self.agent, r).await
+        rpc(span("ListContainers"), container::list(&self.node, r.into_inner())).await
     }
 
     async fn container_status(&self, r: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        container::container_status(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("ContainerStatus", &req.container_id), container::status(&self.node, req)).await
     }
 
     async fn update_container_resources(
         &self,
         r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        container::update_container_resources(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("UpdateContainerResources", &req.container_id), container::update_resources(&self.node, req)).await
     }
 
     async fn reopen_container_log(
         &self,
         r: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        container::reopen_container_log(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("ReopenContainerLog", &req.container_id), container::reopen_log(&self.node, req)).await
     }
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        container::exec_sync(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("ExecSync", &req.container_id), container::exec_sync(&self.node, req)).await
     }
 
     async fn exec(&self, r: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        streaming::exec(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("Exec", &req.container_id), streaming::exec(&self.node, req)).await
     }
 
     async fn attach(&self, r: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        streaming::attach(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("Attach", &req.container_id), streaming::attach(&self.node, req)).await
     }
 
     async fn port_forward(&self, r: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
-        streaming::port_forward(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(pod_span("PortForward", &req.pod_sandbox_id), streaming::port_forward(&self.node, req)).await
     }
 
     async fn container_stats(&self, r: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        stats::container_stats(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(container_span("ContainerStats", &req.container_id), stats::container_stats_of(&self.node, req)).await
     }
 
     async fn list_container_stats(
         &self,
         r: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        stats::list_container_stats(&self.agent, r).await
+        rpc(span("ListContainerStats"), stats::list_container_stats(&self.node, r.into_inner())).await
     }
 
     async fn pod_sandbox_stats(&self, r: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        stats::pod_sandbox_stats(&self.agent, r).await
+        let req = r.into_inner();
+        rpc(pod_span("PodSandboxStats", &req.pod_sandbox_id), stats::pod_sandbox_stats(&self.node, req)).await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
         r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        stats::list_pod_sandbox_stats(&self.agent, r).await
+        rpc(span("ListPodSandboxStats"), stats::list_pod_sandbox_stats(&self.node, r.into_inner())).await
     }
 
     async fn update_runtime_config(
         &self,
         r: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        runtime_info::update_runtime_config(&self.agent, r).await
+        rpc(span("UpdateRuntimeConfig"), runtime_info::update_runtime_config(&self.node, r.into_inner())).await
     }
 
     async fn status(&self, r: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
-        runtime_info::status(&self.agent, r).await
+        rpc(span("Status"), runtime_info::status(&self.node, r.into_inner())).await
     }
 
     async fn checkpoint_container(
@@ -277,44 +273,63 @@ impl RuntimeService for CriService {
         &self,
         r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        stats::list_metric_descriptors(&self.agent, r).await
+        rpc(span("ListMetricDescriptors"), stats::list_metric_descriptors(r.into_inner())).await
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        stats::list_pod_sandbox_metrics(&self.agent, r).await
+        rpc(span("ListPodSandboxMetrics"), stats::list_pod_sandbox_metrics(&self.node, r.into_inner())).await
     }
 
     async fn runtime_config(&self, r: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        runtime_info::runtime_config(&self.agent, r).await
+        rpc(span("RuntimeConfig"), runtime_info::runtime_config(&self.node, r.into_inner())).await
     }
 
     async fn get_container_events(&self, r: Request<cri::GetEventsRequest>) -> Result<Response<events::EventStream>, Status> {
-        events::get_container_events(&self.agent, r).await
+        rpc(span("GetContainerEvents"), events::get_container_events(&self.node, r.into_inner())).await
     }
 }
 
 #[tonic::async_trait]
 impl ImageService for CriService {
     async fn list_images(&self, r: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
-        image::list_images(&self.agent, r).await
+        rpc(span("ListImages"), image::list_images(&self.node, r.into_inner())).await
     }
 
     async fn image_status(&self, r: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        image::image_status(&self.agent, r).await
+        rpc(span("ImageStatus"), image::image_status(&self.node, r.into_inner())).await
     }
 
     async fn pull_image(&self, r: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
-        image::pull_image(&self.agent, r).await
+        let req = r.into_inner();
+        let image = req.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        rpc(tracing::info_span!("rpc", rpc = "PullImage", image = %image), image::pull_image(&self.node, req)).await
     }
 
     async fn remove_image(&self, r: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        image::remove_image(&self.agent, r).await
+        rpc(span("RemoveImage"), image::remove_image(&self.node, r.into_inner())).await
     }
 
     async fn image_fs_info(&self, r: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        image::image_fs_info(&self.agent, r).await
+        rpc(span("ImageFsInfo"), image::image_fs_info(&self.node, r.into_inner())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_become_the_right_codes() {
+        let s: Status = Error::invalid("config.hostname", "too long").into();
+        assert_eq!((s.code(), s.message()), (tonic::Code::InvalidArgument, "config.hostname: too long"));
+        let s: Status = Error::NotFound("pod sandbox x not found".into()).into();
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        let s: Status = Error::internal("store", "disk full").into();
+        assert_eq!((s.code(), s.message()), (tonic::Code::Internal, "store: disk full"));
+        let s: Status = Error::DeadlineExceeded("slow".into()).into();
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
     }
 }

@@ -5,51 +5,41 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use berth_proto::cri;
-use tonic::{Request, Response, Status};
 
-use super::Agent;
+use super::convert::{labels_match, pod_sandbox, pod_state, pod_status};
+use super::id_field;
+use crate::error::{Error, Result};
+use crate::node::Node;
 use crate::pod::{self, PodDns};
 use crate::spec::ns_mode;
 use crate::store::{PodRecord, PodState};
 
-fn pod_state(s: PodState) -> i32 {
-    match s {
-        PodState::Ready => cri::PodSandboxState::SandboxReady as i32,
-        _ => cri::PodSandboxState::SandboxNotready as i32,
-    }
-}
-
-fn metadata(p: &PodRecord) -> cri::PodSandboxMetadata {
-    cri::PodSandboxMetadata { name: p.name.clone(), uid: p.uid.clone(), namespace: p.namespace.clone(), attempt: p.attempt }
-}
-
 /// Validates the config into a record (id and times are set by the pod module).
-fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRecord, PodDns), Status> {
-    let meta = config.metadata.ok_or_else(|| Status::invalid_argument("config.metadata: required"))?;
+fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRecord, PodDns)> {
+    let meta = config.metadata.ok_or_else(|| Error::invalid("config.metadata", "required"))?;
     for (field, value) in [("name", &meta.name), ("namespace", &meta.namespace), ("uid", &meta.uid)] {
         if value.is_empty() {
-            return Err(Status::invalid_argument(format!("config.metadata.{field}: must not be empty")));
+            return Err(Error::invalid(format!("config.metadata.{field}"), "must not be empty"));
         }
     }
     if !handler.is_empty() && handler != "berth" && handler != "runc" {
-        return Err(Status::invalid_argument(format!("runtime_handler: {handler:?} is not a handler berth offers (use \"\")")));
+        return Err(Error::invalid("runtime_handler", format!("{handler:?} is not a handler berth offers (use \"\")")));
     }
     let linux = config.linux.unwrap_or_default();
     let ns = linux.security_context.as_ref().and_then(|s| s.namespace_options.clone()).unwrap_or_default();
     for (field, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
         if !matches!(mode, ns_mode::POD | ns_mode::CONTAINER | ns_mode::NODE) {
-            return Err(Status::invalid_argument(format!("namespace_options.{field}: mode {mode} is not valid for a pod")));
+            return Err(Error::invalid(format!("namespace_options.{field}"), format!("mode {mode} is not valid for a pod")));
         }
     }
     let cgroup = if linux.cgroup_parent.is_empty() {
         // Filled in with the id by the pod module.
         String::new()
     } else {
-        berth_runtime::cgroup::normalize(&linux.cgroup_parent)
-            .map_err(|e| Status::invalid_argument(format!("config.linux.cgroup_parent: {e}")))?
+        berth_runtime::cgroup::normalize(&linux.cgroup_parent).map_err(|e| Error::invalid("config.linux.cgroup_parent", e))?
     };
-    crate::security::check_sysctls(&linux.sysctls, ns.network != ns_mode::NODE, ns.ipc != ns_mode::NODE)?;
     let sysctls = linux.sysctls.clone().into_iter().collect();
+    crate::security::check_sysctls(&sysctls, ns.network != ns_mode::NODE, ns.ipc != ns_mode::NODE)?;
     let dns = config.dns_config.map(|d| PodDns { servers: d.servers, searches: d.searches, options: d.options }).unwrap_or_default();
     let mut port_mappings = Vec::new();
     for (i, pm) in config.port_mappings.iter().enumerate() {
@@ -61,16 +51,16 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
             Ok(cri::Protocol::Tcp) => berth_network::Protocol::Tcp,
             Ok(cri::Protocol::Udp) => berth_network::Protocol::Udp,
             Ok(cri::Protocol::Sctp) => berth_network::Protocol::Sctp,
-            Err(_) => return Err(Status::invalid_argument(format!("{field}.protocol: {} is not TCP, UDP or SCTP", pm.protocol))),
+            Err(_) => return Err(Error::invalid(format!("{field}.protocol"), format!("{} is not TCP, UDP or SCTP", pm.protocol))),
         };
         let port = |v: i32, what: &str| {
-            u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| Status::invalid_argument(format!("{field}.{what}: {v} is not a port")))
+            u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| Error::invalid(format!("{field}.{what}"), format!("{v} is not a port")))
         };
         let host_ip = match pm.host_ip.as_str() {
             "" | "0.0.0.0" => None,
             ip => Some(
                 ip.parse::<std::net::Ipv4Addr>()
-                    .map_err(|_| Status::invalid_argument(format!("{field}.host_ip: {ip:?} is not an IPv4 address")))?,
+                    .map_err(|_| Error::invalid(format!("{field}.host_ip"), format!("{ip:?} is not an IPv4 address")))?,
             ),
         };
         port_mappings.push(berth_network::PortMapping {
@@ -94,12 +84,10 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
             runtime_handler: handler,
             // CONTAINER means "the pod's own" for a sandbox.
             network_mode: if ns.network == ns_mode::NODE { ns_mode::NODE } else { ns_mode::POD },
-            pid_mode: if ns.pid == ns_mode::POD {
-                ns_mode::POD
-            } else if ns.pid == ns_mode::NODE {
-                ns_mode::NODE
-            } else {
-                ns_mode::CONTAINER
+            pid_mode: match ns.pid {
+                ns_mode::POD => ns_mode::POD,
+                ns_mode::NODE => ns_mode::NODE,
+                _ => ns_mode::CONTAINER,
             },
             ipc_mode: if ns.ipc == ns_mode::NODE { ns_mode::NODE } else { ns_mode::POD },
             cgroup,
@@ -111,114 +99,70 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
     ))
 }
 
-pub(super) async fn run_pod_sandbox(
-    agent: &Arc<Agent>,
-    r: Request<cri::RunPodSandboxRequest>,
-) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-    let req = r.into_inner();
-    let config = req.config.ok_or_else(|| Status::invalid_argument("config: required"))?;
+pub(super) async fn run(node: &Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<cri::RunPodSandboxResponse> {
+    let config = req.config.ok_or_else(|| Error::invalid("config", "required"))?;
     let (record, dns) = record_from(config, req.runtime_handler)?;
-    let id = pod::run(agent, record, dns).await?;
-    Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: id }))
+    let id = pod::run(node, record, dns).await?;
+    Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
 
-pub(super) async fn stop_pod_sandbox(
-    agent: &Arc<Agent>,
-    r: Request<cri::StopPodSandboxRequest>,
-) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-    let id = r.into_inner().pod_sandbox_id;
-    super::id_field(&id, "pod_sandbox_id")?;
-    let agent = agent.clone();
+pub(super) async fn stop(node: &Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<cri::StopPodSandboxResponse> {
+    id_field(&req.pod_sandbox_id, "pod_sandbox_id")?;
+    let node = node.clone();
     // Its own task: a client that gives up does not stop the stop half-way.
-    tokio::spawn(async move { pod::stop(&agent, &id).await }).await.map_err(|e| Status::internal(e.to_string()))??;
-    Ok(Response::new(cri::StopPodSandboxResponse {}))
+    tokio::spawn(async move { pod::stop(&node, &req.pod_sandbox_id).await }).await??;
+    Ok(cri::StopPodSandboxResponse {})
 }
 
-pub(super) async fn remove_pod_sandbox(
-    agent: &Arc<Agent>,
-    r: Request<cri::RemovePodSandboxRequest>,
-) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-    let id = r.into_inner().pod_sandbox_id;
-    super::id_field(&id, "pod_sandbox_id")?;
-    let agent = agent.clone();
-    tokio::spawn(async move { pod::remove(&agent, &id).await }).await.map_err(|e| Status::internal(e.to_string()))??;
-    Ok(Response::new(cri::RemovePodSandboxResponse {}))
+pub(super) async fn remove(node: &Arc<Node>, req: cri::RemovePodSandboxRequest) -> Result<cri::RemovePodSandboxResponse> {
+    id_field(&req.pod_sandbox_id, "pod_sandbox_id")?;
+    let node = node.clone();
+    tokio::spawn(async move { pod::remove(&node, &req.pod_sandbox_id).await }).await??;
+    Ok(cri::RemovePodSandboxResponse {})
 }
 
-/// The CRI status of a pod record.
-pub fn to_status(p: &PodRecord) -> cri::PodSandboxStatus {
-    let ns = cri::NamespaceOption { network: p.network_mode, pid: p.pid_mode, ipc: p.ipc_mode, ..Default::default() };
-    cri::PodSandboxStatus {
-        id: p.id.clone(),
-        metadata: Some(metadata(p)),
-        state: pod_state(p.state),
-        created_at: p.created_at_ns,
-        network: Some(cri::PodSandboxNetworkStatus {
-            ip: p.ips.first().cloned().unwrap_or_default(),
-            additional_ips: p.ips.iter().skip(1).map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
-        }),
-        linux: Some(cri::LinuxPodSandboxStatus { namespaces: Some(cri::Namespace { options: Some(ns) }) }),
-        labels: p.labels.clone().into_iter().collect(),
-        annotations: p.annotations.clone().into_iter().collect(),
-        runtime_handler: p.runtime_handler.clone(),
-    }
-}
-
-pub(super) async fn pod_sandbox_status(
-    agent: &Arc<Agent>,
-    r: Request<cri::PodSandboxStatusRequest>,
-) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-    let req = r.into_inner();
-    let p = pod::find(agent, &req.pod_sandbox_id)?;
+pub(super) async fn status(node: &Arc<Node>, req: cri::PodSandboxStatusRequest) -> Result<cri::PodSandboxStatusResponse> {
+    let p = pod::find(node, &req.pod_sandbox_id)?;
     let mut info = HashMap::new();
     if req.verbose {
-        let dir = pod::pod_dir(agent, &p.id);
+        let dir = node.pod_dir(&p.id);
+        let netns = if p.network_mode == ns_mode::NODE {
+            serde_json::Value::Null
+        } else {
+            berth_runtime::sandbox::pin_path(&dir, "net").display().to_string().into()
+        };
         let v = serde_json::json!({
             "id": p.id,
             "state": format!("{:?}", p.state),
             "cgroup": p.cgroup,
             "initPid": p.init_pid,
             "stateDir": dir,
-            "netns": if p.network_mode == ns_mode::NODE { serde_json::Value::Null } else { berth_runtime::sandbox::pin_path(&dir, "net").display().to_string().into() },
+            "netns": netns,
             "hostname": p.hostname,
             "logDirectory": p.log_directory,
         });
         info.insert("info".to_string(), v.to_string());
     }
-    Ok(Response::new(cri::PodSandboxStatusResponse {
-        status: Some(to_status(&p)),
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(pod_status(&p)),
         info,
         containers_statuses: Vec::new(),
         timestamp: crate::util::now_ns(),
-    }))
+    })
 }
 
-/// True when every `k=v` of the selector is among the labels.
-pub fn labels_match(labels: &std::collections::BTreeMap<String, String>, selector: &HashMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-pub(super) async fn list_pod_sandbox(
-    agent: &Arc<Agent>,
-    r: Request<cri::ListPodSandboxRequest>,
-) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-    let filter = r.into_inner().filter.unwrap_or_default();
-    let pods = agent.store.list::<PodRecord>().map_err(|e| Status::internal(e.to_string()))?;
-    let items = pods
-        .iter()
-        .filter(|p| p.state != PodState::Creating)
-        .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
-        .filter(|p| filter.state.as_ref().is_none_or(|s| s.state == pod_state(p.state)))
-        .filter(|p| labels_match(&p.labels, &filter.label_selector))
-        .map(|p| cri::PodSandbox {
-            id: p.id.clone(),
-            metadata: Some(metadata(p)),
-            state: pod_state(p.state),
-            created_at: p.created_at_ns,
-            labels: p.labels.clone().into_iter().collect(),
-            annotations: p.annotations.clone().into_iter().collect(),
-            runtime_handler: p.runtime_handler.clone(),
+pub(super) async fn list(node: &Arc<Node>, req: cri::ListPodSandboxRequest) -> Result<cri::ListPodSandboxResponse> {
+    let filter = req.filter.unwrap_or_default();
+    let items = node
+        .pods
+        .filter(|p| {
+            p.state != PodState::Creating
+                && (filter.id.is_empty() || p.id.starts_with(&filter.id))
+                && filter.state.as_ref().is_none_or(|s| s.state == pod_state(p.state))
+                && labels_match(&p.labels, &filter.label_selector)
         })
+        .iter()
+        .map(pod_sandbox)
         .collect();
-    Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    Ok(cri::ListPodSandboxResponse { items })
 }

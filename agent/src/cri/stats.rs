@@ -1,87 +1,139 @@
 //! Stats RPCs: ContainerStats, ListContainerStats, PodSandboxStats,
-//! ListPodSandboxStats, ListMetricDescriptors, ListPodSandboxMetrics.
+//! ListPodSandboxStats, ListMetricDescriptors, ListPodSandboxMetrics. The
+//! numbers come from [`crate::stats`]; this file shapes them for kubelet.
 
 use std::sync::Arc;
 
 use berth_proto::cri;
-use tonic::{Request, Response, Status};
 
-use super::sandbox::labels_match;
-use super::Agent;
+use super::convert::{container_metadata, labels_match, pod_metadata};
+use crate::error::Result;
+use crate::node::Node;
 use crate::stats::{self as st, is_live, METRICS};
-use crate::store::{ContainerRecord, PodRecord, PodState};
+use crate::store::PodState;
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+fn u64v(v: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value: v })
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)
+fn cpu(c: &st::CpuStats) -> cri::CpuUsage {
+    cri::CpuUsage { timestamp: c.ts, usage_core_nano_seconds: u64v(c.total_ns), usage_nano_cores: u64v(c.nano_cores) }
 }
 
-pub(super) async fn container_stats(
-    agent: &Arc<Agent>,
-    r: Request<cri::ContainerStatsRequest>,
-) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-    let c = crate::container::find(agent, &r.into_inner().container_id)?;
-    let a = agent.clone();
+fn memory(m: &st::MemoryStats) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: m.ts,
+        working_set_bytes: u64v(m.working_set),
+        available_bytes: m.available.and_then(u64v),
+        usage_bytes: u64v(m.usage),
+        rss_bytes: u64v(m.rss),
+        page_faults: u64v(m.page_faults),
+        major_page_faults: u64v(m.major_page_faults),
+    }
+}
+
+fn container_stats(s: &st::ContainerStats) -> cri::ContainerStats {
+    let c = &s.container;
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: Some(container_metadata(c)),
+            labels: c.labels.clone().into_iter().collect(),
+            annotations: c.annotations.clone().into_iter().collect(),
+        }),
+        cpu: Some(cpu(&s.cpu)),
+        memory: Some(memory(&s.memory)),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: s.fs.ts,
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: s.fs.mountpoint.clone() }),
+            used_bytes: u64v(s.fs.bytes),
+            inodes_used: u64v(s.fs.inodes),
+        }),
+        swap: None,
+    }
+}
+
+fn interface(i: &st::Interface) -> cri::NetworkInterfaceUsage {
+    cri::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: u64v(i.rx_bytes),
+        rx_errors: u64v(i.rx_errors),
+        tx_bytes: u64v(i.tx_bytes),
+        tx_errors: u64v(i.tx_errors),
+    }
+}
+
+fn pod_stats(s: &st::PodStats) -> cri::PodSandboxStats {
+    let p = &s.pod;
+    let network = s.network.as_ref().map(|ifaces| {
+        let interfaces: Vec<cri::NetworkInterfaceUsage> = ifaces.iter().map(interface).collect();
+        cri::NetworkUsage { timestamp: s.network_ts, default_interface: interfaces.iter().find(|i| i.name == "eth0").cloned(), interfaces }
+    });
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: p.id.clone(),
+            metadata: Some(pod_metadata(p)),
+            labels: p.labels.clone().into_iter().collect(),
+            annotations: p.annotations.clone().into_iter().collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cpu(&s.cpu)),
+            memory: Some(memory(&s.memory)),
+            network,
+            process: Some(cri::ProcessUsage { timestamp: s.cpu.ts, process_count: u64v(s.processes) }),
+            containers: s.containers.iter().map(container_stats).collect(),
+        }),
+        windows: None,
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    Ok(tokio::task::spawn_blocking(f).await?)
+}
+
+pub(super) async fn container_stats_of(node: &Arc<Node>, req: cri::ContainerStatsRequest) -> Result<cri::ContainerStatsResponse> {
+    let c = crate::container::find(node, &req.container_id)?;
+    let a = node.clone();
     let stats = blocking(move || st::container_stats(&a, &c)).await?;
-    Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
+    Ok(cri::ContainerStatsResponse { stats: Some(container_stats(&stats)) })
 }
 
-pub(super) async fn list_container_stats(
-    agent: &Arc<Agent>,
-    r: Request<cri::ListContainerStatsRequest>,
-) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-    let filter = r.into_inner().filter.unwrap_or_default();
-    let all = agent.store.list::<ContainerRecord>().map_err(internal)?;
-    let picked: Vec<ContainerRecord> = all
-        .into_iter()
-        .filter(is_live)
-        .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-        .filter(|c| filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id))
-        .filter(|c| labels_match(&c.labels, &filter.label_selector))
-        .collect();
-    let a = agent.clone();
-    let stats = blocking(move || picked.iter().map(|c| st::container_stats(&a, c)).collect()).await?;
-    Ok(Response::new(cri::ListContainerStatsResponse { stats }))
+pub(super) async fn list_container_stats(node: &Arc<Node>, req: cri::ListContainerStatsRequest) -> Result<cri::ListContainerStatsResponse> {
+    let filter = req.filter.unwrap_or_default();
+    let picked = node.containers.filter(|c| {
+        is_live(c)
+            && (filter.id.is_empty() || c.id.starts_with(&filter.id))
+            && (filter.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&filter.pod_sandbox_id))
+            && labels_match(&c.labels, &filter.label_selector)
+    });
+    let a = node.clone();
+    let stats = blocking(move || picked.iter().map(|c| container_stats(&st::container_stats(&a, c))).collect()).await?;
+    Ok(cri::ListContainerStatsResponse { stats })
 }
 
-pub(super) async fn pod_sandbox_stats(
-    agent: &Arc<Agent>,
-    r: Request<cri::PodSandboxStatsRequest>,
-) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-    let pod = crate::pod::find(agent, &r.into_inner().pod_sandbox_id)?;
-    let containers = agent.store.list::<ContainerRecord>().map_err(internal)?;
-    let a = agent.clone();
-    let stats = blocking(move || st::pod_stats(&a, &pod, &containers)).await?;
-    Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
+pub(super) async fn pod_sandbox_stats(node: &Arc<Node>, req: cri::PodSandboxStatsRequest) -> Result<cri::PodSandboxStatsResponse> {
+    let pod = crate::pod::find(node, &req.pod_sandbox_id)?;
+    let a = node.clone();
+    let stats = blocking(move || pod_stats(&st::pod_stats(&a, &pod))).await?;
+    Ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
 }
 
 pub(super) async fn list_pod_sandbox_stats(
-    agent: &Arc<Agent>,
-    r: Request<cri::ListPodSandboxStatsRequest>,
-) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-    let filter = r.into_inner().filter.unwrap_or_default();
-    let pods: Vec<PodRecord> = agent
-        .store
-        .list::<PodRecord>()
-        .map_err(internal)?
-        .into_iter()
-        .filter(|p| p.state == PodState::Ready)
-        .filter(|p| filter.id.is_empty() || p.id.starts_with(&filter.id))
-        .filter(|p| labels_match(&p.labels, &filter.label_selector))
-        .collect();
-    let containers = agent.store.list::<ContainerRecord>().map_err(internal)?;
-    let a = agent.clone();
-    let stats = blocking(move || pods.iter().map(|p| st::pod_stats(&a, p, &containers)).collect()).await?;
-    Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+    node: &Arc<Node>,
+    req: cri::ListPodSandboxStatsRequest,
+) -> Result<cri::ListPodSandboxStatsResponse> {
+    let filter = req.filter.unwrap_or_default();
+    let pods = node.pods.filter(|p| {
+        p.state == PodState::Ready
+            && (filter.id.is_empty() || p.id.starts_with(&filter.id))
+            && labels_match(&p.labels, &filter.label_selector)
+    });
+    let a = node.clone();
+    let stats = blocking(move || pods.iter().map(|p| pod_stats(&st::pod_stats(&a, p))).collect()).await?;
+    Ok(cri::ListPodSandboxStatsResponse { stats })
 }
 
-pub(super) async fn list_metric_descriptors(
-    _agent: &Arc<Agent>,
-    _r: Request<cri::ListMetricDescriptorsRequest>,
-) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+pub(super) async fn list_metric_descriptors(_req: cri::ListMetricDescriptorsRequest) -> Result<cri::ListMetricDescriptorsResponse> {
     let descriptors = METRICS
         .iter()
         .map(|(name, help, labels)| cri::MetricDescriptor {
@@ -90,7 +142,7 @@ pub(super) async fn list_metric_descriptors(
             label_keys: labels.iter().map(|s| s.to_string()).collect(),
         })
         .collect();
-    Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors }))
+    Ok(cri::ListMetricDescriptorsResponse { descriptors })
 }
 
 fn metric(name: &str, ts: i64, counter: bool, labels: Vec<String>, value: u64) -> cri::Metric {
@@ -99,59 +151,34 @@ fn metric(name: &str, ts: i64, counter: bool, labels: Vec<String>, value: u64) -
 }
 
 pub(super) async fn list_pod_sandbox_metrics(
-    agent: &Arc<Agent>,
-    _r: Request<cri::ListPodSandboxMetricsRequest>,
-) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-    let pods: Vec<PodRecord> =
-        agent.store.list::<PodRecord>().map_err(internal)?.into_iter().filter(|p| p.state == PodState::Ready).collect();
-    let containers = agent.store.list::<ContainerRecord>().map_err(internal)?;
-    let a = agent.clone();
+    node: &Arc<Node>,
+    _req: cri::ListPodSandboxMetricsRequest,
+) -> Result<cri::ListPodSandboxMetricsResponse> {
+    let pods = node.pods.filter(|p| p.state == PodState::Ready);
+    let a = node.clone();
     let pod_metrics = blocking(move || {
         pods.iter()
             .map(|p| {
-                let s = st::pod_stats(&a, p, &containers);
-                let linux = s.linux.unwrap_or_default();
-                let ts = crate::util::now_ns();
+                let s = st::pod_stats(&a, p);
+                let ts = s.cpu.ts;
                 let mut metrics = Vec::new();
-                for i in linux.network.map(|n| n.interfaces).unwrap_or_default() {
+                for i in s.network.iter().flatten() {
                     let labels = vec![i.name.clone(), p.name.clone(), p.namespace.clone()];
-                    metrics.push(metric(
-                        "container_network_receive_bytes_total",
-                        ts,
-                        true,
-                        labels.clone(),
-                        i.rx_bytes.map(|v| v.value).unwrap_or(0),
-                    ));
-                    metrics.push(metric(
-                        "container_network_transmit_bytes_total",
-                        ts,
-                        true,
-                        labels,
-                        i.tx_bytes.map(|v| v.value).unwrap_or(0),
-                    ));
+                    metrics.push(metric("container_network_receive_bytes_total", ts, true, labels.clone(), i.rx_bytes));
+                    metrics.push(metric("container_network_transmit_bytes_total", ts, true, labels, i.tx_bytes));
                 }
-                let container_metrics = linux
+                let container_metrics = s
                     .containers
                     .iter()
                     .map(|c| {
-                        let name = c.attributes.as_ref().and_then(|a| a.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
-                        let labels = vec![name, p.name.clone(), p.namespace.clone()];
-                        let v = |o: Option<cri::UInt64Value>| o.map(|x| x.value).unwrap_or(0);
-                        let cpu = c.cpu.unwrap_or_default();
-                        let mem = c.memory.unwrap_or_default();
+                        let labels = vec![c.container.name.clone(), p.name.clone(), p.namespace.clone()];
                         cri::ContainerMetrics {
-                            container_id: c.attributes.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
+                            container_id: c.container.id.clone(),
                             metrics: vec![
-                                metric(
-                                    "container_cpu_usage_seconds_total",
-                                    ts,
-                                    true,
-                                    labels.clone(),
-                                    v(cpu.usage_core_nano_seconds) / 1_000_000_000,
-                                ),
-                                metric("container_memory_working_set_bytes", ts, false, labels.clone(), v(mem.working_set_bytes)),
-                                metric("container_memory_usage_bytes", ts, false, labels.clone(), v(mem.usage_bytes)),
-                                metric("container_memory_rss", ts, false, labels, v(mem.rss_bytes)),
+                                metric("container_cpu_usage_seconds_total", ts, true, labels.clone(), c.cpu.total_ns / 1_000_000_000),
+                                metric("container_memory_working_set_bytes", ts, false, labels.clone(), c.memory.working_set),
+                                metric("container_memory_usage_bytes", ts, false, labels.clone(), c.memory.usage),
+                                metric("container_memory_rss", ts, false, labels, c.memory.rss),
                             ],
                         }
                     })
@@ -161,5 +188,5 @@ pub(super) async fn list_pod_sandbox_metrics(
             .collect()
     })
     .await?;
-    Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics }))
+    Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
 }

@@ -9,7 +9,15 @@ use oci_client::client::{ClientConfig, ClientProtocol, SizedStream};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::config::RegistryConfig;
+/// The `[registry]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Hosts reached over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Mirror hosts per registry host, in order.
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+}
 
 /// Manifest media types berth understands, in the Accept header.
 pub const ACCEPTED_MANIFESTS: &[&str] = &[MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST];

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::distribution::{MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
-use crate::store::ImageRunConfig;
+use super::record::ImageRunConfig;
 
 /// A manifest or an index.
 #[derive(Debug, Deserialize)]

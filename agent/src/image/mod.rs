@@ -1,11 +1,22 @@
 //! Images: pull from registries into the content store, unpack layers into
 //! snapshot directories (overlayfs lowerdirs keyed by chain ID), keep image
-//! records in the store, look images up, remove them and collect garbage.
+//! records (through [`ImageDb`]), look images up, remove them and collect
+//! garbage.
+//!
+//! The module depends on nothing else of the agent: its records and its
+//! options are its own, and what it needs of berth's store is the
+//! [`ImageDb`] trait — it could become a crate by moving this folder.
 
 pub mod content;
 pub mod distribution;
+mod locks;
 pub mod manifest;
+pub mod record;
 pub mod unpack;
+
+pub use distribution::RegistryConfig;
+pub use locks::KeyedLocks;
+pub use record::{ImageRecord, ImageRunConfig, LayerRecord};
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -16,9 +27,7 @@ use futures::StreamExt;
 use oci_client::Reference;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
-use crate::store::{ContainerRecord, ImageRecord, LayerRecord, Store, StoreError};
-use crate::util::KeyedLocks;
+use berth_runtime::time::now_ns;
 use content::{sha256_digest, ContentError, ContentStore};
 use distribution::{Credentials, Registries, RegistryError, Remote};
 use manifest::{ImageConfigFile, Manifest};
@@ -44,12 +53,18 @@ pub enum ImageError {
     /// A layer could not be unpacked.
     #[error("pulling {image}: layer {digest}: {source}")]
     Unpack { image: String, digest: String, source: unpack::UnpackError },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Local filesystem trouble outside the content store.
-    #[error("{0}")]
-    Io(String),
+    /// The record store failed.
+    #[error("image records: {0}")]
+    Db(#[source] DbError),
+    /// Local filesystem trouble outside the content store, or a failed task.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, on which path.
+        what: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Parses and normalises a reference the way Docker does
@@ -89,9 +104,37 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// A failure of the record store behind [`ImageDb`].
+pub type DbError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the image service needs of the store it keeps its records in.
+pub trait ImageDb: Send + Sync + 'static {
+    /// Every image record.
+    fn images(&self) -> Result<Vec<ImageRecord>, DbError>;
+    /// Runs `edit` on the whole image table in one transaction and writes
+    /// back what it leaves: records it changed or added are stored, records
+    /// it removed are deleted.
+    fn update(&self, edit: &mut dyn FnMut(&mut Vec<ImageRecord>)) -> Result<(), DbError>;
+    /// Chain IDs of snapshots that containers stack (GC keeps them).
+    fn snapshots_in_use(&self) -> Result<HashSet<String>, DbError>;
+}
+
+/// How the image service works.
+#[derive(Debug, Clone, Default)]
+pub struct ImageOptions {
+    /// The data root: `content/` and `snapshots/` live under it.
+    pub root: PathBuf,
+    /// Layers downloaded at once.
+    pub max_concurrent_downloads: usize,
+    /// How layers are unpacked.
+    pub unpack: unpack::UnpackOptions,
+    /// Registry access.
+    pub registry: RegistryConfig,
+}
+
 /// The image service.
 pub struct Images {
-    store: Arc<Store>,
+    db: Arc<dyn ImageDb>,
     content: ContentStore,
     snapshots: PathBuf,
     registries: Registries,
@@ -105,14 +148,14 @@ pub struct Images {
 }
 
 impl Images {
-    /// Opens the content store and snapshot directory under `config.root`,
+    /// Opens the content store and snapshot directory under `opts.root`,
     /// removing leftovers of interrupted downloads and unpacks.
-    pub fn open(config: &Config, store: Arc<Store>) -> Result<Images, ImageError> {
+    pub fn open(opts: ImageOptions, db: Arc<dyn ImageDb>) -> Result<Images, ImageError> {
         let content =
-            ContentStore::open(&config.root.join("content")).map_err(|source| ImageError::Content { image: String::new(), source })?;
-        let snapshots = config.root.join("snapshots");
-        berth_runtime::fs::ensure_private_dir(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))?;
-        for entry in std::fs::read_dir(&snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))? {
+            ContentStore::open(&opts.root.join("content")).map_err(|source| ImageError::Content { image: String::new(), source })?;
+        let snapshots = opts.root.join("snapshots");
+        berth_runtime::fs::ensure_private_dir(&snapshots).map_err(io_err(snapshots.display()))?;
+        for entry in std::fs::read_dir(&snapshots).map_err(io_err(snapshots.display()))? {
             let Ok(entry) = entry else { continue };
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
                 tracing::info!(path = %entry.path().display(), "removing interrupted unpack");
@@ -120,12 +163,12 @@ impl Images {
             }
         }
         Ok(Images {
-            store,
+            db,
             content,
             snapshots,
-            registries: Registries::new(config.registry.clone()),
-            downloads: Arc::new(Semaphore::new(config.image.max_concurrent_downloads)),
-            unpack: unpack::UnpackOptions { device_nodes: config.image.unpack_device_nodes },
+            registries: Registries::new(opts.registry),
+            downloads: Arc::new(Semaphore::new(opts.max_concurrent_downloads)),
+            unpack: opts.unpack,
             locks: KeyedLocks::default(),
             gc: tokio::sync::RwLock::new(()),
         })
@@ -275,23 +318,23 @@ impl Images {
         let opts = self.unpack;
         let result = tokio::task::spawn_blocking(move || -> Result<(), UnpackFailure> {
             let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir(&tmp).map_err(|e| UnpackFailure::Io(format!("{}: {e}", tmp.display())))?;
+            std::fs::create_dir(&tmp).map_err(|e| UnpackFailure::Io(io_err(tmp.display())(e)))?;
             let r = unpack::unpack_layer(&blob, &tmp, &diff_id, opts)
                 .map_err(UnpackFailure::Unpack)
-                .and_then(|_| std::fs::rename(&tmp, &dest2).map_err(|e| UnpackFailure::Io(format!("{}: {e}", dest2.display()))));
+                .and_then(|_| std::fs::rename(&tmp, &dest2).map_err(|e| UnpackFailure::Io(io_err(dest2.display())(e))));
             if r.is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
             r
         })
         .await
-        .map_err(|e| ImageError::Io(format!("unpack task: {e}")))?;
+        .map_err(io_err("unpack task"))?;
         match result {
             Ok(()) => Ok(()),
             Err(UnpackFailure::Unpack(source)) => {
                 Err(ImageError::Unpack { image: image.to_string(), digest: layer.digest.clone(), source })
             }
-            Err(UnpackFailure::Io(m)) => Err(ImageError::Io(m)),
+            Err(UnpackFailure::Io(e)) => Err(e),
         }
     }
 
@@ -299,41 +342,41 @@ impl Images {
     fn record_pull(&self, r: &Reference, top_digest: &str, mut record: ImageRecord) -> Result<ImageRecord, ImageError> {
         let tag = tag_ref(r);
         let digested = digest_ref(r, top_digest);
-        Ok(self.store.write(|tx| {
-            if let Some(tag) = &tag {
-                for mut other in tx.list::<ImageRecord>()? {
-                    if other.id != record.id && other.repo_tags.contains(tag) {
+        self.db
+            .update(&mut |images| {
+                if let Some(tag) = &tag {
+                    for other in images.iter_mut().filter(|o| o.id != record.id) {
                         other.repo_tags.retain(|t| t != tag);
-                        tx.put(&other.id.clone(), &other)?;
                     }
                 }
-            }
-            if let Some(old) = tx.get::<ImageRecord>(&record.id)? {
-                record.repo_tags = old.repo_tags;
-                record.repo_digests = old.repo_digests;
-                for d in old.index_digests {
-                    if !record.index_digests.contains(&d) {
-                        record.index_digests.push(d);
+                if let Some(old) = images.iter().find(|i| i.id == record.id) {
+                    record.repo_tags = old.repo_tags.clone();
+                    record.repo_digests = old.repo_digests.clone();
+                    for d in &old.index_digests {
+                        if !record.index_digests.contains(d) {
+                            record.index_digests.push(d.clone());
+                        }
+                    }
+                    record.pulled_at_ns = old.pulled_at_ns;
+                }
+                if let Some(tag) = tag.clone() {
+                    if !record.repo_tags.contains(&tag) {
+                        record.repo_tags.push(tag);
                     }
                 }
-                record.pulled_at_ns = old.pulled_at_ns;
-            }
-            if let Some(tag) = tag.clone() {
-                if !record.repo_tags.contains(&tag) {
-                    record.repo_tags.push(tag);
+                if !record.repo_digests.contains(&digested) {
+                    record.repo_digests.push(digested.clone());
                 }
-            }
-            if !record.repo_digests.contains(&digested) {
-                record.repo_digests.push(digested.clone());
-            }
-            tx.put(&record.id.clone(), &record)?;
-            Ok(record)
-        })?)
+                images.retain(|i| i.id != record.id);
+                images.push(record.clone());
+            })
+            .map_err(ImageError::Db)?;
+        Ok(record)
     }
 
     /// Every image.
     pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
-        Ok(self.store.list::<ImageRecord>()?)
+        self.db.images().map_err(ImageError::Db)
     }
 
     /// Finds an image by id (`sha256:…`, bare hex, or a unique hex prefix),
@@ -350,23 +393,27 @@ impl Images {
         let _exclusive = self.gc.write().await;
         let Some(record) = self.resolve(image)? else { return Ok(()) };
         let tag = parse_reference(image).ok().as_ref().and_then(tag_ref).filter(|t| record.repo_tags.contains(t));
-        let removed = self.store.write(|tx| match &tag {
-            Some(t) if record.repo_tags.len() > 1 => {
-                let mut r = record.clone();
-                r.repo_tags.retain(|x| x != t);
-                tx.put(&r.id.clone(), &r)?;
-                Ok(false)
-            }
-            _ => tx.delete::<ImageRecord>(&record.id),
-        })?;
+        let mut removed = false;
+        self.db
+            .update(&mut |images| match &tag {
+                Some(t) if record.repo_tags.len() > 1 => {
+                    for i in images.iter_mut().filter(|i| i.id == record.id) {
+                        i.repo_tags.retain(|x| x != t);
+                    }
+                }
+                _ => {
+                    let before = images.len();
+                    images.retain(|i| i.id != record.id);
+                    removed = images.len() < before;
+                }
+            })
+            .map_err(ImageError::Db)?;
         if removed {
             tracing::info!(id = %record.id, "image removed");
-            let store = self.store.clone();
+            let db = self.db.clone();
             let content = self.content.clone();
             let snapshots = self.snapshots.clone();
-            tokio::task::spawn_blocking(move || collect_garbage(&store, &content, &snapshots))
-                .await
-                .map_err(|e| ImageError::Io(format!("gc task: {e}")))??;
+            tokio::task::spawn_blocking(move || collect_garbage(db.as_ref(), &content, &snapshots)).await.map_err(io_err("gc task"))??;
         } else {
             tracing::info!(id = %record.id, tag = ?tag, "image untagged");
         }
@@ -388,19 +435,25 @@ impl Images {
             (images, cont)
         })
         .await
-        .map_err(|e| ImageError::Io(format!("du task: {e}")))
+        .map_err(io_err("du task"))
     }
 
     /// The image config blob (for verbose status).
     pub fn config_json(&self, record: &ImageRecord) -> Result<serde_json::Value, ImageError> {
         let bytes = self.content.read(&record.id).map_err(|source| ImageError::Content { image: record.id.clone(), source })?;
-        serde_json::from_slice(&bytes).map_err(|e| ImageError::Io(format!("config {}: {e}", record.id)))
+        serde_json::from_slice(&bytes).map_err(io_err(format!("config {}", record.id)))
     }
 }
 
 enum UnpackFailure {
     Unpack(unpack::UnpackError),
-    Io(String),
+    Io(ImageError),
+}
+
+/// A closure for `map_err`: a local failure while doing `what`.
+fn io_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: impl std::fmt::Display) -> impl FnOnce(E) -> ImageError {
+    let what = what.to_string();
+    move |e| ImageError::Io { what, source: e.into() }
 }
 
 /// Lookup over a list of records; see [`Images::resolve`].
@@ -444,9 +497,9 @@ pub fn resolve_in<'a>(images: &'a [ImageRecord], image: &str) -> Result<Option<&
 }
 
 /// Deletes blobs and snapshots that no image and no container references.
-pub fn collect_garbage(store: &Store, content: &ContentStore, snapshots: &Path) -> Result<(), ImageError> {
-    let images = store.list::<ImageRecord>()?;
-    let containers = store.list::<ContainerRecord>()?;
+pub fn collect_garbage(db: &dyn ImageDb, content: &ContentStore, snapshots: &Path) -> Result<(), ImageError> {
+    let images = db.images().map_err(ImageError::Db)?;
+    let in_use = db.snapshots_in_use().map_err(ImageError::Db)?;
     let mut blobs: HashSet<String> = HashSet::new();
     let mut chains: HashSet<String> = HashSet::new();
     for i in &images {
@@ -458,9 +511,7 @@ pub fn collect_garbage(store: &Store, content: &ContentStore, snapshots: &Path) 
             chains.insert(l.chain_id.clone());
         }
     }
-    for c in &containers {
-        chains.extend(c.snapshot_chain.iter().cloned());
-    }
+    chains.extend(in_use);
     let content_err = |source| ImageError::Content { image: String::new(), source };
     let mut removed = (0, 0);
     for digest in content.list().map_err(content_err)? {
@@ -469,13 +520,13 @@ pub fn collect_garbage(store: &Store, content: &ContentStore, snapshots: &Path) 
             removed.0 += 1;
         }
     }
-    for entry in std::fs::read_dir(snapshots).map_err(|e| ImageError::Io(format!("{}: {e}", snapshots.display())))? {
+    for entry in std::fs::read_dir(snapshots).map_err(io_err(snapshots.display()))? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with('.') || chains.contains(&format!("sha256:{name}")) {
             continue;
         }
-        std::fs::remove_dir_all(entry.path()).map_err(|e| ImageError::Io(format!("{}: {e}", entry.path().display())))?;
+        std::fs::remove_dir_all(entry.path()).map_err(io_err(entry.path().display()))?;
         removed.1 += 1;
     }
     tracing::info!(blobs = removed.0, snapshots = removed.1, "image garbage collected");
@@ -497,8 +548,6 @@ pub fn du(path: &Path, seen: &mut HashSet<(u64, u64)>, usage: &mut Usage) {
         }
     }
 }
-
-use crate::util::now_ns;
 
 #[cfg(test)]
 mod tests {

@@ -176,6 +176,34 @@ impl Store {
     }
 }
 
+/// The image records as the image service sees them ([`crate::image::ImageDb`]).
+pub struct ImageTable(pub std::sync::Arc<Store>);
+
+impl crate::image::ImageDb for ImageTable {
+    fn images(&self) -> Result<Vec<ImageRecord>, crate::image::DbError> {
+        Ok(self.0.list::<ImageRecord>()?)
+    }
+
+    fn update(&self, edit: &mut dyn FnMut(&mut Vec<ImageRecord>)) -> Result<(), crate::image::DbError> {
+        Ok(self.0.write(|tx| {
+            let before = tx.list::<ImageRecord>()?;
+            let mut after = before.clone();
+            edit(&mut after);
+            for old in before.iter().filter(|o| !after.iter().any(|n| n.id == o.id)) {
+                tx.delete::<ImageRecord>(&old.id)?;
+            }
+            for new in after.iter().filter(|n| !before.contains(n)) {
+                tx.put(&new.id, new)?;
+            }
+            Ok(())
+        })?)
+    }
+
+    fn snapshots_in_use(&self) -> Result<std::collections::HashSet<String>, crate::image::DbError> {
+        Ok(self.0.list::<ContainerRecord>()?.into_iter().flat_map(|c| c.snapshot_chain).collect())
+    }
+}
+
 /// An open write transaction; see [`Store::write`].
 pub struct WriteTx {
     inner: redb::WriteTransaction,

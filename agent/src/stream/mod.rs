@@ -25,7 +25,28 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 
-use crate::cri::Agent;
+/// What the streaming server needs of the node it serves.
+pub trait Backend: Send + Sync + 'static {
+    /// The container `id` if it is running, or why not (for the client).
+    fn running(&self, id: &str) -> Result<Target, String>;
+    /// The executor (exec helpers, attach).
+    fn runtime(&self) -> &berth_runtime::Runtime;
+}
+
+/// A running container, as sessions reach it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Full id.
+    pub id: String,
+    /// Its bundle.
+    pub bundle: std::path::PathBuf,
+    /// Host pid of its init.
+    pub pid: i32,
+    /// Its start time.
+    pub start_time: u64,
+    /// It was created with stdin kept open.
+    pub stdin: bool,
+}
 
 /// What a token stands for.
 #[derive(Debug, Clone)]
@@ -90,7 +111,7 @@ impl Streams {
 
     /// Stores `req` under a fresh token and returns the URL to give out.
     pub fn register(&self, req: StreamRequest) -> std::io::Result<String> {
-        let token = crate::util::random_id()?;
+        let token = random_token()?;
         let kind = req.kind();
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -130,7 +151,7 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tok
 }
 
 /// Serves connections until the process ends.
-pub fn serve(streams: Arc<Streams>, listener: TcpListener, agent: Weak<Agent>) {
+pub fn serve(streams: Arc<Streams>, listener: TcpListener, backend: Weak<dyn Backend>) {
     tokio::spawn(async move {
         loop {
             let Ok((conn, peer)) = listener.accept().await else { continue };
@@ -140,15 +161,15 @@ pub fn serve(streams: Arc<Streams>, listener: TcpListener, agent: Weak<Agent>) {
             let keepalive =
                 socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)).with_interval(Duration::from_secs(10)).with_retries(9);
             let _ = socket2::SockRef::from(&conn).set_tcp_keepalive(&keepalive);
-            let (streams, agent) = (streams.clone(), agent.clone());
+            let (streams, backend) = (streams.clone(), backend.clone());
             tokio::spawn(async move {
                 let result = match streams.tls.clone() {
                     Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(conn)).await {
-                        Ok(Ok(conn)) => handle(streams, agent, conn).await,
+                        Ok(Ok(conn)) => handle(streams, backend, conn).await,
                         Ok(Err(e)) => Err(e),
                         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
                     },
-                    None => handle(streams, agent, conn).await,
+                    None => handle(streams, backend, conn).await,
                 };
                 if let Err(e) = result {
                     tracing::debug!(%peer, "stream connection: {e}");
@@ -191,7 +212,7 @@ impl Head {
 
 /// Reads the request head, answers 404 for a bad token, else hands the
 /// connection (with the head replayed for WebSocket) to the protocol.
-async fn handle<S>(streams: Arc<Streams>, agent: Weak<Agent>, mut conn: S) -> std::io::Result<()>
+async fn handle<S>(streams: Arc<Streams>, backend: Weak<dyn Backend>, mut conn: S) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -218,7 +239,7 @@ where
     let Some(req) = streams.take(kind, token) else {
         return conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
     };
-    let Some(agent) = agent.upgrade() else { return Ok(()) };
+    let Some(backend) = backend.upgrade() else { return Ok(()) };
     let query_ports: Vec<u16> = path
         .split_once('?')
         .map(|(_, q)| q.split('&').filter_map(|kv| kv.strip_prefix("port=").and_then(|p| p.parse().ok())).collect())
@@ -230,9 +251,9 @@ where
         other => other,
     };
     match parsed.upgrade().as_deref() {
-        Some("websocket") => ws::serve(agent, req, Prefixed { prefix: head, pos: 0, inner: conn }).await,
+        Some("websocket") => ws::serve(backend, req, Prefixed { prefix: head, pos: 0, inner: conn }).await,
         Some(u) if u.starts_with("spdy/3") => {
-            spdy::serve(agent, req, &parsed, Prefixed { prefix: head[end..].to_vec(), pos: 0, inner: conn }).await
+            spdy::serve(backend, req, &parsed, Prefixed { prefix: head[end..].to_vec(), pos: 0, inner: conn }).await
         }
         _ => {
             let body = "berth's streaming server speaks SPDY/3.1 and WebSocket: send an Upgrade header\n";
@@ -275,6 +296,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// A single-use token: 32 bytes from the kernel's random source, hex. A
+/// failing source is an error, never a weaker token.
+fn random_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(hex::encode(bytes))
 }
 
 #[cfg(test)]

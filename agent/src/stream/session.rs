@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::cri::Agent;
+use super::{Backend, Target};
 
 /// What the client sends during a session.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,12 +62,7 @@ pub struct Wants {
     pub tty: bool,
 }
 
-/// The container `id` if it is running; else the session's failure.
-fn running_container(agent: &Agent, id: &str) -> Result<crate::store::ContainerRecord, Outcome> {
-    crate::container::find_running(agent, id).map_err(|s| Outcome::Failure(s.message().to_string()))
-}
-
-/// The `metav1.Status` JSON for an outcome (v4+ error channel).
+/// The error channel's `metav1.Status` for an outcome.
 pub fn status_json(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Exit(code) => berth_proto::remotecommand::exit_status_json(*code),
@@ -75,13 +70,18 @@ pub fn status_json(outcome: &Outcome) -> String {
     }
 }
 
+/// The container `id` if it is running; else the session's failure.
+fn running_container(backend: &dyn Backend, id: &str) -> Result<Target, Outcome> {
+    backend.running(id).map_err(Outcome::Failure)
+}
+
 /// Runs `cmd` in a running container with the client's stdio.
-pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Vec<String>, wants: Wants) {
-    let rec = match running_container(&agent, &id) {
+pub async fn exec<C: Channels>(backend: Arc<dyn Backend>, mut ch: C, id: String, cmd: Vec<String>, wants: Wants) {
+    let rec = match running_container(backend.as_ref(), &id) {
         Ok(r) => r,
         Err(failure) => return ch.finish(failure).await,
     };
-    let helper = agent.runtime.exec_helper(&crate::container::bundle(&agent, &rec.id), rec.pid, rec.start_time, &cmd, wants.tty);
+    let helper = backend.runtime().exec_helper(&rec.bundle, rec.pid, rec.start_time, &cmd, wants.tty);
     let mut helper = match helper {
         Ok(h) => h,
         Err(e) => return ch.finish(Outcome::Failure(format!("exec helper: {e}"))).await,
@@ -142,7 +142,7 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
         Ok(status) => status.code().unwrap_or(255),
         Err(e) => return ch.finish(Outcome::Failure(format!("waiting for the exec helper: {e}"))).await,
     };
-    let outcome = match crate::container::exec_report(helper.report).await {
+    let outcome = match berth_runtime::client::exec_failure(helper.report) {
         Some(e) => Outcome::Failure(e.to_string()),
         None => Outcome::Exit(code),
     };
@@ -153,16 +153,16 @@ pub async fn exec<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, cmd: Ve
 /// monitor. Ends when the container exits (Success on the error channel,
 /// as kubelet reports attach) or when the client goes away (the container
 /// keeps running; a `stdin_once` container loses its stdin).
-pub async fn attach<C: Channels>(agent: Arc<Agent>, mut ch: C, id: String, wants: Wants) {
+pub async fn attach<C: Channels>(backend: Arc<dyn Backend>, mut ch: C, id: String, wants: Wants) {
     use berth_runtime::monitor::{
         attach_frame, take_attach_frame, FRAME_EXIT, FRAME_RESIZE, FRAME_STDERR, FRAME_STDIN, FRAME_STDIN_CLOSE, FRAME_STDOUT,
     };
-    let rec = match running_container(&agent, &id) {
+    let rec = match running_container(backend.as_ref(), &id) {
         Ok(r) => r,
         Err(failure) => return ch.finish(failure).await,
     };
-    let bundle = crate::container::bundle(&agent, &rec.id);
-    let runtime = agent.runtime.clone();
+    let bundle = rec.bundle.clone();
+    let runtime = backend.runtime().clone();
     let (cid, stdin) = (rec.id.clone(), wants.stdin && rec.stdin);
     let conn = tokio::task::spawn_blocking(move || runtime.attach(&cid, &bundle, stdin)).await;
     let conn = match conn.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {

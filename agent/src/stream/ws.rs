@@ -16,12 +16,11 @@ use berth_proto::remotecommand::{
 
 use super::session::{self, connect_in_netns, pump, Channels, Input, Outcome, Output};
 use super::StreamRequest;
-use crate::cri::Agent;
 
 /// Upgrades and runs the request's session.
 // The handshake callback's error type is tungstenite's own (an HTTP response).
 #[allow(clippy::result_large_err)]
-pub async fn serve<S>(agent: Arc<Agent>, req: StreamRequest, stream: S) -> std::io::Result<()>
+pub async fn serve<S>(backend: Arc<dyn super::Backend>, req: StreamRequest, stream: S) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -49,8 +48,8 @@ where
     let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.map_err(std::io::Error::other)?;
     let v5 = *chosen.lock().unwrap_or_else(|e| e.into_inner()) == Some("v5.channel.k8s.io");
     match req {
-        StreamRequest::Exec { container_id, cmd, wants } => session::exec(agent, WsChannels::new(ws, v5), container_id, cmd, wants).await,
-        StreamRequest::Attach { container_id, wants } => session::attach(agent, WsChannels::new(ws, v5), container_id, wants).await,
+        StreamRequest::Exec { container_id, cmd, wants } => session::exec(backend, WsChannels::new(ws, v5), container_id, cmd, wants).await,
+        StreamRequest::Attach { container_id, wants } => session::attach(backend, WsChannels::new(ws, v5), container_id, wants).await,
         StreamRequest::PortForward { netns, ports } => return port_forward(ws, netns, ports).await,
     }
     Ok(())

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{session, Head, StreamRequest};
-use crate::cri::Agent;
 
 /// The protocol this request may use, by `X-Stream-Protocol-Version`
 /// negotiation: the first of berth's that the client offers; with no offer,
@@ -28,7 +27,7 @@ fn negotiate(offered: &[String], ours: &[&'static str]) -> Result<&'static str, 
 }
 
 /// Upgrades to SPDY and runs the request's session.
-pub async fn serve<S>(agent: Arc<Agent>, req: StreamRequest, head: &Head, mut io: S) -> std::io::Result<()>
+pub async fn serve<S>(backend: Arc<dyn crate::stream::Backend>, req: StreamRequest, head: &Head, mut io: S) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -56,11 +55,11 @@ where
     match req {
         StreamRequest::PortForward { netns, .. } => portforward::serve(conn, netns).await,
         StreamRequest::Exec { container_id, cmd, wants } => match remote::SpdyChannels::accept(conn, protocol, wants).await {
-            Ok(ch) => session::exec(agent, ch, container_id, cmd, wants).await,
+            Ok(ch) => session::exec(backend, ch, container_id, cmd, wants).await,
             Err(e) => tracing::debug!(container_id, "spdy exec: {e}"),
         },
         StreamRequest::Attach { container_id, wants } => match remote::SpdyChannels::accept(conn, protocol, wants).await {
-            Ok(ch) => session::attach(agent, ch, container_id, wants).await,
+            Ok(ch) => session::attach(backend, ch, container_id, wants).await,
             Err(e) => tracing::debug!(container_id, "spdy attach: {e}"),
         },
     }

@@ -1,0 +1,124 @@
+//! The node: everything berthd knows and runs — config, store and its
+//! in-memory indexes, images, pod network, executor, streaming server,
+//! events. The lifecycle modules (`pod`, `container`, `stats`) act on it;
+//! `cri/` only translates. Nothing here knows gRPC.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::events::Events;
+use crate::index::Table;
+use crate::store::{ContainerRecord, PodRecord, Store};
+
+/// The store setting holding the pod CIDR from `UpdateRuntimeConfig`.
+pub const POD_CIDR_SETTING: &str = "pod_cidr";
+
+/// The node's state and services.
+pub struct Node {
+    /// The effective configuration.
+    pub config: Config,
+    /// The metadata store.
+    pub store: Arc<Store>,
+    /// Pods, indexed.
+    pub pods: Table<PodRecord>,
+    /// Containers, indexed.
+    pub containers: Table<ContainerRecord>,
+    /// Images: pull, lookup, removal.
+    pub images: crate::image::Images,
+    /// The executor.
+    pub runtime: berth_runtime::Runtime,
+    /// Whether the node runs cgroup v2.
+    pub cgroup_v2: bool,
+    /// The pod network.
+    pub network: crate::net::Network,
+    /// One operation at a time per pod or container id.
+    pub locks: crate::util::KeyedLocks,
+    /// In-flight creations by name, for kubelet's retries.
+    pub flights: Arc<crate::util::SingleFlight>,
+    /// Previous CPU samples, for rates.
+    pub cpu_samples: crate::stats::CpuSamples,
+    /// The streaming server, once bound.
+    pub streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
+    /// Container lifecycle events.
+    pub events: Events,
+}
+
+impl Node {
+    /// Opens the services over the opened store: indexes, images, network.
+    pub fn open(config: Config, store: Store) -> Result<Node> {
+        let store = Arc::new(store);
+        let pods = Table::load(store.clone())?;
+        let containers = Table::load(store.clone())?;
+        let image_options = crate::image::ImageOptions {
+            root: config.root.clone(),
+            max_concurrent_downloads: config.image.max_concurrent_downloads,
+            unpack: crate::image::unpack::UnpackOptions { device_nodes: config.image.unpack_device_nodes },
+            registry: config.registry.clone(),
+        };
+        let images = crate::image::Images::open(image_options, Arc::new(crate::store::ImageTable(store.clone())))
+            .map_err(Error::internal_fn("opening the image store"))?;
+        let containers_dir = config.root.join("containers");
+        berth_runtime::fs::ensure_private_dir(&containers_dir).map_err(Error::internal_fn(containers_dir.display().to_string()))?;
+        let monitor_bin = if config.runtime.monitor_path.as_os_str().is_empty() {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("berth-monitor")))
+                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/berth-monitor"))
+        } else {
+            config.runtime.monitor_path.clone()
+        };
+        if !monitor_bin.is_file() {
+            return Err(Error::invalid("runtime.monitor_path", format!("{} does not exist", monitor_bin.display())));
+        }
+        if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(true) {
+            tracing::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj and rlimits above the hard limit are clamped to what may be set");
+        }
+        for dir in [config.state.join("pods"), config.state.join("containers")] {
+            berth_runtime::fs::ensure_private_dir(&dir).map_err(Error::internal_fn(dir.display().to_string()))?;
+        }
+        let pod_cidr = store.setting(POD_CIDR_SETTING)?;
+        let network = crate::net::Network::open(&config, pod_cidr.as_deref())?;
+        Ok(Node {
+            network,
+            store,
+            pods,
+            containers,
+            images,
+            runtime: berth_runtime::Runtime::new(monitor_bin),
+            cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
+            locks: Default::default(),
+            flights: Default::default(),
+            cpu_samples: Default::default(),
+            streams: Default::default(),
+            events: Events::default(),
+            config,
+        })
+    }
+
+    /// Where container writable layers live.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.config.root.join("containers")
+    }
+
+    /// The pod's state directory.
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
+        self.config.state.join("pods").join(id)
+    }
+
+    /// The container's bundle (state dir, 0700).
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.config.state.join("containers").join(id)
+    }
+
+    /// The container's writable layer.
+    pub fn layer_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir().join(id)
+    }
+
+    /// The pod's containers.
+    pub fn containers_of(&self, pod_id: &str) -> Vec<ContainerRecord> {
+        self.containers.filter(|c| c.pod_id == pod_id)
+    }
+}
