@@ -63,6 +63,12 @@ shm_size_bytes = 67108864
 # SIGKILL, in seconds (kubelet stops containers itself before this).
 pod_stop_grace_seconds = 2
 
+# ExecSync: once the command has exited, how long to wait for its output
+# pipes to close (a background child may hold them), in seconds; then the
+# output read so far is the answer. 0 waits (up to the request's timeout).
+# containerd calls this drain_exec_sync_io_timeout.
+drain_exec_sync_io_seconds = 2
+
 [network]
 # "builtin": berth's bridge, veth, NAT and hostPort; "cni": the plugins of
 # the first config in cni_conf_dir; "auto": cni when cni_conf_dir has a
@@ -210,6 +216,8 @@ pub struct RuntimeConfig {
     pub shm_size_bytes: u64,
     /// Grace before SIGKILL when a pod is stopped.
     pub pod_stop_grace_seconds: u64,
+    /// How long ExecSync waits for output after the command exited (0: no bound).
+    pub drain_exec_sync_io_seconds: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -219,6 +227,7 @@ impl Default for RuntimeConfig {
             default_cgroup_parent: "berth".into(),
             shm_size_bytes: 64 << 20,
             pod_stop_grace_seconds: 2,
+            drain_exec_sync_io_seconds: 2,
         }
     }
 }

@@ -413,7 +413,11 @@ pub async fn reopen_log(node: &Arc<Node>, id: &str) -> Result<()> {
     Ok(tokio::task::spawn_blocking(move || a.runtime.reopen_log(&rec.id, &bdir)).await??)
 }
 
-/// ExecSync: runs `cmd` in the container; output capped, `timeout_s` > 0 kills.
+/// ExecSync: runs `cmd` in the container; output capped. With a positive
+/// `timeout_s` the command and every process it started are killed when it passes
+/// (and reaped: nothing of the exec is left, also in a container whose PID 1
+/// does not reap). Once the command has exited, its output is awaited for
+/// at most `runtime.drain_exec_sync_io_seconds`.
 pub async fn exec_sync(node: &Arc<Node>, id: &str, cmd: Vec<String>, timeout_s: i64) -> Result<ExecOutput> {
     check_cmd(&cmd)?;
     let rec = find_running(node, id)?;
@@ -424,42 +428,84 @@ pub async fn exec_sync(node: &Arc<Node>, id: &str, cmd: Vec<String>, timeout_s: 
     command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| internal("exec helper", e))?;
     helper.spawned();
-    let out = read_capped(child.stdout.take());
-    let err = read_capped(child.stderr.take());
-    let run = async {
-        let (out, err, status) = tokio::join!(out, err, child.wait());
-        (out, err, status)
-    };
-    let (stdout, stderr, status) = if timeout_s > 0 {
-        match tokio::time::timeout(Duration::from_secs(timeout_s as u64), run).await {
-            Ok(v) => v,
+    let (stdout, stderr) = (Captured::start(child.stdout.take()), Captured::start(child.stderr.take()));
+    let deadline = (timeout_s > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(timeout_s as u64));
+    let status = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, child.wait()).await {
+            Ok(s) => s,
             Err(_) => {
-                // kill_on_drop ends the helper; PDEATHSIG ends the command.
+                stop_exec(&mut child).await;
                 return Err(Error::DeadlineExceeded(format!("command {:?} timed out after {timeout_s}s", cmd[0])));
             }
-        }
-    } else {
-        run.await
+        },
+        None => child.wait().await,
     };
     let status = status.map_err(|e| internal("exec helper", e))?;
     if let Some(e) = berth_runtime::client::exec_failure(helper.report) {
         return Err(RuntimeError::Init(e).into());
     }
+    // The command is done; its output may still be held open by a child it
+    // left running in the background.
+    let drain = node.config.runtime.drain_exec_sync_io_seconds;
+    let drain_until = match (drain, deadline) {
+        (0, d) => d,
+        (s, Some(d)) => Some(d.min(tokio::time::Instant::now() + Duration::from_secs(s))),
+        (s, None) => Some(tokio::time::Instant::now() + Duration::from_secs(s)),
+    };
+    let (stdout, stderr) = tokio::join!(stdout.finish(drain_until), stderr.finish(drain_until));
     Ok(ExecOutput { stdout, stderr, exit_code: status.code().unwrap_or(255) })
 }
 
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>) -> Vec<u8> {
-    let Some(mut r) = reader else { return Vec::new() };
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return out,
-            Ok(n) => {
-                let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
-                out.extend_from_slice(&buf[..n.min(room)]);
+/// Ends an exec helper: SIGTERM, so its exec init kills and reaps the whole
+/// tree, then (after 5 s) SIGKILL.
+async fn stop_exec(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+/// One output stream of an exec, read into a bounded buffer as it comes, so
+/// what arrived is kept even when the stream is given up on.
+struct Captured {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Captured {
+    fn start<R: tokio::io::AsyncRead + Unpin + Send + 'static>(reader: Option<R>) -> Captured {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let task = tokio::spawn(async move {
+            let Some(mut r) = reader else { return };
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match r.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = EXEC_OUTPUT_CAP.saturating_sub(out.len());
+                        out.extend_from_slice(&chunk[..n.min(room)]);
+                    }
+                }
             }
+        });
+        Captured { buf, task }
+    }
+
+    /// The output, once the stream has ended or `until` has passed.
+    async fn finish(mut self, until: Option<tokio::time::Instant>) -> Vec<u8> {
+        let ended = match until {
+            Some(t) => tokio::time::timeout_at(t, &mut self.task).await.is_ok(),
+            None => (&mut self.task).await.is_ok(),
+        };
+        if !ended {
+            self.task.abort();
         }
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

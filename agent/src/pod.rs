@@ -54,9 +54,48 @@ pub fn find(node: &Node, id: &str) -> Result<PodRecord> {
     node.pods.find(id)
 }
 
+/// The longest hostname the kernel takes (HOST_NAME_MAX).
+const HOSTNAME_MAX: usize = 64;
+
+/// Checks a pod hostname before anything is created: at most 64 bytes, dot-
+/// separated labels of letters, digits, `-` and `_` (crictl's own examples
+/// use `_`), no label empty or starting or ending with `-`.
+pub fn check_hostname(h: &str) -> Result<()> {
+    let field = "config.hostname";
+    if h.len() > HOSTNAME_MAX {
+        return Err(Error::invalid(field, format!("{h:?} is {} bytes, longer than {HOSTNAME_MAX}", h.len())));
+    }
+    for label in h.split('.') {
+        let valid = !label.is_empty()
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(Error::invalid(field, format!("{h:?} is not a valid hostname")));
+        }
+    }
+    Ok(())
+}
+
+fn node_hostname() -> Result<String> {
+    let node = nix::unistd::gethostname().map_err(|e| internal("the node's hostname", e))?;
+    Ok(node.to_string_lossy().into_owned())
+}
+
+/// The hostname a pod gets: in a UTS namespace of its own the one asked
+/// for (checked), or the node's when none is; on the host's, the node's.
+fn pod_hostname(rec: &PodRecord) -> Result<String> {
+    if rec.network_mode == ns_mode::NODE || rec.hostname.is_empty() {
+        return node_hostname();
+    }
+    check_hostname(&rec.hostname)?;
+    Ok(rec.hostname.clone())
+}
+
 /// RunPodSandbox: returns the new pod's id. A retry with the same name key
 /// while the first is in flight gets the first one's result.
 pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result<String> {
+    record.hostname = pod_hostname(&record)?;
     let key = format!("pod:{}", record.name_key());
     let check_node = node.clone();
     let check_key = record.name_key();
@@ -108,12 +147,7 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<PodRecord
     std::fs::create_dir_all(&dir).map_err(|e| internal(&format!("{}", dir.display()), e))?;
     let own_net = rec.network_mode != ns_mode::NODE;
     let want = sandbox::PodNamespaces { net: own_net, ipc: rec.ipc_mode != ns_mode::NODE, uts: own_net };
-    let hostname = if own_net {
-        rec.hostname.clone()
-    } else {
-        nix::unistd::gethostname().map(|h| h.to_string_lossy().to_string()).unwrap_or_default()
-    };
-    rec.hostname = hostname.clone();
+    let hostname = rec.hostname.clone();
     let sysctls: Vec<(String, String)> = rec.sysctls.clone().into_iter().collect();
     sandbox::pin_namespaces(&dir, want, &hostname, &sysctls).map_err(|e| internal("pod namespaces", e))?;
     if want.ipc {
@@ -263,6 +297,17 @@ mod tests {
         };
         assert_eq!(dns.resolv_conf().unwrap(), "search ns.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n");
         assert!(PodDns::default().resolv_conf().is_none());
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        for ok in ["web-0", "crictl_host", "a.b.c", &"x".repeat(64)] {
+            assert!(check_hostname(ok).is_ok(), "{ok}");
+        }
+        for bad in [&"x".repeat(65)[..], "-a", "a-", "a..b", "a b", "a/b", ""] {
+            let e = check_hostname(bad).unwrap_err();
+            assert!(e.to_string().starts_with("config.hostname:"), "{e}");
+        }
     }
 
     #[test]

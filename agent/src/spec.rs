@@ -83,6 +83,31 @@ pub struct Built {
     pub stop_signal: i32,
 }
 
+/// A volume that propagates needs a host source that does: bidirectional a
+/// shared mount, host-to-container a shared or slave one (kubelet makes its
+/// own directories rshared; containerd refuses the same way).
+fn check_source_propagation(mounts: &[berth_runtime::mountinfo::Mount], source: &Path, asked: Propagation) -> Result<(), String> {
+    use berth_runtime::mountinfo::{containing, Propagation as Host};
+    if asked == Propagation::Private {
+        return Ok(());
+    }
+    let resolved = std::fs::canonicalize(source).map_err(|e| format!("{}: {e}", source.display()))?;
+    let Some(m) = containing(mounts, &resolved) else {
+        return Err(format!("no mount holds {}", resolved.display()));
+    };
+    let fits = match asked {
+        Propagation::Bidirectional => m.propagation == Host::Shared,
+        _ => m.propagation != Host::Private,
+    };
+    if fits {
+        return Ok(());
+    }
+    let (what, needs) =
+        if asked == Propagation::Bidirectional { ("bidirectional", "a shared mount") } else { ("host-to-container", "a shared or slave mount") };
+    let is = if m.propagation == Host::Slave { "a slave" } else { "private" };
+    Err(format!("{what} propagation needs {needs}: {} is on {}, which is {is}", source.display(), m.mount_point.display()))
+}
+
 fn invalid(field: &str, reason: impl std::fmt::Display) -> Error {
     Error::invalid(field, reason)
 }
@@ -144,6 +169,11 @@ pub fn user(config: &ContainerRequest, image: &ImageRecord) -> Result<(u32, u32,
         .map(|g| u32::try_from(*g).map_err(|_| invalid("supplemental_groups", format!("{g} is not a gid"))))
         .collect::<Result<_>>()?;
     let check_id = |field: &str, v: i64| u32::try_from(v).map_err(|_| invalid(field, format!("{v} is not a valid id")));
+    // A group alone is refused, as by containerd: which user it goes with
+    // would be the image's guess.
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(invalid("config.linux.security_context.run_as_group", "given without run_as_user or run_as_username"));
+    }
     let group = sc.run_as_group.map(|g| check_id("run_as_group", g)).transpose()?;
     if let Some(uid) = sc.run_as_user {
         let uid = check_id("run_as_user", uid)?;
@@ -283,6 +313,12 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         }
     }
     let mut mount_records = Vec::new();
+    let mut rootfs_propagation: Option<&str> = None;
+    let host_mounts = if config.mounts.iter().any(|m| m.propagation != Propagation::Private) {
+        berth_runtime::mountinfo::read_self().map_err(Error::internal_fn("read mountinfo"))?
+    } else {
+        Vec::new()
+    };
     for (i, m) in config.mounts.iter().enumerate() {
         let field = format!("config.mounts[{i}]");
         if !m.container_path.starts_with('/') {
@@ -294,9 +330,17 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         if let Err(e) = std::fs::metadata(&m.host_path) {
             return Err(invalid(&format!("{field}.host_path"), format!("{}: {e}", m.host_path)));
         }
+        check_source_propagation(&host_mounts, Path::new(&m.host_path), m.propagation)
+            .map_err(|why| invalid(&format!("{field}.propagation"), why))?;
         let propagation = match m.propagation {
-            Propagation::HostToContainer => "rslave",
-            Propagation::Bidirectional => "rshared",
+            Propagation::HostToContainer => {
+                rootfs_propagation.get_or_insert("rslave");
+                "rslave"
+            }
+            Propagation::Bidirectional => {
+                rootfs_propagation = Some("rshared");
+                "rshared"
+            }
             Propagation::Private => "rprivate",
         };
         let mut opts = vec!["rbind", propagation];
@@ -396,6 +440,7 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         .build()
         .map_err(spec_err)?;
     linux.set_seccomp(seccomp);
+    linux.set_rootfs_propagation(rootfs_propagation.map(str::to_string));
 
     let mut annotations: HashMap<String, String> = config.annotations.clone().into_iter().collect();
     let join = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
@@ -578,5 +623,9 @@ mod tests {
         c.security.run_as_group = Some(44);
         let (uid, gid, _, name) = user(&c, &img).unwrap();
         assert_eq!((uid, gid, name), (33, 44, None));
+        c.security.run_as_user = None;
+        assert!(user(&c, &img).unwrap_err().to_string().contains("run_as_group"));
+        c.security.run_as_username = "user".into();
+        assert_eq!(user(&c, &img).unwrap().3.as_deref(), Some("user:44"));
     }
 }

@@ -496,6 +496,14 @@ pub fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
     }
 }
 
+/// A container's Linux config with kubelet's namespaces and the security
+/// context `f` makes.
+pub fn security(f: impl FnOnce(&mut cri::LinuxContainerSecurityContext)) -> Option<cri::LinuxContainerConfig> {
+    let mut s = cri::LinuxContainerSecurityContext { namespace_options: Some(kubelet_namespaces()), ..Default::default() };
+    f(&mut s);
+    Some(cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() })
+}
+
 /// A container config running `cmd` from `image`, logging to `<name>.log`.
 pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {

@@ -34,12 +34,6 @@ async fn push_attack_image(f: &Fixture) -> String {
     reference
 }
 
-fn security(f: impl FnOnce(&mut cri::LinuxContainerSecurityContext)) -> Option<cri::LinuxContainerConfig> {
-    let mut s = cri::LinuxContainerSecurityContext { namespace_options: Some(berth_e2e::kubelet_namespaces()), ..Default::default() };
-    f(&mut s);
-    Some(cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() })
-}
-
 /// The container's cgroup (relative), from the verbose status.
 async fn cgroup_of(f: &mut Fixture, id: &str) -> String {
     let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: true };
@@ -85,7 +79,7 @@ async fn device_cgroup_denies_what_a_container_was_not_given() {
 
     // Privileged: every device, as containerd gives it.
     let mut c = f.container("priv", &["sleep", "1000"]);
-    c.linux = security(|s| s.privileged = true);
+    c.linux = berth_e2e::security(|s| s.privileged = true);
     let privileged = f.cri.run(&pod, c, &cfg).await;
     if let Some(list) = devices_list(&mut f, &privileged).await {
         assert_eq!(list.trim(), "a *:* rwm");
@@ -123,7 +117,7 @@ async fn image_device_nodes_reach_neither_containers_nor_host_users() {
         let cfg = f.pod("imgdev");
         let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
         let mut c = berth_e2e::container_config("user", &image, &["sleep", "1000"]);
-        c.linux = security(|s| {
+        c.linux = berth_e2e::security(|s| {
             s.run_as_user = Some(cri::Int64Value { value: 1000 });
             s.capabilities = Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() });
         });
@@ -164,7 +158,7 @@ async fn inheritable_capabilities_are_empty_so_file_capabilities_give_nothing() 
     let root = f.cri.run(&pod, berth_e2e::container_config("root", &image, &["sleep", "1000"]), &cfg).await;
     assert_eq!(status_field(&mut f, &root, "/proc/self/status", "CapInh").await, "0000000000000000");
     let mut c = berth_e2e::container_config("user", &image, &["sleep", "1000"]);
-    c.linux = security(|s| s.run_as_user = Some(cri::Int64Value { value: 1000 }));
+    c.linux = berth_e2e::security(|s| s.run_as_user = Some(cri::Int64Value { value: 1000 }));
     let user = f.cri.run(&pod, c, &cfg).await;
     assert_eq!(status_field(&mut f, &user, "/proc/self/status", "CapInh").await, "0000000000000000");
     // CVE-2022-24769: a binary whose file capabilities are all inheritable
@@ -189,7 +183,7 @@ async fn shared_pid_init_shows_nothing_of_the_host() {
     });
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut c = f.container("tracer", &["sleep", "1000"]);
-    c.linux = security(|s| {
+    c.linux = berth_e2e::security(|s| {
         s.namespace_options = Some(cri::NamespaceOption { pid: 0, ..Default::default() });
         s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
     });
@@ -308,7 +302,7 @@ async fn runtime_default_seccomp_is_an_allow_list() {
     let cfg = f.pod("seccomp");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut c = berth_e2e::container_config("confined", &image, &["sleep", "1000"]);
-    c.linux = security(|s| {
+    c.linux = berth_e2e::security(|s| {
         s.seccomp =
             Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() })
     });

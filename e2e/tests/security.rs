@@ -4,12 +4,6 @@
 use berth_e2e::{cri, Fixture};
 use tonic::Code;
 
-fn sc(f: impl FnOnce(&mut cri::LinuxContainerSecurityContext)) -> Option<cri::LinuxContainerConfig> {
-    let mut s = cri::LinuxContainerSecurityContext { namespace_options: Some(berth_e2e::kubelet_namespaces()), ..Default::default() };
-    f(&mut s);
-    Some(cri::LinuxContainerConfig { security_context: Some(s), ..Default::default() })
-}
-
 /// A field of /proc/self/status inside the container.
 async fn status_field(f: &mut Fixture, id: &str, field: &str) -> String {
     let out = f.cri.sh(id, &format!("grep '^{field}:' /proc/self/status")).await;
@@ -49,7 +43,7 @@ async fn users_capabilities_seccomp_and_paths() {
 
     // run_as_user/group and supplemental groups, reported in the status too.
     let mut c = f.container("ids", &["sleep", "1000"]);
-    c.linux = sc(|s| {
+    c.linux = berth_e2e::security(|s| {
         s.run_as_user = Some(cri::Int64Value { value: 1234 });
         s.run_as_group = Some(cri::Int64Value { value: 5678 });
         s.supplemental_groups = vec![4242];
@@ -58,7 +52,7 @@ async fn users_capabilities_seccomp_and_paths() {
     assert_eq!(f.cri.sh(&ids, "id -u; id -g; id -G").await, "1234\n5678\n5678 4242\n");
     // Strict: no memberships from the image's /etc/group (user is in "extra" there).
     let mut c = f.container("strict", &["sleep", "1000"]);
-    c.linux = sc(|s| {
+    c.linux = berth_e2e::security(|s| {
         s.run_as_username = "user".into();
         s.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
     });
@@ -70,7 +64,7 @@ async fn users_capabilities_seccomp_and_paths() {
 
     // add/drop, RuntimeDefault seccomp, no_new_privs, read-only rootfs.
     let mut c = f.container("tight", &["sleep", "1000"]);
-    c.linux = sc(|s| {
+    c.linux = berth_e2e::security(|s| {
         s.capabilities = Some(cri::Capability {
             add_capabilities: vec!["NET_ADMIN".into()],
             drop_capabilities: vec!["CHOWN".into()],
@@ -100,7 +94,7 @@ async fn users_capabilities_seccomp_and_paths() {
     std::fs::write(&profile, r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"],"syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#).unwrap();
     let mut c = f.container("local", &["sleep", "1000"]);
     let p = profile.display().to_string();
-    c.linux = sc(|s| {
+    c.linux = berth_e2e::security(|s| {
         s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: p })
     });
     let local = f.cri.run(&pod, c, &cfg).await;
@@ -110,7 +104,7 @@ async fn users_capabilities_seccomp_and_paths() {
 
     // Privileged: all capabilities, no seccomp, can mount, host devices.
     let mut c = f.container("priv", &["sleep", "1000"]);
-    c.linux = sc(|s| s.privileged = true);
+    c.linux = berth_e2e::security(|s| s.privileged = true);
     let privileged = f.cri.run(&pod, c, &cfg).await;
     assert!(cap_bit(&status_field(&mut f, &privileged, "CapEff").await, CAP_SYS_ADMIN));
     assert_eq!(f.cri.sh(&privileged, "mkdir -p /mnt && mount -t tmpfs none /mnt && echo mounted").await.trim(), "mounted");
@@ -124,7 +118,7 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
     let cfg = f.pod("secbad");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut c = f.container("badcap", &["true"]);
-    c.linux = sc(|s| s.capabilities = Some(cri::Capability { add_capabilities: vec!["CAP_FLY".into()], ..Default::default() }));
+    c.linux = berth_e2e::security(|s| s.capabilities = Some(cri::Capability { add_capabilities: vec!["CAP_FLY".into()], ..Default::default() }));
     let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("CAP_FLY"), "{}", e.message());
@@ -138,7 +132,7 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
         };
         let mut c = f.container(name, &["true"]);
         let p = path.clone();
-        c.linux = sc(|s| {
+        c.linux = berth_e2e::security(|s| {
             s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: p })
         });
         let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
@@ -147,7 +141,7 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
     }
     if !std::path::Path::new("/sys/module/apparmor").exists() {
         let mut c = f.container("aa", &["true"]);
-        c.linux = sc(|s| {
+        c.linux = berth_e2e::security(|s| {
             s.apparmor = Some(cri::SecurityProfile {
                 profile_type: cri::security_profile::ProfileType::Localhost as i32,
                 localhost_ref: "my-profile".into(),
@@ -158,7 +152,7 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
         assert!(e.message().contains("AppArmor is not enabled") && e.message().contains("my-profile"), "{}", e.message());
     }
     let mut c = f.container("nouser", &["true"]);
-    c.linux = sc(|s| s.run_as_username = "nosuchuser".into());
+    c.linux = berth_e2e::security(|s| s.run_as_username = "nosuchuser".into());
     let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
     assert!(e.message().contains("unable to find user nosuchuser"), "{}", e.message());
     let listed = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;

@@ -70,7 +70,8 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
             host_ip,
         });
     }
-    let hostname = if config.hostname.is_empty() { meta.name.clone() } else { config.hostname.clone() };
+    // Empty: the node's hostname (filled in by the pod module, as containerd does).
+    let hostname = config.hostname.clone();
     Ok((
         PodRecord {
             name: meta.name,

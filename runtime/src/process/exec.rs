@@ -88,35 +88,177 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
 
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }.map_err(|e| setup("fork", e))? {
-        ForkResult::Child => {
-            if let Some((master, slave_path)) = pty {
+        ForkResult::Child => exec_init(
+            &spec,
+            process,
+            args,
+            pty.map(|(master, slave)| {
                 drop(master);
-                if let Err(e) = super::tty::attach_terminal(&slave_path, None) {
+                slave
+            }),
+        ),
+        ForkResult::Parent { child } => {
+            forward_sigterm_to(child);
+            match pty {
+                Some((master, _)) => Ok(relay_terminal(child, master)),
+                None => loop {
+                    match waitpid(child, None) {
+                        Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                        Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                        Ok(_) => continue,
+                        Err(nix::errno::Errno::EINTR) => forward_pending_sigterm(),
+                        Err(e) => return Err(setup("wait", e)),
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Set by the helper's SIGTERM handler (berthd's "stop this exec").
+static SIGTERM_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The exec init the helper forwards SIGTERM to.
+static EXEC_INIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    SIGTERM_PENDING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// berthd ends an exec (its timeout) with SIGTERM to the helper, which
+/// passes it on to the exec init; the handler interrupts the helper's wait
+/// (no SA_RESTART) so it does so at once.
+fn forward_sigterm_to(child: nix::unistd::Pid) {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    EXEC_INIT.store(child.as_raw(), std::sync::atomic::Ordering::SeqCst);
+    let action = SigAction::new(SigHandler::Handler(on_sigterm), SaFlags::empty(), SigSet::empty());
+    // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+    let _ = unsafe { sigaction(Signal::SIGTERM, &action) };
+}
+
+/// Forwards a SIGTERM the helper received, once.
+fn forward_pending_sigterm() {
+    if SIGTERM_PENDING.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        let pid = EXEC_INIT.load(std::sync::atomic::Ordering::SeqCst);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// The exec init: the first process of the exec in the container's PID
+/// namespace, a child subreaper there. It forks the command, then waits:
+/// when the command exits it exits with its status; on SIGTERM (from the
+/// helper, or as the helper's death signal) it kills every process of the
+/// exec's tree — orphans are reparented to it, so none escapes — reaps
+/// them, and exits. It keeps only CAP_KILL once the command is forked, and
+/// holds none of the command's stdio.
+fn exec_init(spec: &oci_spec::runtime::Spec, process: &oci_spec::runtime::Process, args: &ExecArgs, pty_slave: Option<String>) -> ! {
+    use nix::sys::signal::{SigSet, Signal};
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+    }
+    let mut waited = SigSet::empty();
+    waited.add(Signal::SIGTERM);
+    waited.add(Signal::SIGCHLD);
+    let _ = waited.thread_block();
+    if nix::unistd::getppid().as_raw() == 1 {
+        // The helper died before the death signal was armed.
+        std::process::exit(fail(InitError::Setup("helper died".into())));
+    }
+    // SAFETY: single-threaded.
+    let command = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            if let Some(slave) = pty_slave {
+                if let Err(e) = super::tty::attach_terminal(&slave, None) {
                     std::process::exit(fail(e));
                 }
             }
-            // SAFETY: prctl with integer arguments.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(super::security::compile);
-            let strict = annotations::get(&spec, annotations::GROUPS_STRICT).is_some();
+            let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();
             let e = match seccomp.transpose() {
-                Ok(filter) => child(process, annotations::get(&spec, annotations::USER), strict, &args.args, filter.as_ref()),
+                Ok(filter) => child(process, annotations::get(spec, annotations::USER), strict, &args.args, filter.as_ref()),
                 Err(e) => e,
             };
             std::process::exit(fail(e));
         }
-        ForkResult::Parent { child } => match pty {
-            Some((master, _)) => Ok(relay_terminal(child, master)),
-            None => loop {
-                match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                    Ok(_) => continue,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(setup("wait", e)),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => std::process::exit(fail(setup("fork", e))),
+    };
+    let _ = keep_only_cap_kill();
+    for fd in 0..3 {
+        let _ = nix::unistd::close(fd);
+    }
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGTERM) => {
+                kill_descendants();
+                // SAFETY: _exit ends the process without running anything else.
+                unsafe { libc::_exit(128 + libc::SIGKILL) }
+            }
+            _ => loop {
+                match waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == command => unsafe { libc::_exit(code) },
+                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => unsafe { libc::_exit(128 + sig as i32) },
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(_) => {}
                 }
             },
-        },
+        }
+    }
+}
+
+/// Drops every capability but CAP_KILL (which killing the exec's tree
+/// needs), and sets no_new_privs.
+fn keep_only_cap_kill() -> Result<(), InitError> {
+    use caps::{CapSet, Capability};
+    let kill: std::collections::HashSet<Capability> = [Capability::CAP_KILL].into_iter().collect();
+    for c in caps::all() {
+        if c != Capability::CAP_KILL {
+            caps::drop(None, CapSet::Bounding, c).map_err(|e| setup("drop capabilities", e))?;
+        }
+    }
+    caps::clear(None, CapSet::Inheritable).map_err(|e| setup("drop capabilities", e))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| setup("drop capabilities", e))?;
+    caps::set(None, CapSet::Effective, &kill).map_err(|e| setup("drop capabilities", e))?;
+    caps::set(None, CapSet::Permitted, &kill).map_err(|e| setup("drop capabilities", e))?;
+    super::security::no_new_privs()
+}
+
+/// Children of this process, from /proc (the PID namespace's own).
+fn children() -> Vec<nix::unistd::Pid> {
+    let me = nix::unistd::getpid().as_raw();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // After the command name, which may hold spaces and parentheses:
+        // state, then the parent pid.
+        let ppid = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(me) {
+            out.push(nix::unistd::Pid::from_raw(pid));
+        }
+    }
+    out
+}
+
+/// Kills and reaps every descendant: children first; their orphans come to
+/// this subreaper and are killed in the next round. Bounded by 5 seconds.
+fn kill_descendants() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let kids = children();
+        if kids.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        for k in kids {
+            let _ = nix::sys::signal::kill(k, nix::sys::signal::Signal::SIGKILL);
+        }
+        while let Ok(s) = waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            if s == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 
@@ -151,6 +293,7 @@ fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 
         }
         let timeout = if code.is_some() { PollTimeout::from(50u16) } else { PollTimeout::from(200u16) };
         let n = poll(&mut fds, timeout).unwrap_or(0);
+        forward_pending_sigterm();
         let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
         if n == 0 && code.is_some() {

@@ -86,6 +86,18 @@ impl RootfsOps for Kernel {
         mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(|e| InitError::setup("set the propagation of /", e))
     }
 
+    fn make_rootfs_parent_private(&mut self) -> Result<(), InitError> {
+        let rootfs = std::fs::canonicalize(&self.rootfs).map_err(|e| InitError::setup("resolve the rootfs path", e))?;
+        let mounts = crate::mountinfo::read_self().map_err(|e| InitError::setup("read mountinfo", e))?;
+        let parent = crate::mountinfo::containing(&mounts, &rootfs)
+            .ok_or_else(|| InitError::Setup(format!("no mount holds {}", rootfs.display())))?;
+        if parent.propagation != crate::mountinfo::Propagation::Shared {
+            return Ok(());
+        }
+        mount(None::<&str>, &parent.mount_point, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(|e| InitError::setup(&format!("make {} private", parent.mount_point.display()), e))
+    }
+
     fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError> {
         let data = match &layers.upper_work {
             Some((upper, work)) => format!("lowerdir={},upperdir={upper},workdir={work}", layers.lower),
@@ -174,9 +186,16 @@ impl RootfsOps for Kernel {
         fn step(what: &'static str) -> impl Fn(Errno) -> InitError {
             move |e| InitError::setup(what, e)
         }
+        let old_root = nix::fcntl::open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(step("open old root"))?;
         nix::unistd::chdir(&self.rootfs).map_err(step("chdir rootfs"))?;
         nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
-        // The old root is stacked under the new one at "."; detach it.
+        // The old root is now stacked on the new one. Through its fd, make
+        // it a slave (with a shared root its detach would otherwise
+        // propagate to the host's mounts; runc does the same), then detach
+        // it; the new root's own mounts keep their propagation.
+        nix::unistd::fchdir(&old_root).map_err(step("fchdir old root"))?;
+        mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>).map_err(step("make old root rslave"))?;
         umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root"))?;
         nix::unistd::chdir("/").map_err(step("chdir /"))
     }

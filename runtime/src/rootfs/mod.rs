@@ -38,6 +38,10 @@ pub trait RootfsOps {
     /// Makes every mount of the new namespace `propagation` (e.g. rslave),
     /// so nothing mounted from here on reaches the host unless asked.
     fn set_root_propagation(&mut self, propagation: MsFlags) -> Result<(), InitError>;
+    /// Makes the mount that holds the rootfs directory private (in this
+    /// namespace only): with a shared root, the overlay would otherwise
+    /// propagate to the host, and `pivot_root` refuses a shared parent.
+    fn make_rootfs_parent_private(&mut self) -> Result<(), InitError>;
     /// Mounts the overlay rootfs with per-mount `flags`.
     fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError>;
     /// Makes one mount inside the rootfs.
@@ -45,7 +49,8 @@ pub trait RootfsOps {
     /// Creates device nodes and links in the /dev tmpfs the last
     /// [`RootfsOps::mount`] made, and keeps its null device for masking.
     fn populate_dev(&mut self, nodes: &[DeviceNode], links: &[(&str, &str)]) -> Result<(), InitError>;
-    /// `pivot_root` into the rootfs; the host's root is detached.
+    /// `pivot_root` into the rootfs; the host's root is made rslave (so
+    /// that detaching it reaches no host mount) and detached.
     fn pivot_root(&mut self) -> Result<(), InitError>;
     /// Sets the hostname (of a new UTS namespace).
     fn set_hostname(&mut self, name: &str) -> Result<(), InitError>;
@@ -79,11 +84,30 @@ pub fn layers(spec: &Spec) -> Result<Layers, InitError> {
     Ok(Layers { lower: lower.to_string(), upper_work })
 }
 
+/// The propagation of the container's mounts: the spec's
+/// `rootfsPropagation` (rshared when a volume is bidirectional, so mounts
+/// under it stay in the host's peer group), else rslave: the host's mounts
+/// reach the container, nothing mounted inside reaches the host.
+pub fn root_propagation(spec: &Spec) -> Result<MsFlags, InitError> {
+    let Some(p) = spec.linux().as_ref().and_then(|l| l.rootfs_propagation().as_deref()) else {
+        return Ok(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    };
+    let (_, flags, _) = mount::parse_options(&[p.to_string()]);
+    if flags.is_empty() {
+        return Err(InitError::Setup(format!("rootfsPropagation {p:?} is not a propagation")));
+    }
+    Ok(flags)
+}
+
 /// Builds the container's filesystem view from `spec`; `new_uts` says
 /// whether the container has a UTS namespace of its own to name.
 pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(), InitError> {
-    // Nothing mounted from here on may propagate back to the host.
-    ops.set_root_propagation(MsFlags::MS_SLAVE | MsFlags::MS_REC)?;
+    // As runc: the whole tree first takes the root propagation, then the
+    // rootfs's parent becomes private so the rootfs and what is mounted
+    // into it stay in this namespace.
+    let propagation = root_propagation(spec)?;
+    ops.set_root_propagation(propagation)?;
+    ops.make_rootfs_parent_private()?;
     let root_flags = if devices_restricted(spec)? { MsFlags::MS_NODEV } else { MsFlags::empty() };
     ops.mount_rootfs(&layers(spec)?, root_flags)?;
     let nodes = devices::nodes(spec)?;
@@ -97,6 +121,11 @@ pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(),
         }
     }
     ops.pivot_root()?;
+    if propagation.contains(MsFlags::MS_PRIVATE) {
+        // Private asked for: the new root as well (before the pivot it was
+        // the rootfs's own mount, which took the parent's).
+        ops.set_root_propagation(propagation)?;
+    }
     if new_uts {
         if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
             ops.set_hostname(h)?;
@@ -131,6 +160,10 @@ mod tests {
     impl RootfsOps for Recorder {
         fn set_root_propagation(&mut self, p: MsFlags) -> Result<(), InitError> {
             self.0.push(format!("propagation {p:?}"));
+            Ok(())
+        }
+        fn make_rootfs_parent_private(&mut self) -> Result<(), InitError> {
+            self.0.push("parent private".into());
             Ok(())
         }
         fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError> {
@@ -206,6 +239,7 @@ mod tests {
             r.0,
             [
                 "propagation MsFlags(MS_REC | MS_SLAVE)",
+                "parent private",
                 "rootfs /l1:/l0 MsFlags(MS_NODEV)",
                 "mount proc /proc",
                 "mount tmpfs /dev",
@@ -226,7 +260,31 @@ mod tests {
         let s = spec(false, false, vec![mount("/proc", "proc")]);
         let mut r = Recorder::default();
         build(&s, false, &mut r).unwrap();
-        assert_eq!(r.0[1], "rootfs /l1:/l0 MsFlags(0x0)");
+        assert_eq!(r.0[2], "rootfs /l1:/l0 MsFlags(0x0)");
         assert!(!r.0.iter().any(|c| c.starts_with("devices") || c.starts_with("hostname") || c.starts_with("root ro")), "{:?}", r.0);
+    }
+
+    #[test]
+    fn the_specs_root_propagation_is_set_first_and_private_again_after_the_pivot() {
+        for (asked, first, again) in [
+            (Some("rshared"), "MS_REC | MS_SHARED", false),
+            (Some("rprivate"), "MS_REC | MS_PRIVATE", true),
+            (None, "MS_REC | MS_SLAVE", false),
+        ] {
+            let mut s = spec(true, false, vec![mount("/proc", "proc")]);
+            let mut linux = s.linux().clone().unwrap();
+            linux.set_rootfs_propagation(asked.map(str::to_string));
+            s.set_linux(Some(linux));
+            let mut r = Recorder::default();
+            build(&s, false, &mut r).unwrap();
+            assert_eq!(r.0[..2], [format!("propagation MsFlags({first})"), "parent private".to_string()]);
+            let after_pivot = r.0.iter().skip_while(|c| *c != "pivot").nth(1).cloned().unwrap_or_default();
+            assert_eq!(after_pivot == format!("propagation MsFlags({first})"), again, "{asked:?}: {:?}", r.0);
+        }
+        let mut s = spec(true, false, vec![]);
+        let mut linux = s.linux().clone().unwrap();
+        linux.set_rootfs_propagation(Some("sideways".into()));
+        s.set_linux(Some(linux));
+        assert!(build(&s, false, &mut Recorder::default()).is_err());
     }
 }

@@ -1,0 +1,194 @@
+//! What real clients rely on and berth's own tests never did: the SIG Node
+//! suite's defaults (empty hostnames, long names), kubelet's requests, and
+//! the behaviour they check afterwards.
+
+use std::time::{Duration, Instant};
+
+use berth_e2e::{cri, Fixture};
+use tonic::Code;
+
+/// A pod config as the SIG Node suite builds its default ones: no hostname.
+fn suite_pod(f: &Fixture, name: &str) -> cri::PodSandboxConfig {
+    let mut cfg = f.pod(name);
+    cfg.hostname = String::new();
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostnames_default_to_the_node_and_bad_ones_are_refused_first() {
+    let mut f = Fixture::start().await;
+    // The suite's pod names are long: 63 characters, and no hostname.
+    let long_name = format!("pod-{}", "x".repeat(59));
+    let cfg = suite_pod(&f, &long_name);
+    let pod = f.cri.run_pod(cfg.clone()).await.expect("a pod without hostname runs");
+    let c = f.cri.run(&pod, f.container("c", &["sleep", "1000"]), &cfg).await;
+    let node = nix::unistd::gethostname().unwrap().to_string_lossy().to_string();
+    assert_eq!(f.cri.sh(&c, "hostname; cat /etc/hostname").await, format!("{node}\n{node}\n"));
+    f.cri.remove_pod(&pod).await;
+
+    // Refused with the field named, and nothing made: no pod listed, no pod dir.
+    for bad in ["x".repeat(65), "bad host".to_string(), "-dash".to_string()] {
+        let mut cfg = f.pod("badhost");
+        cfg.hostname = bad.clone();
+        let e = f.cri.run_pod(cfg).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad}: {}", e.message());
+        assert!(e.message().contains("config.hostname"), "{}", e.message());
+    }
+    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(pods.is_empty(), "{pods:?}");
+    let dirs: Vec<_> = std::fs::read_dir(f.berthd.paths.state.join("pods")).unwrap().collect();
+    assert!(dirs.is_empty(), "pod dirs left: {dirs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_as_group_needs_a_user() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("grouponly");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = f.container("c", &["sleep", "1000"]);
+    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().run_as_group = Some(cri::Int64Value { value: 1234 });
+    let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("run_as_group"), "{}", e.message());
+    f.cri.remove_pod(&pod).await;
+}
+
+/// Processes of the container (ps in it) whose command line has `needle`,
+/// zombies included.
+async fn processes(f: &mut Fixture, id: &str, needle: &str) -> Vec<String> {
+    let out = f.cri.sh(id, "ps -o stat,args").await;
+    out.lines().filter(|l| l.contains(needle) && !l.contains("ps -o")).map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_timeout_kills_and_reaps_the_whole_tree() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("exectree");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    // PID 1 of this container never reaps: orphans and zombies would stay.
+    let id = f.cri.run(&pod, f.container("c", &["sleep", "100000"]), &cfg).await;
+    let e = f.cri.exec(&id, &["sh", "-c", "sleep 7001 & sleep 7002 & sh -c 'sleep 7003' & sleep 7004"], 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+    let left = processes(&mut f, &id, "sleep 700").await;
+    assert!(left.is_empty(), "after DeadlineExceeded: {left:?}");
+
+    // A background child that keeps stdout open does not hold ExecSync
+    // beyond the drain bound once the command itself has exited.
+    let started = Instant::now();
+    let r = f.cri.exec(&id, &["sh", "-c", "sleep 7005 & echo done"], 30).await.unwrap();
+    assert_eq!((String::from_utf8_lossy(&r.stdout).trim(), r.exit_code), ("done", 0));
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    // That child was not the exec's to kill: it lives on, as on containerd.
+    assert_eq!(processes(&mut f, &id, "sleep 7005").await.len(), 1);
+    f.cri.remove_pod(&pod).await;
+}
+
+/// A temp dir bind-mounted on itself with a propagation of its own, as
+/// kubelet makes its pod directories rshared. Detached (with everything
+/// mounted under it) when dropped, also when the test fails.
+struct VolumeDir {
+    dir: tempfile::TempDir,
+}
+
+impl VolumeDir {
+    fn new(propagation: nix::mount::MsFlags) -> VolumeDir {
+        use nix::mount::{mount, MsFlags};
+        let dir = tempfile::tempdir().unwrap();
+        mount(Some(dir.path()), dir.path(), None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        let v = VolumeDir { dir };
+        mount(None::<&str>, v.path(), None::<&str>, propagation | MsFlags::MS_REC, None::<&str>).unwrap();
+        v
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Mounts a tmpfs at `sub` on the host, with a file `mark` in it.
+    fn mount_tmpfs(&self, sub: &str) {
+        let at = self.path().join(sub);
+        std::fs::create_dir_all(&at).unwrap();
+        nix::mount::mount(Some("tmpfs"), &at, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+        std::fs::write(at.join("mark"), "host").unwrap();
+    }
+}
+
+impl Drop for VolumeDir {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Host mounts under `dir`.
+fn host_mounts_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    berth_runtime_mounts().into_iter().filter(|p| p.starts_with(dir) && p != dir).collect()
+}
+
+fn berth_runtime_mounts() -> Vec<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).map(std::path::PathBuf::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_mount_propagation_as_asked() {
+    use nix::mount::MsFlags;
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("propagation");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    for (propagation, to_host, to_container) in [
+        (cri::MountPropagation::PropagationBidirectional, true, true),
+        (cri::MountPropagation::PropagationHostToContainer, false, true),
+        (cri::MountPropagation::PropagationPrivate, false, false),
+    ] {
+        let vol = VolumeDir::new(MsFlags::MS_SHARED);
+        let mut c = f.container(&format!("c{}", propagation as i32), &["sleep", "1000"]);
+        c.linux = berth_e2e::security(|s| s.privileged = true);
+        c.mounts = vec![cri::Mount {
+            container_path: "/vol".into(),
+            host_path: vol.path().display().to_string(),
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        let id = f.cri.run(&pod, c, &cfg).await;
+        // The rootfs itself never shows up on the host, even with / rshared.
+        let leaked: Vec<_> = berth_runtime_mounts().into_iter().filter(|p| p.to_string_lossy().contains(&id)).collect();
+        assert!(leaked.is_empty(), "{propagation:?}: container mounts on the host: {leaked:?}");
+
+        let out = f.cri.sh(&id, "mkdir /vol/fromc && mount -t tmpfs tmpfs /vol/fromc && echo c > /vol/fromc/mark && echo ok").await;
+        assert_eq!(out.trim(), "ok");
+        let seen_on_host = vol.path().join("fromc/mark").exists();
+        assert_eq!(seen_on_host, to_host, "{propagation:?}: container mount on the host: {:?}", host_mounts_under(vol.path()));
+
+        vol.mount_tmpfs("fromh");
+        let seen = f.cri.sh(&id, "cat /vol/fromh/mark 2>/dev/null || echo none").await;
+        assert_eq!(seen.trim() == "host", to_container, "{propagation:?}: host mount in the container: {seen}");
+    }
+
+    // A source that cannot propagate as asked is refused before anything runs.
+    for (propagation, source) in [
+        (cri::MountPropagation::PropagationBidirectional, MsFlags::MS_PRIVATE),
+        (cri::MountPropagation::PropagationBidirectional, MsFlags::MS_SLAVE),
+        (cri::MountPropagation::PropagationHostToContainer, MsFlags::MS_PRIVATE),
+    ] {
+        // A slave needs a master: a shared dir's bind, then made its slave.
+        let master = VolumeDir::new(MsFlags::MS_SHARED);
+        let vol = VolumeDir::new(MsFlags::MS_PRIVATE);
+        if source == MsFlags::MS_SLAVE {
+            nix::mount::mount(Some(master.path()), vol.path(), None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+            nix::mount::mount(None::<&str>, vol.path(), None::<&str>, MsFlags::MS_SLAVE, None::<&str>).unwrap();
+        }
+        let mut c = f.container("refused", &["sleep", "1000"]);
+        c.linux = berth_e2e::security(|s| s.privileged = true);
+        c.mounts = vec![cri::Mount {
+            container_path: "/vol".into(),
+            host_path: vol.path().display().to_string(),
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{propagation:?} on {source:?}: {}", e.message());
+        assert!(e.message().contains("config.mounts[0].propagation"), "{}", e.message());
+        let _ = nix::mount::umount2(vol.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    f.cri.remove_pod(&pod).await;
+}
