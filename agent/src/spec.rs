@@ -102,8 +102,11 @@ fn check_source_propagation(mounts: &[berth_runtime::mountinfo::Mount], source: 
     if fits {
         return Ok(());
     }
-    let (what, needs) =
-        if asked == Propagation::Bidirectional { ("bidirectional", "a shared mount") } else { ("host-to-container", "a shared or slave mount") };
+    let (what, needs) = if asked == Propagation::Bidirectional {
+        ("bidirectional", "a shared mount")
+    } else {
+        ("host-to-container", "a shared or slave mount")
+    };
     let is = if m.propagation == Host::Slave { "a slave" } else { "private" };
     Err(format!("{what} propagation needs {needs}: {} is on {}, which is {is}", source.display(), m.mount_point.display()))
 }
@@ -296,9 +299,11 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         fs_mount("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         fs_mount("/sys", "sysfs", if privileged { &["nosuid", "noexec", "nodev"][..] } else { &["nosuid", "noexec", "nodev", "ro"][..] })?,
     ];
-    if paths.cgroup_v2 {
-        mounts.push(fs_mount("/sys/fs/cgroup", "cgroup2", &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
-    }
+    // The container's own cgroup (the runtime lays it out per version);
+    // writable only for privileged containers, as containerd does.
+    let cgroup_opts: &[&str] =
+        if privileged { &["nosuid", "noexec", "nodev", "relatime"] } else { &["nosuid", "noexec", "nodev", "relatime", "ro"] };
+    mounts.push(fs_mount("/sys/fs/cgroup", "cgroup", cgroup_opts)?);
     let shm = if pod.ipc_mode == ns_mode::NODE { PathBuf::from("/dev/shm") } else { paths.pod_dir.join("shm") };
     let readonly_root = sc.readonly_rootfs;
     let file_opts: &[&str] = if readonly_root { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate"] };

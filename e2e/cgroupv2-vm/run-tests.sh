@@ -1,11 +1,30 @@
 #!/usr/bin/env bash
 # Runs berth's cgroup v2 tests inside a throwaway VM whose only hierarchy is
-# cgroup v2 (Debian's kernel under QEMU; see run-in-vm.sh). The test binary
-# is built on the host; the workspace is shared into the VM over 9p.
+# cgroup v2 (Debian's kernel under QEMU; see run-in-vm.sh): the runtime's
+# cgroup tests, then a real berthd with a real registry for the e2e tests
+# whose expectations differ on v2. Test binaries are built on the host; the
+# workspace is shared into the VM over 9p.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
-bin=$(cargo test --locked -p berth-runtime --test cgroup_v2 --no-run --message-format=json 2>/dev/null \
-      | sed -n 's/.*"executable":"\([^"]*cgroup_v2[^"]*\)".*/\1/p' | tail -n 1)
+
+# The path of the test executable cargo builds for `$@`.
+test_bin() {
+  cargo test --locked "$@" --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+}
+
+# One initramfs for both runs (it is rebuilt whenever its contents change):
+# berthd pulls from a docker-registry on 127.0.0.1 inside the VM, and its
+# HTTP client wants the CA bundle even for plain HTTP.
+export CGV2VM_EXTRA_BINS=/usr/bin/docker-registry CGV2VM_EXTRA_FILES=/etc/ssl/certs/ca-certificates.crt
+
+bin=$(test_bin -p berth-runtime --test cgroup_v2)
 [ -n "$bin" ] || { echo "cgroupv2-vm: could not build the cgroup_v2 test" >&2; exit 1; }
-exec bash e2e/cgroupv2-vm/run-in-vm.sh "$PWD" -- "$bin" --ignored --test-threads=1
+bash e2e/cgroupv2-vm/run-in-vm.sh "$PWD" -- "$bin" --ignored --test-threads=1
+
+cargo build --locked --quiet -p berth-agent -p berth-runtime --bins
+resources=$(test_bin -p berth-e2e --test resources)
+[ -n "$resources" ] || { echo "cgroupv2-vm: could not build the resources e2e test" >&2; exit 1; }
+export BERTHD=$PWD/target/debug/berthd
+CGV2VM_MEM=2G CGV2VM_ENV="BERTHD RUST_BACKTRACE" bash e2e/cgroupv2-vm/run-in-vm.sh "$PWD" -- "$resources" --test-threads=1

@@ -119,6 +119,8 @@ pub struct Berthd {
     pub paths: Paths,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Environment variables set for berthd.
+    env: Vec<(String, String)>,
     /// The instance's default cgroup parent (one path component).
     pub cgroup_parent: String,
     /// The instance's bridge, subnet and nftables table.
@@ -173,6 +175,11 @@ impl Berthd {
     /// Starts berthd with `config` (TOML) as its config file. Pods without a
     /// cgroup parent go under a cgroup unique to this instance, removed on drop.
     pub async fn start_with_config(config: &str) -> Berthd {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// Same, with environment variables for berthd.
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Berthd {
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
         let paths = Paths::in_dir(dir.path());
         let cgroup_parent =
@@ -189,7 +196,15 @@ impl Berthd {
             ));
         }
         std::fs::write(&paths.config, config).expect("writing config");
-        let mut b = Berthd { dir, paths, child: None, extra_args: vec!["--log-level".into(), "debug".into()], cgroup_parent, net };
+        let mut b = Berthd {
+            dir,
+            paths,
+            child: None,
+            extra_args: vec!["--log-level".into(), "debug".into()],
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            cgroup_parent,
+            net,
+        };
         b.spawn().await;
         b
     }
@@ -220,6 +235,7 @@ impl Berthd {
         let log = File::options().create(true).append(true).open(&self.paths.log).expect("log file");
         let child = Command::new(berthd_bin())
             .args(self.args())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

@@ -280,6 +280,24 @@ async fn mirrors_are_tried_first_and_a_dead_one_falls_back() {
     assert_eq!(s.repo_tags, vec![upstream.reference("app", "1")]);
 }
 
+/// A node without CA certificates (a minimal image, a fresh VM) gets a pull
+/// error that says so; berthd used to panic in oci-client's fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ca_certificates_is_an_error_not_a_crash() {
+    let registry = Registry::start().await;
+    registry.push("app", "1", &oci::busybox_image(&ImageSettings::default())).await;
+    let empty = tempfile::tempdir().unwrap();
+    let dir = empty.path().display().to_string();
+    let mut berthd = Berthd::start_with_env("", &[("SSL_CERT_FILE", "/dev/null"), ("SSL_CERT_DIR", &dir)]).await;
+    let mut cri = berthd.cri().await;
+    let e = cri.pull(&registry.reference("app", "1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
+    assert!(e.message().contains("CA certificates"), "{}", e.message());
+    // Still serving.
+    assert!(cri.list_images().await.is_empty());
+    assert!(berthd.terminate().success(), "{}", berthd.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_blob_fails_and_leaves_nothing_then_reuses_good_blobs() {
     let registry = Registry::start().await;

@@ -171,3 +171,58 @@ async fn stats_are_plausible() {
     assert_eq!(pm.pod_metrics[0].container_metrics.len(), 2);
     f.cri.remove_pod(&pod).await;
 }
+
+/// What a JVM, Go's GOMAXPROCS or a monitoring agent reads to size itself:
+/// the container's own cgroup at /sys/fs/cgroup, its limits as set and as
+/// later updated, read-only unless privileged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_sees_its_own_cgroup_and_limits() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("cgview");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = f.container("limited", &["sleep", "1000"]);
+    c.linux.as_mut().unwrap().resources = Some(resources(|r| {
+        r.cpu_quota = 50_000;
+        r.cpu_period = 100_000;
+        r.memory_limit_in_bytes = 64 << 20;
+    }));
+    let id = f.cri.run(&pod, c, &cfg).await;
+    let (memory, cpu, procs) = if v2() {
+        ("/sys/fs/cgroup/memory.max", "cat /sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cgroup.procs")
+    } else {
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)",
+            "/sys/fs/cgroup/memory/cgroup.procs",
+        )
+    };
+    assert_eq!(f.cri.sh(&id, &format!("cat {memory}")).await.trim(), (64u64 << 20).to_string());
+    assert_eq!(f.cri.sh(&id, cpu).await.trim(), "50000 100000");
+    // Its own cgroup, not a parent's: PID 1 (as the container sees it) is in it.
+    assert!(f.cri.sh(&id, &format!("cat {procs}")).await.lines().any(|l| l == "1"));
+    let mounts: Vec<String> = f.cri.sh(&id, "grep /sys/fs/cgroup /proc/self/mountinfo").await.lines().map(str::to_string).collect();
+    assert!(!mounts.is_empty() && mounts.iter().all(|l| l.split(' ').nth(5).is_some_and(|o| o.starts_with("ro"))), "{mounts:#?}");
+    let write = f.cri.sh(&id, &format!("(echo 1 > {memory}) 2>&1; echo rc=$?")).await;
+    assert!(write.contains("Read-only file system") && !write.contains("rc=0"), "{write}");
+
+    let update = cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(resources(|r| {
+            r.cpu_quota = 20_000;
+            r.cpu_period = 100_000;
+            r.memory_limit_in_bytes = 96 << 20;
+        })),
+        ..Default::default()
+    };
+    f.cri.runtime.update_container_resources(update).await.unwrap();
+    assert_eq!(f.cri.sh(&id, &format!("cat {memory}")).await.trim(), (96u64 << 20).to_string());
+    assert_eq!(f.cri.sh(&id, cpu).await.trim(), "20000 100000");
+
+    // Privileged: the same view, writable.
+    let mut c = f.container("privileged", &["sleep", "1000"]);
+    c.linux = berth_e2e::security(|s| s.privileged = true);
+    let p = f.cri.run(&pod, c, &cfg).await;
+    let mounts: Vec<String> = f.cri.sh(&p, "grep /sys/fs/cgroup /proc/self/mountinfo").await.lines().map(str::to_string).collect();
+    assert!(!mounts.is_empty() && mounts.iter().all(|l| l.split(' ').nth(5).is_some_and(|o| o.starts_with("rw"))), "{mounts:#?}");
+    f.cri.remove_pod(&pod).await;
+}

@@ -118,7 +118,8 @@ async fn bad_security_input_is_refused_and_creates_nothing() {
     let cfg = f.pod("secbad");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut c = f.container("badcap", &["true"]);
-    c.linux = berth_e2e::security(|s| s.capabilities = Some(cri::Capability { add_capabilities: vec!["CAP_FLY".into()], ..Default::default() }));
+    c.linux =
+        berth_e2e::security(|s| s.capabilities = Some(cri::Capability { add_capabilities: vec!["CAP_FLY".into()], ..Default::default() }));
     let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("CAP_FLY"), "{}", e.message());

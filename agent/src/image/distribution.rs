@@ -136,14 +136,21 @@ impl Registries {
             let protocol = if self.is_insecure(&endpoint) { ClientProtocol::Http } else { ClientProtocol::Https };
             // One client per pull: oci-client caches credentials per registry for
             // the client's lifetime, and each pull brings its own.
-            let client = Client::new(ClientConfig {
+            // try_from, not new: new() falls back to reqwest's default
+            // client, which panics where the first attempt failed (a
+            // machine without CA certificates).
+            let client = Client::try_from(ClientConfig {
                 protocol,
                 platform_resolver: None,
                 connect_timeout: Some(std::time::Duration::from_secs(10)),
                 read_timeout: Some(std::time::Duration::from_secs(60)),
                 user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
                 ..Default::default()
-            });
+            })
+            .map_err(|e| RegistryError::Request {
+                endpoint: endpoint.clone(),
+                reason: format!("cannot make an HTTP client: {e} (are CA certificates installed? on Debian: ca-certificates)"),
+            })?;
             let remote = Remote { client, reference: r, auth: creds.auth(), endpoint: endpoint.clone() };
             match remote.manifest(&reference_target(reference)).await {
                 Ok((bytes, media_type)) => return Ok((remote, bytes, media_type)),

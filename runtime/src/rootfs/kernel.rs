@@ -37,6 +37,17 @@ impl Kernel {
     }
 }
 
+/// True when / is the namespace's own root mount (a rootfs/ramfs booted
+/// from, with no parent), as on a node running from its initramfs.
+fn root_is_the_initial_ramfs() -> bool {
+    let Ok(mounts) = crate::mountinfo::read_self() else { return false };
+    let root = mounts.iter().rev().find(|m| m.mount_point == Path::new("/"));
+    root.is_some_and(|r| {
+        (r.fs_type == "rootfs" || r.fs_type == "ramfs" || r.fs_type == "tmpfs")
+            && (r.parent == r.id || !mounts.iter().any(|m| m.id == r.parent))
+    })
+}
+
 fn path_err(e: PathError) -> InitError {
     InitError::setup("mount destination", e)
 }
@@ -141,6 +152,60 @@ impl RootfsOps for Kernel {
         Ok(())
     }
 
+    fn mount_cgroup(&mut self, m: &MountOp, dirs: &[PathBuf]) -> Result<(), InitError> {
+        let step = |what: &str| format!("mount the cgroup view at {} ({what})", m.dest.display());
+        let bind = |dest: PathBuf, source: &Path, flags: MsFlags| MountOp {
+            dest,
+            source: source.to_path_buf(),
+            kind: "bind".into(),
+            bind: true,
+            recursive: false,
+            flags,
+            propagation: MsFlags::empty(),
+            data: String::new(),
+        };
+        if crate::cgroup::version() == crate::cgroup::Version::V2 {
+            let target = mount_target(self.root()?, &m.dest, false)?;
+            // In the container's cgroup namespace, the mount's root is its
+            // own cgroup. Without one (a host cgroupns asked for) the kernel
+            // would show the whole tree: bind the container's directory.
+            match mount(Some("cgroup2"), fd_path(&target).as_str(), Some("cgroup2"), m.flags, None::<&str>) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EPERM | Errno::EBUSY) if !dirs.is_empty() => return self.mount(&bind(m.dest.clone(), &dirs[0], m.flags)),
+                Err(e) => return Err(InitError::setup(&step("cgroup2"), e)),
+            }
+        }
+        let mounts = crate::mountinfo::read_self().map_err(|e| InitError::setup(&step("read mountinfo"), e))?;
+        let layout = super::cgroupfs::v1_layout(dirs, &mounts);
+        let tmpfs = MountOp {
+            dest: m.dest.clone(),
+            source: "tmpfs".into(),
+            kind: "tmpfs".into(),
+            bind: false,
+            recursive: false,
+            flags: m.flags & !MsFlags::MS_RDONLY,
+            propagation: MsFlags::empty(),
+            data: "mode=755".into(),
+        };
+        self.mount(&tmpfs)?;
+        let dir = self.last_mount.take().ok_or_else(|| InitError::Setup(step("no tmpfs")))?;
+        for (name, source) in &layout.binds {
+            self.mount(&bind(m.dest.join(name), source, m.flags))?;
+        }
+        for (link, target) in &layout.links {
+            match nix::unistd::symlinkat(target.as_str(), dir.as_fd(), link.as_str()) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(InitError::setup(&step(&format!("symlink {link}")), e)),
+            }
+        }
+        if m.flags.contains(MsFlags::MS_RDONLY) {
+            let flags = m.flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+            mount(None::<&str>, fd_path(&dir).as_str(), None::<&str>, flags, None::<&str>)
+                .map_err(|e| InitError::setup(&step("read-only"), e))?;
+        }
+        Ok(())
+    }
+
     fn populate_dev(&mut self, nodes: &[DeviceNode], links: &[(&str, &str)]) -> Result<(), InitError> {
         let dev = self.last_mount.take().ok_or_else(|| InitError::Setup("no /dev mount to make devices in".into()))?;
         let fs = nix::sys::statfs::fstatfs(&dev).map_err(|e| InitError::setup("statfs /dev", e))?;
@@ -186,10 +251,17 @@ impl RootfsOps for Kernel {
         fn step(what: &'static str) -> impl Fn(Errno) -> InitError {
             move |e| InitError::setup(what, e)
         }
-        let old_root = nix::fcntl::open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(step("open old root"))?;
+        let old_root =
+            nix::fcntl::open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(step("open old root"))?;
         nix::unistd::chdir(&self.rootfs).map_err(step("chdir rootfs"))?;
-        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
+        nix::unistd::pivot_root(".", ".").map_err(|e| match e {
+            Errno::EINVAL if root_is_the_initial_ramfs() => InitError::Setup(
+                "pivot_root: the node's / is the initial ramfs, which pivot_root cannot leave; \
+                 boot with a real root (or switch_root/chroot onto one) first"
+                    .into(),
+            ),
+            e => InitError::setup("pivot_root", e),
+        })?;
         // The old root is now stacked on the new one. Through its fd, make
         // it a slave (with a shared root its detach would otherwise
         // propagate to the host's mounts; runc does the same), then detach

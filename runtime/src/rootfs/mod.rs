@@ -7,6 +7,7 @@
 //! it — [`Kernel`] with real syscalls in a container init, a recorder in the
 //! unit tests, which check the ordering and choices without root.
 
+pub mod cgroupfs;
 pub mod devices;
 mod kernel;
 pub mod mount;
@@ -46,6 +47,9 @@ pub trait RootfsOps {
     fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError>;
     /// Makes one mount inside the rootfs.
     fn mount(&mut self, m: &MountOp) -> Result<(), InitError>;
+    /// Mounts the container's view of its cgroup (`dirs`, one per
+    /// hierarchy) at `m.dest` with `m.flags`; see [`cgroupfs`].
+    fn mount_cgroup(&mut self, m: &MountOp, dirs: &[std::path::PathBuf]) -> Result<(), InitError>;
     /// Creates device nodes and links in the /dev tmpfs the last
     /// [`RootfsOps::mount`] made, and keeps its null device for masking.
     fn populate_dev(&mut self, nodes: &[DeviceNode], links: &[(&str, &str)]) -> Result<(), InitError>;
@@ -113,6 +117,10 @@ pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(),
     let nodes = devices::nodes(spec)?;
     for m in spec.mounts().iter().flatten() {
         let op = MountOp::from_oci(m);
+        if op.kind == "cgroup" {
+            ops.mount_cgroup(&op, &cgroupfs::dirs_of(annotations::get(spec, annotations::CGROUP_PROCS).unwrap_or_default()))?;
+            continue;
+        }
         ops.mount(&op)?;
         // Device nodes go into the /dev tmpfs right after it is mounted: never
         // into the image, nor into a volume mounted over /dev later.
@@ -174,6 +182,10 @@ mod tests {
             self.0.push(format!("mount {} {}", m.kind, m.dest.display()));
             Ok(())
         }
+        fn mount_cgroup(&mut self, m: &MountOp, dirs: &[std::path::PathBuf]) -> Result<(), InitError> {
+            self.0.push(format!("cgroup {} {:?} {}", m.dest.display(), m.flags, dirs.len()));
+            Ok(())
+        }
         fn populate_dev(&mut self, nodes: &[DeviceNode], links: &[(&str, &str)]) -> Result<(), InitError> {
             let names: Vec<String> = nodes.iter().map(|n| n.rel.display().to_string()).collect();
             self.0.push(format!("devices {} +{} links", names.join(","), links.len()));
@@ -232,7 +244,13 @@ mod tests {
 
     #[test]
     fn dev_nodes_come_right_after_the_dev_tmpfs_and_masks_after_the_pivot() {
-        let s = spec(true, true, vec![mount("/proc", "proc"), mount("/dev", "tmpfs"), mount("/dev/pts", "devpts"), mount("/dev", "bind")]);
+        let mut cg = mount("/sys/fs/cgroup", "cgroup");
+        cg.set_options(Some(vec!["ro".into(), "nosuid".into()]));
+        let mut s =
+            spec(true, true, vec![mount("/proc", "proc"), mount("/dev", "tmpfs"), mount("/dev/pts", "devpts"), mount("/dev", "bind"), cg]);
+        let mut ann = s.annotations().clone().unwrap();
+        ann.insert(annotations::CGROUP_PROCS.into(), "/a/x/cgroup.procs:/b/x/cgroup.procs".into());
+        s.set_annotations(Some(ann));
         let mut r = Recorder::default();
         build(&s, true, &mut r).unwrap();
         assert_eq!(
@@ -246,6 +264,7 @@ mod tests {
                 "devices null,zero,full,random,urandom,tty +6 links",
                 "mount devpts /dev/pts",
                 "mount bind /dev",
+                "cgroup /sys/fs/cgroup MsFlags(MS_RDONLY | MS_NOSUID) 2",
                 "pivot",
                 "hostname pod",
                 "mask /proc/kcore",
