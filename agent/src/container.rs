@@ -242,7 +242,8 @@ async fn create_inner(node: Arc<Node>, pod: PodRecord, config: ContainerRequest,
         created_at_ns: now_ns(),
         labels: config.labels.clone(),
         annotations: config.annotations.clone(),
-        image: config.image.clone(),
+        image: shown_image(&config, &image),
+        user_image: config.user_image.clone(),
         image_id: image.id.clone(),
         image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
         snapshot_chain: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
@@ -567,6 +568,22 @@ impl crate::stream::Backend for Node {
     }
 }
 
+/// The image ContainerStatus names (kubelet copies it into the pod status,
+/// where `kubectl describe` shows it): the pod spec's name when kubelet sent
+/// it, else the name CreateContainer used unless that was the image id
+/// (kubelet's `image`), which is shown as the image's first tag instead.
+fn shown_image(config: &ContainerRequest, image: &ImageRecord) -> String {
+    if !config.user_image.is_empty() {
+        return config.user_image.clone();
+    }
+    let hex = image.id.strip_prefix("sha256:").unwrap_or(&image.id);
+    let named_by_id = config.image == image.id || (config.image.len() >= 12 && hex.starts_with(config.image.trim_start_matches("sha256:")));
+    match image.repo_tags.first() {
+        Some(tag) if named_by_id => tag.clone(),
+        _ => config.image.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,5 +612,18 @@ mod tests {
         assert!(check_cmd(&["true".into()]).is_ok());
         assert!(matches!(check_cmd(&[]), Err(Error::InvalidArgument { .. })));
         assert!(matches!(check_cmd(&["".into()]), Err(Error::InvalidArgument { .. })));
+    }
+
+    #[test]
+    fn status_names_the_image_as_the_pod_spec_did() {
+        let image =
+            ImageRecord { id: format!("sha256:{}", "ab".repeat(32)), repo_tags: vec!["reg/busybox:1".into()], ..Default::default() };
+        let req = |image: &str, user: &str| ContainerRequest { image: image.into(), user_image: user.into(), ..Default::default() };
+        assert_eq!(shown_image(&req(&image.id, "busybox:1"), &image), "busybox:1");
+        assert_eq!(shown_image(&req(&image.id, ""), &image), "reg/busybox:1");
+        assert_eq!(shown_image(&req("abababababab", ""), &image), "reg/busybox:1");
+        assert_eq!(shown_image(&req("reg/busybox:other", ""), &image), "reg/busybox:other");
+        let untagged = ImageRecord { repo_tags: vec![], ..image.clone() };
+        assert_eq!(shown_image(&req(&image.id, ""), &untagged), image.id);
     }
 }

@@ -125,8 +125,11 @@ pub struct ContainerRequest {
     pub name: String,
     /// Restart attempt.
     pub attempt: u32,
-    /// The image as the client named it.
+    /// The image as the client named it (kubelet names the image id).
     pub image: String,
+    /// The image as the pod spec named it (kubelet's
+    /// `user_specified_image`; empty from older clients).
+    pub user_image: String,
     /// Replaces the image's ENTRYPOINT.
     pub command: Vec<String>,
     /// Replaces the image's CMD.

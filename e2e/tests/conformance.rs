@@ -192,3 +192,38 @@ async fn volume_mount_propagation_as_asked() {
     }
     f.cri.remove_pod(&pod).await;
 }
+
+/// kubelet creates containers from the image id PullImage returned, with
+/// the pod spec's name in `user_specified_image`; the status it copies into
+/// the pod (`kubectl describe`) must name the image as the pod spec did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_status_names_the_image_as_kubelet_expects() {
+    let mut f = Fixture::start().await;
+    let id = f.cri.pull(&f.busybox.clone()).await.unwrap();
+    let digests = f.cri.image_status(&f.busybox.clone()).await.unwrap().unwrap().repo_digests;
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    let cfg = f.pod("imagename");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+
+    let mut c = f.container("kubelet", &["sleep", "1000"]);
+    c.image = Some(cri::ImageSpec { image: id.clone(), user_specified_image: f.busybox.clone(), ..Default::default() });
+    let kubelet = f.cri.run(&pod, c, &cfg).await;
+    // As crictl does: the name only.
+    let crictl = f.cri.run(&pod, f.container("crictl", &["sleep", "1000"]), &cfg).await;
+    // An old kubelet: the id only.
+    let mut c = f.container("byid", &["sleep", "1000"]);
+    c.image = Some(cri::ImageSpec { image: id.clone(), ..Default::default() });
+    let by_id = f.cri.run(&pod, c, &cfg).await;
+
+    for c in [&kubelet, &crictl, &by_id] {
+        let s = f.cri.status(c).await;
+        assert_eq!(s.image.as_ref().unwrap().image, f.busybox, "{c}");
+        assert_eq!(s.image_ref, digests[0]);
+        assert_eq!(s.image_id, id);
+    }
+    let s = f.cri.status(&kubelet).await;
+    assert_eq!(s.image.unwrap().user_specified_image, f.busybox);
+    let listed = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert!(listed.iter().all(|c| c.image.as_ref().unwrap().image == f.busybox && c.image_id == id), "{listed:?}");
+    f.cri.remove_pod(&pod).await;
+}

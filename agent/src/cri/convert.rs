@@ -119,6 +119,7 @@ pub fn container_request(config: cri::ContainerConfig) -> Result<ContainerReques
         name: meta.name,
         attempt: meta.attempt,
         image: config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
+        user_image: config.image.as_ref().map(|i| i.user_specified_image.clone()).unwrap_or_default(),
         command: config.command,
         args: config.args,
         working_dir: config.working_dir,
@@ -209,7 +210,7 @@ pub fn pod_sandbox(p: &PodRecord) -> cri::PodSandbox {
 }
 
 fn image_spec(c: &ContainerRecord) -> cri::ImageSpec {
-    cri::ImageSpec { image: c.image.clone(), ..Default::default() }
+    cri::ImageSpec { image: c.image.clone(), user_specified_image: c.user_image.clone(), ..Default::default() }
 }
 
 /// The CRI listing of a container record.

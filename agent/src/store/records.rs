@@ -140,8 +140,11 @@ pub struct ContainerRecord {
     pub labels: BTreeMap<String, String>,
     /// Container annotations.
     pub annotations: BTreeMap<String, String>,
-    /// The image as the user named it.
+    /// The image as ContainerStatus names it: as the pod spec named it,
+    /// else the image's first repo tag, else as CreateContainer named it.
     pub image: String,
+    /// The pod spec's name for the image (kubelet's `user_specified_image`).
+    pub user_image: String,
     /// Image id it was created from.
     pub image_id: String,
     /// What ContainerStatus reports as image_ref (a repo digest, else the id).
