@@ -460,3 +460,40 @@ async fn streaming_over_tls() {
     assert_eq!(status(&out.error)["status"], "Success");
     f.cri.remove_pod(&pod).await;
 }
+
+/// A host-network pod's port-forward reaches localhost in the node's
+/// network namespace (berthd's own), driven by spdystream as kubectl does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spdystream_port_forward_to_a_host_network_pod() {
+    let bin = tokio::task::spawn_blocking(go_client).await.unwrap();
+    let mut f = Fixture::start().await;
+    let mut cfg = f.pod("hostnet-pf");
+    cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = 2; // NODE
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let port = berth_e2e::registry::free_port();
+    let mut c = f.container("web", &["nc", "-ll", "-p", &port.to_string(), "-e", "echo", "from-the-node"]);
+    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = 2;
+    f.cri.run(&pod, c, &cfg).await;
+    let listening = async {
+        for _ in 0..50 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(listening.await, "the pod's server is not listening on the node's 127.0.0.1:{port}");
+    let url = f
+        .cri
+        .runtime
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![port as i32] })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let p = port.to_string();
+    let (out, _) = tokio::task::spawn_blocking(move || run_go(&bin, &["portforward", &url, &p], b"")).await.unwrap();
+    assert_eq!(out, "from-the-node\n");
+    f.cri.remove_pod(&pod).await;
+}

@@ -58,11 +58,9 @@ pub(super) async fn port_forward(node: &Arc<Node>, req: cri::PortForwardRequest)
     for p in req.port {
         ports.push(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| Error::invalid("port", format!("{p} is not a port")))?);
     }
-    let netns = if pod.network_mode == crate::spec::ns_mode::NODE {
-        std::path::PathBuf::from("/proc/1/ns/net")
-    } else {
-        berth_runtime::sandbox::pin_path(&node.pod_dir(&pod.id), "net")
-    };
+    // A host-network pod's localhost is berthd's (the pod inherited its
+    // network namespace), which need not be PID 1's.
+    let netns = (pod.network_mode != crate::spec::ns_mode::NODE).then(|| berth_runtime::sandbox::pin_path(&node.pod_dir(&pod.id), "net"));
     let url = register(node, StreamRequest::PortForward { netns, ports })?;
     Ok(cri::PortForwardResponse { url })
 }

@@ -53,8 +53,9 @@ pub struct Target {
 pub enum StreamRequest {
     /// Port forwarding into a pod's network namespace.
     PortForward {
-        /// The pod's netns pin.
-        netns: std::path::PathBuf,
+        /// The pod's netns pin; None for a host-network pod, whose
+        /// localhost is berthd's own.
+        netns: Option<std::path::PathBuf>,
         /// Ports asked for in the RPC (a client may name its own in the URL).
         ports: Vec<u16>,
     },

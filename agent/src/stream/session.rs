@@ -254,13 +254,23 @@ where
     });
 }
 
-/// Opens a TCP connection to `localhost:port` inside a network namespace.
-pub async fn connect_in_netns(netns: std::path::PathBuf, port: u16) -> Result<tokio::net::TcpStream, String> {
+/// Opens a TCP connection to `localhost:port` inside a network namespace
+/// (None: berthd's own, where a host-network pod's localhost is).
+pub async fn connect_in_netns(netns: Option<std::path::PathBuf>, port: u16) -> Result<tokio::net::TcpStream, String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let timeout = std::time::Duration::from_secs(5);
+    let Some(netns) = netns else {
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(format!("connect to localhost:{port} on the node: {e}")),
+            Err(_) => Err(format!("connect to localhost:{port} on the node: timed out")),
+        };
+    };
     // The socket is made on a thread inside the namespace and stays bound to
     // it afterwards.
     let std_stream = tokio::task::spawn_blocking(move || {
         berth_network::netlink::in_netns(&netns, move || {
-            std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), std::time::Duration::from_secs(5))
+            std::net::TcpStream::connect_timeout(&addr, timeout)
                 .map_err(|e| berth_network::NetError::Config(format!("connect to localhost:{port} in the pod: {e}")))
         })
     })

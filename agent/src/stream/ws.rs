@@ -58,7 +58,11 @@ where
 /// Port forwarding over WebSocket: port i gets data channel 2i and error
 /// channel 2i+1; the first frame on each carries the port (little endian).
 /// Each port is one connection to localhost:port inside the pod.
-async fn port_forward<S>(ws: tokio_tungstenite::WebSocketStream<S>, netns: std::path::PathBuf, ports: Vec<u16>) -> std::io::Result<()>
+async fn port_forward<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    netns: Option<std::path::PathBuf>,
+    ports: Vec<u16>,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

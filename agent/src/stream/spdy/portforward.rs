@@ -27,7 +27,7 @@ struct Pair {
 }
 
 /// Serves one port-forward connection until the client goes away.
-pub async fn serve(mut conn: Conn, netns: PathBuf) {
+pub async fn serve(mut conn: Conn, netns: Option<PathBuf>) {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let mut by_data: HashMap<u32, String> = HashMap::new();
     // Forwarded connections end with the client's connection, even when the
@@ -104,7 +104,14 @@ fn describe(id: u32, headers: &Headers) -> Option<(&'static str, String, Result<
 }
 
 /// One forwarded connection.
-async fn forward(sender: Sender, netns: PathBuf, port: u16, error: u32, data: u32, mut from_client: mpsc::Receiver<Option<Vec<u8>>>) {
+async fn forward(
+    sender: Sender,
+    netns: Option<PathBuf>,
+    port: u16,
+    error: u32,
+    data: u32,
+    mut from_client: mpsc::Receiver<Option<Vec<u8>>>,
+) {
     let pod = match connect_in_netns(netns, port).await {
         Ok(s) => s,
         Err(e) => {
