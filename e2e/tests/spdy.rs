@@ -1,9 +1,7 @@
 //! Exec, Attach and PortForward over SPDY/3.1 (what kubelet and crictl use
-//! by default), Attach over WebSocket too, and the same sessions driven by
-//! spdystream itself (the Go library under client-go) as an independent
-//! implementation.
+//! by default) and Attach over WebSocket too, with berth's own test client;
+//! `interop.rs` drives the same through client-go's libraries.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -304,91 +302,6 @@ async fn attach_to_output_stdin_once_and_a_terminal() {
     f.cri.remove_pod(&pod).await;
 }
 
-/// Builds the Go client (spdystream from Debian's golang-github-docker-spdystream-dev).
-fn go_client() -> PathBuf {
-    let out = std::env::temp_dir().join(format!("berth-spdyclient-{}", std::process::id()));
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/spdyclient");
-    let cache = std::env::temp_dir().join("berth-go-cache");
-    let st = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(".")
-        .current_dir(&src)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", &cache)
-        .env("GOFLAGS", "")
-        .status()
-        .expect("go (golang-go) is installed by deploy/deps.sh --test");
-    assert!(st.success(), "building the spdystream client failed");
-    out
-}
-
-/// Runs the Go client; returns stdout and the error stream's content.
-fn run_go(bin: &PathBuf, args: &[&str], stdin: &[u8]) -> (String, String) {
-    let status_file = tempfile::NamedTempFile::new().unwrap();
-    let mut child = std::process::Command::new(bin)
-        .args(args)
-        .env("SPDYCLIENT_STATUS", status_file.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "spdyclient {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8_lossy(&out.stdout).into(), std::fs::read_to_string(status_file.path()).unwrap_or_default())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spdystream_client_interoperates() {
-    let bin = tokio::task::spawn_blocking(go_client).await.unwrap();
-    let mut f = Fixture::start().await;
-    let cfg = f.pod("gospdy");
-    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
-    let c = f.cri.run(&pod, f.container("target", &["sleep", "1000"]), &cfg).await;
-    f.cri.run(&pod, f.container("web", &["nc", "-ll", "-p", "8080", "-e", "cat"]), &cfg).await;
-
-    let url = exec_url(&mut f, &c, &["sh", "-c", "echo hi; exit 3"], false, false).await;
-    let b = bin.clone();
-    let (out, st) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url], b"")).await.unwrap();
-    assert_eq!(out, "hi\n");
-    assert_eq!(status(&st)["details"]["causes"][0]["message"], "3");
-
-    let url = exec_url(&mut f, &c, &["cat"], true, false).await;
-    let b = bin.clone();
-    let (out, st) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url, "-stdin"], b"go says hello\n")).await.unwrap();
-    assert_eq!(out, "go says hello\n");
-    assert_eq!(status(&st)["status"], "Success");
-
-    let url = exec_url(&mut f, &c, &["sh", "-c", "sleep 0.5; stty size"], true, true).await;
-    let b = bin.clone();
-    let (out, _) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url, "-stdin", "-tty"], b"")).await.unwrap();
-    assert!(out.contains("17 91"), "{out:?}");
-
-    // A large output arrives whole (no flow-control stall).
-    let url = exec_url(&mut f, &c, &["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"], false, false).await;
-    let b = bin.clone();
-    let (out, _) = tokio::task::spawn_blocking(move || run_go(&b, &["exec", &url], b"")).await.unwrap();
-    assert_eq!(out.len(), 3_000_000);
-
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let url = f
-        .cri
-        .runtime
-        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
-    let b = bin.clone();
-    let (out, _) = tokio::task::spawn_blocking(move || run_go(&b, &["portforward", &url, "8080"], b"echo me\n")).await.unwrap();
-    assert_eq!(out, "echo me\n");
-    let _ = std::fs::remove_file(&bin);
-    f.cri.remove_pod(&pod).await;
-}
-
 /// A self-signed certificate for 127.0.0.1 (openssl from deploy/deps.sh).
 fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("stream.crt"), dir.join("stream.key"));
@@ -458,42 +371,5 @@ async fn streaming_over_tls() {
     let out = remote_command(&mut s, None, None).await;
     assert_eq!(out.stdout, "over tls\n");
     assert_eq!(status(&out.error)["status"], "Success");
-    f.cri.remove_pod(&pod).await;
-}
-
-/// A host-network pod's port-forward reaches localhost in the node's
-/// network namespace (berthd's own), driven by spdystream as kubectl does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spdystream_port_forward_to_a_host_network_pod() {
-    let bin = tokio::task::spawn_blocking(go_client).await.unwrap();
-    let mut f = Fixture::start().await;
-    let mut cfg = f.pod("hostnet-pf");
-    cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = 2; // NODE
-    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
-    let port = berth_e2e::registry::free_port();
-    let mut c = f.container("web", &["nc", "-ll", "-p", &port.to_string(), "-e", "echo", "from-the-node"]);
-    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = 2;
-    f.cri.run(&pod, c, &cfg).await;
-    let listening = async {
-        for _ in 0..50 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    };
-    assert!(listening.await, "the pod's server is not listening on the node's 127.0.0.1:{port}");
-    let url = f
-        .cri
-        .runtime
-        .port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![port as i32] })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
-    let p = port.to_string();
-    let (out, _) = tokio::task::spawn_blocking(move || run_go(&bin, &["portforward", &url, &p], b"")).await.unwrap();
-    assert_eq!(out, "from-the-node\n");
     f.cri.remove_pod(&pod).await;
 }

@@ -6,8 +6,13 @@
 
 /// WebSocket subprotocols for exec and attach, most preferred first.
 pub const WS_EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
-/// WebSocket subprotocols for port forwarding.
-pub const WS_PORTFORWARD_PROTOCOLS: &[&str] = &["v2.portforward.k8s.io", "portforward.k8s.io"];
+/// WebSocket subprotocols for port forwarding, most preferred first: SPDY
+/// tunnelled through the WebSocket (client-go's, KEP-4006), then the
+/// channel protocol.
+pub const WS_PORTFORWARD_PROTOCOLS: &[&str] = &[WS_SPDY_TUNNEL_PORTFORWARD, "v2.portforward.k8s.io", "portforward.k8s.io"];
+/// The WebSocket subprotocol whose binary messages carry a SPDY/3.1 byte
+/// stream speaking `portforward.k8s.io`.
+pub const WS_SPDY_TUNNEL_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 /// SPDY `X-Stream-Protocol-Version`s for exec and attach, most preferred first.
 pub const SPDY_EXEC_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
 /// The SPDY `X-Stream-Protocol-Version` for port forwarding.

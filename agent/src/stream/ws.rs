@@ -5,13 +5,15 @@
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use berth_proto::remotecommand::{
     channel_frame, parse_terminal_size, portforward_channels, CLOSE, ERROR, RESIZE, STDERR, STDIN, STDOUT, WS_EXEC_PROTOCOLS,
-    WS_PORTFORWARD_PROTOCOLS,
+    WS_PORTFORWARD_PROTOCOLS, WS_SPDY_TUNNEL_PORTFORWARD,
 };
 
 use super::session::{self, connect_in_netns, pump, Channels, Input, Outcome, Output};
@@ -26,6 +28,8 @@ where
 {
     let chosen: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
     let chosen2 = chosen.clone();
+    let protocols: &'static [&'static str] =
+        if matches!(req, StreamRequest::PortForward { .. }) { WS_PORTFORWARD_PROTOCOLS } else { WS_EXEC_PROTOCOLS };
     let callback = move |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let offered: Vec<String> = request
             .headers()
@@ -34,10 +38,8 @@ where
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
             .collect();
-        let protocols = WS_EXEC_PROTOCOLS.iter().chain(WS_PORTFORWARD_PROTOCOLS);
-        let Some(p) = protocols.clone().find(|p| offered.iter().any(|o| o == *p)) else {
-            let all: Vec<&str> = protocols.copied().collect();
-            let mut e = ErrorResponse::new(Some(format!("no supported subprotocol; berth speaks {}", all.join(", "))));
+        let Some(p) = protocols.iter().find(|p| offered.iter().any(|o| o == *p)) else {
+            let mut e = ErrorResponse::new(Some(format!("no supported subprotocol; berth speaks {} here", protocols.join(", "))));
             *e.status_mut() = http::StatusCode::BAD_REQUEST;
             return Err(e);
         };
@@ -46,8 +48,10 @@ where
         Ok(response)
     };
     let ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.map_err(std::io::Error::other)?;
-    let v5 = *chosen.lock().unwrap_or_else(|e| e.into_inner()) == Some("v5.channel.k8s.io");
+    let chosen = *chosen.lock().unwrap_or_else(|e| e.into_inner());
+    let v5 = chosen == Some("v5.channel.k8s.io");
     match req {
+        StreamRequest::PortForward { netns, .. } if chosen == Some(WS_SPDY_TUNNEL_PORTFORWARD) => return tunnel(ws, netns).await,
         StreamRequest::Exec { container_id, cmd, wants } => session::exec(backend, WsChannels::new(ws, v5), container_id, cmd, wants).await,
         StreamRequest::Attach { container_id, wants } => session::attach(backend, WsChannels::new(ws, v5), container_id, wants).await,
         StreamRequest::PortForward { netns, ports } => return port_forward(ws, netns, ports).await,
@@ -107,8 +111,62 @@ where
             },
         }
     }
-    let _ = tx.send(Message::Close(None)).await;
+    let _ = tx.send(close_normal()).await;
     Ok(())
+}
+
+/// client-go's port forwarding (KEP-4006): the WebSocket's binary messages
+/// carry a SPDY/3.1 byte stream, served by the SPDY port-forward code
+/// through an in-memory pipe. Either side ending ends the other.
+async fn tunnel<S>(ws: tokio_tungstenite::WebSocketStream<S>, netns: Option<std::path::PathBuf>) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (spdy_side, ws_side) = tokio::io::duplex(64 * 1024);
+    let (mut from_spdy, mut to_spdy) = tokio::io::split(ws_side);
+    let (mut tx, mut rx) = ws.split();
+    let inbound = async move {
+        while let Some(msg) = rx.next().await {
+            match msg {
+                Ok(Message::Binary(b)) => {
+                    if to_spdy.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        // Dropping the pipe's write half ends the SPDY connection.
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from_spdy.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(close_normal()).await;
+    };
+    let bridge = async {
+        tokio::select! {
+            _ = inbound => {}
+            _ = outbound => {}
+        }
+    };
+    tokio::join!(super::spdy::serve_portforward(spdy_side, netns), bridge);
+    Ok(())
+}
+
+/// A Close frame with status 1000: client-go reports anything else (even
+/// no status, 1005) as an error and loses the exit code it just read.
+fn close_normal() -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))
 }
 
 fn frame(channel: u8, data: &[u8]) -> Message {
@@ -156,6 +214,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Channels for WsChannels<S> {
 
     async fn finish(mut self, outcome: Outcome) {
         let _ = self.tx.send(frame(ERROR, session::status_json(&outcome).as_bytes())).await;
-        let _ = self.tx.send(Message::Close(None)).await;
+        if self.tx.send(close_normal()).await.is_err() {
+            return;
+        }
+        // Until the client's Close comes back (bounded): closing the socket
+        // with its unread input would reset the connection, and the client
+        // could lose the status and the Close before reading them.
+        let drain = async {
+            while let Some(Ok(m)) = self.rx.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
     }
 }

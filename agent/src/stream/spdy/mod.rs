@@ -66,6 +66,15 @@ where
     Ok(())
 }
 
+/// Port forwarding over a SPDY byte stream that needs no HTTP upgrade: the
+/// one client-go tunnels through a WebSocket.
+pub async fn serve_portforward<S>(io: S, netns: Option<std::path::PathBuf>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    portforward::serve(conn::Conn::start(io), netns).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
