@@ -19,6 +19,7 @@ pub mod events;
 pub mod image;
 pub mod index;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;

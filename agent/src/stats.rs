@@ -99,12 +99,20 @@ pub struct Interface {
     pub name: String,
     /// Bytes received.
     pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
     /// Receive errors.
     pub rx_errors: u64,
+    /// Packets dropped on receive.
+    pub rx_dropped: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
     /// Send errors.
     pub tx_errors: u64,
+    /// Packets dropped on send.
+    pub tx_dropped: u64,
 }
 
 /// A pod's use, with its containers'.
@@ -154,7 +162,7 @@ pub fn container_stats(node: &Node, c: &ContainerRecord) -> ContainerStats {
 }
 
 /// Per-interface counters of the pod's network namespace.
-fn network(node: &Node, pod: &PodRecord) -> Option<Vec<Interface>> {
+pub fn network(node: &Node, pod: &PodRecord) -> Option<Vec<Interface>> {
     if pod.network_mode == crate::spec::ns_mode::NODE {
         return None;
     }
@@ -170,12 +178,18 @@ fn network(node: &Node, pod: &PodRecord) -> Option<Vec<Interface>> {
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
             let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            // /proc/net/dev: receive bytes packets errs drop fifo frame
+            // compressed multicast, then transmit bytes packets errs drop …
             Some(Interface {
                 name: name.trim().to_string(),
                 rx_bytes: *f.first()?,
+                rx_packets: *f.get(1)?,
                 rx_errors: *f.get(2)?,
+                rx_dropped: *f.get(3)?,
                 tx_bytes: *f.get(8)?,
+                tx_packets: *f.get(9)?,
                 tx_errors: *f.get(10)?,
+                tx_dropped: *f.get(11)?,
             })
         })
         .filter(|i| i.name != "lo")
@@ -195,13 +209,3 @@ pub fn pod_stats(node: &Node, pod: &PodRecord) -> PodStats {
 pub fn is_live(c: &ContainerRecord) -> bool {
     matches!(c.state, ContainerState::Created | ContainerState::Running)
 }
-
-/// cadvisor-compatible metric descriptors kubelet's CRI stats provider knows.
-pub const METRICS: &[(&str, &str, &[&str])] = &[
-    ("container_cpu_usage_seconds_total", "Cumulative cpu time consumed in seconds.", &["container", "pod", "namespace"]),
-    ("container_memory_working_set_bytes", "Current working set in bytes.", &["container", "pod", "namespace"]),
-    ("container_memory_usage_bytes", "Current memory usage in bytes.", &["container", "pod", "namespace"]),
-    ("container_memory_rss", "Size of RSS in bytes.", &["container", "pod", "namespace"]),
-    ("container_network_receive_bytes_total", "Cumulative count of bytes received.", &["interface", "pod", "namespace"]),
-    ("container_network_transmit_bytes_total", "Cumulative count of bytes transmitted.", &["interface", "pod", "namespace"]),
-];

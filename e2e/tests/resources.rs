@@ -108,9 +108,29 @@ async fn stats_are_plausible() {
     let busy = f.cri.run(&pod, f.container("busy", &["sh", "-c", "while true; do :; done"]), &cfg).await;
     let mem = f
         .cri
-        .run(&pod, f.container("mem", &["sh", "-c", "head -c 20000000 /dev/zero > /dev/shm/buf; nc -ll -p 8080 -e echo stats"]), &cfg)
+        .run(
+            &pod,
+            f.container(
+                "mem",
+                &[
+                    "sh",
+                    "-c",
+                    "head -c 20000000 /dev/zero > /dev/shm/buf.tmp; mv /dev/shm/buf.tmp /dev/shm/buf; nc -ll -p 8080 -e echo stats",
+                ],
+            ),
+            &cfg,
+        )
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The 20 MB are written (slow under emulation, as in the v2 VM).
+    let mut written = false;
+    for _ in 0..300 {
+        if f.cri.sh(&mem, "test -e /dev/shm/buf && echo yes || true").await.trim() == "yes" {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written, "the container never wrote its 20 MB");
     let get = |r: cri::ContainerStatsResponse| r.stats.unwrap();
     let s1 = get(f.cri.runtime.container_stats(cri::ContainerStatsRequest { container_id: busy.clone() }).await.unwrap().into_inner());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -165,10 +185,157 @@ async fn stats_are_plausible() {
     assert!(linux.memory.unwrap().usage_bytes.unwrap().value >= 20_000_000);
     let all = f.cri.runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default()).await.unwrap().into_inner();
     assert_eq!(all.stats.len(), 1);
+    f.cri.remove_pod(&pod).await;
+}
+
+/// The cadvisor metrics kubelet's CRI stats provider asks for.
+const METRICS: &[&str] = &[
+    "container_blkio_device_usage_total",
+    "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_throttled_seconds_total",
+    "container_cpu_system_seconds_total",
+    "container_cpu_usage_seconds_total",
+    "container_cpu_user_seconds_total",
+    "container_file_descriptors",
+    "container_fs_inodes_free",
+    "container_fs_inodes_total",
+    "container_fs_limit_bytes",
+    "container_fs_reads_bytes_total",
+    "container_fs_reads_total",
+    "container_fs_usage_bytes",
+    "container_fs_writes_bytes_total",
+    "container_fs_writes_total",
+    "container_last_seen",
+    "container_memory_cache",
+    "container_memory_failcnt",
+    "container_memory_failures_total",
+    "container_memory_kernel_usage",
+    "container_memory_mapped_file",
+    "container_memory_max_usage_bytes",
+    "container_memory_rss",
+    "container_memory_swap",
+    "container_memory_usage_bytes",
+    "container_memory_working_set_bytes",
+    "container_network_receive_bytes_total",
+    "container_network_receive_errors_total",
+    "container_network_receive_packets_dropped_total",
+    "container_network_receive_packets_total",
+    "container_network_transmit_bytes_total",
+    "container_network_transmit_errors_total",
+    "container_network_transmit_packets_dropped_total",
+    "container_network_transmit_packets_total",
+    "container_oom_events_total",
+    "container_processes",
+    "container_sockets",
+    "container_spec_cpu_period",
+    "container_spec_cpu_shares",
+    "container_spec_memory_limit_bytes",
+    "container_spec_memory_swap_limit_bytes",
+    "container_start_time_seconds",
+    "container_threads",
+    "container_threads_max",
+];
+
+/// Where the kernel may give nothing (no block I/O on a tmpfs or page cache).
+const MAYBE_EMPTY: &[&str] = &[
+    "container_blkio_device_usage_total",
+    "container_fs_reads_bytes_total",
+    "container_fs_reads_total",
+    "container_fs_writes_bytes_total",
+    "container_fs_writes_total",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cadvisor_metrics_for_every_container() {
+    use std::collections::HashMap;
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("metrics");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut busy = f.container("busy", &["sh", "-c", "while :; do :; done"]);
+    busy.linux.as_mut().unwrap().resources = Some(resources(|r| {
+        r.cpu_quota = 20_000;
+        r.cpu_period = 100_000;
+        r.memory_limit_in_bytes = 64 << 20;
+    }));
+    let busy = f.cri.run(&pod, busy, &cfg).await;
+    let server = f
+        .cri
+        .run(&pod, f.container("server", &["sh", "-c", "head -c 20000000 /dev/zero > /dev/shm/buf; exec nc -ll -p 8080 -e echo hi"]), &cfg)
+        .await;
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ip = f.cri.pod_ip(&pod).await;
+    let mut talked = false;
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), Duration::from_secs(1)) {
+            let mut out = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut out);
+            if !out.is_empty() {
+                talked = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(talked, "the server never answered");
+    // Long enough for the quota to throttle the busy loop.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
     let d = f.cri.runtime.list_metric_descriptors(cri::ListMetricDescriptorsRequest {}).await.unwrap().into_inner();
-    assert!(d.descriptors.iter().any(|m| m.name == "container_cpu_usage_seconds_total"));
+    let keys: HashMap<&str, &[String]> = d.descriptors.iter().map(|m| (m.name.as_str(), m.label_keys.as_slice())).collect();
+    for name in METRICS {
+        let k = keys.get(name).unwrap_or_else(|| panic!("{name} is not described"));
+        assert_eq!(k[..5], ["pod", "namespace", "container", "id", "image"], "{name}");
+    }
+
     let pm = f.cri.runtime.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await.unwrap().into_inner();
-    assert_eq!(pm.pod_metrics[0].container_metrics.len(), 2);
+    assert_eq!(pm.pod_metrics.len(), 1);
+    let p = &pm.pod_metrics[0];
+    assert_eq!(p.pod_sandbox_id, pod);
+    // Labels fit their descriptors, everywhere.
+    let all = p.metrics.iter().chain(p.container_metrics.iter().flat_map(|c| &c.metrics));
+    for m in all {
+        assert_eq!(m.label_values.len(), keys[m.name.as_str()].len(), "{m:?}");
+    }
+    // The pod's network, on eth0.
+    let rx = p.metrics.iter().find(|m| m.name == "container_network_receive_bytes_total" && m.label_values[5] == "eth0").expect("eth0 rx");
+    assert!(rx.value.unwrap().value > 0, "{rx:?}");
+    let net: Vec<&str> = p.metrics.iter().map(|m| m.name.as_str()).collect();
+
+    assert_eq!(p.container_metrics.len(), 2);
+    let of = |id: &str| -> HashMap<String, Vec<(Vec<String>, u64)>> {
+        let c = p.container_metrics.iter().find(|c| c.container_id == id).expect("container metrics");
+        let mut by: HashMap<String, Vec<(Vec<String>, u64)>> = HashMap::new();
+        for m in &c.metrics {
+            by.entry(m.name.clone()).or_default().push((m.label_values.clone(), m.value.unwrap().value));
+        }
+        by
+    };
+    for (id, name) in [(&busy, "busy"), (&server, "server")] {
+        let by = of(id);
+        for metric in METRICS.iter().filter(|m| !MAYBE_EMPTY.contains(m) && !m.starts_with("container_network_")) {
+            let series = by.get(*metric).unwrap_or_else(|| panic!("{name}: no {metric}"));
+            assert_eq!(series[0].0[2..4], [name.to_string(), id.to_string()], "{metric}");
+        }
+        let one = |m: &str| by[m][0].1;
+        assert!(one("container_processes") >= 1 && one("container_threads") >= 1, "{name}");
+        assert!(one("container_file_descriptors") >= 3, "{name}");
+        assert!(one("container_fs_limit_bytes") > 0 && one("container_fs_inodes_total") > 0, "{name}");
+        assert!(one("container_start_time_seconds").abs_diff(started) < 30, "{name}");
+        assert!(one("container_last_seen") >= one("container_start_time_seconds"), "{name}");
+        assert_eq!(by["container_memory_failures_total"].len(), 4, "pgfault and pgmajfault, container and hierarchy");
+    }
+    for m in net.iter().filter(|n| n.starts_with("container_network_")) {
+        assert!(METRICS.contains(m), "{m}");
+    }
+    let busy_m = of(&busy);
+    let server_m = of(&server);
+    assert!(busy_m["container_cpu_cfs_periods_total"][0].1 > 0);
+    assert!(busy_m["container_cpu_cfs_throttled_periods_total"][0].1 > 0, "a 20% quota throttles a busy loop");
+    assert_eq!(busy_m["container_spec_cpu_period"][0].1, 100_000);
+    assert_eq!(busy_m["container_spec_memory_limit_bytes"][0].1, 64 << 20);
+    assert!(server_m["container_memory_usage_bytes"][0].1 >= 20_000_000);
+    assert!(server_m["container_sockets"][0].1 >= 1, "nc listens");
     f.cri.remove_pod(&pod).await;
 }
 

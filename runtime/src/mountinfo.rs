@@ -32,6 +32,8 @@ pub struct Mount {
     pub mount_point: PathBuf,
     /// Filesystem type.
     pub fs_type: String,
+    /// Its source (`/dev/vda`, `overlay`, `tmpfs`).
+    pub source: String,
     /// Its propagation.
     pub propagation: Propagation,
 }
@@ -74,12 +76,13 @@ fn parse_line(line: &str) -> Option<Mount> {
         }
     }
     let fs_type = f.next()?.to_string();
+    let source = unescape(f.next().unwrap_or_default()).to_string_lossy().into_owned();
     let propagation = match (shared, slave) {
         (true, _) => Propagation::Shared,
         (false, true) => Propagation::Slave,
         _ => Propagation::Private,
     };
-    Some(Mount { id, parent, root, mount_point, fs_type, propagation })
+    Some(Mount { id, parent, root, mount_point, fs_type, source, propagation })
 }
 
 /// Parses mountinfo text; lines it cannot read are skipped.
@@ -127,6 +130,7 @@ mod tests {
         assert_eq!(m[3].propagation, Propagation::Slave);
         assert_eq!(m[4].propagation, Propagation::Private);
         assert_eq!(m[4].root, Path::new("/sub"));
+        assert_eq!((m[0].source.as_str(), m[0].fs_type.as_str()), ("/dev/sda1", "ext4"));
         let at = |p: &str| containing(&m, Path::new(p)).map(|m| m.id);
         assert_eq!(at("/var/lib/kube lets/pods/x"), Some(42));
         assert_eq!(at("/var/lib/kube lets"), Some(41));

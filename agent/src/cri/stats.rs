@@ -8,8 +8,9 @@ use berth_proto::cri;
 
 use super::convert::{container_metadata, labels_match, pod_metadata};
 use crate::error::Result;
+use crate::metrics::{self, BASE_LABELS, DESCRIPTORS};
 use crate::node::Node;
-use crate::stats::{self as st, is_live, METRICS};
+use crate::stats::{self as st, is_live};
 use crate::store::PodState;
 
 fn u64v(v: u64) -> Option<cri::UInt64Value> {
@@ -134,20 +135,28 @@ pub(super) async fn list_pod_sandbox_stats(
 }
 
 pub(super) async fn list_metric_descriptors(_req: cri::ListMetricDescriptorsRequest) -> Result<cri::ListMetricDescriptorsResponse> {
-    let descriptors = METRICS
+    let descriptors = DESCRIPTORS
         .iter()
-        .map(|(name, help, labels)| cri::MetricDescriptor {
-            name: name.to_string(),
-            help: help.to_string(),
-            label_keys: labels.iter().map(|s| s.to_string()).collect(),
+        .map(|d| cri::MetricDescriptor {
+            name: d.name.to_string(),
+            help: d.help.to_string(),
+            label_keys: BASE_LABELS.iter().chain(d.extra_labels).map(|s| s.to_string()).collect(),
         })
         .collect();
     Ok(cri::ListMetricDescriptorsResponse { descriptors })
 }
 
-fn metric(name: &str, ts: i64, counter: bool, labels: Vec<String>, value: u64) -> cri::Metric {
-    let metric_type = if counter { cri::MetricType::Counter } else { cri::MetricType::Gauge } as i32;
-    cri::Metric { name: name.into(), timestamp: ts, metric_type, label_values: labels, value: Some(cri::UInt64Value { value }) }
+fn cri_metrics(s: &metrics::Samples) -> Vec<cri::Metric> {
+    s.samples
+        .iter()
+        .map(|x| cri::Metric {
+            name: x.descriptor.name.to_string(),
+            timestamp: s.ts,
+            metric_type: if x.descriptor.counter { cri::MetricType::Counter } else { cri::MetricType::Gauge } as i32,
+            label_values: s.base.iter().chain(&x.extra).cloned().collect(),
+            value: u64v(x.value),
+        })
+        .collect()
 }
 
 pub(super) async fn list_pod_sandbox_metrics(
@@ -159,31 +168,16 @@ pub(super) async fn list_pod_sandbox_metrics(
     let pod_metrics = blocking(move || {
         pods.iter()
             .map(|p| {
-                let s = st::pod_stats(&a, p);
-                let ts = s.cpu.ts;
-                let mut metrics = Vec::new();
-                for i in s.network.iter().flatten() {
-                    let labels = vec![i.name.clone(), p.name.clone(), p.namespace.clone()];
-                    metrics.push(metric("container_network_receive_bytes_total", ts, true, labels.clone(), i.rx_bytes));
-                    metrics.push(metric("container_network_transmit_bytes_total", ts, true, labels, i.tx_bytes));
+                let m = metrics::pod_metrics(&a, p);
+                cri::PodSandboxMetrics {
+                    pod_sandbox_id: m.pod_id,
+                    metrics: cri_metrics(&m.pod),
+                    container_metrics: m
+                        .containers
+                        .iter()
+                        .map(|(id, s)| cri::ContainerMetrics { container_id: id.clone(), metrics: cri_metrics(s) })
+                        .collect(),
                 }
-                let container_metrics = s
-                    .containers
-                    .iter()
-                    .map(|c| {
-                        let labels = vec![c.container.name.clone(), p.name.clone(), p.namespace.clone()];
-                        cri::ContainerMetrics {
-                            container_id: c.container.id.clone(),
-                            metrics: vec![
-                                metric("container_cpu_usage_seconds_total", ts, true, labels.clone(), c.cpu.total_ns / 1_000_000_000),
-                                metric("container_memory_working_set_bytes", ts, false, labels.clone(), c.memory.working_set),
-                                metric("container_memory_usage_bytes", ts, false, labels.clone(), c.memory.usage),
-                                metric("container_memory_rss", ts, false, labels, c.memory.rss),
-                            ],
-                        }
-                    })
-                    .collect();
-                cri::PodSandboxMetrics { pod_sandbox_id: p.id.clone(), metrics, container_metrics }
             })
             .collect()
     })

@@ -10,6 +10,7 @@ use cgroups_rs::fs::Cgroup;
 
 pub mod bpf;
 pub mod devices;
+pub mod metrics;
 
 pub use devices::DeviceRule;
 
@@ -423,6 +424,14 @@ fn stat_map(text: Option<String>) -> std::collections::HashMap<String, u64> {
         .lines()
         .filter_map(|l| l.split_once(' ').and_then(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v))))
         .collect()
+}
+
+/// Everything cadvisor reads from the cgroup at `path`, and its pids.
+pub fn metrics(path: &str) -> (metrics::Metrics, Vec<i32>) {
+    let cg = Located::of(path);
+    let read = |file: &str| cg.read(file);
+    let m = if version() == Version::V2 { metrics::v2(read) } else { metrics::v1(read) };
+    (m, cg.pids())
 }
 
 /// Reads CPU and memory use (v1: cpuacct and memory; v2: cpu.stat and memory.*).
