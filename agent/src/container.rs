@@ -178,6 +178,7 @@ pub async fn create(node: &Arc<Node>, pod_id: &str, config: ContainerRequest) ->
         .resolve(&config.image)
         .map_err(Error::from)?
         .ok_or_else(|| Error::NotFound(format!("image {:?} not found: pull it first", config.image)))?;
+    let volumes = image_volumes(node, &config)?;
     let name_key = format!("{}/{}/{}", pod.id, config.name, config.attempt);
     let check_node = node.clone();
     let check_key = name_key.clone();
@@ -192,12 +193,57 @@ pub async fn create(node: &Arc<Node>, pod_id: &str, config: ContainerRequest) ->
         .run(format!("ctr:{name_key}"), check, async move {
             let id = random_id().map_err(|e| internal("container id from the kernel's random source", e))?;
             let span = tracing::info_span!("container", container_id = %id, pod_id = %pod.id, name = %config.name);
-            tracing::Instrument::instrument(create_inner(node2, pod, config, image, id), span).await
+            tracing::Instrument::instrument(create_inner(node2, pod, config, image, volumes, id), span).await
         })
         .await
 }
 
-async fn create_inner(node: Arc<Node>, pod: PodRecord, config: ContainerRequest, image: ImageRecord, id: String) -> Result<String> {
+/// RemoveImage: refused while a live container has the image mounted as a
+/// volume (its rootfs image may go: the snapshots stay while it exists).
+pub async fn remove_image(node: &Arc<Node>, image: &str) -> Result<()> {
+    if let Some(record) = node.images.resolve(image).map_err(Error::from)? {
+        let users = node.containers.filter(|c| {
+            matches!(c.state, ContainerState::Created | ContainerState::Running) && c.mounts.iter().any(|m| m.image_id == record.id)
+        });
+        if let Some(c) = users.first() {
+            return Err(Error::FailedPrecondition(format!(
+                "image {} is mounted as a volume by container {} ({} in all); remove those containers first",
+                record.id,
+                c.id,
+                users.len()
+            )));
+        }
+    }
+    Ok(node.images.remove(image).await?)
+}
+
+/// The images of the request's image volumes, by mount index; kubelet pulls
+/// them before it creates the container.
+fn image_volumes(node: &Node, config: &ContainerRequest) -> Result<Vec<(usize, ImageRecord)>> {
+    let mut out = Vec::new();
+    for (i, m) in config.mounts.iter().enumerate().filter(|(_, m)| !m.image.is_empty()) {
+        let image = node
+            .images
+            .resolve(&m.image)
+            .map_err(Error::from)?
+            .ok_or_else(|| Error::NotFound(format!("config.mounts[{i}].image: image {:?} not found: pull it first", m.image)))?;
+        out.push((i, image));
+    }
+    Ok(out)
+}
+
+async fn create_inner(
+    node: Arc<Node>,
+    pod: PodRecord,
+    config: ContainerRequest,
+    image: ImageRecord,
+    volumes: Vec<(usize, ImageRecord)>,
+    id: String,
+) -> Result<String> {
+    let mut image_volumes = std::collections::HashMap::new();
+    for (i, v) in &volumes {
+        image_volumes.insert(*i, (v.id.clone(), node.images.lower_dirs(v).map_err(Error::from)?));
+    }
     let layer = node.layer_dir(&id);
     let cgroup_path = format!("{}/{}", pod.cgroup, id);
     let paths = SpecPaths {
@@ -209,6 +255,7 @@ async fn create_inner(node: Arc<Node>, pod: PodRecord, config: ContainerRequest,
         cgroup_procs: cgroup::procs_files_of(&cgroup_path),
         cgroup: cgroup_path.clone(),
         cgroup_v2: node.cgroup_v2,
+        image_volumes,
     };
     let limits = config.resources.limits.clone();
     limits.validate(node.cgroup_v2).map_err(|e| crate::error::limits_error("config.linux.resources", &e))?;
@@ -246,7 +293,8 @@ async fn create_inner(node: Arc<Node>, pod: PodRecord, config: ContainerRequest,
         user_image: config.user_image.clone(),
         image_id: image.id.clone(),
         image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
-        snapshot_chain: image.layers.iter().map(|l| l.chain_id.clone()).collect(),
+        // Image GC keeps what the rootfs and the image volumes stack.
+        snapshot_chain: image.layers.iter().chain(volumes.iter().flat_map(|(_, v)| &v.layers)).map(|l| l.chain_id.clone()).collect(),
         log_path: log_path.clone(),
         mounts: built.mounts.clone(),
         cgroup: cgroup_path.clone(),

@@ -57,6 +57,11 @@ pub struct MountRequest {
     pub readonly: bool,
     /// Propagation.
     pub propagation: Propagation,
+    /// Read-only all the way down, submounts included.
+    pub recursive_read_only: bool,
+    /// An image whose filesystem is mounted read-only here instead of a
+    /// host path (an image volume); empty for a host path.
+    pub image: String,
 }
 
 /// A host device to give the container.
@@ -167,6 +172,9 @@ impl From<&MountRequest> for MountRecord {
             host_path: m.host_path.clone(),
             readonly: m.readonly,
             propagation: m.propagation.into(),
+            recursive_read_only: m.recursive_read_only,
+            image: m.image.clone(),
+            image_id: String::new(),
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct SpecPaths {
     pub cgroup: String,
     /// Whether the node runs cgroup v2.
     pub cgroup_v2: bool,
+    /// Image volumes by mount index: the image id and its layer dirs, top
+    /// first.
+    pub image_volumes: HashMap<usize, (String, Vec<PathBuf>)>,
 }
 
 /// What the spec decided that berthd records.
@@ -228,6 +231,23 @@ fn bind(dest: &str, source: &Path, options: &[&str]) -> Result<Mount> {
         .map_err(spec_err)
 }
 
+/// An image volume: the image's layers read-only and without exec (as
+/// KEP-4639 has them): one layer is a bind of its snapshot, more an overlay
+/// of them with no upper layer.
+fn image_volume(dest: &str, dirs: &[PathBuf]) -> Result<Mount> {
+    if let [only] = dirs {
+        return bind(dest, only, &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"]);
+    }
+    let lower = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
+    MountBuilder::default()
+        .destination(dest)
+        .typ("overlay")
+        .source("overlay")
+        .options(vec!["ro".into(), "nosuid".into(), "nodev".into(), "noexec".into(), format!("lowerdir={lower}")])
+        .build()
+        .map_err(spec_err)
+}
+
 fn fs_mount(dest: &str, kind: &str, options: &[&str]) -> Result<Mount> {
     MountBuilder::default()
         .destination(dest)
@@ -329,6 +349,22 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         if !m.container_path.starts_with('/') {
             return Err(invalid(&format!("{field}.container_path"), format!("{:?} is not absolute", m.container_path)));
         }
+        if m.recursive_read_only && !m.readonly {
+            return Err(invalid(&format!("{field}.recursive_read_only"), "needs readonly"));
+        }
+        if m.recursive_read_only && m.propagation != Propagation::Private {
+            return Err(invalid(&format!("{field}.recursive_read_only"), "needs private propagation"));
+        }
+        if !m.image.is_empty() {
+            if !m.host_path.is_empty() {
+                return Err(invalid(&format!("{field}.host_path"), "an image volume has no host path"));
+            }
+            let (image_id, dirs) =
+                paths.image_volumes.get(&i).ok_or_else(|| Error::internal(format!("{field}.image"), "image volume not resolved"))?;
+            mounts.push(image_volume(&m.container_path, dirs)?);
+            mount_records.push(MountRecord { image_id: image_id.clone(), readonly: true, ..MountRecord::from(m) });
+            continue;
+        }
         if !m.host_path.starts_with('/') {
             return Err(invalid(&format!("{field}.host_path"), format!("{:?} is not absolute", m.host_path)));
         }
@@ -351,6 +387,9 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         let mut opts = vec!["rbind", propagation];
         if m.readonly {
             opts.push("ro");
+        }
+        if m.recursive_read_only {
+            opts.push("rro");
         }
         mounts.push(bind(&m.container_path, Path::new(&m.host_path), &opts)?);
         mount_records.push(MountRecord::from(m));

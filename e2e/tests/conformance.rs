@@ -227,3 +227,121 @@ async fn container_status_names_the_image_as_kubelet_expects() {
     assert!(listed.iter().all(|c| c.image.as_ref().unwrap().image == f.busybox && c.image_id == id), "{listed:?}");
     f.cri.remove_pod(&pod).await;
 }
+
+/// KEP-4639: another image's filesystem mounted read-only (and noexec) in
+/// the container, reported in the status, kept while mounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_mount_another_image_read_only() {
+    use berth_e2e::oci::{self, Compression, ImageSettings, LayerBuilder};
+    let mut f = Fixture::start().await;
+    // Two layers (an overlay) and one layer (a bind) of data.
+    let mut base = LayerBuilder::new();
+    base.file("a.txt", b"from the lower layer\n", 0o644).file("gone", b"x", 0o644);
+    let mut top = LayerBuilder::new();
+    top.file("b.txt", b"from the upper layer\n", 0o644).file("run.sh", b"#!/bin/sh\necho ran\n", 0o755).whiteout("gone");
+    let two = oci::image(vec![base.build(Compression::Gzip), top.build(Compression::Gzip)], &ImageSettings::default());
+    f.registry.push("models", "v1", &two).await;
+    let mut single = LayerBuilder::new();
+    single.file("only.txt", b"one layer\n", 0o644);
+    let one = oci::image(vec![single.build(Compression::Gzip)], &ImageSettings::default());
+    f.registry.push("config", "v1", &one).await;
+    let (models, config) = (f.registry.reference("models", "v1"), f.registry.reference("config", "v1"));
+
+    let cfg = f.pod("imagevol");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let volume = |path: &str, image: &str| cri::Mount {
+        container_path: path.into(),
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        readonly: true,
+        ..Default::default()
+    };
+    // Not pulled yet: refused, naming the mount.
+    let mut c = f.container("c", &["sleep", "1000"]);
+    c.mounts = vec![volume("/models", &models)];
+    let e = f.cri.create(&pod, c.clone(), &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    assert!(e.message().contains("config.mounts[0].image"), "{}", e.message());
+    // As kubelet does: pull first.
+    let models_id = f.cri.pull(&models).await.unwrap();
+    let config_id = f.cri.pull(&config).await.unwrap();
+    c.mounts = vec![volume("/models", &models), volume("/etc/app", &config)];
+    let id = f.cri.run(&pod, c, &cfg).await;
+
+    let out = f.cri.sh(&id, "cat /models/a.txt /models/b.txt /etc/app/only.txt; ls /models").await;
+    assert_eq!(out, "from the lower layer\nfrom the upper layer\none layer\na.txt\nb.txt\nrun.sh\n");
+    for (path, what) in [("/models/new", "overlay"), ("/etc/app/new", "bind")] {
+        let w = f.cri.sh(&id, &format!("(touch {path}) 2>&1; echo rc=$?")).await;
+        assert!(w.contains("Read-only file system") && !w.contains("rc=0"), "{what}: {w}");
+    }
+    let x = f.cri.sh(&id, "(/models/run.sh) 2>&1; echo rc=$?").await;
+    assert!(!x.contains("ran") && x.contains("Permission denied"), "noexec: {x}");
+
+    let st = f.cri.status(&id).await;
+    let m = st.mounts.iter().find(|m| m.container_path == "/models").expect("the image volume in the status");
+    let spec = m.image.as_ref().expect("its image");
+    assert_eq!((spec.image.as_str(), spec.user_specified_image.as_str(), m.host_path.as_str()), (models_id.as_str(), models.as_str(), ""));
+
+    // Not removable while mounted; the container's own image is.
+    let e = f.cri.remove_image(&models_id).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains(&id), "{}", e.message());
+    assert!(f.cri.image_status(&models).await.unwrap().is_some());
+    f.cri.remove_pod(&pod).await;
+    f.cri.remove_image(&models_id).await.unwrap();
+    f.cri.remove_image(&config_id).await.unwrap();
+    assert!(f.cri.image_status(&models).await.unwrap().is_none());
+
+    // An image volume has no host path.
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    f.cri.pull(&config).await.unwrap();
+    let mut c = f.container("both", &["sleep", "1000"]);
+    c.mounts = vec![cri::Mount { host_path: "/tmp".into(), ..volume("/etc/app", &config) }];
+    let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("config.mounts[0].host_path"), "{}", e.message());
+    f.cri.remove_pod(&pod).await;
+}
+
+/// KEP-3857: `recursive_read_only` makes the submounts of a volume read-only
+/// too, where `readonly` alone leaves them writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_read_only_volumes() {
+    use nix::mount::MsFlags;
+    let mut f = Fixture::start().await;
+    let st = f.cri.runtime.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    assert!(st.runtime_handlers[0].features.as_ref().unwrap().recursive_read_only_mounts);
+    assert!(!st.runtime_handlers[0].features.as_ref().unwrap().user_namespaces, "nothing claimed that does not work");
+
+    // A volume with a writable tmpfs mounted inside it.
+    let vol = VolumeDir::new(MsFlags::MS_PRIVATE);
+    vol.mount_tmpfs("sub");
+    let cfg = f.pod("rro");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let volume = |ro: bool, rro: bool| cri::Mount {
+        container_path: "/vol".into(),
+        host_path: vol.path().display().to_string(),
+        readonly: ro,
+        recursive_read_only: rro,
+        ..Default::default()
+    };
+    for (name, rro, sub_writable) in [("ro", false, true), ("rro", true, false)] {
+        let mut c = f.container(name, &["sleep", "1000"]);
+        c.mounts = vec![volume(true, rro)];
+        let id = f.cri.run(&pod, c, &cfg).await;
+        assert_eq!(f.cri.sh(&id, "cat /vol/sub/mark").await, "host");
+        let top = f.cri.sh(&id, "(touch /vol/x) 2>&1; echo rc=$?").await;
+        assert!(top.contains("Read-only file system"), "{name}: {top}");
+        let sub = f.cri.sh(&id, "(touch /vol/sub/x) 2>&1; echo rc=$?").await;
+        assert_eq!(sub.contains("rc=0"), sub_writable, "{name}: {sub}");
+    }
+    assert!(vol.path().join("sub/x").exists(), "plain readonly left the submount writable");
+
+    for (bad, why) in [(volume(false, true), "needs readonly"), (cri::Mount { propagation: 1, ..volume(true, true) }, "private")] {
+        let mut c = f.container("bad", &["sleep", "1000"]);
+        c.mounts = vec![bad];
+        let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains("config.mounts[0].recursive_read_only") && e.message().contains(why), "{}", e.message());
+    }
+    f.cri.remove_pod(&pod).await;
+}

@@ -20,6 +20,7 @@ pub mod diag;
 pub mod fs;
 pub mod message;
 pub mod monitor;
+pub mod mountapi;
 pub mod mountinfo;
 pub mod pidfd;
 pub mod process;

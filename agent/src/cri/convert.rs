@@ -108,11 +108,16 @@ pub fn container_request(config: cri::ContainerConfig) -> Result<ContainerReques
                 return Err(Error::invalid(format!("config.mounts[{i}].propagation"), format!("{} is not a propagation", m.propagation)))
             }
         };
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(Error::invalid(format!("config.mounts[{i}].uidMappings"), "id-mapped volumes are not supported"));
+        }
         mounts.push(MountRequest {
             container_path: m.container_path.clone(),
             host_path: m.host_path.clone(),
             readonly: m.readonly,
             propagation,
+            recursive_read_only: m.recursive_read_only,
+            image: m.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
         });
     }
     Ok(ContainerRequest {
@@ -253,6 +258,13 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
                 propagation: m.propagation,
+                recursive_read_only: m.recursive_read_only,
+                // An image volume: its id, and the reference as asked for.
+                image: (!m.image.is_empty()).then(|| cri::ImageSpec {
+                    image: m.image_id.clone(),
+                    user_specified_image: m.image.clone(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
             .collect(),

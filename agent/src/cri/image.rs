@@ -74,7 +74,7 @@ pub(super) async fn image_status(node: &Arc<Node>, req: cri::ImageStatusRequest)
 
 pub(super) async fn remove_image(node: &Arc<Node>, req: cri::RemoveImageRequest) -> Result<cri::RemoveImageResponse> {
     let image = image_field(req.image, "image")?;
-    node.images.remove(&image).await?;
+    crate::container::remove_image(node, &image).await?;
     Ok(cri::RemoveImageResponse {})
 }
 

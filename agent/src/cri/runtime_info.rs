@@ -41,7 +41,12 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
         info,
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
-            features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+            // Only what works here: recursive read-only needs mount_setattr
+            // (Linux 5.12); user namespaces are not implemented yet.
+            features: Some(cri::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: berth_runtime::mountapi::supported(),
+                user_namespaces: false,
+            }),
         }],
         features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true }),
     })

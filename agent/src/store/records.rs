@@ -108,6 +108,12 @@ pub struct MountRecord {
     pub readonly: bool,
     /// CRI MountPropagation.
     pub propagation: i32,
+    /// Read-only with every submount.
+    pub recursive_read_only: bool,
+    /// An image volume's image, as asked for ("" for a host path).
+    pub image: String,
+    /// That image's id.
+    pub image_id: String,
 }
 
 /// A container as berth remembers it.

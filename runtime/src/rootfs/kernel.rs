@@ -144,6 +144,12 @@ impl RootfsOps for Kernel {
             mount(None::<&str>, mpath.as_str(), None::<&str>, m.flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND, None::<&str>)
                 .map_err(|e| InitError::setup(&step("remount"), e))?;
         }
+        if m.recursive_readonly {
+            // MS_RDONLY on a bind remount covers the top mount only; the
+            // mounts beneath a recursive bind stay writable without this.
+            let ro = crate::mountapi::Attr { set: libc::MOUNT_ATTR_RDONLY, ..Default::default() };
+            crate::mountapi::set_attr(mounted.as_fd(), true, ro).map_err(|e| InitError::setup(&step("recursive read-only"), e))?;
+        }
         if !m.propagation.is_empty() {
             mount(None::<&str>, mpath.as_str(), None::<&str>, m.propagation, None::<&str>)
                 .map_err(|e| InitError::setup(&step("propagation"), e))?;
@@ -163,6 +169,7 @@ impl RootfsOps for Kernel {
             flags,
             propagation: MsFlags::empty(),
             data: String::new(),
+            recursive_readonly: false,
         };
         if crate::cgroup::version() == crate::cgroup::Version::V2 {
             let target = mount_target(self.root()?, &m.dest, false)?;
@@ -186,6 +193,7 @@ impl RootfsOps for Kernel {
             flags: m.flags & !MsFlags::MS_RDONLY,
             propagation: MsFlags::empty(),
             data: "mode=755".into(),
+            recursive_readonly: false,
         };
         self.mount(&tmpfs)?;
         let dir = self.last_mount.take().ok_or_else(|| InitError::Setup(step("no tmpfs")))?;

@@ -25,13 +25,21 @@ pub struct MountOp {
     pub propagation: MsFlags,
     /// Filesystem data (`mode=755,size=64m`).
     pub data: String,
+    /// Read-only all the way down, submounts included (runc's `rro`).
+    pub recursive_readonly: bool,
 }
 
 impl MountOp {
     /// From an OCI mount.
     pub fn from_oci(m: &Mount) -> MountOp {
         let kind = m.typ().clone().unwrap_or_else(|| "bind".into());
-        let (flags, propagation, data) = parse_options(m.options().as_deref().unwrap_or(&[]));
+        let options = m.options().clone().unwrap_or_default();
+        let recursive_readonly = options.iter().any(|o| o == "rro");
+        let options: Vec<String> = options.into_iter().filter(|o| o != "rro").collect();
+        let (mut flags, propagation, data) = parse_options(&options);
+        if recursive_readonly {
+            flags |= MsFlags::MS_RDONLY;
+        }
         let bind = kind == "bind" || flags.contains(MsFlags::MS_BIND);
         MountOp {
             dest: m.destination().clone(),
@@ -42,6 +50,7 @@ impl MountOp {
             kind,
             propagation,
             data,
+            recursive_readonly,
         }
     }
 
@@ -107,5 +116,15 @@ mod tests {
         assert_eq!(op.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
         let dev = oci_spec::runtime::MountBuilder::default().destination("/dev").typ("tmpfs").source("tmpfs").build().unwrap();
         assert!(MountOp::from_oci(&dev).is_dev_tmpfs() && !op.is_dev_tmpfs());
+        assert!(!op.recursive_readonly);
+        let rro = oci_spec::runtime::MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source("/srv/data")
+            .options(vec!["rbind".to_string(), "rro".to_string()])
+            .build()
+            .unwrap();
+        let op = MountOp::from_oci(&rro);
+        assert!(op.recursive_readonly && op.flags.contains(MsFlags::MS_RDONLY) && op.data.is_empty(), "{op:?}");
     }
 }
