@@ -66,10 +66,24 @@ pub fn resources(r: Option<&cri::LinuxContainerResources>) -> Resources {
     }
 }
 
+/// A user namespace asked for (`hostUsers: false`) is refused: berth does
+/// not implement them yet, and running the pod with the node's ids instead
+/// would break the isolation the pod asked for.
+pub fn refuse_user_namespace(field: &str, userns: Option<&cri::UserNamespace>) -> Result<()> {
+    match userns {
+        Some(u) if u.mode != cri::NamespaceMode::Node as i32 || !u.uids.is_empty() || !u.gids.is_empty() => Err(Error::invalid(
+            field,
+            "user namespaces (hostUsers: false) are not supported by this runtime; Status reports user_namespaces false",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn security(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<SecurityRequest> {
     let Some(sc) = sc else { return Ok(SecurityRequest::default()) };
     let caps = sc.capabilities.clone().unwrap_or_default();
     let ns = sc.namespace_options.clone().unwrap_or_default();
+    refuse_user_namespace("config.linux.security_context.namespace_options.userns_options", ns.userns_options.as_ref())?;
     // The deprecated path forms are still what older kubelets send.
     #[allow(deprecated)]
     let (seccomp_path, apparmor_path) = (sc.seccomp_profile_path.as_str(), sc.apparmor_profile.as_str());

@@ -27,6 +27,7 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
     }
     let linux = config.linux.unwrap_or_default();
     let ns = linux.security_context.as_ref().and_then(|s| s.namespace_options.clone()).unwrap_or_default();
+    super::convert::refuse_user_namespace("config.linux.security_context.namespace_options.userns_options", ns.userns_options.as_ref())?;
     for (field, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
         if !matches!(mode, ns_mode::POD | ns_mode::CONTAINER | ns_mode::NODE) {
             return Err(Error::invalid(format!("namespace_options.{field}"), format!("mode {mode} is not valid for a pod")));
