@@ -100,7 +100,8 @@ pub fn refresh(node: &Node, rec: ContainerRecord) -> Result<ContainerRecord> {
         return Ok(rec);
     }
     let end = match node.runtime.state(&node.bundle(&rec.id)) {
-        MonitorState::Running => return Ok(rec),
+        MonitorState::Running(None) => return Ok(rec),
+        MonitorState::Running(Some(started_at_ns)) => return fold_start(node, rec, started_at_ns),
         MonitorState::Exited(s) => {
             let oom = s.signal == libc::SIGKILL && cgroup::oom_killed(&rec.cgroup);
             let reason = if oom {
@@ -123,6 +124,28 @@ pub fn refresh(node: &Node, rec: ContainerRecord) -> Result<ContainerRecord> {
     if let (true, Some(c)) = (stopped, &updated) {
         tracing::info!(container_id = %c.id, exit_code = end.code, "container exited");
         node.events.emit(&c.id, &c.pod_id, EventKind::Stopped);
+    }
+    Ok(updated.unwrap_or(rec))
+}
+
+/// A container the monitor started but the record still calls Created (a
+/// crash between the two): the kernel's word wins.
+fn fold_start(node: &Node, rec: ContainerRecord, started_at_ns: i64) -> Result<ContainerRecord> {
+    if rec.state != ContainerState::Created {
+        return Ok(rec);
+    }
+    let mut changed = false;
+    let updated = node.containers.update(&rec.id, |cur| {
+        changed = cur.state == ContainerState::Created;
+        if changed {
+            cur.state = ContainerState::Running;
+            cur.started_at_ns = started_at_ns;
+        }
+        changed
+    })?;
+    if let (true, Some(c)) = (changed, &updated) {
+        tracing::warn!(container_id = %c.id, "container was started but not recorded as such (berthd stopped in between): now RUNNING");
+        node.events.emit(&c.id, &c.pod_id, EventKind::Started);
     }
     Ok(updated.unwrap_or(rec))
 }
@@ -156,7 +179,7 @@ async fn wait_exit(node: &Node, rec: &ContainerRecord, timeout: Duration) -> boo
         Err(_) => return true,
     };
     let done = tokio::time::timeout(timeout, wait_fd(fd)).await.is_ok();
-    done || !matches!(node.runtime.state(&node.bundle(&rec.id)), MonitorState::Running)
+    done || !matches!(node.runtime.state(&node.bundle(&rec.id)), MonitorState::Running(_))
 }
 
 /// CreateContainer: validates, records the intent, builds the bundle and
@@ -308,6 +331,7 @@ async fn create_inner(
     };
     let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
     node.containers.put(&rec)?;
+    crate::fault::point("container.create.after_intent");
 
     let device_rules = spec_device_rules(&built.spec)?;
     let a = node.clone();
@@ -326,6 +350,7 @@ async fn create_inner(
     .await?;
     match made {
         Ok(created) => {
+            crate::fault::point("container.create.after_monitor");
             rec.state = ContainerState::Created;
             rec.pid = created.pid;
             rec.start_time = created.start_time;
@@ -388,6 +413,7 @@ pub async fn start(node: &Arc<Node>, id: &str) -> Result<()> {
     let started = tokio::task::spawn_blocking(move || a.runtime.start(&cid, &bdir)).await?;
     match started {
         Ok(()) => {
+            crate::fault::point("container.start.after_start");
             rec.state = ContainerState::Running;
             rec.started_at_ns = now_ns();
             node.containers.put(&rec)?;
@@ -421,6 +447,7 @@ pub async fn stop(node: &Arc<Node>, id: &str, timeout_s: i64) -> Result<()> {
     let bdir = node.bundle(&rec.id);
     if rec.state == ContainerState::Running && timeout_s > 0 {
         let _ = node.runtime.signal(&rec.id, &bdir, rec.stop_signal);
+        crate::fault::point("container.stop.after_signal");
         if wait_exit(node, &rec, Duration::from_secs(timeout_s as u64)).await {
             refresh(node, rec)?;
             return Ok(());
@@ -447,6 +474,7 @@ pub async fn remove(node: &Arc<Node>, id: &str) -> Result<()> {
     let a = node.clone();
     let r = rec.clone();
     tokio::task::spawn_blocking(move || teardown(&a, &r)).await?;
+    crate::fault::point("container.remove.after_teardown");
     node.containers.delete(&rec.id)?;
     node.cpu_samples.forget(&rec.cgroup);
     node.events.emit(&rec.id, &rec.pod_id, EventKind::Deleted);

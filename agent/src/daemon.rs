@@ -71,8 +71,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             bail!("stream.address {}:{}: {e}", stream_cfg.address, stream_cfg.port);
         }
     }
+    // Records against the kernel first, then what no record claims, then
+    // image content no image or container needs (an interrupted pull).
     if let Err(e) = crate::pod::recover(&agent).await.and(crate::container::recover(&agent).await) {
         tracing::warn!("start-up recovery: {e}");
+    }
+    let a = agent.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || crate::reconcile::collect_strays(&a)).await {
+        tracing::warn!("start-up garbage collection: {e}");
+    }
+    if let Err(e) = agent.images.collect_garbage().await {
+        tracing::warn!("start-up image garbage collection: {e}");
     }
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(),
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
@@ -178,20 +187,55 @@ fn take_lock(path: &Path, created: &mut CreatedPaths) -> anyhow::Result<Flock<Fi
     if !existed {
         created.files.push(path.to_path_buf());
     }
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            bail!("another berthd (pid {}) holds {}: refusing to start a second one on the same state", pid.trim(), path.display());
+    // A berthd killed a moment ago may leave the lock held briefly by a
+    // child between fork and exec (the fd is O_CLOEXEC, so exec drops it):
+    // retry for a while before refusing, and then say who holds it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut file = file;
+    let mut lock = loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => break l,
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = f.read_to_string(&mut pid);
+                let holders = lock_holders(&f);
+                bail!(
+                    "another berthd (pid {} by the lock file; holding it now: {}) holds {}: refusing to start a second one on the same state",
+                    pid.trim(),
+                    if holders.is_empty() { "unknown".to_string() } else { holders.join(", ") },
+                    path.display()
+                );
+            }
+            Err((_, e)) => bail!("locking {}: {e}", path.display()),
         }
-        Err((_, e)) => bail!("locking {}: {e}", path.display()),
     };
     lock.set_len(0)
         .and_then(|_| lock.rewind())
         .and_then(|_| writeln!(lock, "{}", std::process::id()))
         .with_context(|| format!("writing pid to {}", path.display()))?;
     Ok(lock)
+}
+
+/// Who holds a flock on `file`, from /proc/locks: "pid (command)".
+fn lock_holders(file: &File) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else { return Vec::new() };
+    let (dev, ino) = (meta.dev(), meta.ino());
+    let want = format!("{:02x}:{:02x}:{ino}", nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter(|l| l.contains(" FLOCK ") && l.split_whitespace().nth(5) == Some(want.as_str()))
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("pid {pid} ({})", comm.trim())
+        })
+        .collect()
 }
 
 /// Removes a socket left by a dead process; refuses one that still answers.

@@ -118,11 +118,13 @@ pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result
             }
             record.state = PodState::Creating;
             node2.pods.put(&record)?;
+            crate::fault::point("pod.run.after_intent");
             let a = node2.clone();
             let rec = record.clone();
             let made = tokio::task::spawn_blocking(move || setup_host(&a, rec, &dns)).await?;
             match made {
                 Ok(rec) => {
+                    crate::fault::point("pod.run.after_init");
                     node2.pods.put(&rec)?;
                     tracing::info!(pod_id = %rec.id, "pod sandbox ready");
                     Ok(rec.id)
@@ -150,12 +152,14 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<PodRecord
     let hostname = rec.hostname.clone();
     let sysctls: Vec<(String, String)> = rec.sysctls.clone().into_iter().collect();
     sandbox::pin_namespaces(&dir, want, &hostname, &sysctls).map_err(|e| internal("pod namespaces", e))?;
+    crate::fault::point("pod.run.after_namespaces");
     if want.ipc {
         sandbox::mount_shm(&dir.join("shm"), node.config.runtime.shm_size_bytes).map_err(|e| internal("pod /dev/shm", e))?;
     }
     if own_net {
         let others = node.pods.filter(|p| p.id != rec.id);
         node.network.setup(&node.store, &others, &mut rec, &sandbox::pin_path(&dir, "net"), dns)?;
+        crate::fault::point("pod.run.after_network");
     }
     write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
     write_file(&dir.join("hosts"), &hosts_file(&hostname, &rec.ips))?;
@@ -228,8 +232,11 @@ fn teardown_host(node: &Node, rec: &PodRecord) {
     }
 }
 
-/// StopPodSandbox: stops every container (grace, then kill), ends the PID
-/// init, marks the pod NotReady. Unknown or stopped pods are fine.
+/// StopPodSandbox: stops every container (grace, then kill), then records
+/// NotReady before it releases anything (so a crash in between leaves a pod
+/// that start-up finishes stopping, never one reported Ready without its
+/// init or network), ends the PID init and releases the network. Unknown
+/// or stopped pods are fine; a stop that was cut short is finished.
 pub async fn stop(node: &Arc<Node>, id: &str) -> Result<()> {
     let Some(pod) = node.pods.find_opt(id)? else { return Ok(()) };
     let lock = node.locks.get(&pod.id);
@@ -239,16 +246,54 @@ pub async fn stop(node: &Arc<Node>, id: &str) -> Result<()> {
         crate::container::stop(node, &c.id, grace).await?;
     }
     let Some(mut pod) = node.pods.get(&pod.id) else { return Ok(()) };
-    kill_init(&pod);
-    if pod.state != PodState::NotReady {
-        let a = node.clone();
-        let p = pod.clone();
-        let netns = sandbox::pin_path(&node.pod_dir(&pod.id), "net");
-        tokio::task::spawn_blocking(move || a.network.teardown(&a.store, &p, &netns)).await??;
-        pod.state = PodState::NotReady;
-        pod.ips.clear();
-        node.pods.put(&pod)?;
-        tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
+    if pod.state == PodState::NotReady && pod.host_released {
+        return Ok(());
+    }
+    pod.state = PodState::NotReady;
+    node.pods.put(&pod)?;
+    crate::fault::point("pod.stop.after_intent");
+    let a = node.clone();
+    let p = pod.clone();
+    tokio::task::spawn_blocking(move || release_for_stop(&a, &p)).await??;
+    pod.ips.clear();
+    pod.host_released = true;
+    node.pods.put(&pod)?;
+    tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
+    Ok(())
+}
+
+/// What a stop releases: the PID init (and anything in its cgroup) and the
+/// pod network. Idempotent.
+fn release_for_stop(node: &Node, pod: &PodRecord) -> Result<()> {
+    kill_init(pod);
+    if pod.pid_mode == ns_mode::POD {
+        cgroup::signal_all(&init_cgroup(pod), nix::sys::signal::Signal::SIGKILL);
+    }
+    crate::fault::point("pod.stop.after_init_killed");
+    node.network.teardown(&node.store, pod, &sandbox::pin_path(&node.pod_dir(&pod.id), "net"))
+}
+
+/// Whether a Ready pod still has what Ready promises, by the kernel's
+/// account: its pinned network namespace with an interface besides lo, and
+/// its PID-namespace init.
+fn health(node: &Node, pod: &PodRecord) -> std::result::Result<(), String> {
+    let init = berth_runtime::pidfd::Process::open(pod.init_pid, pod.init_start_time);
+    if pod.pid_mode == ns_mode::POD && !init.is_ok_and(|p| !p.exited()) {
+        return Err(format!("its PID-namespace init (pid {}) is gone", pod.init_pid));
+    }
+    if pod.network_mode != ns_mode::NODE {
+        let pin = sandbox::pin_path(&node.pod_dir(&pod.id), "net");
+        let dev = berth_network::netlink::in_netns(&pin, || {
+            std::fs::read_to_string("/proc/thread-self/net/dev").map_err(|e| berth_network::NetError::Config(e.to_string()))
+        })
+        .map_err(|e| format!("its network namespace is gone ({e})"))?;
+        // eth0: the built-in network's and kubelet's CNI_IFNAME. Other
+        // interfaces (tunl0, sit0…) appear in every namespace with their
+        // modules and say nothing.
+        let eth0 = dev.lines().skip(2).filter_map(|l| l.split_once(':')).any(|(n, _)| n.trim() == "eth0");
+        if !eth0 && !pod.ips.is_empty() {
+            return Err("its network interface eth0 is gone".into());
+        }
     }
     Ok(())
 }
@@ -265,20 +310,51 @@ pub async fn remove(node: &Arc<Node>, id: &str) -> Result<()> {
     let a = node.clone();
     let rec = pod.clone();
     tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await?;
+    crate::fault::point("pod.remove.after_teardown");
     node.pods.delete(&pod.id)?;
     node.cpu_samples.forget(&pod.cgroup);
     tracing::info!(pod_id = %pod.id, "pod sandbox removed");
     Ok(())
 }
 
-/// Start-up: pods whose creation a crash interrupted are torn down and forgotten.
+/// Start-up: each pod record is checked against the kernel. A pod whose
+/// creation a crash interrupted is torn down and forgotten; a stop that was
+/// cut short is finished; a Ready pod that lost its init or network is
+/// reported NotReady (and what is left of it released), so kubelet makes a
+/// new sandbox instead of using a dead one.
 pub async fn recover(node: &Arc<Node>) -> Result<()> {
-    for pod in node.pods.filter(|p| p.state == PodState::Creating) {
-        tracing::warn!(pod_id = %pod.id, "cleaning up a pod sandbox whose creation was interrupted");
+    for pod in node.pods.list() {
         let a = node.clone();
-        let rec = pod.clone();
-        let _ = tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await;
-        let _ = node.pods.delete(&pod.id);
+        match pod.state {
+            PodState::Creating => {
+                tracing::warn!(pod_id = %pod.id, "cleaning up a pod sandbox whose creation was interrupted");
+                let rec = pod.clone();
+                let _ = tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await;
+                let _ = node.pods.delete(&pod.id);
+                continue;
+            }
+            PodState::NotReady if !pod.host_released => {
+                tracing::warn!(pod_id = %pod.id, "finishing a pod sandbox stop that was interrupted");
+            }
+            PodState::Ready => {
+                let p = pod.clone();
+                let Err(why) = tokio::task::spawn_blocking(move || health(&a, &p)).await? else { continue };
+                tracing::warn!(pod_id = %pod.id, "pod sandbox is not ready any more: {why}");
+            }
+            PodState::NotReady => continue,
+        }
+        let mut pod = pod;
+        pod.state = PodState::NotReady;
+        node.pods.put(&pod)?;
+        let a = node.clone();
+        let p = pod.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || release_for_stop(&a, &p)).await? {
+            tracing::warn!(pod_id = %pod.id, "releasing the pod: {e}");
+            continue;
+        }
+        pod.ips.clear();
+        pod.host_released = true;
+        node.pods.put(&pod)?;
     }
     let a = node.clone();
     tokio::task::spawn_blocking(move || a.network.collect_garbage(&a.store, &a.pods.list())).await?

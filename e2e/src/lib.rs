@@ -37,11 +37,15 @@ pub fn berthd_bin() -> &'static Path {
             return PathBuf::from(p);
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        // Benchmarks run from target/release and measure a release berthd.
+        // Benchmarks run from target/release and measure a release berthd,
+        // as shipped; tests get the kill points of the crash tests (inert
+        // unless BERTH_KILL_POINT is set).
         let release = target_dir().ends_with("release");
         let mut args = vec!["build", "--quiet", "-p", "berth-agent", "-p", "berth-runtime", "--bins"];
         if release {
             args.push("--release");
+        } else {
+            args.extend(["--features", "berth-agent/fault-injection"]);
         }
         let status = Command::new(cargo).args(&args).current_dir(workspace_dir()).status().expect("running cargo build for berthd");
         assert!(status.success(), "cargo build of berthd failed");
@@ -299,6 +303,33 @@ impl Berthd {
         let mut child = self.child.take().expect("berthd is running");
         signal(child.id(), nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait();
+    }
+
+    /// Sets (or with None removes) an environment variable for the next
+    /// start of berthd.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// The process, if berthd runs (for waiting on a kill point).
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// Waits (bounded) for berthd to die by itself; its exit status.
+    pub async fn wait_dead(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
     }
 
     /// Starts berthd again on the same root, state and socket.

@@ -69,6 +69,42 @@ async fn unbuilt_rpcs_answer_unimplemented_with_their_name() {
     assert!(e.message().contains("container_id"), "{}", e.message());
 }
 
+/// A lock held for a moment (a child of a berthd killed a moment ago,
+/// between fork and exec) is waited for; one held on is refused, naming the
+/// process that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_briefly_held_lock_is_waited_for() {
+    let mut berthd = Berthd::start().await;
+    berthd.stop();
+    let lock = berthd.paths.state.join("berthd.lock");
+    let hold = |secs: &str| {
+        std::process::Command::new("flock").args(["-x", "-o"]).arg(&lock).args(["sleep", secs]).spawn().expect("flock (util-linux)")
+    };
+    let mut brief = hold("1");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    berthd.restart().await;
+    let _ = brief.wait();
+    berthd.stop();
+
+    let mut long = hold("8");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let p = &berthd.paths;
+    let (status, _, err) = run_berthd(&[
+        "--root",
+        &p.root.display().to_string(),
+        "--state",
+        &p.state.display().to_string(),
+        "--socket",
+        &p.socket.display().to_string(),
+    ]);
+    // flock -o holds the lock itself (its sleep child does not).
+    let _ = long.kill();
+    let _ = long.wait();
+    assert!(!status.success());
+    assert!(err.contains(&format!("pid {} (flock)", long.id())), "{err}");
+    berthd.restart().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_cidr_is_validated_and_survives_restart() {
     let mut berthd = Berthd::start().await;
@@ -109,6 +145,7 @@ async fn second_berthd_is_refused_and_first_keeps_serving() {
     ]);
     assert!(!status.success());
     assert!(err.contains("another berthd") && err.contains(&berthd.pid().to_string()), "{err}");
+    assert!(err.contains(&format!("pid {} (berthd)", berthd.pid())), "the holder, from /proc/locks: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 
     // Same socket, other state: the live socket is not taken over.

@@ -75,8 +75,8 @@ pub struct Created {
 /// What a monitor says about its container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MonitorState {
-    /// Alive (created or started).
-    Running,
+    /// Alive; with the time the container's process was started, once it was.
+    Running(Option<i64>),
     /// The monitor has written the exit status.
     Exited(ExitStatus),
     /// No monitor and no exit status: it died without a word.
@@ -233,7 +233,18 @@ impl Runtime {
             return MonitorState::Exited(s);
         }
         match connect(bundle) {
-            Ok(_) => MonitorState::Running,
+            Ok(mut conn) => {
+                // Ask whether it has started: the monitor knows even when a
+                // crash kept berthd from recording it.
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let started =
+                    match channel::send(&mut conn, &ControlRequest::State).ok().and_then(|_| channel::recv::<ControlReply>(&mut conn).ok())
+                    {
+                        Some(Some(ControlReply::Running { started_at_ns, .. })) => started_at_ns,
+                        _ => None,
+                    };
+                MonitorState::Running(started)
+            }
             // The monitor may have written the file between our two looks.
             Err(_) => match ExitStatus::read(bundle) {
                 Some(s) => MonitorState::Exited(s),

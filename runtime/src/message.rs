@@ -118,6 +118,11 @@ pub enum ControlReply {
     Running {
         /// Host pid of the init.
         pid: i32,
+        /// When the container's process was started (the init exec'd);
+        /// None while it waits for StartContainer. Absent from monitors
+        /// older than the field, which read as not started.
+        #[serde(default)]
+        started_at_ns: Option<i64>,
     },
     /// The container has exited (or exec failed): nothing to act on.
     NotRunning,

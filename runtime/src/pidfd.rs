@@ -49,6 +49,14 @@ impl Process {
         self.pid
     }
 
+    /// True once the process has exited, reaped or not: a pidfd becomes
+    /// readable then (a zombie nobody reaps is no live process).
+    pub fn exited(&self) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
     /// Sends `signal` to the process (`pidfd_send_signal`); ESRCH once it has exited.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
@@ -80,5 +88,20 @@ mod tests {
         assert!(start_time(i32::MAX).is_none());
         assert_eq!(Process::open(me, t).unwrap().pid(), me);
         assert_eq!(Process::open(me, t + 1).unwrap_err().raw_os_error(), Some(libc::ESRCH));
+    }
+}
+
+#[cfg(test)]
+mod zombie_tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_has_exited() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let p = Process::open(pid, start_time(pid).unwrap()).unwrap();
+        assert!(p.exited());
+        let _ = child.wait();
     }
 }

@@ -330,12 +330,23 @@ impl Images {
         .await
         .map_err(io_err("unpack task"))?;
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::fault::point("image.pull.after_layer");
+                Ok(())
+            }
             Err(UnpackFailure::Unpack(source)) => {
                 Err(ImageError::Unpack { image: image.to_string(), digest: layer.digest.clone(), source })
             }
             Err(UnpackFailure::Io(e)) => Err(e),
         }
+    }
+
+    /// Removes blobs and snapshots no image or container needs (left by an
+    /// interrupted pull, say).
+    pub async fn collect_garbage(&self) -> Result<(), ImageError> {
+        let _exclusive = self.gc.write().await;
+        let (db, content, snapshots) = (self.db.clone(), self.content.clone(), self.snapshots.clone());
+        tokio::task::spawn_blocking(move || collect_garbage(db.as_ref(), &content, &snapshots)).await.map_err(io_err("gc task"))?
     }
 
     /// Writes the record, moving the tag from any image that had it.

@@ -69,6 +69,9 @@ pub struct PodRecord {
     pub port_mappings: Vec<berth_network::PortMapping>,
     /// Namespaced sysctls set in the pod's namespaces.
     pub sysctls: BTreeMap<String, String>,
+    /// A stopped pod's init and network are released (a stop recorded
+    /// NotReady first, then released them, then set this).
+    pub host_released: bool,
 }
 
 impl PodRecord {

@@ -91,6 +91,19 @@ pub fn dirs(path: &str) -> Vec<PathBuf> {
     procs_files_of(path).into_iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect()
 }
 
+/// Names of the child cgroups of `path`, in any hierarchy.
+pub fn children(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = dirs(path)
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Pids in the cgroup (and, on v1, in any hierarchy of it).
 pub fn pids(path: &str) -> Vec<i32> {
     Located::of(path).pids()

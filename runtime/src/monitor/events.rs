@@ -48,6 +48,8 @@ pub(super) struct Monitor {
     pub(super) clients: Vec<Client>,
     pub(super) report: Option<std::fs::File>,
     pub(super) start: Option<std::fs::File>,
+    /// When the init exec'd the container's process (ns since the epoch).
+    pub(super) started_at_ns: Option<i64>,
     pub(super) exit: Option<ExitStatus>,
     pub(super) exited_at: Option<Instant>,
 }
@@ -403,7 +405,7 @@ impl Monitor {
             }
             ControlRequest::State => match &self.exit {
                 Some(_) => ControlReply::NotRunning,
-                None => ControlReply::Running { pid: self.child.as_raw() },
+                None => ControlReply::Running { pid: self.child.as_raw(), started_at_ns: self.started_at_ns },
             },
             // Handled by serve, which keeps the connection.
             ControlRequest::Attach { .. } => ControlReply::Error("attach is answered by serve".into()),
@@ -421,7 +423,10 @@ impl Monitor {
         drop(start);
         match channel::recv::<InitReport>(&mut report) {
             // EOF: the report pipe closed on exec.
-            Ok(None) => ControlReply::Ok,
+            Ok(None) => {
+                self.started_at_ns = Some(crate::time::now_ns());
+                ControlReply::Ok
+            }
             Ok(Some(InitReport::Failed(e))) => ControlReply::StartFailed(e),
             Ok(Some(InitReport::Ready { .. })) => ControlReply::StartFailed(InitError::Setup("unexpected report".into())),
             Err(e) => ControlReply::StartFailed(InitError::setup("the init's report", e)),

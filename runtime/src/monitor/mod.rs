@@ -221,6 +221,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         err_split: LineSplitter::new(Stream::Stderr),
         report: Some(report),
         start: Some(std::fs::File::from(start_w)),
+        started_at_ns: None,
         exit: None,
         exited_at: None,
     };

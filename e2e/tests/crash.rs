@@ -1,0 +1,334 @@
+//! Crash consistency: berthd is SIGKILLed at each kill point of each
+//! mutating RPC (`BERTH_KILL_POINT`, see agent/src/fault.rs), restarted, and
+//! then what it reports is checked against the kernel — processes, network
+//! namespaces, veths, cgroups, mounts — a retry of the interrupted RPC must
+//! work, and removing everything must leave nothing behind.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::Duration;
+
+use berth_e2e::{cri, Fixture};
+use tonic::Code;
+
+/// A pod that shares its PID namespace, so that the pod's init is part of
+/// every scenario.
+fn shared_pid_pod(f: &Fixture, name: &str) -> cri::PodSandboxConfig {
+    let mut cfg = f.pod(name);
+    cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid = 0; // POD
+    cfg
+}
+
+fn container(f: &Fixture, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    let mut c = f.container(name, cmd);
+    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid = 0; // POD
+    c
+}
+
+/// Restarts berthd armed with `point`.
+async fn arm(f: &mut Fixture, point: &str) {
+    f.berthd.set_env("BERTH_KILL_POINT", Some(point));
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+}
+
+/// After the armed RPC: berthd died by SIGKILL at the point; start it again
+/// unarmed.
+async fn died_and_restart(f: &mut Fixture, point: &str, rpc_failed: bool) {
+    assert!(rpc_failed, "{point}: the RPC succeeded; the kill point was not reached");
+    let status = f.berthd.wait_dead(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("{point}: berthd is still alive"));
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{point}: {status}\n{}", f.berthd.log());
+    assert!(f.berthd.log().contains(&format!("point={point}")) || f.berthd.log().contains(point), "{point}: not the point that fired");
+    f.berthd.set_env("BERTH_KILL_POINT", None);
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+}
+
+/// The berth processes of this berthd (its state dir in their command line).
+fn processes(f: &Fixture) -> Vec<(i32, String)> {
+    let state = f.berthd.paths.state.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains("berth-monitor") && cmd.contains(&state) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// Interfaces of a network namespace other than lo.
+fn interfaces(netns: &Path) -> Option<Vec<String>> {
+    let ns = netns.to_path_buf();
+    berth_e2e::in_netns(&ns, || {
+        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
+        dev.lines().skip(2).filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string())).filter(|n| n != "lo").collect::<Vec<_>>()
+    })
+    .join()
+    .ok()
+}
+
+fn host_link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Everything berth reports is true of the kernel.
+async fn reports_the_truth(f: &mut Fixture, point: &str) {
+    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    let procs = processes(f);
+    for p in &pods {
+        if p.state != cri::PodSandboxState::SandboxReady as i32 {
+            continue;
+        }
+        let netns = f.cri.pod_netns(&p.id).await;
+        let ifs = interfaces(&netns);
+        assert!(ifs.as_ref().is_some_and(|i| i.iter().any(|n| n == "eth0")), "{point}: pod {} is READY without a network: {ifs:?}", p.id);
+        assert!(host_link_exists(&format!("bv{}", &p.id[..12])), "{point}: pod {} is READY without its veth", p.id);
+        let init = procs.iter().any(|(_, c)| c.contains("pod-init") && c.contains(&p.id));
+        assert!(init, "{point}: pod {} is READY without its PID-namespace init", p.id);
+    }
+    let containers = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    for c in &containers {
+        let monitor = procs.iter().any(|(_, cmd)| cmd.contains(" monitor ") && cmd.contains(&c.id));
+        match cri::ContainerState::try_from(c.state) {
+            Ok(cri::ContainerState::ContainerRunning) => {
+                // Either it runs, or it has just exited and berth says so
+                // as soon as its monitor is gone (any runtime has that window).
+                let r = f.cri.exec(&c.id, &["true"], 10).await;
+                if !r.is_ok_and(|r| r.exit_code == 0) {
+                    let exited = f.cri.wait_exited(&c.id, Duration::from_secs(3)).await;
+                    assert_eq!(
+                        exited.state,
+                        cri::ContainerState::ContainerExited as i32,
+                        "{point}: container {} is RUNNING but cannot exec",
+                        c.id
+                    );
+                }
+            }
+            Ok(cri::ContainerState::ContainerCreated) => assert!(monitor, "{point}: container {} is CREATED without its monitor", c.id),
+            Ok(cri::ContainerState::ContainerExited) => assert!(!monitor, "{point}: container {} is EXITED but its monitor runs", c.id),
+            other => panic!("{point}: container {} in state {other:?}", c.id),
+        }
+    }
+}
+
+/// Removes every pod and image but busybox; then nothing of them is left.
+async fn remove_all_and_check_clean(f: &mut Fixture, point: &str) {
+    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    for p in pods {
+        f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await.unwrap();
+        f.cri.remove_pod(&p.id).await;
+    }
+    let left = processes(f);
+    assert!(left.is_empty(), "{point}: processes left: {left:?}");
+    let dir = f.berthd.dir().display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).collect();
+    assert!(mounts.is_empty(), "{point}: mounts left: {mounts:?}");
+    let veths: Vec<String> = std::fs::read_dir(format!("/sys/class/net/{}/brif", f.berthd.net.bridge))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(veths.is_empty(), "{point}: veths left on the bridge: {veths:?}");
+    let nested: Vec<_> = berth_e2e::cgroups_named(&f.berthd.cgroup_parent)
+        .iter()
+        .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    assert!(nested.is_empty(), "{point}: cgroups left: {nested:?}");
+    for sub in ["pods", "containers"] {
+        let d = f.berthd.paths.state.join(sub);
+        let n = std::fs::read_dir(&d).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(n, 0, "{point}: {} not empty", d.display());
+    }
+    let st = f.cri.runtime.status(cri::StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let net: serde_json::Value = serde_json::from_str(&st.info["network"]).unwrap();
+    assert_eq!(net["leases"], 0, "{point}: leases left: {net}");
+}
+
+/// A pod with a running container.
+async fn pod_with_container(f: &mut Fixture, name: &str) -> (String, cri::PodSandboxConfig, String) {
+    let cfg = shared_pid_pod(f, name);
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let c = f.cri.run(&pod, container(f, "c", &["sleep", "100000"]), &cfg).await;
+    (pod, cfg, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_run_pod_sandbox() {
+    let mut f = Fixture::start().await;
+    for point in ["pod.run.after_intent", "pod.run.after_namespaces", "pod.run.after_network", "pod.run.after_init"] {
+        arm(&mut f, point).await;
+        let cfg = shared_pid_pod(&f, "crash-runp");
+        let failed = f.cri.run_pod(cfg.clone()).await.is_err();
+        died_and_restart(&mut f, point, failed).await;
+        reports_the_truth(&mut f, point).await;
+        let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+        assert!(pods.is_empty(), "{point}: an interrupted RunPodSandbox left {pods:?}");
+        assert!(processes(&f).is_empty(), "{point}: {:?}", processes(&f));
+        // kubelet retries: it works, and the pod runs containers.
+        let pod = f.cri.run_pod(cfg.clone()).await.unwrap_or_else(|e| panic!("{point}: retry: {e}"));
+        let c = f.cri.run(&pod, container(&f, "c", &["sleep", "100000"]), &cfg).await;
+        assert_eq!(f.cri.exec(&c, &["true"], 10).await.unwrap().exit_code, 0);
+        reports_the_truth(&mut f, point).await;
+        remove_all_and_check_clean(&mut f, point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_container_create_and_start() {
+    let mut f = Fixture::start().await;
+    for point in ["container.create.after_intent", "container.create.after_monitor", "container.start.after_start"] {
+        let cfg = shared_pid_pod(&f, "crash-ctr");
+        let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+        let created = if point == "container.start.after_start" {
+            Some(f.cri.create(&pod, container(&f, "c", &["sleep", "100000"]), &cfg).await.unwrap())
+        } else {
+            None
+        };
+        arm(&mut f, point).await;
+        let failed = match &created {
+            Some(id) => f.cri.start(id).await.is_err(),
+            None => f.cri.create(&pod, container(&f, "c", &["sleep", "100000"]), &cfg).await.is_err(),
+        };
+        died_and_restart(&mut f, point, failed).await;
+        reports_the_truth(&mut f, point).await;
+        let st = f.cri.pod_status(&pod, false).await.status.unwrap();
+        assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32, "{point}: the pod is fine");
+        match created {
+            // The process runs: so says berth now.
+            Some(id) => {
+                let s = f.cri.status(&id).await;
+                assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32, "{point}: {s:?}");
+                assert!(s.started_at > 0);
+                let e = f.cri.start(&id).await.unwrap_err();
+                assert_eq!(e.code(), Code::FailedPrecondition, "{point}: {}", e.message());
+            }
+            // The half-made container is gone; a retry works.
+            None => {
+                let list = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+                assert!(list.is_empty(), "{point}: {list:?}");
+                let id = f.cri.run(&pod, container(&f, "c", &["sleep", "100000"]), &cfg).await;
+                assert_eq!(f.cri.exec(&id, &["true"], 10).await.unwrap().exit_code, 0);
+            }
+        }
+        remove_all_and_check_clean(&mut f, point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_stops_and_removes() {
+    let mut f = Fixture::start().await;
+    for point in [
+        "container.stop.after_signal",
+        "container.remove.after_teardown",
+        "pod.stop.after_intent",
+        "pod.stop.after_init_killed",
+        "pod.remove.after_teardown",
+    ] {
+        let (pod, _cfg, c) = pod_with_container(&mut f, "crash-stop").await;
+        if point == "container.remove.after_teardown" {
+            f.cri.stop(&c, 0).await.unwrap();
+        }
+        if point == "pod.remove.after_teardown" {
+            f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+        }
+        arm(&mut f, point).await;
+        let failed = match point {
+            "container.stop.after_signal" => f.cri.stop(&c, 30).await.is_err(),
+            "container.remove.after_teardown" => {
+                f.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.is_err()
+            }
+            "pod.remove.after_teardown" => {
+                f.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.is_err()
+            }
+            _ => f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.is_err(),
+        };
+        died_and_restart(&mut f, point, failed).await;
+        reports_the_truth(&mut f, point).await;
+        if point.starts_with("pod.stop") {
+            let st = f.cri.pod_status(&pod, false).await.status.unwrap();
+            assert_eq!(st.state, cri::PodSandboxState::SandboxNotready as i32, "{point}: a stop that began is a stopped pod");
+        }
+        // The retry works.
+        let retried = match point {
+            "container.stop.after_signal" => f.cri.stop(&c, 1).await,
+            "container.remove.after_teardown" => {
+                f.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.map(drop)
+            }
+            "pod.remove.after_teardown" => {
+                f.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.map(drop)
+            }
+            _ => f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.map(drop),
+        };
+        retried.unwrap_or_else(|e| panic!("{point}: retry: {e}"));
+        reports_the_truth(&mut f, point).await;
+        remove_all_and_check_clean(&mut f, point).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_pull() {
+    use berth_e2e::oci::{self, Compression, ImageSettings, LayerBuilder};
+    let mut f = Fixture::start().await;
+    let layers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut l = LayerBuilder::new();
+            l.file(&format!("layer{i}"), &vec![b'x'; 200_000], 0o644);
+            l.build(Compression::Gzip)
+        })
+        .collect();
+    let image = oci::image(layers, &ImageSettings::default());
+    f.registry.push("three", "v1", &image).await;
+    let reference = f.registry.reference("three", "v1");
+    let snapshots = |f: &Fixture| std::fs::read_dir(f.berthd.paths.root.join("snapshots")).unwrap().count();
+    let before = snapshots(&f);
+    let point = "image.pull.after_layer";
+    arm(&mut f, point).await;
+    let failed = f.cri.pull(&reference).await.is_err();
+    died_and_restart(&mut f, point, failed).await;
+    assert!(f.cri.image_status(&reference).await.unwrap().is_none(), "an interrupted pull is no image");
+    assert_eq!(snapshots(&f), before, "start-up collected the interrupted pull's layers");
+    assert_eq!(f.cri.pull(&reference).await.unwrap(), image.id());
+    f.cri.remove_image(&reference).await.unwrap();
+    assert_eq!(snapshots(&f), before);
+}
+
+/// What the kernel lost while berthd was down is what berthd reports: a pod
+/// whose init was killed, or whose veth was deleted, is NOTREADY after the
+/// restart (kubelet then makes a new sandbox), and removing it leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_lost_its_init_or_veth_is_not_ready_after_restart() {
+    let mut f = Fixture::start().await;
+    let (lost_init, _, _) = pod_with_container(&mut f, "lost-init").await;
+    let (lost_veth, _, _) = pod_with_container(&mut f, "lost-veth").await;
+    let (fine, _, _) = pod_with_container(&mut f, "fine").await;
+    f.berthd.kill9();
+    let init = processes(&f).into_iter().find(|(_, c)| c.contains("pod-init") && c.contains(&lost_init)).expect("the pod's init").0;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // PID 1 of a namespace finishes exiting once the namespace is empty.
+    let dead = || std::fs::read_to_string(format!("/proc/{init}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
+    for _ in 0..250 {
+        if dead() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dead(), "the pod's init did not die");
+    let veth = format!("bv{}", &lost_veth[..12]);
+    assert!(std::process::Command::new("ip").args(["link", "del", &veth]).status().unwrap().success());
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    for (pod, want) in [
+        (&lost_init, cri::PodSandboxState::SandboxNotready),
+        (&lost_veth, cri::PodSandboxState::SandboxNotready),
+        (&fine, cri::PodSandboxState::SandboxReady),
+    ] {
+        let st = f.cri.pod_status(pod, false).await.status.unwrap();
+        assert_eq!(st.state, want as i32, "{pod}");
+    }
+    reports_the_truth(&mut f, "lost").await;
+    remove_all_and_check_clean(&mut f, "lost").await;
+}
