@@ -22,8 +22,27 @@ use crate::store::Store;
 /// The lock file under `--state` that makes one berthd per state dir.
 pub const LOCK_FILE: &str = "berthd.lock";
 
+/// glibc malloc, set for a daemon whose big buffers (ExecSync output, gRPC
+/// messages) are short-lived: by default the mmap threshold rises after a
+/// large free, so later big buffers come from the heap and their pages stay
+/// with the process, and every thread may grow an arena of its own. A fixed
+/// threshold sends big buffers to mmap (returned on free), two arenas bound
+/// the fragmentation, and a low trim threshold gives back the heap's top.
+/// Measured with `cargo bench -p berth-e2e --bench memory` (README).
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; it runs before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+    }
+}
+
 /// Runs berthd until SIGTERM/SIGINT. Errors before serving leave nothing behind.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    tune_malloc();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("berthd")
@@ -129,6 +148,58 @@ where
             Ok(())
         }
     }
+}
+
+/// `berthd cleanup`: for an operator uninstalling berth. With berthd
+/// stopped (the lock proves it), removes every pod and container, the
+/// bridge, the nftables table, berth's cgroup parent and the state
+/// directory; with `all`, the root (images, metadata) too.
+pub fn cleanup(config: Config, all: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut created = CreatedPaths::default();
+        if config.state.exists() {
+            let lock =
+                take_lock(&config.state.join(LOCK_FILE), &mut created).context("berthd seems to be running: stop it before cleaning up")?;
+            if Store::path_in(&config.root).exists() {
+                let store = Store::open(&config.root)?;
+                let cfg = config.clone();
+                let node = Arc::new(tokio::task::spawn_blocking(move || Node::open(cfg, store)).await??);
+                for pod in node.pods.list() {
+                    let _ = crate::pod::stop(&node, &pod.id).await;
+                    if let Err(e) = crate::pod::remove(&node, &pod.id).await {
+                        eprintln!("berthd cleanup: pod {}: {e}", pod.id);
+                    }
+                }
+                for c in node.containers.list() {
+                    if let Err(e) = crate::container::remove(&node, &c.id).await {
+                        eprintln!("berthd cleanup: container {}: {e}", c.id);
+                    }
+                }
+                let n = node.clone();
+                let removed = tokio::task::spawn_blocking(move || {
+                    crate::reconcile::collect_strays(&n);
+                    n.network.remove_host()
+                })
+                .await?;
+                if let Err(e) = removed {
+                    eprintln!("berthd cleanup: network: {e}");
+                }
+            }
+            drop(lock);
+            std::fs::remove_dir_all(&config.state).with_context(|| format!("removing {}", config.state.display()))?;
+        }
+        if let Ok(parent) = berth_runtime::cgroup::normalize(&config.runtime.default_cgroup_parent) {
+            if let Err(e) = berth_runtime::cgroup::remove(&parent) {
+                eprintln!("berthd cleanup: cgroup {parent}: {e}");
+            }
+        }
+        let _ = std::fs::remove_file(&config.socket);
+        if all && config.root.exists() {
+            std::fs::remove_dir_all(&config.root).with_context(|| format!("removing {}", config.root.display()))?;
+        }
+        Ok(())
+    })
 }
 
 /// Creates the directories, takes the lock, opens the store and binds the socket.

@@ -41,6 +41,14 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Remove what berthd leaves on the node by design (pods and containers,
+    /// the bridge, the nftables table, cgroups, the state directory), for
+    /// uninstalling; berthd must be stopped.
+    Cleanup {
+        /// Also remove the root: images and metadata.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +83,15 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     berth_agent::logging::init(&config.log);
+    if let Some(Command::Cleanup { all }) = cli.command {
+        return match berth_agent::daemon::cleanup(config, all) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berthd cleanup: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match berth_agent::daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -65,6 +65,14 @@ impl Network {
         self.builtin.as_ref().map(|b| b.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
+    /// Removes what start-up makes on the host for the built-in network (the
+    /// bridge and the nftables table), for `berthd cleanup`. CNI plugins own
+    /// what they made.
+    pub fn remove_host(&self) -> Result<()> {
+        let Some(bridge) = self.bridge() else { return Ok(()) };
+        bridge.remove_host().map_err(Error::from)
+    }
+
     /// NetworkReady's status, reason and message.
     pub fn ready(&self) -> (bool, String, String) {
         if let Some(cni) = &self.cni {

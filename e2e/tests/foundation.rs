@@ -332,3 +332,48 @@ fn help_documents_every_flag() {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// `berthd cleanup`: what a graceful stop leaves by design (the bridge, the
+/// nftables table, cgroups, state) goes, and pods left running too; refused
+/// while berthd runs; the root (images) only with `--all`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_what_berth_left_on_the_node() {
+    let mut f = berth_e2e::Fixture::start().await;
+    let cfg = f.pod("cleanup");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    f.cri.run(&pod, f.container("c", &["sleep", "100000"]), &cfg).await;
+    let mut args: Vec<String> = f.berthd.args().into_iter().filter(|a| a != "--log-level" && a != "debug").collect();
+    args.push("cleanup".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, _, err) = run_berthd(&argv);
+    assert!(!status.success() && err.contains("stop it"), "refused while berthd runs: {err}");
+
+    f.berthd.stop();
+    let bridge = Path::new("/sys/class/net").join(&f.berthd.net.bridge);
+    assert!(bridge.exists(), "a graceful stop leaves the bridge by design");
+    let (status, out, err) = run_berthd(&argv);
+    assert!(status.success(), "{out}{err}");
+    assert!(!bridge.exists(), "bridge left");
+    let nft = std::process::Command::new("nft").args(["list", "table", "inet", &f.berthd.net.table]).output().unwrap();
+    assert!(!nft.status.success(), "nft table left");
+    assert!(berth_e2e::cgroups_named(&f.berthd.cgroup_parent).is_empty(), "cgroups left");
+    assert!(!f.berthd.paths.state.exists(), "state left");
+    let state = f.berthd.paths.state.display().to_string();
+    let procs: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&state))
+        .collect();
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let dir = f.berthd.dir().display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir))), "mounts left");
+    assert!(f.berthd.paths.root.join("snapshots").exists(), "images stay without --all");
+    args.push("--all".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, out, err) = run_berthd(&argv);
+    assert!(status.success(), "{out}{err}");
+    assert!(!f.berthd.paths.root.exists(), "root left with --all");
+}

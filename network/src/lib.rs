@@ -188,6 +188,13 @@ impl BridgeConfig {
         netlink::with_handle(async move |h| netlink::delete_link(&h, &host).await)
     }
 
+    /// Removes the bridge (its veths go with it) and the nftables table.
+    pub fn remove_host(&self) -> Result<(), NetError> {
+        let bridge = self.bridge.clone();
+        netlink::with_handle(async move |h| netlink::delete_link(&h, &bridge).await)?;
+        nft::delete_table(&self.table)
+    }
+
     /// Start-up garbage collection: veths on our bridge and hostPort rules of
     /// pods that `alive` does not know.
     pub fn collect_garbage(&self, alive: &dyn Fn(&str) -> bool) -> Result<(usize, usize), NetError> {

@@ -77,9 +77,10 @@ add rule inet {table} input iifname "{bridge}" ip daddr 127.0.0.0/8 ct state != 
     apply(&script)
 }
 
-/// Removes the whole table (tests; never at runtime).
+/// Removes the whole table, if there is one (`berthd cleanup`; never while
+/// serving). The add makes the delete succeed on a node without the table.
 pub fn delete_table(table: &str) -> Result<(), NetError> {
-    apply(&format!("delete table inet {table}\n"))
+    apply(&format!("add table inet {table}\ndelete table inet {table}\n"))
 }
 
 fn proto(p: Protocol) -> &'static str {

@@ -1,0 +1,73 @@
+//! berthd's memory after large outputs: RSS at start, right after 10
+//! ExecSyncs that each print 10–40 MB (berth keeps the first 8 MiB − 32 KiB
+//! of each stream), and once idle again; then the same after a mixed round
+//! of pods and containers. Medians of repeated rounds, each on a fresh
+//! berthd. `cargo bench -p berth-e2e --bench memory`
+
+use std::time::Duration;
+
+use berth_e2e::Fixture;
+
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// (RSS, its anonymous part) in MiB: the rest is the binary's pages.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("RssAnon:"))
+}
+
+fn row(label: &str, v: &[(f64, f64)]) {
+    println!("  {label:<38} {:6.1} {:6.1}", median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect()));
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (mut start, mut after_exec, mut idle_exec, mut idle_pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let mut f = Fixture::start().await;
+        let pid = f.berthd.pid();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        start.push(rss_mib(pid));
+        let cfg = f.pod("bench-mem");
+        let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+        let c = f.cri.run(&pod, f.container("t", &["sleep", "100000"]), &cfg).await;
+        for i in 0..10 {
+            let mb = 10 + (i * 30) / 9;
+            let script = format!("head -c {}000000 /dev/zero | tr '\\0' x", mb);
+            let r = f.cri.exec(&c, &["sh", "-c", &script], 60).await.unwrap();
+            assert_eq!(r.exit_code, 0);
+        }
+        after_exec.push(rss_mib(pid));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        idle_exec.push(rss_mib(pid));
+        // A mixed round: 20 pods with a container each, up and down.
+        let mut pods = Vec::new();
+        for i in 0..20 {
+            let cfg = f.pod(&format!("bench-mem-{i}"));
+            let p = f.cri.run_pod(cfg.clone()).await.unwrap();
+            f.cri.run(&p, f.container("c", &["sleep", "100000"]), &cfg).await;
+            pods.push(p);
+        }
+        for p in pods {
+            f.cri.remove_pod(&p).await;
+        }
+        f.cri.remove_pod(&pod).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        idle_pods.push(rss_mib(pid));
+    }
+    println!("berthd memory, {ROUNDS} rounds on fresh daemons (medians, MiB)");
+    println!("  {:<38} {:>6} {:>6}", "", "RSS", "anon");
+    row("just started (an image pulled)", &start);
+    row("after 10 ExecSync of 10-40 MB", &after_exec);
+    row("idle 5 s later", &idle_exec);
+    row("idle after 20 pods up and down", &idle_pods);
+}
