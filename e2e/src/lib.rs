@@ -22,6 +22,7 @@ pub mod oci;
 pub mod rawnet;
 pub mod registry;
 pub mod spdy;
+pub mod truth;
 
 /// How long berthd may take to answer its first `Version`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);

@@ -5,9 +5,9 @@
 //! work, and removing everything must leave nothing behind.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::time::Duration;
 
+use berth_e2e::truth::{processes, remove_all_and_check_clean, reports_the_truth};
 use berth_e2e::{cri, Fixture};
 use tonic::Code;
 
@@ -42,110 +42,6 @@ async fn died_and_restart(f: &mut Fixture, point: &str, rpc_failed: bool) {
     f.berthd.set_env("BERTH_KILL_POINT", None);
     f.berthd.restart().await;
     f.cri = f.berthd.cri().await;
-}
-
-/// The berth processes of this berthd (its state dir in their command line).
-fn processes(f: &Fixture) -> Vec<(i32, String)> {
-    let state = f.berthd.paths.state.display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmd.contains("berth-monitor") && cmd.contains(&state) {
-            out.push((pid, cmd));
-        }
-    }
-    out
-}
-
-/// Interfaces of a network namespace other than lo.
-fn interfaces(netns: &Path) -> Option<Vec<String>> {
-    let ns = netns.to_path_buf();
-    berth_e2e::in_netns(&ns, || {
-        let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap_or_default();
-        dev.lines().skip(2).filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string())).filter(|n| n != "lo").collect::<Vec<_>>()
-    })
-    .join()
-    .ok()
-}
-
-fn host_link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
-/// Everything berth reports is true of the kernel.
-async fn reports_the_truth(f: &mut Fixture, point: &str) {
-    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
-    let procs = processes(f);
-    for p in &pods {
-        if p.state != cri::PodSandboxState::SandboxReady as i32 {
-            continue;
-        }
-        let netns = f.cri.pod_netns(&p.id).await;
-        let ifs = interfaces(&netns);
-        assert!(ifs.as_ref().is_some_and(|i| i.iter().any(|n| n == "eth0")), "{point}: pod {} is READY without a network: {ifs:?}", p.id);
-        assert!(host_link_exists(&format!("bv{}", &p.id[..12])), "{point}: pod {} is READY without its veth", p.id);
-        let init = procs.iter().any(|(_, c)| c.contains("pod-init") && c.contains(&p.id));
-        assert!(init, "{point}: pod {} is READY without its PID-namespace init", p.id);
-    }
-    let containers = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
-    for c in &containers {
-        let monitor = procs.iter().any(|(_, cmd)| cmd.contains(" monitor ") && cmd.contains(&c.id));
-        match cri::ContainerState::try_from(c.state) {
-            Ok(cri::ContainerState::ContainerRunning) => {
-                // Either it runs, or it has just exited and berth says so
-                // as soon as its monitor is gone (any runtime has that window).
-                let r = f.cri.exec(&c.id, &["true"], 10).await;
-                if !r.is_ok_and(|r| r.exit_code == 0) {
-                    let exited = f.cri.wait_exited(&c.id, Duration::from_secs(3)).await;
-                    assert_eq!(
-                        exited.state,
-                        cri::ContainerState::ContainerExited as i32,
-                        "{point}: container {} is RUNNING but cannot exec",
-                        c.id
-                    );
-                }
-            }
-            Ok(cri::ContainerState::ContainerCreated) => assert!(monitor, "{point}: container {} is CREATED without its monitor", c.id),
-            Ok(cri::ContainerState::ContainerExited) => assert!(!monitor, "{point}: container {} is EXITED but its monitor runs", c.id),
-            other => panic!("{point}: container {} in state {other:?}", c.id),
-        }
-    }
-}
-
-/// Removes every pod and image but busybox; then nothing of them is left.
-async fn remove_all_and_check_clean(f: &mut Fixture, point: &str) {
-    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
-    for p in pods {
-        f.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() }).await.unwrap();
-        f.cri.remove_pod(&p.id).await;
-    }
-    let left = processes(f);
-    assert!(left.is_empty(), "{point}: processes left: {left:?}");
-    let dir = f.berthd.dir().display().to_string();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mounts: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).collect();
-    assert!(mounts.is_empty(), "{point}: mounts left: {mounts:?}");
-    let veths: Vec<String> = std::fs::read_dir(format!("/sys/class/net/{}/brif", f.berthd.net.bridge))
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    assert!(veths.is_empty(), "{point}: veths left on the bridge: {veths:?}");
-    let nested: Vec<_> = berth_e2e::cgroups_named(&f.berthd.cgroup_parent)
-        .iter()
-        .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    assert!(nested.is_empty(), "{point}: cgroups left: {nested:?}");
-    for sub in ["pods", "containers"] {
-        let d = f.berthd.paths.state.join(sub);
-        let n = std::fs::read_dir(&d).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(n, 0, "{point}: {} not empty", d.display());
-    }
-    let st = f.cri.runtime.status(cri::StatusRequest { verbose: true }).await.unwrap().into_inner();
-    let net: serde_json::Value = serde_json::from_str(&st.info["network"]).unwrap();
-    assert_eq!(net["leases"], 0, "{point}: leases left: {net}");
 }
 
 /// A pod with a running container.

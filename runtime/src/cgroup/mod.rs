@@ -164,11 +164,20 @@ pub fn signal_all(path: &str, signal: nix::sys::signal::Signal) {
 pub fn remove(path: &str) -> Result<(), CgroupError> {
     let cg = load(path);
     let deadline = Instant::now() + Duration::from_secs(5);
+    // The whole subtree: a pod's init lives in a child cgroup, a workload
+    // may make its own on v1; rmdir fails while any of them holds a task.
     loop {
-        if pids(path).is_empty() {
+        let mut tree = Vec::new();
+        for dir in dirs(path) {
+            subtree(&dir, &mut tree);
+        }
+        let pids: Vec<i32> = tree.iter().flat_map(|d| procs_in(d)).collect();
+        if pids.is_empty() {
             break;
         }
-        signal_all(path, nix::sys::signal::Signal::SIGKILL);
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         if Instant::now() > deadline {
             return Err(failed(path, "processes did not exit after SIGKILL"));
         }
@@ -180,6 +189,21 @@ pub fn remove(path: &str) -> Result<(), CgroupError> {
     }
     drop(cg);
     Ok(())
+}
+
+/// `dir` and every cgroup directory beneath it.
+fn subtree(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            subtree(&e.path(), out);
+        }
+    }
+}
+
+/// The pids in one cgroup directory.
+fn procs_in(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 fn remove_tree(dir: &Path) -> std::io::Result<()> {
