@@ -36,36 +36,40 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// One client: the lifecycle over and over; every error is fine (berthd
-/// may be down), what matters is what berth reports afterwards.
-async fn client(
-    n: usize,
+/// What the clients share.
+#[derive(Clone)]
+struct Workload {
     socket: std::path::PathBuf,
-    pod_cfg: cri::PodSandboxConfig,
-    ctr: cri::ContainerConfig,
+    pod: cri::PodSandboxConfig,
+    container: cri::ContainerConfig,
     images: Vec<String>,
+    /// Read per iteration; the killer writes to check berth at rest.
     gate: Arc<RwLock<()>>,
     done: Arc<AtomicBool>,
-    ops: Arc<AtomicUsize>,
-) {
+    pods_started: Arc<AtomicUsize>,
+}
+
+/// One client: the lifecycle over and over; every error is fine (berthd
+/// may be down), what matters is what berth reports afterwards.
+async fn client(n: usize, w: Workload) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (n as u64 + 1));
     let mut i = 0u64;
-    while !done.load(Ordering::SeqCst) {
-        let Ok(mut cri) = connect(&socket).await else {
+    while !w.done.load(Ordering::SeqCst) {
+        let Ok(mut cri) = connect(&w.socket).await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         i += 1;
-        let _held = gate.read().await;
-        let mut cfg = pod_cfg.clone();
+        let _held = w.gate.read().await;
+        let mut cfg = w.pod.clone();
         cfg.metadata.as_mut().unwrap().name = format!("soak-{n}-{i}");
         cfg.metadata.as_mut().unwrap().uid = format!("uid-{n}-{i}");
         let Ok(pod) = cri.run_pod(cfg.clone()).await else { continue };
-        ops.fetch_add(1, Ordering::SeqCst);
+        w.pods_started.fetch_add(1, Ordering::SeqCst);
         if rng.below(4) == 0 {
-            let _ = cri.pull(&images[rng.below(images.len() as u64) as usize]).await;
+            let _ = cri.pull(&w.images[rng.below(w.images.len() as u64) as usize]).await;
         }
-        if let Ok(id) = cri.create(&pod, ctr.clone(), &cfg).await {
+        if let Ok(id) = cri.create(&pod, w.container.clone(), &cfg).await {
             if cri.start(&id).await.is_ok() {
                 let _ = cri.exec(&id, &["sh", "-c", "echo soak"], 10).await;
             }
@@ -101,23 +105,16 @@ async fn kill9_soak_under_four_clients() {
     let mut ctr = f.container("c", &["sleep", "100000"]);
     ctr.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid = 0;
 
-    let gate = Arc::new(RwLock::new(()));
-    let done = Arc::new(AtomicBool::new(false));
-    let ops = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|n| {
-            tokio::spawn(client(
-                n,
-                f.berthd.paths.socket.clone(),
-                pod_cfg.clone(),
-                ctr.clone(),
-                images.clone(),
-                gate.clone(),
-                done.clone(),
-                ops.clone(),
-            ))
-        })
-        .collect();
+    let w = Workload {
+        socket: f.berthd.paths.socket.clone(),
+        pod: pod_cfg,
+        container: ctr,
+        images,
+        gate: Arc::new(RwLock::new(())),
+        done: Arc::new(AtomicBool::new(false)),
+        pods_started: Arc::new(AtomicUsize::new(0)),
+    };
+    let clients: Vec<_> = (0..4).map(|n| tokio::spawn(client(n, w.clone()))).collect();
 
     let started = Instant::now();
     let mut restarts = Vec::new();
@@ -139,11 +136,11 @@ async fn kill9_soak_under_four_clients() {
         }
         f.cri = f.berthd.cri().await;
         // Clients held: the check sees berth at rest.
-        let _quiet = gate.write().await;
+        let _quiet = w.gate.write().await;
         reports_the_truth(&mut f, &format!("round {round}")).await;
         done_rounds = round + 1;
     }
-    done.store(true, Ordering::SeqCst);
+    w.done.store(true, Ordering::SeqCst);
     for c in clients {
         let _ = c.await;
     }
@@ -154,6 +151,6 @@ async fn kill9_soak_under_four_clients() {
     println!(
         "soak: {done_rounds} SIGKILL rounds in {:.0} s, {} pods started by the clients; restart to serving: median {med:.0} ms, p90 {p90:.0} ms; no inconsistency, nothing left",
         started.elapsed().as_secs_f64(),
-        ops.load(Ordering::SeqCst)
+        w.pods_started.load(Ordering::SeqCst)
     );
 }
