@@ -8,6 +8,10 @@ bash deploy/deps.sh --test
 # House rules first: formatting and lints are part of the suite.
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets --features berth-agent/fault-injection -- -D warnings
+# What may enter the dependency tree (deny.toml): licenses, bans, sources.
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny --version 0.20.2
+cargo deny --locked check licenses bans sources
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace --no-fail-fast
 # cgroup v2 for real, inside a throwaway VM (this machine's controllers are on v1).
