@@ -2,7 +2,8 @@
 //! side effect and the record that would have named it leaves processes,
 //! cgroups, mounts and directories nobody tracks. Every process berth starts
 //! names its pod or container in its command line (`berth-monitor pod-init
-//! --pod <id> --pod-dir …`, `berth-monitor monitor --id <id> --bundle …`),
+//! --pod <id> --pod-dir …`, `berth-monitor monitor --id <id> --bundle …`,
+//! `berth-monitor exec … --bundle …`),
 //! and every pod berth names a cgroup for lives under its cgroup parent, so
 //! all of it can be found here and ended.
 
@@ -37,6 +38,11 @@ pub fn parse_cmdline(args: &[String]) -> Option<Stray> {
     let (id, dir) = match role.as_str() {
         "pod-init" => (value("--pod")?, value("--pod-dir")?),
         "monitor" => (value("--id")?, value("--bundle")?),
+        // An exec helper names the container by its bundle.
+        "exec" => {
+            let bundle = value("--bundle")?;
+            (Path::new(&bundle).file_name()?.to_str()?.to_string(), bundle)
+        }
         _ => return None,
     };
     Some(Stray { pid: 0, role, id, dir: PathBuf::from(dir) })
@@ -57,12 +63,16 @@ fn berth_processes() -> Vec<Stray> {
 }
 
 fn kill(pid: i32, why: &str) {
+    signal(pid, nix::sys::signal::Signal::SIGKILL, why);
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal, why: &str) {
     // Through a pidfd: the pid is the process just read, not a reused one.
     let start = berth_runtime::pidfd::start_time(pid);
     if let Some(start) = start {
         if let Ok(p) = berth_runtime::pidfd::Process::open(pid, start) {
             tracing::warn!(pid, "ending a berth process no record claims: {why}");
-            let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = p.signal(sig);
         }
     }
 }
@@ -77,6 +87,13 @@ pub fn collect_strays(node: &Node) {
             "pod-init" => s.dir == node.pod_dir(&s.id),
             _ => s.dir == node.bundle(&s.id),
         };
+        // No exec is in flight before berthd serves: a helper now belongs to
+        // an RPC of the previous berthd, whose client is gone. SIGTERM: the
+        // helper has its exec init kill and reap the command's whole tree.
+        if ours && s.role == "exec" {
+            signal(s.pid, nix::sys::signal::Signal::SIGTERM, &format!("an exec of the previous berthd in container {}", s.id));
+            continue;
+        }
         if !ours {
             continue;
         }
@@ -152,7 +169,9 @@ mod tests {
         assert_eq!((s.role.as_str(), s.id.as_str(), s.dir.as_path()), ("pod-init", "abc", Path::new("/s/pods/abc")));
         let s = parse_cmdline(&args("berth-monitor monitor --id c1 --bundle /s/containers/c1 --sync-fd 3")).unwrap();
         assert_eq!((s.role.as_str(), s.id.as_str()), ("monitor", "c1"));
-        assert!(parse_cmdline(&args("berth-monitor exec --bundle /b --pid 1")).is_none());
+        let s = parse_cmdline(&args("berth-monitor exec --tty false --bundle /s/containers/c2 --pid 1 -- sh")).unwrap();
+        assert_eq!((s.role.as_str(), s.id.as_str()), ("exec", "c2"));
+        assert!(parse_cmdline(&args("berth-monitor version")).is_none());
         assert!(parse_cmdline(&args("/bin/sleep monitor --id c1 --bundle /b")).is_none());
         assert!(parse_cmdline(&args("berth-monitor monitor --id")).is_none());
     }

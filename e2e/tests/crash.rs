@@ -228,3 +228,39 @@ async fn a_pod_that_lost_its_init_or_veth_is_not_ready_after_restart() {
     reports_the_truth(&mut f, "lost").await;
     remove_all_and_check_clean(&mut f, "lost").await;
 }
+
+/// An ExecSync in flight when berthd dies: its client is gone, so the
+/// restarted berthd ends the command and everything it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_exec_sync() {
+    let mut f = Fixture::start().await;
+    let (_pod, _, c) = pod_with_container(&mut f, "crash-exec").await;
+    let mut cri = f.cri.clone();
+    let id = c.clone();
+    let exec = tokio::spawn(async move { cri.exec(&id, &["sh", "-c", "sleep 4321 & sleep 4322"], 600).await });
+    let running = |out: &str| out.lines().filter(|l| l.trim_start().starts_with("sleep 432")).count();
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = running(&f.cri.sh(&c, "ps -o args").await);
+        if seen == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 2, "the exec runs");
+    f.berthd.kill9();
+    assert!(exec.await.unwrap().is_err());
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    let mut left = usize::MAX;
+    for _ in 0..100 {
+        left = running(&f.cri.sh(&c, "ps -o args").await);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "the previous berthd's exec is still running");
+    reports_the_truth(&mut f, "exec").await;
+    remove_all_and_check_clean(&mut f, "exec").await;
+}
