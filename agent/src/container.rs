@@ -604,6 +604,12 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
             ContainerState::Created | ContainerState::Running => {
                 let rec = refresh(node, rec)?;
                 if matches!(rec.state, ContainerState::Created | ContainerState::Running) {
+                    // The recorded limits are the intent (an update may have
+                    // been cut short between record and cgroup).
+                    let (path, l) = (rec.cgroup.clone(), rec.limits.clone());
+                    if let Err(e) = tokio::task::spawn_blocking(move || cgroup::apply(&path, &l)).await? {
+                        tracing::warn!(container_id = %rec.id, "re-applying the recorded limits: {e}");
+                    }
                     watch(node, rec.id.clone(), rec.monitor_pid);
                 }
             }
@@ -618,16 +624,29 @@ pub async fn update_resources(node: &Arc<Node>, id: &str, resources: Resources) 
     let rec = find(node, id)?;
     let lock = node.locks.get(&rec.id);
     let _held = lock.lock().await;
-    let mut rec = find(node, &rec.id)?;
+    let rec = find(node, &rec.id)?;
     if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
         return Err(Error::FailedPrecondition(format!("container {} is not running", rec.id)));
     }
     let limits = resources.limits;
     limits.validate(node.cgroup_v2).map_err(|e| crate::error::limits_error("linux", &e))?;
-    let (path, l) = (rec.cgroup.clone(), limits.clone());
-    tokio::task::spawn_blocking(move || cgroup::apply(&path, &l)).await?.map_err(|e| Error::invalid("linux", e))?;
-    rec.limits = limits;
-    node.containers.put(&rec)?;
+    // Recorded first, then applied: a crash in between leaves the intent,
+    // which start-up applies (recover), so record and kernel agree.
+    // Through update, not put: the exit watcher may fold an exit meanwhile.
+    let before = rec.limits.clone();
+    let set = |l: cgroup::Limits| {
+        move |cur: &mut ContainerRecord| {
+            cur.limits = l;
+            true
+        }
+    };
+    node.containers.update(&rec.id, set(limits.clone()))?;
+    crate::fault::point("container.update.after_record");
+    let (path, l) = (rec.cgroup.clone(), limits);
+    if let Err(e) = tokio::task::spawn_blocking(move || cgroup::apply(&path, &l)).await? {
+        node.containers.update(&rec.id, set(before))?;
+        return Err(Error::invalid("linux", e));
+    }
     tracing::info!(container_id = %rec.id, "container resources updated");
     Ok(())
 }

@@ -9,6 +9,7 @@
 //!   `pod.run.after_init`: RunPodSandbox, before its record says Ready
 //! - `container.create.after_intent`, `container.create.after_monitor`
 //! - `container.start.after_start`: the process runs, the record says Created
+//! - `container.update.after_record`: UpdateContainerResources, before the cgroup
 //! - `container.stop.after_signal`, `container.remove.after_teardown`
 //! - `pod.stop.after_intent`, `pod.stop.after_init_killed`: StopPodSandbox
 //! - `pod.remove.after_teardown`
@@ -23,6 +24,7 @@ pub const POINTS: &[&str] = &[
     "container.create.after_intent",
     "container.create.after_monitor",
     "container.start.after_start",
+    "container.update.after_record",
     "container.stop.after_signal",
     "container.remove.after_teardown",
     "pod.stop.after_intent",

@@ -264,3 +264,28 @@ async fn killed_during_exec_sync() {
     reports_the_truth(&mut f, "exec").await;
     remove_all_and_check_clean(&mut f, "exec").await;
 }
+
+/// UpdateContainerResources cut short between its record and the cgroup:
+/// after the restart the kernel holds what ContainerStatus reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_update_container_resources() {
+    let mut f = Fixture::start().await;
+    let (_pod, _, c) = pod_with_container(&mut f, "crash-update").await;
+    let point = "container.update.after_record";
+    arm(&mut f, point).await;
+    let update = cri::UpdateContainerResourcesRequest {
+        container_id: c.clone(),
+        linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: 96 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    let failed = f.cri.runtime.update_container_resources(update).await.is_err();
+    died_and_restart(&mut f, point, failed).await;
+    let reported = f.cri.status(&c).await.resources.unwrap().linux.unwrap().memory_limit_in_bytes;
+    let v2 =
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.contains(" /sys/fs/cgroup ") && l.contains("cgroup2"));
+    let file = if v2 { "/sys/fs/cgroup/memory.max" } else { "/sys/fs/cgroup/memory/memory.limit_in_bytes" };
+    let in_kernel: i64 = f.cri.sh(&c, &format!("cat {file}")).await.trim().parse().unwrap();
+    assert_eq!((reported, in_kernel), (96 << 20, 96 << 20), "{point}");
+    reports_the_truth(&mut f, point).await;
+    remove_all_and_check_clean(&mut f, point).await;
+}
