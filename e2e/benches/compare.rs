@@ -1,0 +1,560 @@
+//! berth and containerd side by side, in one run, driven by the same CRI
+//! client code with the same registry, images and pod specs, alternating
+//! A B A B: the lifecycle step by step, exec, parallel and loaded pod
+//! starts, cost per pod as pods accumulate, stats at 200 containers, memory
+//! of the daemons and of every monitor/shim/pause; the kernel's own floor;
+//! CPU and memory work in a container against the host; a noisy neighbour.
+//! Prints a Markdown table and writes JSON (target/bench-compare.json).
+//!
+//! `bash deploy/deps.sh --bench && cargo bench -p berth-e2e --bench compare`
+//! (`COMPARE_RUNS=30` iterations per step after warm-up; `COMPARE_QUICK=1`
+//! skips the 200-pod and noisy-neighbour parts.)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_e2e::containerd::{push_pause, Containerd};
+use berth_e2e::{cri, Cri, Fixture};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+fn status_kib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(f64::NAN)
+}
+
+fn pss_kib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Processes whose command line contains all of `needles`.
+fn pids_with(needles: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if needles.iter().all(|n| cmd.contains(n)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// One runtime under test.
+struct Rt {
+    name: &'static str,
+    cri: Cri,
+    pid: u32,
+    /// Its pods' cgroup parent (kubelet's role).
+    cgroup: String,
+    image: String,
+    logs: std::path::PathBuf,
+    /// Command-line markers of its per-container processes.
+    monitor: Vec<String>,
+    seq: usize,
+}
+
+impl Rt {
+    fn pod(&mut self, tag: &str) -> cri::PodSandboxConfig {
+        self.seq += 1;
+        let name = format!("{tag}-{}", self.seq);
+        let mut cfg = berth_e2e::pod_config(&name, &self.logs);
+        cfg.metadata.as_mut().unwrap().uid = format!("{}-{name}", self.name);
+        cfg.linux.as_mut().unwrap().cgroup_parent = format!("/{}/{}-{name}", self.cgroup, self.name);
+        cfg
+    }
+
+    fn container(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        berth_e2e::container_config(name, &self.image, cmd)
+    }
+
+    /// RunPodSandbox + one sleeping container, started.
+    async fn pod_up(&mut self, tag: &str) -> (String, String) {
+        let cfg = self.pod(tag);
+        let pod = self.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+        let c = self.cri.run(&pod, self.container("c", &["sleep", "100000"]), &cfg).await;
+        (pod, c)
+    }
+
+    async fn pod_down(&mut self, pod: &str) {
+        self.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("StopPodSandbox");
+        self.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.into() }).await.expect("RemovePodSandbox");
+    }
+}
+
+/// Samples per row, per runtime.
+#[derive(Default)]
+struct Table {
+    rows: Vec<String>,
+    values: BTreeMap<(String, &'static str), Vec<f64>>,
+    units: BTreeMap<String, &'static str>,
+}
+
+impl Table {
+    fn add(&mut self, row: &str, rt: &'static str, unit: &'static str, v: f64) {
+        if !self.rows.iter().any(|r| r == row) {
+            self.rows.push(row.to_string());
+        }
+        self.units.insert(row.to_string(), unit);
+        self.values.entry((row.to_string(), rt)).or_default().push(v);
+    }
+
+    fn print(&self) -> serde_json::Value {
+        println!("\n| step | unit | berth p50 | berth p90 | containerd p50 | containerd p90 | berth/containerd |");
+        println!("|---|---|---|---|---|---|---|");
+        let mut json = Vec::new();
+        for row in &self.rows {
+            let get = |rt: &'static str| self.values.get(&(row.clone(), rt)).cloned().unwrap_or_default();
+            let (b, c) = (get("berth"), get("containerd"));
+            let (b50, c50) = (pct(&b, 0.5), pct(&c, 0.5));
+            let ratio = if c.is_empty() || c50 == 0.0 { String::from("–") } else { format!("{:.2}", b50 / c50) };
+            let f = |v: f64| if v.is_nan() { "–".to_string() } else { format!("{v:.2}") };
+            println!("| {row} | {} | {} | {} | {} | {} | {ratio} |", self.units[row], f(b50), f(pct(&b, 0.9)), f(c50), f(pct(&c, 0.9)));
+            json.push(serde_json::json!({"step": row, "unit": self.units[row], "berth": b, "containerd": c,
+                "berth_p50": b50, "containerd_p50": c50}));
+        }
+        serde_json::Value::Array(json)
+    }
+}
+
+/// The single-pod lifecycle, step by step, plus ExecSync `true`.
+async fn lifecycle(rt: &mut Rt, t: &mut Table, record: bool) {
+    let cfg = rt.pod("life");
+    let s = Instant::now();
+    let pod = rt.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+    let runp = ms(s.elapsed());
+    let s = Instant::now();
+    let c = rt.cri.create(&pod, rt.container("c", &["sleep", "100000"]), &cfg).await.expect("CreateContainer");
+    let create = ms(s.elapsed());
+    let s = Instant::now();
+    rt.cri.start(&c).await.expect("StartContainer");
+    let start = ms(s.elapsed());
+    let s = Instant::now();
+    let r = rt.cri.exec(&c, &["true"], 10).await.expect("ExecSync");
+    assert_eq!(r.exit_code, 0);
+    let exec = ms(s.elapsed());
+    let s = Instant::now();
+    rt.cri.stop(&c, 0).await.expect("StopContainer");
+    let stop = ms(s.elapsed());
+    let s = Instant::now();
+    rt.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: c.clone() }).await.expect("RemoveContainer");
+    let rm = ms(s.elapsed());
+    let s = Instant::now();
+    rt.cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("StopPodSandbox");
+    let stopp = ms(s.elapsed());
+    let s = Instant::now();
+    rt.cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("RemovePodSandbox");
+    let rmp = ms(s.elapsed());
+    if record {
+        let n = rt.name;
+        for (row, v) in [
+            ("RunPodSandbox (with network)", runp),
+            ("CreateContainer", create),
+            ("StartContainer", start),
+            ("ExecSync `true`", exec),
+            ("StopContainer (timeout 0)", stop),
+            ("RemoveContainer", rm),
+            ("StopPodSandbox", stopp),
+            ("RemovePodSandbox", rmp),
+            ("whole lifecycle", runp + create + start + stop + rm + stopp + rmp),
+            ("create + start", create + start),
+        ] {
+            t.add(row, n, "ms", v);
+        }
+    }
+}
+
+/// `n` pods (pod + one container) started at once; wall time to all up.
+async fn parallel(rt: &mut Rt, n: usize) -> (f64, Vec<String>) {
+    let mut cfgs = Vec::new();
+    for _ in 0..n {
+        cfgs.push(rt.pod("par"));
+    }
+    let s = Instant::now();
+    let tasks: Vec<_> = cfgs
+        .into_iter()
+        .map(|cfg| {
+            let mut cri = rt.cri.clone();
+            let c = rt.container("c", &["sleep", "100000"]);
+            tokio::spawn(async move {
+                let pod = cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+                cri.run(&pod, c, &cfg).await;
+                pod
+            })
+        })
+        .collect();
+    let mut pods = Vec::new();
+    for t in tasks {
+        pods.push(t.await.expect("task"));
+    }
+    (ms(s.elapsed()), pods)
+}
+
+/// 100 pods × 2 containers from 8 clients: up, an exec in each, down.
+async fn loaded(rt: &mut Rt, t: &mut Table) {
+    let (pods, clients) = (100, 8);
+    let mut cfgs: Vec<cri::PodSandboxConfig> = (0..pods).map(|_| rt.pod("load")).collect();
+    let per = pods / clients;
+    let phase = |rt: &Rt, work: Vec<Vec<cri::PodSandboxConfig>>| {
+        work.into_iter()
+            .map(|chunk| {
+                let mut cri = rt.cri.clone();
+                let (a, b) = (rt.container("a", &["sleep", "100000"]), rt.container("b", &["sleep", "100000"]));
+                tokio::spawn(async move {
+                    let mut lat: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+                    let mut made = Vec::new();
+                    for cfg in chunk {
+                        let s = Instant::now();
+                        let pod = cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+                        lat.entry("RunPodSandbox").or_default().push(ms(s.elapsed()));
+                        let mut ids = Vec::new();
+                        for c in [a.clone(), b.clone()] {
+                            let s = Instant::now();
+                            let id = cri.create(&pod, c, &cfg).await.expect("CreateContainer");
+                            lat.entry("CreateContainer").or_default().push(ms(s.elapsed()));
+                            let s = Instant::now();
+                            cri.start(&id).await.expect("StartContainer");
+                            lat.entry("StartContainer").or_default().push(ms(s.elapsed()));
+                            ids.push(id);
+                        }
+                        made.push((pod, ids));
+                    }
+                    (made, lat)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let chunks: Vec<Vec<cri::PodSandboxConfig>> = (0..clients).map(|_| cfgs.drain(..per.min(cfgs.len())).collect()).collect();
+    let s = Instant::now();
+    let tasks = phase(rt, chunks);
+    let mut all = Vec::new();
+    let mut lat: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for task in tasks {
+        let (made, l) = task.await.expect("client");
+        all.push(made);
+        for (k, v) in l {
+            lat.entry(k).or_default().extend(v);
+        }
+    }
+    t.add("100 pods × 2 containers up, 8 clients", rt.name, "s", s.elapsed().as_secs_f64());
+    for (k, v) in lat {
+        t.add(&format!("… {k} p50 under that load"), rt.name, "ms", pct(&v, 0.5));
+    }
+    // An exec in every container, 8 clients.
+    let s = Instant::now();
+    let execs: Vec<_> = all
+        .iter()
+        .map(|made| {
+            let mut cri = rt.cri.clone();
+            let ids: Vec<String> = made.iter().flat_map(|(_, ids)| ids.clone()).collect();
+            tokio::spawn(async move {
+                for id in ids {
+                    assert_eq!(cri.exec(&id, &["true"], 30).await.expect("ExecSync").exit_code, 0);
+                }
+            })
+        })
+        .collect();
+    for e in execs {
+        e.await.expect("exec client");
+    }
+    t.add("… an ExecSync in each of the 200, 8 clients", rt.name, "s", s.elapsed().as_secs_f64());
+    let s = Instant::now();
+    let downs: Vec<_> = all
+        .into_iter()
+        .map(|made| {
+            let mut cri = rt.cri.clone();
+            tokio::spawn(async move {
+                for (pod, _) in made {
+                    cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.expect("StopPodSandbox");
+                    cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.expect("RemovePodSandbox");
+                }
+            })
+        })
+        .collect();
+    for d in downs {
+        d.await.expect("down client");
+    }
+    t.add("… and down (stop + remove), 8 clients", rt.name, "s", s.elapsed().as_secs_f64());
+}
+
+/// Pods accumulate to 10, 50, 200: the cost of 5 more at each level; at
+/// 200, stats calls and memory; then all down and memory once idle.
+async fn scale(rt: &mut Rt, t: &mut Table, levels: &[usize], monitors: &dyn Fn() -> Vec<u32>) {
+    let mut pods = Vec::new();
+    let idle = status_kib(rt.pid, "VmRSS:") / 1024.0;
+    t.add("daemon RSS idle, before", rt.name, "MiB", idle);
+    for &level in levels {
+        while pods.len() + 5 < level {
+            pods.push(rt.pod_up("scale").await.0);
+        }
+        let mut cost = Vec::new();
+        for _ in 0..5 {
+            let s = Instant::now();
+            pods.push(rt.pod_up("scale").await.0);
+            cost.push(ms(s.elapsed()));
+        }
+        t.add(&format!("pod + container start with {level} pods"), rt.name, "ms", pct(&cost, 0.5));
+    }
+    let n = pods.len();
+    for _ in 0..5 {
+        let s = Instant::now();
+        rt.cri.runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await.expect("ListContainerStats");
+        t.add(&format!("ListContainerStats at {n} containers"), rt.name, "ms", ms(s.elapsed()));
+        let s = Instant::now();
+        rt.cri.runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default()).await.expect("ListPodSandboxStats");
+        t.add(&format!("ListPodSandboxStats at {n} pods"), rt.name, "ms", ms(s.elapsed()));
+    }
+    t.add(&format!("daemon RSS at {n} containers"), rt.name, "MiB", status_kib(rt.pid, "VmRSS:") / 1024.0);
+    let procs = monitors();
+    let rss: f64 = procs.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<f64>() / 1024.0;
+    let pss: f64 = procs.iter().map(|p| pss_kib(*p)).sum::<f64>() / 1024.0;
+    t.add(&format!("per-container processes at {n} (RSS), per container"), rt.name, "MiB", rss / n as f64);
+    t.add(&format!("per-container processes at {n} (PSS), per container"), rt.name, "MiB", pss / n as f64);
+    for p in pods {
+        rt.pod_down(&p).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    t.add("daemon RSS idle, after", rt.name, "MiB", status_kib(rt.pid, "VmRSS:") / 1024.0);
+}
+
+/// The kernel's own cost: unshare of a pod's namespaces + `true`; a netns
+/// with a veth pair into it.
+fn floor(t: &mut Table, runs: usize) {
+    for _ in 0..runs {
+        let s = Instant::now();
+        let st = Command::new("unshare").args(["--mount", "--uts", "--ipc", "--net", "--pid", "--fork", "true"]).status().expect("unshare");
+        assert!(st.success());
+        t.add("floor: unshare mnt,uts,ipc,net,pid + true", "berth", "ms", ms(s.elapsed()));
+        let ns = format!("bf{}", std::process::id());
+        let s = Instant::now();
+        let ok = Command::new("ip").args(["netns", "add", &ns]).status().expect("ip").success()
+            && Command::new("ip")
+                .args(["link", "add", &format!("{ns}a"), "type", "veth", "peer", "name", "eth0", "netns", &ns])
+                .status()
+                .expect("ip")
+                .success();
+        let elapsed = ms(s.elapsed());
+        let _ = Command::new("ip").args(["link", "del", &format!("{ns}a")]).status();
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        assert!(ok, "netns + veth");
+        t.add("floor: netns + veth pair into it", "berth", "ms", elapsed);
+    }
+}
+
+/// CPU and memory work on the host and in a berth container, with and
+/// without a CPU limit above the need.
+async fn host_vs_container(rt: &mut Rt, t: &mut Table, runs: usize) {
+    let cpu = "head -c 400000000 /dev/zero | sha256sum >/dev/null";
+    let mem = "dd if=/dev/zero of=/dev/null bs=4M count=12000 2>/dev/null";
+    let cfg = rt.pod("work");
+    let pod = rt.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+    let free = rt.cri.run(&pod, rt.container("free", &["sleep", "100000"]), &cfg).await;
+    let mut limited = rt.container("limited", &["sleep", "100000"]);
+    limited.linux.as_mut().unwrap().resources =
+        Some(cri::LinuxContainerResources { cpu_quota: 300_000, cpu_period: 100_000, ..Default::default() });
+    let limited = rt.cri.run(&pod, limited, &cfg).await;
+    for _ in 0..runs {
+        for (what, script) in [("CPU (sha256 of 400 MB)", cpu), ("memory (dd 48 GB through /dev/zero)", mem)] {
+            let s = Instant::now();
+            assert!(Command::new("/bin/busybox").args(["sh", "-c", script]).status().expect("busybox").success());
+            t.add(&format!("{what}: host"), "berth", "s", s.elapsed().as_secs_f64());
+            for (id, label) in [(&free, "in a container"), (&limited, "in a container, limit 3 CPUs")] {
+                let s = Instant::now();
+                assert_eq!(rt.cri.exec(id, &["sh", "-c", script], 600).await.expect("ExecSync").exit_code, 0);
+                t.add(&format!("{what}: {label}"), "berth", "s", s.elapsed().as_secs_f64());
+            }
+        }
+    }
+    rt.pod_down(&pod).await;
+}
+
+/// p99 of a small request loop (TCP to a pod) idle, then with neighbours at
+/// their CPU limit, their memory limit and their pids limit.
+async fn noisy_neighbour(rt: &mut Rt, t: &mut Table) {
+    let cfg = rt.pod("quiet");
+    let pod = rt.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+    rt.cri.run(&pod, rt.container("server", &["nc", "-ll", "-p", "8080", "-e", "echo", "ok"]), &cfg).await;
+    let ip = rt.cri.pod_ip(&pod).await;
+    let sample = |ip: String| async move {
+        let mut lat = Vec::new();
+        for _ in 0..400 {
+            let s = Instant::now();
+            if let Ok(mut c) = std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), Duration::from_secs(2)) {
+                let mut out = String::new();
+                let _ = std::io::Read::read_to_string(&mut c, &mut out);
+            }
+            lat.push(ms(s.elapsed()));
+        }
+        lat
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = tokio::task::spawn_blocking(move || futures::executor::block_on(sample(ip.clone()))).await.unwrap();
+    let mut noisy = Vec::new();
+    for (name, cmd, res) in [
+        (
+            "cpu",
+            vec!["sh", "-c", "while :; do :; done"],
+            cri::LinuxContainerResources { cpu_quota: 100_000, cpu_period: 100_000, ..Default::default() },
+        ),
+        (
+            "mem",
+            vec!["sh", "-c", "while :; do x=$(head -c 60000000 /dev/zero | tr '\\0' a); done"],
+            cri::LinuxContainerResources { memory_limit_in_bytes: 48 << 20, ..Default::default() },
+        ),
+        (
+            "fork",
+            vec!["sh", "-c", "while :; do for i in $(seq 100); do sleep 5 & done; wait; done"],
+            cri::LinuxContainerResources::default(),
+        ),
+    ] {
+        let cfg = rt.pod(&format!("noisy-{name}"));
+        let cg = cfg.linux.as_ref().unwrap().cgroup_parent.clone();
+        let p = rt.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
+        if name == "fork" {
+            // The pod's pids limit, as kubelet's podPidsLimit sets it.
+            for m in berth_e2e::cgroup_mounts() {
+                let f = m.join(cg.trim_start_matches('/')).join("pids.max");
+                if f.exists() {
+                    let _ = std::fs::write(&f, "64");
+                }
+            }
+        }
+        let mut c = rt.container(name, &cmd.iter().map(|s| &**s).collect::<Vec<_>>());
+        c.linux.as_mut().unwrap().resources = Some(res);
+        rt.cri.run(&p, c, &cfg).await;
+        noisy.push(p);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ip = rt.cri.pod_ip(&pod).await;
+    let loaded = tokio::task::spawn_blocking(move || futures::executor::block_on(sample(ip))).await.unwrap();
+    t.add("noisy neighbour: request p99, idle", rt.name, "ms", pct(&idle, 0.99));
+    t.add("noisy neighbour: request p99, neighbours at CPU/memory/pids limits", rt.name, "ms", pct(&loaded, 0.99));
+    for p in noisy {
+        rt.pod_down(&p).await;
+    }
+    rt.pod_down(&pod).await;
+}
+
+fn remove_cgroup_tree(name: &str) {
+    for m in berth_e2e::cgroup_mounts() {
+        let root = m.join(name);
+        if root.exists() {
+            let _ = Command::new("find").arg(&root).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).status();
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs = env("COMPARE_RUNS", 30);
+    let quick = std::env::var("COMPARE_QUICK").is_ok();
+    let f = Fixture::start().await;
+    let pause = push_pause(&f.registry).await;
+    let subnet = format!("10.201.{}.0/24", std::process::id() % 250);
+    let ctrd = Containerd::start(&f.registry, &pause, &subnet).await;
+    let mut ccri = ctrd.cri().await;
+    ccri.pull(&f.busybox).await.expect("containerd pulls busybox");
+    ccri.pull(&pause).await.expect("containerd pulls pause");
+    let cgroup = format!("berthbench-{}", std::process::id());
+    let logs = f.logs.clone();
+    let mut berth = Rt {
+        name: "berth",
+        cri: f.cri.clone(),
+        pid: f.berthd.pid(),
+        cgroup: cgroup.clone(),
+        image: f.busybox.clone(),
+        logs: logs.clone(),
+        monitor: vec!["berth-monitor monitor".into(), f.berthd.paths.state.display().to_string()],
+        seq: 0,
+    };
+    let mut containerd = Rt {
+        name: "containerd",
+        cri: ccri,
+        pid: ctrd.pid(),
+        cgroup: cgroup.clone(),
+        image: f.busybox.clone(),
+        logs,
+        monitor: vec!["containerd-shim-runc-v2".into(), ctrd.dir().display().to_string()],
+        seq: 0,
+    };
+    let mut t = Table::default();
+
+    println!("lifecycle, {runs} runs each, alternating");
+    for i in 0..runs + 3 {
+        lifecycle(&mut berth, &mut t, i >= 3).await;
+        lifecycle(&mut containerd, &mut t, i >= 3).await;
+    }
+    println!("20 pods in parallel");
+    for _ in 0..5 {
+        for rt in [&mut berth, &mut containerd] {
+            let (wall, pods) = parallel(rt, 20).await;
+            t.add("20 pods (+ container) started in parallel", rt.name, "ms", wall);
+            for p in pods {
+                rt.pod_down(&p).await;
+            }
+        }
+    }
+    println!("100 pods × 2 containers, 8 clients");
+    loaded(&mut berth, &mut t).await;
+    loaded(&mut containerd, &mut t).await;
+    let levels: &[usize] = if quick { &[10, 50] } else { &[10, 50, 200] };
+    for rt in [&mut berth, &mut containerd] {
+        println!("scale: {} to {} pods", rt.name, levels[levels.len() - 1]);
+        let markers = rt.monitor.clone();
+        let monitors = move || {
+            let m: Vec<&str> = markers.iter().map(String::as_str).collect();
+            pids_with(&m)
+        };
+        scale(rt, &mut t, levels, &monitors).await;
+    }
+    // The pod's PID-namespace init: berth's (a shared-PID pod) and pause.
+    {
+        let mut cfg = berth.pod("init");
+        cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid = 0;
+        let pod = berth.cri.run_pod(cfg).await.expect("RunPodSandbox");
+        let init = pids_with(&["berth-monitor pod-init", &pod]);
+        t.add("the pod's init process (RSS)", "berth", "MiB", init.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<f64>() / 1024.0);
+        berth.pod_down(&pod).await;
+        let cfg = containerd.pod("init");
+        let pod = containerd.cri.run_pod(cfg).await.expect("RunPodSandbox");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pause = pids_with(&["/catatonit", "-P"]);
+        let rss: Vec<f64> = pause.iter().map(|p| status_kib(*p, "VmRSS:") / 1024.0).collect();
+        t.add("the pod's init process (RSS)", "containerd", "MiB", pct(&rss, 0.5));
+        containerd.pod_down(&pod).await;
+    }
+    println!("floor");
+    floor(&mut t, runs);
+    println!("host vs container");
+    host_vs_container(&mut berth, &mut t, 5).await;
+    if !quick {
+        println!("noisy neighbour");
+        noisy_neighbour(&mut berth, &mut t).await;
+    }
+
+    let json = t.print();
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-compare.json");
+    let _ = std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap_or_default());
+    println!("\nJSON: {}", out.display());
+    drop(ctrd);
+    remove_cgroup_tree(&cgroup);
+}
