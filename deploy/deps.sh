@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs what berth needs on Debian 12 (as root): the packages berthd uses at
-# run time and to build, plus, with --test, what the test suite needs. Installs
-# a Rust toolchain with rustup only when no cargo is on PATH.
+# run time and to build, plus, with --test, what the test suite needs and, with
+# --bench, containerd and runc for the side-by-side benchmark. Installs a Rust
+# toolchain with rustup only when no cargo is on PATH.
 set -euo pipefail
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_bench=0
+for a in "$@"; do
+    case "$a" in
+        --test) want_test=1 ;;
+        --bench) want_test=1; want_bench=1 ;;
+    esac
+done
 
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(ca-certificates curl gcc libc6-dev make pkg-config protobuf-compiler libseccomp-dev
@@ -21,6 +28,17 @@ if [ "$want_test" = 1 ]; then
 fi
 apt-get update
 apt-get install -y --no-install-recommends "${pkgs[@]}"
+if [ "$want_bench" = 1 ]; then
+    # containerd + runc + catatonit (its pause image) for
+    # `cargo bench -p berth-e2e --bench compare`, which runs its own
+    # containerd; the packaged service is not started (policy-rc.d).
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get install -y --no-install-recommends containerd runc catatonit
+fi
 
 if [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091

@@ -59,9 +59,10 @@ default_cgroup_parent = "berth"
 # Size of each pod's shared /dev/shm, in bytes.
 shm_size_bytes = 67108864
 
-# StopPodSandbox: how long containers get between their stop signal and
-# SIGKILL, in seconds (kubelet stops containers itself before this).
-pod_stop_grace_seconds = 2
+# StopPodSandbox: how long containers still running get between their stop
+# signal and SIGKILL, in seconds. kubelet has already stopped them with the
+# pod's grace period; 0 kills at once, as containerd does.
+pod_stop_grace_seconds = 0
 
 # ExecSync: once the command has exited, how long to wait for its output
 # pipes to close (a background child may hold them), in seconds; then the
@@ -226,7 +227,7 @@ impl Default for RuntimeConfig {
             monitor_path: PathBuf::new(),
             default_cgroup_parent: "berth".into(),
             shm_size_bytes: 64 << 20,
-            pod_stop_grace_seconds: 2,
+            pod_stop_grace_seconds: 0,
             drain_exec_sync_io_seconds: 2,
         }
     }

@@ -18,7 +18,7 @@ use crate::model::{ContainerRequest, ExecOutput, Resources};
 use crate::node::Node;
 use crate::spec::{self, ns_mode, SpecPaths};
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
-use crate::util::{now_ns, random_id};
+use crate::util::{now_ns, random_id, Stages};
 
 /// ExecSync keeps at most this much of each stream: both together, with
 /// the reply's framing, stay within the 16 MiB CRI message kubelet accepts,
@@ -337,19 +337,25 @@ async fn create_inner(
     let a = node.clone();
     let spec = built.spec;
     let bundle_dir = node.bundle(&id);
-    let made = tokio::task::spawn_blocking(move || -> Result<berth_runtime::Created> {
+    let made = tokio::task::spawn_blocking(move || -> Result<(berth_runtime::Created, Stages)> {
+        let mut stages = Stages::new();
         for d in [&layer, &layer.join("upper"), &layer.join("work")] {
             std::fs::create_dir_all(d).map_err(|e| internal(&d.display().to_string(), e))?;
         }
+        stages.mark("layer_dirs");
         cgroup::create(&cgroup_path).map_err(|e| internal("container cgroup", e))?;
+        stages.mark("cgroup_create");
         cgroup::apply(&cgroup_path, &limits).map_err(|e| Error::invalid("config.linux.resources", e))?;
         cgroup::apply_devices(&cgroup_path, &device_rules).map_err(|e| internal("container device cgroup", e))?;
+        stages.mark("cgroup_limits");
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
-        Ok(a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?)
+        let created = a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?;
+        stages.mark("monitor_and_rootfs");
+        Ok((created, stages))
     })
     .await?;
     match made {
-        Ok(created) => {
+        Ok((created, stages)) => {
             crate::fault::point("container.create.after_monitor");
             rec.state = ContainerState::Created;
             rec.pid = created.pid;
@@ -361,7 +367,7 @@ async fn create_inner(
             node.containers.put(&rec)?;
             watch(&node, rec.id.clone(), rec.monitor_pid);
             node.events.emit(&rec.id, &rec.pod_id, EventKind::Created);
-            tracing::info!("container created");
+            tracing::info!(stages_us = %stages, "container created");
             Ok(rec.id)
         }
         Err(e) => {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::spec::ns_mode;
 use crate::store::{PodRecord, PodState};
-use crate::util::{now_ns, random_id};
+use crate::util::{now_ns, random_id, Stages};
 
 /// DNS settings for the pod's resolv.conf.
 #[derive(Debug, Clone, Default)]
@@ -123,10 +123,10 @@ pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result
             let rec = record.clone();
             let made = tokio::task::spawn_blocking(move || setup_host(&a, rec, &dns)).await?;
             match made {
-                Ok(rec) => {
+                Ok((rec, stages)) => {
                     crate::fault::point("pod.run.after_init");
                     node2.pods.put(&rec)?;
-                    tracing::info!(pod_id = %rec.id, "pod sandbox ready");
+                    tracing::info!(pod_id = %rec.id, stages_us = %stages, "pod sandbox ready");
                     Ok(rec.id)
                 }
                 Err(e) => {
@@ -144,7 +144,8 @@ pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result
 
 /// Makes the host side of a pod: pinned namespaces, /dev/shm, files, cgroup,
 /// PID-namespace init. On error the caller tears down.
-fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<PodRecord> {
+fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecord, Stages)> {
+    let mut stages = Stages::new();
     let dir = node.pod_dir(&rec.id);
     std::fs::create_dir_all(&dir).map_err(|e| internal(&format!("{}", dir.display()), e))?;
     let own_net = rec.network_mode != ns_mode::NODE;
@@ -152,13 +153,16 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<PodRecord
     let hostname = rec.hostname.clone();
     let sysctls: Vec<(String, String)> = rec.sysctls.clone().into_iter().collect();
     sandbox::pin_namespaces(&dir, want, &hostname, &sysctls).map_err(|e| internal("pod namespaces", e))?;
+    stages.mark("namespaces");
     crate::fault::point("pod.run.after_namespaces");
     if want.ipc {
         sandbox::mount_shm(&dir.join("shm"), node.config.runtime.shm_size_bytes).map_err(|e| internal("pod /dev/shm", e))?;
+        stages.mark("shm");
     }
     if own_net {
         let others = node.pods.filter(|p| p.id != rec.id);
         node.network.setup(&node.store, &others, &mut rec, &sandbox::pin_path(&dir, "net"), dns)?;
+        stages.mark("network");
         crate::fault::point("pod.run.after_network");
     }
     write_file(&dir.join("hostname"), &format!("{hostname}\n"))?;
@@ -168,16 +172,19 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<PodRecord
         None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
     write_file(&dir.join("resolv.conf"), &resolv)?;
+    stages.mark("files");
     cgroup::create(&rec.cgroup).map_err(|e| internal("pod cgroup", e))?;
+    stages.mark("cgroup");
     if rec.pid_mode == ns_mode::POD {
         let procs = cgroup::create(&init_cgroup(&rec)).map_err(|e| internal("pod init cgroup", e))?;
         let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: procs };
         let init = sandbox::spawn_pod_init(node.runtime.monitor_bin(), &args).map_err(|e| internal("pod PID namespace", e))?;
         rec.init_pid = init.pid;
         rec.init_start_time = init.start_time;
+        stages.mark("pid_init");
     }
     rec.state = PodState::Ready;
-    Ok(rec)
+    Ok((rec, stages))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {

@@ -104,3 +104,40 @@ mod tests {
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
+
+/// Durations of the stages of one operation, for its log line (a slow pod
+/// or container start on a node is explained from berth's own output).
+#[derive(Debug, Clone)]
+pub struct Stages {
+    last: std::time::Instant,
+    done: Vec<(&'static str, u128)>,
+}
+
+impl Stages {
+    /// Starts timing.
+    pub fn new() -> Stages {
+        Stages { last: std::time::Instant::now(), done: Vec::new() }
+    }
+
+    /// Ends the stage called `name` now.
+    pub fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((name, now.duration_since(self.last).as_micros()));
+        self.last = now;
+    }
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        Stages::new()
+    }
+}
+
+impl std::fmt::Display for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, us)) in self.done.iter().enumerate() {
+            write!(f, "{}{name}={us}", if i > 0 { " " } else { "" })?;
+        }
+        Ok(())
+    }
+}

@@ -497,6 +497,14 @@ async fn main() {
         seq: 0,
     };
     let mut t = Table::default();
+    // One pod first, to fail with containerd's own words if it cannot.
+    {
+        let cfg = containerd.pod("probe");
+        match containerd.cri.run_pod(cfg).await {
+            Ok(pod) => containerd.pod_down(&pod).await,
+            Err(e) => panic!("containerd cannot run a pod: {e}\n{}", ctrd.log()),
+        }
+    }
 
     println!("lifecycle, {runs} runs each, alternating");
     for i in 0..runs + 3 {
@@ -552,6 +560,12 @@ async fn main() {
     }
 
     let json = t.print();
+    println!("\nberth's own stage timings (last lines of its log, µs):");
+    let log = f.berthd.log();
+    let staged: Vec<&str> = log.lines().filter(|l| l.contains("stages_us")).collect();
+    for l in staged.iter().rev().take(4).rev() {
+        println!("  {}", l.split("stages_us=").nth(1).unwrap_or(l));
+    }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-compare.json");
     let _ = std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap_or_default());
     println!("\nJSON: {}", out.display());

@@ -71,6 +71,8 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.snapshot
   path = "{opt}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
+  # Root here lacks CAP_SYS_RESOURCE: the pause's -998 would fail runc.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
