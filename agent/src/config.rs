@@ -1,7 +1,6 @@
 //! berthd's configuration: built-in defaults, an optional TOML file, and flags
 //! on top. Every key has a default, so a missing default file is fine.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -301,41 +300,122 @@ pub enum ConfigError {
     /// The file is not valid TOML or does not match the schema.
     #[error("config {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
-    /// A key has a value berthd cannot use.
+    /// A key has a value berthd cannot use; `origin` is what set it.
     #[error("config {origin}: key `{key}`: {reason}")]
-    Invalid { origin: Origin, key: &'static str, reason: String },
+    Invalid { origin: String, key: &'static str, reason: String },
 }
 
-/// Where a config value came from, for error messages.
-#[derive(Debug, Clone)]
-pub enum Origin {
-    /// Built-in defaults and flags only.
-    Defaults,
-    /// A config file.
-    File(PathBuf),
+/// Where each key's value came from: a file, a flag, or the built-in
+/// default (keys not listed). Keys are dotted paths (`log.level`,
+/// `registry.mirrors.docker.io`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    by_key: std::collections::BTreeMap<String, String>,
+    /// The files read, in the order they were applied.
+    pub files: Vec<PathBuf>,
 }
 
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Origin::Defaults => f.write_str("(defaults and flags)"),
-            Origin::File(p) => write!(f, "{}", p.display()),
+impl Sources {
+    /// Records that `source` set `key` (a later source wins).
+    pub fn set(&mut self, key: &str, source: impl Into<String>) {
+        self.by_key.insert(key.to_string(), source.into());
+    }
+
+    /// What set `key` or, for a table, the last key inside it; "default" if nothing did.
+    pub fn of(&self, key: &str) -> &str {
+        if let Some(s) = self.by_key.get(key) {
+            return s;
+        }
+        let prefix = format!("{key}.");
+        self.by_key.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(_, v)| v.as_str()).last().unwrap_or("default")
+    }
+
+    /// Every key set by something other than the defaults, with its source.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_key.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    fn record_table(&mut self, prefix: &str, table: &toml::Table, source: &str) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(t) if !t.is_empty() => self.record_table(&key, t, source),
+                _ => self.set(&key, source),
+            }
+        }
+    }
+}
+
+/// The drop-in directory next to a main config file: `<dir>/config.d`.
+pub fn dropin_dir(main: &Path) -> PathBuf {
+    main.parent().unwrap_or(Path::new("/")).join("config.d")
+}
+
+/// Merges `over` into `base`: tables merge key by key, anything else
+/// (values, arrays) is replaced, as CRI-O's drop-ins do.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
         }
     }
 }
 
 impl Config {
     /// Loads `path`. When `explicit` is false a missing file means "use defaults".
-    pub fn load(path: &Path, explicit: bool) -> Result<(Config, Origin), ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                return Ok((Config::default(), Origin::Defaults));
-            }
+    /// Drop-ins are not read; see [`Config::load_layered`].
+    pub fn load(path: &Path, explicit: bool) -> Result<(Config, Sources), ConfigError> {
+        Config::load_files(path, explicit, None)
+    }
+
+    /// The main file (`explicit`: it must exist), then every `*.toml` in its
+    /// `config.d` directory in lexical order of their names, each over the
+    /// ones before. Each file is checked against the schema on its own, so
+    /// an error names its file and line.
+    pub fn load_layered(path: &Path, explicit: bool) -> Result<(Config, Sources), ConfigError> {
+        Config::load_files(path, explicit, Some(&dropin_dir(path)))
+    }
+
+    fn load_files(path: &Path, explicit: bool, dropins: Option<&Path>) -> Result<(Config, Sources), ConfigError> {
+        let mut files = Vec::new();
+        match std::fs::read_to_string(path) {
+            Ok(t) => files.push((path.to_path_buf(), t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
             Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
-        };
-        let config = Config::parse(&text).map_err(|detail| ConfigError::Parse { path: path.into(), detail })?;
-        Ok((config, Origin::File(path.into())))
+        }
+        if let Some(dir) = dropins {
+            let mut names = match std::fs::read_dir(dir) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                    .collect::<Vec<_>>(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(source) => return Err(ConfigError::Read { path: dir.into(), source }),
+            };
+            names.sort();
+            for p in names {
+                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+                files.push((p, text));
+            }
+        }
+        let mut merged = toml::Table::new();
+        let mut sources = Sources::default();
+        for (p, text) in files {
+            Config::parse(&text).map_err(|detail| ConfigError::Parse { path: p.clone(), detail })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), detail: one_line_error(&text, &e) })?;
+            sources.record_table("", &table, &p.display().to_string());
+            merge(&mut merged, table);
+            sources.files.push(p);
+        }
+        let config = toml::Value::Table(merged).try_into::<Config>().map_err(|e| ConfigError::Parse {
+            path: sources.files.last().cloned().unwrap_or_else(|| path.into()),
+            detail: format!("merged config: {}", e.message().trim().replace('\n', " ")),
+        })?;
+        Ok((config, sources))
     }
 
     /// Parses TOML text; the error is one line with the line number and key.
@@ -343,9 +423,44 @@ impl Config {
         toml::from_str::<Config>(text).map_err(|e| one_line_error(text, &e))
     }
 
-    /// Checks values that the schema alone cannot; `origin` names the source in errors.
-    pub fn validate(&self, origin: &Origin) -> Result<(), ConfigError> {
-        let invalid = |key, reason: String| ConfigError::Invalid { origin: origin.clone(), key, reason };
+    /// The effective config as TOML with, after each key not at its default,
+    /// a comment naming the file or flag that set it.
+    pub fn show(&self, sources: &Sources) -> Result<String, toml::ser::Error> {
+        let text = toml::to_string(self)?;
+        let mut out = String::new();
+        if sources.files.is_empty() {
+            out.push_str("# no config file: built-in defaults and flags\n");
+        } else {
+            out.push_str("# files, in the order applied:\n");
+            for f in &sources.files {
+                out.push_str(&format!("#   {}\n", f.display()));
+            }
+        }
+        let mut table = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if let Some(name) = trimmed.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = name.split('.').map(|p| p.trim_matches('"')).collect::<Vec<_>>().join(".");
+                out.push_str(line);
+            } else if let Some((key, _)) = trimmed.split_once(" = ") {
+                let key = key.trim().trim_matches('"');
+                let full = if table.is_empty() { key.to_string() } else { format!("{table}.{key}") };
+                out.push_str(line);
+                let source = sources.of(&full);
+                if source != "default" {
+                    out.push_str(&format!("  # {source}"));
+                }
+            } else {
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// Checks values that the schema alone cannot; errors name what set the key.
+    pub fn validate(&self, sources: &Sources) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, reason: String| ConfigError::Invalid { origin: sources.of(key).to_string(), key, reason };
         for (key, path) in [("root", &self.root), ("state", &self.state), ("socket", &self.socket)] {
             if !path.is_absolute() {
                 return Err(invalid(key, format!("{} is not an absolute path", path.display())));
@@ -452,11 +567,43 @@ mod tests {
 
     #[test]
     fn relative_paths_and_bad_levels_are_refused() {
-        let origin = Origin::Defaults;
+        let origin = Sources::default();
         let c = Config { root: "var/lib".into(), ..Config::default() };
         assert!(c.validate(&origin).unwrap_err().to_string().contains("`root`"));
+        let mut by_flag = Sources::default();
+        by_flag.set("root", "flag --root");
+        assert!(c.validate(&by_flag).unwrap_err().to_string().starts_with("config flag --root: key `root`"));
         let c = Config { log: LogConfig { level: "loud[".into(), ..LogConfig::default() }, ..Config::default() };
         assert!(c.validate(&origin).unwrap_err().to_string().contains("`log.level`"));
         Config::default().validate(&origin).unwrap();
+    }
+
+    #[test]
+    fn dropins_merge_in_lexical_order_and_sources_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "root = \"/a\"\n[log]\nlevel = \"warn\"\n[registry.mirrors]\n\"r1\" = [\"m1\"]\n").unwrap();
+        let d = dropin_dir(&main);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("20-later.toml"), "[log]\nlevel = \"debug\"\n").unwrap();
+        std::fs::write(d.join("10-first.toml"), "[log]\nlevel = \"trace\"\nformat = \"json\"\n[registry.mirrors]\n\"r2\" = [\"m2\"]\n").unwrap();
+        std::fs::write(d.join("ignored.conf"), "not toml at all [").unwrap();
+        let (c, src) = Config::load_layered(&main, true).unwrap();
+        assert_eq!(c.root, PathBuf::from("/a"));
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.registry.mirrors.len(), 2, "tables merge key by key");
+        assert_eq!(src.of("log.level"), d.join("20-later.toml").display().to_string());
+        assert_eq!(src.of("log.format"), d.join("10-first.toml").display().to_string());
+        assert_eq!(src.of("root"), main.display().to_string());
+        assert_eq!(src.of("state"), "default");
+        let shown = c.show(&src).unwrap();
+        assert!(shown.lines().any(|l| l.starts_with("level = \"debug\"") && l.ends_with("20-later.toml")), "{shown}");
+        assert!(shown.lines().any(|l| l.starts_with("state = ") && !l.contains('#')), "{shown}");
+        assert_eq!(Config::parse(&shown).unwrap(), c, "show prints valid TOML of the same config");
+
+        std::fs::write(d.join("30-bad.toml"), "[log]\nlevle = 1\n").unwrap();
+        let e = Config::load_layered(&main, true).unwrap_err().to_string();
+        assert!(e.contains("30-bad.toml") && e.contains("line 2") && e.contains("levle"), "{e}");
     }
 }

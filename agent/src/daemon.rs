@@ -40,8 +40,21 @@ fn tune_malloc() {
     }
 }
 
-/// Runs berthd until SIGTERM/SIGINT. Errors before serving leave nothing behind.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Reads the configuration again (files and flags), for SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+/// Tells the service manager (systemd's `NOTIFY_SOCKET`, when set) how
+/// berthd is; without one this does nothing. A failure is only logged:
+/// berthd serves kubelet either way.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("sd_notify: {e}");
+    }
+}
+
+/// Runs berthd until SIGTERM/SIGINT; SIGHUP reloads the config through
+/// `reload`. Errors before serving leave nothing behind.
+pub fn run(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
     tune_malloc();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -49,10 +62,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, reload))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
     // Checked first: a bad certificate must not leave a half-started node.
     let tls = match (&config.stream.tls_cert_file, &config.stream.tls_key_file) {
         (Some(cert), Some(key)) => Some(crate::stream::tls_acceptor(cert, key).map_err(|e| anyhow!(e))?),
@@ -113,10 +126,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let result = tokio::select! {
-        r = &mut server => r.map_err(|e| anyhow!("CRI server failed: {e}")),
-        _ = sigterm.recv() => graceful(&mut server, "SIGTERM", config.shutdown_timeout_seconds, stop_tx).await,
-        _ = sigint.recv() => graceful(&mut server, "SIGINT", config.shutdown_timeout_seconds, stop_tx).await,
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // The socket is listening: a connection made from now on is served.
+    let status = format!("serving CRI v1 on {}", config.socket.display());
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+    let mut stop_tx = Some(stop_tx);
+    let result = loop {
+        let signal = tokio::select! {
+            r = &mut server => break r.map_err(|e| anyhow!("CRI server failed: {e}")),
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+            _ = sighup.recv() => {
+                reload_config(&agent, reload.as_deref());
+                continue;
+            }
+        };
+        notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status(&format!("{signal}: stopping"))]);
+        let Some(stop) = stop_tx.take() else { continue };
+        break graceful(&mut server, signal, config.shutdown_timeout_seconds, stop).await;
     };
 
     // The store closes when the last reference goes; in-flight RPCs are done.
@@ -127,6 +154,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     drop(lock);
     tracing::info!("berthd stopped");
     result
+}
+
+/// SIGHUP: a config that does not load is logged and changes nothing.
+fn reload_config(node: &Node, reload: Option<&(dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync)>) {
+    let Some(reload) = reload else {
+        tracing::info!("SIGHUP: no config source to reload from");
+        return;
+    };
+    match reload() {
+        Ok(config) => {
+            crate::reload::apply(node, config);
+            notify(&[sd_notify::NotifyState::Status("serving CRI v1; config reloaded")]);
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: config not reloaded, the running one stays: {e}");
+            notify(&[sd_notify::NotifyState::Status("serving CRI v1; last config reload failed")]);
+        }
+    }
 }
 
 /// Stops accepting, lets in-flight RPCs finish within `timeout_s`, then returns.

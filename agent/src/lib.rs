@@ -26,6 +26,7 @@ pub mod net;
 pub mod node;
 pub mod pod;
 pub mod reconcile;
+pub mod reload;
 pub mod security;
 pub mod spec;
 pub mod stats;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use berth_agent::config::{Config, LogFormat, DEFAULT_CONFIG_PATH, DEFAULT_CONFIG_TOML};
+use berth_agent::config::{Config, LogFormat, Sources, DEFAULT_CONFIG_PATH, DEFAULT_CONFIG_TOML};
 
 /// berth: a Kubernetes node agent serving the Container Runtime Interface (CRI v1)
 /// to kubelet and crictl, running pods and containers itself.
@@ -55,7 +55,8 @@ enum Command {
 enum ConfigCommand {
     /// Print the complete default config, with a comment per key.
     Default,
-    /// Print the effective config (file and flags applied) as TOML.
+    /// Print the effective config (file, drop-ins and flags applied) as TOML,
+    /// each key that is not at its default followed by what set it.
     Show,
 }
 
@@ -65,7 +66,7 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;
     }
-    let config = match effective_config(&cli) {
+    let (config, sources) = match effective_config(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("berthd: {e}");
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Config { what: ConfigCommand::Show }) = cli.command {
-        match toml::to_string(&config) {
+        match config.show(&sources) {
             Ok(t) => print!("{t}"),
             Err(e) => {
                 eprintln!("berthd: {e}");
@@ -92,7 +93,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    match berth_agent::daemon::run(config) {
+    // SIGHUP reads the same files again and applies the same flags.
+    let reload: berth_agent::daemon::Reload = Box::new(move || effective_config(&cli).map(|(c, _)| c));
+    match berth_agent::daemon::run(config, Some(reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berthd: {e:#}");
@@ -101,28 +104,38 @@ fn main() -> ExitCode {
     }
 }
 
-/// Defaults, then the file, then flags; validated once.
-fn effective_config(cli: &Cli) -> Result<Config, berth_agent::config::ConfigError> {
-    let (path, explicit) = match &cli.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let (mut config, origin) = Config::load(&path, explicit)?;
+/// Defaults, then the file and its drop-ins, then flags; validated once.
+fn effective_config(cli: &Cli) -> Result<(Config, Sources), berth_agent::config::ConfigError> {
+    let (mut config, mut sources) = Config::load_layered(&config_path(cli), cli.config.is_some())?;
+    apply_flags(cli, &mut config, &mut sources);
+    config.validate(&sources)?;
+    Ok((config, sources))
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+/// Flags win over every file.
+fn apply_flags(cli: &Cli, config: &mut Config, sources: &mut Sources) {
     if let Some(v) = &cli.root {
         config.root = v.clone();
+        sources.set("root", "flag --root");
     }
     if let Some(v) = &cli.state {
         config.state = v.clone();
+        sources.set("state", "flag --state");
     }
     if let Some(v) = &cli.socket {
         config.socket = v.clone();
+        sources.set("socket", "flag --socket");
     }
     if let Some(v) = &cli.log_level {
         config.log.level = v.clone();
+        sources.set("log.level", "flag --log-level");
     }
     if let Some(v) = cli.log_format {
         config.log.format = v;
+        sources.set("log.format", "flag --log-format");
     }
-    config.validate(&origin)?;
-    Ok(config)
 }

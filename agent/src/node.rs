@@ -17,8 +17,11 @@ pub const POD_CIDR_SETTING: &str = "pod_cidr";
 
 /// The node's state and services.
 pub struct Node {
-    /// The effective configuration.
+    /// The configuration berthd started with.
     pub config: Config,
+    /// The configuration in effect now: `config` with what a reload
+    /// (SIGHUP) changed live.
+    pub live: std::sync::RwLock<Config>,
     /// The metadata store.
     pub store: Arc<Store>,
     /// Pods, indexed.
@@ -93,8 +96,14 @@ impl Node {
             cpu_samples: Default::default(),
             streams: Default::default(),
             events: Events::default(),
+            live: std::sync::RwLock::new(config.clone()),
             config,
         })
+    }
+
+    /// A copy of the configuration in effect now.
+    pub fn live_config(&self) -> Config {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Where container writable layers live.

@@ -137,7 +137,8 @@ pub struct Images {
     db: Arc<dyn ImageDb>,
     content: ContentStore,
     snapshots: PathBuf,
-    registries: Registries,
+    /// Swapped whole by a config reload; a pull keeps the one it started with.
+    registries: std::sync::RwLock<Arc<Registries>>,
     downloads: Arc<Semaphore>,
     locks: KeyedLocks,
     /// Pulls hold it shared, removal and GC exclusively: GC never deletes a
@@ -166,12 +167,17 @@ impl Images {
             db,
             content,
             snapshots,
-            registries: Registries::new(opts.registry),
+            registries: std::sync::RwLock::new(Arc::new(Registries::new(opts.registry))),
             downloads: Arc::new(Semaphore::new(opts.max_concurrent_downloads)),
             unpack: opts.unpack,
             locks: KeyedLocks::default(),
             gc: tokio::sync::RwLock::new(()),
         })
+    }
+
+    /// Replaces the registry settings for pulls that start from now on.
+    pub fn set_registry(&self, config: RegistryConfig) {
+        *self.registries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Registries::new(config));
     }
 
     /// The unpacked directory of a snapshot (an overlayfs lowerdir).
@@ -195,7 +201,8 @@ impl Images {
         let bad = |reason: String| ImageError::BadImage { image: image.clone(), reason };
         let _shared = self.gc.read().await;
 
-        let (remote, top_bytes, _) = self.registries.connect(&r, creds).await.map_err(registry_err)?;
+        let registries = self.registries.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (remote, top_bytes, _) = registries.connect(&r, creds).await.map_err(registry_err)?;
         let top_digest = sha256_digest(&top_bytes);
         if let Some(want) = r.digest() {
             if want != top_digest {

@@ -91,7 +91,8 @@ impl StreamRequest {
 /// Tokens and the listener's address.
 pub struct Streams {
     addr: SocketAddr,
-    ttl: Duration,
+    /// Token lifetime in milliseconds; a config reload changes it.
+    ttl_ms: std::sync::atomic::AtomicU64,
     tls: Option<tokio_rustls::TlsAcceptor>,
     tokens: Mutex<HashMap<String, (StreamRequest, Instant)>>,
 }
@@ -107,7 +108,13 @@ impl Streams {
     ) -> std::io::Result<(Arc<Streams>, TcpListener)> {
         let listener = TcpListener::bind((address, port)).await?;
         let addr = listener.local_addr()?;
-        Ok((Arc::new(Streams { addr, ttl, tls, tokens: Mutex::new(HashMap::new()) }), listener))
+        let ttl_ms = std::sync::atomic::AtomicU64::new(ttl.as_millis() as u64);
+        Ok((Arc::new(Streams { addr, ttl_ms, tls, tokens: Mutex::new(HashMap::new()) }), listener))
+    }
+
+    /// Sets the lifetime of URLs handed out from now on.
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(ttl.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stores `req` under a fresh token and returns the URL to give out.
@@ -117,7 +124,8 @@ impl Streams {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         tokens.retain(|_, (_, exp)| *exp > now);
-        tokens.insert(token.clone(), (req, now + self.ttl));
+        let ttl = Duration::from_millis(self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed));
+        tokens.insert(token.clone(), (req, now + ttl));
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         Ok(format!("{scheme}://{}/{kind}/{token}", self.addr))
     }

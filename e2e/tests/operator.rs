@@ -1,0 +1,132 @@
+//! berth as an operator meets it: drop-in config and what `config show`
+//! says set each key, SIGHUP reload, readiness notification to a service
+//! manager.
+
+use std::time::{Duration, Instant};
+
+use berth_e2e::{oci, registry, run_berthd, Berthd};
+
+/// Waits (bounded) until berthd's log has a line containing all of `needles`.
+async fn wait_log_line(berthd: &Berthd, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = berthd.log();
+        if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no log line with {needles:?}\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sighup(berthd: &Berthd) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(berthd.pid() as i32), nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+}
+
+#[test]
+fn dropins_merge_in_order_and_config_show_names_what_set_each_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("config.toml");
+    std::fs::write(&main, "shutdown_timeout_seconds = 7\n[log]\nlevel = \"warn\"\n[stream]\ntoken_ttl_seconds = 30\n").unwrap();
+    let d = dir.path().join("config.d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("50-mirrors.toml"), "[registry.mirrors]\n\"docker.io\" = [\"mirror.lan:5000\"]\n[stream]\ntoken_ttl_seconds = 45\n")
+        .unwrap();
+    std::fs::write(d.join("10-log.toml"), "[log]\nlevel = \"debug\"\nformat = \"json\"\n[stream]\ntoken_ttl_seconds = 40\n").unwrap();
+    std::fs::write(d.join("README"), "not a drop-in").unwrap();
+    let main_s = main.display().to_string();
+    let (status, out, err) = run_berthd(&["--config", &main_s, "--log-format", "text", "config", "show"]);
+    assert!(status.success(), "{err}");
+    let line = |key: &str| out.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("no {key} in\n{out}"));
+    let d10 = d.join("10-log.toml").display().to_string();
+    let d50 = d.join("50-mirrors.toml").display().to_string();
+    assert!(line("level").starts_with("level = \"debug\"") && line("level").ends_with(&format!("# {d10}")), "{out}");
+    assert!(line("format").starts_with("format = \"text\"") && line("format").ends_with("# flag --log-format"), "{out}");
+    assert!(line("token_ttl_seconds").starts_with("token_ttl_seconds = 45") && line("token_ttl_seconds").ends_with(&d50), "{out}");
+    assert!(line("shutdown_timeout_seconds").ends_with(&format!("# {main_s}")), "{out}");
+    assert!(line("\"docker.io\"").contains("mirror.lan:5000") && line("\"docker.io\"").ends_with(&d50), "{out}");
+    assert!(!line("root").contains('#'), "a default names no source: {out}");
+    let files: Vec<&str> = out.lines().take_while(|l| l.starts_with('#')).collect();
+    assert_eq!(files, vec!["# files, in the order applied:".to_string(), format!("#   {main_s}"), format!("#   {d10}"), format!("#   {d50}")]);
+
+    // A bad drop-in stops berthd with its file and line named.
+    std::fs::write(d.join("60-typo.toml"), "[image]\nmax_concurrent_downloads = 3\nunpack_device_node = true\n").unwrap();
+    let (status, _, err) = run_berthd(&["--config", &main_s, "config", "show"]);
+    assert!(!status.success());
+    assert!(err.contains("60-typo.toml") && err.contains("line 3") && err.contains("unpack_device_node"), "{err}");
+    // And a bad value names the drop-in that set it.
+    std::fs::write(d.join("60-typo.toml"), "[image]\nmax_concurrent_downloads = 0\n").unwrap();
+    let (status, _, err) = run_berthd(&["--config", &main_s, "config", "show"]);
+    assert!(!status.success());
+    assert!(err.contains("60-typo.toml") && err.contains("image.max_concurrent_downloads"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_registry_mirrors_and_log_format_live() {
+    let registry = registry::Registry::start().await;
+    registry.push("busybox", "latest", &oci::busybox_image(&oci::ImageSettings::default())).await;
+    let mirror = registry.reference("busybox", "latest").split('/').next().unwrap().to_string();
+    // A registry nobody serves (a closed port on loopback); only its mirror can answer.
+    let absent = format!("127.0.0.1:{}", registry::free_port());
+    let image = format!("{absent}/busybox:latest");
+
+    let mut berthd = Berthd::start().await;
+    let mut cri = berthd.cri().await;
+    let e = cri.pull(&image).await.expect_err("no mirror yet");
+    assert!(e.message().contains(&absent), "{e:?}");
+
+    let dropins = berthd.paths.config.parent().unwrap().join("config.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(
+        dropins.join("20-mirror.toml"),
+        format!("[registry.mirrors]\n\"{absent}\" = [\"{mirror}\"]\n[log]\nformat = \"json\"\n[runtime]\nshm_size_bytes = 1048576\n"),
+    )
+    .unwrap();
+    sighup(&berthd);
+    let reloaded = wait_log_line(&berthd, &["config reloaded", "registry.mirrors"]).await;
+    assert!(reloaded.starts_with('{'), "the new format applies at once: {reloaded}");
+    let restart = wait_log_line(&berthd, &["restart", "runtime.shm_size_bytes"]).await;
+    assert!(restart.starts_with('{'), "{restart}");
+    cri.pull(&image).await.expect("pull through the mirror added by the reload");
+    assert!(registry.log().contains("/v2/busybox/manifests/latest"), "the mirror served it");
+
+    // Status shows the config in effect: the new mirror, the old shm size.
+    let s = cri.runtime.status(berth_e2e::cri::StatusRequest { verbose: true }).await.unwrap().into_inner();
+    let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+    assert_eq!(config["registry"]["mirrors"][&absent][0], mirror.as_str());
+    assert_eq!(config["runtime"]["shm_size_bytes"], 67108864, "needs a restart, so not in effect");
+
+    // A config that does not load changes nothing and berthd keeps serving.
+    std::fs::write(dropins.join("30-broken.toml"), "[registry\n").unwrap();
+    sighup(&berthd);
+    wait_log_line(&berthd, &["config not reloaded", "30-broken.toml"]).await;
+    cri.runtime.version(berth_e2e::cri::VersionRequest::default()).await.expect("still serving");
+    std::fs::remove_file(dropins.join("30-broken.toml")).unwrap();
+    berthd.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_stopping_reach_the_service_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let path_s = path.display().to_string();
+    let mut berthd = Berthd::start_with_env("", &[("NOTIFY_SOCKET", &path_s)]).await;
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a notification");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    assert!(msg.lines().any(|l| l.starts_with("STATUS=serving CRI v1 on ")), "{msg}");
+    // Ready means served: kubelet, started after systemd saw READY=1, finds the socket answering.
+    berthd.cri().await.runtime.version(berth_e2e::cri::VersionRequest::default()).await.expect("served");
+
+    sighup(&berthd);
+    let n = sock.recv(&mut buf).expect("reload status");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STATUS=serving CRI v1; config reloaded"));
+
+    berthd.stop();
+    let n = sock.recv(&mut buf).expect("stopping");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg}");
+}
