@@ -327,7 +327,7 @@ impl Sources {
             return s;
         }
         let prefix = format!("{key}.");
-        self.by_key.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(_, v)| v.as_str()).last().unwrap_or("default")
+        self.by_key.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(_, v)| v.as_str()).next_back().unwrap_or("default")
     }
 
     /// Every key set by something other than the defaults, with its source.
@@ -406,7 +406,8 @@ impl Config {
         let mut sources = Sources::default();
         for (p, text) in files {
             Config::parse(&text).map_err(|detail| ConfigError::Parse { path: p.clone(), detail })?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), detail: one_line_error(&text, &e) })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), detail: one_line_error(&text, &e) })?;
             sources.record_table("", &table, &p.display().to_string());
             merge(&mut merged, table);
             sources.files.push(p);
@@ -586,7 +587,8 @@ mod tests {
         let d = dropin_dir(&main);
         std::fs::create_dir(&d).unwrap();
         std::fs::write(d.join("20-later.toml"), "[log]\nlevel = \"debug\"\n").unwrap();
-        std::fs::write(d.join("10-first.toml"), "[log]\nlevel = \"trace\"\nformat = \"json\"\n[registry.mirrors]\n\"r2\" = [\"m2\"]\n").unwrap();
+        std::fs::write(d.join("10-first.toml"), "[log]\nlevel = \"trace\"\nformat = \"json\"\n[registry.mirrors]\n\"r2\" = [\"m2\"]\n")
+            .unwrap();
         std::fs::write(d.join("ignored.conf"), "not toml at all [").unwrap();
         let (c, src) = Config::load_layered(&main, true).unwrap();
         assert_eq!(c.root, PathBuf::from("/a"));

@@ -41,6 +41,9 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Check the kernel and host features berthd needs, one line each;
+    /// exits 1 when one is missing.
+    Check,
     /// Remove what berthd leaves on the node by design (pods and containers,
     /// the bridge, the nftables table, cgroups, the state directory), for
     /// uninstalling; berthd must be stopped.
@@ -82,6 +85,11 @@ fn main() -> ExitCode {
             }
         }
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Check) = cli.command {
+        let checks = berth_agent::check::run(&config);
+        print!("{}", berth_agent::check::report(&checks));
+        return if checks.iter().all(|c| c.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     }
     berth_agent::logging::init(&config.log);
     if let Some(Command::Cleanup { all }) = cli.command {

@@ -30,8 +30,11 @@ fn dropins_merge_in_order_and_config_show_names_what_set_each_key() {
     std::fs::write(&main, "shutdown_timeout_seconds = 7\n[log]\nlevel = \"warn\"\n[stream]\ntoken_ttl_seconds = 30\n").unwrap();
     let d = dir.path().join("config.d");
     std::fs::create_dir(&d).unwrap();
-    std::fs::write(d.join("50-mirrors.toml"), "[registry.mirrors]\n\"docker.io\" = [\"mirror.lan:5000\"]\n[stream]\ntoken_ttl_seconds = 45\n")
-        .unwrap();
+    std::fs::write(
+        d.join("50-mirrors.toml"),
+        "[registry.mirrors]\n\"docker.io\" = [\"mirror.lan:5000\"]\n[stream]\ntoken_ttl_seconds = 45\n",
+    )
+    .unwrap();
     std::fs::write(d.join("10-log.toml"), "[log]\nlevel = \"debug\"\nformat = \"json\"\n[stream]\ntoken_ttl_seconds = 40\n").unwrap();
     std::fs::write(d.join("README"), "not a drop-in").unwrap();
     let main_s = main.display().to_string();
@@ -47,7 +50,10 @@ fn dropins_merge_in_order_and_config_show_names_what_set_each_key() {
     assert!(line("\"docker.io\"").contains("mirror.lan:5000") && line("\"docker.io\"").ends_with(&d50), "{out}");
     assert!(!line("root").contains('#'), "a default names no source: {out}");
     let files: Vec<&str> = out.lines().take_while(|l| l.starts_with('#')).collect();
-    assert_eq!(files, vec!["# files, in the order applied:".to_string(), format!("#   {main_s}"), format!("#   {d10}"), format!("#   {d50}")]);
+    assert_eq!(
+        files,
+        vec!["# files, in the order applied:".to_string(), format!("#   {main_s}"), format!("#   {d10}"), format!("#   {d50}")]
+    );
 
     // A bad drop-in stops berthd with its file and line named.
     std::fs::write(d.join("60-typo.toml"), "[image]\nmax_concurrent_downloads = 3\nunpack_device_node = true\n").unwrap();
@@ -129,4 +135,92 @@ async fn readiness_and_stopping_reach_the_service_manager() {
     let n = sock.recv(&mut buf).expect("stopping");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg}");
+}
+
+/// Every path under `dir` with its contents (directories as "dir").
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(base: &std::path::Path, d: &std::path::Path, out: &mut std::collections::BTreeMap<String, String>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            if p.is_dir() {
+                out.insert(rel, "dir".into());
+                walk(base, &p, out);
+            } else {
+                out.insert(rel, String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn install_into_a_prefix_and_uninstall_back_to_as_before() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    // What an operator had before: a tool of their own, an /etc with other things.
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::write(root.join("usr/bin/theirs"), "#!/bin/sh\n").unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    let before = tree(root);
+
+    let bins = berth_e2e::berthd_bin().parent().unwrap().display().to_string();
+    let script = berth_e2e::workspace_dir().join("deploy/install.sh");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            script.display().to_string(),
+            "--prefix".into(),
+            root.join("usr").display().to_string(),
+            "--etc".into(),
+            root.join("etc/berth").display().to_string(),
+            "--systemd-dir".into(),
+            root.join("lib/systemd/system").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = std::process::Command::new("bash").args(&args).output().expect("bash");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "install.sh {extra:?}: {text}");
+        text
+    };
+
+    let out = run(&["--binaries", &bins]);
+    assert!(out.contains("namespaces:") && out.contains("cgroups:"), "the check runs after installing: {out}");
+    let installed = tree(root);
+    assert!(installed.contains_key("usr/bin/berthd") && installed.contains_key("usr/bin/berth-monitor"));
+    assert!(installed.contains_key("etc/berth/config.d"));
+    let (_, default, _) = run_berthd(&["config", "default"]);
+    assert_eq!(installed["etc/berth/config.toml"], default);
+    let unit = &installed["lib/systemd/system/berthd.service"];
+    assert!(unit.contains("Type=notify") && unit.contains("KillMode=process") && unit.contains("Delegate=yes"), "{unit}");
+    let exec = format!("ExecStart={} --config {}", root.join("usr/bin/berthd").display(), root.join("etc/berth/config.toml").display());
+    assert!(unit.contains(&exec), "{unit}");
+    // Installing again (an upgrade) keeps one record per file.
+    run(&["--binaries", &bins]);
+
+    run(&["--uninstall"]);
+    assert_eq!(tree(root), before, "uninstall leaves what was there and nothing else");
+
+    // A config the operator edited stays, and uninstall says so.
+    run(&["--binaries", &bins]);
+    std::fs::write(root.join("etc/berth/config.toml"), "[log]\nlevel = \"debug\"\n").unwrap();
+    let out = run(&["--uninstall"]);
+    assert!(out.contains("kept") && out.contains("config.toml"), "{out}");
+    let after = tree(root);
+    assert_eq!(after.get("etc/berth/config.toml").map(String::as_str), Some("[log]\nlevel = \"debug\"\n"));
+    assert!(!after.contains_key("usr/bin/berthd") && !after.contains_key("lib/systemd/system/berthd.service"));
+}
+
+#[test]
+fn check_names_each_prerequisite_on_a_line() {
+    let (status, out, err) = run_berthd(&["--config", "/nonexistent-berth-config.toml", "check"]);
+    // An explicit config that does not exist is an error, not a silent default.
+    assert!(!status.success() && err.contains("nonexistent-berth-config.toml"), "{out}{err}");
+    let (status, out, _) = run_berthd(&["check"]);
+    let names: Vec<&str> = out.lines().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert_eq!(names, vec!["namespaces:", "overlayfs:", "cgroups:", "nftables:", "ip_forward:"], "{out}");
+    // This machine runs every other test, so it has what berth needs.
+    assert!(status.success() && out.lines().all(|l| l.starts_with("ok ")), "{out}");
 }
