@@ -21,9 +21,10 @@ if [ "$want_test" = 1 ]; then
     # docker-registry: the OCI registry on 127.0.0.1; busybox-static: the
     # images the fixtures build; golang + spdystream + gorilla/websocket:
     # the independent SPDY and WebSocket client of the streaming tests (the
-    # libraries under client-go); openssl: their TLS certificate;
+    # libraries under client-go); python3-prometheus-client: the metrics
+    # test parses with the Prometheus project's parser; openssl: TLS;
     # qemu/kernel bits: the cgroup v2 VM runner.
-    pkgs+=(docker-registry busybox-static golang-go golang-github-docker-spdystream-dev golang-github-gorilla-websocket-dev openssl containernetworking-plugins iptables
+    pkgs+=(docker-registry busybox-static golang-go golang-github-docker-spdystream-dev golang-github-gorilla-websocket-dev python3-prometheus-client openssl containernetworking-plugins iptables
            qemu-system-x86 cpio xz-utils e2fsprogs util-linux)
 fi
 apt-get update

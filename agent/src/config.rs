@@ -99,6 +99,12 @@ token_ttl_seconds = 60
 # tls_cert_file = "/etc/berth/stream.crt"
 # tls_key_file = "/etc/berth/stream.key"
 
+[metrics]
+# berthd's own metrics for Prometheus (OpenMetrics text at GET /metrics):
+# RPCs, pulls, start stages, pods and containers by state, monitors.
+# "" is off; e.g. "127.0.0.1:9464".
+address = ""
+
 [log]
 # error, warn, info, debug or trace; or a tracing filter such as
 # "info,berth_agent=debug".
@@ -130,8 +136,18 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The streaming server.
     pub stream: StreamConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// host:port to serve on; empty: off.
+    pub address: String,
 }
 
 /// The `[stream]` table.
@@ -280,6 +296,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             network: NetworkConfig::default(),
             stream: StreamConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -501,6 +518,9 @@ impl Config {
         }
         if self.stream.tls_cert_file.is_some() != self.stream.tls_key_file.is_some() {
             return Err(invalid("stream.tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
+        }
+        if !self.metrics.address.is_empty() && self.metrics.address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("metrics.address", format!("{:?} is not an IP address and port", self.metrics.address)));
         }
         if self.stream.token_ttl_seconds == 0 {
             return Err(invalid("stream.token_ttl_seconds", "must be at least 1".into()));

@@ -367,6 +367,7 @@ async fn create_inner(
             node.containers.put(&rec)?;
             watch(&node, rec.id.clone(), rec.monitor_pid);
             node.events.emit(&rec.id, &rec.pod_id, EventKind::Created);
+            crate::telemetry::get().container_stages(&stages);
             tracing::info!(stages_us = %stages, "container created");
             Ok(rec.id)
         }

@@ -103,6 +103,18 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
             bail!("stream.address {}:{}: {e}", stream_cfg.address, stream_cfg.port);
         }
     }
+    if !config.metrics.address.is_empty() {
+        match crate::telemetry::bind(&config.metrics.address).await {
+            Ok(listener) => {
+                tracing::info!(address = %config.metrics.address, "serving metrics at /metrics");
+                crate::telemetry::serve(listener, Arc::downgrade(&agent));
+            }
+            Err(e) => {
+                created.remove_all();
+                bail!("metrics.address {}: {e}", config.metrics.address);
+            }
+        }
+    }
     // Records against the kernel first, then what no record claims, then
     // image content no image or container needs (an interrupted pull).
     if let Err(e) = crate::pod::recover(&agent).await.and(crate::container::recover(&agent).await) {

@@ -33,4 +33,5 @@ pub mod spec;
 pub mod stats;
 pub mod store;
 pub mod stream;
+pub mod telemetry;
 pub mod util;

@@ -126,6 +126,7 @@ pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result
                 Ok((rec, stages)) => {
                     crate::fault::point("pod.run.after_init");
                     node2.pods.put(&rec)?;
+                    crate::telemetry::get().pod_stages(&stages);
                     tracing::info!(pod_id = %rec.id, stages_us = %stages, "pod sandbox ready");
                     Ok(rec.id)
                 }

@@ -127,6 +127,13 @@ impl Stages {
     }
 }
 
+impl Stages {
+    /// The stages ended so far, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, std::time::Duration)> + '_ {
+        self.done.iter().map(|(name, us)| (*name, std::time::Duration::from_micros(*us as u64)))
+    }
+}
+
 impl Default for Stages {
     fn default() -> Self {
         Stages::new()

@@ -224,3 +224,90 @@ fn check_names_each_prerequisite_on_a_line() {
     // This machine runs every other test, so it has what berth needs.
     assert!(status.success() && out.lines().all(|l| l.starts_with("ok ")), "{out}");
 }
+
+/// GET /metrics, parsed by the Prometheus project's own OpenMetrics parser
+/// (Debian's python3-prometheus-client): every sample as (name, labels, value).
+fn scrape(address: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(address).expect("metrics endpoint");
+    write!(conn, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Content-Type: application/openmetrics-text"), "{head}");
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the parser refused the text: {}\n{body}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("parser output")
+}
+
+fn sample(samples: &[(String, std::collections::BTreeMap<String, String>, f64)], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+        .map(|(_, _, v)| *v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_parses_and_moves_with_rpcs() {
+    let address = format!("127.0.0.1:{}", registry::free_port());
+    let mut f = berth_e2e::Fixture::start_with_config(&format!("[metrics]\naddress = \"{address}\"\n")).await;
+    let before = scrape(&address);
+    assert_eq!(sample(&before, "berth_image_pulls_total", &[("result", "success")]), 1.0, "the fixture's pull");
+    assert!(sample(&before, "berth_image_pull_bytes_total", &[]) > 100_000.0, "busybox's size");
+    let versions = sample(&before, "berth_grpc_requests_total", &[("method", "Version"), ("code", "Ok")]);
+
+    let pod_config = f.pod("metrics");
+    let pod = f.cri.run_pod(pod_config.clone()).await.unwrap();
+    let c = f.cri.run(&pod, f.container("sleeper", &["sleep", "600"]), &pod_config).await;
+    let missing =
+        f.cri.runtime.container_status(berth_e2e::cri::ContainerStatusRequest { container_id: "nope".into(), verbose: false }).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    f.cri.runtime.version(berth_e2e::cri::VersionRequest::default()).await.unwrap();
+
+    let after = scrape(&address);
+    assert_eq!(sample(&after, "berth_grpc_requests_total", &[("method", "Version"), ("code", "Ok")]), versions + 1.0);
+    assert_eq!(sample(&after, "berth_grpc_requests_total", &[("method", "RunPodSandbox"), ("code", "Ok")]), 1.0);
+    assert_eq!(sample(&after, "berth_grpc_requests_total", &[("method", "ContainerStatus"), ("code", "NotFound")]), 1.0);
+    assert_eq!(sample(&after, "berth_grpc_request_duration_seconds_count", &[("method", "CreateContainer")]), 1.0);
+    assert!(sample(&after, "berth_grpc_request_duration_seconds_sum", &[("method", "CreateContainer")]) > 0.0);
+    assert_eq!(sample(&after, "berth_pods", &[("state", "ready")]), 1.0);
+    assert_eq!(sample(&after, "berth_containers", &[("state", "running")]), 1.0);
+    assert_eq!(sample(&after, "berth_monitors", &[]), 1.0);
+    assert!(sample(&after, "berth_monitor_resident_memory_bytes", &[]) > 100_000.0);
+    assert!(sample(&after, "berth_daemon_resident_memory_bytes", &[]) > 1_000_000.0);
+    assert_eq!(sample(&after, "berth_pod_start_stage_duration_seconds_count", &[("stage", "network")]), 1.0);
+    assert_eq!(sample(&after, "berth_container_create_stage_duration_seconds_count", &[("stage", "monitor_and_rootfs")]), 1.0, "{after:?}");
+
+    f.cri.runtime.stop_container(berth_e2e::cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.unwrap();
+    let stopped = scrape(&address);
+    assert_eq!(sample(&stopped, "berth_containers", &[("state", "running")]), 0.0);
+    assert_eq!(sample(&stopped, "berth_containers", &[("state", "exited")]), 1.0);
+
+    // Only /metrics is served.
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(&address).unwrap();
+    write!(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    f.cri.remove_pod(&pod).await;
+}

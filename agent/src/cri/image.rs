@@ -40,8 +40,11 @@ pub(super) async fn pull_image(node: &Arc<Node>, req: cri::PullImageRequest) -> 
             .map_err(|e| Error::invalid("auth", e))?,
         None => Credentials::default(),
     };
-    let record = node.images.pull(&image, &creds).await?;
-    Ok(cri::PullImageResponse { image_ref: record.id })
+    let started = std::time::Instant::now();
+    let pulled = node.images.pull(&image, &creds).await;
+    let (ok, bytes) = pulled.as_ref().map(|r| (true, r.size)).unwrap_or((false, 0));
+    crate::telemetry::get().pull(ok, bytes, started.elapsed());
+    Ok(cri::PullImageResponse { image_ref: pulled?.id })
 }
 
 pub(super) async fn list_images(node: &Arc<Node>, req: cri::ListImagesRequest) -> Result<cri::ListImagesResponse> {

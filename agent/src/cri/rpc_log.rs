@@ -43,22 +43,30 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
-            let micros = start.elapsed().as_micros() as u64;
+            let took = start.elapsed();
+            let micros = took.as_micros() as u64;
             match &result {
                 Ok(resp) => {
                     // Errors come "trailers-only", with grpc-status in the headers; a
                     // success carries it in the trailers, after this point.
                     let headers = resp.headers();
                     match headers.get("grpc-status").and_then(|v| v.to_str().ok()) {
-                        None | Some("0") => tracing::debug!(rpc = %rpc, micros, status = "OK", "rpc"),
+                        None | Some("0") => {
+                            crate::telemetry::get().rpc(&rpc, "Ok", took);
+                            tracing::debug!(rpc = %rpc, micros, status = "OK", "rpc")
+                        }
                         Some(code) => {
                             let code = tonic::Code::from_i32(code.parse().unwrap_or(2));
+                            crate::telemetry::get().rpc(&rpc, &format!("{code:?}"), took);
                             let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
                             tracing::debug!(rpc = %rpc, micros, status = ?code, message, "rpc")
                         }
                     }
                 }
-                Err(e) => tracing::debug!(rpc = %rpc, micros, error = %e, "rpc failed"),
+                Err(e) => {
+                    crate::telemetry::get().rpc(&rpc, "Transport", took);
+                    tracing::debug!(rpc = %rpc, micros, error = %e, "rpc failed")
+                }
             }
             result
         })
