@@ -69,6 +69,19 @@ pod_stop_grace_seconds = 0
 # containerd calls this drain_exec_sync_io_timeout.
 drain_exec_sync_io_seconds = 2
 
+# RuntimeClass handlers besides the default (""), one table each, e.g.
+#   [runtimes.strict]
+#   # containers that would run unconfined get the RuntimeDefault seccomp
+#   # profile ("unconfined": as asked)
+#   default_seccomp = "runtime-default"
+#   # pods without a cgroup_parent of their own go here ("": as above)
+#   cgroup_parent = "berth-strict"
+#   # another berth-monitor binary ("": runtime.monitor_path)
+#   monitor_path = ""
+# A RuntimeClass's `handler` names the table; "runc" and "berth" are
+# accepted as names of the default handler.
+[runtimes]
+
 [network]
 # "builtin": berth's bridge, veth, NAT and hostPort; "cni": the plugins of
 # the first config in cni_conf_dir; "auto": cni when cni_conf_dir has a
@@ -132,6 +145,8 @@ pub struct Config {
     pub image: ImageConfig,
     /// The executor.
     pub runtime: RuntimeConfig,
+    /// RuntimeClass handlers besides the default, by name.
+    pub runtimes: std::collections::BTreeMap<String, HandlerConfig>,
     /// The pod network.
     pub network: NetworkConfig,
     /// The streaming server.
@@ -140,6 +155,29 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// One `[runtimes.<name>]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerConfig {
+    /// What containers get that ask for no seccomp profile or for none.
+    pub default_seccomp: DefaultSeccomp,
+    /// cgroup parent for pods without one ("" = runtime.default_cgroup_parent).
+    pub cgroup_parent: String,
+    /// The berth-monitor binary ("" = runtime.monitor_path).
+    pub monitor_path: PathBuf,
+}
+
+/// A handler's seccomp for containers that would run unconfined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultSeccomp {
+    /// As asked.
+    #[default]
+    Unconfined,
+    /// RuntimeDefault.
+    RuntimeDefault,
 }
 
 /// The `[metrics]` table.
@@ -294,6 +332,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             image: ImageConfig::default(),
             runtime: RuntimeConfig::default(),
+            runtimes: Default::default(),
             network: NetworkConfig::default(),
             stream: StreamConfig::default(),
             metrics: MetricsConfig::default(),
@@ -499,6 +538,23 @@ impl Config {
         if !self.runtime.monitor_path.as_os_str().is_empty() && !self.runtime.monitor_path.is_absolute() {
             return Err(invalid("runtime.monitor_path", format!("{} is not an absolute path", self.runtime.monitor_path.display())));
         }
+        for (name, h) in &self.runtimes {
+            // A RuntimeClass handler is a DNS label (Kubernetes validates it so).
+            let label = !name.is_empty()
+                && name.len() <= 63
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !label || ["runc", "berth"].contains(&name.as_str()) {
+                return Err(invalid("runtimes", format!("{name:?} is not a handler name (a DNS label other than runc and berth)")));
+            }
+            if !h.cgroup_parent.is_empty() && berth_runtime::cgroup::normalize(&h.cgroup_parent).is_err() {
+                return Err(invalid("runtimes", format!("{name}: cgroup_parent {:?} is not a relative cgroup path", h.cgroup_parent)));
+            }
+            if !h.monitor_path.as_os_str().is_empty() && !h.monitor_path.is_absolute() {
+                return Err(invalid("runtimes", format!("{name}: monitor_path {} is not an absolute path", h.monitor_path.display())));
+            }
+        }
         if let Err(e) =
             berth_network::BridgeConfig::new(&self.network.bridge, &self.network.subnet, &self.network.gateway, &self.network.nft_table)
         {
@@ -627,5 +683,19 @@ mod tests {
         std::fs::write(d.join("30-bad.toml"), "[log]\nlevle = 1\n").unwrap();
         let e = Config::load_layered(&main, true).unwrap_err().to_string();
         assert!(e.contains("30-bad.toml") && e.contains("line 2") && e.contains("levle"), "{e}");
+    }
+
+    #[test]
+    fn handler_names_are_dns_labels_and_not_the_default_aliases() {
+        let origin = Sources::default();
+        for bad in ["", "Strict", "-x", "runc", "berth", "a_b"] {
+            let mut c = Config::default();
+            c.runtimes.insert(bad.into(), HandlerConfig::default());
+            assert!(c.validate(&origin).unwrap_err().to_string().contains("`runtimes`"), "{bad:?}");
+        }
+        let c = Config::parse("[runtimes.kata-like]\ndefault_seccomp = \"runtime-default\"\n").unwrap();
+        assert_eq!(c.runtimes["kata-like"].default_seccomp, DefaultSeccomp::RuntimeDefault);
+        c.validate(&origin).unwrap();
+        assert!(Config::parse("[runtimes.x]\ndefault_seccomp = \"strict\"\n").is_err());
     }
 }

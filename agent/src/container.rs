@@ -282,6 +282,12 @@ async fn create_inner(
     };
     let limits = config.resources.limits.clone();
     limits.validate(node.cgroup_v2).map_err(|e| crate::error::limits_error("config.linux.resources", &e))?;
+    let mut config = config;
+    if node.handler_of(&pod).default_seccomp == crate::config::DefaultSeccomp::RuntimeDefault
+        && matches!(config.security.seccomp, crate::model::Profile::Unset | crate::model::Profile::Unconfined)
+    {
+        config.security.seccomp = crate::model::Profile::RuntimeDefault;
+    }
     let built = spec::build(&config, &pod, &image, &paths)?;
     let pid_ns = match built.pid_mode {
         ns_mode::NODE => PidNamespace::Host,
@@ -335,6 +341,7 @@ async fn create_inner(
 
     let device_rules = spec_device_rules(&built.spec)?;
     let a = node.clone();
+    let pod_rec = pod.clone();
     let spec = built.spec;
     let bundle_dir = node.bundle(&id);
     let made = tokio::task::spawn_blocking(move || -> Result<(berth_runtime::Created, Stages)> {
@@ -349,7 +356,7 @@ async fn create_inner(
         cgroup::apply_devices(&cgroup_path, &device_rules).map_err(|e| internal("container device cgroup", e))?;
         stages.mark("cgroup_limits");
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
-        let created = a.runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?;
+        let created = a.handler_of(&pod_rec).runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?;
         stages.mark("monitor_and_rootfs");
         Ok((created, stages))
     })

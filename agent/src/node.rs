@@ -15,6 +15,16 @@ use crate::store::{ContainerRecord, PodRecord, Store};
 /// The store setting holding the pod CIDR from `UpdateRuntimeConfig`.
 pub const POD_CIDR_SETTING: &str = "pod_cidr";
 
+/// A RuntimeClass handler, resolved from its config.
+pub struct Handler {
+    /// Its executor (its monitor binary).
+    pub runtime: berth_runtime::Runtime,
+    /// cgroup parent for pods without one, normalised.
+    pub cgroup_parent: String,
+    /// What containers that would run unconfined get.
+    pub default_seccomp: crate::config::DefaultSeccomp,
+}
+
 /// The node's state and services.
 pub struct Node {
     /// The configuration berthd started with.
@@ -30,8 +40,12 @@ pub struct Node {
     pub containers: Table<ContainerRecord>,
     /// Images: pull, lookup, removal.
     pub images: crate::image::Images,
-    /// The executor.
+    /// The executor of the default handler.
     pub runtime: berth_runtime::Runtime,
+    /// The default RuntimeClass handler ("").
+    pub default_handler: Handler,
+    /// The configured RuntimeClass handlers, by name.
+    pub handlers: std::collections::BTreeMap<String, Handler>,
     /// Whether the node runs cgroup v2.
     pub cgroup_v2: bool,
     /// The pod network.
@@ -75,6 +89,37 @@ impl Node {
         if !monitor_bin.is_file() {
             return Err(Error::invalid("runtime.monitor_path", format!("{} does not exist", monitor_bin.display())));
         }
+        let default_parent = berth_runtime::cgroup::normalize(&config.runtime.default_cgroup_parent)
+            .map_err(|e| Error::invalid("runtime.default_cgroup_parent", e.to_string()))?;
+        let default_handler = Handler {
+            runtime: berth_runtime::Runtime::new(monitor_bin.clone()),
+            cgroup_parent: default_parent.clone(),
+            default_seccomp: crate::config::DefaultSeccomp::Unconfined,
+        };
+        let mut handlers = std::collections::BTreeMap::new();
+        for (name, h) in &config.runtimes {
+            let bin = if h.monitor_path.as_os_str().is_empty() { monitor_bin.clone() } else { h.monitor_path.clone() };
+            if !bin.is_file() {
+                return Err(Error::invalid(format!("runtimes.{name}.monitor_path"), format!("{} does not exist", bin.display())));
+            }
+            // After a crash, berth finds its processes by this name.
+            if !bin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("berth-monitor")) {
+                return Err(Error::invalid(
+                    format!("runtimes.{name}.monitor_path"),
+                    format!("{}: the file name must start with berth-monitor", bin.display()),
+                ));
+            }
+            let cgroup_parent = if h.cgroup_parent.is_empty() {
+                default_parent.clone()
+            } else {
+                berth_runtime::cgroup::normalize(&h.cgroup_parent)
+                    .map_err(|e| Error::invalid(format!("runtimes.{name}.cgroup_parent"), e.to_string()))?
+            };
+            handlers.insert(
+                name.clone(),
+                Handler { runtime: berth_runtime::Runtime::new(bin), cgroup_parent, default_seccomp: h.default_seccomp },
+            );
+        }
         if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(true) {
             tracing::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj and rlimits above the hard limit are clamped to what may be set");
         }
@@ -90,6 +135,8 @@ impl Node {
             containers,
             images,
             runtime: berth_runtime::Runtime::new(monitor_bin),
+            default_handler,
+            handlers,
             cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
             locks: Default::default(),
             flights: Default::default(),
@@ -99,6 +146,20 @@ impl Node {
             live: std::sync::RwLock::new(config.clone()),
             config,
         })
+    }
+
+    /// The handler called `name` ("runc" and "berth" name the default, as
+    /// RuntimeClasses written for other runtimes do); None when unknown.
+    pub fn handler(&self, name: &str) -> Option<&Handler> {
+        match name {
+            "" | "runc" | "berth" => Some(&self.default_handler),
+            _ => self.handlers.get(name),
+        }
+    }
+
+    /// The handler of a pod (the default for one whose handler is gone from the config).
+    pub fn handler_of(&self, pod: &PodRecord) -> &Handler {
+        self.handler(&pod.runtime_handler).unwrap_or(&self.default_handler)
     }
 
     /// A copy of the configuration in effect now.

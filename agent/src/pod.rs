@@ -111,9 +111,7 @@ pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result
             record.id = random_id().map_err(|e| internal("pod id from the kernel's random source", e))?;
             record.created_at_ns = now_ns();
             if record.cgroup.is_empty() {
-                let parent =
-                    berth_runtime::cgroup::normalize(&node2.config.runtime.default_cgroup_parent).map_err(|e| internal("cgroup", e))?;
-                record.cgroup = format!("{parent}/{}", record.id);
+                record.cgroup = format!("{}/{}", node2.handler_of(&record).cgroup_parent, record.id);
                 record.own_cgroup = true;
             }
             record.state = PodState::Creating;
@@ -179,7 +177,8 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecor
     if rec.pid_mode == ns_mode::POD {
         let procs = cgroup::create(&init_cgroup(&rec)).map_err(|e| internal("pod init cgroup", e))?;
         let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: procs };
-        let init = sandbox::spawn_pod_init(node.runtime.monitor_bin(), &args).map_err(|e| internal("pod PID namespace", e))?;
+        let init =
+            sandbox::spawn_pod_init(node.handler_of(&rec).runtime.monitor_bin(), &args).map_err(|e| internal("pod PID namespace", e))?;
         rec.init_pid = init.pid;
         rec.init_start_time = init.start_time;
         stages.mark("pid_init");

@@ -30,7 +30,8 @@ pub struct Stray {
 /// What a berth-monitor command line names, if it is one.
 pub fn parse_cmdline(args: &[String]) -> Option<Stray> {
     let bin = Path::new(args.first()?).file_name()?.to_str()?;
-    if bin != "berth-monitor" {
+    // A handler may run its own build, named berth-monitor-<something>.
+    if !bin.starts_with("berth-monitor") {
         return None;
     }
     let role = args.get(1)?.clone();
@@ -134,9 +135,19 @@ pub fn collect_strays(node: &Node) {
             }
         }
     }
-    // Pod cgroups berth named live under its own parent, one per pod id.
-    let Ok(parent) = cgroup::normalize(&node.config.runtime.default_cgroup_parent) else { return };
-    for child in cgroup::children(&parent) {
+    // Pod cgroups berth named live under its handlers' parents, one per pod id.
+    let mut parents: Vec<&str> =
+        std::iter::once(&node.default_handler).chain(node.handlers.values()).map(|h| h.cgroup_parent.as_str()).collect();
+    parents.sort();
+    parents.dedup();
+    for parent in parents {
+        collect_pod_cgroups(parent, &pods);
+    }
+}
+
+/// Removes the pod cgroups under `parent` that no pod record claims.
+fn collect_pod_cgroups(parent: &str, pods: &std::collections::HashSet<String>) {
+    for child in cgroup::children(parent) {
         if !pods.contains(&child) && is_id(&child) {
             let path = format!("{parent}/{child}");
             tracing::warn!(cgroup = %path, "removing a pod cgroup no record claims");

@@ -311,3 +311,87 @@ async fn metrics_endpoint_parses_and_moves_with_rpcs() {
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     f.cri.remove_pod(&pod).await;
 }
+
+/// The executable of the berth-monitor watching container `id`.
+fn monitor_exe(id: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.get(1).map(String::as_str) == Some("monitor") && args.windows(2).any(|w| w[0] == "--id" && w[1] == id) {
+            return std::fs::read_link(e.path().join("exe")).ok();
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_handlers_from_config_apply_to_their_pods() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let monitor = bin_dir.path().join("berth-monitor-strict");
+    std::fs::copy(berth_e2e::berthd_bin().with_file_name("berth-monitor"), &monitor).unwrap();
+    // The handler's cgroup parent, unique to this run and removed however the test ends.
+    struct Cgroup(String);
+    impl Drop for Cgroup {
+        fn drop(&mut self) {
+            berth_e2e::remove_cgroup_everywhere(&self.0);
+        }
+    }
+    let top = Cgroup(format!("berth-e2e-{}", berth_e2e::NetNames::new().bridge));
+    let parent = format!("{}/strict", top.0);
+    let config = format!(
+        "[runtimes.strict]\ndefault_seccomp = \"runtime-default\"\ncgroup_parent = \"{parent}\"\nmonitor_path = \"{}\"\n",
+        monitor.display()
+    );
+    let mut f = berth_e2e::Fixture::start_with_config(&config).await;
+
+    let s = f.cri.runtime.status(berth_e2e::cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let names: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, vec!["", "strict"]);
+
+    let logs = f.logs.clone();
+    let run = |handler: &str, name: &str| berth_e2e::cri::RunPodSandboxRequest {
+        config: Some(berth_e2e::pod_config(name, &logs)),
+        runtime_handler: handler.into(),
+    };
+    let e = f.cri.runtime.run_pod_sandbox(run("gvisor", "unknown")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("\"gvisor\"") && e.message().contains("\"strict\""), "{e:?}");
+
+    let mut results = Vec::new();
+    for (handler, name) in [("strict", "strict-pod"), ("", "default-pod"), ("runc", "runc-pod")] {
+        let req = run(handler, name);
+        let pod_config = req.config.clone().unwrap();
+        let container = berth_e2e::container_config("c", &f.busybox, &["sleep", "600"]);
+        let pod = f.cri.runtime.run_pod_sandbox(req).await.unwrap().into_inner().pod_sandbox_id;
+        let status = f
+            .cri
+            .runtime
+            .pod_sandbox_status(berth_e2e::cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(status.runtime_handler, handler);
+        let c = f.cri.run(&pod, container, &pod_config).await;
+        let out = f.cri.exec(&c, &["cat", "/proc/1/status"], 10).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let seccomp = text.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(|v| v.trim().to_string()).unwrap_or_default();
+        let cgroups = berth_e2e::cgroups_named(&pod);
+        results.push((handler, seccomp, cgroups, monitor_exe(&c), pod));
+    }
+    let (_, seccomp, cgroups, exe, _) = &results[0];
+    assert_eq!(seccomp, "2", "strict: RuntimeDefault for a container that asked for nothing");
+    assert!(!cgroups.is_empty() && cgroups.iter().all(|p| p.display().to_string().contains(&format!("/{parent}/"))), "{cgroups:?}");
+    assert_eq!(exe.as_deref(), Some(monitor.as_path()), "strict's own monitor binary");
+    for (handler, seccomp, cgroups, exe, _) in &results[1..] {
+        assert_eq!(seccomp, "0", "{handler:?}: unconfined as asked");
+        assert!(cgroups.iter().all(|p| !p.display().to_string().contains("/strict/")), "{cgroups:?}");
+        assert_ne!(exe.as_deref(), Some(monitor.as_path()));
+    }
+    for (_, _, _, _, pod) in &results {
+        f.cri.remove_pod(pod).await;
+    }
+    drop(f);
+    drop(top);
+}

@@ -39,15 +39,19 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
     Ok(cri::StatusResponse {
         status: Some(cri::RuntimeStatus { conditions: vec![runtime_ready, network_ready] }),
         info,
-        runtime_handlers: vec![cri::RuntimeHandler {
-            name: String::new(),
-            // Only what works here: recursive read-only needs mount_setattr
-            // (Linux 5.12); user namespaces are not implemented yet.
-            features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: berth_runtime::mountapi::supported(),
-                user_namespaces: false,
-            }),
-        }],
+        // Every handler has the same features: only what works here
+        // (recursive read-only needs mount_setattr, Linux 5.12; user
+        // namespaces are not implemented yet).
+        runtime_handlers: std::iter::once(String::new())
+            .chain(node.handlers.keys().cloned())
+            .map(|name| cri::RuntimeHandler {
+                name,
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: berth_runtime::mountapi::supported(),
+                    user_namespaces: false,
+                }),
+            })
+            .collect(),
         features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true }),
     })
 }

@@ -22,9 +22,6 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
             return Err(Error::invalid(format!("config.metadata.{field}"), "must not be empty"));
         }
     }
-    if !handler.is_empty() && handler != "berth" && handler != "runc" {
-        return Err(Error::invalid("runtime_handler", format!("{handler:?} is not a handler berth offers (use \"\")")));
-    }
     let linux = config.linux.unwrap_or_default();
     let ns = linux.security_context.as_ref().and_then(|s| s.namespace_options.clone()).unwrap_or_default();
     super::convert::refuse_user_namespace("config.linux.security_context.namespace_options.userns_options", ns.userns_options.as_ref())?;
@@ -103,6 +100,15 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
 
 pub(super) async fn run(node: &Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<cri::RunPodSandboxResponse> {
     let config = req.config.ok_or_else(|| Error::invalid("config", "required"))?;
+    if node.handler(&req.runtime_handler).is_none() {
+        let mut known: Vec<String> = node.handlers.keys().map(|k| format!("{k:?}")).collect();
+        known.insert(0, "\"\"".into());
+        return Err(Error::NotFound(format!(
+            "runtime_handler {:?}: no such handler is configured (configured: {})",
+            req.runtime_handler,
+            known.join(", ")
+        )));
+    }
     let (record, dns) = record_from(config, req.runtime_handler)?;
     let id = pod::run(node, record, dns).await?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
