@@ -47,6 +47,16 @@ max_concurrent_downloads = 3
 # are left out (and logged); containers get their devices from berth.
 unpack_device_nodes = false
 
+# A pull that receives no bytes for this long is cancelled with an error
+# (containerd's image_pull_progress_timeout); 0: never. A pull in progress
+# logs bytes and layers done every 5 seconds.
+pull_progress_timeout_seconds = 300
+
+# Images reported as pinned (ImageService `pinned`), so that kubelet's image
+# garbage collection never removes them: references or image ids.
+# Example: ["registry.example/node-agent:v1.2"]
+pinned = []
+
 [runtime]
 # The berth-monitor binary; empty means the one next to berthd.
 monitor_path = ""
@@ -294,11 +304,15 @@ pub struct ImageConfig {
     pub max_concurrent_downloads: usize,
     /// Create device nodes from layers.
     pub unpack_device_nodes: bool,
+    /// Seconds without pulled bytes before a pull is cancelled (0: never).
+    pub pull_progress_timeout_seconds: u64,
+    /// Pinned image references or ids.
+    pub pinned: Vec<String>,
 }
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { max_concurrent_downloads: 3, unpack_device_nodes: false }
+        ImageConfig { max_concurrent_downloads: 3, unpack_device_nodes: false, pull_progress_timeout_seconds: 300, pinned: Vec::new() }
     }
 }
 

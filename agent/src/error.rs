@@ -83,6 +83,7 @@ impl From<crate::image::ImageError> for Error {
         match e {
             I::InvalidReference { .. } | I::Ambiguous(_) => Error::invalid("image", e),
             I::Registry { .. } => Error::Unavailable(e.to_string()),
+            I::Stalled { .. } => Error::DeadlineExceeded(e.to_string()),
             I::BadImage { .. } | I::Unpack { .. } => Error::FailedPrecondition(e.to_string()),
             I::Content { .. } => Error::DataLoss(e.to_string()),
             I::Db(_) | I::Io { .. } => Error::internal("images", e),

@@ -73,6 +73,8 @@ impl Node {
             max_concurrent_downloads: config.image.max_concurrent_downloads,
             unpack: crate::image::unpack::UnpackOptions { device_nodes: config.image.unpack_device_nodes },
             registry: config.registry.clone(),
+            progress_timeout: std::time::Duration::from_secs(config.image.pull_progress_timeout_seconds),
+            pinned: config.image.pinned.clone(),
         };
         let images = crate::image::Images::open(image_options, Arc::new(crate::store::ImageTable(store.clone())))
             .map_err(Error::internal_fn("opening the image store"))?;

@@ -1,6 +1,6 @@
 //! SIGHUP: read the config again and apply what can change without a
 //! restart — log level and format, the registry settings, the streaming
-//! URL lifetime. Everything else that changed is named in the log as
+//! URL lifetime, the pull stall timeout and the pinned images. Everything else that changed is named in the log as
 //! needing a restart and keeps its old value, so the config in effect is
 //! always one berthd actually runs with.
 
@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::node::Node;
 
 /// Keys (or tables, by prefix) applied live.
-const LIVE: &[&str] = &["log.level", "log.format", "registry", "stream.token_ttl_seconds"];
+const LIVE: &[&str] =
+    &["log.level", "log.format", "registry", "stream.token_ttl_seconds", "image.pull_progress_timeout_seconds", "image.pinned"];
 
 fn is_live(key: &str) -> bool {
     LIVE.iter().any(|l| key == *l || key.starts_with(&format!("{l}.")))
@@ -48,6 +49,8 @@ pub fn plan(running: &Config, wanted: &Config) -> Plan {
     next.log = wanted.log.clone();
     next.registry = wanted.registry.clone();
     next.stream.token_ttl_seconds = wanted.stream.token_ttl_seconds;
+    next.image.pull_progress_timeout_seconds = wanted.image.pull_progress_timeout_seconds;
+    next.image.pinned = wanted.image.pinned.clone();
     Plan { applied, restart, next }
 }
 
@@ -59,6 +62,8 @@ pub fn apply(node: &Node, wanted: Config) {
         tracing::warn!("config reload: logging: {e}");
     }
     node.images.set_registry(plan.next.registry.clone());
+    node.images.set_progress_timeout(Duration::from_secs(plan.next.image.pull_progress_timeout_seconds));
+    node.images.set_pinned(&plan.next.image.pinned);
     if let Some(streams) = node.streams.get() {
         streams.set_ttl(Duration::from_secs(plan.next.stream.token_ttl_seconds));
     }

@@ -395,3 +395,81 @@ async fn runtime_handlers_from_config_apply_to_their_pods() {
     drop(f);
     drop(top);
 }
+
+/// A TCP proxy on 127.0.0.1 to `upstream` that forwards at most `budget`
+/// bytes of answers in all, then holds its connections open and silent: a
+/// registry that stalls in the middle of a blob.
+async fn stalling_proxy(upstream: String, budget: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(budget));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+            let left = left.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let Ok(n) = sr.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    let take = left
+                        .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |l| {
+                            Some(l.saturating_sub(n))
+                        })
+                        .unwrap()
+                        .min(n);
+                    if cw.write_all(&buf[..take]).await.is_err() {
+                        return;
+                    }
+                    if take < n {
+                        // Stalled: keep the connection, send nothing more.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_pull_is_cancelled_with_progress_logged_and_pinned_images_are_reported() {
+    let registry = registry::Registry::start().await;
+    // busybox's layer is about 1 MB compressed: the stall lands inside it.
+    registry.push("busybox", "latest", &oci::busybox_image(&oci::ImageSettings::default())).await;
+    let direct = registry.reference("busybox", "latest");
+    let upstream = direct.split('/').next().unwrap().to_string();
+    let proxy = stalling_proxy(upstream, 256 * 1024).await;
+    let through_proxy = format!("{proxy}/busybox:latest");
+
+    let mut berthd = Berthd::start_with_config(&format!("[image]\npull_progress_timeout_seconds = 6\npinned = [\"{direct}\"]\n")).await;
+    let mut cri = berthd.cri().await;
+    let started = Instant::now();
+    let e = cri.pull(&through_proxy).await.expect_err("the proxy stalls");
+    let took = started.elapsed();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("no progress for 6s"), "{e:?}");
+    assert!(took >= Duration::from_secs(6) && took < Duration::from_secs(30), "cancelled after {took:?}");
+    let progress = wait_log_line(&berthd, &["pull progress", "bytes="]).await;
+    assert!(!progress.contains("bytes=0 "), "bytes had arrived before the stall: {progress}");
+    let ingest = berthd.paths.root.join("content/ingest");
+    assert_eq!(std::fs::read_dir(&ingest).unwrap().count(), 0, "the partial blob is dropped");
+
+    // The same image straight from the registry: pulled, and pinned by the config.
+    cri.pull(&direct).await.expect("direct pull");
+    let status = cri.image_status(&direct).await.unwrap().expect("image");
+    assert!(status.pinned, "{status:?}");
+    // A reload that unpins it is seen at once.
+    std::fs::create_dir_all(berthd.paths.config.with_file_name("config.d")).unwrap();
+    std::fs::write(berthd.paths.config.with_file_name("config.d").join("10-unpin.toml"), "[image]\npinned = []\n").unwrap();
+    sighup(&berthd);
+    wait_log_line(&berthd, &["config reloaded", "image.pinned"]).await;
+    assert!(!cri.image_status(&direct).await.unwrap().expect("image").pinned);
+    berthd.stop();
+}

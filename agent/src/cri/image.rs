@@ -19,7 +19,7 @@ fn image_field(spec: Option<cri::ImageSpec>, field: &str) -> Result<String> {
 }
 
 /// The CRI view of an image record.
-pub fn to_cri(r: &ImageRecord) -> cri::Image {
+pub fn to_cri(r: &ImageRecord, pinned: bool) -> cri::Image {
     let (uid, username) = user_of(&r.config.user);
     cri::Image {
         id: r.id.clone(),
@@ -29,7 +29,7 @@ pub fn to_cri(r: &ImageRecord) -> cri::Image {
         uid: uid.map(|value| cri::Int64Value { value }),
         username,
         spec: Some(cri::ImageSpec { image: r.id.clone(), ..Default::default() }),
-        pinned: false,
+        pinned,
     }
 }
 
@@ -53,7 +53,7 @@ pub(super) async fn list_images(node: &Arc<Node>, req: cri::ListImagesRequest) -
         Some(f) => node.images.resolve(&f)?.into_iter().collect(),
         None => node.images.list()?,
     };
-    Ok(cri::ListImagesResponse { images: images.iter().map(to_cri).collect() })
+    Ok(cri::ListImagesResponse { images: images.iter().map(|i| to_cri(i, node.images.is_pinned(i))).collect() })
 }
 
 pub(super) async fn image_status(node: &Arc<Node>, req: cri::ImageStatusRequest) -> Result<cri::ImageStatusResponse> {
@@ -72,7 +72,7 @@ pub(super) async fn image_status(node: &Arc<Node>, req: cri::ImageStatusRequest)
         });
         info.insert("info".to_string(), verbose.to_string());
     }
-    Ok(cri::ImageStatusResponse { image: Some(to_cri(&record)), info })
+    Ok(cri::ImageStatusResponse { image: Some(to_cri(&record, node.images.is_pinned(&record))), info })
 }
 
 pub(super) async fn remove_image(node: &Arc<Node>, req: cri::RemoveImageRequest) -> Result<cri::RemoveImageResponse> {

@@ -53,6 +53,9 @@ pub enum ImageError {
     /// A layer could not be unpacked.
     #[error("pulling {image}: layer {digest}: {source}")]
     Unpack { image: String, digest: String, source: unpack::UnpackError },
+    /// No bytes arrived for the progress timeout.
+    #[error("pulling {image}: no progress for {seconds}s ({bytes} bytes received), cancelled (image.pull_progress_timeout_seconds)")]
+    Stalled { image: String, seconds: u64, bytes: u64 },
     /// The record store failed.
     #[error("image records: {0}")]
     Db(#[source] DbError),
@@ -130,6 +133,10 @@ pub struct ImageOptions {
     pub unpack: unpack::UnpackOptions,
     /// Registry access.
     pub registry: RegistryConfig,
+    /// A pull with no new bytes for this long is cancelled (zero: never).
+    pub progress_timeout: std::time::Duration,
+    /// Images reported pinned (references or ids).
+    pub pinned: Vec<String>,
 }
 
 /// The image service.
@@ -146,6 +153,72 @@ pub struct Images {
     gc: tokio::sync::RwLock<()>,
     /// How layers are unpacked.
     unpack: unpack::UnpackOptions,
+    /// Seconds without new bytes before a pull is cancelled (0: never); a reload changes it.
+    progress_timeout_s: std::sync::atomic::AtomicU64,
+    /// Pinned references and ids, normalised; a reload changes them.
+    pinned: std::sync::RwLock<Vec<String>>,
+}
+
+/// How one pull advances, for its progress lines and its stall check.
+struct Progress {
+    started: std::time::Instant,
+    bytes: std::sync::atomic::AtomicU64,
+    /// Milliseconds after `started` when bytes last arrived.
+    last_ms: std::sync::atomic::AtomicU64,
+    layers: std::sync::atomic::AtomicUsize,
+    layers_done: std::sync::atomic::AtomicUsize,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            started: std::time::Instant::now(),
+            bytes: Default::default(),
+            last_ms: Default::default(),
+            layers: Default::default(),
+            layers_done: Default::default(),
+        }
+    }
+
+    fn received(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.bytes.fetch_add(n as u64, Relaxed);
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn idle(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// Awaits `fut`, counting each second of waiting as progress.
+async fn waiting<T>(progress: &Progress, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(fut);
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(1), &mut fut).await {
+            Ok(v) => return v,
+            Err(_) => progress.received(0),
+        }
+    }
+}
+
+/// How often a pull in progress logs what it has done.
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A pinned entry in the form records use: `registry/repo:tag`,
+/// `registry/repo@digest`, or an id as given.
+fn normalise_pinned(p: &str) -> String {
+    if p.starts_with("sha256:") {
+        return p.to_string();
+    }
+    match parse_reference(p) {
+        Ok(r) => match r.digest() {
+            Some(d) => digest_ref(&r, d),
+            None => tag_ref(&r).unwrap_or_else(|| p.to_string()),
+        },
+        Err(_) => p.to_string(),
+    }
 }
 
 impl Images {
@@ -172,7 +245,25 @@ impl Images {
             unpack: opts.unpack,
             locks: KeyedLocks::default(),
             gc: tokio::sync::RwLock::new(()),
+            progress_timeout_s: std::sync::atomic::AtomicU64::new(opts.progress_timeout.as_secs()),
+            pinned: std::sync::RwLock::new(opts.pinned.iter().map(|p| normalise_pinned(p)).collect()),
         })
+    }
+
+    /// Sets the stall timeout of pulls that start from now on (zero: none).
+    pub fn set_progress_timeout(&self, t: std::time::Duration) {
+        self.progress_timeout_s.store(t.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets the pinned images (references or ids).
+    pub fn set_pinned(&self, pinned: &[String]) {
+        *self.pinned.write().unwrap_or_else(|p| p.into_inner()) = pinned.iter().map(|p| normalise_pinned(p)).collect();
+    }
+
+    /// Whether the operator pinned `image` (kubelet's image GC leaves it).
+    pub fn is_pinned(&self, image: &ImageRecord) -> bool {
+        let pinned = self.pinned.read().unwrap_or_else(|p| p.into_inner());
+        pinned.iter().any(|p| *p == image.id || image.repo_tags.contains(p) || image.repo_digests.contains(p))
     }
 
     /// Replaces the registry settings for pulls that start from now on.
@@ -191,9 +282,46 @@ impl Images {
         image.layers.iter().rev().map(|l| self.snapshot_dir(&l.chain_id)).collect()
     }
 
-    /// Pulls `reference` with `creds`, returning the image record.
+    /// Pulls `reference` with `creds`, returning the image record. Logs
+    /// bytes and layers done every few seconds; with no new bytes for the
+    /// progress timeout the pull is cancelled (what completed stays in the
+    /// content store for the next attempt; a partial blob is dropped).
     #[tracing::instrument(skip(self, creds), fields(image = %reference))]
     pub async fn pull(&self, reference: &str, creds: &Credentials) -> Result<ImageRecord, ImageError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let timeout = std::time::Duration::from_secs(self.progress_timeout_s.load(Relaxed));
+        let progress = Progress::new();
+        let work = self.pull_tracked(reference, creds, &progress);
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut last_log = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => {}
+            }
+            if last_log.elapsed() >= PROGRESS_LOG_EVERY {
+                last_log = std::time::Instant::now();
+                tracing::info!(
+                    bytes = progress.bytes.load(Relaxed),
+                    layers_done = progress.layers_done.load(Relaxed),
+                    layers = progress.layers.load(Relaxed),
+                    seconds = progress.started.elapsed().as_secs(),
+                    "pull progress"
+                );
+            }
+            if !timeout.is_zero() && progress.idle() >= timeout {
+                tracing::warn!(seconds = timeout.as_secs(), "pull stalled: cancelling");
+                return Err(ImageError::Stalled {
+                    image: reference.to_string(),
+                    seconds: timeout.as_secs(),
+                    bytes: progress.bytes.load(Relaxed),
+                });
+            }
+        }
+    }
+
+    async fn pull_tracked(&self, reference: &str, creds: &Credentials, progress: &Progress) -> Result<ImageRecord, ImageError> {
         let r = parse_reference(reference)?;
         let image = r.whole();
         let registry_err = |source| ImageError::Registry { image: image.clone(), source };
@@ -236,7 +364,8 @@ impl Images {
         };
 
         let config_desc = manifest.config.clone().ok_or_else(|| bad(format!("manifest {manifest_digest} has no config")))?;
-        self.fetch_blob(&remote, &config_desc.digest, config_desc.size).await.map_err(content_err)?;
+        progress.received(0);
+        self.fetch_blob(&remote, &config_desc.digest, config_desc.size, progress).await.map_err(content_err)?;
         let config_bytes = self.content.read(&config_desc.digest).map_err(content_err)?;
         let config: ImageConfigFile =
             serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config {}: {e}", config_desc.digest)))?;
@@ -260,7 +389,8 @@ impl Images {
         // Layers are independent directories, so each one is fetched and
         // unpacked on its own as soon as it arrives. One failure does not
         // cancel the others: what completes is kept for the next pull.
-        let jobs = layers.iter().map(|l| self.fetch_and_unpack(&remote, &image, l));
+        progress.layers.store(layers.len(), std::sync::atomic::Ordering::Relaxed);
+        let jobs = layers.iter().map(|l| self.fetch_and_unpack(&remote, &image, l, progress));
         futures::future::join_all(jobs).await.into_iter().collect::<Result<Vec<()>, ImageError>>()?;
 
         // containerd's image size: manifest, config and compressed layers.
@@ -288,31 +418,50 @@ impl Images {
 
     /// Downloads one blob into the content store unless it is there. One
     /// download per digest at a time: a concurrent pull waits and reuses it.
-    async fn fetch_blob(&self, remote: &Remote, digest: &str, size: u64) -> Result<(), ContentError> {
+    async fn fetch_blob(&self, remote: &Remote, digest: &str, size: u64, progress: &Progress) -> Result<(), ContentError> {
         let lock = self.locks.get(digest);
-        let _held = lock.lock().await;
+        // Waiting for another pull's download of the same blob, or for a
+        // download slot, is not a stall of this pull.
+        let _held = waiting(progress, lock.lock()).await;
         if self.content.contains(digest) {
             return Ok(());
         }
-        let _permit = self.downloads.acquire().await.map_err(|e| ContentError::Source { digest: digest.into(), reason: e.to_string() })?;
+        let _permit = waiting(progress, self.downloads.acquire())
+            .await
+            .map_err(|e| ContentError::Source { digest: digest.into(), reason: e.to_string() })?;
         let source = |reason: String| ContentError::Source { digest: digest.into(), reason };
         let mut stream = remote.blob(digest).await.map_err(|e| source(e.to_string()))?;
         let mut writer = self.content.writer(digest, Some(size))?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| source(distribution::flatten_error(&e)))?;
+            progress.received(chunk.len());
             writer.write(&chunk)?;
         }
         tokio::task::spawn_blocking(move || writer.commit()).await.map_err(|e| source(format!("commit task: {e}")))??;
         Ok(())
     }
 
-    async fn fetch_and_unpack(&self, remote: &Remote, image: &str, layer: &LayerRecord) -> Result<(), ImageError> {
+    async fn fetch_and_unpack(&self, remote: &Remote, image: &str, layer: &LayerRecord, progress: &Progress) -> Result<(), ImageError> {
+        let r = self.fetch_and_unpack_layer(remote, image, layer, progress).await;
+        if r.is_ok() {
+            progress.layers_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn fetch_and_unpack_layer(
+        &self,
+        remote: &Remote,
+        image: &str,
+        layer: &LayerRecord,
+        progress: &Progress,
+    ) -> Result<(), ImageError> {
         let content_err = |source| ImageError::Content { image: image.to_string(), source };
         let dest = self.snapshot_dir(&layer.chain_id)?;
         if dest.exists() {
             return Ok(());
         }
-        self.fetch_blob(remote, &layer.digest, layer.size).await.map_err(content_err)?;
+        self.fetch_blob(remote, &layer.digest, layer.size, progress).await.map_err(content_err)?;
         let lock = self.locks.get(&layer.chain_id);
         let _held = lock.lock().await;
         if dest.exists() {
