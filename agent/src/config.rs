@@ -34,10 +34,26 @@ shutdown_timeout_seconds = 10
 # localhost, 127.0.0.0/8 and ::1 always are, as Docker does.
 insecure = []
 
+# Per-registry hosts, as containerd's certs.d: <config_path>/<registry>/hosts.toml
+# (or _default/hosts.toml) lists the hosts to try in order — mirrors with
+# a path prefix or override_path, their capabilities (pull, resolve), a CA
+# file (ca), skip_verify — then the registry's own `server`. Read at every
+# pull. A registry with a hosts.toml ignores [registry.mirrors].
+config_path = "/etc/berth/certs.d"
+
 # Mirrors per registry host, tried in order before the registry itself; a
 # mirror that fails falls back to the next and finally to the registry.
 # Example: "docker.io" = ["mirror.example.internal:5000"]
 [registry.mirrors]
+
+# Credentials per registry host for pulls that bring none (kubelet's
+# credential providers send their own): username + password, or auth
+# (base64 user:password), or identity_token. Only the host named gets them.
+# `config show` and Status print them redacted.
+# Example: [registry.auths."registry.example:5000"]
+#          username = "puller"
+#          password = "secret"
+[registry.auths]
 
 [image]
 # Layers downloaded at once per node.
@@ -497,7 +513,7 @@ impl Config {
     /// The effective config as TOML with, after each key not at its default,
     /// a comment naming the file or flag that set it.
     pub fn show(&self, sources: &Sources) -> Result<String, toml::ser::Error> {
-        let text = toml::to_string(self)?;
+        let text = toml::to_string(&self.redacted())?;
         let mut out = String::new();
         if sources.files.is_empty() {
             out.push_str("# no config file: built-in defaults and flags\n");
@@ -527,6 +543,16 @@ impl Config {
             out.push('\n');
         }
         Ok(out)
+    }
+
+    /// The same config with every secret replaced, for printing (`config
+    /// show`, Status verbose, diagnostics).
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for a in c.registry.auths.values_mut() {
+            *a = a.redacted();
+        }
+        c
     }
 
     /// Checks values that the schema alone cannot; errors name what set the key.
@@ -600,6 +626,17 @@ impl Config {
                 if m.contains('/') || m.is_empty() {
                     return Err(invalid("registry.mirrors", format!("{registry}: mirror {m:?} must be a host or host:port")));
                 }
+            }
+        }
+        if !self.registry.config_path.as_os_str().is_empty() && !self.registry.config_path.is_absolute() {
+            return Err(invalid("registry.config_path", format!("{} is not an absolute path", self.registry.config_path.display())));
+        }
+        for (host, a) in &self.registry.auths {
+            if host.is_empty() || host.contains('/') {
+                return Err(invalid("registry.auths", format!("{host:?} is not a registry host")));
+            }
+            if a.username.is_empty() && a.auth.is_empty() && a.identity_token.is_empty() {
+                return Err(invalid("registry.auths", format!("{host}: needs username and password, auth or identity_token")));
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(crate::logging::directives(&self.log.level)) {

@@ -1,6 +1,6 @@
 //! A real OCI registry for tests: Debian's `docker-registry` on a free
 //! 127.0.0.1 port with a temp storage dir, optionally behind htpasswd basic
-//! auth, and a small distribution-API pusher.
+//! auth or TLS, and a small distribution-API pusher.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -31,15 +31,21 @@ pub fn free_port() -> u16 {
 impl Registry {
     /// An anonymous registry.
     pub async fn start() -> Registry {
-        Self::launch(None).await
+        Self::launch(None, None, None).await
     }
 
     /// A registry behind htpasswd basic auth with one user.
     pub async fn start_with_auth(user: &str, password: &str) -> Registry {
-        Self::launch(Some((user.to_string(), password.to_string()))).await
+        Self::launch(Some((user.to_string(), password.to_string())), None, None).await
     }
 
-    async fn launch(auth: Option<(String, String)>) -> Registry {
+    /// A second registry serving this one's storage (read it only) over
+    /// TLS with `cert` and `key` (PEM): push to `self`, pull from the twin.
+    pub async fn tls_twin(&self, cert: &Path, key: &Path) -> Registry {
+        Self::launch(None, Some(self.dir.path().join("storage")), Some((cert.to_path_buf(), key.to_path_buf()))).await
+    }
+
+    async fn launch(auth: Option<(String, String)>, storage: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)>) -> Registry {
         assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: install Debian's docker-registry (deploy/deps.sh --test)");
         let dir = tempfile::Builder::new().prefix("berth-registry-").tempdir().expect("tempdir");
         let port = free_port();
@@ -51,9 +57,14 @@ impl Registry {
             std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
             auth_yaml = format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display());
         }
+        let tls_yaml = match &tls {
+            Some((cert, key)) => format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()),
+            None => String::new(),
+        };
+        let storage = storage.unwrap_or_else(|| dir.path().join("storage"));
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth_yaml}",
-            dir.path().join("storage").display()
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{tls_yaml}{auth_yaml}",
+            storage.display()
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("registry config");
@@ -67,8 +78,27 @@ impl Registry {
             .spawn()
             .expect("starting docker-registry");
         let mut reg = Registry { dir, child, host, auth };
-        reg.wait_ready().await;
+        if tls.is_some() {
+            reg.wait_listening().await;
+        } else {
+            reg.wait_ready().await;
+        }
         reg
+    }
+
+    /// For a TLS registry (this crate's HTTP client speaks no TLS): the port accepts.
+    async fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("docker-registry exited with {s}:\n{}", self.log());
+            }
+            if tokio::net::TcpStream::connect(&self.host).await.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "docker-registry not listening:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     async fn wait_ready(&mut self) {

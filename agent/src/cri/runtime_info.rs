@@ -27,7 +27,7 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
     let network_ready = cri::RuntimeCondition { r#type: "NetworkReady".into(), status: ready, reason, message };
     let mut info = std::collections::HashMap::new();
     if req.verbose {
-        let config = serde_json::to_string(&node.live_config()).map_err(Error::internal_fn("config as JSON"))?;
+        let config = serde_json::to_string(&node.live_config().redacted()).map_err(Error::internal_fn("config as JSON"))?;
         info.insert("config".to_string(), config);
         let pod_cidr = node.store.setting(POD_CIDR_SETTING)?;
         info.insert("podCIDR".to_string(), pod_cidr.unwrap_or_default());

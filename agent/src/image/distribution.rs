@@ -5,18 +5,68 @@
 use std::net::IpAddr;
 
 use base64::Engine as _;
-use oci_client::client::{ClientConfig, ClientProtocol, SizedStream};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol, SizedStream};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use super::hosts::{self, Endpoint};
+
 /// The `[registry]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Hosts reached over plain HTTP.
     pub insecure: Vec<String>,
     /// Mirror hosts per registry host, in order.
     pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    /// The hosts directory: `<config_path>/<registry>/hosts.toml`.
+    pub config_path: std::path::PathBuf,
+    /// Credentials per registry host, for pulls that bring none.
+    pub auths: std::collections::BTreeMap<String, AuthEntry>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            insecure: Vec::new(),
+            mirrors: Default::default(),
+            config_path: "/etc/berth/certs.d".into(),
+            auths: Default::default(),
+        }
+    }
+}
+
+/// Credentials for one registry host, as in a CRI `AuthConfig`.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthEntry {
+    /// User name (with `password`).
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// base64 of `user:password`.
+    pub auth: String,
+    /// An OAuth2 refresh token.
+    pub identity_token: String,
+}
+
+impl std::fmt::Debug for AuthEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthEntry(<redacted>)")
+    }
+}
+
+impl AuthEntry {
+    /// The same entry with every secret replaced, for printing.
+    pub fn redacted(&self) -> AuthEntry {
+        let r = |s: &str| if s.is_empty() { String::new() } else { "<redacted>".to_string() };
+        AuthEntry {
+            username: self.username.clone(),
+            password: r(&self.password),
+            auth: r(&self.auth),
+            identity_token: r(&self.identity_token),
+        }
+    }
 }
 
 /// Manifest media types berth understands, in the Accept header.
@@ -39,6 +89,9 @@ pub enum RegistryError {
     /// Every endpoint failed; the reasons, in order.
     #[error("{0}")]
     AllEndpointsFailed(String),
+    /// The registry's hosts.toml is unusable.
+    #[error("hosts config {0}")]
+    Hosts(String),
     /// A single request failed.
     #[error("{endpoint}: {reason}")]
     Request { endpoint: String, reason: String },
@@ -108,11 +161,30 @@ impl Registries {
         Registries { config }
     }
 
-    /// The hosts to try for `registry`: its mirrors in order, then itself.
-    pub fn endpoints(&self, registry: &str) -> Vec<String> {
-        let mut out = self.config.mirrors.get(registry).cloned().unwrap_or_default();
-        out.push(registry.to_string());
-        out
+    /// The hosts to try for `registry`, in order: from its hosts.toml when
+    /// there is one, else its `[registry.mirrors]`, then itself.
+    pub fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, RegistryError> {
+        match hosts::load(&self.config.config_path, registry) {
+            Ok(Some(hosts)) => return Ok(hosts),
+            Ok(None) => {}
+            Err(e) => return Err(RegistryError::Hosts(e.to_string())),
+        }
+        let mut names = self.config.mirrors.get(registry).cloned().unwrap_or_default();
+        names.push(registry.to_string());
+        let n = names.len();
+        Ok(names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| Endpoint {
+                http: self.is_insecure(&name),
+                name,
+                repo_prefix: String::new(),
+                ca: Vec::new(),
+                skip_verify: false,
+                resolve: true,
+                mirror: i + 1 < n,
+            })
+            .collect())
     }
 
     /// Plain HTTP for configured hosts and, as Docker does, loopback.
@@ -124,44 +196,96 @@ impl Registries {
         name == "localhost" || name.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
     }
 
+    /// The request's credentials; for a pull that brings none, the
+    /// configured ones of the host being contacted (never another host's:
+    /// a mirror does not get the registry's secrets).
+    fn credentials_for(&self, endpoint: &Endpoint, creds: &Credentials) -> Result<Credentials, RegistryError> {
+        if creds.0.is_some() {
+            return Ok(creds.clone());
+        }
+        match self.config.auths.get(endpoint.host()) {
+            Some(a) => Credentials::from_cri(&a.username, &a.password, &a.auth, &a.identity_token, "")
+                .map_err(|e| RegistryError::BadAuth(format!("registry.auths.{:?}: {e}", endpoint.host()))),
+            None => Ok(Credentials::default()),
+        }
+    }
+
     /// Connects to the first endpoint that serves `reference`'s manifest.
     /// Returns the remote and the top-level manifest (bytes, media type).
     pub async fn connect(&self, reference: &Reference, creds: &Credentials) -> Result<(Remote, Vec<u8>, String), RegistryError> {
         let mut failures = Vec::new();
-        for endpoint in self.endpoints(reference.registry()) {
-            let mut r = reference.clone();
-            if endpoint != reference.registry() {
-                r.set_mirror_registry(endpoint.clone());
+        let by_tag = reference.digest().is_none();
+        for endpoint in self.endpoints(reference.registry())? {
+            // A host that may not resolve tags serves pulls by digest only.
+            if by_tag && !endpoint.resolve {
+                continue;
             }
-            let protocol = if self.is_insecure(&endpoint) { ClientProtocol::Http } else { ClientProtocol::Https };
+            let r = endpoint_reference(reference, &endpoint);
             // One client per pull: oci-client caches credentials per registry for
             // the client's lifetime, and each pull brings its own.
-            // try_from, not new: new() falls back to reqwest's default
-            // client, which panics where the first attempt failed (a
-            // machine without CA certificates).
-            let client = Client::try_from(ClientConfig {
-                protocol,
-                platform_resolver: None,
-                connect_timeout: Some(std::time::Duration::from_secs(10)),
-                read_timeout: Some(std::time::Duration::from_secs(60)),
-                user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
-                ..Default::default()
-            })
-            .map_err(|e| RegistryError::Request {
-                endpoint: endpoint.clone(),
-                reason: format!("cannot make an HTTP client: {e} (are CA certificates installed? on Debian: ca-certificates)"),
-            })?;
-            let remote = Remote { client, reference: r, auth: creds.auth(), endpoint: endpoint.clone() };
+            let client = client_for(&endpoint)?;
+            let auth = self.credentials_for(&endpoint, creds)?.auth();
+            let remote = Remote { client, reference: r, auth, endpoint: endpoint.name.clone() };
             match remote.manifest(&reference_target(reference)).await {
                 Ok((bytes, media_type)) => return Ok((remote, bytes, media_type)),
                 Err(e) => {
-                    tracing::warn!(endpoint = %endpoint, image = %reference, "registry endpoint failed: {e}");
+                    tracing::warn!(endpoint = %endpoint.name, image = %reference, "registry endpoint failed: {e}");
                     failures.push(e.to_string());
                 }
             }
         }
+        if failures.is_empty() {
+            return Err(RegistryError::AllEndpointsFailed(format!("no host for {} may resolve tags (capabilities)", reference.registry())));
+        }
         Err(RegistryError::AllEndpointsFailed(failures.join("; ")))
     }
+}
+
+/// The reference as `endpoint` serves it. The registry itself, and a
+/// `[registry.mirrors]` host, get oci-client's mirror handling; a hosts.toml
+/// host its own name and repository prefix.
+fn endpoint_reference(reference: &Reference, endpoint: &Endpoint) -> Reference {
+    if endpoint.name == reference.registry() {
+        return reference.clone();
+    }
+    if endpoint.repo_prefix.is_empty() && !endpoint.name.contains('/') {
+        let mut r = reference.clone();
+        r.set_mirror_registry(endpoint.name.clone());
+        return r;
+    }
+    let repository = if endpoint.repo_prefix.is_empty() {
+        reference.repository().to_string()
+    } else {
+        format!("{}/{}", endpoint.repo_prefix, reference.repository())
+    };
+    match reference.digest() {
+        Some(d) => Reference::with_digest(endpoint.name.clone(), repository, d.to_string()),
+        None => Reference::with_tag(endpoint.name.clone(), repository, reference.tag().unwrap_or("latest").to_string()),
+    }
+}
+
+/// An HTTP client for one endpoint: its scheme, CAs and verification.
+fn client_for(endpoint: &Endpoint) -> Result<Client, RegistryError> {
+    let fail = |reason: String| RegistryError::Request { endpoint: endpoint.name.clone(), reason };
+    let mut extra_root_certificates = Vec::new();
+    for path in &endpoint.ca {
+        let data = std::fs::read(path).map_err(|e| fail(format!("ca {}: {e}", path.display())))?;
+        extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
+    }
+    // try_from, not new: new() falls back to reqwest's default client,
+    // which panics where the first attempt failed (a machine without CA
+    // certificates).
+    Client::try_from(ClientConfig {
+        protocol: if endpoint.http { ClientProtocol::Http } else { ClientProtocol::Https },
+        platform_resolver: None,
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")),
+        extra_root_certificates,
+        accept_invalid_certificates: endpoint.skip_verify,
+        ..Default::default()
+    })
+    .map_err(|e| fail(format!("cannot make an HTTP client: {e} (are CA certificates installed? on Debian: ca-certificates)")))
 }
 
 /// What a reference asks for: its digest if it has one, else its tag.
@@ -259,9 +383,11 @@ mod tests {
     fn mirrors_come_first_then_the_registry() {
         let mut config = RegistryConfig::default();
         config.mirrors.insert("docker.io".into(), vec!["m1:5000".into(), "m2".into()]);
+        config.config_path = "/nonexistent".into();
         let r = Registries::new(config);
-        assert_eq!(r.endpoints("docker.io"), vec!["m1:5000", "m2", "docker.io"]);
-        assert_eq!(r.endpoints("quay.io"), vec!["quay.io"]);
+        let names = |reg: &str| r.endpoints(reg).unwrap().into_iter().map(|e| (e.name, e.mirror)).collect::<Vec<_>>();
+        assert_eq!(names("docker.io"), vec![("m1:5000".into(), true), ("m2".into(), true), ("docker.io".into(), false)]);
+        assert_eq!(names("quay.io"), vec![("quay.io".to_string(), false)]);
     }
 
     #[test]

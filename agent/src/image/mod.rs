@@ -9,6 +9,7 @@
 
 pub mod content;
 pub mod distribution;
+pub mod hosts;
 mod locks;
 pub mod manifest;
 pub mod record;

@@ -1,0 +1,232 @@
+//! Registry hosts configuration as an operator writes it: a hosts.toml per
+//! registry (containerd's certs.d layout) with path-prefixed and
+//! override_path mirrors, a registry over TLS with its own CA, and
+//! credentials from the config.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use berth_e2e::{oci, registry, run_berthd, Berthd};
+
+/// A plain-HTTP reverse proxy on 127.0.0.1 to `upstream` that rewrites
+/// each request's path with `rewrite` (None: 404) and records the paths
+/// it was asked for.
+async fn rewriting_proxy(upstream: String, rewrite: fn(&str) -> Option<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+                // A puller sends GET/HEAD requests without bodies: each head
+                // ends at an empty line.
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 8192];
+                loop {
+                    let Ok(n) = cr.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buf.drain(..end + 4).collect();
+                        let head = String::from_utf8_lossy(&head).to_string();
+                        let (line, rest) = head.split_once("\r\n").unwrap_or((&head, ""));
+                        let mut parts = line.splitn(3, ' ');
+                        let (method, path, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                        seen.lock().unwrap().push(path.to_string());
+                        let path = rewrite(path).unwrap_or_else(|| "/not-rewritable".into());
+                        if sw.write_all(format!("{method} {path} {version}\r\n{rest}").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (address, seen)
+}
+
+/// `/v2/proxy-cache/<repo>/…` (override_path) and `/prefix/v2/<repo>/…`
+/// (a path prefix) both to `/v2/<repo>/…`; `/v2/` and `/prefix/v2/` too.
+fn strip_prefixes(path: &str) -> Option<String> {
+    if let Some(rest) = path.strip_prefix("/v2/proxy-cache/") {
+        return Some(format!("/v2/{rest}"));
+    }
+    if let Some(rest) = path.strip_prefix("/prefix/v2/") {
+        return Some(format!("/v2/{rest}"));
+    }
+    (path == "/v2/").then(|| path.to_string())
+}
+
+fn write_hosts(dir: &Path, registry: &str, text: &str) {
+    std::fs::create_dir_all(dir.join(registry)).unwrap();
+    std::fs::write(dir.join(registry).join("hosts.toml"), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_toml_mirrors_with_override_path_and_a_path_prefix() {
+    let registry = registry::Registry::start().await;
+    registry.push("library/busybox", "latest", &oci::busybox_image(&oci::ImageSettings::default())).await;
+    let (proxy, seen) = rewriting_proxy(registry.host.clone(), strip_prefixes).await;
+    let hosts = tempfile::tempdir().unwrap();
+    // Two registries nobody serves (closed ports on loopback): only their mirrors answer.
+    let a = format!("127.0.0.1:{}", registry::free_port());
+    let b = format!("127.0.0.1:{}", registry::free_port());
+    write_hosts(hosts.path(), &a, &format!("server = \"http://{a}\"\n[host.\"http://{proxy}/v2/proxy-cache\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"));
+    write_hosts(hosts.path(), &b, &format!("server = \"http://{b}\"\n[host.\"http://{proxy}/prefix\"]\n"));
+    let berthd = Berthd::start_with_config(&format!("[registry]\nconfig_path = \"{}\"\n", hosts.path().display())).await;
+    let mut cri = berthd.cri().await;
+
+    cri.pull(&format!("{a}/library/busybox:latest")).await.expect("pull through the override_path mirror");
+    assert!(seen.lock().unwrap().iter().any(|p| p == "/v2/proxy-cache/library/busybox/manifests/latest"), "{seen:?}");
+    assert!(seen.lock().unwrap().iter().any(|p| p.starts_with("/v2/proxy-cache/library/busybox/blobs/sha256:")), "{seen:?}");
+    cri.pull(&format!("{b}/library/busybox:latest")).await.expect("pull through the path-prefixed mirror");
+    assert!(seen.lock().unwrap().iter().any(|p| p == "/prefix/v2/library/busybox/manifests/latest"), "{seen:?}");
+
+    // A mirror that may not resolve tags serves pulls by digest only.
+    write_hosts(
+        hosts.path(),
+        &a,
+        &format!(
+            "server = \"http://{a}\"\n[host.\"http://{proxy}/v2/proxy-cache\"]\n  capabilities = [\"pull\"]\n  override_path = true\n"
+        ),
+    );
+    let e = cri.pull(&format!("{a}/library/busybox:latest")).await.expect_err("only the dead server may resolve the tag");
+    assert!(e.message().contains(&a), "{e:?}");
+    let digest = cri.image_status(&format!("{b}/library/busybox:latest")).await.unwrap().unwrap().repo_digests[0]
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    cri.pull(&format!("{a}/library/busybox@{digest}")).await.expect("by digest through the pull-only mirror");
+
+    // A hosts.toml berth cannot honour is a clear error naming the file.
+    write_hosts(hosts.path(), &a, &format!("[host.\"https://{proxy}\"]\n  client = [[\"c.pem\", \"k.pem\"]]\n"));
+    let e = cri.pull(&format!("{a}/library/busybox:latest")).await.unwrap_err();
+    assert!(e.message().contains("hosts.toml") && e.message().contains("client certificates"), "{e:?}");
+}
+
+/// A CA and a certificate it signed for 127.0.0.1 (openssl from deploy/deps.sh).
+fn ca_and_server_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
+        assert!(st.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=berth test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_registry_with_its_own_ca_from_hosts_toml() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_and_server_cert(certs.path());
+    let plain = registry::Registry::start().await;
+    plain.push("busybox", "latest", &oci::busybox_image(&oci::ImageSettings::default())).await;
+    let tls = plain.tls_twin(&cert, &key).await;
+    let image = tls.reference("busybox", "latest");
+    let hosts = tempfile::tempdir().unwrap();
+    let berthd = Berthd::start_with_config(&format!("[registry]\nconfig_path = \"{}\"\n", hosts.path().display())).await;
+    let mut cri = berthd.cri().await;
+
+    // HTTPS asked for, the CA unknown: refused.
+    write_hosts(hosts.path(), &tls.host, &format!("server = \"https://{}\"\n", tls.host));
+    let e = cri.pull(&image).await.expect_err("an unknown CA");
+    assert!(e.message().to_lowercase().contains("certificate") || e.message().contains("UnknownIssuer"), "{e:?}");
+    // The CA next to hosts.toml (a relative path), trusted for this registry only.
+    std::fs::copy(&ca, hosts.path().join(&tls.host).join("ca.pem")).unwrap();
+    write_hosts(hosts.path(), &tls.host, &format!("server = \"https://{}\"\nca = \"ca.pem\"\n", tls.host));
+    cri.pull(&image).await.expect("pull over TLS with the registry's CA");
+    assert!(tls.log().contains("/v2/busybox/manifests/latest"), "served by the TLS registry");
+    cri.image.remove_image(berth_e2e::cri::RemoveImageRequest { image: Some(berth_e2e::image_spec(&image)) }).await.unwrap();
+    // skip_verify: no CA, no verification.
+    write_hosts(hosts.path(), &tls.host, &format!("server = \"https://{}\"\nskip_verify = true\n", tls.host));
+    cri.pull(&image).await.expect("pull with skip_verify");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_the_config_for_pulls_without_any_and_never_shown() {
+    let registry = registry::Registry::start_with_auth("puller", "s3cret-pass").await;
+    registry.push("busybox", "latest", &oci::busybox_image(&oci::ImageSettings::default())).await;
+    let image = registry.reference("busybox", "latest");
+    let config = format!("[registry.auths.\"{}\"]\nusername = \"puller\"\npassword = \"s3cret-pass\"\n", registry.host);
+
+    let without = Berthd::start().await;
+    let e = without.cri().await.pull(&image).await.expect_err("no credentials anywhere");
+    assert!(e.message().to_lowercase().contains("not authorized"), "{e:?}");
+    drop(without);
+
+    let berthd = Berthd::start_with_config(&config).await;
+    let mut cri = berthd.cri().await;
+    cri.pull(&image).await.expect("the configured credentials");
+    let s = cri.runtime.status(berth_e2e::cri::StatusRequest { verbose: true }).await.unwrap().into_inner();
+    assert!(!s.info["config"].contains("s3cret-pass") && s.info["config"].contains("<redacted>"), "{}", s.info["config"]);
+    assert!(!berthd.log().contains("s3cret-pass"));
+    let config_path = berthd.paths.config.display().to_string();
+    let (status, shown, err) = run_berthd(&["--config", &config_path, "config", "show"]);
+    assert!(status.success(), "{err}");
+    assert!(!shown.contains("s3cret-pass") && shown.contains("password = \"<redacted>\""), "{shown}");
+}
