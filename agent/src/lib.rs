@@ -15,6 +15,7 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod daemon;
+pub mod diag;
 pub mod error;
 pub mod events;
 pub mod fault;

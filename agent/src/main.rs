@@ -41,6 +41,12 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Write a diagnostics report for a bug report (no secrets in it).
+    Diag {
+        /// The report file (default: berth-diag-<unix time>.txt in the current directory).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Check the kernel and host features berthd needs, one line each;
     /// exits 1 when one is missing.
     Check,
@@ -85,6 +91,22 @@ fn main() -> ExitCode {
             }
         }
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Diag { out }) = &cli.command {
+        let out = out.clone().unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            PathBuf::from(format!("berth-diag-{now}.txt"))
+        });
+        return match berth_agent::diag::run(&config, &sources, &out) {
+            Ok(()) => {
+                println!("{}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berthd diag: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::Check) = cli.command {
         let checks = berth_agent::check::run(&config);

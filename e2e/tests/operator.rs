@@ -473,3 +473,67 @@ async fn a_stalled_pull_is_cancelled_with_progress_logged_and_pinned_images_are_
     assert!(!cri.image_status(&direct).await.unwrap().expect("image").pinned);
     berthd.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diag_writes_one_report_without_secrets() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = "[registry.auths.\"127.0.0.1:1\"]\nusername = \"u\"\npassword = \"diag-s3cret\"\n";
+    let mut f = berth_e2e::Fixture::start_with_config(config).await;
+    let pod_config = f.pod("diag");
+    let pod = f.cri.run_pod(pod_config.clone()).await.unwrap();
+    let c = f.cri.run(&pod, f.container("c", &["sleep", "600"]), &pod_config).await;
+    // Something worth a warning: a registry that is not there.
+    let absent = format!("127.0.0.1:{}/nothing:1", registry::free_port());
+    f.cri.pull(&absent).await.expect_err("no registry");
+
+    let p = f.berthd.paths.clone();
+    let out = f.berthd.dir().join("diag.txt");
+    let args = |out: &std::path::Path| {
+        vec![
+            "--config".to_string(),
+            p.config.display().to_string(),
+            "--root".into(),
+            p.root.display().to_string(),
+            "--state".into(),
+            p.state.display().to_string(),
+            "--socket".into(),
+            p.socket.display().to_string(),
+            "diag".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let a = args(&out);
+    let (status, stdout, err) = run_berthd(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(status.success(), "{err}");
+    assert_eq!(stdout.trim(), out.display().to_string());
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    let report = std::fs::read_to_string(&out).unwrap();
+    for needle in [
+        "=== versions ===",
+        "=== prerequisites (berthd check) ===",
+        "=== pods ===",
+        pod.as_str(),
+        c.as_str(),
+        &f.busybox,
+        "registry endpoint failed",
+        &f.berthd.net.bridge,
+        &format!("table inet {}", f.berthd.net.table),
+        "condition RuntimeReady = true",
+        "<redacted>",
+    ] {
+        assert!(report.contains(needle), "no {needle:?} in the report:\n{report}");
+    }
+    assert!(!report.contains("diag-s3cret"), "a secret in the report:\n{report}");
+
+    // With berthd down the report still comes, and says so.
+    f.cri.remove_pod(&pod).await;
+    f.berthd.stop();
+    let out2 = f.berthd.dir().join("diag2.txt");
+    let a = args(&out2);
+    let (status, _, err) = run_berthd(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(status.success(), "{err}");
+    let report = std::fs::read_to_string(&out2).unwrap();
+    assert!(report.contains("berthd not reachable"), "{report}");
+    f.berthd.restart().await;
+}

@@ -34,6 +34,7 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
         info.insert("apparmor".to_string(), crate::security::apparmor::status_line());
         let leases = node.store.list::<crate::store::LeaseRecord>()?.len();
         let mode = format!("{:?}", node.config.network.mode).to_lowercase();
+        info.insert("recentErrors".to_string(), serde_json::to_string(&crate::logging::recent_errors()).unwrap_or_default());
         info.insert("network".to_string(), serde_json::json!({ "mode": mode, "leases": leases }).to_string());
     }
     Ok(cri::StatusResponse {

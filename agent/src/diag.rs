@@ -1,0 +1,197 @@
+//! `berthd diag`: one file for a bug report — versions, prerequisites, the
+//! config (secrets redacted) and what set each key, what the running berthd
+//! reports over CRI (status with its recent warnings and errors, pods,
+//! containers, images), the node's network and cgroup state as the kernel
+//! has it. Works with berthd down too (the CRI sections then say so).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::Context as _;
+use berth_proto::cri;
+use berth_proto::cri::image_service_client::ImageServiceClient;
+use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::config::{Config, Sources};
+
+/// Writes the report to `out` (mode 0600).
+pub fn run(config: &Config, sources: &Sources, out: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let mut r = String::new();
+    section(&mut r, "versions");
+    let _ = writeln!(r, "berthd {}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(r, "kernel {}", read("/proc/sys/kernel/osrelease").trim());
+    let os = read("/etc/os-release");
+    let _ = writeln!(r, "os {}", os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).unwrap_or("?").trim_matches('"'));
+    let _ = writeln!(r, "cgroup {:?}", berth_runtime::cgroup::version());
+
+    section(&mut r, "prerequisites (berthd check)");
+    r.push_str(&crate::check::report(&crate::check::run(config)));
+
+    section(&mut r, "config (secrets redacted)");
+    r.push_str(&config.show(sources).unwrap_or_else(|e| format!("cannot print: {e}\n")));
+
+    runtime.block_on(cri_sections(&mut r, &config.socket));
+
+    section(&mut r, "network");
+    for (what, args) in [
+        ("bridge", vec!["-d", "addr", "show", "dev", config.network.bridge.as_str()]),
+        ("routes", vec!["route", "show"]),
+        ("links", vec!["-br", "link", "show"]),
+    ] {
+        let _ = writeln!(r, "--- {what}: ip {}", args.join(" "));
+        r.push_str(&command("ip", &args));
+    }
+    let _ = writeln!(r, "--- nft list table inet {}", config.network.nft_table);
+    r.push_str(&command("nft", &["list", "table", "inet", &config.network.nft_table]));
+    let _ = writeln!(r, "--- sysctl net.ipv4.ip_forward = {}", read("/proc/sys/net/ipv4/ip_forward").trim());
+
+    section(&mut r, "cgroups");
+    let mut parents = vec![config.runtime.default_cgroup_parent.clone()];
+    parents.extend(config.runtimes.values().map(|h| h.cgroup_parent.clone()).filter(|p| !p.is_empty()));
+    for p in parents {
+        let Ok(parent) = berth_runtime::cgroup::normalize(&p) else { continue };
+        let _ = writeln!(r, "{parent}:");
+        for pod in berth_runtime::cgroup::children(&parent) {
+            let path = format!("{parent}/{pod}");
+            let _ = writeln!(
+                r,
+                "  {pod}: {} processes, containers {:?}",
+                berth_runtime::cgroup::pids(&path).len(),
+                berth_runtime::cgroup::children(&path)
+            );
+        }
+    }
+
+    section(&mut r, "state directory");
+    for sub in ["pods", "containers"] {
+        let dir = config.state.join(sub);
+        let mut names: Vec<String> =
+            std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        let _ = writeln!(r, "{}: {}", dir.display(), if names.is_empty() { "(empty)".to_string() } else { names.join(" ") });
+    }
+
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.write_all(r.as_bytes()).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+fn section(r: &mut String, name: &str) {
+    let _ = writeln!(r, "\n=== {name} ===");
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A command's output, or why there is none.
+fn command(bin: &str, args: &[&str]) -> String {
+    match Command::new(bin).args(args).output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => format!("({bin} exited {}: {})\n", o.status, String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => format!("({bin}: {e})\n"),
+    }
+}
+
+async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+    let socket = socket.to_path_buf();
+    // The URI is ignored: the connector goes to the socket.
+    Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(20))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+        }))
+        .await
+}
+
+async fn cri_sections(r: &mut String, socket: &Path) {
+    section(r, "berthd (over CRI)");
+    let channel = match connect(socket).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(r, "berthd not reachable at {}: {e}", socket.display());
+            return;
+        }
+    };
+    let mut rt = RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    let mut img = ImageServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    match rt.status(cri::StatusRequest { verbose: true }).await {
+        Ok(s) => {
+            let s = s.into_inner();
+            for c in s.status.map(|s| s.conditions).unwrap_or_default() {
+                let _ = writeln!(r, "condition {} = {} {} {}", c.r#type, c.status, c.reason, c.message);
+            }
+            let handlers: Vec<String> = s.runtime_handlers.iter().map(|h| format!("{:?}", h.name)).collect();
+            let _ = writeln!(r, "runtime handlers: {}", handlers.join(", "));
+            let mut keys: Vec<&String> = s.info.keys().collect();
+            keys.sort();
+            for k in keys {
+                // The config is above, from the files; its running copy may differ after a reload.
+                let v = &s.info[k];
+                if k == "recentErrors" {
+                    let lines: Vec<String> = serde_json::from_str(v).unwrap_or_default();
+                    let _ = writeln!(r, "recent warnings and errors ({}):", lines.len());
+                    for l in lines {
+                        let _ = writeln!(r, "  {l}");
+                    }
+                } else {
+                    let _ = writeln!(r, "{k}: {v}");
+                }
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(r, "Status: {e}");
+        }
+    }
+    section(r, "pods");
+    match rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await {
+        Ok(l) => {
+            for p in l.into_inner().items {
+                let m = p.metadata.unwrap_or_default();
+                let state = if p.state == cri::PodSandboxState::SandboxReady as i32 { "READY" } else { "NOTREADY" };
+                let _ = writeln!(r, "{} {}/{} {state} handler={:?} created={}", p.id, m.namespace, m.name, p.runtime_handler, p.created_at);
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(r, "ListPodSandbox: {e}");
+        }
+    }
+    section(r, "containers");
+    match rt.list_containers(cri::ListContainersRequest::default()).await {
+        Ok(l) => {
+            for c in l.into_inner().containers {
+                let m = c.metadata.unwrap_or_default();
+                let state = cri::ContainerState::try_from(c.state).map(|s| s.as_str_name()).unwrap_or("?");
+                let image = c.image.map(|i| i.image).unwrap_or_default();
+                let _ = writeln!(r, "{} pod={} {} {state} image={image}", c.id, c.pod_sandbox_id, m.name);
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(r, "ListContainers: {e}");
+        }
+    }
+    section(r, "images");
+    match img.list_images(cri::ListImagesRequest::default()).await {
+        Ok(l) => {
+            for i in l.into_inner().images {
+                let _ = writeln!(r, "{} {:?} size={} pinned={}", i.id, i.repo_tags, i.size, i.pinned);
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(r, "ListImages: {e}");
+        }
+    }
+}
