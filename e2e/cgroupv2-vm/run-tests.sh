@@ -8,10 +8,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
-# The path of the test executable cargo builds for `$@`.
+# The path of the test executable cargo builds for `$@`: the artifact of
+# kind "test" (integration tests also make cargo build, and report, the
+# crate's binaries).
 test_bin() {
-  cargo test --locked "$@" --no-run --message-format=json 2>/dev/null \
-    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+  cargo test --locked "$@" --no-run --message-format=json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["executable"])'  | tail -n 1
 }
 
 # One initramfs for both runs (it is rebuilt whenever its contents change):
