@@ -72,7 +72,8 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
         _ => None,
     };
     let mut created = CreatedPaths::default();
-    let started = prepare(&config, &mut created);
+    let mut stages = crate::util::Stages::new();
+    let started = prepare(&config, &mut created, &mut stages);
     let (store, lock, listener) = match started {
         Ok(v) => v,
         Err(e) => {
@@ -83,6 +84,7 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
     // Opening sets up the host network with blocking netlink calls.
     let cfg = config.clone();
     let opened = tokio::task::spawn_blocking(move || Node::open(cfg, store)).await.context("start-up task")?;
+    stages.mark("node");
     let agent = match opened {
         Ok(a) => Arc::new(a),
         Err(e) => {
@@ -120,14 +122,17 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
     if let Err(e) = crate::pod::recover(&agent).await.and(crate::container::recover(&agent).await) {
         tracing::warn!("start-up recovery: {e}");
     }
+    stages.mark("recover");
     let a = agent.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || crate::reconcile::collect_strays(&a)).await {
         tracing::warn!("start-up garbage collection: {e}");
     }
+    stages.mark("strays");
     if let Err(e) = agent.images.collect_garbage().await {
         tracing::warn!("start-up image garbage collection: {e}");
     }
-    tracing::info!(socket = %config.socket.display(), root = %config.root.display(),
+    stages.mark("image_gc");
+    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), stages_us = %stages,
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -260,10 +265,15 @@ pub fn cleanup(config: Config, all: bool) -> anyhow::Result<()> {
 }
 
 /// Creates the directories, takes the lock, opens the store and binds the socket.
-fn prepare(config: &Config, created: &mut CreatedPaths) -> anyhow::Result<(Store, Flock<File>, UnixListener)> {
+fn prepare(
+    config: &Config,
+    created: &mut CreatedPaths,
+    stages: &mut crate::util::Stages,
+) -> anyhow::Result<(Store, Flock<File>, UnixListener)> {
     // The lock comes first, so a second berthd is told exactly that.
     created.dir(&config.state, 0o711).with_context(|| format!("state {}", config.state.display()))?;
     let lock = take_lock(&config.state.join(LOCK_FILE), created)?;
+    stages.mark("lock");
 
     created.dir(&config.root, 0o700).with_context(|| format!("root {}", config.root.display()))?;
     std::fs::set_permissions(&config.root, std::fs::Permissions::from_mode(0o700))
@@ -273,6 +283,7 @@ fn prepare(config: &Config, created: &mut CreatedPaths) -> anyhow::Result<(Store
         created.files.push(store_path.clone());
     }
     let store = Store::open(&config.root)?;
+    stages.mark("store");
 
     let socket_dir = config.socket.parent().unwrap_or(Path::new("/"));
     created.dir(socket_dir, 0o711).with_context(|| format!("socket directory {}", socket_dir.display()))?;

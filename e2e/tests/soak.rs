@@ -49,6 +49,12 @@ struct Workload {
     pods_started: Arc<AtomicUsize>,
 }
 
+/// StopPodSandbox + RemovePodSandbox; whether the pod is gone.
+async fn remove_pod(cri: &mut berth_e2e::Cri, id: &str) -> bool {
+    let _ = cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.into() }).await;
+    cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.into() }).await.is_ok()
+}
+
 /// One client: the lifecycle over and over; every error is fine (berthd
 /// may be down), what matters is what berth reports afterwards.
 async fn client(n: usize, w: Workload) {
@@ -81,13 +87,27 @@ async fn client(n: usize, w: Workload) {
                 let _ = cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: id }).await;
             }
         }
-        if rng.below(3) != 0 {
+        // Two in three pods stay a while; the others go at once.
+        let keep = rng.below(3) != 0;
+        if i.is_multiple_of(10) {
+            // As kubelet does: a pod this client started but never heard of
+            // (berthd died before answering) is found by name and removed.
+            let prefix = format!("soak-{n}-");
+            if let Ok(list) = cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await {
+                for p in list.into_inner().items {
+                    let name = p.metadata.map(|m| m.name).unwrap_or_default();
+                    if name.starts_with(&prefix) && p.id != pod && !kept.contains(&p.id) {
+                        kept.push_front(p.id);
+                    }
+                }
+            }
+        }
+        if keep || !remove_pod(&mut cri, &pod).await {
             kept.push_back(pod);
         }
         while kept.len() > 3 || (!kept.is_empty() && rng.below(3) != 0) {
             let Some(old) = kept.pop_front() else { break };
-            let _ = cri.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: old.clone() }).await;
-            if cri.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: old.clone() }).await.is_err() {
+            if !remove_pod(&mut cri, &old).await {
                 kept.push_front(old);
                 break;
             }
