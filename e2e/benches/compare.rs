@@ -511,6 +511,28 @@ async fn main() {
         lifecycle(&mut berth, &mut t, i >= 3).await;
         lifecycle(&mut containerd, &mut t, i >= 3).await;
     }
+    if !quick {
+        println!("pull + unpack, {} runs, a fresh daemon each", runs.min(5));
+        let big = berth_e2e::oci::big_image();
+        f.registry.push("bench/big", "1", &big).await;
+        let reference = f.registry.reference("bench/big", "1");
+        let mb: usize = big.layers.iter().map(|l| l.blob.bytes.len()).sum();
+        let row = format!("pull + unpack, {:.0} MB in {} layers", mb as f64 / 1e6, big.layers.len());
+        for _ in 0..runs.min(5) {
+            let b = berth_e2e::Berthd::start().await;
+            let mut c = b.cri().await;
+            let t0 = Instant::now();
+            c.pull(&reference).await.expect("berth pull");
+            t.add(&row, "berth", "ms", ms(t0.elapsed()));
+            drop(c);
+            drop(b);
+            let other = Containerd::start(&f.registry, &pause, &format!("10.202.{}.0/24", std::process::id() % 250)).await;
+            let mut c = other.cri().await;
+            let t0 = Instant::now();
+            c.pull(&reference).await.expect("containerd pull");
+            t.add(&row, "containerd", "ms", ms(t0.elapsed()));
+        }
+    }
     println!("20 pods in parallel");
     for _ in 0..5 {
         for rt in [&mut berth, &mut containerd] {

@@ -3,25 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use berth_e2e::oci::{self, Compression, ImageSettings, LayerBuilder};
+use berth_e2e::oci;
 use berth_e2e::registry::Registry;
 use berth_e2e::Berthd;
 
 const RUNS: usize = 5;
-
-/// Deterministic incompressible bytes (xorshift64).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -30,29 +16,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // Four layers: busybox, then ~33 MB each of many small files, a few large
-    // random files, and compressible text.
-    let mut layers = Vec::new();
-    let mut base = LayerBuilder::new();
-    base.busybox();
-    layers.push(base.build(Compression::Gzip));
-    let mut small = LayerBuilder::new();
-    small.dir("small", 0o755);
-    for i in 0..4000 {
-        small.file(&format!("small/f{i}"), &noise(8 * 1024, i), 0o644);
-    }
-    layers.push(small.build(Compression::Gzip));
-    let mut large = LayerBuilder::new();
-    large.dir("large", 0o755);
-    for i in 0..4 {
-        large.file(&format!("large/blob{i}"), &noise(8 << 20, 1000 + i), 0o644);
-    }
-    layers.push(large.build(Compression::Zstd));
-    let mut text = LayerBuilder::new();
-    let line = b"the quick brown fox jumps over the lazy dog 0123456789\n".repeat(600_000);
-    text.file("text/log", &line, 0o644);
-    layers.push(text.build(Compression::Gzip));
-    let image = oci::image(layers, &ImageSettings::default());
+    let image = oci::big_image();
     let compressed: usize = image.layers.iter().map(|l| l.blob.bytes.len()).sum();
     let uncompressed: usize = image.layers.iter().map(|l| l.tar_len).sum();
 

@@ -46,7 +46,10 @@ impl Containerd {
         }
         let dir = tempfile::Builder::new().prefix("ctrd-bench-").tempdir().expect("tempdir");
         let d = dir.path();
-        let bridge = format!("cb{}", std::process::id() % 100_000);
+        // Unique per instance: a bench may run a second containerd.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let bridge = format!("cb{}x{n}", std::process::id() % 100_000);
         for sub in ["root", "state", "cni", "ipam", "opt"] {
             std::fs::create_dir_all(d.join(sub)).expect("dirs");
         }

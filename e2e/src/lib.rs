@@ -23,6 +23,7 @@ pub mod oci;
 pub mod rawnet;
 pub mod registry;
 pub mod spdy;
+pub mod tls;
 pub mod truth;
 
 /// How long berthd may take to answer its first `Version`.

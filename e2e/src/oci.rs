@@ -319,6 +319,47 @@ pub fn image(layers: Vec<Layer>, settings: &ImageSettings) -> BuiltImage {
     BuiltImage { config, layers, manifest }
 }
 
+/// Deterministic incompressible bytes (xorshift64).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The pull benchmarks' image, about 100 MB in four layers: busybox, then
+/// ~33 MB each of many small files, a few large random files (zstd) and
+/// compressible text.
+pub fn big_image() -> BuiltImage {
+    let mut layers = Vec::new();
+    let mut base = LayerBuilder::new();
+    base.busybox();
+    layers.push(base.build(Compression::Gzip));
+    let mut small = LayerBuilder::new();
+    small.dir("small", 0o755);
+    for i in 0..4000 {
+        small.file(&format!("small/f{i}"), &noise(8 * 1024, i), 0o644);
+    }
+    layers.push(small.build(Compression::Gzip));
+    let mut large = LayerBuilder::new();
+    large.dir("large", 0o755);
+    for i in 0..4 {
+        large.file(&format!("large/blob{i}"), &noise(8 << 20, 1000 + i), 0o644);
+    }
+    layers.push(large.build(Compression::Zstd));
+    let mut text = LayerBuilder::new();
+    let line = b"the quick brown fox jumps over the lazy dog 0123456789\n".repeat(600_000);
+    text.file("text/log", &line, 0o644);
+    layers.push(text.build(Compression::Gzip));
+    image(layers, &ImageSettings::default())
+}
+
 /// A plain busybox image.
 pub fn busybox_image(settings: &ImageSettings) -> BuiltImage {
     let mut layer = LayerBuilder::new();

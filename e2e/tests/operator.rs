@@ -486,22 +486,13 @@ async fn diag_writes_one_report_without_secrets() {
     let absent = format!("127.0.0.1:{}/nothing:1", registry::free_port());
     f.cri.pull(&absent).await.expect_err("no registry");
 
-    let p = f.berthd.paths.clone();
     let out = f.berthd.dir().join("diag.txt");
+    // The running berthd's own flags (config, root, state, socket), then the subcommand.
+    let base = f.berthd.args();
     let args = |out: &std::path::Path| {
-        vec![
-            "--config".to_string(),
-            p.config.display().to_string(),
-            "--root".into(),
-            p.root.display().to_string(),
-            "--state".into(),
-            p.state.display().to_string(),
-            "--socket".into(),
-            p.socket.display().to_string(),
-            "diag".into(),
-            "--out".into(),
-            out.display().to_string(),
-        ]
+        let mut a = base.clone();
+        a.extend(["diag".to_string(), "--out".into(), out.display().to_string()]);
+        a
     };
     let a = args(&out);
     let (status, stdout, err) = run_berthd(&a.iter().map(String::as_str).collect::<Vec<_>>());

@@ -3,8 +3,7 @@
 //! override_path mirrors, a registry over TLS with its own CA, and
 //! credentials from the config.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use berth_e2e::{oci, registry, run_berthd, Berthd};
@@ -117,73 +116,10 @@ async fn hosts_toml_mirrors_with_override_path_and_a_path_prefix() {
     assert!(e.message().contains("hosts.toml") && e.message().contains("client certificates"), "{e:?}");
 }
 
-/// A CA and a certificate it signed for 127.0.0.1 (openssl from deploy/deps.sh).
-fn ca_and_server_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
-        assert!(st.success(), "openssl {args:?}");
-    };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=berth test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
-        .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.pem",
-    ]);
-    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_registry_with_its_own_ca_from_hosts_toml() {
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = ca_and_server_cert(certs.path());
+    let berth_e2e::tls::TestCerts { ca, cert, key } = berth_e2e::tls::ca_and_server_cert(certs.path());
     let plain = registry::Registry::start().await;
     plain.push("busybox", "latest", &oci::busybox_image(&oci::ImageSettings::default())).await;
     let tls = plain.tls_twin(&cert, &key).await;

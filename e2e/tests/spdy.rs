@@ -2,8 +2,6 @@
 //! by default) and Attach over WebSocket too, with berth's own test client;
 //! `interop.rs` drives the same through client-go's libraries.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use berth_e2e::spdy::{remote_command, SpdyClient};
@@ -302,42 +300,11 @@ async fn attach_to_output_stdin_once_and_a_terminal() {
     f.cri.remove_pod(&pod).await;
 }
 
-/// A self-signed certificate for 127.0.0.1 (openssl from deploy/deps.sh).
-fn self_signed(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("stream.crt"), dir.join("stream.key"));
-    let st = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(st.success());
-    (cert, key)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
+    let certs = berth_e2e::tls::ca_and_server_cert(dir.path());
+    let (cert, key, ca) = (certs.cert, certs.key, certs.ca);
     let config = format!("[stream]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n", cert.display().to_string(), key.display().to_string());
     let mut f = Fixture::start_with_config(&config).await;
     let cfg = f.pod("tls");
@@ -355,7 +322,7 @@ async fn streaming_over_tls() {
     assert!(!buf.starts_with(b"HTTP/1.1"), "{:?}", String::from_utf8_lossy(&buf));
 
     let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&cert).unwrap();
+    let pem = std::fs::read(&ca).unwrap();
     for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
         roots.add(c.unwrap()).unwrap();
     }
