@@ -13,7 +13,7 @@
 #   deploy/install.sh [--uninstall] [--prefix DIR] [--etc DIR]
 #                     [--systemd-dir DIR] [--binaries DIR]
 #
-# --binaries DIR takes berthd and berth-monitor from DIR instead of
+# --binaries DIR takes berthd, berth-monitor and berth-pause from DIR instead of
 # installing dependencies and building (for packaging and the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +67,7 @@ if [ -z "$binaries" ]; then
     bash deploy/deps.sh
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
     cargo build --release --locked -p berth-agent -p berth-runtime --bins
+    cargo build --release --locked --manifest-path pause/Cargo.toml --target-dir target
     binaries=target/release
 fi
 
@@ -97,6 +98,8 @@ install -m 0755 "$binaries/berthd" "$prefix/bin/berthd"
 record "$prefix/bin/berthd"
 install -m 0755 "$binaries/berth-monitor" "$prefix/bin/berth-monitor"
 record "$prefix/bin/berth-monitor"
+install -m 0755 "$binaries/berth-pause" "$prefix/bin/berth-pause"
+record "$prefix/bin/berth-pause"
 if [ ! -e "$etc/config.toml" ]; then
     "$prefix/bin/berthd" config default > "$etc/config.toml"
     chmod 0644 "$etc/config.toml"

@@ -14,6 +14,7 @@
 //! - `pod.stop.after_intent`, `pod.stop.after_init_killed`: StopPodSandbox
 //! - `pod.remove.after_teardown`
 //! - `image.pull.after_layer`: a pull with some layers unpacked
+//! - `image.remove.after_record`: RemoveImage, before its content is collected
 
 /// The points a build with the feature knows (the tests cover each).
 pub const POINTS: &[&str] = &[
@@ -31,6 +32,7 @@ pub const POINTS: &[&str] = &[
     "pod.stop.after_init_killed",
     "pod.remove.after_teardown",
     "image.pull.after_layer",
+    "image.remove.after_record",
 ];
 
 /// Dies here if this is the point asked for.

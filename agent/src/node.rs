@@ -122,6 +122,12 @@ impl Node {
                 Handler { runtime: berth_runtime::Runtime::new(bin), cgroup_parent, default_seccomp: h.default_seccomp },
             );
         }
+        if !monitor_bin.with_file_name("berth-pause").is_file() {
+            tracing::warn!(
+                monitor = %monitor_bin.display(),
+                "no berth-pause next to berth-monitor: shared-PID pod inits stay berth-monitor processes (about 2 MiB each instead of a few KiB)"
+            );
+        }
         if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(true) {
             tracing::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj and rlimits above the hard limit are clamped to what may be set");
         }

@@ -33,6 +33,7 @@ bin=$(test_bin -p berth-runtime --test cgroup_v2)
 bash e2e/cgroupv2-vm/run-in-vm.sh "$PWD" -- "$bin" --ignored --test-threads=1
 
 cargo build --locked --quiet -p berth-agent -p berth-runtime --bins
+cargo build --locked --quiet --manifest-path pause/Cargo.toml --target-dir target
 resources=$(test_bin -p berth-e2e --test resources)
 [ -n "$resources" ] || { echo "cgroupv2-vm: could not build the resources e2e test" >&2; exit 1; }
 export BERTHD=$PWD/target/debug/berthd

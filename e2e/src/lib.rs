@@ -50,8 +50,18 @@ pub fn berthd_bin() -> &'static Path {
         } else {
             args.extend(["--features", "berth-agent/fault-injection"]);
         }
-        let status = Command::new(cargo).args(&args).current_dir(workspace_dir()).status().expect("running cargo build for berthd");
+        let status = Command::new(&cargo).args(&args).current_dir(workspace_dir()).status().expect("running cargo build for berthd");
         assert!(status.success(), "cargo build of berthd failed");
+        // berth-pause is a crate of its own (it needs panic = abort); built
+        // into the same target directory, so it lands next to berth-monitor.
+        let target = target_dir().parent().map(Path::to_path_buf).unwrap_or_else(|| workspace_dir().join("target"));
+        let mut pause = vec!["build", "--quiet", "--manifest-path", "pause/Cargo.toml", "--target-dir"];
+        pause.push(target.to_str().expect("a UTF-8 target dir"));
+        if release {
+            pause.push("--release");
+        }
+        let status = Command::new(&cargo).args(&pause).current_dir(workspace_dir()).status().expect("running cargo build for berth-pause");
+        assert!(status.success(), "cargo build of berth-pause failed");
         target_dir().join("berthd")
     })
 }

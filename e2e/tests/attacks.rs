@@ -202,6 +202,10 @@ async fn shared_pid_init_shows_nothing_of_the_host() {
         assert_eq!(status_field(&mut f, &tracer, "/proc/1/status", field).await, want, "{field}");
     }
     assert_eq!(status_field(&mut f, &tracer, "/proc/1/status", "Uid").await, "65535");
+    // What runs as PID 1 is berth-pause: a few pages, not a forked berth-monitor.
+    assert!(run(&mut f, &tracer, "readlink /proc/1/exe").await.trim().ends_with("/berth-pause"), "pod init exe");
+    let rss_kb: u64 = status_field(&mut f, &tracer, "/proc/1/status", "VmRSS").await.trim_end_matches("kB").trim().parse().unwrap();
+    assert!(rss_kb < 256, "the pod init holds {rss_kb} kB");
     f.cri.remove_pod(&pod).await;
 }
 

@@ -166,7 +166,7 @@ async fn killed_during_stops_and_removes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_a_pull() {
+async fn killed_during_a_pull_and_an_image_removal() {
     use berth_e2e::oci::{self, Compression, ImageSettings, LayerBuilder};
     let mut f = Fixture::start().await;
     let layers: Vec<_> = (0..3)
@@ -190,6 +190,21 @@ async fn killed_during_a_pull() {
     assert_eq!(f.cri.pull(&reference).await.unwrap(), image.id());
     f.cri.remove_image(&reference).await.unwrap();
     assert_eq!(snapshots(&f), before);
+
+    // RemoveImage cut short between its record and its content: the image
+    // is gone, and start-up collects what only it used.
+    let blobs = |f: &Fixture| std::fs::read_dir(f.berthd.paths.root.join("content/blobs/sha256")).unwrap().count();
+    let blobs_before = blobs(&f);
+    f.cri.pull(&reference).await.unwrap();
+    assert!(snapshots(&f) > before && blobs(&f) > blobs_before);
+    let point = "image.remove.after_record";
+    arm(&mut f, point).await;
+    let failed = f.cri.remove_image(&reference).await.is_err();
+    died_and_restart(&mut f, point, failed).await;
+    assert!(f.cri.image_status(&reference).await.unwrap().is_none(), "the removal was recorded");
+    assert_eq!(snapshots(&f), before, "start-up collected the removed image's layers");
+    assert_eq!(blobs(&f), blobs_before, "and its blobs");
+    f.cri.remove_image(&reference).await.expect("a repeated RemoveImage is fine");
 }
 
 /// What the kernel lost while berthd was down is what berthd reports: a pod

@@ -189,7 +189,11 @@ fn install_into_a_prefix_and_uninstall_back_to_as_before() {
     let out = run(&["--binaries", &bins]);
     assert!(out.contains("namespaces:") && out.contains("cgroups:"), "the check runs after installing: {out}");
     let installed = tree(root);
-    assert!(installed.contains_key("usr/bin/berthd") && installed.contains_key("usr/bin/berth-monitor"));
+    assert!(
+        ["berthd", "berth-monitor", "berth-pause"].iter().all(|b| installed.contains_key(&format!("usr/bin/{b}"))),
+        "{:?}",
+        installed.keys()
+    );
     assert!(installed.contains_key("etc/berth/config.d"));
     let (_, default, _) = run_berthd(&["config", "default"]);
     assert_eq!(installed["etc/berth/config.toml"], default);

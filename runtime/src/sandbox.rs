@@ -257,6 +257,9 @@ const POD_INIT_SYSCALLS: &[&str] = &[
     "munmap",
     "exit",
     "exit_group",
+    // berth-pause: exec'd once through its fd, then PR_SET_DUMPABLE.
+    "execveat",
+    "prctl",
 ];
 
 /// `berth-monitor pod-init`: joins the pod's cgroup and namespaces, then
@@ -303,6 +306,10 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
         Ok(ForkResult::Child) => {
             // PID 1 of a namespace containers join: its /proc/1/exe is berth's binary.
             crate::process::init::make_non_dumpable();
+            // berth-pause, opened while the host's root is still there; exec'd
+            // once confined (a forked berth-monitor keeps ~2 MiB resident,
+            // berth-pause a few pages).
+            let pause = pause_binary();
             if let Err((step, e)) = confine_pod_init(&args.pod_dir) {
                 return fail(&mut report, step, &e);
             }
@@ -311,8 +318,17 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
             let _ = all.thread_block();
             let _ = channel::send(&mut report, &PodInitReport::Ready);
             // No fd at all from here on: nothing to find through /proc/1/fd.
-            // SAFETY: close_range only closes fds; none is used afterwards.
-            unsafe { libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0) };
+            // berth-pause's fd is close-on-exec and goes with the exec.
+            match &pause {
+                Some(fd) => close_all_but(fd.as_raw_fd()),
+                // SAFETY: close_range only closes fds; none is used afterwards.
+                None => unsafe {
+                    libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0);
+                },
+            }
+            if let Some(fd) = pause {
+                exec_pause(&fd);
+            }
             let mut wait = SigSet::empty();
             wait.add(Signal::SIGCHLD);
             wait.add(Signal::SIGTERM);
@@ -333,6 +349,42 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
             }
         }
         Err(e) => fail(&mut report, "fork", &e),
+    }
+}
+
+/// berth-pause next to this binary, opened close-on-exec; None when it is
+/// not there (the init then waits in berth-monitor itself; berthd warns).
+fn pause_binary() -> Option<std::os::fd::OwnedFd> {
+    let path = std::env::current_exe().ok()?.with_file_name("berth-pause");
+    std::fs::File::open(path).ok().map(std::os::fd::OwnedFd::from)
+}
+
+/// Closes every fd but `keep`.
+fn close_all_but(keep: std::os::fd::RawFd) {
+    let keep = keep as libc::c_uint;
+    // SAFETY: close_range only closes fds; the ranges leave `keep` open and
+    // no other fd is used afterwards.
+    unsafe {
+        if keep > 0 {
+            libc::syscall(libc::SYS_close_range, 0, keep - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+    }
+}
+
+/// Replaces this process with berth-pause, keeping the command line (start-up
+/// GC finds a pod's init by it after a crash). Returns only if the exec failed.
+fn exec_pause(fd: &std::os::fd::OwnedFd) {
+    let args: Vec<std::ffi::CString> =
+        std::env::args_os().filter_map(|a| std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).ok()).collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: argv and envp are null-terminated arrays of pointers to
+    // C strings that outlive the call; the empty path with AT_EMPTY_PATH
+    // executes the file behind `fd`.
+    unsafe {
+        libc::syscall(libc::SYS_execveat, fd.as_raw_fd(), c"".as_ptr(), argv.as_ptr(), envp.as_ptr(), libc::AT_EMPTY_PATH);
     }
 }
 

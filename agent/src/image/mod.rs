@@ -577,6 +577,7 @@ impl Images {
             })
             .map_err(ImageError::Db)?;
         if removed {
+            crate::fault::point("image.remove.after_record");
             tracing::info!(id = %record.id, "image removed");
             let db = self.db.clone();
             let content = self.content.clone();
