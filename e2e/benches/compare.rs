@@ -454,15 +454,6 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table) {
     rt.pod_down(&pod).await;
 }
 
-fn remove_cgroup_tree(name: &str) {
-    for m in berth_e2e::cgroup_mounts() {
-        let root = m.join(name);
-        if root.exists() {
-            let _ = Command::new("find").arg(&root).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).status();
-        }
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs = env("COMPARE_RUNS", 30);
@@ -592,5 +583,9 @@ async fn main() {
     let _ = std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap_or_default());
     println!("\nJSON: {}", out.display());
     drop(ctrd);
-    remove_cgroup_tree(&cgroup);
+    drop(f);
+    // kubelet's part: the pods' parent cgroups are the caller's to remove.
+    // Processes of a daemon just stopped may still be exiting: this kills
+    // what is left and waits for each rmdir.
+    berth_e2e::remove_cgroup_everywhere(&cgroup);
 }
