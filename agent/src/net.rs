@@ -122,6 +122,9 @@ impl Network {
             return Ok(());
         }
         let Some(bridge) = self.bridge() else { return Ok(()) };
+        if pod_bandwidth(&pod.annotations).is_ok_and(|b| b != berth_network::cni::Bandwidth::default()) {
+            tracing::warn!(pod_id = %pod.id, "bandwidth annotations are applied by a CNI bandwidth plugin; the built-in network does not shape traffic");
+        }
         let ip = lease(store, others, pod, &bridge)?;
         bridge.setup_pod(&pod.id, netns, ip, &pod.port_mappings).map_err(|e| {
             let _ = release(store, &pod.id);
@@ -163,6 +166,70 @@ impl Network {
     }
 }
 
+/// The pod annotations kubelet sets from a pod's bandwidth annotations.
+pub const INGRESS_BANDWIDTH: &str = "kubernetes.io/ingress-bandwidth";
+/// See [`INGRESS_BANDWIDTH`].
+pub const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
+
+/// The pod's bandwidth limits from its annotations, checked as kubelet
+/// checks them (a quantity of bits per second between 1k and 1P).
+pub fn pod_bandwidth(annotations: &std::collections::BTreeMap<String, String>) -> Result<berth_network::cni::Bandwidth> {
+    let get = |key: &str| -> Result<Option<u64>> {
+        let Some(v) = annotations.get(key) else { return Ok(None) };
+        let bps = parse_quantity(v).ok_or_else(|| Error::invalid(format!("annotations[{key}]"), format!("{v:?} is not a quantity")))?;
+        if !(1_000..=1_000_000_000_000_000).contains(&bps) {
+            return Err(Error::invalid(format!("annotations[{key}]"), format!("{v:?} is not between 1k and 1P bits per second")));
+        }
+        Ok(Some(bps))
+    };
+    Ok(berth_network::cni::Bandwidth { ingress_bps: get(INGRESS_BANDWIDTH)?, egress_bps: get(EGRESS_BANDWIDTH)? })
+}
+
+/// A Kubernetes quantity ("10M", "1.5Gi", "100k", "2e6", "500m") as a whole
+/// number, rounded up as resource.Quantity.Value() does.
+pub fn parse_quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+')).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    if num.is_empty() || num.starts_with('.') && num.len() == 1 {
+        return None;
+    }
+    let (mut exp10, pow2): (i32, u32) = match suffix {
+        "" => (0, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 10),
+        "Mi" => (0, 20),
+        "Gi" => (0, 30),
+        "Ti" => (0, 40),
+        "Pi" => (0, 50),
+        "Ei" => (0, 60),
+        e if e.starts_with(['e', 'E']) => (e[1..].parse().ok()?, 0),
+        _ => return None,
+    };
+    let num = num.trim_start_matches('+');
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if int.is_empty() && frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // digits * 10^(exp10 - len(frac)) * 2^pow2, exactly, then rounded up.
+    let digits: u128 = format!("{int}{frac}").parse().ok()?;
+    exp10 -= frac.len() as i32;
+    let mut value = digits.checked_mul(1u128.checked_shl(pow2)?)?;
+    if exp10 >= 0 {
+        value = value.checked_mul(10u128.checked_pow(exp10 as u32)?)?;
+    } else {
+        let d = 10u128.checked_pow((-exp10) as u32)?;
+        value = value.div_ceil(d);
+    }
+    u64::try_from(value).ok()
+}
+
 fn cni_pod<'a>(pod: &'a PodRecord, netns: &'a std::path::Path, dns: &'a crate::pod::PodDns) -> CniPod<'a> {
     CniPod {
         id: &pod.id,
@@ -172,6 +239,8 @@ fn cni_pod<'a>(pod: &'a PodRecord, netns: &'a std::path::Path, dns: &'a crate::p
         uid: &pod.uid,
         ports: &pod.port_mappings,
         dns: (&dns.servers, &dns.searches, &dns.options),
+        // Checked at RunPodSandbox; a record from before that check shapes nothing.
+        bandwidth: pod_bandwidth(&pod.annotations).unwrap_or_default(),
     }
 }
 
@@ -221,4 +290,44 @@ fn release(store: &Store, pod_id: &str) -> Result<()> {
         }
         Ok(())
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_as_kubernetes_reads_them() {
+        for (q, v) in [
+            ("1M", 1_000_000),
+            ("10M", 10_000_000),
+            ("1.5M", 1_500_000),
+            ("1Ki", 1024),
+            ("2Mi", 2 << 20),
+            ("100k", 100_000),
+            ("2e6", 2_000_000),
+            ("1500m", 2),
+            ("1000", 1000),
+            ("0.5k", 500),
+            ("1P", 1_000_000_000_000_000),
+        ] {
+            assert_eq!(parse_quantity(q), Some(v), "{q}");
+        }
+        for bad in ["", "M", "1X", "1.2.3", "-1M", "abc", ".", "1e"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bandwidth_annotations_are_checked() {
+        let mut a = std::collections::BTreeMap::new();
+        assert_eq!(pod_bandwidth(&a).unwrap(), berth_network::cni::Bandwidth::default());
+        a.insert(INGRESS_BANDWIDTH.to_string(), "1M".to_string());
+        assert_eq!(pod_bandwidth(&a).unwrap().ingress_bps, Some(1_000_000));
+        a.insert(EGRESS_BANDWIDTH.to_string(), "10".to_string());
+        let e = pod_bandwidth(&a).unwrap_err().to_string();
+        assert!(e.contains("kubernetes.io/egress-bandwidth") && e.contains("1k"), "{e}");
+        a.insert(EGRESS_BANDWIDTH.to_string(), "lots".to_string());
+        assert!(pod_bandwidth(&a).unwrap_err().to_string().contains("not a quantity"));
+    }
 }

@@ -148,3 +148,52 @@ fn remove_portmap_chains() {
         }
     }
 }
+
+/// kubelet's bandwidth annotations go to a CNI bandwidth plugin as
+/// runtimeConfig (its `bandwidth` capability), as containerd passes them:
+/// the rate into the pod becomes a tbf qdisc on the pod's host-side veth.
+/// (Egress needs an ifb device, which this machine's kernel lacks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_annotations_reach_the_bandwidth_plugin() {
+    assert!(Path::new(CNI_BIN).join("bandwidth").exists(), "install containernetworking-plugins");
+    let tmp = tempfile::tempdir().unwrap();
+    let conf_dir = tmp.path().join("net.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let net = NetNames::new();
+    let conflist = format!(
+        r#"{{"cniVersion":"1.0.0","name":"berth-e2e-bw","plugins":[
+  {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
+    "ipam":{{"type":"host-local","dataDir":"{data}","ranges":[[{{"subnet":"{subnet}"}}]]}}}},
+  {{"type":"bandwidth","capabilities":{{"bandwidth":true}}}}
+]}}"#,
+        bridge = net.bridge,
+        data = tmp.path().join("ipam").display(),
+        subnet = net.subnet
+    );
+    std::fs::write(conf_dir.join("10-bw.conflist"), conflist).unwrap();
+    let config = format!("[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{CNI_BIN}\"]\n", conf_dir.display());
+    let mut f = Fixture::start_with_config(&config).await;
+
+    // A bad annotation is refused before anything is made.
+    let mut bad = f.pod("bw-bad");
+    bad.annotations.insert("kubernetes.io/ingress-bandwidth".into(), "fast".into());
+    let e = f.cri.run_pod(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("kubernetes.io/ingress-bandwidth"), "{}", e.message());
+    assert!(f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items.is_empty());
+
+    let mut cfg = f.pod("bw");
+    cfg.annotations.insert("kubernetes.io/ingress-bandwidth".into(), "1M".into());
+    let pod = f.cri.run_pod(cfg).await.unwrap();
+    let ports = std::process::Command::new("ip").args(["-br", "link", "show", "master", &net.bridge]).output().unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout).to_string();
+    let veth = ports.split_whitespace().next().expect("the pod's veth on the bridge").split('@').next().unwrap().to_string();
+    let qdisc = std::process::Command::new("tc").args(["qdisc", "show", "dev", &veth]).output().unwrap();
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout).to_string();
+    assert!(qdisc.contains("tbf") && qdisc.contains("rate 1Mbit"), "{veth}: {qdisc}");
+
+    f.cri.remove_pod(&pod).await;
+    let left = std::process::Command::new("ip").args(["-br", "link", "show", "master", &net.bridge]).output().unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "veths left");
+    net.remove();
+}

@@ -57,6 +57,18 @@ pub struct CniPod<'a> {
     pub ports: &'a [PortMapping],
     /// DNS (runtimeConfig dns): servers, searches, options.
     pub dns: (&'a [String], &'a [String], &'a [String]),
+    /// Traffic shaping (runtimeConfig bandwidth), from the pod's annotations.
+    pub bandwidth: Bandwidth,
+}
+
+/// A pod's bandwidth limits in bits per second (kubelet's
+/// `kubernetes.io/ingress-bandwidth` and `egress-bandwidth` annotations).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// Into the pod.
+    pub ingress_bps: Option<u64>,
+    /// Out of the pod.
+    pub egress_bps: Option<u64>,
 }
 
 fn cni_err(msg: impl Into<String>) -> NetError {
@@ -212,6 +224,21 @@ impl Cni {
                 })
                 .collect();
             runtime.insert("portMappings".into(), json!(ports));
+        }
+        let bw = pod.bandwidth;
+        if caps["bandwidth"].as_bool() == Some(true) && (bw.ingress_bps.is_some() || bw.egress_bps.is_some()) {
+            // As containerd: the rate from the annotation, the burst unbounded
+            // (the bandwidth plugin wants both).
+            let mut m = serde_json::Map::new();
+            if let Some(r) = bw.ingress_bps {
+                m.insert("ingressRate".into(), json!(r));
+                m.insert("ingressBurst".into(), json!(u32::MAX));
+            }
+            if let Some(r) = bw.egress_bps {
+                m.insert("egressRate".into(), json!(r));
+                m.insert("egressBurst".into(), json!(u32::MAX));
+            }
+            runtime.insert("bandwidth".into(), Value::Object(m));
         }
         if caps["dns"].as_bool() == Some(true) {
             runtime.insert("dns".into(), json!({ "servers": pod.dns.0, "searches": pod.dns.1, "options": pod.dns.2 }));

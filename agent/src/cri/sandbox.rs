@@ -110,6 +110,8 @@ pub(super) async fn run(node: &Arc<Node>, req: cri::RunPodSandboxRequest) -> Res
         )));
     }
     let (record, dns) = record_from(config, req.runtime_handler)?;
+    // kubelet's bandwidth annotations: refused before anything exists.
+    crate::net::pod_bandwidth(&record.annotations)?;
     let id = pod::run(node, record, dns).await?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
