@@ -376,4 +376,17 @@ async fn cleanup_removes_what_berth_left_on_the_node() {
     let (status, out, err) = run_berthd(&argv);
     assert!(status.success(), "{out}{err}");
     assert!(!f.berthd.paths.root.exists(), "root left with --all");
+
+    // The state gone (a reboot wipes /run) but the bridge and table still
+    // there: cleanup removes them by their configured names.
+    f.berthd.restart().await;
+    f.berthd.stop();
+    assert!(bridge.exists());
+    std::fs::remove_dir_all(&f.berthd.paths.state).unwrap();
+    let (status, out, err) = run_berthd(&argv);
+    assert!(status.success(), "{out}{err}");
+    assert!(!bridge.exists(), "bridge left without a state dir");
+    let nft = std::process::Command::new("nft").args(["list", "table", "inet", &f.berthd.net.table]).output().unwrap();
+    assert!(!nft.status.success(), "nft table left without a state dir");
+    f.berthd.restart().await;
 }
