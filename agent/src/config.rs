@@ -421,13 +421,19 @@ impl Sources {
         self.by_key.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    fn record_table(&mut self, prefix: &str, table: &toml::Table, source: &str) {
-        for (k, v) in table {
-            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-            match v {
-                toml::Value::Table(t) if !t.is_empty() => self.record_table(&key, t, source),
-                _ => self.set(&key, source),
-            }
+    fn record_table(&mut self, table: &toml::Table, source: &str) {
+        for_each_leaf("", table, &mut |key, _| self.set(&key, source));
+    }
+}
+
+/// Calls `f` with every leaf of `table` under its dotted key (`log.level`,
+/// `registry.mirrors.docker.io`); an empty table counts as a leaf.
+pub(crate) fn for_each_leaf(prefix: &str, table: &toml::Table, f: &mut dyn FnMut(String, &toml::Value)) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) if !t.is_empty() => for_each_leaf(&key, t, f),
+            _ => f(key, v),
         }
     }
 }
@@ -451,42 +457,31 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 }
 
 impl Config {
-    /// Loads `path`. When `explicit` is false a missing file means "use defaults".
-    /// Drop-ins are not read; see [`Config::load_layered`].
-    pub fn load(path: &Path, explicit: bool) -> Result<(Config, Sources), ConfigError> {
-        Config::load_files(path, explicit, None)
-    }
-
-    /// The main file (`explicit`: it must exist), then every `*.toml` in its
-    /// `config.d` directory in lexical order of their names, each over the
-    /// ones before. Each file is checked against the schema on its own, so
-    /// an error names its file and line.
+    /// The main file (`explicit`: it must exist; else a missing one means
+    /// "use defaults"), then every `*.toml` in its `config.d` directory in
+    /// lexical order of their names, each over the ones before. Each file is
+    /// checked against the schema on its own, so an error names its file and line.
     pub fn load_layered(path: &Path, explicit: bool) -> Result<(Config, Sources), ConfigError> {
-        Config::load_files(path, explicit, Some(&dropin_dir(path)))
-    }
-
-    fn load_files(path: &Path, explicit: bool, dropins: Option<&Path>) -> Result<(Config, Sources), ConfigError> {
         let mut files = Vec::new();
         match std::fs::read_to_string(path) {
             Ok(t) => files.push((path.to_path_buf(), t)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
             Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
         }
-        if let Some(dir) = dropins {
-            let mut names = match std::fs::read_dir(dir) {
-                Ok(entries) => entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-                    .collect::<Vec<_>>(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(source) => return Err(ConfigError::Read { path: dir.into(), source }),
-            };
-            names.sort();
-            for p in names {
-                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-                files.push((p, text));
-            }
+        let dir = dropin_dir(path);
+        let mut names = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(ConfigError::Read { path: dir, source }),
+        };
+        names.sort();
+        for p in names {
+            let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+            files.push((p, text));
         }
         let mut merged = toml::Table::new();
         let mut sources = Sources::default();
@@ -494,7 +489,7 @@ impl Config {
             Config::parse(&text).map_err(|detail| ConfigError::Parse { path: p.clone(), detail })?;
             let table: toml::Table =
                 toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.clone(), detail: one_line_error(&text, &e) })?;
-            sources.record_table("", &table, &p.display().to_string());
+            sources.record_table(&table, &p.display().to_string());
             merge(&mut merged, table);
             sources.files.push(p);
         }

@@ -78,25 +78,17 @@ pub fn apply(node: &Node, wanted: Config) {
     }
 }
 
-/// Every leaf of the config as `dotted.key → value`.
+/// Every value of the config as `dotted.key → value` (empty tables hold none).
 fn flatten(config: &Config) -> BTreeMap<String, toml::Value> {
     let mut out = BTreeMap::new();
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(config) {
-        walk("", &t, &mut out);
+        crate::config::for_each_leaf("", &t, &mut |key, v| {
+            if !v.is_table() {
+                out.insert(key, v.clone());
+            }
+        });
     }
     out
-}
-
-fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
-    for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        match v {
-            toml::Value::Table(t) => walk(&key, t, out),
-            other => {
-                out.insert(key, other.clone());
-            }
-        }
-    }
 }
 
 #[cfg(test)]
