@@ -220,7 +220,6 @@ pub fn cleanup(config: Config, all: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut created = CreatedPaths::default();
-        let mut network_removed = false;
         if config.state.exists() {
             let lock =
                 take_lock(&config.state.join(LOCK_FILE), &mut created).context("berthd seems to be running: stop it before cleaning up")?;
@@ -240,35 +239,15 @@ pub fn cleanup(config: Config, all: bool) -> anyhow::Result<()> {
                     }
                 }
                 let n = node.clone();
-                let removed = tokio::task::spawn_blocking(move || {
-                    crate::reconcile::collect_strays(&n);
-                    n.network.remove_host()
-                })
-                .await?;
-                match removed {
-                    Ok(()) => network_removed = true,
-                    Err(e) => eprintln!("berthd cleanup: network: {e}"),
-                }
+                tokio::task::spawn_blocking(move || crate::reconcile::collect_strays(&n)).await?;
             }
             drop(lock);
             std::fs::remove_dir_all(&config.state).with_context(|| format!("removing {}", config.state.display()))?;
         }
-        // No state or store (a reboot wiped /run, or it was removed by hand):
-        // the built-in bridge and nft table are still berth's, by their
-        // configured names; removing them is idempotent.
-        if !network_removed && config.network.mode != crate::config::NetworkMode::Cni {
-            let n = config.network.clone();
-            // Blocking netlink: off the async runtime.
-            let removed = tokio::task::spawn_blocking(move || {
-                berth_network::BridgeConfig::new(&n.bridge, &n.subnet, &n.gateway, &n.nft_table)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| b.remove_host().map_err(|e| e.to_string()))
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            if let Err(e) = removed {
-                eprintln!("berthd cleanup: network: {e}");
-            }
+        // With or without a state dir: by the configured names.
+        let cfg = config.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || crate::net::Network::remove_host(&cfg)).await? {
+            eprintln!("berthd cleanup: network: {e}");
         }
         if let Ok(parent) = berth_runtime::cgroup::normalize(&config.runtime.default_cgroup_parent) {
             if let Err(e) = berth_runtime::cgroup::remove(&parent) {

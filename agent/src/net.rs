@@ -33,18 +33,41 @@ impl From<NetError> for Error {
     }
 }
 
+fn cni_of(config: &Config) -> Cni {
+    let n = &config.network;
+    Cni { conf_dir: n.cni_conf_dir.clone(), bin_dirs: n.cni_bin_dirs.clone(), cache_dir: config.state.join("cni") }
+}
+
+/// Whether the configured mode networks pods through CNI (auto: when a
+/// config exists, or one that does not load).
+fn uses_cni(config: &Config, cni: &Cni) -> bool {
+    match config.network.mode {
+        NetworkMode::Cni => true,
+        NetworkMode::Builtin => false,
+        NetworkMode::Auto => matches!(cni.load(), Ok(Some(_)) | Err(_)),
+    }
+}
+
 impl Network {
+    /// Removes what start-up makes on the host for the built-in network (the
+    /// bridge and the nftables table, by their configured names), for
+    /// `berthd cleanup`; works without a state dir (a reboot wipes /run) and
+    /// is idempotent. CNI plugins own what they made. Blocking.
+    pub fn remove_host(config: &Config) -> Result<()> {
+        if uses_cni(config, &cni_of(config)) {
+            return Ok(());
+        }
+        let n = &config.network;
+        let bridge = BridgeConfig::new(&n.bridge, &n.subnet, &n.gateway, &n.nft_table).map_err(Error::from)?;
+        bridge.remove_host().map_err(Error::from)
+    }
+
     /// Sets up the host side of the configured mode. `pod_cidr` (from
     /// UpdateRuntimeConfig) replaces the configured subnet.
     pub fn open(config: &Config, pod_cidr: Option<&str>) -> Result<Network> {
         let n = &config.network;
-        let cni = Cni { conf_dir: n.cni_conf_dir.clone(), bin_dirs: n.cni_bin_dirs.clone(), cache_dir: config.state.join("cni") };
-        let use_cni = match n.mode {
-            NetworkMode::Cni => true,
-            NetworkMode::Builtin => false,
-            NetworkMode::Auto => matches!(cni.load(), Ok(Some(_)) | Err(_)),
-        };
-        if use_cni {
+        let cni = cni_of(config);
+        if uses_cni(config, &cni) {
             match cni.load() {
                 Ok(Some(l)) => tracing::info!(config = %l.path.display(), "pod network: CNI"),
                 Ok(None) => {
@@ -63,14 +86,6 @@ impl Network {
 
     fn bridge(&self) -> Option<BridgeConfig> {
         self.builtin.as_ref().map(|b| b.read().unwrap_or_else(|p| p.into_inner()).clone())
-    }
-
-    /// Removes what start-up makes on the host for the built-in network (the
-    /// bridge and the nftables table), for `berthd cleanup`. CNI plugins own
-    /// what they made.
-    pub fn remove_host(&self) -> Result<()> {
-        let Some(bridge) = self.bridge() else { return Ok(()) };
-        bridge.remove_host().map_err(Error::from)
     }
 
     /// NetworkReady's status, reason and message.

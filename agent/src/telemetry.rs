@@ -105,7 +105,7 @@ impl Telemetry {
         Telemetry { registry, ..t }
     }
 
-    /// One RPC answered (`code` as tonic names it, e.g. "Ok", "NotFound").
+    /// One RPC answered (`code`: the gRPC status code's name, e.g. "Ok", "NotFound").
     pub fn rpc(&self, method: &str, code: &str, took: Duration) {
         self.rpcs.get_or_create(&Rpc { method: method.into(), code: code.into() }).inc();
         self.rpc_seconds.get_or_create(&Method { method: method.into() }).observe(took.as_secs_f64());

@@ -162,12 +162,6 @@ impl Drop for Containerd {
         }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
         // Mounts left under the root (snapshots of pods still running).
-        let dir = self.dir.path().display().to_string();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&dir)).collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        crate::unmount_under(self.dir.path());
     }
 }

@@ -360,13 +360,18 @@ impl Berthd {
     fn sweep(&self) {
         remove_cgroup_everywhere(&self.cgroup_parent);
         self.net.remove();
-        let dir = self.dir.path().display().to_string();
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&dir)).collect();
-        mounts.reverse();
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(self.dir.path());
+    }
+}
+
+/// Detaches every mount under `dir`, deepest (latest) first.
+pub fn unmount_under(dir: &Path) {
+    let dir = dir.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&dir)).collect();
+    mounts.reverse();
+    for m in mounts {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

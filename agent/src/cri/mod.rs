@@ -11,6 +11,7 @@ mod container;
 mod convert;
 mod events;
 mod image;
+pub mod report;
 mod rpc_log;
 mod runtime_info;
 mod sandbox;
