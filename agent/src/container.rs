@@ -349,6 +349,13 @@ async fn create_inner(
         for d in [&layer, &layer.join("upper"), &layer.join("work")] {
             std::fs::create_dir_all(d).map_err(|e| internal(&d.display().to_string(), e))?;
         }
+        if let Some(m) = &pod_rec.userns {
+            // The upper dir is the rootfs's /: its root's, as the id-mapped
+            // layers below show theirs.
+            let (uid, gid) = m.host_root();
+            let upper = layer.join("upper");
+            std::os::unix::fs::chown(&upper, Some(uid), Some(gid)).map_err(|e| internal(&upper.display().to_string(), e))?;
+        }
         stages.mark("layer_dirs");
         cgroup::create(&cgroup_path).map_err(|e| internal("container cgroup", e))?;
         stages.mark("cgroup_create");

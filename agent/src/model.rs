@@ -62,6 +62,9 @@ pub struct MountRequest {
     /// An image whose filesystem is mounted read-only here instead of a
     /// host path (an image volume); empty for a host path.
     pub image: String,
+    /// kubelet's id mappings for the volume (a pod in its own user
+    /// namespace): the mount is id-mapped through it.
+    pub idmap: Option<berth_runtime::userns::Mappings>,
 }
 
 /// A host device to give the container.
@@ -112,6 +115,20 @@ pub struct SecurityRequest {
     pub pid: NamespaceMode,
     /// The container whose PID namespace to join (with [`NamespaceMode::Target`]).
     pub pid_target: String,
+    /// The user namespace asked for.
+    pub userns: UserNamespaceRequest,
+}
+
+/// A container's (or pod's) user namespace as CRI asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UserNamespaceRequest {
+    /// Not said: the pod's.
+    #[default]
+    Unset,
+    /// The node's (`hostUsers: true`).
+    Node,
+    /// The pod's own, with these mappings (`hostUsers: false`).
+    Pod(berth_runtime::userns::Mappings),
 }
 
 /// Resource limits of a container.

@@ -151,7 +151,11 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecor
     let want = sandbox::PodNamespaces { net: own_net, ipc: rec.ipc_mode != ns_mode::NODE, uts: own_net };
     let hostname = rec.hostname.clone();
     let sysctls: Vec<(String, String)> = rec.sysctls.clone().into_iter().collect();
-    sandbox::pin_namespaces(&dir, want, &hostname, &sysctls).map_err(|e| internal("pod namespaces", e))?;
+    match &rec.userns {
+        Some(m) => sandbox::pin_namespaces_in_userns(node.handler_of(&rec).runtime.monitor_bin(), &dir, want, m, &hostname, &sysctls),
+        None => sandbox::pin_namespaces(&dir, want, &hostname, &sysctls),
+    }
+    .map_err(|e| internal("pod namespaces", e))?;
     stages.mark("namespaces");
     crate::fault::point("pod.run.after_namespaces");
     if want.ipc {
@@ -171,6 +175,14 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecor
         None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
     write_file(&dir.join("resolv.conf"), &resolv)?;
+    if let Some(m) = &rec.userns {
+        // Root in the pod owns its /etc files, as it would have written them.
+        let (uid, gid) = m.host_root();
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            let path = dir.join(f);
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| internal(&path.display().to_string(), e))?;
+        }
+    }
     stages.mark("files");
     cgroup::create(&rec.cgroup).map_err(|e| internal("pod cgroup", e))?;
     stages.mark("cgroup");

@@ -12,7 +12,7 @@ use oci_spec::runtime::{
 };
 
 use crate::error::{Error, Result};
-use crate::model::{ContainerRequest, NamespaceMode, Propagation};
+use crate::model::{ContainerRequest, NamespaceMode, Propagation, UserNamespaceRequest};
 use crate::store::{ImageRecord, MountRecord, PodRecord};
 
 /// CRI NamespaceMode values.
@@ -258,6 +258,42 @@ fn fs_mount(dest: &str, kind: &str, options: &[&str]) -> Result<Mount> {
         .map_err(spec_err)
 }
 
+/// The user namespace the container runs in: the pod's, whatever the
+/// container's own options say, which may only repeat it (kubelet sends the
+/// pod's); a pod in its own user namespace runs no privileged container
+/// and none in the node's PID namespace (the API server refuses both).
+fn container_userns<'a>(config: &ContainerRequest, pod: &'a PodRecord) -> Result<Option<&'a berth_runtime::userns::Mappings>> {
+    let field = "config.linux.security_context.namespace_options.userns_options";
+    match (&config.security.userns, &pod.userns) {
+        (UserNamespaceRequest::Unset, _) | (UserNamespaceRequest::Node, None) => {}
+        (UserNamespaceRequest::Pod(asked), Some(own)) if asked == own => {}
+        (UserNamespaceRequest::Pod(_), Some(_)) => return Err(invalid(field, "differs from the pod's user namespace")),
+        (UserNamespaceRequest::Pod(_), None) => return Err(invalid(field, "the pod runs in the node's user namespace")),
+        (UserNamespaceRequest::Node, Some(_)) => return Err(invalid(field, "the pod runs in a user namespace of its own")),
+    }
+    let Some(own) = &pod.userns else { return Ok(None) };
+    if config.security.privileged {
+        return Err(invalid("config.linux.security_context.privileged", "not allowed in a pod with its own user namespace"));
+    }
+    if config.security.pid == NamespaceMode::Node {
+        return Err(invalid(
+            "config.linux.security_context.namespace_options.pid",
+            "NODE is not allowed in a pod with its own user namespace",
+        ));
+    }
+    Ok(Some(own))
+}
+
+/// `m` id-mapped through the container's user namespace, when it has one.
+fn idmapped(mut m: Mount, userns: Option<&berth_runtime::userns::Mappings>) -> Result<Mount> {
+    if let Some(own) = userns {
+        let (uids, gids) = own.to_oci().map_err(spec_err)?;
+        m.set_uid_mappings(Some(uids));
+        m.set_gid_mappings(Some(gids));
+    }
+    Ok(m)
+}
+
 fn namespace(kind: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxNamespace> {
     let mut b = LinuxNamespaceBuilder::default().typ(kind);
     if let Some(p) = path {
@@ -284,6 +320,7 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
     }
     let (uid, gid, extra, user_name) = user(config, image)?;
     let privileged = sc.privileged;
+    let userns = container_userns(config, pod)?;
     // Root unless a non-zero uid or a user name (resolved inside) says otherwise.
     let root = uid == 0 && user_name.as_deref().is_none_or(|n| n == "0" || n.starts_with("0:") || n == "root" || n.starts_with("root:"));
     let capabilities = crate::security::capabilities(sc, root)?;
@@ -361,7 +398,8 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
             }
             let (image_id, dirs) =
                 paths.image_volumes.get(&i).ok_or_else(|| Error::internal(format!("{field}.image"), "image volume not resolved"))?;
-            mounts.push(image_volume(&m.container_path, dirs)?);
+            // In a user namespace the image's files show as its root's, as the rootfs's do.
+            mounts.push(idmapped(image_volume(&m.container_path, dirs)?, userns)?);
             mount_records.push(MountRecord { image_id: image_id.clone(), readonly: true, ..MountRecord::from(m) });
             continue;
         }
@@ -391,7 +429,18 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         if m.recursive_read_only {
             opts.push("rro");
         }
-        mounts.push(bind(&m.container_path, Path::new(&m.host_path), &opts)?);
+        let volume = bind(&m.container_path, Path::new(&m.host_path), &opts)?;
+        let volume = match &m.idmap {
+            None => volume,
+            // kubelet maps a volume through the pod's own mappings; another
+            // set would need a user namespace of its own, which berth does not make.
+            Some(asked) if Some(asked) == userns => idmapped(volume, userns)?,
+            Some(_) if userns.is_none() => {
+                return Err(invalid(&format!("{field}.uid_mappings"), "an id-mapped volume needs the pod in its own user namespace"))
+            }
+            Some(_) => return Err(invalid(&format!("{field}.uid_mappings"), "only the pod's own uid and gid mappings are supported")),
+        };
+        mounts.push(volume);
         mount_records.push(MountRecord::from(m));
     }
 
@@ -450,6 +499,9 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
     if paths.cgroup_v2 {
         namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }
+    if userns.is_some() {
+        namespaces.push(namespace(LinuxNamespaceType::User, Some(pin("user")))?);
+    }
     let (pid_mode, pid_target) = match sc.pid {
         _ if pod.pid_mode == ns_mode::NODE => (ns_mode::NODE, String::new()),
         NamespaceMode::Pod => (if pod.pid_mode == ns_mode::POD { ns_mode::POD } else { ns_mode::CONTAINER }, String::new()),
@@ -485,6 +537,11 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
         .map_err(spec_err)?;
     linux.set_seccomp(seccomp);
     linux.set_rootfs_propagation(rootfs_propagation.map(str::to_string));
+    if let Some(m) = userns {
+        let (uids, gids) = m.to_oci().map_err(spec_err)?;
+        linux.set_uid_mappings(Some(uids));
+        linux.set_gid_mappings(Some(gids));
+    }
 
     let mut annotations: HashMap<String, String> = config.annotations.clone().into_iter().collect();
     let join = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");

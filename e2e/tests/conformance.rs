@@ -310,7 +310,6 @@ async fn recursive_read_only_volumes() {
     let mut f = Fixture::start().await;
     let st = f.cri.runtime.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
     assert!(st.runtime_handlers[0].features.as_ref().unwrap().recursive_read_only_mounts);
-    assert!(!st.runtime_handlers[0].features.as_ref().unwrap().user_namespaces, "nothing claimed that does not work");
 
     // A volume with a writable tmpfs mounted inside it.
     let vol = VolumeDir::new(MsFlags::MS_PRIVATE);
@@ -343,32 +342,5 @@ async fn recursive_read_only_volumes() {
         assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
         assert!(e.message().contains("config.mounts[0].recursive_read_only") && e.message().contains(why), "{}", e.message());
     }
-    f.cri.remove_pod(&pod).await;
-}
-
-/// `hostUsers: false` is refused, never run with the node's ids; `hostUsers:
-/// true` (kubelet's NODE mode) runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_namespaces_are_refused_not_ignored() {
-    let mut f = Fixture::start().await;
-    let map = cri::IdMapping { host_id: 100_000, container_id: 0, length: 65_536 };
-    let userns = |mode: i32| cri::UserNamespace { mode, uids: vec![map], gids: vec![map] };
-    let mut cfg = f.pod("userns");
-    let mut opts = berth_e2e::kubelet_namespaces();
-    opts.userns_options = Some(userns(0)); // POD
-    cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options = Some(opts.clone());
-    let e = f.cri.run_pod(cfg.clone()).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
-    assert!(e.message().contains("userns_options"), "{}", e.message());
-    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
-    assert!(pods.is_empty());
-
-    opts.userns_options = Some(cri::UserNamespace { mode: 2, ..Default::default() }); // NODE
-    cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options = Some(opts);
-    let pod = f.cri.run_pod(cfg.clone()).await.expect("hostUsers: true runs");
-    let mut c = f.container("c", &["sleep", "1000"]);
-    c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().userns_options = Some(userns(0));
-    let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
     f.cri.remove_pod(&pod).await;
 }

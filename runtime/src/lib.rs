@@ -10,6 +10,7 @@
 //! - [`rootfs`]: the container's filesystem view (mounts, devices, masks).
 //! - [`cgroup`]: v1 and v2 placement, limits, the device cgroup.
 //! - [`sandbox`]: pod namespaces and the pod's PID-namespace init.
+//! - [`userns`]: user namespaces of pods: mappings, joining one.
 //! - [`message`] and [`channel`]: the typed messages between these processes.
 
 pub mod annotations;
@@ -27,6 +28,7 @@ pub mod process;
 pub mod rootfs;
 pub mod sandbox;
 pub mod time;
+pub mod userns;
 
 pub use client::{Created, MonitorState, Runtime, RuntimeError};
 pub use monitor::{ExitStatus, PidNamespace};

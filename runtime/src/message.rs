@@ -11,6 +11,8 @@
 //! | report fd (fd 3 of `berth-monitor exec`) | exec helper → berthd | [`ExecReport`] (EOF = the command ran) |
 //! | resize fd (fd 4 of a TTY exec helper) | berthd → exec helper | [`ExecControl`] |
 //! | report fd (fd 3 of `berth-monitor pod-init`) | pod init → berthd | [`PodInitReport`] |
+//! | stdin of `berth-monitor pod-userns` | berthd → namespace maker | [`PodUsernsRequest`] (EOF = pinned, exit) |
+//! | report fd (its fd 3) | namespace maker → berthd | [`PodUsernsReport`] |
 
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +163,27 @@ pub enum PodInitReport {
         pid: i32,
     },
     /// The init is confined and serving.
+    Ready,
+    /// Something failed.
+    Failed(String),
+}
+
+/// berthd → `berth-monitor pod-userns`: which namespaces to make inside a
+/// new user namespace, and what to set in them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodUsernsRequest {
+    /// The namespaces besides the user namespace.
+    pub want: crate::sandbox::PodNamespaces,
+    /// The hostname of a new UTS namespace (empty: leave it).
+    pub hostname: String,
+    /// Namespaced sysctls to write.
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// `berth-monitor pod-userns` → berthd, on its report fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodUsernsReport {
+    /// The namespaces exist and are set up; berthd may map and pin them.
     Ready,
     /// Something failed.
     Failed(String),

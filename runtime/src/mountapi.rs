@@ -60,13 +60,34 @@ pub fn clone_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// `move_mount`: attaches the detached tree `from` at `to` (a path, or an
-/// `O_PATH` fd's `/proc/self/fd/N`).
+/// `move_mount`: attaches the detached tree `from` at the path `to` (its
+/// last component is not followed: a `/proc/self/fd/N` would name the
+/// link itself — use [`attach_at_fd`] for an fd).
 pub fn attach(from: BorrowedFd<'_>, to: &Path) -> io::Result<()> {
     let c = CString::new(to.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: valid C strings for the call; no memory is written.
     let r = unsafe {
         libc::syscall(libc::SYS_move_mount, from.as_raw_fd(), c"".as_ptr(), libc::AT_FDCWD, c.as_ptr(), libc::MOVE_MOUNT_F_EMPTY_PATH)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `move_mount`: attaches the detached tree `from` on what the (`O_PATH`)
+/// fd `to` refers to.
+pub fn attach_at_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: static empty C strings; no memory is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            c"".as_ptr(),
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());

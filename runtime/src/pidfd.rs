@@ -32,6 +32,13 @@ pub struct Process {
     pid: i32,
 }
 
+/// The pidfd, for `setns` into the process's namespaces.
+impl std::os::fd::AsFd for Process {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl Process {
     /// Opens `pid` and checks that it is the process that started at
     /// `start_time`: the pidfd is taken first, so a pid reused after the

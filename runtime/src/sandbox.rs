@@ -32,7 +32,7 @@ fn ns_err(step: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SandboxE
 }
 
 /// Which namespaces the pod gets of its own.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodNamespaces {
     /// A network namespace (else the host's).
     pub net: bool,
@@ -42,9 +42,56 @@ pub struct PodNamespaces {
     pub uts: bool,
 }
 
-/// The pin file of namespace `kind` (`net`, `ipc`, `uts`) in a pod dir.
+impl PodNamespaces {
+    fn kinds(&self) -> Vec<(&'static str, CloneFlags)> {
+        [
+            ("net", self.net, CloneFlags::CLONE_NEWNET),
+            ("ipc", self.ipc, CloneFlags::CLONE_NEWIPC),
+            ("uts", self.uts, CloneFlags::CLONE_NEWUTS),
+        ]
+        .into_iter()
+        .filter(|(_, on, _)| *on)
+        .map(|(kind, _, flag)| (kind, flag))
+        .collect()
+    }
+
+    fn flags(&self) -> CloneFlags {
+        self.kinds().into_iter().fold(CloneFlags::empty(), |f, (_, flag)| f | flag)
+    }
+}
+
+/// The pin file of namespace `kind` (`net`, `ipc`, `uts`, `user`) in a pod dir.
 pub fn pin_path(dir: &Path, kind: &str) -> PathBuf {
     dir.join(format!("ns-{kind}"))
+}
+
+fn io_errno(e: &std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Pins the namespace file `source` (a `/proc/…/ns/<kind>`) at `dir`'s pin.
+fn pin(dir: &Path, kind: &str, source: &Path) -> Result<(), SandboxError> {
+    let pin = pin_path(dir, kind);
+    std::fs::File::create(&pin).map_err(|e| SandboxError::Ns { step: format!("create {}", pin.display()), errno: io_errno(&e) })?;
+    mount(Some(source), &pin, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(ns_err(format!("pin {kind} namespace at {}", pin.display())))
+}
+
+/// Inside the calling thread's new namespaces: the hostname of a new UTS
+/// namespace, `lo` up in a new network namespace, the namespaced sysctls
+/// (`/proc/sys/net` and the IPC ones follow the writer's namespaces).
+fn configure(want: PodNamespaces, hostname: &str, sysctls: &[(String, String)]) -> Result<(), SandboxError> {
+    if want.uts && !hostname.is_empty() {
+        nix::unistd::sethostname(hostname).map_err(ns_err("sethostname"))?;
+    }
+    if want.net {
+        loopback_up().map_err(ns_err("bring up lo"))?;
+    }
+    for (key, value) in sysctls {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| SandboxError::Ns { step: format!("sysctl {key}={value}"), errno: io_errno(&e) })?;
+    }
+    Ok(())
 }
 
 /// Creates the requested namespaces and pins them under `dir` (`ns-net`,
@@ -60,48 +107,13 @@ pub fn pin_namespaces(dir: &Path, want: PodNamespaces, hostname: &str, sysctls: 
     let handle = std::thread::Builder::new()
         .name("berth-pin-ns".into())
         .spawn(move || -> Result<(), SandboxError> {
-            let mut flags = CloneFlags::empty();
-            let mut kinds = Vec::new();
-            if want.net {
-                flags |= CloneFlags::CLONE_NEWNET;
-                kinds.push("net");
-            }
-            if want.ipc {
-                flags |= CloneFlags::CLONE_NEWIPC;
-                kinds.push("ipc");
-            }
-            if want.uts {
-                flags |= CloneFlags::CLONE_NEWUTS;
-                kinds.push("uts");
-            }
-            if flags.is_empty() {
+            if want.flags().is_empty() {
                 return Ok(());
             }
-            nix::sched::unshare(flags).map_err(ns_err("unshare pod namespaces"))?;
-            if want.uts && !hostname.is_empty() {
-                nix::unistd::sethostname(&hostname).map_err(ns_err("sethostname"))?;
-            }
-            if want.net {
-                loopback_up().map_err(ns_err("bring up lo"))?;
-            }
-            // /proc/sys/net and the IPC sysctls follow the writer's (this
-            // thread's) namespaces.
-            for (key, value) in &sysctls {
-                let path = format!("/proc/sys/{}", key.replace('.', "/"));
-                std::fs::write(&path, value).map_err(|e| SandboxError::Ns {
-                    step: format!("sysctl {key}={value}"),
-                    errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                })?;
-            }
-            for kind in kinds {
-                let pin = pin_path(&dir, kind);
-                let source = format!("/proc/thread-self/ns/{kind}");
-                std::fs::File::create(&pin).map_err(|e| SandboxError::Ns {
-                    step: format!("create {}", pin.display()),
-                    errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                })?;
-                mount(Some(source.as_str()), &pin, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .map_err(ns_err(format!("pin {kind} namespace at {}", pin.display())))?;
+            nix::sched::unshare(want.flags()).map_err(ns_err("unshare pod namespaces"))?;
+            configure(want, &hostname, &sysctls)?;
+            for (kind, _) in want.kinds() {
+                pin(&dir, kind, Path::new(&format!("/proc/thread-self/ns/{kind}")))?;
             }
             Ok(())
         })
@@ -113,9 +125,100 @@ pub fn pin_namespaces(dir: &Path, want: PodNamespaces, hostname: &str, sysctls: 
     result
 }
 
+/// As [`pin_namespaces`], but inside a new user namespace with `mappings`,
+/// which owns the others and is pinned as `ns-user`. A multi-threaded
+/// berthd cannot unshare a user namespace, so a helper (`monitor_bin
+/// pod-userns`, [`pod_userns_main`]) makes them all in one unshare — the
+/// user namespace first, the others owned by it — and sets them up with the
+/// capabilities it holds there; berthd then writes the mappings (as the
+/// helper's privileged parent, so setgroups stays allowed inside) and pins
+/// the namespaces through the helper's /proc entry while it waits.
+pub fn pin_namespaces_in_userns(
+    monitor_bin: &Path,
+    dir: &Path,
+    want: PodNamespaces,
+    mappings: &crate::userns::Mappings,
+    hostname: &str,
+    sysctls: &[(String, String)],
+) -> Result<(), SandboxError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ns_err("pipe"))?;
+    let mut cmd = Command::new(monitor_bin);
+    cmd.arg("pod-userns").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    crate::client::pass_fds(&mut cmd, &[(&w, 3)]);
+    let mut child = cmd.spawn().map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
+    drop(w);
+    let request = crate::message::PodUsernsRequest { want, hostname: hostname.to_string(), sysctls: sysctls.to_vec() };
+    let result = (|| {
+        let stdin = child.stdin.as_mut().ok_or_else(|| SandboxError::Init("no stdin".into()))?;
+        channel::send(stdin, &request).map_err(|e| SandboxError::Init(e.to_string()))?;
+        let mut reports = std::fs::File::from(r);
+        match channel::recv::<crate::message::PodUsernsReport>(&mut reports) {
+            Ok(Some(crate::message::PodUsernsReport::Ready)) => {}
+            Ok(Some(crate::message::PodUsernsReport::Failed(why))) => return Err(SandboxError::Init(why)),
+            Ok(None) => return Err(SandboxError::Init("the namespace helper exited without a word".into())),
+            Err(e) => return Err(SandboxError::Init(e.to_string())),
+        }
+        // The helper is our unreaped child: its pid cannot name another
+        // process until we wait for it.
+        let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+        for (file, text) in [("uid_map", mappings.uid_map()), ("gid_map", mappings.gid_map())] {
+            std::fs::write(proc_dir.join(file), text)
+                .map_err(|e| SandboxError::Ns { step: format!("write {file} ({})", mappings_text(mappings)), errno: io_errno(&e) })?;
+        }
+        pin(dir, "user", &proc_dir.join("ns/user"))?;
+        for (kind, _) in want.kinds() {
+            pin(dir, kind, &proc_dir.join("ns").join(kind))?;
+        }
+        Ok(())
+    })();
+    // EOF on its stdin ends the helper; on failure it may still be waiting.
+    drop(child.stdin.take());
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    if result.is_err() {
+        unpin_namespaces(dir);
+    }
+    result
+}
+
+fn mappings_text(m: &crate::userns::Mappings) -> String {
+    format!("uids {} gids {}", m.uid_map().trim().replace('\n', ", "), m.gid_map().trim().replace('\n', ", "))
+}
+
+/// `berth-monitor pod-userns`: reads a [`crate::message::PodUsernsRequest`]
+/// on stdin, unshares a user namespace and the requested ones in one call
+/// (so they belong to it), sets them up, reports ready on fd 3, and keeps
+/// them alive until stdin closes — berthd maps and pins them meanwhile.
+pub fn pod_userns_main() -> i32 {
+    use crate::message::PodUsernsReport;
+    // SAFETY: fd 3 was set up by pin_namespaces_in_userns and is ours alone.
+    let mut report = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    let mut stdin = std::io::stdin().lock();
+    let outcome = (|| -> Result<(), String> {
+        let request: crate::message::PodUsernsRequest =
+            channel::recv(&mut stdin).map_err(|e| e.to_string())?.ok_or_else(|| "no request".to_string())?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWUSER | request.want.flags()).map_err(|e| format!("unshare: {e}"))?;
+        configure(request.want, &request.hostname, &request.sysctls).map_err(|e| e.to_string())
+    })();
+    match outcome {
+        Ok(()) => {
+            let _ = channel::send(&mut report, &PodUsernsReport::Ready);
+            // Wait for EOF: berthd has pinned what it needs.
+            let _ = std::io::copy(&mut stdin, &mut std::io::sink());
+            0
+        }
+        Err(why) => {
+            let _ = channel::send(&mut report, &PodUsernsReport::Failed(why));
+            1
+        }
+    }
+}
+
 /// Unmounts and removes the pins in `dir`; missing ones are fine.
 pub fn unpin_namespaces(dir: &Path) {
-    for kind in ["net", "ipc", "uts"] {
+    for kind in ["net", "ipc", "uts", "user"] {
         let pin = pin_path(dir, kind);
         if pin.exists() {
             let _ = umount2(&pin, MntFlags::MNT_DETACH);

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use berth_proto::cri;
 
 use crate::error::{Error, Result};
-use crate::model::{ContainerRequest, DeviceRequest, MountRequest, NamespaceMode, Profile, Propagation, Resources, SecurityRequest};
+use crate::model::{
+    ContainerRequest, DeviceRequest, MountRequest, NamespaceMode, Profile, Propagation, Resources, SecurityRequest, UserNamespaceRequest,
+};
 use crate::store::{ContainerRecord, ContainerState, PodRecord, PodState};
 
 /// CRI's NamespaceMode number as the domain's.
@@ -66,24 +68,47 @@ pub fn resources(r: Option<&cri::LinuxContainerResources>) -> Resources {
     }
 }
 
-/// A user namespace asked for (`hostUsers: false`) is refused: berth does
-/// not implement them yet, and running the pod with the node's ids instead
-/// would break the isolation the pod asked for.
-pub fn refuse_user_namespace(field: &str, userns: Option<&cri::UserNamespace>) -> Result<()> {
-    match userns {
-        Some(u) if u.mode != cri::NamespaceMode::Node as i32 || !u.uids.is_empty() || !u.gids.is_empty() => Err(Error::invalid(
-            field,
-            "user namespaces (hostUsers: false) are not supported by this runtime; Status reports user_namespaces false",
-        )),
-        _ => Ok(()),
+fn id_maps(maps: &[cri::IdMapping]) -> Vec<berth_runtime::userns::IdMap> {
+    maps.iter().map(|m| berth_runtime::userns::IdMap { container_id: m.container_id, host_id: m.host_id, size: m.length }).collect()
+}
+
+/// CRI's id mappings, checked (`field` names them in the error).
+fn mappings(field: &str, uids: &[cri::IdMapping], gids: &[cri::IdMapping]) -> Result<berth_runtime::userns::Mappings> {
+    let m = berth_runtime::userns::Mappings { uids: id_maps(uids), gids: id_maps(gids) };
+    m.check().map_err(|e| Error::invalid(field, e))?;
+    Ok(m)
+}
+
+/// The user namespace a `UserNamespace` asks for: POD with kubelet's
+/// mappings (checked as the kernel and berth need them), NODE with none;
+/// CONTAINER and TARGET are not modes kubelet uses and are refused.
+pub fn user_namespace(field: &str, userns: Option<&cri::UserNamespace>) -> Result<UserNamespaceRequest> {
+    let Some(u) = userns else { return Ok(UserNamespaceRequest::Unset) };
+    match cri::NamespaceMode::try_from(u.mode) {
+        Ok(cri::NamespaceMode::Node) if u.uids.is_empty() && u.gids.is_empty() => Ok(UserNamespaceRequest::Node),
+        Ok(cri::NamespaceMode::Node) => Err(Error::invalid(field, "mappings are given with mode NODE (the node's ids)")),
+        Ok(cri::NamespaceMode::Pod) => Ok(UserNamespaceRequest::Pod(mappings(field, &u.uids, &u.gids)?)),
+        Ok(other) => Err(Error::invalid(format!("{field}.mode"), format!("{} is not supported for a user namespace", other.as_str_name()))),
+        Err(_) => Err(Error::invalid(format!("{field}.mode"), format!("{} is not a namespace mode", u.mode))),
     }
+}
+
+/// How a pod's user namespace shows in its status (kubelet reads it back).
+pub fn userns_status(m: Option<&berth_runtime::userns::Mappings>) -> Option<cri::UserNamespace> {
+    let conv = |maps: &[berth_runtime::userns::IdMap]| {
+        maps.iter().map(|r| cri::IdMapping { host_id: r.host_id, container_id: r.container_id, length: r.size }).collect()
+    };
+    Some(match m {
+        Some(m) => cri::UserNamespace { mode: cri::NamespaceMode::Pod as i32, uids: conv(&m.uids), gids: conv(&m.gids) },
+        None => cri::UserNamespace { mode: cri::NamespaceMode::Node as i32, ..Default::default() },
+    })
 }
 
 fn security(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<SecurityRequest> {
     let Some(sc) = sc else { return Ok(SecurityRequest::default()) };
     let caps = sc.capabilities.clone().unwrap_or_default();
     let ns = sc.namespace_options.clone().unwrap_or_default();
-    refuse_user_namespace("config.linux.security_context.namespace_options.userns_options", ns.userns_options.as_ref())?;
+    let userns = user_namespace("config.linux.security_context.namespace_options.userns_options", ns.userns_options.as_ref())?;
     // The deprecated path forms are still what older kubelets send.
     #[allow(deprecated)]
     let (seccomp_path, apparmor_path) = (sc.seccomp_profile_path.as_str(), sc.apparmor_profile.as_str());
@@ -105,6 +130,7 @@ fn security(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<SecurityR
         readonly_paths: Some(sc.readonly_paths.clone()).filter(|v| !v.is_empty()),
         pid: namespace_mode("namespace_options.pid", ns.pid)?,
         pid_target: ns.target_id,
+        userns,
     })
 }
 
@@ -122,9 +148,11 @@ pub fn container_request(config: cri::ContainerConfig) -> Result<ContainerReques
                 return Err(Error::invalid(format!("config.mounts[{i}].propagation"), format!("{} is not a propagation", m.propagation)))
             }
         };
-        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-            return Err(Error::invalid(format!("config.mounts[{i}].uidMappings"), "id-mapped volumes are not supported"));
-        }
+        let idmap = if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+            None
+        } else {
+            Some(mappings(&format!("config.mounts[{i}].uid_mappings"), &m.uid_mappings, &m.gid_mappings)?)
+        };
         mounts.push(MountRequest {
             container_path: m.container_path.clone(),
             host_path: m.host_path.clone(),
@@ -132,6 +160,7 @@ pub fn container_request(config: cri::ContainerConfig) -> Result<ContainerReques
             propagation,
             recursive_read_only: m.recursive_read_only,
             image: m.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
+            idmap,
         });
     }
     Ok(ContainerRequest {
@@ -198,7 +227,13 @@ fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
 
 /// The CRI status of a pod record.
 pub fn pod_status(p: &PodRecord) -> cri::PodSandboxStatus {
-    let ns = cri::NamespaceOption { network: p.network_mode, pid: p.pid_mode, ipc: p.ipc_mode, ..Default::default() };
+    let ns = cri::NamespaceOption {
+        network: p.network_mode,
+        pid: p.pid_mode,
+        ipc: p.ipc_mode,
+        userns_options: userns_status(p.userns.as_ref()),
+        ..Default::default()
+    };
     cri::PodSandboxStatus {
         id: p.id.clone(),
         metadata: Some(pod_metadata(p)),

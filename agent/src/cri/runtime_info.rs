@@ -42,14 +42,14 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
         info,
         // Every handler has the same features: only what works here
         // (recursive read-only needs mount_setattr, Linux 5.12; user
-        // namespaces are not implemented yet).
+        // namespaces id-mapped overlay layers, 5.19).
         runtime_handlers: std::iter::once(String::new())
             .chain(node.handlers.keys().cloned())
             .map(|name| cri::RuntimeHandler {
                 name,
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: berth_runtime::mountapi::supported(),
-                    user_namespaces: false,
+                    user_namespaces: berth_runtime::userns::supported(),
                 }),
             })
             .collect(),

@@ -24,10 +24,22 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
     }
     let linux = config.linux.unwrap_or_default();
     let ns = linux.security_context.as_ref().and_then(|s| s.namespace_options.clone()).unwrap_or_default();
-    super::convert::refuse_user_namespace("config.linux.security_context.namespace_options.userns_options", ns.userns_options.as_ref())?;
+    let userns_field = "config.linux.security_context.namespace_options.userns_options";
+    let userns = match super::convert::user_namespace(userns_field, ns.userns_options.as_ref())? {
+        crate::model::UserNamespaceRequest::Pod(m) => Some(m),
+        _ => None,
+    };
     for (field, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
         if !matches!(mode, ns_mode::POD | ns_mode::CONTAINER | ns_mode::NODE) {
             return Err(Error::invalid(format!("namespace_options.{field}"), format!("mode {mode} is not valid for a pod")));
+        }
+        // As the API server's validation: the node's namespaces belong to
+        // the node's users, so hostUsers: false excludes them.
+        if mode == ns_mode::NODE && userns.is_some() {
+            return Err(Error::invalid(
+                userns_field,
+                format!("a pod in its own user namespace cannot use the node's {field} namespace (namespace_options.{field} is NODE)"),
+            ));
         }
     }
     let cgroup = if linux.cgroup_parent.is_empty() {
@@ -92,6 +104,7 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
             cgroup,
             port_mappings,
             sysctls,
+            userns,
             ..Default::default()
         },
         dns,

@@ -72,6 +72,9 @@ pub struct PodRecord {
     /// A stopped pod's init and network are released (a stop recorded
     /// NotReady first, then released them, then set this).
     pub host_released: bool,
+    /// The mappings of the pod's own user namespace (`hostUsers: false`);
+    /// None: the node's.
+    pub userns: Option<berth_runtime::userns::Mappings>,
 }
 
 impl PodRecord {

@@ -1,5 +1,6 @@
 //! berth-monitor: the per-container monitor (`monitor`), the ExecSync helper
-//! (`exec`) and the pod PID-namespace init (`pod-init`). Started by berthd
+//! (`exec`), the pod PID-namespace init (`pod-init`) and the maker of a
+//! pod's user namespace (`pod-userns`). Started by berthd
 //! only; its arguments are not a user interface.
 
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
 use berth_runtime::process::exec::ExecArgs;
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]");
+    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]\n       berth-monitor pod-userns  (request on stdin, report on fd 3)");
     2
 }
 
@@ -18,6 +19,7 @@ fn main() {
         Some("monitor") => monitor(&args[1..]),
         Some("exec") => exec(&args[1..]),
         Some("pod-init") => pod_init(&args[1..]),
+        Some("pod-userns") => berth_runtime::sandbox::pod_userns_main(),
         _ => usage("unknown mode"),
     };
     std::process::exit(code);

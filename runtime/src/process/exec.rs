@@ -80,6 +80,11 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     target
         .join(F::CLONE_NEWIPC | F::CLONE_NEWUTS | F::CLONE_NEWNET | F::CLONE_NEWPID | F::CLONE_NEWCGROUP | F::CLONE_NEWNS)
         .map_err(|e| setup("joining the container's namespaces", e))?;
+    // The pod's user namespace last, as the init did: the mount namespace
+    // belongs to the node's, and joining it needs the node's privileges.
+    if crate::rootfs::user_namespace(&spec)?.is_some() {
+        crate::userns::enter(target.as_fd()).map_err(|e| setup("joining the pod's user namespace", e))?;
+    }
     drop(target);
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     // After the mount namespace switch, /dev/ptmx is the container's own

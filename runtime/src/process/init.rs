@@ -80,8 +80,12 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
     // Modes are given explicitly; the umask of the spec applies at exec.
     nix::sys::stat::umask(Mode::empty());
     join_cgroup(spec)?;
-    let new_uts = join_namespaces(spec)?;
-    crate::rootfs::build(spec, new_uts, &mut crate::rootfs::Kernel::new(&bundle.join("rootfs")))?;
+    let (new_uts, userns) = join_namespaces(spec)?;
+    let userns_for_mounts = match &userns {
+        Some(fd) => Some(fd.try_clone().map_err(|e| setup_err("dup the user namespace fd", e))?),
+        None => None,
+    };
+    crate::rootfs::build(spec, new_uts, &mut crate::rootfs::Kernel::new(&bundle.join("rootfs")).with_userns(userns_for_mounts))?;
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();
     let user = user::resolve(process.user(), annotations::get(spec, annotations::USER), strict)?;
@@ -96,17 +100,32 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
         Some(profile) => Some(super::security::compile(profile)?),
         None => None,
     };
+    // Last: everything above needed the node's privileges; from here on the
+    // process is root of the pod's user namespace and nothing outside.
+    if let Some(fd) = userns {
+        crate::userns::enter(fd).map_err(|e| setup_err("joining the pod's user namespace", e))?;
+    }
     Ok(Prepared { user, executable, cwd, seccomp })
 }
 
 /// setns into namespaces with a path, unshare the new ones (PID is done by
-/// the monitor before fork). Returns whether the UTS namespace is new.
-fn join_namespaces(spec: &Spec) -> Result<bool, InitError> {
+/// the monitor before fork). Returns whether the UTS namespace is new, and
+/// the pod's user namespace, opened but not joined: the rootfs is built
+/// with the node's privileges first ([`crate::userns::enter`]).
+fn join_namespaces(spec: &Spec) -> Result<(bool, Option<OwnedFd>), InitError> {
     let mut new = CloneFlags::empty();
     let mut new_uts = false;
+    let mut userns = None;
     for ns in spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default() {
         let flag = match ns.typ() {
-            LinuxNamespaceType::Pid | LinuxNamespaceType::User | LinuxNamespaceType::Time => continue,
+            LinuxNamespaceType::User => {
+                let path = ns.path().as_ref().ok_or_else(|| InitError::Setup("a user namespace must be the pod's (a path)".into()))?;
+                let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+                    .map_err(|e| setup_err(&format!("open namespace {}", path.display()), e))?;
+                userns = Some(fd);
+                continue;
+            }
+            LinuxNamespaceType::Pid | LinuxNamespaceType::Time => continue,
             LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
             LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
             LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
@@ -129,7 +148,7 @@ fn join_namespaces(spec: &Spec) -> Result<bool, InitError> {
         return Err(InitError::Setup("the container needs its own mount namespace".into()));
     }
     nix::sched::unshare(new).map_err(|e| setup_err("unshare", e))?;
-    Ok(new_uts)
+    Ok((new_uts, userns))
 }
 
 /// `chdir`, then a check that the new working directory is inside the

@@ -30,6 +30,9 @@ pub struct Layers {
     pub lower: String,
     /// upperdir and workdir; None for a read-only stack.
     pub upper_work: Option<(String, String)>,
+    /// The lower layers are id-mapped through the container's user
+    /// namespace (the image's root shows as the container's).
+    pub idmap: bool,
 }
 
 /// The kernel operations that build a rootfs. Paths are the container's;
@@ -85,7 +88,7 @@ pub fn layers(spec: &Spec) -> Result<Layers, InitError> {
         (Some(u), Some(w)) => Some((u.to_string(), w.to_string())),
         _ => None,
     };
-    Ok(Layers { lower: lower.to_string(), upper_work })
+    Ok(Layers { lower: lower.to_string(), upper_work, idmap: false })
 }
 
 /// The propagation of the container's mounts: the spec's
@@ -103,6 +106,19 @@ pub fn root_propagation(spec: &Spec) -> Result<MsFlags, InitError> {
     Ok(flags)
 }
 
+/// The mappings of the container's user namespace, when it has one.
+pub fn user_namespace(spec: &Spec) -> Result<Option<crate::userns::Mappings>, InitError> {
+    let Some(linux) = spec.linux() else { return Ok(None) };
+    let has_userns = linux.namespaces().iter().flatten().any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User);
+    let mappings = crate::userns::Mappings::from_oci(linux.uid_mappings().as_ref(), linux.gid_mappings().as_ref());
+    match (has_userns, mappings) {
+        (false, None) => Ok(None),
+        (true, Some(m)) => m.check().map(|()| Some(m)).map_err(|e| InitError::setup("user namespace mappings", e)),
+        (true, None) => Err(InitError::Setup("a user namespace without uid and gid mappings".into())),
+        (false, Some(_)) => Err(InitError::Setup("uid and gid mappings without a user namespace".into())),
+    }
+}
+
 /// Builds the container's filesystem view from `spec`; `new_uts` says
 /// whether the container has a UTS namespace of its own to name.
 pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(), InitError> {
@@ -113,10 +129,25 @@ pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(),
     ops.set_root_propagation(propagation)?;
     ops.make_rootfs_parent_private()?;
     let root_flags = if devices_restricted(spec)? { MsFlags::MS_NODEV } else { MsFlags::empty() };
-    ops.mount_rootfs(&layers(spec)?, root_flags)?;
+    let userns = user_namespace(spec)?;
+    ops.mount_rootfs(&Layers { idmap: userns.is_some(), ..layers(spec)? }, root_flags)?;
     let nodes = devices::nodes(spec)?;
     for m in spec.mounts().iter().flatten() {
-        let op = MountOp::from_oci(m);
+        let mut op = MountOp::from_oci(m);
+        if op.idmap {
+            // Only the container's own mapping: its user namespace is the
+            // one berth has to map a mount through.
+            let own = crate::userns::Mappings::from_oci(m.uid_mappings().as_ref(), m.gid_mappings().as_ref());
+            if userns.is_none() || own != userns {
+                return Err(InitError::Setup(format!(
+                    "mount {}: id mappings other than the container's user namespace's are not supported",
+                    op.dest.display()
+                )));
+            }
+        }
+        if let Some(mappings) = &userns {
+            op.map_ids(mappings).map_err(InitError::Setup)?;
+        }
         if op.kind == "cgroup" {
             ops.mount_cgroup(&op, &cgroupfs::dirs_of(annotations::get(spec, annotations::CGROUP_PROCS).unwrap_or_default()))?;
             continue;
@@ -175,11 +206,13 @@ mod tests {
             Ok(())
         }
         fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError> {
-            self.0.push(format!("rootfs {} {:?}", layers.lower, flags));
+            self.0.push(format!("rootfs {} {:?}{}", layers.lower, flags, if layers.idmap { " idmapped" } else { "" }));
             Ok(())
         }
         fn mount(&mut self, m: &MountOp) -> Result<(), InitError> {
-            self.0.push(format!("mount {} {}", m.kind, m.dest.display()));
+            let extra = [(m.idmap, " idmapped".to_string()), (!m.data.is_empty(), format!(" {}", m.data))];
+            let extra: String = extra.into_iter().filter(|(on, _)| *on).map(|(_, t)| t).collect();
+            self.0.push(format!("mount {} {}{extra}", m.kind, m.dest.display()));
             Ok(())
         }
         fn mount_cgroup(&mut self, m: &MountOp, dirs: &[std::path::PathBuf]) -> Result<(), InitError> {

@@ -27,6 +27,11 @@ pub struct MountOp {
     pub data: String,
     /// Read-only all the way down, submounts included (runc's `rro`).
     pub recursive_readonly: bool,
+    /// Id-mapped through the container's user namespace (the OCI mount
+    /// has uid/gid mappings; [`crate::rootfs::build`] checks they are the
+    /// container's own): a bind shows the source's ids as the container
+    /// sees them, an overlay its lower layers.
+    pub idmap: bool,
 }
 
 impl MountOp {
@@ -41,7 +46,9 @@ impl MountOp {
             flags |= MsFlags::MS_RDONLY;
         }
         let bind = kind == "bind" || flags.contains(MsFlags::MS_BIND);
+        let idmap = m.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()) || m.gid_mappings().as_ref().is_some_and(|v| !v.is_empty());
         MountOp {
+            idmap,
             dest: m.destination().clone(),
             source: m.source().clone().unwrap_or_else(|| PathBuf::from(&kind)),
             recursive: flags.contains(MsFlags::MS_REC),
@@ -52,6 +59,37 @@ impl MountOp {
             data,
             recursive_readonly,
         }
+    }
+
+    /// For a container in a user namespace: the ids in a tmpfs's or
+    /// devpts's options are the container's, so they become the node's ids
+    /// they map to (the kernel reads them in the mounter's namespace, the
+    /// node's), and a tmpfs without an owner is owned by the container's
+    /// root, as it would be had root inside mounted it.
+    pub fn map_ids(&mut self, m: &crate::userns::Mappings) -> Result<(), String> {
+        if self.bind || !matches!(self.kind.as_str(), "tmpfs" | "devpts") {
+            return Ok(());
+        }
+        let mut opts: Vec<String> = if self.data.is_empty() { Vec::new() } else { self.data.split(',').map(str::to_string).collect() };
+        for (key, map) in [("uid", &m.uids), ("gid", &m.gids)] {
+            let prefix = format!("{key}=");
+            let inside = match opts.iter().position(|o| o.starts_with(&prefix)) {
+                Some(i) => {
+                    let v = opts.remove(i);
+                    let id: u32 = v[prefix.len()..].parse().map_err(|_| format!("{v:?} on {} is not an id", self.dest.display()))?;
+                    Some(id)
+                }
+                None if self.kind == "tmpfs" => Some(0),
+                None => None,
+            };
+            if let Some(id) = inside {
+                let host = crate::userns::map_id(map, id)
+                    .ok_or_else(|| format!("{key} {id} of {} is not mapped in the user namespace", self.dest.display()))?;
+                opts.push(format!("{key}={host}"));
+            }
+        }
+        self.data = opts.join(",");
+        Ok(())
     }
 
     /// True for the tmpfs mounted at the container's /dev.
@@ -126,5 +164,32 @@ mod tests {
             .unwrap();
         let op = MountOp::from_oci(&rro);
         assert!(op.recursive_readonly && op.flags.contains(MsFlags::MS_RDONLY) && op.data.is_empty(), "{op:?}");
+        assert!(!op.idmap);
+    }
+
+    #[test]
+    fn ids_in_tmpfs_and_devpts_options_become_the_nodes() {
+        let r = vec![crate::userns::IdMap { container_id: 0, host_id: 100000, size: 65536 }];
+        let m = crate::userns::Mappings { uids: r.clone(), gids: r };
+        let op = |kind: &str, opts: &[&str]| {
+            let mount = oci_spec::runtime::MountBuilder::default()
+                .destination("/x")
+                .typ(kind)
+                .source(kind)
+                .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+                .unwrap();
+            MountOp::from_oci(&mount)
+        };
+        let mut dev = op("tmpfs", &["nosuid", "mode=755", "size=65536k"]);
+        dev.map_ids(&m).unwrap();
+        assert_eq!(dev.data, "mode=755,size=65536k,uid=100000,gid=100000");
+        let mut pts = op("devpts", &["newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]);
+        pts.map_ids(&m).unwrap();
+        assert_eq!(pts.data, "newinstance,ptmxmode=0666,mode=0620,gid=100005");
+        let mut mq = op("mqueue", &["nosuid"]);
+        mq.map_ids(&m).unwrap();
+        assert_eq!(mq.data, "");
+        assert!(op("tmpfs", &["uid=70000"]).map_ids(&m).unwrap_err().contains("not mapped"));
     }
 }
