@@ -65,6 +65,8 @@ pub struct MountRequest {
     /// kubelet's id mappings for the volume (a pod in its own user
     /// namespace): the mount is id-mapped through it.
     pub idmap: Option<berth_runtime::userns::Mappings>,
+    /// The path inside an image volume to mount instead of its root.
+    pub image_sub_path: String,
 }
 
 /// A host device to give the container.
@@ -192,6 +194,7 @@ impl From<&MountRequest> for MountRecord {
             recursive_read_only: m.recursive_read_only,
             image: m.image.clone(),
             image_id: String::new(),
+            image_sub_path: m.image_sub_path.clone(),
         }
     }
 }

@@ -233,19 +233,40 @@ fn bind(dest: &str, source: &Path, options: &[&str]) -> Result<Mount> {
 
 /// An image volume: the image's layers read-only and without exec (as
 /// KEP-4639 has them): one layer is a bind of its snapshot, more an overlay
-/// of them with no upper layer.
-fn image_volume(dest: &str, dirs: &[PathBuf]) -> Result<Mount> {
+/// of them with no upper layer; with a sub path, the runtime mounts that
+/// aside and binds the path inside it.
+fn image_volume(dest: &str, dirs: &[PathBuf], sub_path: &str) -> Result<Mount> {
+    let sub = (!sub_path.is_empty()).then(|| format!("{}{sub_path}", berth_runtime::rootfs::mount::SUB_PATH_OPTION));
     if let [only] = dirs {
-        return bind(dest, only, &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"]);
+        let mut opts = vec!["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"];
+        opts.extend(sub.as_deref());
+        return bind(dest, only, &opts);
     }
     let lower = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
-    MountBuilder::default()
-        .destination(dest)
-        .typ("overlay")
-        .source("overlay")
-        .options(vec!["ro".into(), "nosuid".into(), "nodev".into(), "noexec".into(), format!("lowerdir={lower}")])
-        .build()
-        .map_err(spec_err)
+    let mut opts = vec!["ro".into(), "nosuid".into(), "nodev".into(), "noexec".into(), format!("lowerdir={lower}")];
+    opts.extend(sub);
+    MountBuilder::default().destination(dest).typ("overlay").source("overlay").options(opts).build().map_err(spec_err)
+}
+
+/// Checks an image volume's sub path: relative, without `..`, and present in
+/// one of the image's layers (`dirs`, top first). A path an upper layer
+/// deleted passes here and fails in the runtime, which sees the merged view.
+fn check_image_sub_path(sub: &str, dirs: &[PathBuf]) -> std::result::Result<(), String> {
+    use std::path::Component;
+    let path = Path::new(sub);
+    if !path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) || path.components().next().is_none() {
+        return Err(format!("{sub:?} is not a relative path without back traversals"));
+    }
+    // Looked up inside each layer as the container would (symlinks stay in it).
+    let found = |d: &PathBuf| {
+        berth_runtime::fs::RootDir::open(d)
+            .and_then(|root| root.open_in_root(path, nix::fcntl::OFlag::O_PATH, nix::sys::stat::Mode::empty()))
+            .is_ok()
+    };
+    if !dirs.iter().any(found) {
+        return Err(format!("{sub:?} does not exist in the image"));
+    }
+    Ok(())
 }
 
 fn fs_mount(dest: &str, kind: &str, options: &[&str]) -> Result<Mount> {
@@ -399,9 +420,15 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
             let (image_id, dirs) =
                 paths.image_volumes.get(&i).ok_or_else(|| Error::internal(format!("{field}.image"), "image volume not resolved"))?;
             // In a user namespace the image's files show as its root's, as the rootfs's do.
-            mounts.push(idmapped(image_volume(&m.container_path, dirs)?, userns)?);
+            if !m.image_sub_path.is_empty() {
+                check_image_sub_path(&m.image_sub_path, dirs).map_err(|why| invalid(&format!("{field}.image_sub_path"), why))?;
+            }
+            mounts.push(idmapped(image_volume(&m.container_path, dirs, &m.image_sub_path)?, userns)?);
             mount_records.push(MountRecord { image_id: image_id.clone(), readonly: true, ..MountRecord::from(m) });
             continue;
+        }
+        if !m.image_sub_path.is_empty() {
+            return Err(invalid(&format!("{field}.image_sub_path"), "only an image volume has a sub path"));
         }
         if !m.host_path.starts_with('/') {
             return Err(invalid(&format!("{field}.host_path"), format!("{:?} is not absolute", m.host_path)));

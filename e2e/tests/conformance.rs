@@ -302,6 +302,76 @@ async fn image_volumes_mount_another_image_read_only() {
     f.cri.remove_pod(&pod).await;
 }
 
+/// KEP-4639's `image_sub_path` (kubelet ≥ 1.33): only that path of the
+/// image is mounted — a directory of the merged layers, a file, a path in a
+/// one-layer image — resolved inside the image; bad paths are refused
+/// naming the field, and a path an upper layer deleted is an error, not
+/// the lower layer's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volume_sub_paths() {
+    use berth_e2e::oci::{self, Compression, ImageSettings, LayerBuilder};
+    let mut f = Fixture::start().await;
+    let mut base = LayerBuilder::new();
+    base.dir("data", 0o755).file("data/a.txt", b"lower a\n", 0o644).file("data/gone", b"x", 0o644).file("top.txt", b"top\n", 0o644);
+    base.dir("old", 0o755).file("old/f", b"old\n", 0o644);
+    let mut upper = LayerBuilder::new();
+    upper.file("data/b.txt", b"upper b\n", 0o644).whiteout("data/gone").whiteout("old").symlink("esc", "/");
+    let two = oci::image(vec![base.build(Compression::Gzip), upper.build(Compression::Gzip)], &ImageSettings::default());
+    f.registry.push("subpaths", "v1", &two).await;
+    let mut single = LayerBuilder::new();
+    single.dir("conf", 0o755).file("conf/app.ini", b"[app]\n", 0o644);
+    f.registry.push("subconf", "v1", &oci::image(vec![single.build(Compression::Gzip)], &ImageSettings::default())).await;
+    let (models, conf) = (f.registry.reference("subpaths", "v1"), f.registry.reference("subconf", "v1"));
+    f.cri.pull(&models).await.unwrap();
+    f.cri.pull(&conf).await.unwrap();
+
+    let cfg = f.pod("subpath");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let volume = |path: &str, image: &str, sub: &str| cri::Mount {
+        container_path: path.into(),
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        image_sub_path: sub.into(),
+        readonly: true,
+        ..Default::default()
+    };
+    let mut c = f.container("c", &["sleep", "1000"]);
+    c.mounts = vec![volume("/data", &models, "data"), volume("/top.txt", &models, "./top.txt"), volume("/etc/app", &conf, "conf")];
+    let id = f.cri.run(&pod, c, &cfg).await;
+    let out = f.cri.sh(&id, "ls /data; cat /top.txt /etc/app/app.ini; (touch /data/x) 2>&1 | grep -c Read-only").await;
+    assert_eq!(out, "a.txt\nb.txt\ntop\n[app]\n1\n");
+    let st = f.cri.status(&id).await;
+    let m = st.mounts.iter().find(|m| m.container_path == "/data").expect("the sub path volume in the status");
+    assert_eq!(m.image_sub_path, "data");
+
+    let field = "config.mounts[0].image_sub_path";
+    for (sub, host_path, why) in [
+        ("nothere", "", "does not exist"),
+        ("../etc", "", "back traversals"),
+        ("/data", "", "back traversals"),
+        // Through the image's own symlink to its root: the node's /etc/hostname is not the image's.
+        ("esc/etc/hostname", "", "does not exist"),
+        ("data", "/tmp", "only an image volume"),
+    ] {
+        let mut c = f.container("bad", &["sleep", "1000"]);
+        c.mounts = vec![cri::Mount {
+            host_path: host_path.into(),
+            image: (host_path.is_empty()).then(|| cri::ImageSpec { image: models.clone(), ..Default::default() }),
+            ..volume("/v", &models, sub)
+        }];
+        let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{sub}: {}", e.message());
+        assert!(e.message().contains(field) && e.message().contains(why), "{sub}: {}", e.message());
+    }
+    // Deleted by the upper layer: present in a layer, absent from the image.
+    for sub in ["old", "data/gone"] {
+        let mut c = f.container("deleted", &["sleep", "1000"]);
+        c.mounts = vec![volume("/v", &models, sub)];
+        let e = f.cri.create(&pod, c, &cfg).await.unwrap_err();
+        assert!(e.message().contains(sub) && e.message().contains("sub path"), "{sub}: {}", e.message());
+    }
+    f.cri.remove_pod(&pod).await;
+}
+
 /// KEP-3857: `recursive_read_only` makes the submounts of a volume read-only
 /// too, where `readonly` alone leaves them writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

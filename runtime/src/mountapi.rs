@@ -49,10 +49,20 @@ pub fn set_attr(fd: BorrowedFd<'_>, recursive: bool, attr: Attr) -> io::Result<(
 /// `recursive`) at `path`, to change and attach elsewhere.
 pub fn clone_tree(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
-    // SAFETY: `c` is a valid C string for the call; the result is a new fd
-    // this process owns.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    open_tree(libc::AT_FDCWD, &c, recursive, 0)
+}
+
+/// As [`clone_tree`], of what the (`O_PATH`) fd `at` refers to: a bind of
+/// that directory or file, detached.
+pub fn clone_tree_at(at: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
+    open_tree(at.as_raw_fd(), c"", recursive, libc::AT_EMPTY_PATH as libc::c_uint)
+}
+
+fn open_tree(dirfd: i32, path: &std::ffi::CStr, recursive: bool, extra: libc::c_uint) -> io::Result<OwnedFd> {
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | extra | if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+    // SAFETY: `path` is a valid C string for the call; the result is a new
+    // fd this process owns.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

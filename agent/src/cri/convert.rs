@@ -161,6 +161,7 @@ pub fn container_request(config: cri::ContainerConfig) -> Result<ContainerReques
             recursive_read_only: m.recursive_read_only,
             image: m.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
             idmap,
+            image_sub_path: m.image_sub_path.clone(),
         });
     }
     Ok(ContainerRequest {
@@ -314,6 +315,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
                     user_specified_image: m.image.clone(),
                     ..Default::default()
                 }),
+                image_sub_path: m.image_sub_path.clone(),
                 ..Default::default()
             })
             .collect(),

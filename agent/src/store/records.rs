@@ -120,6 +120,8 @@ pub struct MountRecord {
     pub image: String,
     /// That image's id.
     pub image_id: String,
+    /// The path inside the image mounted ("" for its root).
+    pub image_sub_path: String,
 }
 
 /// A container as berth remembers it.

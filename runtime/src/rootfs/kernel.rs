@@ -58,17 +58,57 @@ impl Kernel {
     /// only — overlayfs takes id-mapped layers (Linux 5.19) but cannot be
     /// id-mapped itself. The staging mounts go with the old root at the pivot.
     fn idmapped_lowers(&mut self, lower: &str) -> Result<String, InitError> {
-        let staging = self.rootfs.with_file_name("idmap");
         let mut out = Vec::new();
         for dir in lower.split(':') {
-            let at = staging.join(self.staged.to_string());
-            self.staged += 1;
-            std::fs::create_dir_all(&at).map_err(|e| InitError::setup(&format!("create {}", at.display()), e))?;
+            let at = self.staging_dir("idmap")?;
             let tree = self.idmapped(Path::new(dir), false)?;
             crate::mountapi::attach(tree.as_fd(), &at).map_err(|e| InitError::setup(&format!("attach the id-mapped {dir}"), e))?;
             out.push(at.display().to_string());
         }
         Ok(out.join(":"))
+    }
+
+    /// A new, numbered dir beside the rootfs (`<bundle>/<kind>/N`) to mount
+    /// on in this mount namespace only: it goes with the old root at the pivot.
+    fn staging_dir(&mut self, kind: &str) -> Result<PathBuf, InitError> {
+        let at = self.rootfs.with_file_name(kind).join(self.staged.to_string());
+        self.staged += 1;
+        std::fs::create_dir_all(&at).map_err(|e| InitError::setup(&format!("create {}", at.display()), e))?;
+        Ok(at)
+    }
+
+    /// Makes the mount `m` describes on the (`O_PATH`) fd `target`.
+    fn mount_on(&self, m: &MountOp, data: &str, target: &OwnedFd) -> Result<(), InitError> {
+        let step = |what: &str| format!("mount {} on {} ({what})", m.source.display(), m.dest.display());
+        let tpath = fd_path(target);
+        if m.bind && m.idmap {
+            let tree = self.idmapped(&m.source, m.recursive)?;
+            crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("attach id-mapped"), e))
+        } else if m.bind {
+            let rec = if m.recursive { MsFlags::MS_REC } else { MsFlags::empty() };
+            mount(Some(&m.source), tpath.as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
+                .map_err(|e| InitError::setup(&step("bind"), e))
+        } else {
+            let data = (!data.is_empty()).then_some(data);
+            mount(Some(&m.source), tpath.as_str(), Some(m.kind.as_str()), m.flags, data).map_err(|e| InitError::setup(&step(&m.kind), e))
+        }
+    }
+
+    /// Mounts `m` aside, then binds its `sub` path — resolved inside it,
+    /// never out of it — at the destination.
+    fn mount_sub_path(&mut self, m: &MountOp, data: &str, sub: &Path) -> Result<(), InitError> {
+        let step = |what: &str| format!("sub path {} of the volume at {} ({what})", sub.display(), m.dest.display());
+        let aside = self.staging_dir("subpath")?;
+        let aside_fd = nix::fcntl::open(&aside, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| InitError::setup(&step("open the staging dir"), e))?;
+        self.mount_on(m, data, &aside_fd)?;
+        let volume = RootDir::open(&aside).map_err(|e| InitError::setup(&step("open the volume"), e))?;
+        let rel = clean_relative(sub).map_err(|e| InitError::setup(&step("path"), e))?;
+        let inner = volume.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(|e| InitError::setup(&step("lookup"), e))?;
+        let is_dir = nix::sys::stat::fstat(&inner).map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR).unwrap_or(true);
+        let target = mount_target(self.root()?, &m.dest, !is_dir)?;
+        let tree = crate::mountapi::clone_tree_at(inner.as_fd(), true).map_err(|e| InitError::setup(&step("open_tree"), e))?;
+        crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("attach"), e))
     }
 
     /// An overlay's options with its lowerdir id-mapped.
@@ -174,29 +214,22 @@ impl RootfsOps for Kernel {
 
     fn mount(&mut self, m: &MountOp) -> Result<(), InitError> {
         let data = if m.idmap && m.kind == "overlay" { self.idmapped_overlay_data(&m.data)? } else { m.data.clone() };
-        let root = self.root()?;
-        let is_file = m.bind && std::fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false);
-        let target = mount_target(root, &m.dest, is_file)?;
-        let tpath = fd_path(&target);
         let step = |what: &str| format!("mount {} on {} ({what})", m.source.display(), m.dest.display());
-        let data = (!data.is_empty()).then_some(data.as_str());
-        if m.bind && m.idmap {
-            let tree = self.idmapped(&m.source, m.recursive)?;
-            crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("attach id-mapped"), e))?;
-        } else if m.bind {
-            let rec = if m.recursive { MsFlags::MS_REC } else { MsFlags::empty() };
-            mount(Some(&m.source), tpath.as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
-                .map_err(|e| InitError::setup(&step("bind"), e))?;
-        } else {
-            mount(Some(&m.source), tpath.as_str(), Some(m.kind.as_str()), m.flags, data)
-                .map_err(|e| InitError::setup(&step(&m.kind), e))?;
+        match &m.sub_path {
+            Some(sub) => self.mount_sub_path(m, &data, sub)?,
+            None => {
+                let is_file = m.bind && std::fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false);
+                let target = mount_target(self.root()?, &m.dest, is_file)?;
+                self.mount_on(m, &data, &target)?;
+            }
         }
+        let root = self.root()?;
         // The target fd points beneath the new mount; open the mount itself.
         let rel = clean_relative(m.dest.strip_prefix("/").unwrap_or(&m.dest)).map_err(path_err)?;
         let mounted = root.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(path_err)?;
         let mpath = fd_path(&mounted);
-        // A bind mount takes its flags only on a remount.
-        if m.bind && !m.flags.is_empty() {
+        // A bind mount (a sub path is one) takes its flags only on a remount.
+        if (m.bind || m.sub_path.is_some()) && !m.flags.is_empty() {
             mount(None::<&str>, mpath.as_str(), None::<&str>, m.flags | MsFlags::MS_REMOUNT | MsFlags::MS_BIND, None::<&str>)
                 .map_err(|e| InitError::setup(&step("remount"), e))?;
         }
@@ -225,6 +258,7 @@ impl RootfsOps for Kernel {
             flags,
             propagation: MsFlags::empty(),
             idmap: false,
+            sub_path: None,
             data: String::new(),
             recursive_readonly: false,
         };
@@ -250,6 +284,7 @@ impl RootfsOps for Kernel {
             flags: m.flags & !MsFlags::MS_RDONLY,
             propagation: MsFlags::empty(),
             idmap: false,
+            sub_path: None,
             data: "mode=755".into(),
             recursive_readonly: false,
         };

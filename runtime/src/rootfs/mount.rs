@@ -32,7 +32,14 @@ pub struct MountOp {
     /// container's own): a bind shows the source's ids as the container
     /// sees them, an overlay its lower layers.
     pub idmap: bool,
+    /// Mount only this path inside the volume (an image volume's
+    /// `image_sub_path`, given as the `berth.subpath=` option): the volume
+    /// is mounted aside first and the path, resolved inside it, bound here.
+    pub sub_path: Option<PathBuf>,
 }
+
+/// The option that carries an image volume's sub path in berth's specs.
+pub const SUB_PATH_OPTION: &str = "berth.subpath=";
 
 impl MountOp {
     /// From an OCI mount.
@@ -40,7 +47,8 @@ impl MountOp {
         let kind = m.typ().clone().unwrap_or_else(|| "bind".into());
         let options = m.options().clone().unwrap_or_default();
         let recursive_readonly = options.iter().any(|o| o == "rro");
-        let options: Vec<String> = options.into_iter().filter(|o| o != "rro").collect();
+        let sub_path = options.iter().find_map(|o| o.strip_prefix(SUB_PATH_OPTION)).map(PathBuf::from);
+        let options: Vec<String> = options.into_iter().filter(|o| o != "rro" && !o.starts_with(SUB_PATH_OPTION)).collect();
         let (mut flags, propagation, data) = parse_options(&options);
         if recursive_readonly {
             flags |= MsFlags::MS_RDONLY;
@@ -49,6 +57,7 @@ impl MountOp {
         let idmap = m.uid_mappings().as_ref().is_some_and(|v| !v.is_empty()) || m.gid_mappings().as_ref().is_some_and(|v| !v.is_empty());
         MountOp {
             idmap,
+            sub_path,
             dest: m.destination().clone(),
             source: m.source().clone().unwrap_or_else(|| PathBuf::from(&kind)),
             recursive: flags.contains(MsFlags::MS_REC),
@@ -164,7 +173,16 @@ mod tests {
             .unwrap();
         let op = MountOp::from_oci(&rro);
         assert!(op.recursive_readonly && op.flags.contains(MsFlags::MS_RDONLY) && op.data.is_empty(), "{op:?}");
-        assert!(!op.idmap);
+        assert!(!op.idmap && op.sub_path.is_none());
+        let sub = oci_spec::runtime::MountBuilder::default()
+            .destination("/models")
+            .typ("overlay")
+            .source("overlay")
+            .options(vec!["ro".to_string(), "berth.subpath=a,b/c".to_string(), "lowerdir=/l1:/l0".to_string()])
+            .build()
+            .unwrap();
+        let op = MountOp::from_oci(&sub);
+        assert_eq!((op.sub_path.as_deref(), op.data.as_str()), (Some(std::path::Path::new("a,b/c")), "lowerdir=/l1:/l0"));
     }
 
     #[test]
