@@ -46,6 +46,17 @@ pub fn run(config: &Config) -> Vec<Check> {
 
     out.push(cgroups());
 
+    // Optional: without them only pods with hostUsers: false are refused.
+    out.push(if berth_runtime::userns::supported() {
+        check("user_namespaces", true, "allowed (Linux >= 5.19); berthd probes id-mapped mounts of its store at start")
+    } else {
+        check(
+            "user_namespaces",
+            true,
+            "optional, unavailable (needs Linux >= 5.19 and user.max_user_namespaces > 0): pods with hostUsers: false are refused",
+        )
+    });
+
     let nft = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join("nft").is_file())).unwrap_or(false);
     let builtin = config.network.mode != NetworkMode::Cni;
     out.push(match (nft, builtin) {

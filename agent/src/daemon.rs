@@ -128,6 +128,9 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
         tracing::warn!("start-up garbage collection: {e}");
     }
     stages.mark("strays");
+    let a = agent.clone();
+    let _ = tokio::task::spawn_blocking(move || a.probe_userns()).await;
+    stages.mark("userns_probe");
     if let Err(e) = agent.images.collect_garbage().await {
         tracing::warn!("start-up image garbage collection: {e}");
     }

@@ -60,9 +60,31 @@ pub struct Node {
     pub streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
     /// Container lifecycle events.
     pub events: Events,
+    /// Whether pods can get user namespaces here, or why not (probed once
+    /// at start-up: the kernel, and id-mapped mounts of the image store).
+    pub userns: std::sync::OnceLock<std::result::Result<(), String>>,
 }
 
 impl Node {
+    /// Whether a pod may have a user namespace of its own here; Err says why not.
+    pub fn userns_support(&self) -> std::result::Result<(), &str> {
+        match self.userns.get() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(why.as_str()),
+            None => Err("not probed yet"),
+        }
+    }
+
+    /// Probes user namespace support (see [`berth_runtime::userns::probe`]) and keeps the answer.
+    pub fn probe_userns(&self) {
+        let scratch = self.config.state.join("userns-probe");
+        let answer = berth_runtime::userns::probe(self.runtime.monitor_bin(), &scratch, &self.config.root.join("snapshots"));
+        if let Err(why) = &answer {
+            tracing::info!("pods cannot have user namespaces on this node (Status reports user_namespaces false): {why}");
+        }
+        let _ = self.userns.set(answer);
+    }
+
     /// Opens the services over the opened store: indexes, images, network.
     pub fn open(config: Config, store: Store) -> Result<Node> {
         let store = Arc::new(store);
@@ -151,6 +173,7 @@ impl Node {
             cpu_samples: Default::default(),
             streams: Default::default(),
             events: Events::default(),
+            userns: std::sync::OnceLock::new(),
             live: std::sync::RwLock::new(config.clone()),
             config,
         })

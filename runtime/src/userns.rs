@@ -186,6 +186,31 @@ pub fn supported() -> bool {
     allowed && crate::mountapi::supported() && kernel_at_least(&release, (5, 19))
 }
 
+/// Whether the filesystem at `path` takes id-mapped mounts (Linux 5.12 for
+/// ext4 and xfs, 6.3 for tmpfs): berth id-maps the image layers under it for
+/// every pod in a user namespace. Asked the kernel by doing it once, through
+/// a user namespace made as a pod's is (pinned under `scratch` meanwhile).
+pub fn probe(monitor_bin: &std::path::Path, scratch: &std::path::Path, path: &std::path::Path) -> Result<(), String> {
+    if !supported() {
+        return Err("the kernel needs user namespaces allowed (user.max_user_namespaces), the new mount API and Linux 5.19".into());
+    }
+    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let range = vec![IdMap { container_id: 0, host_id: 1 << 30, size: 1 }];
+    let mappings = Mappings { uids: range.clone(), gids: range };
+    let result = crate::sandbox::pin_namespaces_in_userns(monitor_bin, scratch, Default::default(), &mappings, "", &[])
+        .map_err(|e| format!("making a user namespace: {e}"))
+        .and_then(|()| {
+            let userns = std::fs::File::open(crate::sandbox::pin_path(scratch, "user")).map_err(|e| e.to_string())?;
+            let tree = crate::mountapi::clone_tree(path, false).map_err(|e| format!("open_tree {}: {e}", path.display()))?;
+            let attr =
+                crate::mountapi::Attr { set: libc::MOUNT_ATTR_IDMAP, clear: 0, userns_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&userns)) };
+            crate::mountapi::set_attr(tree.as_fd(), false, attr).map_err(|e| format!("{} cannot be id-mapped: {e}", path.display()))
+        });
+    crate::sandbox::unpin_namespaces(scratch);
+    let _ = std::fs::remove_dir(scratch);
+    result
+}
+
 /// `release` (`6.1.0-13-amd64`) is at least `min` (major, minor).
 fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
     let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());

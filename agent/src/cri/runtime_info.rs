@@ -42,14 +42,15 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
         info,
         // Every handler has the same features: only what works here
         // (recursive read-only needs mount_setattr, Linux 5.12; user
-        // namespaces id-mapped overlay layers, 5.19).
+        // namespaces id-mapped overlay layers, 5.19, on a store that takes
+        // them — probed at start-up).
         runtime_handlers: std::iter::once(String::new())
             .chain(node.handlers.keys().cloned())
             .map(|name| cri::RuntimeHandler {
                 name,
                 features: Some(cri::RuntimeHandlerFeatures {
                     recursive_read_only_mounts: berth_runtime::mountapi::supported(),
-                    user_namespaces: berth_runtime::userns::supported(),
+                    user_namespaces: node.userns_support().is_ok(),
                 }),
             })
             .collect(),

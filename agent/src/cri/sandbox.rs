@@ -123,6 +123,14 @@ pub(super) async fn run(node: &Arc<Node>, req: cri::RunPodSandboxRequest) -> Res
         )));
     }
     let (record, dns) = record_from(config, req.runtime_handler)?;
+    if record.userns.is_some() {
+        if let Err(why) = node.userns_support() {
+            return Err(Error::invalid(
+                "config.linux.security_context.namespace_options.userns_options",
+                format!("this node cannot run pods in user namespaces: {why}"),
+            ));
+        }
+    }
     // kubelet's bandwidth annotations: refused before anything exists.
     crate::net::pod_bandwidth(&record.annotations)?;
     let id = pod::run(node, record, dns).await?;
