@@ -119,6 +119,12 @@ mode = "builtin"
 bridge = "berth0"
 subnet = "10.88.0.0/16"
 gateway = ""
+# Dual-stack: an IPv6 pod subnet (e.g. "fd00:88::/64"; "" = IPv4 only). Pods
+# get an address from it on eth0 too (PodSandboxStatus additional_ips), the
+# bridge its first address, egress is masqueraded, and the node's
+# net.ipv6.conf.all.forwarding is set to 1. hostPorts stay IPv4. kubelet's
+# pod CIDR "v4,v6" replaces both subnets.
+subnet6 = ""
 
 # Built-in mode: berth's own nftables table (family inet). No other table
 # is ever touched.
@@ -250,6 +256,8 @@ pub struct NetworkConfig {
     pub subnet: String,
     /// Gateway ("" = first address).
     pub gateway: String,
+    /// IPv6 pod subnet of a dual-stack network ("" = IPv4 only).
+    pub subnet6: String,
     /// nftables table (built-in).
     pub nft_table: String,
     /// CNI config directory.
@@ -277,6 +285,7 @@ impl Default for NetworkConfig {
             bridge: "berth0".into(),
             subnet: "10.88.0.0/16".into(),
             gateway: String::new(),
+            subnet6: String::new(),
             nft_table: "berth".into(),
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
@@ -590,8 +599,9 @@ impl Config {
                 return Err(invalid("runtimes", format!("{name}: monitor_path {} is not an absolute path", h.monitor_path.display())));
             }
         }
+        let n = &self.network;
         if let Err(e) =
-            berth_network::BridgeConfig::new(&self.network.bridge, &self.network.subnet, &self.network.gateway, &self.network.nft_table)
+            berth_network::BridgeConfig::new(&n.bridge, &n.subnet, &n.gateway, &n.nft_table).and_then(|b| b.with_ipv6(&n.subnet6))
         {
             let text = e.to_string();
             let (key, reason) = text.split_once(": ").unwrap_or(("network", text.as_str()));
@@ -599,6 +609,7 @@ impl Config {
                 "network.bridge" => "network.bridge",
                 "network.subnet" => "network.subnet",
                 "network.gateway" => "network.gateway",
+                "network.subnet6" => "network.subnet6",
                 "network.nft_table" => "network.nft_table",
                 _ => "network",
             };

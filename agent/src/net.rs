@@ -3,11 +3,11 @@
 //! and calls into `berth-network` to wire pods up and down.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::RwLock;
 
 use berth_network::cni::{Cni, CniPod};
-use berth_network::{ipam, BridgeConfig, NetError};
+use berth_network::{ipam, BridgeConfig, NetError, PodIps};
 
 use crate::config::{Config, NetworkMode};
 use crate::error::{Error, Result};
@@ -15,6 +15,8 @@ use crate::store::{LeaseRecord, PodRecord, PodState, Store};
 
 /// The store setting holding the last address handed out (round robin).
 const LAST_IP: &str = "ipam_last_ip";
+/// The same for IPv6.
+const LAST_IP6: &str = "ipam_last_ip6";
 
 /// The pod network as the agent runs it.
 pub struct Network {
@@ -77,9 +79,10 @@ impl Network {
             }
             return Ok(Network { builtin: None, cni: Some(cni) });
         }
-        let subnet = pod_cidr.and_then(|c| c.split(',').map(str::trim).find(|c| c.contains('.'))).unwrap_or(&n.subnet);
+        let subnet = pod_cidr.and_then(|c| cidr_part(c, false)).unwrap_or(&n.subnet);
         let gateway = if subnet == n.subnet { n.gateway.as_str() } else { "" };
-        let bridge = BridgeConfig::new(&n.bridge, subnet, gateway, &n.nft_table)?;
+        let subnet6 = pod_cidr.and_then(|c| cidr_part(c, true)).unwrap_or(&n.subnet6);
+        let bridge = BridgeConfig::new(&n.bridge, subnet, gateway, &n.nft_table)?.with_ipv6(subnet6)?;
         bridge.ensure_host()?;
         Ok(Network { builtin: Some(RwLock::new(bridge)), cni: None })
     }
@@ -98,7 +101,10 @@ impl Network {
             };
         }
         match self.bridge() {
-            Some(b) => (true, String::new(), format!("built-in bridge {} on {}", b.bridge, b.subnet)),
+            Some(b) => {
+                let v6 = b.v6.map(|(net, _)| format!(" and {net}")).unwrap_or_default();
+                (true, String::new(), format!("built-in bridge {} on {}{v6}", b.bridge, b.subnet))
+            }
             None => (false, "NetworkPluginNotReady".into(), "no pod network is configured".into()),
         }
     }
@@ -106,11 +112,15 @@ impl Network {
     /// Switches new pods to kubelet's pod CIDR (built-in mode).
     pub fn set_pod_cidr(&self, config: &Config, cidr: &str) -> Result<()> {
         let Some(lock) = &self.builtin else { return Ok(()) };
-        let Some(v4) = cidr.split(',').map(str::trim).find(|c| c.contains('.')) else { return Ok(()) };
+        let Some(v4) = cidr_part(cidr, false) else { return Ok(()) };
         let n = &config.network;
+        // A dual-stack node's CIDR is "v4,v6"; without a v6 part the configured one stays.
+        let v6 = cidr_part(cidr, true).unwrap_or(&n.subnet6);
+        let field = "runtime_config.network_config.pod_cidr";
         let next =
-            BridgeConfig::new(&n.bridge, v4, "", &n.nft_table).map_err(|e| Error::invalid("runtime_config.network_config.pod_cidr", e))?;
-        if lock.read().unwrap_or_else(|p| p.into_inner()).subnet == next.subnet {
+            BridgeConfig::new(&n.bridge, v4, "", &n.nft_table).and_then(|b| b.with_ipv6(v6)).map_err(|e| Error::invalid(field, e))?;
+        let current = lock.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if (current.subnet, current.v6) == (next.subnet, next.v6) {
             return Ok(());
         }
         next.ensure_host().map_err(Error::from)?;
@@ -140,12 +150,12 @@ impl Network {
         if pod_bandwidth(&pod.annotations).is_ok_and(|b| b != berth_network::cni::Bandwidth::default()) {
             tracing::warn!(pod_id = %pod.id, "bandwidth annotations are applied by a CNI bandwidth plugin; the built-in network does not shape traffic");
         }
-        let ip = lease(store, others, pod, &bridge)?;
-        bridge.setup_pod(&pod.id, netns, ip, &pod.port_mappings).map_err(|e| {
+        let ips = lease(store, others, pod, &bridge)?;
+        bridge.setup_pod(&pod.id, netns, ips, &pod.port_mappings).map_err(|e| {
             let _ = release(store, &pod.id);
             Error::from(e)
         })?;
-        pod.ips = vec![ip.to_string()];
+        pod.ips = std::iter::once(ips.v4.to_string()).chain(ips.v6.map(|ip| ip.to_string())).collect();
         Ok(())
     }
 
@@ -179,6 +189,11 @@ impl Network {
         }
         Ok(())
     }
+}
+
+/// The IPv4 (`v6` false) or IPv6 part of a pod CIDR list ("10.1.0.0/24,fd00::/64").
+fn cidr_part(cidrs: &str, v6: bool) -> Option<&str> {
+    cidrs.split(',').map(str::trim).find(|c| !c.is_empty() && c.contains(':') == v6)
 }
 
 /// The pod annotations kubelet sets from a pod's bandwidth annotations.
@@ -259,37 +274,67 @@ fn cni_pod<'a>(pod: &'a PodRecord, netns: &'a std::path::Path, dns: &'a crate::p
     }
 }
 
-/// Leases an address for `pod` in one transaction, refusing hostPorts held
-/// by pods that already have a lease.
-fn lease(store: &Store, others: &[PodRecord], pod: &PodRecord, bridge: &BridgeConfig) -> Result<Ipv4Addr> {
+/// Leases the pod's addresses (IPv4, and IPv6 on a dual-stack network) in
+/// one transaction, refusing hostPorts held by pods that already have a
+/// lease. A pod that holds leases (a retried setup) keeps them.
+fn lease(store: &Store, others: &[PodRecord], pod: &PodRecord, bridge: &BridgeConfig) -> Result<PodIps> {
     let mut failure: Option<NetError> = None;
-    let ip = store.write(|tx| {
+    let ips = store.write(|tx| {
         let leases = tx.list::<LeaseRecord>()?;
-        if let Some(mine) = leases.iter().find(|l| l.pod_id == pod.id).and_then(|l| l.ip.parse().ok()) {
-            return Ok(Some(mine));
-        }
-        let holders: HashSet<&str> = leases.iter().map(|l| l.pod_id.as_str()).collect();
-        for other in others {
-            if other.id == pod.id || !holders.contains(other.id.as_str()) {
-                continue;
+        let mine: Vec<std::net::IpAddr> = leases.iter().filter(|l| l.pod_id == pod.id).filter_map(|l| l.ip.parse().ok()).collect();
+        let mine4 = mine.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(*v4),
+            _ => None,
+        });
+        let mine6 = mine.iter().find_map(|ip| match ip {
+            std::net::IpAddr::V6(v6) => Some(*v6),
+            _ => None,
+        });
+        if mine4.is_none() {
+            let holders: HashSet<&str> = leases.iter().map(|l| l.pod_id.as_str()).collect();
+            for other in others {
+                if other.id == pod.id || !holders.contains(other.id.as_str()) {
+                    continue;
+                }
+                if let Some(p) = pod.port_mappings.iter().find(|p| other.port_mappings.iter().any(|o| o.conflicts(p))) {
+                    failure = Some(NetError::PortInUse(p.describe(), other.id.clone()));
+                    return Ok(None);
+                }
             }
-            if let Some(p) = pod.port_mappings.iter().find(|p| other.port_mappings.iter().any(|o| o.conflicts(p))) {
-                failure = Some(NetError::PortInUse(p.describe(), other.id.clone()));
-                return Ok(None);
-            }
         }
-        let used: HashSet<Ipv4Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
-        let after = tx.setting(LAST_IP)?.and_then(|s| s.parse().ok());
-        let Some(ip) = ipam::allocate(bridge.subnet, bridge.gateway, &used, after) else {
-            failure = Some(NetError::Exhausted(bridge.subnet));
-            return Ok(None);
+        let v4 = match mine4 {
+            Some(ip) => ip,
+            None => {
+                let used: HashSet<Ipv4Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
+                let after = tx.setting(LAST_IP)?.and_then(|s| s.parse().ok());
+                let Some(ip) = ipam::allocate(bridge.subnet, bridge.gateway, &used, after) else {
+                    failure = Some(NetError::Exhausted(bridge.subnet.to_string()));
+                    return Ok(None);
+                };
+                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
+                tx.set_setting(LAST_IP, &ip.to_string())?;
+                ip
+            }
         };
-        tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
-        tx.set_setting(LAST_IP, &ip.to_string())?;
-        Ok(Some(ip))
+        let v6 = match (bridge.v6, mine6) {
+            (None, _) => None,
+            (Some((net, _)), Some(ip)) if net.contains(&ip) => Some(ip),
+            (Some((net, gateway)), _) => {
+                let used: HashSet<Ipv6Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
+                let after = tx.setting(LAST_IP6)?.and_then(|s| s.parse().ok());
+                let Some(ip) = ipam::allocate6(net, gateway, &used, after) else {
+                    failure = Some(NetError::Exhausted(net.to_string()));
+                    return Ok(None);
+                };
+                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
+                tx.set_setting(LAST_IP6, &ip.to_string())?;
+                Some(ip)
+            }
+        };
+        Ok(Some(PodIps { v4, v6 }))
     })?;
-    match (ip, failure) {
-        (Some(ip), _) => Ok(ip),
+    match (ips, failure) {
+        (Some(ips), _) => Ok(ips),
         (None, Some(e)) => Err(e.into()),
         (None, None) => Err(Error::internal("lease", "no address and no reason")),
     }

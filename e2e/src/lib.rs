@@ -154,6 +154,8 @@ pub struct NetNames {
     pub subnet: String,
     /// nftables table.
     pub table: String,
+    /// /64 IPv6 pod subnet in fd00:b7::/32 (used by dual-stack instances).
+    pub subnet6: String,
 }
 
 impl NetNames {
@@ -168,6 +170,7 @@ impl NetNames {
             bridge: format!("bt{tag}"),
             subnet: format!("10.{}.{}.0/24", 200 + (x >> 24) % 8, (x >> 8) & 0xff),
             table: format!("berth_t{tag}"),
+            subnet6: format!("fd00:b7:{:x}:{:x}::/64", (x >> 16) & 0xffff, x & 0xffff),
         }
     }
 
@@ -198,6 +201,11 @@ impl Berthd {
 
     /// Same, with environment variables for berthd.
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Berthd {
+        Self::start_with_options(config, env, false).await
+    }
+
+    /// Same, with a dual-stack pod network (its own IPv6 /64) when `dual_stack`.
+    pub async fn start_with_options(config: &str, env: &[(&str, &str)], dual_stack: bool) -> Berthd {
         let dir = tempfile::Builder::new().prefix("berth-e2e-").tempdir().expect("tempdir");
         let paths = Paths::in_dir(dir.path());
         let cgroup_parent =
@@ -212,6 +220,9 @@ impl Berthd {
                 "\n[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n",
                 net.bridge, net.subnet, net.table
             ));
+            if dual_stack {
+                config.push_str(&format!("subnet6 = \"{}\"\n", net.subnet6));
+            }
         }
         std::fs::write(&paths.config, config).expect("writing config");
         let mut b = Berthd {
@@ -697,10 +708,15 @@ impl Fixture {
 
     /// Same, with a berthd config.
     pub async fn start_with_config(config: &str) -> Fixture {
+        Self::start_with_options(config, false).await
+    }
+
+    /// Same, with a dual-stack pod network when `dual_stack`.
+    pub async fn start_with_options(config: &str, dual_stack: bool) -> Fixture {
         let registry = registry::Registry::start().await;
         let image = oci::busybox_image(&oci::ImageSettings::default());
         registry.push("busybox", "latest", &image).await;
-        let berthd = Berthd::start_with_config(config).await;
+        let berthd = Berthd::start_with_options(config, &[], dual_stack).await;
         let mut cri = berthd.cri().await;
         let busybox = registry.reference("busybox", "latest");
         cri.pull(&busybox).await.expect("pull busybox");

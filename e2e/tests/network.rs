@@ -67,6 +67,55 @@ async fn pods_talk_to_each_other_and_to_the_node() {
     f.cri.remove_pod(&b).await;
 }
 
+/// Dual-stack built-in network (`network.subnet6`): each pod also gets an
+/// IPv6 address from the /64 — in PodSandboxStatus's additional_ips, on
+/// eth0, in /etc/hosts — and an IPv6 default route; pods and the node reach
+/// each other over IPv6; addresses go back to the pool with the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods_get_an_ipv6_address_too() {
+    let mut f = berth_e2e::Fixture::start_with_options("", true).await;
+    let prefix = f.berthd.net.subnet6.trim_end_matches(":/64").to_string();
+    let cfg_a = f.pod("v6-a");
+    let a = f.cri.run_pod(cfg_a.clone()).await.unwrap();
+    f.cri.run(&a, server(&f, "srv", 8080, "from-a-v6"), &cfg_a).await;
+    let cfg_b = f.pod("v6-b");
+    let b = f.cri.run_pod(cfg_b.clone()).await.unwrap();
+    let client = f.cri.run(&b, f.container("cli", &["sleep", "1000"]), &cfg_b).await;
+    let v6_of = |st: cri::PodSandboxStatusResponse| {
+        let net = st.status.unwrap().network.unwrap();
+        assert!(net.ip.contains('.'), "the primary stays IPv4: {}", net.ip);
+        assert_eq!(net.additional_ips.len(), 1, "{net:?}");
+        net.additional_ips[0].ip.clone()
+    };
+    let v6_a = v6_of(f.cri.pod_status(&a, false).await);
+    let v6_b = v6_of(f.cri.pod_status(&b, false).await);
+    assert!(v6_a.starts_with(&prefix) && v6_b.starts_with(&prefix) && v6_a != v6_b, "{v6_a} {v6_b} in {prefix}");
+
+    let inside = f.cri.sh(&client, "ip -6 addr show eth0; ip -6 route; cat /etc/hosts").await;
+    assert!(inside.contains(&format!("{v6_b}/64")), "{inside}");
+    assert!(inside.contains(&format!("default via {prefix}:1")), "{inside}");
+    assert!(inside.lines().any(|l| l.starts_with(&v6_b) && l.contains("v6-b")), "{inside}");
+    // Pod to pod, and node to pod, over IPv6.
+    let got = f
+        .cri
+        .sh(&client, &format!("for i in $(seq 100); do out=$(nc {v6_a} 8080 </dev/null) && [ -n \"$out\" ] && echo $out && exit 0; sleep 0.05; done; exit 1"))
+        .await;
+    assert_eq!(got.trim(), "from-a-v6");
+    assert_eq!(tcp_read_retry(&format!("[{v6_a}]:8080")).await.trim(), "from-a-v6");
+    let st = f.cri.runtime.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let ready = st.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
+    assert!(ready.status && ready.message.contains(&f.berthd.net.subnet6), "{ready:?}");
+
+    // Released with the pod: a new pod gets a fresh lease, and both of B's are gone.
+    f.cri.remove_pod(&a).await;
+    f.cri.remove_pod(&b).await;
+    let cfg_c = f.pod("v6-c");
+    let c = f.cri.run_pod(cfg_c).await.unwrap();
+    let v6_c = v6_of(f.cri.pod_status(&c, false).await);
+    assert!(v6_c.starts_with(&prefix), "{v6_c}");
+    f.cri.remove_pod(&c).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_is_masqueraded_to_an_outside_host() {
     let mut f = Fixture::start().await;

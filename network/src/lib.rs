@@ -8,10 +8,10 @@ pub mod ipam;
 pub mod netlink;
 pub mod nft;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// Network failures; each names the thing at fault.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum NetError {
     Cni(String),
     /// The address pool is used up.
     #[error("no free address left in {0}")]
-    Exhausted(Ipv4Net),
+    Exhausted(String),
     /// A hostPort is taken.
     #[error("hostPort {0} is already used by pod {1}")]
     PortInUse(String, String),
@@ -92,6 +92,17 @@ pub struct BridgeConfig {
     pub gateway: Ipv4Addr,
     /// nftables table name (family inet).
     pub table: String,
+    /// The IPv6 pod subnet and gateway of a dual-stack network.
+    pub v6: Option<(Ipv6Net, Ipv6Addr)>,
+}
+
+/// A pod's addresses on the bridge: IPv4, and IPv6 on a dual-stack network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodIps {
+    /// The IPv4 address (primary).
+    pub v4: Ipv4Addr,
+    /// The IPv6 address.
+    pub v6: Option<Ipv6Addr>,
 }
 
 impl BridgeConfig {
@@ -120,7 +131,25 @@ impl BridgeConfig {
         if table.is_empty() || !table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
             return Err(NetError::Config(format!("network.nft_table: {table:?} is not a valid table name")));
         }
-        Ok(BridgeConfig { bridge: bridge.into(), subnet, gateway, table: table.into() })
+        Ok(BridgeConfig { bridge: bridge.into(), subnet, gateway, table: table.into(), v6: None })
+    }
+
+    /// Makes the network dual-stack with the IPv6 `subnet` (`""`: IPv4
+    /// only); its gateway is the subnet's first host address.
+    pub fn with_ipv6(mut self, subnet: &str) -> Result<BridgeConfig, NetError> {
+        if subnet.is_empty() {
+            self.v6 = None;
+            return Ok(self);
+        }
+        let net: Ipv6Net = subnet.parse().map_err(|_| NetError::Config(format!("network.subnet6: {subnet:?} is not an IPv6 CIDR")))?;
+        if net.prefix_len() > 120 {
+            return Err(NetError::Config(format!("network.subnet6: {net} is too small for pods (at most /120)")));
+        }
+        if net.network() != net.addr() {
+            return Err(NetError::Config(format!("network.subnet6: {net} has host bits set (did you mean {}?)", net.trunc())));
+        }
+        self.v6 = Some((net, ipam::nth6(net, 1)));
+        Ok(self)
     }
 
     /// The host end of a pod's veth: `bv` + 12 characters of the pod id.
@@ -137,22 +166,39 @@ impl BridgeConfig {
                 if link == cfg.bridge {
                     continue;
                 }
-                let theirs = Ipv4Net::new(ip, prefix).map(|n| n.trunc()).unwrap_or(cfg.subnet);
-                if cfg.subnet.contains(&ip) || theirs.contains(&cfg.subnet.network()) {
-                    return Err(NetError::Config(format!("network.subnet: {} overlaps {link}'s {ip}/{prefix}", cfg.subnet)));
+                let overlap = match (ip, cfg.v6) {
+                    (IpAddr::V4(ip), _) => {
+                        let theirs = Ipv4Net::new(ip, prefix).map(|n| n.trunc()).unwrap_or(cfg.subnet);
+                        (cfg.subnet.contains(&ip) || theirs.contains(&cfg.subnet.network())).then_some("network.subnet")
+                    }
+                    (IpAddr::V6(ip), Some((net, _))) => {
+                        let theirs = Ipv6Net::new(ip, prefix).map(|n| n.trunc()).unwrap_or(net);
+                        (net.contains(&ip) || theirs.contains(&net.network())).then_some("network.subnet6")
+                    }
+                    (IpAddr::V6(_), None) => None,
+                };
+                if let Some(key) = overlap {
+                    return Err(NetError::Config(format!("{key}: overlaps {link}'s {ip}/{prefix}")));
                 }
             }
-            netlink::ensure_bridge(&h, &cfg.bridge, cfg.gateway, cfg.subnet.prefix_len()).await?;
+            let index = netlink::ensure_bridge(&h, &cfg.bridge, cfg.gateway, cfg.subnet.prefix_len()).await?;
+            if let Some((net, gateway)) = cfg.v6 {
+                netlink::add_address(&h, index, gateway.into(), net.prefix_len(), &cfg.bridge).await?;
+            }
             Ok(())
         })?;
         sysctl("net/ipv4/ip_forward", "1")?;
         sysctl(&format!("net/ipv4/conf/{}/route_localnet", self.bridge), "1")?;
-        nft::ensure_table(&self.table, &self.bridge, self.subnet)
+        if self.v6.is_some() {
+            // Routing between the bridge and the node's uplinks, as for IPv4.
+            sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        }
+        nft::ensure_table(&self.table, &self.bridge, self.subnet, self.v6.map(|(net, _)| net))
     }
 
     /// Connects a pod: veth on the bridge, `eth0` with `ip` in the pod,
     /// default route, hostPort rules. On error nothing of it stays.
-    pub fn setup_pod(&self, pod_id: &str, netns: &Path, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<(), NetError> {
+    pub fn setup_pod(&self, pod_id: &str, netns: &Path, ip: PodIps, ports: &[PortMapping]) -> Result<(), NetError> {
         let r = self.setup_pod_inner(pod_id, netns, ip, ports);
         if r.is_err() {
             let _ = self.teardown_pod(pod_id, !ports.is_empty());
@@ -160,7 +206,7 @@ impl BridgeConfig {
         r
     }
 
-    fn setup_pod_inner(&self, pod_id: &str, netns: &Path, ip: Ipv4Addr, ports: &[PortMapping]) -> Result<(), NetError> {
+    fn setup_pod_inner(&self, pod_id: &str, netns: &Path, ip: PodIps, ports: &[PortMapping]) -> Result<(), NetError> {
         let host = Self::host_veth(pod_id);
         let ns_file = std::fs::File::open(netns).map_err(|e| NetError::Netns { path: netns.into(), reason: e.to_string() })?;
         let bridge = self.bridge.clone();
@@ -174,8 +220,14 @@ impl BridgeConfig {
         // Hairpin: a pod reaching its own hostPort comes back through its port.
         let _ = std::fs::write(format!("/sys/class/net/{host}/brport/hairpin_mode"), "1");
         let (prefix, gateway) = (self.subnet.prefix_len(), self.gateway);
-        netlink::in_netns(netns, move || netlink::with_handle(async move |h| netlink::configure_pod_side(&h, ip, prefix, gateway).await))?;
-        nft::add_hostports(&self.table, pod_id, ip, ports)
+        let v6 = match (ip.v6, self.v6) {
+            (Some(addr), Some((net, gateway))) => Some((addr, net.prefix_len(), gateway)),
+            _ => None,
+        };
+        netlink::in_netns(netns, move || {
+            netlink::with_handle(async move |h| netlink::configure_pod_side(&h, ip.v4, prefix, gateway, v6).await)
+        })?;
+        nft::add_hostports(&self.table, pod_id, ip.v4, ports)
     }
 
     /// Disconnects a pod (idempotent): its hostPort rules (when it has any)
@@ -244,6 +296,12 @@ mod tests {
     fn config_validation() {
         let c = BridgeConfig::new("berth0", "10.88.0.0/16", "", "berth").unwrap();
         assert_eq!(c.gateway, Ipv4Addr::new(10, 88, 0, 1));
+        let d = c.clone().with_ipv6("fd00:88::/64").unwrap();
+        assert_eq!(d.v6.map(|(n, g)| (n.to_string(), g.to_string())), Some(("fd00:88::/64".into(), "fd00:88::1".into())));
+        assert!(c.clone().with_ipv6("").unwrap().v6.is_none());
+        assert!(c.clone().with_ipv6("fd00:88::1/64").unwrap_err().to_string().contains("host bits"));
+        assert!(c.clone().with_ipv6("fd00:88::/124").unwrap_err().to_string().contains("at most /120"));
+        assert!(c.clone().with_ipv6("10.0.0.0/8").unwrap_err().to_string().contains("network.subnet6"));
         assert!(BridgeConfig::new("berth0", "10.88.0.0/31", "", "berth").is_err());
         assert!(BridgeConfig::new("berth0", "10.88.0.1/16", "", "berth").unwrap_err().to_string().contains("host bits"));
         assert!(BridgeConfig::new("berth0", "nope", "", "berth").unwrap_err().to_string().contains("network.subnet"));

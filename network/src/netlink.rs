@@ -3,7 +3,7 @@
 //! agent calls it from its blocking pool; calls inside a pod's network
 //! namespace run on a thread of their own that has joined it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -99,17 +99,32 @@ pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Addr, prefix: u8
             link_by_name(h, name).await?.map(|l| l.0).ok_or_else(|| NetError::Config(format!("bridge {name} vanished")))?
         }
     };
-    match h.address().add(index, gateway.into(), prefix).execute().await {
-        Ok(()) => {}
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-        Err(e) => return Err(nl(format!("address {gateway}/{prefix} on {name}"))(e)),
-    }
+    add_address(h, index, gateway.into(), prefix, name).await?;
     h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(nl(format!("set {name} up")))?;
     Ok(index)
 }
 
-/// The host's IPv4 addresses with their prefix and link name.
-pub async fn host_addresses(h: &Handle) -> Result<Vec<(String, Ipv4Addr, u8)>, NetError> {
+/// Adds `ip/prefix` to the link `index` (named `name` in errors); present
+/// already is fine. IPv6 addresses skip duplicate address detection: the
+/// subnet is berth's, and a tentative address would leave the link without
+/// it for a second or two.
+pub async fn add_address(h: &Handle, index: u32, ip: IpAddr, prefix: u8, name: &str) -> Result<(), NetError> {
+    let mut req = h.address().add(index, ip, prefix);
+    if ip.is_ipv6() {
+        use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+        let msg = req.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    match req.execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        Err(e) => Err(nl(format!("address {ip}/{prefix} on {name}"))(e)),
+    }
+}
+
+/// The host's addresses (global ones for IPv6) with their prefix and link name.
+pub async fn host_addresses(h: &Handle) -> Result<Vec<(String, IpAddr, u8)>, NetError> {
     let mut names = std::collections::HashMap::new();
     let mut links = h.link().get().execute();
     while let Some(l) = links.try_next().await.map_err(nl("list links"))? {
@@ -119,8 +134,14 @@ pub async fn host_addresses(h: &Handle) -> Result<Vec<(String, Ipv4Addr, u8)>, N
     let mut addrs = h.address().get().execute();
     while let Some(a) = addrs.try_next().await.map_err(nl("list addresses"))? {
         for attr in &a.attributes {
-            if let netlink_packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
-                out.push((names.get(&a.header.index).cloned().unwrap_or_default(), *ip, a.header.prefix_len));
+            if let netlink_packet_route::address::AddressAttribute::Address(ip) = attr {
+                let global = match ip {
+                    IpAddr::V4(_) => true,
+                    IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+                };
+                if global {
+                    out.push((names.get(&a.header.index).cloned().unwrap_or_default(), *ip, a.header.prefix_len));
+                }
             }
         }
     }
@@ -170,16 +191,30 @@ pub async fn create_veth(h: &Handle, host: &str, bridge_index: u32, netns: &std:
     Ok(())
 }
 
-/// Inside the pod: gives `eth0` `ip/prefix`, brings it and `lo` up, and
-/// routes by default via `gateway`.
-pub async fn configure_pod_side(h: &Handle, ip: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), NetError> {
+/// Inside the pod: gives `eth0` `ip/prefix` (and the IPv6 address of a
+/// dual-stack network), brings it and `lo` up, and routes by default via
+/// `gateway` (and the IPv6 gateway).
+pub async fn configure_pod_side(
+    h: &Handle,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    v6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
+) -> Result<(), NetError> {
     let (idx, _, _) = link_by_name(h, "eth0").await?.ok_or_else(|| NetError::Config("eth0 not in the pod".into()))?;
     h.address().add(idx, ip.into(), prefix).execute().await.map_err(nl(format!("address {ip}/{prefix}")))?;
+    if let Some((ip6, prefix6, _)) = v6 {
+        add_address(h, idx, ip6.into(), prefix6, "eth0").await?;
+    }
     h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl("eth0 up"))?;
     if let Some((lo, _, _)) = link_by_name(h, "lo").await? {
         h.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("lo up"))?;
     }
     let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(idx).build();
     h.route().add(route).execute().await.map_err(nl(format!("default route via {gateway}")))?;
+    if let Some((_, _, gateway6)) = v6 {
+        let route = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gateway6).output_interface(idx).build();
+        h.route().add(route).execute().await.map_err(nl(format!("default route via {gateway6}")))?;
+    }
     Ok(())
 }

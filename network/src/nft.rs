@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::{NetError, PortMapping, Protocol};
 
@@ -49,8 +49,8 @@ fn list_json(args: &[&str]) -> Result<serde_json::Value, NetError> {
 /// which also lets a packet from a pod to 127.0.0.0/8 reach the node's
 /// loopback services; the input rule drops every such packet that does not
 /// belong to a connection the node made (CVE-2020-8558, as kube-proxy does).
-pub fn ensure_table(table: &str, bridge: &str, subnet: Ipv4Net) -> Result<(), NetError> {
-    let script = format!(
+pub fn ensure_table(table: &str, bridge: &str, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<(), NetError> {
+    let mut script = format!(
         r#"add table inet {table}
 add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 add chain inet {table} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
@@ -74,6 +74,12 @@ add rule inet {table} forward oifname "{bridge}" ct status dnat accept
 add rule inet {table} input iifname "{bridge}" ip daddr 127.0.0.0/8 ct state != {{ established, related }} counter drop comment "pods never reach the node's loopback"
 "#
     );
+    if let Some(net6) = subnet6 {
+        // IPv6 egress of a dual-stack network; hostPorts stay IPv4.
+        script.push_str(&format!(
+            "add rule inet {table} postrouting ip6 saddr {net6} oifname != \"{bridge}\" masquerade comment \"pod egress (IPv6)\"\n"
+        ));
+    }
     apply(&script)
 }
 
