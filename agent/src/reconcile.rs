@@ -83,10 +83,15 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal, why: &str) {
 pub fn collect_strays(node: &Node) {
     let pods: HashSet<String> = node.pods.list().into_iter().map(|p| p.id).collect();
     let containers: HashSet<String> = node.containers.list().into_iter().map(|c| c.id).collect();
+    use berth_runtime::pidfd::{pid_namespace_of, PidNamespace};
     for s in berth_processes() {
+        // The path alone does not make a process ours: a berthd nested in a
+        // container of this node (a kind-style node) may use the same state
+        // path inside it. Ours are in this PID namespace (monitors, exec
+        // helpers) or PID 1 of a namespace right below it (pod inits).
         let ours = match s.role.as_str() {
-            "pod-init" => s.dir == node.pod_dir(&s.id),
-            _ => s.dir == node.bundle(&s.id),
+            "pod-init" => s.dir == node.pod_dir(&s.id) && pid_namespace_of(s.pid).ok() == Some(PidNamespace::Child),
+            _ => s.dir == node.bundle(&s.id) && pid_namespace_of(s.pid).ok() == Some(PidNamespace::Same),
         };
         // No exec is in flight before berthd serves: a helper now belongs to
         // an RPC of the previous berthd, whose client is gone. SIGTERM: the

@@ -785,6 +785,20 @@ impl OutsideHost {
     pub fn netns(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }
+
+    /// A TCP server on `port` of the outside host that answers `text` to
+    /// one connection; joining it gives the source address it saw.
+    pub fn serve_once(&self, port: u16, text: &'static str) -> std::thread::JoinHandle<String> {
+        let ip = self.ip;
+        let listener = in_netns(&self.netns(), move || std::net::TcpListener::bind((ip, port)).expect("bind in the outside host"))
+            .join()
+            .expect("listener thread");
+        std::thread::spawn(move || {
+            let (mut conn, peer) = listener.accept().expect("accept");
+            let _ = std::io::Write::write_all(&mut conn, text.as_bytes());
+            peer.ip().to_string()
+        })
+    }
 }
 
 impl Drop for OutsideHost {

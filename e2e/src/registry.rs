@@ -184,6 +184,12 @@ impl Registry {
         self.push_manifest(repo, tag, &image.manifest.media_type, &image.manifest.bytes).await;
     }
 
+    /// Where the registry keeps its blobs and manifests (another registry
+    /// process may serve the same directory).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
     /// `host/repo:tag`, the reference to pull.
     pub fn reference(&self, repo: &str, tag: &str) -> String {
         format!("{}/{repo}:{tag}", self.host)

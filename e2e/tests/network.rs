@@ -2,8 +2,8 @@
 //! (TCP, UDP, localhost, node address, conflicts), cleanup and restarts.
 //! Traffic goes only to 127.0.0.1 and to namespaces the tests create.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::io::Read;
+use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
 use berth_e2e::{cri, Fixture, OutsideHost};
@@ -120,15 +120,8 @@ async fn dual_stack_pods_get_an_ipv6_address_too() {
 async fn egress_is_masqueraded_to_an_outside_host() {
     let mut f = Fixture::start().await;
     let outside = OutsideHost::create();
-    // The "outside" server: a listener inside the outside namespace that
-    // reports the source address it sees.
-    let ip = outside.ip;
-    let listener = berth_e2e::in_netns(&outside.netns(), move || TcpListener::bind((ip, 9000)).unwrap()).join().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut conn, peer) = listener.accept().unwrap();
-        let _ = conn.write_all(b"hello-outside\n");
-        peer.ip().to_string()
-    });
+    // The "outside" server reports the source address it sees.
+    let server = outside.serve_once(9000, "hello-outside\n");
     let cfg = f.pod("egress");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let c = f.cri.run(&pod, f.container("cli", &["sleep", "1000"]), &cfg).await;

@@ -2,7 +2,7 @@
 //! never be mistaken for: a pidfd, taken before the start time is compared,
 //! so every action goes to the process that was checked.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sched::CloneFlags;
 
@@ -84,8 +84,53 @@ impl Process {
     }
 }
 
+/// How a process's PID namespace stands to the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// The caller's own.
+    Same,
+    /// A child of the caller's (the process is, e.g., a pod's PID 1).
+    Child,
+    /// Anything else: a sibling's, or one further down — a nested runtime's.
+    Other,
+}
+
+/// `NS_GET_PARENT` (`_IO(0xb7, 0x2)`, Linux 4.9): the owning parent of a PID namespace.
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
+
+fn ns_id(f: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Where `pid`'s PID namespace stands to the caller's (read from
+/// `/proc/<pid>/ns/pid`); an error when the process is gone.
+pub fn pid_namespace_of(pid: i32) -> std::io::Result<PidNamespace> {
+    let ours = ns_id(&std::fs::File::open("/proc/self/ns/pid")?)?;
+    let theirs = std::fs::File::open(format!("/proc/{pid}/ns/pid"))?;
+    if ns_id(&theirs)? == ours {
+        return Ok(PidNamespace::Same);
+    }
+    // SAFETY: the ioctl takes no argument and returns a new fd or -1.
+    let parent = unsafe { libc::ioctl(theirs.as_raw_fd(), NS_GET_PARENT as _) };
+    if parent < 0 {
+        // EPERM: its parent is outside the caller's view, so not the caller's.
+        return Ok(PidNamespace::Other);
+    }
+    // SAFETY: a fresh fd returned by the kernel, owned from here on.
+    let parent = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(parent) });
+    Ok(if ns_id(&parent)? == ours { PidNamespace::Child } else { PidNamespace::Other })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn this_process_is_in_its_own_pid_namespace() {
+        assert_eq!(pid_namespace_of(std::process::id() as i32).unwrap(), PidNamespace::Same);
+        assert!(pid_namespace_of(i32::MAX).is_err());
+    }
+
     use super::*;
 
     #[test]
