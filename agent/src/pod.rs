@@ -293,12 +293,15 @@ fn release_for_stop(node: &Node, pod: &PodRecord) -> Result<()> {
 }
 
 /// Whether a Ready pod still has what Ready promises, by the kernel's
-/// account: its pinned network namespace with an interface besides lo, and
-/// its PID-namespace init.
+/// account: its pinned network namespace with an interface besides lo, its
+/// PID-namespace init, and its pinned user namespace (new containers join it).
 fn health(node: &Node, pod: &PodRecord) -> std::result::Result<(), String> {
     let init = berth_runtime::pidfd::Process::open(pod.init_pid, pod.init_start_time);
     if pod.pid_mode == ns_mode::POD && !init.is_ok_and(|p| !p.exited()) {
         return Err(format!("its PID-namespace init (pid {}) is gone", pod.init_pid));
+    }
+    if pod.userns.is_some() && !sandbox::is_pinned(&node.pod_dir(&pod.id), "user") {
+        return Err("its user namespace is no longer pinned".into());
     }
     if pod.network_mode != ns_mode::NODE {
         let pin = sandbox::pin_path(&node.pod_dir(&pod.id), "net");

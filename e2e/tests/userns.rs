@@ -133,6 +133,13 @@ async fn a_pod_in_its_own_user_namespace() {
     let exec = f.cri.exec(&id, &["cat", "/proc/self/uid_map"], 10).await.unwrap();
     assert!(String::from_utf8_lossy(&exec.stdout).contains(&host.to_string()));
 
+    // berthd restarts: the pod and its container carry on, exec included.
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    let after = f.cri.exec(&id, &["cat", "/proc/self/uid_map"], 10).await.unwrap();
+    assert!(String::from_utf8_lossy(&after.stdout).contains(&host.to_string()));
+    assert_eq!(f.cri.pod_status(&pod, false).await.status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
+
     // The control: the same container, volumes and all, in an ordinary pod.
     let plain_cfg = f.pod("hostusers");
     let other = f.cri.run_pod(plain_cfg.clone()).await.unwrap();
@@ -140,6 +147,15 @@ async fn a_pod_in_its_own_user_namespace() {
     c2.mounts = vec![volume("/secret", &secret, vec![])];
     let id2 = f.cri.run(&other, c2, &plain_cfg).await;
     assert_eq!(f.cri.sh(&id2, "cat /secret").await, "node secret\n");
+
+    // A pod whose user namespace is no longer pinned cannot take new
+    // containers: after a restart it is NotReady, by the kernel's account.
+    let pin = f.berthd.paths.state.join("pods").join(&pod).join("ns-user");
+    nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    assert_eq!(f.cri.pod_status(&pod, false).await.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+    assert!(f.berthd.log().contains("its user namespace is no longer pinned"));
 
     f.cri.remove_pod(&pod).await;
     f.cri.remove_pod(&other).await;

@@ -216,6 +216,15 @@ pub fn pod_userns_main() -> i32 {
     }
 }
 
+/// Whether namespace `kind`'s pin in `dir` still holds a namespace (a
+/// bind of an nsfs file, not the empty file it was mounted on).
+pub fn is_pinned(dir: &Path, kind: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let nsfs = std::fs::metadata(format!("/proc/self/ns/{kind}")).map(|m| m.dev());
+    let pin = std::fs::metadata(pin_path(dir, kind)).map(|m| m.dev());
+    matches!((nsfs, pin), (Ok(a), Ok(b)) if a == b)
+}
+
 /// Unmounts and removes the pins in `dir`; missing ones are fine.
 pub fn unpin_namespaces(dir: &Path) {
     for kind in ["net", "ipc", "uts", "user"] {
