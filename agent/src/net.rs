@@ -95,7 +95,11 @@ impl Network {
     pub fn ready(&self) -> (bool, String, String) {
         if let Some(cni) = &self.cni {
             return match cni.load() {
-                Ok(Some(l)) => (true, String::new(), format!("CNI config {}", l.path.display())),
+                // CNI 1.1's STATUS, for configs that have it.
+                Ok(Some(l)) => match cni.status(&l) {
+                    Ok(()) => (true, String::new(), format!("CNI config {}", l.path.display())),
+                    Err(e) => (false, "NetworkPluginNotReady".into(), format!("CNI config {}: {e}", l.path.display())),
+                },
                 Ok(None) => (false, "NetworkPluginNotReady".into(), format!("no CNI network config in {}", cni.conf_dir.display())),
                 Err(e) => (false, "NetworkPluginNotReady".into(), e.to_string()),
             };

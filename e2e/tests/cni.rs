@@ -197,3 +197,71 @@ async fn bandwidth_annotations_reach_the_bandwidth_plugin() {
     assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "veths left");
     net.remove();
 }
+
+/// CNI 1.1's STATUS: for a 1.1 config berth asks every plugin before it
+/// calls the network ready, and says why not (the plugin's message and
+/// code); a 1.0 config has no STATUS and its plugins are not asked. Debian's
+/// plugins (1.1.1) speak spec 1.0 at most, so the plugin here is a small
+/// script that follows the 1.1 spec for VERSION and STATUS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_1_1_status_decides_network_readiness() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (conf_dir, bin_dir) = (tmp.path().join("net.d"), tmp.path().join("bin"));
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let (calls, unavailable) = (tmp.path().join("calls"), tmp.path().join("unavailable"));
+    let plugin = bin_dir.join("status-probe");
+    std::fs::write(
+        &plugin,
+        format!(
+            r#"#!/bin/sh
+echo "$CNI_COMMAND ${{CNI_CONTAINERID:-none}}" >> {calls}
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+STATUS)
+  if [ -e {unavailable} ]; then
+    echo '{{"cniVersion":"1.1.0","code":50,"msg":"the overlay is not up yet","details":"waiting for its agent"}}'
+    exit 1
+  fi ;;
+*) echo '{{"cniVersion":"1.1.0","code":4,"msg":"not in this test"}}'; exit 1 ;;
+esac
+"#,
+            calls = calls.display(),
+            unavailable = unavailable.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let write_conf = |version: &str| {
+        std::fs::write(
+            conf_dir.join("10-probe.conflist"),
+            format!(r#"{{"cniVersion":"{version}","name":"probe","plugins":[{{"type":"status-probe"}}]}}"#),
+        )
+        .unwrap()
+    };
+    write_conf("1.1.0");
+    let config =
+        format!("[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\"]\n", conf_dir.display(), bin_dir.display());
+    let mut f = Fixture::start_with_config(&config).await;
+    let mut ready = async || network_ready(&f.cri.runtime.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner());
+
+    let nr = ready().await;
+    assert!(nr.status, "{nr:?}");
+    let asked = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(asked.lines().any(|l| l == "STATUS none"), "STATUS, without a container: {asked:?}");
+
+    std::fs::write(&unavailable, "").unwrap();
+    let nr = ready().await;
+    assert!(!nr.status && nr.reason == "NetworkPluginNotReady", "{nr:?}");
+    assert!(nr.message.contains("the overlay is not up yet") && nr.message.contains("code 50"), "{nr:?}");
+    std::fs::remove_file(&unavailable).unwrap();
+    assert!(ready().await.status);
+
+    // A 1.0 config: nothing to ask, ready as long as it loads.
+    write_conf("1.0.0");
+    std::fs::write(&unavailable, "").unwrap();
+    std::fs::write(&calls, "").unwrap();
+    let nr = ready().await;
+    assert!(nr.status, "{nr:?}");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "", "a 1.0 plugin is not asked for STATUS");
+}

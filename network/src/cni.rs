@@ -1,6 +1,7 @@
-//! CNI plugin mode (CNI spec 1.0): the first network config in the config
-//! directory, its plugins run in order for ADD (each given the previous
-//! result), in reverse for DEL with the cached result, CHECK on request.
+//! CNI plugin mode (CNI spec 1.0, and STATUS of 1.1): the first network
+//! config in the config directory, its plugins run in order for ADD (each
+//! given the previous result), in reverse for DEL with the cached result,
+//! CHECK on request, STATUS for readiness when the config is 1.1 or later.
 //! Results are cached per pod so DEL works after a restart or a config change.
 
 use std::io::{Read, Write};
@@ -194,16 +195,35 @@ impl Cni {
         Ok(())
     }
 
-    /// Runs one plugin with the CNI environment and its config on stdin.
-    fn invoke(&self, command: &str, list: &NetConfList, plugin: &Value, pod: &CniPod, prev: Option<&Value>) -> Result<Value, NetError> {
-        let kind = plugin["type"].as_str().unwrap_or("");
-        let bin = self.find_plugin(kind)?;
+    /// STATUS (CNI 1.1): whether every plugin of `list` can take ADDs now.
+    /// Configs older than 1.1 have no STATUS and are taken as ready, as
+    /// libcni does. A failing plugin's message (code 50: not available;
+    /// 51: not available, and existing pods may have limited connectivity)
+    /// is the error.
+    pub fn status(&self, list: &NetConfList) -> Result<(), NetError> {
+        if !version_at_least(&list.version, (1, 1)) {
+            return Ok(());
+        }
+        for plugin in &list.plugins {
+            self.run_plugin("STATUS", &self.plugin_conf(list, plugin, None), None)?;
+        }
+        Ok(())
+    }
+
+    /// A plugin's config as it gets it on stdin: the list's name and version, the previous result.
+    fn plugin_conf(&self, list: &NetConfList, plugin: &Value, prev: Option<&Value>) -> Value {
         let mut conf = plugin.clone();
         conf["name"] = json!(list.name);
         conf["cniVersion"] = json!(list.version);
         if let Some(p) = prev.filter(|p| !p.is_null()) {
             conf["prevResult"] = p.clone();
         }
+        conf
+    }
+
+    /// Runs one plugin with the CNI environment and its config on stdin.
+    fn invoke(&self, command: &str, list: &NetConfList, plugin: &Value, pod: &CniPod, prev: Option<&Value>) -> Result<Value, NetError> {
+        let mut conf = self.plugin_conf(list, plugin, prev);
         let caps = &plugin["capabilities"];
         let mut runtime = serde_json::Map::new();
         if caps["portMappings"].as_bool() == Some(true) && !pod.ports.is_empty() {
@@ -246,20 +266,25 @@ impl Cni {
         if !runtime.is_empty() {
             conf["runtimeConfig"] = Value::Object(runtime);
         }
-        let args = format!(
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-            pod.namespace, pod.name, pod.id, pod.uid
-        );
+        self.run_plugin(command, &conf, Some(pod))
+    }
+
+    /// Executes the plugin `conf` names for `command`; with a pod, the
+    /// per-container environment (STATUS has none). Returns ADD's result.
+    fn run_plugin(&self, command: &str, conf: &Value, pod: Option<&CniPod>) -> Result<Value, NetError> {
+        let kind = conf["type"].as_str().unwrap_or("");
+        let bin = self.find_plugin(kind)?;
         let path: Vec<String> = self.bin_dirs.iter().map(|d| d.display().to_string()).collect();
-        let mut child = Command::new(&bin)
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", pod.id)
-            .env("CNI_NETNS", pod.netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", args)
-            .env("CNI_PATH", path.join(":"))
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear().env("CNI_COMMAND", command).env("CNI_PATH", path.join(":")).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if let Some(pod) = pod {
+            let args = format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+                pod.namespace, pod.name, pod.id, pod.uid
+            );
+            cmd.env("CNI_CONTAINERID", pod.id).env("CNI_NETNS", pod.netns).env("CNI_IFNAME", "eth0").env("CNI_ARGS", args);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -298,12 +323,22 @@ impl Cni {
                 }
             });
             let details = v["details"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
-            return Err(cni_err(format!("plugin {kind} {command} failed: {msg}{details}")));
+            let code = v["code"].as_u64().map(|c| format!(" [code {c}]")).unwrap_or_default();
+            return Err(cni_err(format!("plugin {kind} {command} failed: {msg}{details}{code}")));
         }
         if command != "ADD" {
             return Ok(Value::Null);
         }
         serde_json::from_str(&out).map_err(|e| cni_err(format!("plugin {kind} ADD result: {e}")))
+    }
+}
+
+/// `version` ("1.1.0") is at least `min` (major, minor); an unparsable one is not.
+fn version_at_least(version: &str, min: (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= min,
+        _ => false,
     }
 }
 
@@ -320,6 +355,13 @@ pub fn ips_of(result: &Value) -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_is_for_cni_1_1_and_later() {
+        assert!(super::version_at_least("1.1.0", (1, 1)) && super::version_at_least("2.0.0", (1, 1)));
+        assert!(!super::version_at_least("1.0.0", (1, 1)) && !super::version_at_least("0.4.0", (1, 1)));
+        assert!(!super::version_at_least("", (1, 1)));
+    }
+
     use super::*;
 
     #[test]
