@@ -132,6 +132,20 @@ impl Network {
         Ok(())
     }
 
+    /// Checks a pod's hostPorts against the network before anything is
+    /// made: a node address of IPv6 needs a dual-stack built-in network
+    /// (CNI plugins judge their own).
+    pub fn check_ports(&self, ports: &[berth_network::PortMapping]) -> Result<()> {
+        let Some(bridge) = self.bridge() else { return Ok(()) };
+        match ports.iter().find(|p| p.host_ip.is_some_and(|ip| ip.is_ipv6())) {
+            Some(p) if bridge.v6.is_none() => Err(Error::invalid(
+                "config.port_mappings",
+                format!("{}: an IPv6 node address, but the pod network is IPv4 only (network.subnet6 is empty)", p.describe()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Leases an address and wires the pod (blocking). Fills `pod.ips`.
     /// `others` are the node's other pods (for hostPort conflicts).
     pub fn setup(

@@ -75,7 +75,14 @@ async fn pods_talk_to_each_other_and_to_the_node() {
 async fn dual_stack_pods_get_an_ipv6_address_too() {
     let mut f = berth_e2e::Fixture::start_with_options("", true).await;
     let prefix = f.berthd.net.subnet6.trim_end_matches(":/64").to_string();
-    let cfg_a = f.pod("v6-a");
+    let gateway6 = format!("{prefix}:1");
+    // hostPorts on both families: every address, and the IPv6 gateway alone.
+    let (hp, hp6) = (21000 + (std::process::id() % 9000) as i32, 31000 + (std::process::id() % 9000) as i32);
+    let mut cfg_a = f.pod("v6-a");
+    cfg_a.port_mappings = vec![
+        port_mapping(cri::Protocol::Tcp, 8080, hp),
+        cri::PortMapping { host_ip: gateway6.clone(), ..port_mapping(cri::Protocol::Tcp, 8080, hp6) },
+    ];
     let a = f.cri.run_pod(cfg_a.clone()).await.unwrap();
     f.cri.run(&a, server(&f, "srv", 8080, "from-a-v6"), &cfg_a).await;
     let cfg_b = f.pod("v6-b");
@@ -102,6 +109,12 @@ async fn dual_stack_pods_get_an_ipv6_address_too() {
         .await;
     assert_eq!(got.trim(), "from-a-v6");
     assert_eq!(tcp_read_retry(&format!("[{v6_a}]:8080")).await.trim(), "from-a-v6");
+    // hostPorts: to the pod's IPv6 address through a node IPv6 address, and
+    // still to its IPv4 one through 127.0.0.1.
+    assert_eq!(tcp_read_retry(&format!("[{gateway6}]:{hp}")).await.trim(), "from-a-v6");
+    assert_eq!(tcp_read_retry(&format!("[{gateway6}]:{hp6}")).await.trim(), "from-a-v6");
+    assert_eq!(tcp_read_retry(&format!("127.0.0.1:{hp}")).await.trim(), "from-a-v6");
+    assert!(tcp_read(&format!("127.0.0.1:{hp6}")).is_err(), "the IPv6-only mapping is not on IPv4");
     let st = f.cri.runtime.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
     let ready = st.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(ready.status && ready.message.contains(&f.berthd.net.subnet6), "{ready:?}");
@@ -273,6 +286,8 @@ async fn bad_network_config_is_refused_clearly() {
     };
     let (st, _, err) = run(&format!("bridge = \"{}\"\nsubnet = \"10.1.2.3/33\"\nnft_table = \"{}\"", net.bridge, net.table));
     assert!(!st.success() && err.contains("network.subnet"), "{err}");
+    let (st, _, err) = run(&format!("bridge = \"{}\"\nsubnet6 = \"fd00::1/64\"\nnft_table = \"{}\"", net.bridge, net.table));
+    assert!(!st.success() && err.contains("network.subnet6") && err.contains("host bits"), "{err}");
     // A link of another kind (a veth) under the bridge's name.
     let dummy = format!("bd{}", &net.bridge[2..]);
     let peer = format!("be{}", &net.bridge[2..]);
@@ -291,4 +306,18 @@ async fn bad_network_config_is_refused_clearly() {
     net.remove();
     assert!(!st.success() && err.contains(&dummy) && err.contains("not a bridge"), "{err}");
     assert!(!st2.success() && err2.contains("overlaps") && err2.contains(&dummy), "{err2}");
+}
+
+/// On an IPv4-only network, a hostPort bound to an IPv6 node address is
+/// refused naming the mapping, before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_host_ip_needs_a_dual_stack_network() {
+    let mut f = Fixture::start().await;
+    let mut cfg = f.pod("v6-hostip");
+    cfg.port_mappings = vec![cri::PortMapping { host_ip: "fd00::1".into(), ..port_mapping(cri::Protocol::Tcp, 80, 18080) }];
+    let e = f.cri.run_pod(cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("config.port_mappings") && e.message().contains("[fd00::1]:18080"), "{}", e.message());
+    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(pods.is_empty(), "{pods:?}");
 }

@@ -59,8 +59,9 @@ pub struct PortMapping {
     pub container_port: u16,
     /// Port on the node.
     pub host_port: u16,
-    /// Only this node address, if set.
-    pub host_ip: Option<Ipv4Addr>,
+    /// Only this node address, if set (else every address, of both
+    /// families on a dual-stack network).
+    pub host_ip: Option<IpAddr>,
 }
 
 impl PortMapping {
@@ -75,6 +76,7 @@ impl PortMapping {
     pub fn describe(&self) -> String {
         let p = format!("{:?}", self.protocol).to_lowercase();
         match self.host_ip {
+            Some(IpAddr::V6(ip)) => format!("{p}/[{ip}]:{}", self.host_port),
             Some(ip) => format!("{p}/{ip}:{}", self.host_port),
             None => format!("{p}/{}", self.host_port),
         }
@@ -227,7 +229,7 @@ impl BridgeConfig {
         netlink::in_netns(netns, move || {
             netlink::with_handle(async move |h| netlink::configure_pod_side(&h, ip.v4, prefix, gateway, v6).await)
         })?;
-        nft::add_hostports(&self.table, pod_id, ip.v4, ports)
+        nft::add_hostports(&self.table, pod_id, ip, ports)
     }
 
     /// Disconnects a pod (idempotent): its hostPort rules (when it has any)
@@ -312,10 +314,15 @@ mod tests {
 
     #[test]
     fn port_conflicts() {
-        let m = |p, port, ip: Option<Ipv4Addr>| PortMapping { protocol: p, container_port: 80, host_port: port, host_ip: ip };
+        let m = |p, port, ip: Option<IpAddr>| PortMapping { protocol: p, container_port: 80, host_port: port, host_ip: ip };
+        let local: IpAddr = Ipv4Addr::LOCALHOST.into();
         assert!(m(Protocol::Tcp, 80, None).conflicts(&m(Protocol::Tcp, 80, None)));
         assert!(!m(Protocol::Tcp, 80, None).conflicts(&m(Protocol::Udp, 80, None)));
-        assert!(m(Protocol::Tcp, 80, Some(Ipv4Addr::LOCALHOST)).conflicts(&m(Protocol::Tcp, 80, None)));
-        assert!(!m(Protocol::Tcp, 80, Some(Ipv4Addr::LOCALHOST)).conflicts(&m(Protocol::Tcp, 80, Some(Ipv4Addr::new(10, 0, 0, 1)))));
+        assert!(m(Protocol::Tcp, 80, Some(local)).conflicts(&m(Protocol::Tcp, 80, None)));
+        assert!(!m(Protocol::Tcp, 80, Some(local)).conflicts(&m(Protocol::Tcp, 80, Some(Ipv4Addr::new(10, 0, 0, 1).into()))));
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert!(m(Protocol::Tcp, 80, Some(v6)).conflicts(&m(Protocol::Tcp, 80, None)));
+        assert!(!m(Protocol::Tcp, 80, Some(v6)).conflicts(&m(Protocol::Tcp, 80, Some(local))));
+        assert_eq!(m(Protocol::Tcp, 80, Some(v6)).describe(), "tcp/[fd00::1]:80");
     }
 }

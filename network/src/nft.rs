@@ -6,7 +6,7 @@
 //! and garbage collection find them.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -75,9 +75,12 @@ add rule inet {table} input iifname "{bridge}" ip daddr 127.0.0.0/8 ct state != 
 "#
     );
     if let Some(net6) = subnet6 {
-        // IPv6 egress of a dual-stack network; hostPorts stay IPv4.
+        // IPv6 egress and hostPort hairpin of a dual-stack network.
         script.push_str(&format!(
             "add rule inet {table} postrouting ip6 saddr {net6} oifname != \"{bridge}\" masquerade comment \"pod egress (IPv6)\"\n"
+        ));
+        script.push_str(&format!(
+            "add rule inet {table} postrouting oifname \"{bridge}\" ct status dnat ip6 saddr {net6} masquerade comment \"hostPort hairpin (IPv6)\"\n"
         ));
     }
     apply(&script)
@@ -97,23 +100,42 @@ fn proto(p: Protocol) -> &'static str {
     }
 }
 
-/// DNAT rules for a pod's hostPorts, tagged with the pod id.
-pub fn add_hostports(table: &str, pod_id: &str, pod_ip: Ipv4Addr, ports: &[PortMapping]) -> Result<(), NetError> {
+/// DNAT rules for a pod's hostPorts, tagged with the pod id: to its IPv4
+/// address, and to its IPv6 address on a dual-stack network (a mapping
+/// with a node address goes to the pod address of the same family).
+pub fn add_hostports(table: &str, pod_id: &str, ips: crate::PodIps, ports: &[PortMapping]) -> Result<(), NetError> {
     if ports.is_empty() {
         return Ok(());
     }
     let mut script = String::new();
     for p in ports {
-        let daddr = match p.host_ip {
-            Some(ip) => format!("ip daddr {ip} "),
-            None => String::new(),
+        let rule = |family: &str, daddr: String, to: String| {
+            format!(
+                "add rule inet {table} hostports meta nfproto {family} {daddr}{proto} dport {hp} dnat {ipf} to {to}:{cp} comment \"{pod_id}\"\n",
+                ipf = if family == "ipv4" { "ip" } else { "ip6" },
+                proto = proto(p.protocol),
+                hp = p.host_port,
+                cp = p.container_port,
+            )
         };
-        script.push_str(&format!(
-            "add rule inet {table} hostports meta nfproto ipv4 {daddr}{proto} dport {hp} dnat ip to {pod_ip}:{cp} comment \"{pod_id}\"\n",
-            proto = proto(p.protocol),
-            hp = p.host_port,
-            cp = p.container_port,
-        ));
+        let v4 = |daddr: String| rule("ipv4", daddr, ips.v4.to_string());
+        let v6 = |daddr: String, pod: std::net::Ipv6Addr| rule("ipv6", daddr, format!("[{pod}]"));
+        match (p.host_ip, ips.v6) {
+            (None, pod6) => {
+                script.push_str(&v4(String::new()));
+                if let Some(pod6) = pod6 {
+                    script.push_str(&v6(String::new(), pod6));
+                }
+            }
+            (Some(IpAddr::V4(ip)), _) => script.push_str(&v4(format!("ip daddr {ip} "))),
+            (Some(IpAddr::V6(ip)), Some(pod6)) => script.push_str(&v6(format!("ip6 daddr {ip} "), pod6)),
+            (Some(IpAddr::V6(ip)), None) => {
+                return Err(NetError::Config(format!(
+                    "hostPort {}: node address {ip} is IPv6 and the pod has no IPv6 address",
+                    p.host_port
+                )))
+            }
+        }
     }
     apply(&script)
 }

@@ -66,11 +66,12 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
         let port = |v: i32, what: &str| {
             u16::try_from(v).ok().filter(|p| *p > 0).ok_or_else(|| Error::invalid(format!("{field}.{what}"), format!("{v} is not a port")))
         };
+        // Empty or a wildcard: every node address (both families on a dual-stack network).
         let host_ip = match pm.host_ip.as_str() {
-            "" | "0.0.0.0" => None,
+            "" | "0.0.0.0" | "::" => None,
             ip => Some(
-                ip.parse::<std::net::Ipv4Addr>()
-                    .map_err(|_| Error::invalid(format!("{field}.host_ip"), format!("{ip:?} is not an IPv4 address")))?,
+                ip.parse::<std::net::IpAddr>()
+                    .map_err(|_| Error::invalid(format!("{field}.host_ip"), format!("{ip:?} is not an IP address")))?,
             ),
         };
         port_mappings.push(berth_network::PortMapping {
@@ -131,8 +132,9 @@ pub(super) async fn run(node: &Arc<Node>, req: cri::RunPodSandboxRequest) -> Res
             ));
         }
     }
-    // kubelet's bandwidth annotations: refused before anything exists.
+    // kubelet's bandwidth annotations and the hostPorts' addresses: refused before anything exists.
     crate::net::pod_bandwidth(&record.annotations)?;
+    node.network.check_ports(&record.port_mappings)?;
     let id = pod::run(node, record, dns).await?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
