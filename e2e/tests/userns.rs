@@ -129,6 +129,22 @@ async fn a_pod_in_its_own_user_namespace() {
         |l: &str| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(":0050")) && l.split_whitespace().nth(3) == Some("0A");
     assert!(tcp.lines().any(listening), "root in the pod binds port 80: {tcp}");
 
+    // A TTY container: its terminal comes from its own devpts, owned by root inside.
+    let mut t =
+        container_userns(f.container("t", &["sh", "-c", "tty; stat -c %u:%g $(tty); sleep 1000"]), userns(POD, vec![mapping(host)]));
+    t.tty = true;
+    f.cri.run(&pod, t, &cfg).await;
+    let log = f.logs.join("userns").join("t.log");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(":0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("/dev/pts/0") && text.contains(" 0:0"), "{text}");
+
     // An exec joins the user namespace too.
     let exec = f.cri.exec(&id, &["cat", "/proc/self/uid_map"], 10).await.unwrap();
     assert!(String::from_utf8_lossy(&exec.stdout).contains(&host.to_string()));
