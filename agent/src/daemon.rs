@@ -117,6 +117,11 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
             }
         }
     }
+    // The user namespace probe runs beside recovery (a helper process and
+    // a mount, a few ms) and is awaited before serving: Status must not
+    // answer before it knows.
+    let a = agent.clone();
+    let userns_probe = tokio::task::spawn_blocking(move || a.probe_userns());
     // Records against the kernel first, then what no record claims, then
     // image content no image or container needs (an interrupted pull).
     if let Err(e) = crate::pod::recover(&agent).await.and(crate::container::recover(&agent).await) {
@@ -128,13 +133,12 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
         tracing::warn!("start-up garbage collection: {e}");
     }
     stages.mark("strays");
-    let a = agent.clone();
-    let _ = tokio::task::spawn_blocking(move || a.probe_userns()).await;
-    stages.mark("userns_probe");
     if let Err(e) = agent.images.collect_garbage().await {
         tracing::warn!("start-up image garbage collection: {e}");
     }
     stages.mark("image_gc");
+    let _ = userns_probe.await;
+    stages.mark("userns_probe");
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), stages_us = %stages,
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
 
