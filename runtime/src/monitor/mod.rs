@@ -156,15 +156,28 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         PidNamespace::Host => {}
     }
 
+    let spec: oci_spec::runtime::Spec = std::fs::read(args.bundle.join("config.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| InitError::Setup(format!("reading config.json: {e}")))?;
+    // On a pure cgroup v2 node the init is born in its cgroup.
+    let into = crate::annotations::get(&spec, crate::annotations::CGROUP_PROCS).and_then(crate::process::clone::v2_only_dir);
     // SAFETY: the monitor is single-threaded, so the child may allocate.
-    let child = match unsafe { fork() }.map_err(|e| setup_err("fork init", e))? {
-        ForkResult::Child => {
-            drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener));
-            let stdio = [stdin_r, out_w, err_w];
-            child_main(args, null, stdio, report_w, start_r, console_child)
-        }
-        ForkResult::Parent { child } => child,
+    let forked = match &into {
+        Some(dir) => unsafe { crate::process::clone::fork_into_cgroup(std::os::fd::AsFd::as_fd(dir)) }.map(|r| (r, true)),
+        None => Err(nix::errno::Errno::ENOSYS),
     };
+    // SAFETY: as above.
+    let forked = forked.or_else(|_| unsafe { fork() }.map(|r| (r, false)));
+    let child = match forked.map_err(|e| setup_err("fork init", e))? {
+        (ForkResult::Child, placed) => {
+            drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into));
+            let stdio = [stdin_r, out_w, err_w];
+            child_main(args, &spec, placed, null, stdio, report_w, start_r, console_child)
+        }
+        (ForkResult::Parent { child }, _) => child,
+    };
+    drop(into);
     drop((out_w, err_w, stdin_r, console_child, report_w, start_r, null));
 
     let mut report = std::fs::File::from(report_r);
@@ -235,8 +248,11 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn child_main(
     args: &MonitorArgs,
+    spec: &oci_spec::runtime::Spec,
+    placed: bool,
     null: OwnedFd,
     stdio: [Option<OwnedFd>; 3],
     report_w: OwnedFd,
@@ -260,14 +276,7 @@ fn child_main(
         }
     }
     drop((null, stdio));
-    let spec = match std::fs::read(args.bundle.join("config.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice::<oci_spec::runtime::Spec>(&b).map_err(|e| e.to_string()))
-    {
-        Ok(s) => s,
-        Err(e) => fail(&mut report, InitError::Setup(format!("reading config.json: {e}"))),
-    };
-    init::run(&spec, &args.bundle, report, std::fs::File::from(start_r), console)
+    init::run(spec, &args.bundle, placed, report, std::fs::File::from(start_r), console)
 }
 
 /// Default dispositions and an empty mask: the Rust runtime ignores SIGPIPE,

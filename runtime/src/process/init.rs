@@ -30,8 +30,8 @@ fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 /// sees EOF exactly when `execve` succeeded. With a `console` socket (a TTY
 /// container) the init opens a terminal in the container's devpts, makes it
 /// its stdio and controlling terminal, and sends the master to the monitor.
-pub fn run(spec: &Spec, bundle: &Path, mut report: std::fs::File, mut start: std::fs::File, console: Option<OwnedFd>) -> ! {
-    let result: Result<(), InitError> = prepare(spec, bundle).and_then(|prepared| {
+pub fn run(spec: &Spec, bundle: &Path, placed: bool, mut report: std::fs::File, mut start: std::fs::File, console: Option<OwnedFd>) -> ! {
+    let result: Result<(), InitError> = prepare(spec, bundle, placed).and_then(|prepared| {
         let u = &prepared.user;
         if let Some(console) = console {
             let (master, slave) = super::tty::open_pty()?;
@@ -74,12 +74,15 @@ pub fn join_cgroup(spec: &Spec) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Everything up to the point where only `execve` is left.
-pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Prepared, InitError> {
+/// Everything up to the point where only `execve` is left. `placed`: the
+/// process was born in its cgroup ([`super::clone::fork_into_cgroup`]).
+pub fn prepare(spec: &Spec, bundle: &Path, placed: bool) -> Result<Prepared, InitError> {
     make_non_dumpable();
     // Modes are given explicitly; the umask of the spec applies at exec.
     nix::sys::stat::umask(Mode::empty());
-    join_cgroup(spec)?;
+    if !placed {
+        join_cgroup(spec)?;
+    }
     let (new_uts, userns) = join_namespaces(spec)?;
     let userns_for_mounts = match &userns {
         Some(fd) => Some(fd.try_clone().map_err(|e| setup_err("dup the user namespace fd", e))?),

@@ -2,6 +2,7 @@
 //! exec), the exec helper, and what both share — users, capabilities and
 //! seccomp, terminals.
 
+pub mod clone;
 pub mod exec;
 pub mod init;
 pub mod security;
