@@ -82,6 +82,14 @@ pub unsafe fn fork_into_cgroup(dir: BorrowedFd<'_>) -> nix::Result<ForkResult> {
 
 #[cfg(test)]
 mod tests {
+    /// This machine's cgroup2 mount: the unified one of a hybrid layout, or the only one.
+    fn cgroup2_root() -> Option<&'static std::path::Path> {
+        ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(std::path::Path::new)
+            .find(|p| nix::sys::statfs::statfs(*p).is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC))
+    }
+
     #[test]
     fn only_a_single_cgroup2_directory_qualifies() {
         // This machine is cgroup v1 (hybrid): its v1 hierarchies never do.
@@ -100,11 +108,7 @@ mod tests {
     /// own /proc/self/cgroup before doing anything else.
     #[test]
     fn the_child_is_born_in_the_cgroup() {
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(std::path::Path::new)
-            .find(|p| nix::sys::statfs::statfs(*p).is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC));
-        let (Some(root), true) = (root, nix::unistd::geteuid().is_root()) else { return };
+        let (Some(root), true) = (cgroup2_root(), nix::unistd::geteuid().is_root()) else { return };
         let name = format!("berth-clone-test-{}", std::process::id());
         let dir = root.join(&name);
         std::fs::create_dir(&dir).unwrap();
@@ -137,11 +141,7 @@ mod tests {
     #[ignore]
     fn joining_by_write_against_cloning_into() {
         use std::time::{Duration, Instant};
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(std::path::Path::new)
-            .find(|p| nix::sys::statfs::statfs(*p).is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC));
-        let Some(root) = root else { return };
+        let Some(root) = cgroup2_root() else { return };
         let dir = root.join(format!("berth-clone-measure-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
         let procs = dir.join("cgroup.procs");
