@@ -382,7 +382,9 @@ async fn create_inner(
             watch(&node, rec.id.clone(), rec.monitor_pid);
             node.events.emit(&rec.id, &rec.pod_id, EventKind::Created);
             crate::telemetry::get().container_stages(&stages);
-            tracing::info!(stages_us = %stages, "container created");
+            // monitor_and_rootfs, step by step, as the monitor and init measured it.
+            let runtime_us: Vec<String> = created.stages_us.iter().map(|(step, us)| format!("{step}={us}")).collect();
+            tracing::info!(stages_us = %stages, runtime_us = %runtime_us.join(" "), "container created");
             Ok(rec.id)
         }
         Err(e) => {

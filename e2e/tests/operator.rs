@@ -301,6 +301,24 @@ async fn metrics_endpoint_parses_and_moves_with_rpcs() {
     assert!(sample(&after, "berth_daemon_resident_memory_bytes", &[]) > 1_000_000.0);
     assert_eq!(sample(&after, "berth_pod_start_stage_duration_seconds_count", &[("stage", "network")]), 1.0);
     assert_eq!(sample(&after, "berth_container_create_stage_duration_seconds_count", &[("stage", "monitor_and_rootfs")]), 1.0, "{after:?}");
+    // The log breaks monitor_and_rootfs down as the monitor and init measured it.
+    let log = f.berthd.log();
+    let created = log.lines().find(|l| l.contains("container created")).expect("a container created line");
+    let steps: Vec<&str> =
+        created.split("runtime_us=").nth(1).unwrap_or("").split_whitespace().filter_map(|kv| kv.split('=').next()).collect();
+    for step in [
+        "monitor_setup",
+        "monitor_fork",
+        "init_cgroup",
+        "init_namespaces",
+        "init_rootfs",
+        "init_process",
+        "init_seccomp",
+        "init_tty",
+        "monitor_wait_init",
+    ] {
+        assert!(steps.contains(&step), "{step} missing from {created}");
+    }
 
     f.cri.runtime.stop_container(berth_e2e::cri::StopContainerRequest { container_id: c.clone(), timeout: 0 }).await.unwrap();
     let stopped = scrape(&address);

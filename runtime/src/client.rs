@@ -70,6 +70,8 @@ pub struct Created {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// The monitor's and the init's steps with their durations in µs.
+    pub stages_us: Vec<(String, u64)>,
 }
 
 /// What a monitor says about its container.
@@ -170,9 +172,9 @@ impl Runtime {
         let report =
             recv_timeout::<MonitorReport>(r, Duration::from_secs(60)).map_err(|source| RuntimeError::Channel { id: id.into(), source });
         match report {
-            Ok(Some(MonitorReport::Created { pid, monitor_pid, uid, gid, groups })) => {
+            Ok(Some(MonitorReport::Created { pid, monitor_pid, uid, gid, groups, stages_us })) => {
                 let start_time = crate::pidfd::start_time(pid).unwrap_or(0);
-                Ok(Created { pid, start_time, monitor_pid, uid, gid, groups })
+                Ok(Created { pid, start_time, monitor_pid, uid, gid, groups, stages_us })
             }
             Ok(Some(MonitorReport::Failed(e))) => Err(RuntimeError::Init(e)),
             other => {

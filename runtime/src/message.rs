@@ -65,6 +65,10 @@ pub enum MonitorReport {
         gid: u32,
         /// Supplementary groups.
         groups: Vec<u32>,
+        /// Where the time went, in order: the monitor's own steps, then the
+        /// init's (`init_*`), in microseconds.
+        #[serde(default)]
+        stages_us: Vec<(String, u64)>,
     },
     /// Setup failed; nothing runs.
     Failed(InitError),
@@ -81,6 +85,9 @@ pub enum InitReport {
         gid: u32,
         /// Supplementary groups.
         groups: Vec<u32>,
+        /// The init's steps and their durations in microseconds, in order.
+        #[serde(default)]
+        stages_us: Vec<(String, u64)>,
     },
     /// Setup (or exec) failed.
     Failed(InitError),

@@ -116,6 +116,7 @@ pub(super) fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 }
 
 fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
+    let started = std::time::Instant::now();
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     init::close_on_exec_from(3);
@@ -162,6 +163,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         .map_err(|e| InitError::Setup(format!("reading config.json: {e}")))?;
     // On a pure cgroup v2 node the init is born in its cgroup.
     let into = crate::annotations::get(&spec, crate::annotations::CGROUP_PROCS).and_then(crate::process::clone::v2_only_dir);
+    let forking = std::time::Instant::now();
     // SAFETY: the monitor is single-threaded, so the child may allocate.
     let forked = match &into {
         Some(dir) => unsafe { crate::process::clone::fork_into_cgroup(std::os::fd::AsFd::as_fd(dir)) }.map(|r| (r, true)),
@@ -178,6 +180,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         (ForkResult::Parent { child }, _) => child,
     };
     drop(into);
+    let forked_at = std::time::Instant::now();
     drop((out_w, err_w, stdin_r, console_child, report_w, start_r, null));
 
     let mut report = std::fs::File::from(report_r);
@@ -189,7 +192,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         let _ = std::fs::remove_file(&socket_path);
     };
     match channel::recv::<InitReport>(&mut report) {
-        Ok(Some(InitReport::Ready { uid, gid, groups })) => {
+        Ok(Some(InitReport::Ready { uid, gid, groups, stages_us: init_stages })) => {
             // A TTY init sent its terminal's master before it reported ready.
             if let Some(console) = &console_parent {
                 match crate::process::tty::recv_fd(console) {
@@ -203,7 +206,15 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
                 }
             }
             crate::diag::log(crate::diag::Level::Info, &format!("container created, init pid {}", child.as_raw()));
-            let created = MonitorReport::Created { pid: child.as_raw(), monitor_pid: std::process::id() as i32, uid, gid, groups };
+            let us = |d: std::time::Duration| d.as_micros() as u64;
+            let mut stages_us = vec![
+                ("monitor_setup".to_string(), us(forking.duration_since(started))),
+                ("monitor_fork".to_string(), us(forked_at.duration_since(forking))),
+            ];
+            stages_us.extend(init_stages);
+            stages_us.push(("monitor_wait_init".to_string(), us(forked_at.elapsed())));
+            let created =
+                MonitorReport::Created { pid: child.as_raw(), monitor_pid: std::process::id() as i32, uid, gid, groups, stages_us };
             let _ = channel::send(sync, &created);
         }
         Ok(Some(InitReport::Failed(e))) => {

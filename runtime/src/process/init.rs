@@ -38,7 +38,9 @@ pub fn run(spec: &Spec, bundle: &Path, placed: bool, mut report: std::fs::File, 
             super::tty::attach_terminal(&slave, Some((u.uid, u.gid)))?;
             super::tty::send_fd(&console, &master).map_err(|e| setup_err("sending the terminal to the monitor", e))?;
         }
-        let ready = InitReport::Ready { uid: u.uid, gid: u.gid, groups: u.groups.clone() };
+        let mut stages_us = prepared.stages_us.clone();
+        stages_us.push(("init_tty".into(), prepared.tty_clock.elapsed().as_micros() as u64));
+        let ready = InitReport::Ready { uid: u.uid, gid: u.gid, groups: u.groups.clone(), stages_us };
         channel::send(&mut report, &ready).map_err(|e| setup_err("report ready", e))?;
         match channel::recv::<InitCommand>(&mut start) {
             Ok(Some(InitCommand::Start)) => {}
@@ -61,6 +63,28 @@ pub struct Prepared {
     executable: CString,
     cwd: PathBuf,
     seccomp: Option<libseccomp::ScmpFilterContext>,
+    /// `init_*` steps and their µs, for the Ready report.
+    stages_us: Vec<(String, u64)>,
+    /// Since the last step (the terminal is set up after prepare).
+    tty_clock: std::time::Instant,
+}
+
+/// Times consecutive steps.
+struct Clock {
+    last: std::time::Instant,
+    done: Vec<(String, u64)>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock { last: std::time::Instant::now(), done: Vec::new() }
+    }
+
+    fn mark(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        self.done.push((format!("init_{step}"), now.duration_since(self.last).as_micros() as u64));
+        self.last = now;
+    }
 }
 
 /// Joins the cgroup named by the spec's annotation (`0` into each
@@ -77,18 +101,22 @@ pub fn join_cgroup(spec: &Spec) -> Result<(), InitError> {
 /// Everything up to the point where only `execve` is left. `placed`: the
 /// process was born in its cgroup ([`super::clone::fork_into_cgroup`]).
 pub fn prepare(spec: &Spec, bundle: &Path, placed: bool) -> Result<Prepared, InitError> {
+    let mut clock = Clock::new();
     make_non_dumpable();
     // Modes are given explicitly; the umask of the spec applies at exec.
     nix::sys::stat::umask(Mode::empty());
     if !placed {
         join_cgroup(spec)?;
     }
+    clock.mark("cgroup");
     let (new_uts, userns) = join_namespaces(spec)?;
+    clock.mark("namespaces");
     let userns_for_mounts = match &userns {
         Some(fd) => Some(fd.try_clone().map_err(|e| setup_err("dup the user namespace fd", e))?),
         None => None,
     };
     crate::rootfs::build(spec, new_uts, &mut crate::rootfs::Kernel::new(&bundle.join("rootfs")).with_userns(userns_for_mounts))?;
+    clock.mark("rootfs");
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();
     let user = user::resolve(process.user(), annotations::get(spec, annotations::USER), strict)?;
@@ -99,16 +127,19 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool) -> Result<Prepared, Ini
     let arg0 = args.first().ok_or_else(|| InitError::Setup("no command given".into()))?;
     let executable = find_executable(arg0, &env)?;
     set_rlimits_and_oom(process)?;
+    clock.mark("process");
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => Some(super::security::compile(profile)?),
         None => None,
     };
+    clock.mark("seccomp");
     // Last: everything above needed the node's privileges; from here on the
     // process is root of the pod's user namespace and nothing outside.
     if let Some(fd) = userns {
         crate::userns::enter(fd).map_err(|e| setup_err("joining the pod's user namespace", e))?;
+        clock.mark("userns");
     }
-    Ok(Prepared { user, executable, cwd, seccomp })
+    Ok(Prepared { user, executable, cwd, seccomp, stages_us: clock.done, tty_clock: clock.last })
 }
 
 /// setns into namespaces with a path, unshare the new ones (PID is done by
