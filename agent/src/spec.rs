@@ -419,10 +419,10 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
             }
             let (image_id, dirs) =
                 paths.image_volumes.get(&i).ok_or_else(|| Error::internal(format!("{field}.image"), "image volume not resolved"))?;
-            // In a user namespace the image's files show as its root's, as the rootfs's do.
             if !m.image_sub_path.is_empty() {
                 check_image_sub_path(&m.image_sub_path, dirs).map_err(|why| invalid(&format!("{field}.image_sub_path"), why))?;
             }
+            // In a user namespace the image's files show as its root's, as the rootfs's do.
             mounts.push(idmapped(image_volume(&m.container_path, dirs, &m.image_sub_path)?, userns)?);
             mount_records.push(MountRecord { image_id: image_id.clone(), readonly: true, ..MountRecord::from(m) });
             continue;

@@ -125,13 +125,13 @@ pub fn pid_namespace_of(pid: i32) -> std::io::Result<PidNamespace> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn this_process_is_in_its_own_pid_namespace() {
         assert_eq!(pid_namespace_of(std::process::id() as i32).unwrap(), PidNamespace::Same);
         assert!(pid_namespace_of(i32::MAX).is_err());
     }
-
-    use super::*;
 
     #[test]
     fn start_time_of_self_and_a_checked_open() {

@@ -1,9 +1,9 @@
 //! `fork` into a cgroup: `clone3(CLONE_INTO_CGROUP)` (Linux 5.7) starts the
-//! child in a cgroup v2 directory, so nothing writes `cgroup.procs`. Such a
-//! write takes the kernel's `cgroup_threadgroup_rwsem` for writing, and the
-//! first one after a quiet moment waits for an RCU grace period (10–20 ms,
-//! most of a CreateContainer); a clone into the cgroup takes it for reading.
-//! Only on a pure cgroup v2 node: with v1 hierarchies their writes remain.
+//! child in a cgroup v2 directory, so nothing writes `cgroup.procs` (a write
+//! takes the kernel's `cgroup_threadgroup_rwsem` for writing, a clone into
+//! the cgroup for reading; on this project's machine the difference
+//! measured 0.69 against 0.55 ms, see the ignored test below). Only on a
+//! pure cgroup v2 node: with v1 hierarchies their writes remain.
 //!
 //! Used for the container init, which unshares its cgroup namespace after
 //! it is placed. Not for the exec helper: it has joined the container's

@@ -26,7 +26,8 @@ pub struct Kernel {
     null: Option<OwnedFd>,
     /// The container's user namespace, for id-mapped mounts.
     userns: Option<OwnedFd>,
-    /// Id-mapped layers attached so far (their staging dirs are numbered).
+    /// Staging dirs made so far (id-mapped layers, sub path volumes): they
+    /// are numbered.
     staged: usize,
 }
 

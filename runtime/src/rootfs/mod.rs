@@ -138,7 +138,7 @@ pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(),
             // Only the container's own mapping: its user namespace is the
             // one berth has to map a mount through.
             let own = crate::userns::Mappings::from_oci(m.uid_mappings().as_ref(), m.gid_mappings().as_ref());
-            if userns.is_none() || own != userns {
+            if own != userns {
                 return Err(InitError::Setup(format!(
                     "mount {}: id mappings other than the container's user namespace's are not supported",
                     op.dest.display()
