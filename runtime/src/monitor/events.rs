@@ -52,6 +52,8 @@ pub(super) struct Monitor {
     pub(super) started_at_ns: Option<i64>,
     pub(super) exit: Option<ExitStatus>,
     pub(super) exited_at: Option<Instant>,
+    /// OOM kills in the container's cgroup (cgroup v2).
+    pub(super) oom: Option<super::oom::OomWatch>,
 }
 
 impl Monitor {
@@ -111,6 +113,10 @@ impl Monitor {
             let pty_idx = slot(&mut fds, self.pty.as_ref(), pty_flags);
             let stdin_idx =
                 if want_stdin_out && self.pty.is_none() { slot(&mut fds, self.stdin.as_ref(), PollFlags::POLLOUT) } else { None };
+            let oom_idx = self.oom.as_ref().and_then(|o| o.fd()).map(|fd| {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                fds.len() - 1
+            });
             let first_client = fds.len();
             for c in &self.clients {
                 let mut flags = PollFlags::empty();
@@ -134,6 +140,7 @@ impl Monitor {
             let err_ready = err_idx.is_some_and(ready);
             let pty_ready = pty_idx.is_some_and(ready);
             let stdin_ready = stdin_idx.is_some_and(ready);
+            let oom_ready = oom_idx.is_some_and(ready);
             let clients_ready: Vec<bool> = (first_client..fds.len()).map(ready).collect();
             drop(fds);
             // Clients first, while `clients_ready` still matches the list:
@@ -157,6 +164,11 @@ impl Monitor {
             }
             if stdin_ready {
                 self.flush_stdin();
+            }
+            if oom_ready {
+                if let Some(o) = self.oom.as_mut() {
+                    o.changed();
+                }
             }
             if sig_ready {
                 while let Ok(Some(_)) = sigfd.read_signal() {}
@@ -352,7 +364,13 @@ impl Monitor {
     }
 
     fn exited(&mut self, code: i32, signal: i32) {
-        self.exit = Some(ExitStatus { code, signal, finished_ns: now_ns() });
+        // The cgroup is empty now; read it before anyone removes it.
+        let oom = self.oom.as_mut().is_some_and(|o| {
+            o.check();
+            o.killed
+        });
+        self.oom = None;
+        self.exit = Some(ExitStatus { code, signal, finished_ns: now_ns(), oom });
         self.exited_at = Some(Instant::now());
         self.start = None;
     }

@@ -15,12 +15,16 @@ pub struct ExitStatus {
     pub signal: i32,
     /// When the monitor saw it, ns since the epoch.
     pub finished_ns: i64,
+    /// The kernel OOM-killed a process of the container's cgroup while it
+    /// ran (seen live: under the systemd driver the cgroup is gone soon after
+    /// the last process).
+    pub oom: bool,
 }
 
 impl ExitStatus {
     /// The `exit` file's text.
     pub fn encode(&self) -> String {
-        format!("code={}\nsignal={}\nfinished_ns={}\n", self.code, self.signal, self.finished_ns)
+        format!("code={}\nsignal={}\nfinished_ns={}\noom={}\n", self.code, self.signal, self.finished_ns, u8::from(self.oom))
     }
 
     /// Parses the `exit` file's text.
@@ -28,15 +32,17 @@ impl ExitStatus {
         let mut code = None;
         let mut signal = 0;
         let mut finished_ns = 0;
+        let mut oom = false;
         for line in text.lines() {
             match line.split_once('=') {
                 Some(("code", v)) => code = v.parse().ok(),
                 Some(("signal", v)) => signal = v.parse().unwrap_or(0),
                 Some(("finished_ns", v)) => finished_ns = v.parse().unwrap_or(0),
+                Some(("oom", v)) => oom = v == "1",
                 _ => {}
             }
         }
-        Some(ExitStatus { code: code?, signal, finished_ns })
+        Some(ExitStatus { code: code?, signal, finished_ns, oom })
     }
 
     /// Reads a bundle's exit file, if the container has exited.
@@ -61,8 +67,10 @@ mod tests {
 
     #[test]
     fn exit_status_round_trips() {
-        let s = ExitStatus { code: 137, signal: 9, finished_ns: 42 };
+        let s = ExitStatus { code: 137, signal: 9, finished_ns: 42, oom: true };
         assert_eq!(ExitStatus::decode(&s.encode()), Some(s));
+        // Files written before the field existed.
+        assert_eq!(ExitStatus::decode("code=0\nsignal=0\nfinished_ns=1\n").map(|s| s.oom), Some(false));
         assert_eq!(ExitStatus::decode("garbage"), None);
     }
 }

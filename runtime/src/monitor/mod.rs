@@ -10,6 +10,7 @@ pub mod attach;
 mod events;
 pub mod exit;
 pub mod log;
+mod oom;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -179,7 +180,6 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         }
         (ForkResult::Parent { child }, _) => child,
     };
-    drop(into);
     let forked_at = std::time::Instant::now();
     drop((out_w, err_w, stdin_r, console_child, report_w, start_r, null));
 
@@ -248,6 +248,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         started_at_ns: None,
         exit: None,
         exited_at: None,
+        oom: into.map(oom::OomWatch::new),
     };
     state.open_log();
     state.event_loop(&listener)?;

@@ -1,0 +1,73 @@
+//! OOM kills seen while the container runs (cgroup v2): an inotify watch on
+//! the cgroup's `memory.events`, read again at every change and when the
+//! init exits. Reading it afterwards is not enough under the systemd driver:
+//! systemd removes a scope's cgroup as soon as it is empty.
+
+use std::io::Read as _;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::{openat, OFlag};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::stat::Mode;
+
+pub(super) struct OomWatch {
+    /// The container's cgroup directory.
+    dir: OwnedFd,
+    inotify: Option<Inotify>,
+    /// An OOM kill was counted.
+    pub(super) killed: bool,
+}
+
+impl OomWatch {
+    /// Watches the cgroup `dir` (a cgroup2 directory) names; no watch if the
+    /// kernel refuses one (the exit-time read still happens).
+    pub(super) fn new(dir: OwnedFd) -> OomWatch {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok().and_then(|i| {
+            let path = format!("/proc/self/fd/{}/memory.events", std::os::fd::AsRawFd::as_raw_fd(&dir));
+            i.add_watch(path.as_str(), AddWatchFlags::IN_MODIFY).ok().map(|_| i)
+        });
+        let mut w = OomWatch { dir, inotify, killed: false };
+        w.check();
+        w
+    }
+
+    /// The fd to poll for changes.
+    pub(super) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(|i| i.as_fd())
+    }
+
+    /// memory.events changed: drain the events and read it.
+    pub(super) fn changed(&mut self) {
+        if let Some(i) = &self.inotify {
+            while matches!(i.read_events(), Ok(e) if !e.is_empty()) {}
+        }
+        self.check();
+    }
+
+    /// Reads the `oom_kill` count; a cgroup already gone changes nothing.
+    pub(super) fn check(&mut self) {
+        if self.killed {
+            return;
+        }
+        let Ok(fd) = openat(self.dir.as_fd(), "memory.events", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) else { return };
+        let mut text = String::new();
+        if std::fs::File::from(fd).read_to_string(&mut text).is_ok() {
+            self.killed = oom_kills(&text) > 0;
+        }
+    }
+}
+
+/// The `oom_kill` count of a `memory.events` text.
+fn oom_kills(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_oom_kills() {
+        assert_eq!(super::oom_kills("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
+        assert_eq!(super::oom_kills("low 0\nmax 3\noom 0\noom_kill 0\n"), 0);
+        assert_eq!(super::oom_kills(""), 0);
+    }
+}
