@@ -20,6 +20,7 @@ fn main() {
         Some("exec") => exec(&args[1..]),
         Some("pod-init") => pod_init(&args[1..]),
         Some("pod-userns") => berth_runtime::sandbox::pod_userns_main(),
+        Some("hold") => berth_runtime::cgroup::systemd::hold_main(),
         _ => usage("unknown mode"),
     };
     std::process::exit(code);

@@ -11,6 +11,7 @@ use cgroups_rs::fs::{Cgroup, Hierarchy};
 pub mod bpf;
 pub mod devices;
 pub mod metrics;
+pub mod systemd;
 
 pub use devices::DeviceRule;
 
