@@ -45,6 +45,12 @@ pub fn run(config: &Config) -> Vec<Check> {
     });
 
     out.push(cgroups());
+    if config.runtime.cgroup_driver == crate::config::CgroupDriver::Systemd {
+        out.push(match berth_runtime::cgroup::systemd::Systemd::connect() {
+            Ok(_) => check("cgroup_driver", true, "systemd answers on the system bus"),
+            Err(e) => check("cgroup_driver", false, format!("{e} (runtime.cgroup_driver = \"systemd\" needs systemd and dbus running)")),
+        });
+    }
 
     // Optional: without them only pods with hostUsers: false are refused.
     out.push(if berth_runtime::userns::supported() {

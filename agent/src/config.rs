@@ -77,8 +77,14 @@ pinned = []
 # The berth-monitor binary; empty means the one next to berthd.
 monitor_path = ""
 
+# Who makes pod and container cgroups: "cgroupfs" (berth) or "systemd"
+# (transient units over D-Bus: a scope per container, kubelet's pod slices;
+# kubelet's cgroupDriver must match, and learns it from RuntimeConfig).
+cgroup_driver = "cgroupfs"
+
 # cgroup (relative to the hierarchy root) for pods whose config names no
-# cgroup_parent; each pod gets <this>/<pod id>.
+# cgroup_parent; each pod gets <this>/<pod id>. With the systemd driver, a
+# slice ("berth" is berth.slice; each pod gets berth-<pod id>.slice).
 default_cgroup_parent = "berth"
 
 # Size of each pod's shared /dev/shm, in bytes.
@@ -201,6 +207,17 @@ pub struct HandlerConfig {
     pub monitor_path: PathBuf,
 }
 
+/// Who makes pod and container cgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CgroupDriver {
+    /// berth, as directories.
+    #[default]
+    Cgroupfs,
+    /// systemd, as transient slices and scopes.
+    Systemd,
+}
+
 /// A handler's seccomp for containers that would run unconfined.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -299,6 +316,8 @@ impl Default for NetworkConfig {
 pub struct RuntimeConfig {
     /// The berth-monitor binary ("" = next to berthd).
     pub monitor_path: PathBuf,
+    /// Who makes the cgroups.
+    pub cgroup_driver: CgroupDriver,
     /// cgroup parent for pods without one.
     pub default_cgroup_parent: String,
     /// Size of a pod's /dev/shm.
@@ -313,6 +332,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             monitor_path: PathBuf::new(),
+            cgroup_driver: CgroupDriver::Cgroupfs,
             default_cgroup_parent: "berth".into(),
             shm_size_bytes: 64 << 20,
             pod_stop_grace_seconds: 0,
@@ -573,11 +593,9 @@ impl Config {
         if self.image.max_concurrent_downloads == 0 || self.image.max_concurrent_downloads > 64 {
             return Err(invalid("image.max_concurrent_downloads", format!("{} is not within 1..=64", self.image.max_concurrent_downloads)));
         }
-        if berth_runtime::cgroup::normalize(&self.runtime.default_cgroup_parent).is_err() {
-            return Err(invalid(
-                "runtime.default_cgroup_parent",
-                format!("{:?} is not a relative cgroup path", self.runtime.default_cgroup_parent),
-            ));
+        let systemd = self.runtime.cgroup_driver == CgroupDriver::Systemd;
+        if let Err(why) = crate::cgroups::parent_path(systemd, &self.runtime.default_cgroup_parent) {
+            return Err(invalid("runtime.default_cgroup_parent", why));
         }
         if !self.runtime.monitor_path.as_os_str().is_empty() && !self.runtime.monitor_path.is_absolute() {
             return Err(invalid("runtime.monitor_path", format!("{} is not an absolute path", self.runtime.monitor_path.display())));
@@ -592,8 +610,10 @@ impl Config {
             if !label || ["runc", "berth"].contains(&name.as_str()) {
                 return Err(invalid("runtimes", format!("{name:?} is not a handler name (a DNS label other than runc and berth)")));
             }
-            if !h.cgroup_parent.is_empty() && berth_runtime::cgroup::normalize(&h.cgroup_parent).is_err() {
-                return Err(invalid("runtimes", format!("{name}: cgroup_parent {:?} is not a relative cgroup path", h.cgroup_parent)));
+            if !h.cgroup_parent.is_empty() {
+                if let Err(why) = crate::cgroups::parent_path(systemd, &h.cgroup_parent) {
+                    return Err(invalid("runtimes", format!("{name}: cgroup_parent: {why}")));
+                }
             }
             if !h.monitor_path.as_os_str().is_empty() && !h.monitor_path.is_absolute() {
                 return Err(invalid("runtimes", format!("{name}: monitor_path {} is not an absolute path", h.monitor_path.display())));

@@ -103,7 +103,7 @@ pub fn refresh(node: &Node, rec: ContainerRecord) -> Result<ContainerRecord> {
         MonitorState::Running(None) => return Ok(rec),
         MonitorState::Running(Some(started_at_ns)) => return fold_start(node, rec, started_at_ns),
         MonitorState::Exited(s) => {
-            let oom = s.signal == libc::SIGKILL && cgroup::oom_killed(&rec.cgroup);
+            let oom = s.signal == libc::SIGKILL && (s.oom || node.cgroups.oom_killed(&rec.cgroup));
             let reason = if oom {
                 "OOMKilled"
             } else if s.code == 0 {
@@ -268,7 +268,7 @@ async fn create_inner(
         image_volumes.insert(*i, (v.id.clone(), node.images.lower_dirs(v).map_err(Error::from)?));
     }
     let layer = node.layer_dir(&id);
-    let cgroup_path = format!("{}/{}", pod.cgroup, id);
+    let cgroup_path = node.cgroups.container_path(&pod.cgroup, &id);
     let paths = SpecPaths {
         state: node.config.state.clone(),
         pod_dir: node.pod_dir(&pod.id),
@@ -357,13 +357,15 @@ async fn create_inner(
             std::os::unix::fs::chown(&upper, Some(uid), Some(gid)).map_err(|e| internal(&upper.display().to_string(), e))?;
         }
         stages.mark("layer_dirs");
-        cgroup::create(&cgroup_path).map_err(|e| internal("container cgroup", e))?;
+        let monitor = a.handler_of(&pod_rec).runtime.monitor_bin();
+        let pending = a.cgroups.create_leaf(&cgroup_path, &limits, a.cgroup_v2, monitor).map_err(|e| internal("container cgroup", e))?;
         stages.mark("cgroup_create");
         cgroup::apply(&cgroup_path, &limits).map_err(|e| Error::invalid("config.linux.resources", e))?;
         cgroup::apply_devices(&cgroup_path, &device_rules).map_err(|e| internal("container device cgroup", e))?;
         stages.mark("cgroup_limits");
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
         let created = a.handler_of(&pod_rec).runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?;
+        pending.joined();
         stages.mark("monitor_and_rootfs");
         Ok((created, stages))
     })
@@ -407,7 +409,7 @@ fn spec_device_rules(spec: &oci_spec::runtime::Spec) -> Result<Vec<cgroup::Devic
 /// Removes every host resource of a container (idempotent).
 fn teardown(node: &Node, rec: &ContainerRecord) {
     if !rec.cgroup.is_empty() {
-        if let Err(e) = cgroup::remove(&rec.cgroup) {
+        if let Err(e) = node.cgroups.remove(&rec.cgroup) {
             tracing::warn!(container_id = %rec.id, "removing cgroup: {e}");
         }
     }
@@ -629,8 +631,8 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                 if matches!(rec.state, ContainerState::Created | ContainerState::Running) {
                     // The recorded limits are the intent (an update may have
                     // been cut short between record and cgroup).
-                    let (path, l) = (rec.cgroup.clone(), rec.limits.clone());
-                    if let Err(e) = tokio::task::spawn_blocking(move || cgroup::apply(&path, &l)).await? {
+                    let (a, path, l) = (node.clone(), rec.cgroup.clone(), rec.limits.clone());
+                    if let Err(e) = tokio::task::spawn_blocking(move || a.cgroups.update(&path, &l, a.cgroup_v2)).await? {
                         tracing::warn!(container_id = %rec.id, "re-applying the recorded limits: {e}");
                     }
                     watch(node, rec.id.clone(), rec.monitor_pid);
@@ -665,8 +667,8 @@ pub async fn update_resources(node: &Arc<Node>, id: &str, resources: Resources) 
     };
     node.containers.update(&rec.id, set(limits.clone()))?;
     crate::fault::point("container.update.after_record");
-    let (path, l) = (rec.cgroup.clone(), limits);
-    if let Err(e) = tokio::task::spawn_blocking(move || cgroup::apply(&path, &l)).await? {
+    let (a, path, l) = (node.clone(), rec.cgroup.clone(), limits);
+    if let Err(e) = tokio::task::spawn_blocking(move || a.cgroups.update(&path, &l, a.cgroup_v2)).await? {
         node.containers.update(&rec.id, set(before))?;
         return Err(Error::invalid("linux", e));
     }

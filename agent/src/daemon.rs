@@ -256,8 +256,10 @@ pub fn cleanup(config: Config, all: bool) -> anyhow::Result<()> {
         if let Err(e) = tokio::task::spawn_blocking(move || crate::net::Network::remove_host(&cfg)).await? {
             eprintln!("berthd cleanup: network: {e}");
         }
-        if let Ok(parent) = berth_runtime::cgroup::normalize(&config.runtime.default_cgroup_parent) {
-            if let Err(e) = berth_runtime::cgroup::remove(&parent) {
+        let systemd = config.runtime.cgroup_driver == crate::config::CgroupDriver::Systemd;
+        if let Ok(parent) = crate::cgroups::parent_path(systemd, &config.runtime.default_cgroup_parent) {
+            let removed = crate::cgroups::Cgroups::open(config.runtime.cgroup_driver).and_then(|c| c.remove(&parent));
+            if let Err(e) = removed {
                 eprintln!("berthd cleanup: cgroup {parent}: {e}");
             }
         }

@@ -47,8 +47,10 @@ pub fn run(config: &Config, sources: &Sources, out: &Path) -> anyhow::Result<()>
     section(&mut r, "cgroups");
     let mut parents = vec![config.runtime.default_cgroup_parent.clone()];
     parents.extend(config.runtimes.values().map(|h| h.cgroup_parent.clone()).filter(|p| !p.is_empty()));
+    let systemd = config.runtime.cgroup_driver == crate::config::CgroupDriver::Systemd;
+    let _ = writeln!(r, "driver {:?}", config.runtime.cgroup_driver);
     for p in parents {
-        let Ok(parent) = berth_runtime::cgroup::normalize(&p) else { continue };
+        let Ok(parent) = crate::cgroups::parent_path(systemd, &p) else { continue };
         let _ = writeln!(r, "{parent}:");
         for pod in berth_runtime::cgroup::children(&parent) {
             let path = format!("{parent}/{pod}");

@@ -48,6 +48,8 @@ pub struct Node {
     pub handlers: std::collections::BTreeMap<String, Handler>,
     /// Whether the node runs cgroup v2.
     pub cgroup_v2: bool,
+    /// The cgroup driver.
+    pub cgroups: crate::cgroups::Cgroups,
     /// The pod network.
     pub network: crate::net::Network,
     /// One operation at a time per pod or container id.
@@ -113,8 +115,10 @@ impl Node {
         if !monitor_bin.is_file() {
             return Err(Error::invalid("runtime.monitor_path", format!("{} does not exist", monitor_bin.display())));
         }
-        let default_parent = berth_runtime::cgroup::normalize(&config.runtime.default_cgroup_parent)
-            .map_err(|e| Error::invalid("runtime.default_cgroup_parent", e.to_string()))?;
+        let cgroups = crate::cgroups::Cgroups::open(config.runtime.cgroup_driver)
+            .map_err(|e| Error::invalid("runtime.cgroup_driver", format!("systemd: {e}")))?;
+        let default_parent =
+            cgroups.parent_path(&config.runtime.default_cgroup_parent).map_err(|e| Error::invalid("runtime.default_cgroup_parent", e))?;
         let default_handler = Handler {
             runtime: berth_runtime::Runtime::new(monitor_bin.clone()),
             cgroup_parent: default_parent.clone(),
@@ -136,8 +140,7 @@ impl Node {
             let cgroup_parent = if h.cgroup_parent.is_empty() {
                 default_parent.clone()
             } else {
-                berth_runtime::cgroup::normalize(&h.cgroup_parent)
-                    .map_err(|e| Error::invalid(format!("runtimes.{name}.cgroup_parent"), e.to_string()))?
+                cgroups.parent_path(&h.cgroup_parent).map_err(|e| Error::invalid(format!("runtimes.{name}.cgroup_parent"), e))?
             };
             handlers.insert(
                 name.clone(),
@@ -168,6 +171,7 @@ impl Node {
             default_handler,
             handlers,
             cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
+            cgroups,
             locks: Default::default(),
             flights: Default::default(),
             cpu_samples: Default::default(),

@@ -111,7 +111,7 @@ pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result
             record.id = random_id().map_err(|e| internal("pod id from the kernel's random source", e))?;
             record.created_at_ns = now_ns();
             if record.cgroup.is_empty() {
-                record.cgroup = format!("{}/{}", node2.handler_of(&record).cgroup_parent, record.id);
+                record.cgroup = node2.cgroups.own_pod_path(&node2.handler_of(&record).cgroup_parent, &record.id);
                 record.own_cgroup = true;
             }
             record.state = PodState::Creating;
@@ -184,13 +184,16 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecor
         }
     }
     stages.mark("files");
-    cgroup::create(&rec.cgroup).map_err(|e| internal("pod cgroup", e))?;
+    node.cgroups.create_pod(&rec.cgroup).map_err(|e| internal("pod cgroup", e))?;
     stages.mark("cgroup");
     if rec.pid_mode == ns_mode::POD {
-        let procs = cgroup::create(&init_cgroup(&rec)).map_err(|e| internal("pod init cgroup", e))?;
-        let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: procs };
-        let init =
-            sandbox::spawn_pod_init(node.handler_of(&rec).runtime.monitor_bin(), &args).map_err(|e| internal("pod PID namespace", e))?;
+        let monitor = node.handler_of(&rec).runtime.monitor_bin();
+        let path = init_cgroup(node, &rec);
+        let pending =
+            node.cgroups.create_leaf(&path, &Default::default(), node.cgroup_v2, monitor).map_err(|e| internal("pod init cgroup", e))?;
+        let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: cgroup::procs_files_of(&path) };
+        let init = sandbox::spawn_pod_init(monitor, &args).map_err(|e| internal("pod PID namespace", e))?;
+        pending.joined();
         rec.init_pid = init.pid;
         rec.init_start_time = init.start_time;
         stages.mark("pid_init");
@@ -216,8 +219,8 @@ pub fn hosts_file(hostname: &str, ips: &[String]) -> String {
 }
 
 /// The leaf cgroup of the pod's PID-namespace init.
-fn init_cgroup(rec: &PodRecord) -> String {
-    format!("{}/{}", rec.cgroup, sandbox::INIT_CGROUP)
+fn init_cgroup(node: &Node, rec: &PodRecord) -> String {
+    node.cgroups.init_path(&rec.cgroup, &rec.id)
 }
 
 /// Ends the pod's PID-namespace init, if it still is the process recorded.
@@ -235,9 +238,9 @@ fn teardown_host(node: &Node, rec: &PodRecord) {
         tracing::warn!(pod_id = %rec.id, "releasing the pod network: {e}");
     }
     kill_init(rec);
-    let cgroups = if rec.own_cgroup { vec![rec.cgroup.clone()] } else { vec![init_cgroup(rec)] };
+    let cgroups = if rec.own_cgroup { vec![rec.cgroup.clone()] } else { vec![init_cgroup(node, rec)] };
     for cg in cgroups {
-        if let Err(e) = cgroup::remove(&cg) {
+        if let Err(e) = node.cgroups.remove(&cg) {
             tracing::warn!(pod_id = %rec.id, "removing cgroup {cg}: {e}");
         }
     }
@@ -286,7 +289,7 @@ pub async fn stop(node: &Arc<Node>, id: &str) -> Result<()> {
 fn release_for_stop(node: &Node, pod: &PodRecord) -> Result<()> {
     kill_init(pod);
     if pod.pid_mode == ns_mode::POD {
-        cgroup::signal_all(&init_cgroup(pod), nix::sys::signal::Signal::SIGKILL);
+        cgroup::signal_all(&init_cgroup(node, pod), nix::sys::signal::Signal::SIGKILL);
     }
     crate::fault::point("pod.stop.after_init_killed");
     node.network.teardown(&node.store, pod, &sandbox::pin_path(&node.pod_dir(&pod.id), "net"))

@@ -131,10 +131,10 @@ pub fn collect_strays(node: &Node) {
     // Container cgroups under the pods' cgroups, one per container id.
     for pod in node.pods.list() {
         for child in cgroup::children(&pod.cgroup) {
-            if is_id(&child) && !containers.contains(&child) {
+            if node.cgroups.container_id(&child).is_some_and(|id| !containers.contains(&id)) {
                 let path = format!("{}/{child}", pod.cgroup);
                 tracing::warn!(cgroup = %path, "removing a container cgroup no record claims");
-                if let Err(e) = cgroup::remove(&path) {
+                if let Err(e) = node.cgroups.remove(&path) {
                     tracing::warn!(cgroup = %path, "{e}");
                 }
             }
@@ -146,29 +146,21 @@ pub fn collect_strays(node: &Node) {
     parents.sort();
     parents.dedup();
     for parent in parents {
-        collect_pod_cgroups(parent, &pods);
+        collect_pod_cgroups(&node.cgroups, parent, &pods);
     }
 }
 
 /// Removes the pod cgroups under `parent` that no pod record claims.
-fn collect_pod_cgroups(parent: &str, pods: &std::collections::HashSet<String>) {
+fn collect_pod_cgroups(cgroups: &crate::cgroups::Cgroups, parent: &str, pods: &std::collections::HashSet<String>) {
     for child in cgroup::children(parent) {
-        if !pods.contains(&child) && is_id(&child) {
+        if cgroups.own_pod_id(parent, &child).is_some_and(|id| !pods.contains(&id)) {
             let path = format!("{parent}/{child}");
             tracing::warn!(cgroup = %path, "removing a pod cgroup no record claims");
-            for c in cgroup::children(&path) {
-                let _ = cgroup::remove(&format!("{path}/{c}"));
-            }
-            if let Err(e) = cgroup::remove(&path) {
+            if let Err(e) = cgroups.remove(&path) {
                 tracing::warn!(cgroup = %path, "{e}");
             }
         }
     }
-}
-
-/// A berth id: 64 hex digits.
-fn is_id(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]

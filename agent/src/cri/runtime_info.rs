@@ -58,8 +58,10 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
     })
 }
 
-pub(super) async fn runtime_config(_node: &Node, _req: cri::RuntimeConfigRequest) -> Result<cri::RuntimeConfigResponse> {
-    Ok(cri::RuntimeConfigResponse { linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 }) })
+/// kubelet (≥ 1.28, KubeletCgroupDriverFromCRI) takes its cgroup driver from here.
+pub(super) async fn runtime_config(node: &Node, _req: cri::RuntimeConfigRequest) -> Result<cri::RuntimeConfigResponse> {
+    let driver = if node.cgroups.is_systemd() { cri::CgroupDriver::Systemd } else { cri::CgroupDriver::Cgroupfs };
+    Ok(cri::RuntimeConfigResponse { linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }) })
 }
 
 pub(super) async fn update_runtime_config(

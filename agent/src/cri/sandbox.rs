@@ -15,7 +15,7 @@ use crate::spec::ns_mode;
 use crate::store::{PodRecord, PodState};
 
 /// Validates the config into a record (id and times are set by the pod module).
-fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRecord, PodDns)> {
+fn record_from(node: &Node, config: cri::PodSandboxConfig, handler: String) -> Result<(PodRecord, PodDns)> {
     let meta = config.metadata.ok_or_else(|| Error::invalid("config.metadata", "required"))?;
     for (field, value) in [("name", &meta.name), ("namespace", &meta.namespace), ("uid", &meta.uid)] {
         if value.is_empty() {
@@ -46,7 +46,7 @@ fn record_from(config: cri::PodSandboxConfig, handler: String) -> Result<(PodRec
         // Filled in with the id by the pod module.
         String::new()
     } else {
-        berth_runtime::cgroup::normalize(&linux.cgroup_parent).map_err(|e| Error::invalid("config.linux.cgroup_parent", e))?
+        node.cgroups.parent_path(&linux.cgroup_parent).map_err(|e| Error::invalid("config.linux.cgroup_parent", e))?
     };
     let sysctls = linux.sysctls.clone().into_iter().collect();
     crate::security::check_sysctls(&sysctls, ns.network != ns_mode::NODE, ns.ipc != ns_mode::NODE)?;
@@ -123,7 +123,7 @@ pub(super) async fn run(node: &Arc<Node>, req: cri::RunPodSandboxRequest) -> Res
             known.join(", ")
         )));
     }
-    let (record, dns) = record_from(config, req.runtime_handler)?;
+    let (record, dns) = record_from(node, config, req.runtime_handler)?;
     if record.userns.is_some() {
         if let Err(why) = node.userns_support() {
             return Err(Error::invalid(
