@@ -45,3 +45,9 @@ userns=$(test_bin -p berth-e2e --test userns)
 [ -n "$userns" ] || { echo "cgroupv2-vm: could not build the userns e2e test" >&2; exit 1; }
 export BERTH_E2E_USERNS=0
 CGV2VM_MEM=2G CGV2VM_ENV="BERTHD RUST_BACKTRACE BERTH_E2E_USERNS" bash e2e/cgroupv2-vm/run-in-vm.sh "$PWD" -- "$userns" --test-threads=1
+# The systemd cgroup driver, with systemd as PID 1 (Debian's, booted by the
+# VM runner): containers as scopes, limits as unit properties.
+systemd=$(test_bin -p berth-e2e --test systemd)
+[ -n "$systemd" ] || { echo "cgroupv2-vm: could not build the systemd e2e test" >&2; exit 1; }
+export BERTH_E2E_SYSTEMD=1
+CGV2VM_SYSTEMD=1 CGV2VM_MEM=2G CGV2VM_ENV="BERTHD RUST_BACKTRACE BERTH_E2E_SYSTEMD" bash e2e/cgroupv2-vm/run-in-vm.sh "$PWD" -- "$systemd" --test-threads=1
