@@ -4,7 +4,7 @@
 //! the agent runs them on its blocking pool. Every exchange with berth's own
 //! processes is a typed message ([`crate::message`]) on a channel of its own.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -147,25 +147,25 @@ impl Runtime {
         let _ = std::fs::remove_file(bundle.join(crate::monitor::EXIT_FILE));
 
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
-        let mut cmd = Command::new(&self.monitor_bin);
-        cmd.arg("monitor").arg("--id").arg(id).arg("--bundle").arg(bundle).arg("--sync-fd").arg("3");
-        if let Some(log) = log {
-            cmd.arg("--log").arg(log);
-        }
-        match pid_ns {
-            PidNamespace::New => cmd.arg("--pid-ns").arg("new"),
-            PidNamespace::Host => cmd.arg("--pid-ns").arg("host"),
-            PidNamespace::Join { pid, start_time } => cmd.arg("--pid-ns").arg(format!("pid:{pid}:{start_time}")),
+        let pid_ns = match pid_ns {
+            PidNamespace::New => "new".to_string(),
+            PidNamespace::Host => "host".to_string(),
+            PidNamespace::Join { pid, start_time } => format!("pid:{pid}:{start_time}"),
         };
+        let s = std::ffi::OsStr::new;
+        let mut args = vec![s("monitor"), s("--id"), s(id), s("--bundle"), bundle.as_os_str(), s("--sync-fd"), s("3")];
+        if let Some(log) = log {
+            args.extend([s("--log"), log.as_os_str()]);
+        }
+        args.extend([s("--pid-ns"), s(&pid_ns)]);
         for (flag, on) in [("--stdin", stdio.stdin), ("--stdin-once", stdio.stdin_once), ("--tty", stdio.tty)] {
             if on {
-                cmd.arg(flag).arg("true");
+                args.extend([s(flag), s("true")]);
             }
         }
         let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(io_err("monitor.log"))?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
-        pass_fds(&mut cmd, &[(&w, 3)]);
-        let mut first = cmd.spawn().map_err(|e| monitor_err(format!("{}: {e}", self.monitor_bin.display())))?;
+        let first = crate::spawn::spawn(&self.monitor_bin, &args, &[(log_file.as_fd(), 2), (w.as_fd(), 3)])
+            .map_err(|e| monitor_err(format!("{}: {e}", self.monitor_bin.display())))?;
         drop(w);
         // The first monitor process exits right after forking the real one.
         let _ = first.wait();

@@ -27,6 +27,7 @@ pub mod pidfd;
 pub mod process;
 pub mod rootfs;
 pub mod sandbox;
+pub mod spawn;
 pub mod time;
 pub mod userns;
 

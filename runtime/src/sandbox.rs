@@ -306,20 +306,12 @@ pub struct PodInitArgs {
 /// [`pod_init_main`]), or the reason it could not be.
 pub fn spawn_pod_init(monitor_bin: &Path, args: &PodInitArgs) -> Result<PodInit, SandboxError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ns_err("pipe"))?;
-    let mut cmd = Command::new(monitor_bin);
     let procs: Vec<String> = args.cgroup_procs.iter().map(|p| p.display().to_string()).collect();
-    cmd.arg("pod-init")
-        .arg("--pod")
-        .arg(&args.pod_id)
-        .arg("--pod-dir")
-        .arg(&args.pod_dir)
-        .arg("--cgroup-procs")
-        .arg(procs.join(":"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    crate::client::pass_fds(&mut cmd, &[(&w, 3)]);
-    let mut child = cmd.spawn().map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
+    let procs = procs.join(":");
+    let s = std::ffi::OsStr::new;
+    let argv = [s("pod-init"), s("--pod"), s(&args.pod_id), s("--pod-dir"), args.pod_dir.as_os_str(), s("--cgroup-procs"), s(&procs)];
+    let child = crate::spawn::spawn(monitor_bin, &argv, &[(std::os::fd::AsFd::as_fd(&w), 3)])
+        .map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
     drop(w);
     // Started (from the process that forked the init), then Ready or what
     // failed (from the init itself); a failure may also come first.
