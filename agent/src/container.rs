@@ -278,6 +278,7 @@ async fn create_inner(
         cgroup_procs: cgroup::procs_files_of(&cgroup_path),
         cgroup: cgroup_path.clone(),
         cgroup_v2: node.cgroup_v2,
+        cgroup_hold: node.cgroups.is_systemd(),
         image_volumes,
     };
     let limits = config.resources.limits.clone();

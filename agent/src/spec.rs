@@ -66,6 +66,8 @@ pub struct SpecPaths {
     pub cgroup: String,
     /// Whether the node runs cgroup v2.
     pub cgroup_v2: bool,
+    /// systemd removes the cgroup once empty (see annotations::CGROUP_HOLD).
+    pub cgroup_hold: bool,
     /// Image volumes by mount index: the image id and its layer dirs, top
     /// first.
     pub image_volumes: HashMap<usize, (String, Vec<PathBuf>)>,
@@ -576,6 +578,9 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
     annotations.insert(annotations::UPPERDIR.into(), paths.upper.display().to_string());
     annotations.insert(annotations::WORKDIR.into(), paths.work.display().to_string());
     annotations.insert(annotations::CGROUP_PROCS.into(), join(&paths.cgroup_procs));
+    if paths.cgroup_hold {
+        annotations.insert(annotations::CGROUP_HOLD.into(), "1".into());
+    }
     if let Some(name) = user_name {
         annotations.insert(annotations::USER.into(), name);
     }

@@ -150,9 +150,16 @@ async fn containers_are_systemd_scopes() {
     let on_node = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert_eq!(on_node.trim(), format!("0::/{cg}"));
     assert_eq!(f.cri.sh(&id, "cat /proc/self/cgroup").await.trim(), "0::/", "the scope is the container's cgroup namespace root");
-    // Only the container is in the scope: the process that held it while it
-    // was made has left.
-    assert_eq!(file(&cg, "cgroup.procs"), pid.to_string());
+    // The process that held the scope while it was made has left; besides
+    // the container, only the monitor's sentinel (its child, which keeps
+    // the cgroup until the monitor has read the OOM count) is there.
+    let procs: Vec<String> = file(&cg, "cgroup.procs").lines().map(str::to_string).collect();
+    assert!(procs.contains(&pid.to_string()), "{procs:?}");
+    assert_eq!(procs.len(), 2, "{procs:?}");
+    for p in &procs {
+        let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ");
+        assert!(!cmdline.contains(" hold"), "the holder is still in the scope: {cmdline}");
+    }
 
     // systemd rewrites a unit's cgroup files from its properties; berth's
     // limits are those properties, so they survive.

@@ -9,6 +9,9 @@ pub const UPPERDIR: &str = "io.berth.rootfs.upperdir";
 pub const WORKDIR: &str = "io.berth.rootfs.workdir";
 /// `cgroup.procs` files to join, `:`-separated.
 pub const CGROUP_PROCS: &str = "io.berth.cgroup.procs";
+/// "1": keep the container's cgroup populated until the monitor has read
+/// its OOM count (a systemd scope's cgroup is removed once empty).
+pub const CGROUP_HOLD: &str = "io.berth.cgroup.hold";
 /// A user name (`name` or `name:group`) to resolve in the image.
 pub const USER: &str = "io.berth.user";
 /// Supplemental groups policy Strict (no image memberships).

@@ -365,10 +365,7 @@ impl Monitor {
 
     fn exited(&mut self, code: i32, signal: i32) {
         // The cgroup is empty now; read it before anyone removes it.
-        let oom = self.oom.as_mut().is_some_and(|o| {
-            o.check();
-            o.killed
-        });
+        let oom = self.oom.as_mut().is_some_and(|o| o.finish());
         self.oom = None;
         self.exit = Some(ExitStatus { code, signal, finished_ns: now_ns(), oom });
         self.exited_at = Some(Instant::now());

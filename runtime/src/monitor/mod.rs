@@ -180,6 +180,19 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         }
         (ForkResult::Parent { child }, _) => child,
     };
+    // Under the systemd driver the cgroup must outlive the container's last
+    // process until its OOM count is read (see oom::start_sentinel).
+    let hold = crate::annotations::get(&spec, crate::annotations::CGROUP_HOLD) == Some("1");
+    let sentinel = match (&into, hold) {
+        (Some(dir), true) => match oom::start_sentinel(std::os::fd::AsFd::as_fd(dir)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                crate::diag::log(crate::diag::Level::Warn, &format!("no cgroup sentinel ({e}): an OOM kill may be reported as Error"));
+                None
+            }
+        },
+        _ => None,
+    };
     let forked_at = std::time::Instant::now();
     drop((out_w, err_w, stdin_r, console_child, report_w, start_r, null));
 
@@ -248,7 +261,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         started_at_ns: None,
         exit: None,
         exited_at: None,
-        oom: into.map(oom::OomWatch::new),
+        oom: into.map(|dir| oom::OomWatch::new(dir, sentinel)),
     };
     state.open_log();
     state.event_loop(&listener)?;

@@ -16,17 +16,45 @@ pub(super) struct OomWatch {
     inotify: Option<Inotify>,
     /// An OOM kill was counted.
     pub(super) killed: bool,
+    /// The write end of the sentinel's pipe, if one holds the cgroup.
+    sentinel: Option<OwnedFd>,
+}
+
+/// Starts a sentinel in the cgroup `dir` names: a child of the monitor that
+/// only waits for EOF on a pipe, so the cgroup stays populated — and under
+/// the systemd driver, its directory stays — after the container's last
+/// process exited, until the monitor has read `memory.events` and lets the
+/// sentinel go (or dies). Returns the pipe's write end.
+pub(super) fn start_sentinel(dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    // SAFETY: the monitor is single-threaded; the child only makes raw
+    // syscalls (dup2, close_range, read, _exit) before it ends.
+    match unsafe { crate::process::clone::fork_into_cgroup(dir) }? {
+        nix::unistd::ForkResult::Child => {
+            let rfd = std::os::fd::AsRawFd::as_raw_fd(&r);
+            // SAFETY: plain syscalls on fds this process owns; it holds
+            // nothing but fd 0 afterwards (no container stdin or log).
+            unsafe {
+                libc::dup2(rfd, 0);
+                libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+                let mut b = [0u8; 1];
+                while libc::read(0, b.as_mut_ptr().cast(), 1) != 0 {}
+                libc::_exit(0);
+            }
+        }
+        nix::unistd::ForkResult::Parent { .. } => Ok(w),
+    }
 }
 
 impl OomWatch {
     /// Watches the cgroup `dir` (a cgroup2 directory) names; no watch if the
     /// kernel refuses one (the exit-time read still happens).
-    pub(super) fn new(dir: OwnedFd) -> OomWatch {
+    pub(super) fn new(dir: OwnedFd, sentinel: Option<OwnedFd>) -> OomWatch {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok().and_then(|i| {
             let path = format!("/proc/self/fd/{}/memory.events", std::os::fd::AsRawFd::as_raw_fd(&dir));
             i.add_watch(path.as_str(), AddWatchFlags::IN_MODIFY).ok().map(|_| i)
         });
-        let mut w = OomWatch { dir, inotify, killed: false };
+        let mut w = OomWatch { dir, inotify, killed: false, sentinel };
         w.check();
         w
     }
@@ -42,6 +70,13 @@ impl OomWatch {
             while matches!(i.read_events(), Ok(e) if !e.is_empty()) {}
         }
         self.check();
+    }
+
+    /// The container has exited: a last read, then the sentinel may go.
+    pub(super) fn finish(&mut self) -> bool {
+        self.check();
+        drop(self.sentinel.take());
+        self.killed
     }
 
     /// Reads the `oom_kill` count; a cgroup already gone changes nothing.
