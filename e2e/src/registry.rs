@@ -31,21 +31,34 @@ pub fn free_port() -> u16 {
 impl Registry {
     /// An anonymous registry.
     pub async fn start() -> Registry {
-        Self::launch(None, None, None).await
+        Self::launch(None, None, None, None).await
     }
 
     /// A registry behind htpasswd basic auth with one user.
     pub async fn start_with_auth(user: &str, password: &str) -> Registry {
-        Self::launch(Some((user.to_string(), password.to_string())), None, None).await
+        Self::launch(Some((user.to_string(), password.to_string())), None, None, None).await
     }
 
     /// A second registry serving this one's storage (read it only) over
     /// TLS with `cert` and `key` (PEM): push to `self`, pull from the twin.
     pub async fn tls_twin(&self, cert: &Path, key: &Path) -> Registry {
-        Self::launch(None, Some(self.dir.path().join("storage")), Some((cert.to_path_buf(), key.to_path_buf()))).await
+        Self::launch(None, Some(self.dir.path().join("storage")), Some((cert.to_path_buf(), key.to_path_buf())), None).await
     }
 
-    async fn launch(auth: Option<(String, String)>, storage: Option<PathBuf>, tls: Option<(PathBuf, PathBuf)>) -> Registry {
+    /// Same, but only for clients presenting a certificate `client_ca`
+    /// signed, and with htpasswd basic auth for `user` on top.
+    pub async fn mtls_twin(&self, cert: &Path, key: &Path, client_ca: &Path, user: &str, password: &str) -> Registry {
+        let tls = Some((cert.to_path_buf(), key.to_path_buf()));
+        let auth = Some((user.to_string(), password.to_string()));
+        Self::launch(auth, Some(self.dir.path().join("storage")), tls, Some(client_ca.to_path_buf())).await
+    }
+
+    async fn launch(
+        auth: Option<(String, String)>,
+        storage: Option<PathBuf>,
+        tls: Option<(PathBuf, PathBuf)>,
+        client_ca: Option<PathBuf>,
+    ) -> Registry {
         assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: install Debian's docker-registry (deploy/deps.sh --test)");
         let dir = tempfile::Builder::new().prefix("berth-registry-").tempdir().expect("tempdir");
         let port = free_port();
@@ -60,6 +73,10 @@ impl Registry {
         let tls_yaml = match &tls {
             Some((cert, key)) => format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()),
             None => String::new(),
+        };
+        let tls_yaml = match &client_ca {
+            Some(ca) => format!("{tls_yaml}    clientcas:\n      - {}\n", ca.display()),
+            None => tls_yaml,
         };
         let storage = storage.unwrap_or_else(|| dir.path().join("storage"));
         let config = format!(

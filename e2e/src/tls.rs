@@ -50,3 +50,22 @@ pub fn ca_and_server_cert(dir: &Path) -> TestCerts {
     ]);
     TestCerts { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") }
 }
+
+/// A client certificate (`client.pem`, `client.key` in `dir`) signed by the
+/// CA [`ca_and_server_cert`] made there.
+pub fn client_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
+        assert!(st.success(), "openssl {args:?}");
+    };
+    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=berth node"]
+        .into_iter()
+        .chain(["-keyout", "client.key", "-out", "client.csr"])
+        .collect::<Vec<_>>());
+    std::fs::write(dir.join("client.cnf"), "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n").expect("client.cnf");
+    run(&[
+        "x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile",
+        "client.cnf", "-out", "client.pem",
+    ]);
+    (dir.join("client.pem"), dir.join("client.key"))
+}

@@ -111,9 +111,9 @@ async fn hosts_toml_mirrors_with_override_path_and_a_path_prefix() {
     cri.pull(&format!("{a}/library/busybox@{digest}")).await.expect("by digest through the pull-only mirror");
 
     // A hosts.toml berth cannot honour is a clear error naming the file.
-    write_hosts(hosts.path(), &a, &format!("[host.\"https://{proxy}\"]\n  client = [[\"c.pem\", \"k.pem\"]]\n"));
+    write_hosts(hosts.path(), &a, &format!("[host.\"https://{proxy}\"]\n  client = [\"a.pem\", \"b.pem\"]\n"));
     let e = cri.pull(&format!("{a}/library/busybox:latest")).await.unwrap_err();
-    assert!(e.message().contains("hosts.toml") && e.message().contains("client certificates"), "{e:?}");
+    assert!(e.message().contains("hosts.toml") && e.message().contains("one client certificate"), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +141,58 @@ async fn a_tls_registry_with_its_own_ca_from_hosts_toml() {
     // skip_verify: no CA, no verification.
     write_hosts(hosts.path(), &tls.host, &format!("server = \"https://{}\"\nskip_verify = true\n", tls.host));
     cri.pull(&image).await.expect("pull with skip_verify");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_wants_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let berth_e2e::tls::TestCerts { ca, cert, key } = berth_e2e::tls::ca_and_server_cert(certs.path());
+    let (client_pem, client_key) = berth_e2e::tls::client_cert(certs.path());
+    let plain = registry::Registry::start().await;
+    plain.push("busybox", "latest", &oci::busybox_image(&oci::ImageSettings::default())).await;
+    // TLS with client certificates required, and basic auth on top.
+    let mtls = plain.mtls_twin(&cert, &key, &ca, "node", "n0de-pass").await;
+    let image = mtls.reference("busybox", "latest");
+    let hosts = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[registry]\nconfig_path = \"{}\"\n[registry.auths.\"{}\"]\nusername = \"node\"\npassword = \"n0de-pass\"\n",
+        hosts.path().display(),
+        mtls.host
+    );
+    let berthd = Berthd::start_with_config(&config).await;
+    let mut cri = berthd.cri().await;
+    let dir = hosts.path().join(&mtls.host);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&ca, dir.join("ca.pem")).unwrap();
+    let server = format!("server = \"https://{}\"\nca = \"ca.pem\"\n", mtls.host);
+
+    // Without one, the registry ends the handshake.
+    write_hosts(hosts.path(), &mtls.host, &server);
+    let e = cri.pull(&image).await.expect_err("no client certificate");
+    assert!(e.message().to_lowercase().contains("certificate"), "{e:?}");
+    assert!(!mtls.log().contains("/v2/busybox/manifests/latest"), "nothing was served");
+
+    // A certificate and key pair next to hosts.toml: pulled, with the
+    // configured credentials answering the registry's basic challenge.
+    std::fs::copy(&client_pem, dir.join("client.pem")).unwrap();
+    std::fs::copy(&client_key, dir.join("client.key")).unwrap();
+    write_hosts(hosts.path(), &mtls.host, &format!("{server}client = [[\"client.pem\", \"client.key\"]]\n"));
+    cri.pull(&image).await.expect("pull presenting the client certificate");
+    assert!(mtls.log().contains("/v2/busybox/manifests/latest"), "served by the mTLS registry");
+    let digest = cri.image_status(&image).await.unwrap().expect("the image is there").id;
+    cri.image.remove_image(berth_e2e::cri::RemoveImageRequest { image: Some(berth_e2e::image_spec(&image)) }).await.unwrap();
+
+    // One PEM holding both (containerd's other form).
+    let both = [std::fs::read(&client_pem).unwrap(), std::fs::read(&client_key).unwrap()].concat();
+    std::fs::write(dir.join("both.pem"), both).unwrap();
+    write_hosts(hosts.path(), &mtls.host, &format!("{server}client = \"both.pem\"\n"));
+    cri.pull(&image).await.expect("pull with a combined PEM");
+    assert_eq!(cri.image_status(&image).await.unwrap().unwrap().id, digest);
+
+    // A file that is not there is named.
+    write_hosts(hosts.path(), &mtls.host, &format!("{server}client = \"missing.pem\"\n"));
+    let e = cri.pull(&format!("{}/busybox:other", mtls.host)).await.unwrap_err();
+    assert!(e.message().contains("missing.pem"), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

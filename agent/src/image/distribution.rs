@@ -1,4 +1,5 @@
-//! Talking to registries (OCI distribution API v2) through `oci-client`:
+//! Talking to registries (OCI distribution API v2) through `oci-client`
+//! (through [`super::http`] for a host with a client certificate):
 //! endpoint choice (mirrors, then the registry), HTTP for insecure hosts,
 //! credentials from the CRI `AuthConfig`, manifests and blob streams.
 
@@ -183,6 +184,7 @@ impl Registries {
                 skip_verify: false,
                 resolve: true,
                 mirror: i + 1 < n,
+                client: None,
             })
             .collect())
     }
@@ -223,9 +225,13 @@ impl Registries {
             let r = endpoint_reference(reference, &endpoint);
             // One client per pull: oci-client caches credentials per registry for
             // the client's lifetime, and each pull brings its own.
-            let client = client_for(&endpoint)?;
             let auth = self.credentials_for(&endpoint, creds)?.auth();
-            let remote = Remote { client, reference: r, auth, endpoint: endpoint.name.clone() };
+            let kind = if endpoint.client.is_some() {
+                RemoteKind::Http(super::http::HttpRemote::new(&endpoint, r.repository().to_string(), auth)?)
+            } else {
+                RemoteKind::Oci { client: client_for(&endpoint)?, reference: r, auth }
+            };
+            let remote = Remote { kind, endpoint: endpoint.name.clone() };
             match remote.manifest(&reference_target(reference)).await {
                 Ok((bytes, media_type)) => return Ok((remote, bytes, media_type)),
                 Err(e) => {
@@ -305,18 +311,27 @@ fn host_without_port(host: &str) -> &str {
 
 /// One registry endpoint serving one repository.
 pub struct Remote {
-    client: Client,
-    reference: Reference,
-    auth: RegistryAuth,
+    kind: RemoteKind,
     /// The host answering (a mirror or the registry).
     pub endpoint: String,
+}
+
+/// Who speaks to the endpoint: oci-client, or berth's own client for a host
+/// that wants a client certificate (see [`super::http`]).
+enum RemoteKind {
+    Oci { client: Client, reference: Reference, auth: RegistryAuth },
+    Http(super::http::HttpRemote),
 }
 
 impl Remote {
     /// Fetches a manifest by tag or digest: (bytes, media type).
     pub async fn manifest(&self, target: &str) -> Result<(Vec<u8>, String), RegistryError> {
-        let r = self.at(target);
-        let (bytes, _digest) = self.client.pull_manifest_raw(&r, &self.auth, ACCEPTED_MANIFESTS).await.map_err(|e| self.error(e))?;
+        let (client, reference, auth) = match &self.kind {
+            RemoteKind::Http(h) => return h.manifest(target).await,
+            RemoteKind::Oci { client, reference, auth } => (client, reference, auth),
+        };
+        let r = self.at(reference, target);
+        let (bytes, _digest) = client.pull_manifest_raw(&r, auth, ACCEPTED_MANIFESTS).await.map_err(|e| self.error(e))?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
@@ -326,16 +341,20 @@ impl Remote {
 
     /// Streams a blob.
     pub async fn blob(&self, digest: &str) -> Result<SizedStream, RegistryError> {
-        self.client.pull_blob_stream(&self.reference, &digest).await.map_err(|e| self.error(e))
+        match &self.kind {
+            RemoteKind::Http(h) => h.blob(digest).await,
+            RemoteKind::Oci { client, reference, .. } => client.pull_blob_stream(reference, &digest).await.map_err(|e| self.error(e)),
+        }
     }
 
-    fn at(&self, target: &str) -> Reference {
+    /// `target` (a tag or digest) of `reference`'s repository on this endpoint.
+    fn at(&self, reference: &Reference, target: &str) -> Reference {
         let mut r = if target.contains(':') {
-            Reference::with_digest(self.reference.registry().into(), self.reference.repository().into(), target.into())
+            Reference::with_digest(reference.registry().into(), reference.repository().into(), target.into())
         } else {
-            Reference::with_tag(self.reference.registry().into(), self.reference.repository().into(), target.into())
+            Reference::with_tag(reference.registry().into(), reference.repository().into(), target.into())
         };
-        if self.endpoint != self.reference.registry() {
+        if self.endpoint != reference.registry() {
             r.set_mirror_registry(self.endpoint.clone());
         }
         r

@@ -32,6 +32,9 @@ pub struct Endpoint {
     pub resolve: bool,
     /// Whether this is a mirror (not the registry's own server).
     pub mirror: bool,
+    /// The client certificate to present: (certificate PEM, key PEM), or one
+    /// PEM file holding both (key None).
+    pub client: Option<(PathBuf, Option<PathBuf>)>,
 }
 
 impl Endpoint {
@@ -58,7 +61,7 @@ struct HostFields {
     ca: Option<OneOrMany>,
     skip_verify: bool,
     override_path: bool,
-    client: Option<toml::Value>,
+    client: Option<ClientCerts>,
     header: Option<toml::Table>,
 }
 
@@ -66,6 +69,17 @@ struct HostFields {
 #[serde(untagged)]
 enum OneOrMany {
     One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+/// containerd's forms: one PEM with certificate and key, several such
+/// files, or (certificate, key) pairs (a key "" means the certificate file
+/// holds it).
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum ClientCerts {
+    One(PathBuf),
+    Pairs(Vec<(PathBuf, PathBuf)>),
     Many(Vec<PathBuf>),
 }
 
@@ -114,9 +128,17 @@ fn default_server(registry: &str) -> String {
 }
 
 fn endpoint(url: &str, f: &HostFields, base: &Path, mirror: bool) -> Result<Endpoint, String> {
-    if f.client.is_some() {
-        return Err("client certificates are not supported: berth's registry client (oci-client 0.18) cannot present one".into());
+    if client_count(f.client.as_ref()) > 1 {
+        return Err("client: berth presents one client certificate per host; list exactly one".into());
     }
+    let client = match &f.client {
+        None => None,
+        Some(ClientCerts::One(p)) => Some((base.join(p), None)),
+        Some(ClientCerts::Many(ps)) => ps.first().map(|p| (base.join(p), None)),
+        Some(ClientCerts::Pairs(pairs)) => {
+            pairs.first().map(|(cert, key)| (base.join(cert), (!key.as_os_str().is_empty()).then(|| base.join(key))))
+        }
+    };
     if f.header.is_some() {
         return Err("extra headers are not supported by berth's registry client".into());
     }
@@ -157,7 +179,28 @@ fn endpoint(url: &str, f: &HostFields, base: &Path, mirror: bool) -> Result<Endp
         Some(OneOrMany::One(p)) => vec![base.join(p)],
         Some(OneOrMany::Many(ps)) => ps.iter().map(|p| base.join(p)).collect(),
     };
-    Ok(Endpoint { name, http, repo_prefix, ca, skip_verify: f.skip_verify, resolve: capabilities.iter().any(|c| c == "resolve"), mirror })
+    if client.is_some() && http {
+        return Err("client: a client certificate needs https".into());
+    }
+    Ok(Endpoint {
+        name,
+        http,
+        repo_prefix,
+        ca,
+        skip_verify: f.skip_verify,
+        resolve: capabilities.iter().any(|c| c == "resolve"),
+        mirror,
+        client,
+    })
+}
+
+fn client_count(c: Option<&ClientCerts>) -> usize {
+    match c {
+        None => 0,
+        Some(ClientCerts::One(_)) => 1,
+        Some(ClientCerts::Many(v)) => v.len(),
+        Some(ClientCerts::Pairs(v)) => v.len(),
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +235,16 @@ ca = "server-ca.pem"
     }
 
     #[test]
+    fn client_certificates_in_containerds_three_forms() {
+        let base = Path::new("/etc/berth/certs.d/r");
+        let client = |v: &str| parse(&format!("client = {v}\n"), "r", base).unwrap().pop().unwrap().client;
+        assert_eq!(client("\"both.pem\""), Some((base.join("both.pem"), None)));
+        assert_eq!(client("[\"both.pem\"]"), Some((base.join("both.pem"), None)));
+        assert_eq!(client("[[\"c.pem\", \"/k/k.pem\"]]"), Some((base.join("c.pem"), Some(PathBuf::from("/k/k.pem")))));
+        assert_eq!(client("[[\"c.pem\", \"\"]]"), Some((base.join("c.pem"), None)));
+    }
+
+    #[test]
     fn docker_hub_default_server_and_v2_suffix() {
         let e = parse("[host.\"https://m.example/prefix/v2\"]\n", "docker.io", Path::new("/")).unwrap();
         assert_eq!(e[0].name, "m.example/prefix");
@@ -200,8 +253,10 @@ ca = "server-ca.pem"
 
     #[test]
     fn unsupported_and_wrong_settings_are_named() {
-        let e = parse("[host.\"https://m\"]\nclient = [[\"c.pem\", \"k.pem\"]]\n", "r", Path::new("/")).unwrap_err();
-        assert!(e.contains("host.\"https://m\"") && e.contains("client certificates"), "{e}");
+        let e = parse("[host.\"https://m\"]\nclient = [\"a.pem\", \"b.pem\"]\n", "r", Path::new("/")).unwrap_err();
+        assert!(e.contains("host.\"https://m\"") && e.contains("one client certificate"), "{e}");
+        let e = parse("[host.\"http://m\"]\nclient = \"c.pem\"\n", "r", Path::new("/")).unwrap_err();
+        assert!(e.contains("needs https"), "{e}");
         let e = parse("[host.\"https://m/x\"]\noverride_path = true\n", "r", Path::new("/")).unwrap_err();
         assert!(e.contains("override_path"), "{e}");
         let e = parse("[host.\"ftp://m\"]\n", "r", Path::new("/")).unwrap_err();

@@ -10,6 +10,7 @@
 pub mod content;
 pub mod distribution;
 pub mod hosts;
+mod http;
 mod locks;
 pub mod manifest;
 pub mod record;
