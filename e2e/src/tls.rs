@@ -13,59 +13,59 @@ pub struct TestCerts {
     pub key: PathBuf,
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// `<name>.key` and `<name>.pem` in `dir`: a key and a certificate for
+/// `subject` with the X.509 extensions `ext`, signed by `ca.pem`/`ca.key`.
+fn signed(dir: &Path, name: &str, subject: &str, ext: &str) -> (PathBuf, PathBuf) {
+    let (key, csr, cnf, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.cnf"), format!("{name}.pem"));
+    let mut req = vec!["req"];
+    req.extend(EC);
+    req.extend(["-subj", subject, "-keyout", &key, "-out", &csr]);
+    openssl(dir, &req);
+    std::fs::write(dir.join(&cnf), ext).expect("extensions file");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &cnf,
+            "-out",
+            &pem,
+        ],
+    );
+    (dir.join(pem), dir.join(key))
+}
+
 /// Makes a CA and a server certificate for IP 127.0.0.1 in `dir`, valid one day.
 pub fn ca_and_server_cert(dir: &Path) -> TestCerts {
-    let run = |args: &[&str]| {
-        let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
-        assert!(st.success(), "openssl {args:?}");
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
+    ca.extend(EC);
     ca.extend(["-days", "1", "-subj", "/CN=berth test CA", "-addext", "basicConstraints=critical,CA:TRUE"]);
     ca.extend(["-addext", "keyUsage=critical,keyCertSign", "-keyout", "ca.key", "-out", "ca.pem"]);
-    run(&ca);
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend(["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]);
-    run(&csr);
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
-        .expect("ext.cnf");
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.pem",
-    ]);
-    TestCerts { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") }
+    openssl(dir, &ca);
+    let ext = "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n";
+    let (cert, key) = signed(dir, "server", "/CN=127.0.0.1", ext);
+    TestCerts { ca: dir.join("ca.pem"), cert, key }
 }
 
 /// A client certificate (`client.pem`, `client.key` in `dir`) signed by the
 /// CA [`ca_and_server_cert`] made there.
 pub fn client_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
-        assert!(st.success(), "openssl {args:?}");
-    };
-    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=berth node"]
-        .into_iter()
-        .chain(["-keyout", "client.key", "-out", "client.csr"])
-        .collect::<Vec<_>>());
-    std::fs::write(dir.join("client.cnf"), "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n").expect("client.cnf");
-    run(&[
-        "x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile",
-        "client.cnf", "-out", "client.pem",
-    ]);
-    (dir.join("client.pem"), dir.join("client.key"))
+    signed(dir, "client", "/CN=berth node", "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n")
 }
