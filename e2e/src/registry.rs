@@ -31,18 +31,18 @@ pub fn free_port() -> u16 {
 impl Registry {
     /// An anonymous registry.
     pub async fn start() -> Registry {
-        Self::launch(None, None, None, None).await
+        Self::launch(None, None, None, None, None).await
     }
 
     /// A registry behind htpasswd basic auth with one user.
     pub async fn start_with_auth(user: &str, password: &str) -> Registry {
-        Self::launch(Some((user.to_string(), password.to_string())), None, None, None).await
+        Self::launch(Some((user.to_string(), password.to_string())), None, None, None, None).await
     }
 
     /// A second registry serving this one's storage (read it only) over
     /// TLS with `cert` and `key` (PEM): push to `self`, pull from the twin.
     pub async fn tls_twin(&self, cert: &Path, key: &Path) -> Registry {
-        Self::launch(None, Some(self.dir.path().join("storage")), Some((cert.to_path_buf(), key.to_path_buf())), None).await
+        Self::launch(None, Some(self.dir.path().join("storage")), Some((cert.to_path_buf(), key.to_path_buf())), None, None).await
     }
 
     /// Same, but only for clients presenting a certificate `client_ca`
@@ -50,7 +50,20 @@ impl Registry {
     pub async fn mtls_twin(&self, cert: &Path, key: &Path, client_ca: &Path, user: &str, password: &str) -> Registry {
         let tls = Some((cert.to_path_buf(), key.to_path_buf()));
         let auth = Some((user.to_string(), password.to_string()));
-        Self::launch(auth, Some(self.dir.path().join("storage")), tls, Some(client_ca.to_path_buf())).await
+        Self::launch(auth, Some(self.dir.path().join("storage")), tls, Some(client_ca.to_path_buf()), None).await
+    }
+
+    /// Same, with the distribution spec's token auth instead of basic: a
+    /// request without a token is sent to `realm` for one, from `issuer`
+    /// for `service`, signed by a key `bundle` (PEM) trusts.
+    pub async fn mtls_token_twin(&self, tls: (&Path, &Path), client_ca: &Path, token: (&str, &str, &str), bundle: &Path) -> Registry {
+        let (realm, service, issuer) = token;
+        let yaml = format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+            bundle.display()
+        );
+        let tls = Some((tls.0.to_path_buf(), tls.1.to_path_buf()));
+        Self::launch(None, Some(self.dir.path().join("storage")), tls, Some(client_ca.to_path_buf()), Some(yaml)).await
     }
 
     async fn launch(
@@ -58,6 +71,7 @@ impl Registry {
         storage: Option<PathBuf>,
         tls: Option<(PathBuf, PathBuf)>,
         client_ca: Option<PathBuf>,
+        token_yaml: Option<String>,
     ) -> Registry {
         assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: install Debian's docker-registry (deploy/deps.sh --test)");
         let dir = tempfile::Builder::new().prefix("berth-registry-").tempdir().expect("tempdir");
@@ -69,6 +83,9 @@ impl Registry {
             let hash = bcrypt::hash(password, 5).expect("bcrypt");
             std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("htpasswd");
             auth_yaml = format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display());
+        }
+        if let Some(yaml) = token_yaml {
+            auth_yaml = yaml;
         }
         let tls_yaml = match &tls {
             Some((cert, key)) => format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()),
@@ -217,5 +234,48 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
+    }
+}
+
+/// A registry's token endpoint on 127.0.0.1 (plain HTTP): answers every
+/// request with `{"token": <token>}` and keeps each request's head.
+pub struct TokenServer {
+    /// `http://127.0.0.1:<port>/token`.
+    pub realm: String,
+    /// The request heads (request line and headers), in order.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TokenServer {
+    /// Starts it.
+    pub async fn start(token: String) -> TokenServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let realm = format!("http://{}/token", listener.local_addr().expect("address"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (seen, token) = (seen.clone(), token.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.lock().expect("lock").push(String::from_utf8_lossy(&head).into_owned());
+                    let body = serde_json::json!({ "token": token }).to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        TokenServer { realm, requests }
     }
 }

@@ -69,3 +69,61 @@ pub fn ca_and_server_cert(dir: &Path) -> TestCerts {
 pub fn client_cert(dir: &Path) -> (PathBuf, PathBuf) {
     signed(dir, "client", "/CN=berth node", "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n")
 }
+
+/// A token issuer's RSA key and self-signed certificate in `dir`
+/// (`token.pem`, `token.key`): a registry's `rootcertbundle` trusts it.
+pub fn token_signer(dir: &Path) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=berth token issuer",
+            "-days",
+            "1",
+            "-keyout",
+            "token.key",
+            "-out",
+            "token.pem",
+        ],
+    );
+    dir.join("token.pem")
+}
+
+/// A registry bearer token (a JWT signed RS256 by [`token_signer`]'s key,
+/// its certificate in `x5c`) from `issuer` for `audience`, granting pull of
+/// `repository` for an hour.
+pub fn pull_token(dir: &Path, issuer: &str, audience: &str, repository: &str) -> String {
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let output = |args: &[&str], input: Option<&[u8]>| {
+        let mut child = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, input.unwrap_or_default()).expect("openssl stdin");
+        drop(stdin);
+        let out = child.wait_with_output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}");
+        out.stdout
+    };
+    let der = output(&["x509", "-in", "token.pem", "-outform", "DER"], None);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [base64::engine::general_purpose::STANDARD.encode(der)]});
+    let claims = serde_json::json!({
+        "iss": issuer, "sub": "node", "aud": audience, "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": format!("berth-{now}"),
+        "access": [{"type": "repository", "name": repository, "actions": ["pull"]}],
+    });
+    let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
+    let signature = output(&["dgst", "-sha256", "-sign", "token.key"], Some(signing_input.as_bytes()));
+    format!("{signing_input}.{}", url.encode(signature))
+}

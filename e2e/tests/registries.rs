@@ -193,6 +193,39 @@ async fn a_registry_that_wants_a_client_certificate() {
     write_hosts(hosts.path(), &mtls.host, &format!("{server}client = \"missing.pem\"\n"));
     let e = cri.pull(&format!("{}/busybox:other", mtls.host)).await.unwrap_err();
     assert!(e.message().contains("missing.pem"), "{e:?}");
+    drop(cri);
+    drop(berthd);
+
+    // The same host with the token flow (as Docker Hub and most registries
+    // authenticate): the registry's 401 names a realm, berth asks it for a
+    // pull token with the configured credentials, the registry verifies the
+    // signed token.
+    let bundle = berth_e2e::tls::token_signer(certs.path());
+    let token = berth_e2e::tls::pull_token(certs.path(), "berth-issuer", "berth-registry", "busybox");
+    let tokens = registry::TokenServer::start(token).await;
+    let tok = plain.mtls_token_twin((&cert, &key), &ca, (&tokens.realm, "berth-registry", "berth-issuer"), &bundle).await;
+    let image = tok.reference("busybox", "latest");
+    let config = format!(
+        "[registry]\nconfig_path = \"{}\"\n[registry.auths.\"{}\"]\nusername = \"node\"\npassword = \"n0de-pass\"\n",
+        hosts.path().display(),
+        tok.host
+    );
+    let berthd = Berthd::start_with_config(&config).await;
+    let mut cri = berthd.cri().await;
+    let dir = hosts.path().join(&tok.host);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::copy(hosts.path().join(&mtls.host).join(f), dir.join(f)).unwrap();
+    }
+    let text = format!("server = \"https://{}\"\nca = \"ca.pem\"\nclient = [[\"client.pem\", \"client.key\"]]\n", tok.host);
+    write_hosts(hosts.path(), &tok.host, &text);
+    cri.pull(&image).await.expect("pull through the token flow");
+    let asked = tokens.requests.lock().unwrap().clone();
+    assert!(!asked.is_empty(), "berth never asked the realm for a token");
+    assert!(asked[0].contains("scope=repository%3Abusybox%3Apull") && asked[0].contains("service=berth-registry"), "{}", asked[0]);
+    // The credentials go to the token endpoint (base64 of node:n0de-pass).
+    assert!(asked[0].contains("Basic bm9kZTpuMGRlLXBhc3M="), "{}", asked[0]);
+    assert!(tok.log().contains("/v2/busybox/manifests/latest"), "served once the token was shown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
