@@ -143,6 +143,20 @@ async fn a_tls_registry_with_its_own_ca_from_hosts_toml() {
     cri.pull(&image).await.expect("pull with skip_verify");
 }
 
+/// A berthd with the hosts directory `hosts` and node:n0de-pass for
+/// `registry`, a client, and `registry`'s directory in `hosts` (made).
+async fn berthd_for(hosts: &Path, registry: &str) -> (Berthd, berth_e2e::Cri, std::path::PathBuf) {
+    let config = format!(
+        "[registry]\nconfig_path = \"{}\"\n[registry.auths.\"{registry}\"]\nusername = \"node\"\npassword = \"n0de-pass\"\n",
+        hosts.display()
+    );
+    let berthd = Berthd::start_with_config(&config).await;
+    let cri = berthd.cri().await;
+    let dir = hosts.join(registry);
+    std::fs::create_dir_all(&dir).unwrap();
+    (berthd, cri, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_that_wants_a_client_certificate() {
     let certs = tempfile::tempdir().unwrap();
@@ -154,15 +168,7 @@ async fn a_registry_that_wants_a_client_certificate() {
     let mtls = plain.mtls_twin(&cert, &key, &ca, "node", "n0de-pass").await;
     let image = mtls.reference("busybox", "latest");
     let hosts = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[registry]\nconfig_path = \"{}\"\n[registry.auths.\"{}\"]\nusername = \"node\"\npassword = \"n0de-pass\"\n",
-        hosts.path().display(),
-        mtls.host
-    );
-    let berthd = Berthd::start_with_config(&config).await;
-    let mut cri = berthd.cri().await;
-    let dir = hosts.path().join(&mtls.host);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (berthd, mut cri, dir) = berthd_for(hosts.path(), &mtls.host).await;
     std::fs::copy(&ca, dir.join("ca.pem")).unwrap();
     let server = format!("server = \"https://{}\"\nca = \"ca.pem\"\n", mtls.host);
 
@@ -205,15 +211,7 @@ async fn a_registry_that_wants_a_client_certificate() {
     let tokens = registry::TokenServer::start(token).await;
     let tok = plain.mtls_token_twin((&cert, &key), &ca, (&tokens.realm, "berth-registry", "berth-issuer"), &bundle).await;
     let image = tok.reference("busybox", "latest");
-    let config = format!(
-        "[registry]\nconfig_path = \"{}\"\n[registry.auths.\"{}\"]\nusername = \"node\"\npassword = \"n0de-pass\"\n",
-        hosts.path().display(),
-        tok.host
-    );
-    let berthd = Berthd::start_with_config(&config).await;
-    let mut cri = berthd.cri().await;
-    let dir = hosts.path().join(&tok.host);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (_berthd, mut cri, dir) = berthd_for(hosts.path(), &tok.host).await;
     for f in ["ca.pem", "client.pem", "client.key"] {
         std::fs::copy(hosts.path().join(&mtls.host).join(f), dir.join(f)).unwrap();
     }
