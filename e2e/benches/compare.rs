@@ -334,6 +334,10 @@ async fn scale(rt: &mut Rt, t: &mut Table, levels: &[usize], monitors: &dyn Fn()
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     t.add("daemon RSS idle, after", rt.name, "MiB", status_kib(rt.pid, "VmRSS:") / 1024.0);
+    // What the RSS is: file pages (the binary's code as it got touched,
+    // reclaimable) or anonymous memory (heap, stacks) — different remedies.
+    t.add("… of which file-backed (code)", rt.name, "MiB", status_kib(rt.pid, "RssFile:") / 1024.0);
+    t.add("… of which anonymous (heap, stacks)", rt.name, "MiB", status_kib(rt.pid, "RssAnon:") / 1024.0);
 }
 
 /// The kernel's own cost: unshare of a pod's namespaces + `true`; a netns
