@@ -166,9 +166,11 @@ impl Cgroups {
         removed
     }
 
-    /// Whether the kernel OOM-killed a process of the cgroup. Under systemd
-    /// the cgroup of a scope is gone once it is empty; systemd remembers the
-    /// kill as the scope's result.
+    /// Whether the kernel OOM-killed a process of the cgroup, read after the
+    /// fact (the monitor's live count comes first, see the caller). Under
+    /// systemd the cgroup of a scope is gone once it is empty; systemd may
+    /// still hold the kill as the failed scope's result (252 does when it
+    /// saw the event before the scope emptied).
     pub fn oom_killed(&self, path: &str) -> bool {
         if cgroup::oom_killed(path) {
             return true;
