@@ -24,7 +24,7 @@ fn tag() -> String {
 
 /// `systemctl show -p <prop> --value <unit>`.
 fn show(unit: &str, prop: &str) -> String {
-    let out = Command::new("systemctl").args(["show", "-p", prop, "--value", unit]).output().expect("systemctl");
+    let out = Command::new("systemctl").args(["--no-ask-password", "show", "-p", prop, "--value", unit]).output().expect("systemctl");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -41,7 +41,7 @@ async fn assert_gone(unit: &str) {
 }
 
 fn daemon_reload() {
-    let s = Command::new("systemctl").arg("daemon-reload").status().expect("systemctl");
+    let s = Command::new("systemctl").args(["--no-ask-password", "daemon-reload"]).status().expect("systemctl");
     assert!(s.success());
 }
 
@@ -182,7 +182,18 @@ async fn containers_are_systemd_scopes() {
     c.linux.as_mut().unwrap().resources = Some(resources(32 << 20, 0));
     let hog = f.cri.run(&pod, c, &cfg).await;
     let s = f.cri.wait_exited(&hog, Duration::from_secs(60)).await;
-    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+    let bundle = f.berthd.paths.state.join("containers").join(&hog);
+    let why = || {
+        let unit = format!("berth-{hog}.scope");
+        format!(
+            "exit file {:?}; monitor log {:?}; unit {} {}",
+            std::fs::read_to_string(bundle.join("exit")).unwrap_or_default(),
+            std::fs::read_to_string(bundle.join("monitor.log")).unwrap_or_default(),
+            show(&unit, "ActiveState"),
+            show(&unit, "Result")
+        )
+    };
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{}", why());
 
     // Removal leaves no unit behind, failed or not.
     f.cri.remove_pod(&pod).await;
@@ -192,7 +203,7 @@ async fn containers_are_systemd_scopes() {
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/{cg}")).exists());
     // kubelet's slice stays kubelet's.
     assert_eq!(show(&pod_slice, "ActiveState"), "active");
-    let _ = Command::new("systemctl").args(["stop", &format!("kubepods_{t}.slice")]).status();
+    let _ = Command::new("systemctl").args(["--no-ask-password", "stop", &format!("kubepods_{t}.slice")]).status();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,5 +261,5 @@ async fn own_pod_slices_survive_restart_and_strays_are_collected() {
     // and no cgroup.
     assert_eq!(show(&pod_slice, "ActiveState"), "inactive");
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/{parent}/{pod_slice}")).exists());
-    let _ = Command::new("systemctl").args(["stop", &parent]).status();
+    let _ = Command::new("systemctl").args(["--no-ask-password", "stop", &parent]).status();
 }

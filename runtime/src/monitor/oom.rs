@@ -28,13 +28,19 @@ pub(super) struct OomWatch {
 pub(super) fn start_sentinel(dir: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: the monitor is single-threaded; the child only makes raw
-    // syscalls (dup2, close_range, read, _exit) before it ends.
+    // syscalls (signal, dup2, close_range, read, _exit) before it ends.
     match unsafe { crate::process::clone::fork_into_cgroup(dir) }? {
         nix::unistd::ForkResult::Child => {
             let rfd = std::os::fd::AsRawFd::as_raw_fd(&r);
             // SAFETY: plain syscalls on fds this process owns; it holds
             // nothing but fd 0 afterwards (no container stdin or log).
             unsafe {
+                // systemd < 253 answers an OOM kill in a scope by stopping
+                // it with SIGTERM to every process; the sentinel outlasts
+                // that until the monitor has read the count.
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
                 libc::dup2(rfd, 0);
                 libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
                 let mut b = [0u8; 1];
@@ -55,7 +61,7 @@ impl OomWatch {
             i.add_watch(path.as_str(), AddWatchFlags::IN_MODIFY).ok().map(|_| i)
         });
         let mut w = OomWatch { dir, inotify, killed: false, sentinel };
-        w.check();
+        let _ = w.check();
         w
     }
 
@@ -69,25 +75,38 @@ impl OomWatch {
         if let Some(i) = &self.inotify {
             while matches!(i.read_events(), Ok(e) if !e.is_empty()) {}
         }
-        self.check();
+        let _ = self.check();
     }
 
     /// The container has exited: a last read, then the sentinel may go.
     pub(super) fn finish(&mut self) -> bool {
-        self.check();
+        let before = self.killed;
+        let read = self.check();
+        crate::diag::log(
+            crate::diag::Level::Info,
+            &format!("oom count at exit: killed={} (seen live: {before}; exit-time read: {read})", self.killed),
+        );
         drop(self.sentinel.take());
         self.killed
     }
 
     /// Reads the `oom_kill` count; a cgroup already gone changes nothing.
-    pub(super) fn check(&mut self) {
+    /// What happened, for the log.
+    pub(super) fn check(&mut self) -> String {
         if self.killed {
-            return;
+            return "skipped".into();
         }
-        let Ok(fd) = openat(self.dir.as_fd(), "memory.events", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) else { return };
+        let fd = match openat(self.dir.as_fd(), "memory.events", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => return format!("open: {e}"),
+        };
         let mut text = String::new();
-        if std::fs::File::from(fd).read_to_string(&mut text).is_ok() {
-            self.killed = oom_kills(&text) > 0;
+        match std::fs::File::from(fd).read_to_string(&mut text) {
+            Ok(_) => {
+                self.killed = oom_kills(&text) > 0;
+                format!("oom_kill {}", oom_kills(&text))
+            }
+            Err(e) => format!("read: {e}"),
         }
     }
 }
