@@ -478,11 +478,15 @@ pub fn apply_devices(path: &str, rules: &[DeviceRule]) -> Result<(), CgroupError
 
 /// True when the kernel OOM-killed a process of the cgroup.
 pub fn oom_killed(path: &str) -> bool {
-    let count = |text: Option<String>| {
-        text.and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()))).unwrap_or(0)
-    };
+    let count = |text: Option<String>| text.as_deref().map_or(0, oom_kills);
     let cg = Located::of(path);
     count(cg.read("memory.events")) > 0 || count(cg.read("memory.oom_control")) > 0
+}
+
+/// The `oom_kill` count of a `memory.events` (v2) or `memory.oom_control`
+/// (v1) text.
+pub fn oom_kills(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
 }
 
 /// CPU and memory use of a cgroup, read from its files.

@@ -249,11 +249,6 @@ impl Systemd {
             ("Slice", Value::from(slice.to_string())),
             ("PIDs", Value::from(vec![pid])),
             ("Delegate", Value::Bool(true)),
-            ("DefaultDependencies", Value::Bool(false)),
-            ("CPUAccounting", Value::Bool(true)),
-            ("MemoryAccounting", Value::Bool(true)),
-            ("TasksAccounting", Value::Bool(true)),
-            ("IOAccounting", Value::Bool(true)),
             // systemd's DefaultTasksMax would cap every container at 15% of
             // pid_max; kubelet limits pids per pod, on the pod's slice.
             ("TasksMax", Value::U64(u64::MAX)),
@@ -272,18 +267,20 @@ impl Systemd {
         if self.active_state(unit).as_deref() == Some("active") {
             return Ok(());
         }
-        let props: Vec<Property> = vec![
-            ("Description", Value::from(format!("berth pod {unit}"))),
+        self.start_transient(unit, vec![("Description", Value::from(format!("berth pod {unit}")))])
+    }
+
+    /// Starts `unit` with `props`, outside systemd's default dependencies
+    /// and with every accounting on (berth reads all of a unit's cgroup
+    /// files); returns once it is active.
+    fn start_transient(&self, unit: &str, mut props: Vec<Property>) -> Result<()> {
+        props.extend([
             ("DefaultDependencies", Value::Bool(false)),
             ("CPUAccounting", Value::Bool(true)),
             ("MemoryAccounting", Value::Bool(true)),
             ("TasksAccounting", Value::Bool(true)),
             ("IOAccounting", Value::Bool(true)),
-        ];
-        self.start_transient(unit, props)
-    }
-
-    fn start_transient(&self, unit: &str, props: Vec<Property>) -> Result<()> {
+        ]);
         let aux: Vec<(&str, Vec<(&str, Value)>)> = Vec::new();
         let reply = self.call("StartTransientUnit", unit, &(unit, "replace", props, aux))?;
         let job: OwnedObjectPath = reply.body().deserialize().map_err(|source| SystemdError::Call {

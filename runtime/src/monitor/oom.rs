@@ -103,25 +103,21 @@ impl OomWatch {
         let mut text = String::new();
         match std::fs::File::from(fd).read_to_string(&mut text) {
             Ok(_) => {
-                self.killed = oom_kills(&text) > 0;
-                format!("oom_kill {}", oom_kills(&text))
+                let kills = crate::cgroup::oom_kills(&text);
+                self.killed = kills > 0;
+                format!("oom_kill {kills}")
             }
             Err(e) => format!("read: {e}"),
         }
     }
 }
 
-/// The `oom_kill` count of a `memory.events` text.
-fn oom_kills(text: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn counts_oom_kills() {
-        assert_eq!(super::oom_kills("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
-        assert_eq!(super::oom_kills("low 0\nmax 3\noom 0\noom_kill 0\n"), 0);
-        assert_eq!(super::oom_kills(""), 0);
+        assert_eq!(crate::cgroup::oom_kills("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
+        assert_eq!(crate::cgroup::oom_kills("low 0\nmax 3\noom 0\noom_kill 0\n"), 0);
+        assert_eq!(crate::cgroup::oom_kills(""), 0);
     }
 }
