@@ -16,12 +16,16 @@ use crate::config::CgroupDriver;
 
 /// A cgroup made for a process that does not exist yet: under systemd, the
 /// scope's holder process, to be released once the process has joined.
-pub struct Pending(Option<systemd::HeldScope>);
+pub struct Pending {
+    held: Option<systemd::HeldScope>,
+    /// The `cgroup.procs` files a process writes to join the cgroup.
+    pub procs: Vec<std::path::PathBuf>,
+}
 
 impl Pending {
     /// The new process is in its cgroup: the scope no longer needs holding.
     pub fn joined(self) {
-        if let Some(h) = self.0 {
+        if let Some(h) = self.held {
             h.release();
         }
     }
@@ -136,8 +140,8 @@ impl Cgroups {
                 Some(sd.start_scope(unit, slice, holder, systemd::limit_properties(limits, v2)).map_err(|e| e.to_string())?)
             }
         };
-        cgroup::create(path).map_err(|e| e.to_string())?;
-        Ok(Pending(held))
+        let procs = cgroup::create(path).map_err(|e| e.to_string())?;
+        Ok(Pending { held, procs })
     }
 
     /// Changes a container's limits (unit properties first, then the files).

@@ -191,7 +191,7 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecor
         let path = init_cgroup(node, &rec);
         let pending =
             node.cgroups.create_leaf(&path, &Default::default(), node.cgroup_v2, monitor).map_err(|e| internal("pod init cgroup", e))?;
-        let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: cgroup::procs_files_of(&path) };
+        let args = sandbox::PodInitArgs { pod_id: rec.id.clone(), pod_dir: dir.clone(), cgroup_procs: pending.procs.clone() };
         let init = sandbox::spawn_pod_init(monitor, &args).map_err(|e| internal("pod PID namespace", e))?;
         pending.joined();
         rec.init_pid = init.pid;
