@@ -14,8 +14,25 @@ pub struct TestCerts {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let st = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
-    assert!(st.success(), "openssl {args:?}");
+    openssl_io(dir, args, b"");
+}
+
+/// openssl with `input` on its stdin; its stdout.
+fn openssl_io(dir: &Path, args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, input).expect("openssl stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
 }
 
 const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
@@ -100,23 +117,7 @@ pub fn token_signer(dir: &Path) -> PathBuf {
 pub fn pull_token(dir: &Path, issuer: &str, audience: &str, repository: &str) -> String {
     use base64::Engine as _;
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let output = |args: &[&str], input: Option<&[u8]>| {
-        let mut child = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl");
-        let mut stdin = child.stdin.take().expect("stdin");
-        std::io::Write::write_all(&mut stdin, input.unwrap_or_default()).expect("openssl stdin");
-        drop(stdin);
-        let out = child.wait_with_output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}");
-        out.stdout
-    };
-    let der = output(&["x509", "-in", "token.pem", "-outform", "DER"], None);
+    let der = openssl_io(dir, &["x509", "-in", "token.pem", "-outform", "DER"], b"");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [base64::engine::general_purpose::STANDARD.encode(der)]});
     let claims = serde_json::json!({
@@ -124,6 +125,6 @@ pub fn pull_token(dir: &Path, issuer: &str, audience: &str, repository: &str) ->
         "access": [{"type": "repository", "name": repository, "actions": ["pull"]}],
     });
     let signing_input = format!("{}.{}", url.encode(header.to_string()), url.encode(claims.to_string()));
-    let signature = output(&["dgst", "-sha256", "-sign", "token.key"], Some(signing_input.as_bytes()));
+    let signature = openssl_io(dir, &["dgst", "-sha256", "-sign", "token.key"], signing_input.as_bytes());
     format!("{signing_input}.{}", url.encode(signature))
 }

@@ -51,8 +51,7 @@ fn file(cgroup: &str, name: &str) -> String {
 
 /// `berthd check`'s output for a config file.
 fn check(config: &std::path::Path) -> String {
-    let out = Command::new(berth_e2e::berthd_bin()).arg("--config").arg(config).arg("check").output().expect("berthd check");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    berth_e2e::run_berthd(&["--config", &config.display().to_string(), "check"]).1
 }
 
 fn info(r: &cri::ContainerStatusResponse) -> serde_json::Value {
@@ -96,12 +95,17 @@ async fn systemd_driver_refused_without_systemd() {
     );
     std::fs::write(&cfg, text).unwrap();
     let arg = |sub: &str| dir.path().join(sub).display().to_string();
-    let out = Command::new(berth_e2e::berthd_bin())
-        .args(["--config", &arg("config.toml"), "--root", &arg("root"), "--state", &arg("state"), "--socket", &arg("berth.sock")])
-        .output()
-        .expect("berthd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "berthd started without systemd:\n{err}");
+    let (status, _, err) = berth_e2e::run_berthd(&[
+        "--config",
+        &arg("config.toml"),
+        "--root",
+        &arg("root"),
+        "--state",
+        &arg("state"),
+        "--socket",
+        &arg("berth.sock"),
+    ]);
+    assert!(!status.success(), "berthd started without systemd:\n{err}");
     assert!(err.contains("runtime.cgroup_driver") && err.contains("cannot reach systemd"), "{err}");
     assert!(!std::path::Path::new(&format!("/sys/class/net/{}", net.bridge)).exists(), "nothing was set up");
     assert!(check(&cfg).contains("MISSING cgroup_driver: cannot reach systemd"));
