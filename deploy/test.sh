@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/deps.sh --test
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+# One clean build: incremental state would only double the target dir on disk.
+export CARGO_INCREMENTAL=0
+df -h . | sed 's/^/disk: /'
 # House rules first: formatting and lints are part of the suite.
 cargo fmt --all --check
 cargo fmt --manifest-path pause/Cargo.toml --check
