@@ -14,6 +14,7 @@ mod http;
 mod locks;
 pub mod manifest;
 pub mod record;
+mod reference;
 pub mod unpack;
 
 pub use distribution::RegistryConfig;
@@ -76,7 +77,7 @@ pub enum ImageError {
 /// (`busybox` → `docker.io/library/busybox:latest`).
 pub fn parse_reference(s: &str) -> Result<Reference, ImageError> {
     let invalid = |reason: String| ImageError::InvalidReference { reference: s.into(), reason };
-    let r = s.parse::<Reference>().map_err(|e| invalid(e.to_string()))?;
+    let r = reference::parse(s).map_err(invalid)?;
     // The grammar lets an uppercase first component through as a "domain"
     // that then lands in the repository; Docker refuses those.
     if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
