@@ -142,6 +142,7 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), stages_us = %stages,
         state = %config.state.display(), version = env!("CARGO_PKG_VERSION"), "berthd serving CRI v1");
 
+    let trim = tokio::spawn(crate::memory::trim_when_idle());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = cri::server(agent.clone()).serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
         let _ = stop_rx.await;
@@ -170,6 +171,7 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
         break graceful(&mut server, signal, config.shutdown_timeout_seconds, stop).await;
     };
 
+    trim.abort();
     // The store closes when the last reference goes; in-flight RPCs are done.
     drop(agent);
     if let Err(e) = std::fs::remove_file(&config.socket) {

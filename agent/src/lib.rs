@@ -23,6 +23,7 @@ pub mod fault;
 pub mod image;
 pub mod index;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod net;

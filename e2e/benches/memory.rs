@@ -1,7 +1,7 @@
 //! berthd's memory after large outputs: RSS at start, right after 10
 //! ExecSyncs that each print 10–40 MB (berth keeps the first 8 MiB − 32 KiB
 //! of each stream), and once idle again; then the same after a mixed round
-//! of pods and containers. Medians of repeated rounds, each on a fresh
+//! of pods and containers, one at a time and then from 8 clients at once. Medians of repeated rounds, each on a fresh
 //! berthd. `cargo bench -p berth-e2e --bench memory`
 
 use std::time::Duration;
@@ -32,6 +32,7 @@ fn row(label: &str, v: &[(f64, f64)]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let (mut start, mut after_exec, mut idle_exec, mut idle_pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut busy_clients, mut idle_clients) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let mut f = Fixture::start().await;
         let pid = f.berthd.pid();
@@ -63,6 +64,30 @@ async fn main() {
         f.cri.remove_pod(&pod).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         idle_pods.push(rss_mib(pid));
+        // 8 clients, 12 pods with a container each, up then down.
+        let mut clients = Vec::new();
+        for k in 0..8 {
+            let mut cri = f.berthd.cri().await;
+            let pods: Vec<_> = (0..12).map(|i| f.pod(&format!("bench-mem-{k}-{i}"))).collect();
+            let container = f.container("c", &["sleep", "100000"]);
+            clients.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for cfg in pods {
+                    let p = cri.run_pod(cfg.clone()).await.unwrap();
+                    cri.run(&p, container.clone(), &cfg).await;
+                    ids.push(p);
+                }
+                for p in ids {
+                    cri.remove_pod(&p).await;
+                }
+            }));
+        }
+        for c in clients {
+            c.await.unwrap();
+        }
+        busy_clients.push(rss_mib(pid));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        idle_clients.push(rss_mib(pid));
     }
     println!("berthd memory, {ROUNDS} rounds on fresh daemons (medians, MiB)");
     println!("  {:<38} {:>6} {:>6}", "", "RSS", "anon");
@@ -70,4 +95,6 @@ async fn main() {
     row("after 10 ExecSync of 10-40 MB", &after_exec);
     row("idle 5 s later", &idle_exec);
     row("idle after 20 pods up and down", &idle_pods);
+    row("right after 96 more from 8 clients", &busy_clients);
+    row("idle 5 s later", &idle_clients);
 }

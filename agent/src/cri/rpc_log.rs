@@ -40,9 +40,11 @@ where
         // "/runtime.v1.RuntimeService/Version" -> "Version"
         let rpc = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
         let start = Instant::now();
+        crate::memory::note_activity();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
+            crate::memory::note_activity();
             let took = start.elapsed();
             let micros = took.as_micros() as u64;
             match &result {
