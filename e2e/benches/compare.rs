@@ -462,6 +462,8 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table) {
 async fn main() {
     let runs = env("COMPARE_RUNS", 30);
     let quick = std::env::var("COMPARE_QUICK").is_ok();
+    // At its default log level, as containerd runs here.
+    berth_e2e::set_log_level("info");
     let f = Fixture::start().await;
     let pause = push_pause(&f.registry).await;
     let subnet = format!("10.201.{}.0/24", std::process::id() % 250);

@@ -187,6 +187,16 @@ impl Default for NetNames {
     }
 }
 
+/// The `--log-level` of every berthd started from then on: `debug`, whose
+/// log the tests print when they fail, unless a benchmark sets `info` (the
+/// default an operator runs with, as the containerd it is compared with).
+static LOG_LEVEL: std::sync::RwLock<&str> = std::sync::RwLock::new("debug");
+
+/// Sets the log level of the berthd instances started from now on.
+pub fn set_log_level(level: &'static str) {
+    *LOG_LEVEL.write().unwrap_or_else(|e| e.into_inner()) = level;
+}
+
 impl Berthd {
     /// Starts berthd with built-in defaults and temp paths.
     pub async fn start() -> Berthd {
@@ -229,7 +239,7 @@ impl Berthd {
             dir,
             paths,
             child: None,
-            extra_args: vec!["--log-level".into(), "debug".into()],
+            extra_args: vec!["--log-level".into(), LOG_LEVEL.read().unwrap_or_else(|e| e.into_inner()).to_string()],
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             cgroup_parent,
             net,
