@@ -186,6 +186,8 @@ async fn wait_exit(node: &Node, rec: &ContainerRecord, timeout: Duration) -> boo
 /// starts the monitor; the init then waits for StartContainer. A retry with
 /// the same name while the first is in flight gets the first one's result.
 pub async fn create(node: &Arc<Node>, pod_id: &str, config: ContainerRequest) -> Result<String> {
+    // Timed from the request: the stages of the log line cover all of it.
+    let stages = Stages::new();
     let pod = node.pods.find(pod_id)?;
     if pod.state != PodState::Ready {
         return Err(Error::FailedPrecondition(format!("pod sandbox {} is not ready", pod.id)));
@@ -216,7 +218,7 @@ pub async fn create(node: &Arc<Node>, pod_id: &str, config: ContainerRequest) ->
         .run(format!("ctr:{name_key}"), check, async move {
             let id = random_id().map_err(|e| internal("container id from the kernel's random source", e))?;
             let span = tracing::info_span!("container", container_id = %id, pod_id = %pod.id, name = %config.name);
-            tracing::Instrument::instrument(create_inner(node2, pod, config, image, volumes, id), span).await
+            tracing::Instrument::instrument(create_inner(node2, pod, config, image, volumes, id, stages), span).await
         })
         .await
 }
@@ -262,6 +264,7 @@ async fn create_inner(
     image: ImageRecord,
     volumes: Vec<(usize, ImageRecord)>,
     id: String,
+    mut stages: Stages,
 ) -> Result<String> {
     let mut image_volumes = std::collections::HashMap::new();
     for (i, v) in &volumes {
@@ -337,7 +340,9 @@ async fn create_inner(
         ..Default::default()
     };
     let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
+    stages.mark("prepare");
     node.containers.put(&rec)?;
+    stages.mark("intent_record");
     crate::fault::point("container.create.after_intent");
 
     let device_rules = spec_device_rules(&built.spec)?;
@@ -346,7 +351,7 @@ async fn create_inner(
     let spec = built.spec;
     let bundle_dir = node.bundle(&id);
     let made = tokio::task::spawn_blocking(move || -> Result<(berth_runtime::Created, Stages)> {
-        let mut stages = Stages::new();
+        stages.mark("to_blocking");
         for d in [&layer, &layer.join("upper"), &layer.join("work")] {
             std::fs::create_dir_all(d).map_err(|e| internal(&d.display().to_string(), e))?;
         }
@@ -372,7 +377,7 @@ async fn create_inner(
     })
     .await?;
     match made {
-        Ok((created, stages)) => {
+        Ok((created, mut stages)) => {
             crate::fault::point("container.create.after_monitor");
             rec.state = ContainerState::Created;
             rec.pid = created.pid;
@@ -382,6 +387,7 @@ async fn create_inner(
             rec.gid = created.gid as i64;
             rec.groups = created.groups.iter().map(|g| *g as i64).collect();
             node.containers.put(&rec)?;
+            stages.mark("created_record");
             watch(&node, rec.id.clone(), rec.monitor_pid);
             node.events.emit(&rec.id, &rec.pod_id, EventKind::Created);
             crate::telemetry::get().container_stages(&stages);
