@@ -309,6 +309,15 @@ fn host_without_port(host: &str) -> &str {
     }
 }
 
+/// A manifest's media type: its own `mediaType` field, else `fallback`
+/// (what the response's Content-Type said, where there was one).
+pub(super) fn media_type(manifest: &[u8], fallback: String) -> String {
+    serde_json::from_slice::<serde_json::Value>(manifest)
+        .ok()
+        .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or(fallback)
+}
+
 /// One registry endpoint serving one repository.
 pub struct Remote {
     kind: RemoteKind,
@@ -332,10 +341,7 @@ impl Remote {
         };
         let r = self.at(reference, target);
         let (bytes, _digest) = client.pull_manifest_raw(&r, auth, ACCEPTED_MANIFESTS).await.map_err(|e| self.error(e))?;
-        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or_default();
+        let media_type = media_type(&bytes, String::new());
         Ok((bytes.to_vec(), media_type))
     }
 

@@ -128,17 +128,18 @@ fn default_server(registry: &str) -> String {
 }
 
 fn endpoint(url: &str, f: &HostFields, base: &Path, mirror: bool) -> Result<Endpoint, String> {
-    if client_count(f.client.as_ref()) > 1 {
-        return Err("client: berth presents one client certificate per host; list exactly one".into());
-    }
-    let client = match &f.client {
-        None => None,
-        Some(ClientCerts::One(p)) => Some((base.join(p), None)),
-        Some(ClientCerts::Many(ps)) => ps.first().map(|p| (base.join(p), None)),
+    let mut clients: Vec<(PathBuf, Option<PathBuf>)> = match &f.client {
+        None => Vec::new(),
+        Some(ClientCerts::One(p)) => vec![(base.join(p), None)],
+        Some(ClientCerts::Many(ps)) => ps.iter().map(|p| (base.join(p), None)).collect(),
         Some(ClientCerts::Pairs(pairs)) => {
-            pairs.first().map(|(cert, key)| (base.join(cert), (!key.as_os_str().is_empty()).then(|| base.join(key))))
+            pairs.iter().map(|(cert, key)| (base.join(cert), (!key.as_os_str().is_empty()).then(|| base.join(key)))).collect()
         }
     };
+    if clients.len() > 1 {
+        return Err("client: berth presents one client certificate per host; list exactly one".into());
+    }
+    let client = clients.pop();
     if f.header.is_some() {
         return Err("extra headers are not supported by berth's registry client".into());
     }
@@ -192,15 +193,6 @@ fn endpoint(url: &str, f: &HostFields, base: &Path, mirror: bool) -> Result<Endp
         mirror,
         client,
     })
-}
-
-fn client_count(c: Option<&ClientCerts>) -> usize {
-    match c {
-        None => 0,
-        Some(ClientCerts::One(_)) => 1,
-        Some(ClientCerts::Many(v)) => v.len(),
-        Some(ClientCerts::Pairs(v)) => v.len(),
-    }
 }
 
 #[cfg(test)]

@@ -156,10 +156,7 @@ impl HttpRemote {
         let resp = self.get(&format!("manifests/{target}"), &super::distribution::ACCEPTED_MANIFESTS.join(", ")).await?;
         let header = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let bytes = resp.bytes().await.map_err(|e| self.fail(super::distribution::flatten_error(&e)))?.to_vec();
-        let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or(header);
+        let media_type = super::distribution::media_type(&bytes, header);
         Ok((bytes, media_type))
     }
 

@@ -48,7 +48,7 @@ pub fn parse(s: &str) -> Result<Reference, String> {
     if repository.len() > NAME_MAX {
         return Err(format!("repository name must not be longer than {NAME_MAX} characters"));
     }
-    let (registry, repository) = (registry.to_string(), repository);
+    let registry = registry.to_string();
     Ok(match (tag, digest) {
         (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t.into(), d.into()),
         (None, Some(d)) => Reference::with_digest(registry, repository, d.into()),
