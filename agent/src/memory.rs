@@ -8,7 +8,7 @@
 //! free page of every arena (`MADV_DONTNEED`), so berthd calls it once after
 //! each burst of RPCs, when a whole tick has passed without one. Measured
 //! (memory bench, 96 pods started and removed by 8 clients, three rounds):
-//! 5.2–5.5 MiB of anonymous memory stayed without the trim, 4.0–4.2 MiB
+//! 5.2–5.5 MiB of anonymous memory stayed without the trim, 3.9–4.1 MiB
 //! with it.
 
 use std::sync::atomic::{AtomicU64, Ordering};

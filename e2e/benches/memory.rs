@@ -1,8 +1,9 @@
 //! berthd's memory after large outputs: RSS at start, right after 10
 //! ExecSyncs that each print 10–40 MB (berth keeps the first 8 MiB − 32 KiB
 //! of each stream), and once idle again; then the same after a mixed round
-//! of pods and containers, one at a time and then from 8 clients at once. Medians of repeated rounds, each on a fresh
-//! berthd. `cargo bench -p berth-e2e --bench memory`
+//! of pods and containers, one at a time and then from 8 clients at once.
+//! Medians of repeated rounds, each on a fresh berthd.
+//! `cargo bench -p berth-e2e --bench memory`
 
 use std::time::Duration;
 
