@@ -48,6 +48,9 @@ pub struct Node {
     pub handlers: std::collections::BTreeMap<String, Handler>,
     /// Whether the node runs cgroup v2.
     pub cgroup_v2: bool,
+    /// `<state>/pods` is a mount of its own: containers set it aside
+    /// (see `berth_runtime::annotations::SET_ASIDE`).
+    pub pods_dir_mounted: bool,
     /// The cgroup driver.
     pub cgroups: crate::cgroups::Cgroups,
     /// The pod network.
@@ -159,6 +162,22 @@ impl Node {
         for dir in [config.state.join("pods"), config.state.join("containers")] {
             berth_runtime::fs::ensure_private_dir(&dir).map_err(Error::internal_fn(dir.display().to_string()))?;
         }
+        let pods_dir = config.state.join("pods");
+        let pods_dir_mounted = match berth_runtime::sandbox::mount_pods_dir(&pods_dir) {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::info!(
+                    dir = %pods_dir.display(),
+                    "pods of an earlier berthd hold mounts in the pods dir: it becomes a mount of its own at a start with none, \
+                     until then each container start copies every pod's mounts"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(dir = %pods_dir.display(), error = %e, "cannot make the pods dir a mount of its own: each container start copies every pod's mounts");
+                false
+            }
+        };
         let pod_cidr = store.setting(POD_CIDR_SETTING)?;
         let network = crate::net::Network::open(&config, pod_cidr.as_deref())?;
         Ok(Node {
@@ -171,6 +190,7 @@ impl Node {
             default_handler,
             handlers,
             cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
+            pods_dir_mounted,
             cgroups,
             locks: Default::default(),
             flights: Default::default(),

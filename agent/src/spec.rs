@@ -68,6 +68,9 @@ pub struct SpecPaths {
     pub cgroup_v2: bool,
     /// systemd removes the cgroup once empty (see annotations::CGROUP_HOLD).
     pub cgroup_hold: bool,
+    /// The node's dir of pod mounts, when containers may set it aside
+    /// (annotations::SET_ASIDE).
+    pub set_aside: Option<PathBuf>,
     /// Image volumes by mount index: the image id and its layer dirs, top
     /// first.
     pub image_volumes: HashMap<usize, (String, Vec<PathBuf>)>,
@@ -578,6 +581,9 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
     annotations.insert(annotations::UPPERDIR.into(), paths.upper.display().to_string());
     annotations.insert(annotations::WORKDIR.into(), paths.work.display().to_string());
     annotations.insert(annotations::CGROUP_PROCS.into(), join(&paths.cgroup_procs));
+    if let Some(dir) = &paths.set_aside {
+        annotations.insert(annotations::SET_ASIDE.into(), dir.display().to_string());
+    }
     if paths.cgroup_hold {
         annotations.insert(annotations::CGROUP_HOLD.into(), "1".into());
     }

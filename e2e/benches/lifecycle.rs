@@ -1,13 +1,17 @@
 //! Pod and container lifecycle: medians of RunPodSandbox, CreateContainer,
 //! StartContainer, StopContainer (timeout 0), RemovePodSandbox, and the
 //! resident memory of the per-container monitor and of berthd.
-//! `cargo bench -p berth-e2e --bench lifecycle`
+//! `cargo bench -p berth-e2e --bench lifecycle`; `BENCH_PODS=200` runs
+//! more pods (default 20) and shows whether the cost per pod stays flat.
 
 use std::time::{Duration, Instant};
 
 use berth_e2e::{cri, Fixture};
 
-const PODS: usize = 20;
+/// How many pods, from `BENCH_PODS` (default 20).
+fn pods() -> usize {
+    std::env::var("BENCH_PODS").ok().and_then(|v| v.parse().ok()).filter(|n| *n >= 2).unwrap_or(20)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -36,12 +40,13 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let pod_count = pods();
     let mut f = Fixture::start().await;
     let berthd_idle = rss_kib(f.berthd.pid() as i64);
     let (mut runp, mut create, mut start, mut stop, mut rmp, mut monitor_rss, mut monitor_pss) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut pods = Vec::new();
-    for i in 0..PODS {
+    for i in 0..pod_count {
         let cfg = f.pod(&format!("bench{i}"));
         let t = Instant::now();
         let pod = f.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
@@ -73,7 +78,7 @@ async fn main() {
     for _ in 0..5 {
         let t = Instant::now();
         let n = f.cri.runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap().into_inner().stats.len();
-        assert_eq!(n, PODS);
+        assert_eq!(n, pod_count);
         stats_ms.push(ms(t.elapsed()));
     }
     for (pod, c) in &pods {
@@ -84,15 +89,24 @@ async fn main() {
         f.cri.remove_pod(pod).await;
         rmp.push(ms(t.elapsed()));
     }
-    println!("pod and container lifecycle, {PODS} pods with one busybox `sleep` container each (medians)");
+    let tenth = (pod_count / 10).max(1);
+    let up: Vec<f64> = runp.iter().zip(&create).zip(&start).map(|((a, b), c)| a + b + c).collect();
+    println!("pod and container lifecycle, {pod_count} pods with one busybox `sleep` container each (medians)");
     println!("  RunPodSandbox       {:8.2} ms", median(runp.clone()));
     println!("  CreateContainer     {:8.2} ms", median(create.clone()));
     println!("  StartContainer      {:8.2} ms", median(start.clone()));
-    println!("  pod ready + create + start {:8.2} ms", median(runp.iter().zip(&create).zip(&start).map(|((a, b), c)| a + b + c).collect()));
+    println!("  pod ready + create + start {:8.2} ms", median(up.clone()));
+    println!(
+        "  … of the first {tenth} pods {:.2} ms, of the last {tenth} {:.2} ms (CreateContainer {:.2} / {:.2})",
+        median(up[..tenth].to_vec()),
+        median(up[pod_count - tenth..].to_vec()),
+        median(create[..tenth].to_vec()),
+        median(create[pod_count - tenth..].to_vec())
+    );
     println!("  StopContainer (0s)  {:8.2} ms", median(stop));
     println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
-    println!("  ListContainerStats ({PODS} containers) {:6.2} ms", median(stats_ms));
+    println!("  ListContainerStats ({pod_count} containers) {:6.2} ms", median(stats_ms));
     println!("  monitor RSS         {:8.0} KiB per container (target <= 1536 KiB)", median(monitor_rss));
-    println!("  monitor PSS         {:8.0} KiB per container (shared pages split among {PODS} monitors)", median(monitor_pss));
-    println!("  berthd RSS          {:8.0} KiB idle, {:.0} KiB with {PODS} pods", berthd_idle, berthd_loaded);
+    println!("  monitor PSS         {:8.0} KiB per container (shared pages split among {pod_count} monitors)", median(monitor_pss));
+    println!("  berthd RSS          {:8.0} KiB idle, {:.0} KiB with {pod_count} pods", berthd_idle, berthd_loaded);
 }

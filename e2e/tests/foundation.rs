@@ -382,6 +382,8 @@ async fn cleanup_removes_what_berth_left_on_the_node() {
     f.berthd.restart().await;
     f.berthd.stop();
     assert!(bridge.exists());
+    // As a reboot: the mounts under the state dir (its pods dir) go with it.
+    berth_e2e::unmount_under(&f.berthd.paths.state);
     std::fs::remove_dir_all(&f.berthd.paths.state).unwrap();
     let (status, out, err) = run_berthd(&argv);
     assert!(status.success(), "{out}{err}");

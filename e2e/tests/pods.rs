@@ -384,6 +384,65 @@ async fn pod_removal_leaves_nothing_behind() {
     assert_eq!(e.code(), Code::NotFound);
 }
 
+/// Ends the process it holds, by its pid, however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// berth keeps every pod mount (namespace pins, /dev/shm) in its pods dir,
+/// a private mount of its own, so that a container's init can set them all
+/// aside at once. A mount namespace made from the node's while a pod runs
+/// (a service's private /tmp, an `unshare -m`) still copies them; removing
+/// the pod must reach those copies too, or a copy keeps the pod's network
+/// namespace alive with nothing left that would ever remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_pod_reaches_the_copies_of_its_mounts_in_other_mount_namespaces() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("copied");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let c = f.cri.run(&pod, f.container("sleeper", &["sleep", "1000"]), &cfg).await;
+    let netns = ns_of(&mut f, &c, "net").await;
+    assert!(netns.starts_with("net:["), "{netns}");
+    let copy = Reaped(
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "unchanged", "sleep", "1000"])
+            .spawn()
+            .expect("unshare from util-linux"),
+    );
+    let copy_mounts = format!("/proc/{}/mountinfo", copy.0.id());
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{}/ns/mnt", copy.0.id())).ok().is_none_or(|ns| ns == own_ns) {
+        assert!(Instant::now() < deadline, "unshare never made its mount namespace");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pods_dir = std::fs::canonicalize(f.berthd.paths.state.join("pods")).unwrap().display().to_string();
+    let node_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let pods_mount = node_mounts.lines().find(|l| l.split(' ').nth(4) == Some(pods_dir.as_str()));
+    assert!(
+        pods_mount.is_some_and(|l| !l.contains("shared:") && !l.contains("master:")),
+        "{pods_dir} should be a private mount of its own:\n{node_mounts}"
+    );
+    let held = std::fs::read_to_string(&copy_mounts).unwrap();
+    assert!(held.contains(&pod) && held.contains(&netns), "the copy should hold the pod's pins while it runs:\n{held}");
+
+    f.cri.remove_pod(&pod).await;
+    let left: Vec<String> = std::fs::read_to_string(&copy_mounts)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&pod) || l.contains(&netns))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "the pod's mounts stayed in the other mount namespace, holding {netns}:\n{}", left.join("\n"));
+    let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!own.contains(&netns) && !own.contains(&pod), "pod mounts left on the node:\n{own}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_pods_and_bad_requests() {
     let mut f = Fixture::start().await;

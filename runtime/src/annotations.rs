@@ -7,6 +7,12 @@ pub const LOWERDIRS: &str = "io.berth.rootfs.lowerdirs";
 pub const UPPERDIR: &str = "io.berth.rootfs.upperdir";
 /// overlayfs workdir.
 pub const WORKDIR: &str = "io.berth.rootfs.workdir";
+/// A node directory that is a mount of its own and holds only berth's pod
+/// mounts (namespace pins, each pod's /dev/shm): the container's init
+/// detaches it from its copy of the node's mounts before building the
+/// rootfs, having first cloned what its spec binds from there, so the cost
+/// of that build does not grow with the number of pods on the node.
+pub const SET_ASIDE: &str = "io.berth.rootfs.set-aside";
 /// `cgroup.procs` files to join, `:`-separated.
 pub const CGROUP_PROCS: &str = "io.berth.cgroup.procs";
 /// "1": keep the container's cgroup populated until the monitor has read

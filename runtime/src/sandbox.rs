@@ -262,6 +262,38 @@ fn loopback_up() -> Result<(), nix::errno::Errno> {
     Ok(())
 }
 
+/// Makes `pods_dir` (the parent of every pod dir) a private mount of its
+/// own. Of its own: every pod mount (pins, /dev/shm) then sits in one
+/// subtree that a container's init detaches from its copy of the node's
+/// mounts at once ([`crate::annotations::SET_ASIDE`]). Private: pod mounts
+/// made later do not propagate into other mount namespaces; the copies a
+/// namespace made of them before still go when berth removes the pin file
+/// or shm dir (the kernel detaches the mounts on a deleted dentry in every
+/// namespace). True when it is such a mount (from an earlier start, or
+/// now). False, changing nothing, when it is no mount but holds mounts:
+/// pods of a berthd from before this still run, and a bind over the dir
+/// would hide their pins.
+pub fn mount_pods_dir(pods_dir: &Path) -> Result<bool, SandboxError> {
+    let io = |step: &str, e: std::io::Error| SandboxError::Ns { step: format!("{step} {}", pods_dir.display()), errno: io_errno(&e) };
+    let dir = std::fs::canonicalize(pods_dir).map_err(|e| io("resolve", e))?;
+    let mounts = crate::mountinfo::read_self().map_err(|e| io("read mountinfo for", e))?;
+    if !mounts.iter().any(|m| m.mount_point == dir) {
+        if mounts.iter().any(|m| m.mount_point.starts_with(&dir)) {
+            return Ok(false);
+        }
+        mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(ns_err(format!("bind {} on itself", dir.display())))?;
+    }
+    mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(ns_err(format!("make {} private", dir.display())))?;
+    Ok(true)
+}
+
+/// Undoes [`mount_pods_dir`] (with every mount beneath); not a mount is fine.
+pub fn unmount_pods_dir(pods_dir: &Path) {
+    let _ = umount2(pods_dir, MntFlags::MNT_DETACH);
+}
+
 /// Mounts the pod's shared `/dev/shm` (a tmpfs) at `path`.
 pub fn mount_shm(path: &Path, size_bytes: u64) -> Result<(), SandboxError> {
     std::fs::create_dir_all(path).map_err(|e| SandboxError::Init(format!("{}: {e}", path.display())))?;

@@ -29,12 +29,15 @@ pub struct Kernel {
     /// Staging dirs made so far (id-mapped layers, sub path volumes): they
     /// are numbered.
     staged: usize,
+    /// Bind sources cloned before their mount was detached
+    /// ([`RootfsOps::set_aside`]), in the order the spec binds them.
+    aside: Vec<(PathBuf, OwnedFd)>,
 }
 
 impl Kernel {
     /// A builder for the rootfs at `rootfs`.
     pub fn new(rootfs: &Path) -> Kernel {
-        Kernel { rootfs: rootfs.to_path_buf(), root: None, last_mount: None, null: None, userns: None, staged: 0 }
+        Kernel { rootfs: rootfs.to_path_buf(), root: None, last_mount: None, null: None, userns: None, staged: 0, aside: Vec::new() }
     }
 
     /// Id-mapped mounts map through the user namespace `fd` refers to.
@@ -43,12 +46,15 @@ impl Kernel {
         self
     }
 
-    /// A detached copy of the mount (tree) at `source`, id-mapped through
-    /// the container's user namespace.
-    fn idmapped(&self, source: &Path, recursive: bool) -> Result<OwnedFd, InitError> {
+    /// A detached copy of the mount (tree) at `source` (or `tree`, one
+    /// cloned before), id-mapped through the container's user namespace.
+    fn idmapped(&self, source: &Path, recursive: bool, tree: Option<OwnedFd>) -> Result<OwnedFd, InitError> {
         let step = |what: &str| format!("id-mapped mount of {} ({what})", source.display());
         let userns = self.userns.as_ref().ok_or_else(|| InitError::Setup(step("no user namespace")))?;
-        let tree = crate::mountapi::clone_tree(source, recursive).map_err(|e| InitError::setup(&step("open_tree"), e))?;
+        let tree = match tree {
+            Some(t) => t,
+            None => crate::mountapi::clone_tree(source, recursive).map_err(|e| InitError::setup(&step("open_tree"), e))?,
+        };
         let attr = crate::mountapi::Attr { set: libc::MOUNT_ATTR_IDMAP, clear: 0, userns_fd: Some(userns.as_raw_fd()) };
         crate::mountapi::set_attr(tree.as_fd(), recursive, attr).map_err(|e| InitError::setup(&step("mount_setattr"), e))?;
         Ok(tree)
@@ -62,7 +68,7 @@ impl Kernel {
         let mut out = Vec::new();
         for dir in lower.split(':') {
             let at = self.staging_dir("idmap")?;
-            let tree = self.idmapped(Path::new(dir), false)?;
+            let tree = self.idmapped(Path::new(dir), false, None)?;
             crate::mountapi::attach(tree.as_fd(), &at).map_err(|e| InitError::setup(&format!("attach the id-mapped {dir}"), e))?;
             out.push(at.display().to_string());
         }
@@ -78,13 +84,23 @@ impl Kernel {
         Ok(at)
     }
 
-    /// Makes the mount `m` describes on the (`O_PATH`) fd `target`.
-    fn mount_on(&self, m: &MountOp, data: &str, target: &OwnedFd) -> Result<(), InitError> {
+    /// The clone [`RootfsOps::set_aside`] kept of `source`, taken (a tree
+    /// is attached once).
+    fn take_aside(&mut self, source: &Path) -> Option<OwnedFd> {
+        let i = self.aside.iter().position(|(p, _)| p == source)?;
+        Some(self.aside.remove(i).1)
+    }
+
+    /// Makes the mount `m` describes on the (`O_PATH`) fd `target`; a bind
+    /// set aside comes from its clone `aside`.
+    fn mount_on(&self, m: &MountOp, data: &str, target: &OwnedFd, aside: Option<OwnedFd>) -> Result<(), InitError> {
         let step = |what: &str| format!("mount {} on {} ({what})", m.source.display(), m.dest.display());
         let tpath = fd_path(target);
         if m.bind && m.idmap {
-            let tree = self.idmapped(&m.source, m.recursive)?;
+            let tree = self.idmapped(&m.source, m.recursive, aside)?;
             crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("attach id-mapped"), e))
+        } else if let (true, Some(tree)) = (m.bind, aside) {
+            crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("attach"), e))
         } else if m.bind {
             let rec = if m.recursive { MsFlags::MS_REC } else { MsFlags::empty() };
             mount(Some(&m.source), tpath.as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
@@ -102,7 +118,7 @@ impl Kernel {
         let aside = self.staging_dir("subpath")?;
         let aside_fd = nix::fcntl::open(&aside, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| InitError::setup(&step("open the staging dir"), e))?;
-        self.mount_on(m, data, &aside_fd)?;
+        self.mount_on(m, data, &aside_fd, None)?;
         let volume = RootDir::open(&aside).map_err(|e| InitError::setup(&step("open the volume"), e))?;
         let rel = clean_relative(sub).map_err(|e| InitError::setup(&step("path"), e))?;
         let inner = volume.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(|e| InitError::setup(&step("lookup"), e))?;
@@ -189,6 +205,20 @@ impl RootfsOps for Kernel {
         mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(|e| InitError::setup("set the propagation of /", e))
     }
 
+    fn set_aside(&mut self, dir: &Path, keep: &[(PathBuf, bool)]) -> Result<(), InitError> {
+        for (source, recursive) in keep {
+            let tree = crate::mountapi::clone_tree(source, *recursive)
+                .map_err(|e| InitError::setup(&format!("clone {} before setting {} aside", source.display(), dir.display()), e))?;
+            self.aside.push((source.clone(), tree));
+        }
+        match umount2(dir, MntFlags::MNT_DETACH) {
+            // EINVAL: not a mount here (a node where berthd could not make
+            // it one); the clones serve all the same.
+            Ok(()) | Err(Errno::EINVAL) => Ok(()),
+            Err(e) => Err(InitError::setup(&format!("set {} aside", dir.display()), e)),
+        }
+    }
+
     fn make_rootfs_parent_private(&mut self) -> Result<(), InitError> {
         let rootfs = std::fs::canonicalize(&self.rootfs).map_err(|e| InitError::setup("resolve the rootfs path", e))?;
         let mounts = crate::mountinfo::read_self().map_err(|e| InitError::setup("read mountinfo", e))?;
@@ -219,9 +249,13 @@ impl RootfsOps for Kernel {
         match &m.sub_path {
             Some(sub) => self.mount_sub_path(m, &data, sub)?,
             None => {
-                let is_file = m.bind && std::fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false);
+                let aside = if m.bind { self.take_aside(&m.source) } else { None };
+                let is_file = match &aside {
+                    Some(tree) => nix::sys::stat::fstat(tree).is_ok_and(|st| st.st_mode & libc::S_IFMT != libc::S_IFDIR),
+                    None => m.bind && std::fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false),
+                };
                 let target = mount_target(self.root()?, &m.dest, is_file)?;
-                self.mount_on(m, &data, &target)?;
+                self.mount_on(m, &data, &target, aside)?;
             }
         }
         let root = self.root()?;

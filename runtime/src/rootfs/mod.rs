@@ -42,6 +42,12 @@ pub trait RootfsOps {
     /// Makes every mount of the new namespace `propagation` (e.g. rslave),
     /// so nothing mounted from here on reaches the host unless asked.
     fn set_root_propagation(&mut self, propagation: MsFlags) -> Result<(), InitError>;
+    /// Clones the bind sources `keep` (path, recursive) — each under `dir`,
+    /// in the order the spec binds them — then detaches the mount at `dir`
+    /// from this namespace; [`RootfsOps::mount`] binds from the clones.
+    /// Only once nothing mounted or unmounted here reaches the node (the
+    /// root is a slave or private).
+    fn set_aside(&mut self, dir: &std::path::Path, keep: &[(std::path::PathBuf, bool)]) -> Result<(), InitError>;
     /// Makes the mount that holds the rootfs directory private (in this
     /// namespace only): with a shared root, the overlay would otherwise
     /// propagate to the host, and `pivot_root` refuses a shared parent.
@@ -127,6 +133,20 @@ pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(),
     // into it stay in this namespace.
     let propagation = root_propagation(spec)?;
     ops.set_root_propagation(propagation)?;
+    // With a shared root (a bidirectional volume) a detach here would
+    // propagate to the node's peers: then the whole copy stays.
+    if let Some(dir) = annotations::get(spec, annotations::SET_ASIDE).filter(|_| !propagation.contains(MsFlags::MS_SHARED)) {
+        let dir = std::path::Path::new(dir);
+        let keep: Vec<(std::path::PathBuf, bool)> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(MountOp::from_oci)
+            .filter(|m| m.bind && m.sub_path.is_none() && m.source.starts_with(dir))
+            .map(|m| (m.source, m.recursive))
+            .collect();
+        ops.set_aside(dir, &keep)?;
+    }
     ops.make_rootfs_parent_private()?;
     let root_flags = if devices_restricted(spec)? { MsFlags::MS_NODEV } else { MsFlags::empty() };
     let userns = user_namespace(spec)?;
@@ -199,6 +219,11 @@ mod tests {
     impl RootfsOps for Recorder {
         fn set_root_propagation(&mut self, p: MsFlags) -> Result<(), InitError> {
             self.0.push(format!("propagation {p:?}"));
+            Ok(())
+        }
+        fn set_aside(&mut self, dir: &std::path::Path, keep: &[(std::path::PathBuf, bool)]) -> Result<(), InitError> {
+            let keep: Vec<String> = keep.iter().map(|(p, rec)| format!("{}{}", p.display(), if *rec { " rec" } else { "" })).collect();
+            self.0.push(format!("set aside {} keeping [{}]", dir.display(), keep.join(", ")));
             Ok(())
         }
         fn make_rootfs_parent_private(&mut self) -> Result<(), InitError> {
@@ -314,6 +339,52 @@ mod tests {
         build(&s, false, &mut r).unwrap();
         assert_eq!(r.0[2], "rootfs /l1:/l0 MsFlags(0x0)");
         assert!(!r.0.iter().any(|c| c.starts_with("devices") || c.starts_with("hostname") || c.starts_with("root ro")), "{:?}", r.0);
+    }
+
+    #[test]
+    fn pod_mounts_are_set_aside_after_the_propagation_keeping_what_the_spec_binds_from_there() {
+        let bind = |dest: &str, source: &str, opts: &[&str]| {
+            MountBuilder::default()
+                .destination(dest)
+                .typ("bind")
+                .source(source)
+                .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+                .unwrap()
+        };
+        let mounts = vec![
+            mount("/proc", "proc"),
+            bind("/dev/shm", "/run/berth/pods/p1/shm", &["rbind", "nosuid"]),
+            bind("/etc/hosts", "/run/berth/pods/p1/hosts", &["bind", "ro"]),
+            bind("/data", "/srv/data", &["rbind"]),
+            bind("/podsx", "/run/berth/podsx/f", &["rbind"]),
+        ];
+        let with = |propagation: Option<&str>, dir: &str| {
+            let mut s = spec(true, false, mounts.clone());
+            let mut ann = s.annotations().clone().unwrap();
+            ann.insert(annotations::SET_ASIDE.into(), dir.into());
+            s.set_annotations(Some(ann));
+            let mut linux = s.linux().clone().unwrap();
+            linux.set_rootfs_propagation(propagation.map(str::to_string));
+            s.set_linux(Some(linux));
+            let mut r = Recorder::default();
+            build(&s, false, &mut r).unwrap();
+            r.0
+        };
+        let ops = with(None, "/run/berth/pods");
+        assert_eq!(
+            ops[..3],
+            [
+                "propagation MsFlags(MS_REC | MS_SLAVE)".to_string(),
+                "set aside /run/berth/pods keeping [/run/berth/pods/p1/shm rec, /run/berth/pods/p1/hosts]".to_string(),
+                "parent private".to_string()
+            ]
+        );
+        assert!(with(Some("rprivate"), "/run/berth/pods")[1].starts_with("set aside"));
+        // A shared root would carry the detach to the node: nothing is set aside.
+        assert!(!with(Some("rshared"), "/run/berth/pods").iter().any(|o| o.starts_with("set aside")));
+        // Without the annotation nothing is either.
+        assert!(!with(None, "").iter().any(|o| o.starts_with("set aside")));
     }
 
     #[test]
