@@ -77,6 +77,12 @@ pinned = []
 # The berth-monitor binary; empty means the one next to berthd.
 monitor_path = ""
 
+# Container monitors are forked by a pre-started berth-monitor (a zygote,
+# one per monitor binary) rather than each spawned anew: faster creates, and
+# the monitors share the pages the binary's start-up writes. false spawns
+# each one (what berth did before).
+monitor_zygote = true
+
 # Who makes pod and container cgroups: "cgroupfs" (berth) or "systemd"
 # (transient units over D-Bus: a scope per container, kubelet's pod slices;
 # kubelet's cgroupDriver must match, and learns it from RuntimeConfig).
@@ -316,6 +322,8 @@ impl Default for NetworkConfig {
 pub struct RuntimeConfig {
     /// The berth-monitor binary ("" = next to berthd).
     pub monitor_path: PathBuf,
+    /// Monitors forked by a zygote (else spawned each).
+    pub monitor_zygote: bool,
     /// Who makes the cgroups.
     pub cgroup_driver: CgroupDriver,
     /// cgroup parent for pods without one.
@@ -332,6 +340,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             monitor_path: PathBuf::new(),
+            monitor_zygote: true,
             cgroup_driver: CgroupDriver::Cgroupfs,
             default_cgroup_parent: "berth".into(),
             shm_size_bytes: 64 << 20,

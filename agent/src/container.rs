@@ -394,6 +394,9 @@ async fn create_inner(
             crate::telemetry::get().container_stages(&stages);
             // monitor_and_rootfs, step by step, as the monitor and init measured it.
             let runtime_us: Vec<String> = created.stages_us.iter().map(|(step, us)| format!("{step}={us}")).collect();
+            if let Some(why) = &created.zygote_error {
+                tracing::warn!(error = %why, "the monitor zygote could not fork this container's monitor: it was spawned instead");
+            }
             tracing::info!(stages_us = %stages, runtime_us = %runtime_us.join(" "), "container created");
             Ok(rec.id)
         }

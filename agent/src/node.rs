@@ -123,7 +123,7 @@ impl Node {
         let default_parent =
             cgroups.parent_path(&config.runtime.default_cgroup_parent).map_err(|e| Error::invalid("runtime.default_cgroup_parent", e))?;
         let default_handler = Handler {
-            runtime: berth_runtime::Runtime::new(monitor_bin.clone()),
+            runtime: berth_runtime::Runtime::new(monitor_bin.clone()).with_zygote(config.runtime.monitor_zygote),
             cgroup_parent: default_parent.clone(),
             default_seccomp: crate::config::DefaultSeccomp::Unconfined,
         };
@@ -147,7 +147,11 @@ impl Node {
             };
             handlers.insert(
                 name.clone(),
-                Handler { runtime: berth_runtime::Runtime::new(bin), cgroup_parent, default_seccomp: h.default_seccomp },
+                Handler {
+                    runtime: berth_runtime::Runtime::new(bin).with_zygote(config.runtime.monitor_zygote),
+                    cgroup_parent,
+                    default_seccomp: h.default_seccomp,
+                },
             );
         }
         if !monitor_bin.with_file_name("berth-pause").is_file() {

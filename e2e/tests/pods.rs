@@ -339,15 +339,7 @@ async fn pod_removal_leaves_nothing_behind() {
     let pids: Vec<i32> = {
         let mut v = Vec::new();
         for c in [&c1, &c2] {
-            let r = f
-                .cri
-                .runtime
-                .container_status(cri::ContainerStatusRequest { container_id: c.to_string(), verbose: true })
-                .await
-                .unwrap()
-                .into_inner();
-            let info: serde_json::Value = serde_json::from_str(&r.info["info"]).unwrap();
-            v.push(info["pid"].as_i64().unwrap() as i32);
+            v.push(verbose_info(&mut f, c).await["pid"].as_i64().unwrap() as i32);
         }
         v
     };
@@ -441,6 +433,129 @@ async fn removing_a_pod_reaches_the_copies_of_its_mounts_in_other_mount_namespac
     assert!(left.is_empty(), "the pod's mounts stayed in the other mount namespace, holding {netns}:\n{}", left.join("\n"));
     let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!own.contains(&netns) && !own.contains(&pod), "pod mounts left on the node:\n{own}");
+}
+
+/// A process's command line, split at its NULs (trailing ones dropped).
+fn cmdline(pid: i64) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    while args.last().is_some_and(String::is_empty) {
+        args.pop();
+    }
+    args
+}
+
+/// The live children of `pid` (zombies are not).
+fn children(pid: u32) -> Vec<i64> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(list.split_whitespace().filter_map(|p| p.parse::<i64>().ok()));
+    }
+    out.retain(|p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    });
+    out
+}
+
+/// ContainerStatus's verbose `info` of container `id`.
+async fn verbose_info(f: &mut Fixture, id: &str) -> serde_json::Value {
+    let r = f
+        .cri
+        .runtime
+        .container_status(cri::ContainerStatusRequest { container_id: id.to_string(), verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&r.info["info"]).unwrap()
+}
+
+async fn monitor_pid(f: &mut Fixture, id: &str) -> i64 {
+    verbose_info(f, id).await["monitorPid"].as_i64().unwrap()
+}
+
+/// Monitors forked by the zygote (the default) are what spawned ones were:
+/// the same command line (start-up garbage collection and operators find a
+/// container's monitor by it), the same binary, not berthd's children; a
+/// zygote that died is replaced at the next create. With `monitor_zygote =
+/// false` there is none and each monitor is spawned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
+    for zygote in [true, false] {
+        let mut f = Fixture::start_with_config(&format!("[runtime]\nmonitor_zygote = {zygote}\n")).await;
+        let cfg = f.pod("zygote");
+        let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+        let c1 = f.cri.run(&pod, f.container("one", &["sleep", "1000"]), &cfg).await;
+        let monitor = monitor_pid(&mut f, &c1).await;
+        let args = cmdline(monitor);
+        let bundle = f.berthd.paths.state.join("containers").join(&c1).display().to_string();
+        assert!(args.first().is_some_and(|a| a.ends_with("/berth-monitor")), "zygote={zygote}: {args:?}");
+        assert_eq!(args[1..6], ["monitor", "--id", c1.as_str(), "--bundle", bundle.as_str()], "zygote={zygote}");
+        let exe = std::fs::read_link(format!("/proc/{monitor}/exe")).unwrap();
+        assert_eq!(exe, std::fs::canonicalize(berth_e2e::berthd_bin().with_file_name("berth-monitor")).unwrap());
+        let berthd_children = children(f.berthd.pid());
+        assert!(!berthd_children.contains(&monitor), "the monitor left berthd's process tree");
+        let zygotes: Vec<i64> = berthd_children.into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect();
+        assert_eq!(zygotes.len(), usize::from(zygote), "zygote={zygote}: {zygotes:?}");
+        assert_eq!(f.cri.sh(&c1, "echo through-exec").await.trim(), "through-exec");
+        if zygote {
+            // Fault injection: the zygote dies; the next create starts another.
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(zygotes[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+            let c2 = f.cri.run(&pod, f.container("two", &["sleep", "1000"]), &cfg).await;
+            assert_eq!(f.cri.status(&c2).await.state, RUNNING);
+            assert_eq!(cmdline(monitor_pid(&mut f, &c2).await)[1..4], ["monitor", "--id", c2.as_str()]);
+            let now: Vec<i64> =
+                children(f.berthd.pid()).into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect();
+            assert!(now.len() == 1 && now[0] != zygotes[0], "a new zygote: {now:?} (the old one was {})", zygotes[0]);
+            let log = f.berthd.log();
+            assert!(!log.contains("spawned instead"), "the retry with a new zygote should have served the create:\n{log}");
+        }
+        f.cri.remove_pod(&pod).await;
+    }
+}
+
+/// An operator installs a new build over the monitor binary while berthd
+/// runs (a new inode, as install(1) and package managers do): the next
+/// container's monitor is the new build, from a new zygote, as a spawned one
+/// would be; running monitors keep the build they started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_binary_installed_anew_serves_the_next_create() {
+    let bin_dir = tempfile::tempdir().unwrap();
+    let monitor = bin_dir.path().join("berth-monitor-copy");
+    let built = berth_e2e::berthd_bin().with_file_name("berth-monitor");
+    std::fs::copy(&built, &monitor).unwrap();
+    let config = format!("[runtimes.copy]\nmonitor_path = \"{}\"\n", monitor.display());
+    let mut f = Fixture::start_with_config(&config).await;
+    let cfg = f.pod("reinstalled");
+    let pod = f
+        .cri
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: "copy".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let zygote_of = |f: &Fixture| -> Vec<i64> {
+        children(f.berthd.pid()).into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect()
+    };
+    let c1 = f.cri.run(&pod, f.container("one", &["sleep", "1000"]), &cfg).await;
+    let first = zygote_of(&f);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let m1 = monitor_pid(&mut f, &c1).await;
+    assert_eq!(std::fs::read_link(format!("/proc/{m1}/exe")).unwrap(), monitor);
+
+    let staged = bin_dir.path().join("berth-monitor-copy.new");
+    std::fs::copy(&built, &staged).unwrap();
+    std::fs::rename(&staged, &monitor).unwrap();
+    let c2 = f.cri.run(&pod, f.container("two", &["sleep", "1000"]), &cfg).await;
+    let m2 = monitor_pid(&mut f, &c2).await;
+    assert_eq!(std::fs::read_link(format!("/proc/{m2}/exe")).unwrap(), monitor, "the new build");
+    let old = std::fs::read_link(format!("/proc/{m1}/exe")).unwrap().display().to_string();
+    assert!(old.ends_with(" (deleted)"), "the first monitor keeps its build: {old}");
+    let now = zygote_of(&f);
+    assert!(now.len() == 1 && now[0] != first[0], "one new zygote: {now:?} (was {first:?})");
+    f.cri.remove_pod(&pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

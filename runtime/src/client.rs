@@ -72,6 +72,8 @@ pub struct Created {
     pub groups: Vec<u32>,
     /// The monitor's and the init's steps with their durations in µs.
     pub stages_us: Vec<(String, u64)>,
+    /// Why the zygote did not fork this monitor (it was spawned instead).
+    pub zygote_error: Option<String>,
 }
 
 /// What a monitor says about its container.
@@ -89,6 +91,8 @@ pub enum MonitorState {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     monitor_bin: PathBuf,
+    /// Forks monitors, when used (see [`crate::zygote`]).
+    zygote: Option<std::sync::Arc<crate::zygote::Zygote>>,
 }
 
 /// An exec helper ready to spawn: the command, and berthd's ends of its
@@ -120,7 +124,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeErro
 impl Runtime {
     /// Uses `monitor_bin` (the `berth-monitor` binary).
     pub fn new(monitor_bin: PathBuf) -> Runtime {
-        Runtime { monitor_bin }
+        Runtime { monitor_bin, zygote: None }
+    }
+
+    /// With `on`, container monitors are forked by a zygote of the monitor
+    /// binary, started on the first create; else each is spawned.
+    pub fn with_zygote(mut self, on: bool) -> Runtime {
+        self.zygote = on.then(|| std::sync::Arc::new(crate::zygote::Zygote::new(self.monitor_bin.clone())));
+        self
     }
 
     /// The monitor binary.
@@ -164,17 +175,25 @@ impl Runtime {
             }
         }
         let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(io_err("monitor.log"))?;
-        let first = crate::spawn::spawn(&self.monitor_bin, &args, &[(log_file.as_fd(), 2), (w.as_fd(), 3)])
-            .map_err(|e| monitor_err(format!("{}: {e}", self.monitor_bin.display())))?;
+        let fds = [(log_file.as_fd(), 2), (w.as_fd(), 3)];
+        // Either way, the first monitor process exits right after forking
+        // the real one, and is waited for.
+        let zygote_error = match self.zygote.as_deref().map(|z| z.run(&args, &fds)) {
+            Some(Ok(())) => None,
+            unused => {
+                let first = crate::spawn::spawn(&self.monitor_bin, &args, &fds)
+                    .map_err(|e| monitor_err(format!("{}: {e}", self.monitor_bin.display())))?;
+                let _ = first.wait();
+                unused.and_then(Result::err).map(|e| e.to_string())
+            }
+        };
         drop(w);
-        // The first monitor process exits right after forking the real one.
-        let _ = first.wait();
         let report =
             recv_timeout::<MonitorReport>(r, Duration::from_secs(60)).map_err(|source| RuntimeError::Channel { id: id.into(), source });
         match report {
             Ok(Some(MonitorReport::Created { pid, monitor_pid, uid, gid, groups, stages_us })) => {
                 let start_time = crate::pidfd::start_time(pid).unwrap_or(0);
-                Ok(Created { pid, start_time, monitor_pid, uid, gid, groups, stages_us })
+                Ok(Created { pid, start_time, monitor_pid, uid, gid, groups, stages_us, zygote_error })
             }
             Ok(Some(MonitorReport::Failed(e))) => Err(RuntimeError::Init(e)),
             other => {

@@ -30,6 +30,7 @@ pub mod sandbox;
 pub mod spawn;
 pub mod time;
 pub mod userns;
+pub mod zygote;
 
 pub use client::{Created, MonitorState, Runtime, RuntimeError};
 pub use monitor::{ExitStatus, PidNamespace};

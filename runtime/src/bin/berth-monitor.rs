@@ -1,6 +1,7 @@
 //! berth-monitor: the per-container monitor (`monitor`), the ExecSync helper
 //! (`exec`), the pod PID-namespace init (`pod-init`) and the maker of a
-//! pod's user namespace (`pod-userns`). Started by berthd
+//! pod's user namespace (`pod-userns`), and the zygote that forks monitors
+//! (`zygote`, see `berth_runtime::zygote`). Started by berthd
 //! only; its arguments are not a user interface.
 
 use std::path::PathBuf;
@@ -16,14 +17,23 @@ fn usage(msg: &str) -> i32 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {
+        // Forks monitors for berthd; each child runs `dispatch`.
+        Some("zygote") => berth_runtime::zygote::main(dispatch),
+        _ => dispatch(&args),
+    };
+    std::process::exit(code);
+}
+
+/// Runs the mode `args` names.
+fn dispatch(args: &[String]) -> i32 {
+    match args.first().map(String::as_str) {
         Some("monitor") => monitor(&args[1..]),
         Some("exec") => exec(&args[1..]),
         Some("pod-init") => pod_init(&args[1..]),
         Some("pod-userns") => berth_runtime::sandbox::pod_userns_main(),
         Some("hold") => berth_runtime::cgroup::systemd::hold_main(),
         _ => usage("unknown mode"),
-    };
-    std::process::exit(code);
+    }
 }
 
 /// `--flag value` pairs, and the arguments after a `--`.
