@@ -34,6 +34,37 @@ fn pss_kib(pid: i64) -> f64 {
     s.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(f64::NAN)
 }
 
+/// The `name=µs` stages of berthd's "container created" log lines (its own
+/// `stages_us` and the monitor's and init's `runtime_us`), one map per
+/// container in the order they were created.
+fn create_stages(log: &str) -> Vec<Vec<(String, f64)>> {
+    log.lines()
+        .filter(|l| l.contains("container created"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|token| {
+                    let parts: Vec<&str> = token.split('=').collect();
+                    let value = parts.last()?.parse::<f64>().ok()?;
+                    (parts.len() >= 2).then(|| (parts[parts.len() - 2].to_string(), value))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Median of each stage over `lines`, in the order of the first line's stages.
+fn stage_medians(lines: &[Vec<(String, f64)>]) -> String {
+    let Some(first) = lines.first() else { return String::new() };
+    first
+        .iter()
+        .map(|(name, _)| {
+            let v: Vec<f64> = lines.iter().filter_map(|l| l.iter().find(|(n, _)| n == name).map(|(_, us)| *us / 1e3)).collect();
+            format!("{name} {:.2}", median(v))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -103,6 +134,11 @@ async fn main() {
         median(create[..tenth].to_vec()),
         median(create[pod_count - tenth..].to_vec())
     );
+    let stages = create_stages(&f.berthd.log());
+    if stages.len() == pod_count {
+        println!("  CreateContainer's stages in ms, first {tenth}: {}", stage_medians(&stages[..tenth]));
+        println!("  CreateContainer's stages in ms, last {tenth}: {}", stage_medians(&stages[pod_count - tenth..]));
+    }
     println!("  StopContainer (0s)  {:8.2} ms", median(stop));
     println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
     println!("  ListContainerStats ({pod_count} containers) {:6.2} ms", median(stats_ms));

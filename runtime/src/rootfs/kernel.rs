@@ -168,16 +168,22 @@ fn fd_path(fd: &impl AsRawFd) -> String {
 /// container would, never out of it) and returns an O_PATH fd to mount on.
 fn mount_target(root: &RootDir, dest: &Path, is_file: bool) -> Result<OwnedFd, InitError> {
     let rel = clean_relative(dest.strip_prefix("/").unwrap_or(dest)).map_err(path_err)?;
+    // Most destinations exist (the image's /proc and /sys, the files of a
+    // bind): one lookup, not one per component.
+    if let Ok(fd) = root.open_in_root(&rel, OFlag::O_PATH, Mode::empty()) {
+        return Ok(fd);
+    }
     let target_err = |e: Errno| InitError::setup(&format!("mount destination {}", dest.display()), e);
     let mut prefix = PathBuf::new();
     let comps: Vec<_> = rel.components().collect();
     for (i, c) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
-        let parent = root.open_in_root(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).map_err(path_err)?;
+        let parent_path = prefix.clone();
         prefix.push(c);
         if root.open_in_root(&prefix, OFlag::O_PATH, Mode::empty()).is_ok() {
             continue;
         }
+        let parent = root.open_in_root(&parent_path, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).map_err(path_err)?;
         let name = c.as_os_str();
         if last && is_file {
             let fd = nix::fcntl::openat(
