@@ -558,6 +558,9 @@ async fn main() {
         let mut cfg = berth.pod("init");
         cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid = 0;
         let pod = berth.cri.run_pod(cfg).await.expect("RunPodSandbox");
+        // As for pause below: the steady state, not the moment between the
+        // init's "ready" and its exec of berth-pause.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let init = pids_with(&["berth-monitor pod-init", &pod]);
         t.add("the pod's init process (RSS)", "berth", "MiB", init.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<f64>() / 1024.0);
         berth.pod_down(&pod).await;
