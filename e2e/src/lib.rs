@@ -221,8 +221,13 @@ impl Berthd {
         let cgroup_parent =
             format!("berth-e2e-{}", dir.path().file_name().unwrap_or_default().to_string_lossy().trim_start_matches("berth-e2e-"));
         let mut config = config.to_string();
+        // Pods without a parent go under this run's own cgroup, which the
+        // sweep removes, also when the test's config has a [runtime] table.
+        let parent_line = format!("default_cgroup_parent = \"{cgroup_parent}\"\n");
         if !config.contains("[runtime]") {
-            config.push_str(&format!("\n[runtime]\ndefault_cgroup_parent = \"{cgroup_parent}\"\n"));
+            config.push_str(&format!("\n[runtime]\n{parent_line}"));
+        } else if !config.contains("default_cgroup_parent") {
+            config = config.replacen("[runtime]\n", &format!("[runtime]\n{parent_line}"), 1);
         }
         let net = NetNames::new();
         if !config.contains("[network]") {
