@@ -40,7 +40,7 @@ pub const CMDLINE_ROOM: usize = 4096;
 /// The most fds one request passes.
 const MAX_FDS: usize = 8;
 
-/// The largest request or reply.
+/// The largest request the zygote reads.
 const MAX_MESSAGE: usize = 64 << 10;
 
 /// How long berthd waits for the zygote's answer.
@@ -74,6 +74,9 @@ pub enum ZygoteError {
     /// The command line does not fit the zygote's room for it.
     #[error("command line of {0} bytes is longer than the zygote's room")]
     TooLong(usize),
+    /// An argument is not UTF-8.
+    #[error("an argument is not UTF-8")]
+    NotUtf8,
     /// Starting or talking to the zygote failed.
     #[error("zygote: {0}")]
     Io(#[from] std::io::Error),
@@ -109,7 +112,8 @@ impl Running {
     fn ask(&self, request: &ForkRequest, fds: &[RawFd]) -> std::io::Result<ForkReply> {
         let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
         sendmsg::<()>(self.sock.as_raw_fd(), &[IoSlice::new(&body)], &[ControlMessage::ScmRights(fds)], MsgFlags::empty(), None)?;
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        // A reply is a few bytes of JSON.
+        let mut buf = [0u8; 4096];
         let n = loop {
             match nix::sys::socket::recv(self.sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -157,8 +161,12 @@ impl Zygote {
     /// and waits until that process has exited, as berthd waits for a
     /// spawned one. One retry with a new zygote if the old one is gone.
     pub fn run(&self, args: &[&OsStr], fds: &[(BorrowedFd<'_>, RawFd)]) -> Result<(), ZygoteError> {
-        let mut argv = vec![self.bin.as_os_str().to_string_lossy().into_owned()];
-        argv.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+        // The request is JSON: an argument that is not UTF-8 (a path berth
+        // was given so) is spawned instead of being mangled.
+        let argv: Vec<String> = std::iter::once(self.bin.as_os_str())
+            .chain(args.iter().copied())
+            .map(|a| a.to_str().map(str::to_string).ok_or(ZygoteError::NotUtf8))
+            .collect::<Result<_, _>>()?;
         let len: usize = argv.iter().map(|a| a.len() + 1).sum();
         if len > CMDLINE_ROOM || fds.len() > MAX_FDS {
             return Err(ZygoteError::TooLong(len));
