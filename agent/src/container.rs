@@ -341,35 +341,37 @@ async fn create_inner(
         ..Default::default()
     };
     let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
+    let device_rules = spec_device_rules(&built.spec)?;
     stages.mark("prepare");
-    node.containers.put(&rec)?;
+    // The writable layer's dirs and the cgroup are made beside the intent
+    // record's write (its fdatasync is the longer wait): a crash before the
+    // record is on disk leaves them to start-up GC, which removes writable
+    // layers and container cgroups no record claims.
+    let a = node.clone();
+    let pod_rec = pod.clone();
+    let (layer_dir, cg, lim) = (layer.clone(), cgroup_path.clone(), limits.clone());
+    let objects = tokio::task::spawn_blocking(move || dirs_and_cgroup(&a, &pod_rec, &layer_dir, &cg, &lim, &device_rules));
+    let intent = node.containers.put(&rec);
     stages.mark("intent_record");
+    let objects = objects.await.map_err(Error::from).and_then(|made| made);
+    stages.mark("dirs_and_cgroup_wait");
+    let pending = match intent.and(objects) {
+        Ok((pending, beside)) => {
+            for (name, took) in beside {
+                stages.beside(name, took);
+            }
+            pending
+        }
+        Err(e) => return Err(abandon(&node, &rec, e).await),
+    };
     crate::fault::point("container.create.after_intent");
 
-    let device_rules = spec_device_rules(&built.spec)?;
     let a = node.clone();
     let pod_rec = pod.clone();
     let spec = built.spec;
     let bundle_dir = node.bundle(&id);
     let made = tokio::task::spawn_blocking(move || -> Result<(berth_runtime::Created, Stages)> {
         stages.mark("to_blocking");
-        for d in [&layer, &layer.join("upper"), &layer.join("work")] {
-            std::fs::create_dir_all(d).map_err(|e| internal(&d.display().to_string(), e))?;
-        }
-        if let Some(m) = &pod_rec.userns {
-            // The upper dir is the rootfs's /: its root's, as the id-mapped
-            // layers below show theirs.
-            let (uid, gid) = m.host_root();
-            let upper = layer.join("upper");
-            std::os::unix::fs::chown(&upper, Some(uid), Some(gid)).map_err(|e| internal(&upper.display().to_string(), e))?;
-        }
-        stages.mark("layer_dirs");
-        let monitor = a.handler_of(&pod_rec).runtime.monitor_bin();
-        let pending = a.cgroups.create_leaf(&cgroup_path, &limits, a.cgroup_v2, monitor).map_err(|e| internal("container cgroup", e))?;
-        stages.mark("cgroup_create");
-        cgroup::apply(&cgroup_path, &limits).map_err(|e| Error::invalid("config.linux.resources", e))?;
-        cgroup::apply_devices(&cgroup_path, &device_rules).map_err(|e| internal("container device cgroup", e))?;
-        stages.mark("cgroup_limits");
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
         let created = a.handler_of(&pod_rec).runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?;
         pending.joined();
@@ -400,15 +402,52 @@ async fn create_inner(
             tracing::info!(stages_us = %stages, runtime_us = %runtime_us.join(" "), "container created");
             Ok(rec.id)
         }
-        Err(e) => {
-            tracing::warn!("container creation failed: {e}");
-            let a = node.clone();
-            let r = rec.clone();
-            let _ = tokio::task::spawn_blocking(move || teardown(&a, &r)).await;
-            let _ = node.containers.delete(&rec.id);
-            Err(e)
-        }
+        Err(e) => Err(abandon(&node, &rec, e).await),
     }
+}
+
+/// A creation that failed: what it made goes, and its record; returns `e`.
+async fn abandon(node: &Arc<Node>, rec: &ContainerRecord, e: Error) -> Error {
+    tracing::warn!("container creation failed: {e}");
+    let a = node.clone();
+    let r = rec.clone();
+    let _ = tokio::task::spawn_blocking(move || teardown(&a, &r)).await;
+    let _ = node.containers.delete(&rec.id);
+    e
+}
+
+/// The container's writable layer dirs and its cgroup with limits and
+/// device rules; with how long each step took.
+fn dirs_and_cgroup(
+    node: &Node,
+    pod: &PodRecord,
+    layer: &std::path::Path,
+    cgroup_path: &str,
+    limits: &cgroup::Limits,
+    device_rules: &[cgroup::DeviceRule],
+) -> Result<(crate::cgroups::Pending, Vec<(&'static str, std::time::Duration)>)> {
+    let mut took = Vec::new();
+    let t = std::time::Instant::now();
+    for d in [layer.to_path_buf(), layer.join("upper"), layer.join("work")] {
+        std::fs::create_dir_all(&d).map_err(|e| internal(&d.display().to_string(), e))?;
+    }
+    if let Some(m) = &pod.userns {
+        // The upper dir is the rootfs's /: its root's, as the id-mapped
+        // layers below show theirs.
+        let (uid, gid) = m.host_root();
+        let upper = layer.join("upper");
+        std::os::unix::fs::chown(&upper, Some(uid), Some(gid)).map_err(|e| internal(&upper.display().to_string(), e))?;
+    }
+    took.push(("layer_dirs", t.elapsed()));
+    let t = std::time::Instant::now();
+    let monitor = node.handler_of(pod).runtime.monitor_bin();
+    let pending = node.cgroups.create_leaf(cgroup_path, limits, node.cgroup_v2, monitor).map_err(|e| internal("container cgroup", e))?;
+    took.push(("cgroup_create", t.elapsed()));
+    let t = std::time::Instant::now();
+    cgroup::apply(cgroup_path, limits).map_err(|e| Error::invalid("config.linux.resources", e))?;
+    cgroup::apply_devices(cgroup_path, device_rules).map_err(|e| internal("container device cgroup", e))?;
+    took.push(("cgroup_limits", t.elapsed()));
+    Ok((pending, took))
 }
 
 /// The device cgroup rules of a spec, in the executor's terms.

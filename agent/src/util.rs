@@ -119,6 +119,12 @@ impl Stages {
         Stages { last: std::time::Instant::now(), done: Vec::new() }
     }
 
+    /// Records a stage that ran beside the others (on another thread): its
+    /// duration overlaps theirs, and the next mark is not moved.
+    pub fn beside(&mut self, name: &'static str, took: std::time::Duration) {
+        self.done.push((name, took.as_micros()));
+    }
+
     /// Ends the stage called `name` now.
     pub fn mark(&mut self, name: &'static str) {
         let now = std::time::Instant::now();
