@@ -282,7 +282,7 @@ async fn create_inner(
         cgroup: cgroup_path.clone(),
         cgroup_v2: node.cgroup_v2,
         cgroup_hold: node.cgroups.is_systemd(),
-        set_aside: node.pods_dir_mounted.then(|| node.config.state.join("pods")),
+        set_aside: node.pods_mount.clone(),
         image_volumes,
     };
     let limits = config.resources.limits.clone();

@@ -48,9 +48,9 @@ pub struct Node {
     pub handlers: std::collections::BTreeMap<String, Handler>,
     /// Whether the node runs cgroup v2.
     pub cgroup_v2: bool,
-    /// `<state>/pods` is a mount of its own: containers set it aside
-    /// (see `berth_runtime::annotations::SET_ASIDE`).
-    pub pods_dir_mounted: bool,
+    /// `<state>/pods` when it is a mount of its own: containers set it
+    /// aside (see `berth_runtime::annotations::SET_ASIDE`).
+    pub pods_mount: Option<PathBuf>,
     /// The cgroup driver.
     pub cgroups: crate::cgroups::Cgroups,
     /// The pod network.
@@ -122,8 +122,16 @@ impl Node {
             .map_err(|e| Error::invalid("runtime.cgroup_driver", format!("systemd: {e}")))?;
         let default_parent =
             cgroups.parent_path(&config.runtime.default_cgroup_parent).map_err(|e| Error::invalid("runtime.default_cgroup_parent", e))?;
+        // One Runtime, and so one monitor zygote, per monitor binary.
+        let mut runtimes = std::collections::HashMap::new();
+        let mut runtime_of = |bin: PathBuf| -> berth_runtime::Runtime {
+            runtimes
+                .entry(bin.clone())
+                .or_insert_with(|| berth_runtime::Runtime::new(bin).with_zygote(config.runtime.monitor_zygote))
+                .clone()
+        };
         let default_handler = Handler {
-            runtime: berth_runtime::Runtime::new(monitor_bin.clone()).with_zygote(config.runtime.monitor_zygote),
+            runtime: runtime_of(monitor_bin.clone()),
             cgroup_parent: default_parent.clone(),
             default_seccomp: crate::config::DefaultSeccomp::Unconfined,
         };
@@ -145,14 +153,7 @@ impl Node {
             } else {
                 cgroups.parent_path(&h.cgroup_parent).map_err(|e| Error::invalid(format!("runtimes.{name}.cgroup_parent"), e))?
             };
-            handlers.insert(
-                name.clone(),
-                Handler {
-                    runtime: berth_runtime::Runtime::new(bin).with_zygote(config.runtime.monitor_zygote),
-                    cgroup_parent,
-                    default_seccomp: h.default_seccomp,
-                },
-            );
+            handlers.insert(name.clone(), Handler { runtime: runtime_of(bin), cgroup_parent, default_seccomp: h.default_seccomp });
         }
         if !monitor_bin.with_file_name("berth-pause").is_file() {
             tracing::warn!(
@@ -163,23 +164,23 @@ impl Node {
         if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(true) {
             tracing::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj and rlimits above the hard limit are clamped to what may be set");
         }
-        for dir in [config.state.join("pods"), config.state.join("containers")] {
-            berth_runtime::fs::ensure_private_dir(&dir).map_err(Error::internal_fn(dir.display().to_string()))?;
-        }
         let pods_dir = config.state.join("pods");
-        let pods_dir_mounted = match berth_runtime::sandbox::mount_pods_dir(&pods_dir) {
-            Ok(true) => true,
+        for dir in [&pods_dir, &config.state.join("containers")] {
+            berth_runtime::fs::ensure_private_dir(dir).map_err(Error::internal_fn(dir.display().to_string()))?;
+        }
+        let pods_mount = match berth_runtime::sandbox::mount_pods_dir(&pods_dir) {
+            Ok(true) => Some(pods_dir),
             Ok(false) => {
                 tracing::info!(
                     dir = %pods_dir.display(),
                     "pods of an earlier berthd hold mounts in the pods dir: it becomes a mount of its own at a start with none, \
                      until then each container start copies every pod's mounts"
                 );
-                false
+                None
             }
             Err(e) => {
                 tracing::warn!(dir = %pods_dir.display(), error = %e, "cannot make the pods dir a mount of its own: each container start copies every pod's mounts");
-                false
+                None
             }
         };
         let pod_cidr = store.setting(POD_CIDR_SETTING)?;
@@ -194,7 +195,7 @@ impl Node {
             default_handler,
             handlers,
             cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
-            pods_dir_mounted,
+            pods_mount,
             cgroups,
             locks: Default::default(),
             flights: Default::default(),

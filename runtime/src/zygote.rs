@@ -85,6 +85,7 @@ pub enum ZygoteError {
     Refused(String),
 }
 
+#[derive(Debug)]
 struct Running {
     sock: OwnedFd,
     child: Spawned,
@@ -138,16 +139,7 @@ impl Running {
 #[derive(Debug)]
 pub struct Zygote {
     bin: PathBuf,
-    running: Mutex<Option<RunningSlot>>,
-}
-
-/// `Running` without Debug noise.
-struct RunningSlot(Running);
-
-impl std::fmt::Debug for RunningSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "zygote pid {}", self.0.child.pid())
-    }
+    running: Mutex<Option<Running>>,
 }
 
 impl Zygote {
@@ -178,16 +170,16 @@ impl Zygote {
         for _ in 0..2 {
             let running = match slot.take() {
                 // A zygote of a binary since replaced would fork the old build.
-                Some(r) if r.0.binary.is_some() && r.0.binary == identity(&self.bin) => r.0,
+                Some(r) if r.binary.is_some() && r.binary == identity(&self.bin) => r,
                 Some(stale) => {
-                    stale.0.end();
+                    stale.end();
                     Running::start(&self.bin)?
                 }
                 None => Running::start(&self.bin)?,
             };
             match running.ask(&request, &raw) {
                 Ok(reply) => {
-                    *slot = Some(RunningSlot(running));
+                    *slot = Some(running);
                     // How the forked process ended is the monitor's report
                     // to tell, as with a spawned one.
                     return match reply {
