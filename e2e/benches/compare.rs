@@ -46,26 +46,11 @@ fn pss_kib(pid: u32) -> f64 {
 }
 
 /// Processes whose command line contains all of `needles`.
-/// A process's command line, NULs as spaces.
-fn cmdline_of(pid: u32) -> String {
-    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
-}
-
-/// The children of `pid`, from every one of its threads.
-fn child_pids(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-    }
-    out
-}
-
 fn pids_with(needles: &[&str]) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let cmd = cmdline_of(pid);
+        let cmd = berth_e2e::cmdline(pid).join(" ");
         if needles.iter().all(|n| cmd.contains(n)) {
             out.push(pid);
         }
@@ -344,7 +329,7 @@ async fn scale(rt: &mut Rt, t: &mut Table, levels: &[usize], monitors: &dyn Fn()
     t.add(&format!("per-container processes at {n} (RSS), per container"), rt.name, "MiB", rss / n as f64);
     t.add(&format!("per-container processes at {n} (PSS), per container"), rt.name, "MiB", pss / n as f64);
     // berth's monitor zygote: one per node (per monitor binary), berthd's child.
-    let helpers: Vec<u32> = child_pids(rt.pid).into_iter().filter(|p| cmdline_of(*p).contains(" zygote ")).collect();
+    let helpers = berth_e2e::zygotes(rt.pid);
     if !helpers.is_empty() {
         let rss: f64 = helpers.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<f64>() / 1024.0;
         let pss: f64 = helpers.iter().map(|p| pss_kib(*p)).sum::<f64>() / 1024.0;

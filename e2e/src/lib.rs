@@ -390,6 +390,37 @@ impl Berthd {
     }
 }
 
+/// A process's command line, split at its NULs (trailing ones dropped);
+/// empty once it is gone.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    while args.last().is_some_and(String::is_empty) {
+        args.pop();
+    }
+    args
+}
+
+/// The live children of `pid` (zombies are not), from all its threads.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    out.retain(|p| {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    });
+    out
+}
+
+/// The monitor zygotes (`berth-monitor zygote`) of the berthd `pid`: its
+/// children.
+pub fn zygotes(berthd: u32) -> Vec<u32> {
+    child_pids(berthd).into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect()
+}
+
 /// Detaches every mount under `dir`, deepest (latest) first.
 pub fn unmount_under(dir: &Path) {
     let dir = dir.display().to_string();

@@ -14,11 +14,10 @@ pub fn processes(f: &Fixture) -> Vec<(i32, String)> {
     let state = f.berthd.paths.state.display().to_string();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let cmd = crate::cmdline(pid).join(" ");
         if cmd.contains("berth-monitor") && cmd.contains(&state) {
-            out.push((pid, cmd));
+            out.push((pid as i32, cmd));
         }
     }
     out

@@ -338,8 +338,8 @@ async fn metrics_endpoint_parses_and_moves_with_rpcs() {
 /// The executable of the berth-monitor watching container `id`.
 fn monitor_exe(id: &str) -> Option<std::path::PathBuf> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let args = berth_e2e::cmdline(pid);
         if args.get(1).map(String::as_str) == Some("monitor") && args.windows(2).any(|w| w[0] == "--id" && w[1] == id) {
             return std::fs::read_link(e.path().join("exe")).ok();
         }

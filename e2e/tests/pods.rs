@@ -435,30 +435,6 @@ async fn removing_a_pod_reaches_the_copies_of_its_mounts_in_other_mount_namespac
     assert!(!own.contains(&netns) && !own.contains(&pod), "pod mounts left on the node:\n{own}");
 }
 
-/// A process's command line, split at its NULs (trailing ones dropped).
-fn cmdline(pid: i64) -> Vec<String> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let mut args: Vec<String> = raw.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    while args.last().is_some_and(String::is_empty) {
-        args.pop();
-    }
-    args
-}
-
-/// The live children of `pid` (zombies are not).
-fn children(pid: u32) -> Vec<i64> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(list.split_whitespace().filter_map(|p| p.parse::<i64>().ok()));
-    }
-    out.retain(|p| {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    });
-    out
-}
-
 /// ContainerStatus's verbose `info` of container `id`.
 async fn verbose_info(f: &mut Fixture, id: &str) -> serde_json::Value {
     let r = f
@@ -471,8 +447,8 @@ async fn verbose_info(f: &mut Fixture, id: &str) -> serde_json::Value {
     serde_json::from_str(&r.info["info"]).unwrap()
 }
 
-async fn monitor_pid(f: &mut Fixture, id: &str) -> i64 {
-    verbose_info(f, id).await["monitorPid"].as_i64().unwrap()
+async fn monitor_pid(f: &mut Fixture, id: &str) -> u32 {
+    verbose_info(f, id).await["monitorPid"].as_i64().unwrap() as u32
 }
 
 /// Monitors forked by the zygote (the default) are what spawned ones were:
@@ -488,15 +464,14 @@ async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
         let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
         let c1 = f.cri.run(&pod, f.container("one", &["sleep", "1000"]), &cfg).await;
         let monitor = monitor_pid(&mut f, &c1).await;
-        let args = cmdline(monitor);
+        let args = berth_e2e::cmdline(monitor);
         let bundle = f.berthd.paths.state.join("containers").join(&c1).display().to_string();
         assert!(args.first().is_some_and(|a| a.ends_with("/berth-monitor")), "zygote={zygote}: {args:?}");
         assert_eq!(args[1..6], ["monitor", "--id", c1.as_str(), "--bundle", bundle.as_str()], "zygote={zygote}");
         let exe = std::fs::read_link(format!("/proc/{monitor}/exe")).unwrap();
         assert_eq!(exe, std::fs::canonicalize(berth_e2e::berthd_bin().with_file_name("berth-monitor")).unwrap());
-        let berthd_children = children(f.berthd.pid());
-        assert!(!berthd_children.contains(&monitor), "the monitor left berthd's process tree");
-        let zygotes: Vec<i64> = berthd_children.into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect();
+        assert!(!berth_e2e::child_pids(f.berthd.pid()).contains(&monitor), "the monitor left berthd's process tree");
+        let zygotes = berth_e2e::zygotes(f.berthd.pid());
         assert_eq!(zygotes.len(), usize::from(zygote), "zygote={zygote}: {zygotes:?}");
         assert_eq!(f.cri.sh(&c1, "echo through-exec").await.trim(), "through-exec");
         if zygote {
@@ -504,9 +479,8 @@ async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(zygotes[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
             let c2 = f.cri.run(&pod, f.container("two", &["sleep", "1000"]), &cfg).await;
             assert_eq!(f.cri.status(&c2).await.state, RUNNING);
-            assert_eq!(cmdline(monitor_pid(&mut f, &c2).await)[1..4], ["monitor", "--id", c2.as_str()]);
-            let now: Vec<i64> =
-                children(f.berthd.pid()).into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect();
+            assert_eq!(berth_e2e::cmdline(monitor_pid(&mut f, &c2).await)[1..4], ["monitor", "--id", c2.as_str()]);
+            let now = berth_e2e::zygotes(f.berthd.pid());
             assert!(now.len() == 1 && now[0] != zygotes[0], "a new zygote: {now:?} (the old one was {})", zygotes[0]);
             let log = f.berthd.log();
             assert!(!log.contains("spawned instead"), "the retry with a new zygote should have served the create:\n{log}");
@@ -536,11 +510,8 @@ async fn a_monitor_binary_installed_anew_serves_the_next_create() {
         .unwrap()
         .into_inner()
         .pod_sandbox_id;
-    let zygote_of = |f: &Fixture| -> Vec<i64> {
-        children(f.berthd.pid()).into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect()
-    };
     let c1 = f.cri.run(&pod, f.container("one", &["sleep", "1000"]), &cfg).await;
-    let first = zygote_of(&f);
+    let first = berth_e2e::zygotes(f.berthd.pid());
     assert_eq!(first.len(), 1, "{first:?}");
     let m1 = monitor_pid(&mut f, &c1).await;
     assert_eq!(std::fs::read_link(format!("/proc/{m1}/exe")).unwrap(), monitor);
@@ -553,7 +524,7 @@ async fn a_monitor_binary_installed_anew_serves_the_next_create() {
     assert_eq!(std::fs::read_link(format!("/proc/{m2}/exe")).unwrap(), monitor, "the new build");
     let old = std::fs::read_link(format!("/proc/{m1}/exe")).unwrap().display().to_string();
     assert!(old.ends_with(" (deleted)"), "the first monitor keeps its build: {old}");
-    let now = zygote_of(&f);
+    let now = berth_e2e::zygotes(f.berthd.pid());
     assert!(now.len() == 1 && now[0] != first[0], "one new zygote: {now:?} (was {first:?})");
     f.cri.remove_pod(&pod).await;
 }
