@@ -464,10 +464,8 @@ fn teardown(node: &Node, rec: &ContainerRecord) {
         }
     }
     for dir in [node.bundle(&rec.id), node.layer_dir(&rec.id)] {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(container_id = %rec.id, "removing {}: {e}", dir.display());
-            }
+        if let Err(e) = node.trash.discard(&dir) {
+            tracing::warn!(container_id = %rec.id, "removing {}: {e}", dir.display());
         }
     }
 }
@@ -543,17 +541,34 @@ pub async fn stop(node: &Arc<Node>, id: &str, timeout_s: i64) -> Result<()> {
 /// Unknown containers are fine.
 pub async fn remove(node: &Arc<Node>, id: &str) -> Result<()> {
     let Some(rec) = find_opt(node, id)? else { return Ok(()) };
+    let mut stages = Stages::new();
     stop(node, &rec.id, 0).await?;
     let lock = node.locks.get(&rec.id);
     let _held = lock.lock().await;
+    stages.mark("stop");
+    // The cgroup, bundle and writable layer go on a blocking thread while
+    // the record's deletion waits for its fsync. A crash in between leaves
+    // one of two states, both of which start-up and a retried remove handle:
+    // the record of a stopped container whose files are gone (the retry
+    // tears down nothing and deletes it), or files and a cgroup no record
+    // claims (start-up GC removes them).
     let a = node.clone();
     let r = rec.clone();
-    tokio::task::spawn_blocking(move || teardown(&a, &r)).await?;
-    crate::fault::point("container.remove.after_teardown");
-    node.containers.delete(&rec.id)?;
+    let teardown = tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        teardown(&a, &r);
+        crate::fault::point("container.remove.after_teardown");
+        t.elapsed()
+    });
+    let deleted = node.containers.delete(&rec.id);
+    stages.mark("record");
+    let took = teardown.await?;
+    stages.mark("teardown_wait");
+    stages.beside("teardown", took);
+    deleted?;
     node.cpu_samples.forget(&rec.cgroup);
     node.events.emit(&rec.id, &rec.pod_id, EventKind::Deleted);
-    tracing::info!(container_id = %rec.id, "container removed");
+    tracing::info!(container_id = %rec.id, stages_us = %stages, "container removed");
     Ok(())
 }
 

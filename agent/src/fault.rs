@@ -10,7 +10,9 @@
 //! - `container.create.after_intent`, `container.create.after_monitor`
 //! - `container.start.after_start`: the process runs, the record says Created
 //! - `container.update.after_record`: UpdateContainerResources, before the cgroup
-//! - `container.stop.after_signal`, `container.remove.after_teardown`
+//! - `container.stop.after_signal`
+//! - `container.remove.after_teardown`: files and cgroup gone; the record's
+//!   deletion, which runs beside, may or may not have committed
 //! - `pod.stop.after_intent`, `pod.stop.after_init_killed`: StopPodSandbox
 //! - `pod.remove.after_teardown`
 //! - `image.pull.after_layer`: a pull with some layers unpacked

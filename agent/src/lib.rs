@@ -37,4 +37,5 @@ pub mod stats;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod trash;
 pub mod util;

@@ -53,6 +53,8 @@ pub struct Node {
     pub pods_mount: Option<PathBuf>,
     /// The cgroup driver.
     pub cgroups: crate::cgroups::Cgroups,
+    /// Where removed containers' dirs go to be deleted off the request path.
+    pub trash: crate::trash::Trash,
     /// The pod network.
     pub network: crate::net::Network,
     /// One operation at a time per pod or container id.
@@ -185,7 +187,9 @@ impl Node {
         };
         let pod_cidr = store.setting(POD_CIDR_SETTING)?;
         let network = crate::net::Network::open(&config, pod_cidr.as_deref())?;
+        let trash = crate::trash::Trash::open(&[&config.root, &config.state]).map_err(Error::internal_fn("the trash dirs"))?;
         Ok(Node {
+            trash,
             network,
             store,
             pods,

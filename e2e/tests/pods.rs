@@ -365,6 +365,14 @@ async fn pod_removal_leaves_nothing_behind() {
     for dir in [f.berthd.paths.state.join("pods"), f.berthd.paths.state.join("containers"), f.berthd.paths.root.join("containers")] {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{} not empty", dir.display());
     }
+    // What the removals moved to the trash is deleted soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for trash in [f.berthd.paths.state.join("trash"), f.berthd.paths.root.join("trash")] {
+        while std::fs::read_dir(&trash).unwrap().count() > 0 {
+            assert!(Instant::now() < deadline, "{} not emptied", trash.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let containers = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
     assert!(containers.is_empty());
     // Idempotent: again, and for ids never seen.

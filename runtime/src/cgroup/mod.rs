@@ -212,6 +212,16 @@ pub fn signal_all(path: &str, signal: nix::sys::signal::Signal) {
 /// fine. Waits (bounded) for the processes to go, since rmdir of a populated
 /// cgroup fails.
 pub fn remove(path: &str) -> Result<(), CgroupError> {
+    // Mostly the cgroup is empty and has no children by now, and rmdir
+    // checks both itself (EBUSY): try it before reading anything. The
+    // first refusal leads to the whole walk below.
+    let empty = |d: &PathBuf| match std::fs::remove_dir(d) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    if dirs(path).iter().all(empty) {
+        return Ok(());
+    }
     let cg = load(path);
     let deadline = Instant::now() + Duration::from_secs(5);
     // The whole subtree: a pod's init lives in a child cgroup, a workload
