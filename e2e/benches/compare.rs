@@ -8,7 +8,10 @@
 //!
 //! `bash deploy/deps.sh --bench && cargo bench -p berth-e2e --bench compare`
 //! (`COMPARE_RUNS=30` iterations per step after warm-up; `COMPARE_QUICK=1`
-//! skips the 200-pod and noisy-neighbour parts.)
+//! skips the 200-pod and noisy-neighbour parts; `COMPARE_ONLY=noisy,floor`
+//! runs only the parts named: lifecycle, pull, parallel, loaded, scale,
+//! init, floor, host, noisy; `NOISY_ONLY=cpu,mem,fork` keeps only the
+//! noisy neighbours named busy, the others sleep.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -398,16 +401,88 @@ async fn host_vs_container(rt: &mut Rt, t: &mut Table, runs: usize) {
     rt.pod_down(&pod).await;
 }
 
+/// What kubelet writes into a pod's own cgroup (berth and containerd leave
+/// the pod level to it): cpu.shares from the pod's CPU requests — 2 for a pod
+/// with none, as kubelet's BestEffort and request-less Burstable pods get —
+/// and, if given, podPidsLimit's pids.max.
+fn kubelet_pod_cgroup(parent: &str, shares: u64, pids: Option<u64>) {
+    // cgroup v2's weight from shares, as kubelet and runc convert it.
+    let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+    let mut cpu = false;
+    for m in berth_e2e::cgroup_mounts() {
+        let dir = m.join(parent.trim_start_matches('/'));
+        for (file, value) in [("cpu.shares", shares.to_string()), ("cpu.weight", weight.to_string())] {
+            if dir.join(file).exists() {
+                std::fs::write(dir.join(file), value).unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()));
+                cpu = true;
+            }
+        }
+        if let (Some(n), true) = (pids, dir.join("pids.max").exists()) {
+            std::fs::write(dir.join("pids.max"), n.to_string()).unwrap_or_else(|e| panic!("pids.max: {e}"));
+        }
+    }
+    assert!(cpu, "no cpu controller for the pod cgroup {parent}");
+}
+
+/// A number from `file` of the cgroup `dir` (in whichever hierarchy has
+/// the file), and of its child cgroups too when `children`: the whole file,
+/// or the value after `key` in a flat-keyed one.
+fn cgroup_number(dir: &str, file: &str, key: Option<&str>, children: bool) -> Option<f64> {
+    let read = |dir: &Path| -> Option<f64> {
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        match key {
+            None => text.trim().parse().ok(),
+            Some(k) => text.lines().find_map(|l| l.strip_prefix(k)?.trim().parse().ok()),
+        }
+    };
+    berth_e2e::cgroup_mounts().iter().find_map(|m| {
+        let dir = m.join(dir.trim_start_matches('/'));
+        let own = read(&dir)?;
+        let subs = std::fs::read_dir(&dir).into_iter().flatten().flatten().filter(|e| children && e.path().is_dir());
+        Some(own + subs.filter_map(|e| read(&e.path())).sum::<f64>())
+    })
+}
+
+/// What the three neighbours have done so far, so the report shows they
+/// were at their limits: CPU seconds of the CPU hog (counted up the tree
+/// already), times the memory hog hit its limit and forks the fork bomb
+/// was refused (limits are on the pod's cgroup or its container's).
+fn neighbour_counters(pods: &[String]) -> [f64; 3] {
+    let cpu = cgroup_number(&pods[0], "cpuacct.usage", None, false)
+        .map(|ns| ns / 1e9)
+        .or_else(|| cgroup_number(&pods[0], "cpu.stat", Some("usage_usec "), false).map(|us| us / 1e6));
+    let mem =
+        cgroup_number(&pods[1], "memory.failcnt", None, true).or_else(|| cgroup_number(&pods[1], "memory.events", Some("max "), true));
+    let forks = cgroup_number(&pods[2], "pids.events", Some("max "), true);
+    [cpu, mem, forks].map(|v| v.unwrap_or(f64::NAN))
+}
+
 /// p99 of a small request loop (TCP to a pod) idle, then with neighbours at
-/// their CPU limit, their memory limit and their pids limit.
-async fn noisy_neighbour(rt: &mut Rt, t: &mut Table) {
+/// their CPU limit, their memory limit and their pids limit. The pods are
+/// set up as kubelet would for their QoS classes: the quiet pod Guaranteed
+/// with 1 CPU (cpu.shares 1024, a quota of 1 CPU), the CPU hog with half a
+/// CPU (512, a quota of half a CPU, so that on a 2-CPU node the others
+/// still get to run when the quiet pod has a CPU of its own), the memory
+/// hog Burstable with a memory limit and no CPU request, the fork bomb
+/// BestEffort under a pids limit (both cpu.shares 2). With `own_cpu`, the
+/// quiet pod gets the last CPU to itself and the neighbours the others, as
+/// kubelet's static CPU manager places a Guaranteed pod of whole CPUs;
+/// without, all share every CPU (kubelet's default policy).
+async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (quiet_cpus, shared_cpus) = if own_cpu { (format!("{}", n - 1), format!("0-{}", n.saturating_sub(2))) } else { Default::default() };
+    let label = if own_cpu { "noisy neighbour, the quiet pod on a CPU of its own" } else { "noisy neighbour, CPUs shared" };
+    let one_cpu = || cri::LinuxContainerResources { cpu_shares: 1024, cpu_quota: 100_000, cpu_period: 100_000, ..Default::default() };
     let cfg = rt.pod("quiet");
     let pod = rt.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
-    rt.cri.run(&pod, rt.container("server", &["nc", "-ll", "-p", "8080", "-e", "echo", "ok"]), &cfg).await;
+    kubelet_pod_cgroup(&cfg.linux.as_ref().unwrap().cgroup_parent, 1024, None);
+    let mut server = rt.container("server", &["nc", "-ll", "-p", "8080", "-e", "echo", "ok"]);
+    server.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { cpuset_cpus: quiet_cpus, ..one_cpu() });
+    rt.cri.run(&pod, server, &cfg).await;
     let ip = rt.cri.pod_ip(&pod).await;
     let sample = |ip: String| async move {
         let mut lat = Vec::new();
-        for _ in 0..400 {
+        for _ in 0..1000 {
             let s = Instant::now();
             if let Ok(mut c) = std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), Duration::from_secs(2)) {
                 let mut out = String::new();
@@ -420,45 +495,63 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle = tokio::task::spawn_blocking(move || futures::executor::block_on(sample(ip.clone()))).await.unwrap();
     let mut noisy = Vec::new();
-    for (name, cmd, res) in [
+    let mut parents = Vec::new();
+    for (name, cmd, res, pod_shares, pids) in [
         (
             "cpu",
             vec!["sh", "-c", "while :; do :; done"],
-            cri::LinuxContainerResources { cpu_quota: 100_000, cpu_period: 100_000, ..Default::default() },
+            cri::LinuxContainerResources { cpu_shares: 512, cpu_quota: 50_000, cpu_period: 100_000, ..Default::default() },
+            512,
+            None,
         ),
         (
             "mem",
-            vec!["sh", "-c", "while :; do x=$(head -c 60000000 /dev/zero | tr '\\0' a); done"],
-            cri::LinuxContainerResources { memory_limit_in_bytes: 48 << 20, ..Default::default() },
+            // tail holds 60 MB and is OOM-killed at the 48 MiB limit, again and again.
+            vec!["sh", "-c", "while :; do head -c 60000000 /dev/zero | tail -c 60000000 >/dev/null; done"],
+            cri::LinuxContainerResources { cpu_shares: 2, memory_limit_in_bytes: 48 << 20, ..Default::default() },
+            2,
+            None,
         ),
         (
             "fork",
-            vec!["sh", "-c", "while :; do for i in $(seq 100); do sleep 5 & done; wait; done"],
-            cri::LinuxContainerResources::default(),
+            // The inner shell forks until refused, which ends it (ash gives up
+            // on a failed fork); the outer one, which waited for it, gets its
+            // pid back and starts another.
+            vec!["sh", "-c", "while :; do sh -c 'while :; do sleep 5 & done' 2>/dev/null; done"],
+            cri::LinuxContainerResources { cpu_shares: 2, ..Default::default() },
+            2,
+            Some(64),
         ),
     ] {
         let cfg = rt.pod(&format!("noisy-{name}"));
-        let cg = cfg.linux.as_ref().unwrap().cgroup_parent.clone();
         let p = rt.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
-        if name == "fork" {
-            // The pod's pids limit, as kubelet's podPidsLimit sets it.
-            for m in berth_e2e::cgroup_mounts() {
-                let f = m.join(cg.trim_start_matches('/')).join("pids.max");
-                if f.exists() {
-                    let _ = std::fs::write(&f, "64");
-                }
-            }
-        }
+        kubelet_pod_cgroup(&cfg.linux.as_ref().unwrap().cgroup_parent, pod_shares, pids);
+        parents.push(cfg.linux.as_ref().unwrap().cgroup_parent.clone());
         let mut c = rt.container(name, &cmd.iter().map(|s| &**s).collect::<Vec<_>>());
-        c.linux.as_mut().unwrap().resources = Some(res);
+        c.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { cpuset_cpus: shared_cpus.clone(), ..res });
+        if std::env::var("NOISY_ONLY").is_ok_and(|o| !o.contains(name)) {
+            c.command = vec!["sleep".into(), "100000".into()];
+        }
         rt.cri.run(&p, c, &cfg).await;
         noisy.push(p);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ip = rt.cri.pod_ip(&pod).await;
+    let (before, t0) = (neighbour_counters(&parents), Instant::now());
     let loaded = tokio::task::spawn_blocking(move || futures::executor::block_on(sample(ip))).await.unwrap();
-    t.add("noisy neighbour: request p99, idle", rt.name, "ms", pct(&idle, 0.99));
-    t.add("noisy neighbour: request p99, neighbours at CPU/memory/pids limits", rt.name, "ms", pct(&loaded, 0.99));
+    let (after, secs) = (neighbour_counters(&parents), t0.elapsed().as_secs_f64());
+    let rows: [(&str, &str, f64); 7] = [
+        ("the CPU hog's use meanwhile (limit 0.5)", "CPUs", (after[0] - before[0]) / secs),
+        ("the memory hog at its limit meanwhile", "times", after[1] - before[1]),
+        ("forks refused to the fork bomb meanwhile", "forks", after[2] - before[2]),
+        ("request p50, idle", "ms", pct(&idle, 0.5)),
+        ("request p50, neighbours busy", "ms", pct(&loaded, 0.5)),
+        ("request p99, idle", "ms", pct(&idle, 0.99)),
+        ("request p99, neighbours at CPU/memory/pids limits", "ms", pct(&loaded, 0.99)),
+    ];
+    for (row, unit, v) in rows {
+        t.add(&format!("{label}: {row}"), rt.name, unit, v);
+    }
     for p in noisy {
         rt.pod_down(&p).await;
     }
@@ -469,6 +562,8 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table) {
 async fn main() {
     let runs = env("COMPARE_RUNS", 30);
     let quick = std::env::var("COMPARE_QUICK").is_ok();
+    let only = std::env::var("COMPARE_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|p| p.trim() == name));
     // At its default log level, as containerd runs here.
     berth_e2e::set_log_level("info");
     let f = Fixture::start().await;
@@ -510,12 +605,14 @@ async fn main() {
         }
     }
 
-    println!("lifecycle, {runs} runs each, alternating");
-    for i in 0..runs + 3 {
-        lifecycle(&mut berth, &mut t, i >= 3).await;
-        lifecycle(&mut containerd, &mut t, i >= 3).await;
+    if part("lifecycle") {
+        println!("lifecycle, {runs} runs each, alternating");
+        for i in 0..runs + 3 {
+            lifecycle(&mut berth, &mut t, i >= 3).await;
+            lifecycle(&mut containerd, &mut t, i >= 3).await;
+        }
     }
-    if !quick {
+    if !quick && part("pull") {
         println!("pull + unpack, {} runs, a fresh daemon each", runs.min(5));
         let big = berth_e2e::oci::big_image();
         f.registry.push("bench/big", "1", &big).await;
@@ -537,21 +634,25 @@ async fn main() {
             t.add(&row, "containerd", "ms", ms(t0.elapsed()));
         }
     }
-    println!("20 pods in parallel");
-    for _ in 0..5 {
-        for rt in [&mut berth, &mut containerd] {
-            let (wall, pods) = parallel(rt, 20).await;
-            t.add("20 pods (+ container) started in parallel", rt.name, "ms", wall);
-            for p in pods {
-                rt.pod_down(&p).await;
+    if part("parallel") {
+        println!("20 pods in parallel");
+        for _ in 0..5 {
+            for rt in [&mut berth, &mut containerd] {
+                let (wall, pods) = parallel(rt, 20).await;
+                t.add("20 pods (+ container) started in parallel", rt.name, "ms", wall);
+                for p in pods {
+                    rt.pod_down(&p).await;
+                }
             }
         }
     }
-    println!("100 pods × 2 containers, 8 clients");
-    loaded(&mut berth, &mut t).await;
-    loaded(&mut containerd, &mut t).await;
+    if part("loaded") {
+        println!("100 pods × 2 containers, 8 clients");
+        loaded(&mut berth, &mut t).await;
+        loaded(&mut containerd, &mut t).await;
+    }
     let levels: &[usize] = if quick { &[10, 50] } else { &[10, 50, 200] };
-    for rt in [&mut berth, &mut containerd] {
+    for rt in [&mut berth, &mut containerd].into_iter().filter(|_| part("scale")) {
         println!("scale: {} to {} pods", rt.name, levels[levels.len() - 1]);
         let markers = rt.monitor.clone();
         let monitors = move || {
@@ -561,7 +662,7 @@ async fn main() {
         scale(rt, &mut t, levels, &monitors).await;
     }
     // The pod's PID-namespace init: berth's (a shared-PID pod) and pause.
-    {
+    if part("init") {
         let mut cfg = berth.pod("init");
         cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid = 0;
         let pod = berth.cri.run_pod(cfg).await.expect("RunPodSandbox");
@@ -579,13 +680,20 @@ async fn main() {
         t.add("the pod's init process (RSS)", "containerd", "MiB", pct(&rss, 0.5));
         containerd.pod_down(&pod).await;
     }
-    println!("floor");
-    floor(&mut t, runs);
-    println!("host vs container");
-    host_vs_container(&mut berth, &mut t, 5).await;
-    if !quick {
+    if part("floor") {
+        println!("floor");
+        floor(&mut t, runs);
+    }
+    if part("host") {
+        println!("host vs container");
+        host_vs_container(&mut berth, &mut t, 5).await;
+    }
+    if !quick && part("noisy") {
         println!("noisy neighbour");
-        noisy_neighbour(&mut berth, &mut t).await;
+        noisy_neighbour(&mut berth, &mut t, false).await;
+        if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+            noisy_neighbour(&mut berth, &mut t, true).await;
+        }
     }
 
     let json = t.print();
