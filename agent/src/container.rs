@@ -3,7 +3,7 @@
 //! folds exit statuses in as monitors report them, and serialises the
 //! operations on one container.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -343,26 +343,32 @@ async fn create_inner(
     let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
     let device_rules = spec_device_rules(&built.spec)?;
     stages.mark("prepare");
-    // The writable layer's dirs and the cgroup are made beside the intent
-    // record's write (its fdatasync is the longer wait): a crash before the
-    // record is on disk leaves them to start-up GC, which removes writable
-    // layers and container cgroups no record claims.
+    // The writable layer's dirs with the overlay rootfs mounted ahead, and
+    // the cgroup, are made on two threads beside the intent record's write:
+    // a crash before the record is on disk leaves them to start-up GC, which
+    // removes writable layers and container cgroups no record claims (the
+    // detached overlay goes with the process).
+    let ahead = rootfs_ahead(&built.spec);
+    let upper_owner = pod.userns.as_ref().map(|m| m.host_root());
+    let layer_dir = layer.clone();
+    let layer_task = tokio::task::spawn_blocking(move || layer_dirs_and_rootfs(&layer_dir, upper_owner, ahead));
     let a = node.clone();
     let pod_rec = pod.clone();
-    let (layer_dir, cg, lim) = (layer.clone(), cgroup_path.clone(), limits.clone());
-    let objects = tokio::task::spawn_blocking(move || dirs_and_cgroup(&a, &pod_rec, &layer_dir, &cg, &lim, &device_rules));
+    let (cg, lim) = (cgroup_path.clone(), limits.clone());
+    let cgroup_task = tokio::task::spawn_blocking(move || cgroup_with_limits(&a, &pod_rec, &cg, &lim, &device_rules));
     let intent = node.containers.put(&rec);
     stages.mark("intent_record");
-    let objects = objects.await.map_err(Error::from).and_then(|made| made);
+    let layer_made = layer_task.await.map_err(Error::from).and_then(|made| made);
+    let cgroup_made = cgroup_task.await.map_err(Error::from).and_then(|made| made);
     stages.mark("dirs_and_cgroup_wait");
-    let pending = match intent.and(objects) {
-        Ok((pending, beside)) => {
-            for (name, took) in beside {
+    let (rootfs_fd, pending) = match (intent, layer_made, cgroup_made) {
+        (Ok(()), Ok((rootfs_fd, layer_took)), Ok((pending, cgroup_took))) => {
+            for (name, took) in layer_took.into_iter().chain(cgroup_took) {
                 stages.beside(name, took);
             }
-            pending
+            (rootfs_fd, pending)
         }
-        Err(e) => return Err(abandon(&node, &rec, e).await),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Err(abandon(&node, &rec, e).await),
     };
     crate::fault::point("container.create.after_intent");
 
@@ -373,7 +379,7 @@ async fn create_inner(
     let made = tokio::task::spawn_blocking(move || -> Result<(berth_runtime::Created, Stages)> {
         stages.mark("to_blocking");
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
-        let created = a.handler_of(&pod_rec).runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio)?;
+        let created = a.handler_of(&pod_rec).runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio, rootfs_fd)?;
         pending.joined();
         stages.mark("monitor_and_rootfs");
         Ok((created, stages))
@@ -416,29 +422,81 @@ async fn abandon(node: &Arc<Node>, rec: &ContainerRecord, e: Error) -> Error {
     e
 }
 
-/// The container's writable layer dirs and its cgroup with limits and
-/// device rules; with how long each step took.
-fn dirs_and_cgroup(
-    node: &Node,
-    pod: &PodRecord,
+/// The overlay rootfs berthd can mount ahead for the init (see
+/// `berth_runtime::rootfs::mount_ahead`): its layers and whether it is
+/// `nodev`, from the spec as the init would read them; None for a
+/// user-namespaced container (the init id-maps its layers) or a spec the
+/// init will refuse with its own words.
+fn rootfs_ahead(spec: &oci_spec::runtime::Spec) -> Option<RootfsAhead> {
+    use berth_runtime::rootfs;
+    if rootfs::user_namespace(spec).ok()?.is_some() {
+        return None;
+    }
+    Some(RootfsAhead {
+        layers: rootfs::layers(spec).ok()?,
+        nodev: rootfs::devices_restricted(spec).ok()?,
+        targets: rootfs::targets_on_rootfs(spec),
+    })
+}
+
+/// What [`layer_dirs_and_rootfs`] needs to mount the rootfs ahead and make
+/// the mount destinations on it.
+struct RootfsAhead {
+    layers: berth_runtime::rootfs::Layers,
+    nodev: bool,
+    targets: Vec<(PathBuf, bool)>,
+}
+
+/// The container's writable layer dirs (the upper dir owned by
+/// `upper_owner`, the host ids of a user-namespaced pod's root), then, when
+/// `ahead` asks, the overlay rootfs mounted ahead with the mount
+/// destinations made on it; with how long each took. What cannot be done
+/// ahead is left to the init, which does it itself and reports why not in
+/// its own words.
+#[allow(clippy::type_complexity)]
+fn layer_dirs_and_rootfs(
     layer: &std::path::Path,
-    cgroup_path: &str,
-    limits: &cgroup::Limits,
-    device_rules: &[cgroup::DeviceRule],
-) -> Result<(crate::cgroups::Pending, Vec<(&'static str, std::time::Duration)>)> {
+    upper_owner: Option<(u32, u32)>,
+    ahead: Option<RootfsAhead>,
+) -> Result<(Option<std::os::fd::OwnedFd>, Vec<(&'static str, std::time::Duration)>)> {
     let mut took = Vec::new();
     let t = std::time::Instant::now();
     for d in [layer.to_path_buf(), layer.join("upper"), layer.join("work")] {
         std::fs::create_dir_all(&d).map_err(|e| internal(&d.display().to_string(), e))?;
     }
-    if let Some(m) = &pod.userns {
+    if let Some((uid, gid)) = upper_owner {
         // The upper dir is the rootfs's /: its root's, as the id-mapped
         // layers below show theirs.
-        let (uid, gid) = m.host_root();
         let upper = layer.join("upper");
         std::os::unix::fs::chown(&upper, Some(uid), Some(gid)).map_err(|e| internal(&upper.display().to_string(), e))?;
     }
     took.push(("layer_dirs", t.elapsed()));
+    let Some(ahead) = ahead else { return Ok((None, took)) };
+    let t = std::time::Instant::now();
+    let fd = berth_runtime::rootfs::mount_ahead(&ahead.layers, ahead.nodev)
+        .inspect_err(|e| tracing::debug!("the overlay rootfs is left to the init: {e}"))
+        .ok();
+    took.push(("rootfs_ahead", t.elapsed()));
+    if let Some(fd) = &fd {
+        let t = std::time::Instant::now();
+        if let Err(e) = berth_runtime::rootfs::Kernel::make_targets(fd.as_fd(), &ahead.targets) {
+            tracing::debug!("mount destinations are left to the init: {e}");
+        }
+        took.push(("targets_ahead", t.elapsed()));
+    }
+    Ok((fd, took))
+}
+
+/// The container's cgroup with limits and device rules; with how long each
+/// step took.
+fn cgroup_with_limits(
+    node: &Node,
+    pod: &PodRecord,
+    cgroup_path: &str,
+    limits: &cgroup::Limits,
+    device_rules: &[cgroup::DeviceRule],
+) -> Result<(crate::cgroups::Pending, Vec<(&'static str, std::time::Duration)>)> {
+    let mut took = Vec::new();
     let t = std::time::Instant::now();
     let monitor = node.handler_of(pod).runtime.monitor_bin();
     let pending = node.cgroups.create_leaf(cgroup_path, limits, node.cgroup_v2, monitor).map_err(|e| internal("container cgroup", e))?;

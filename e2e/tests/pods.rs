@@ -23,6 +23,13 @@ async fn container_runs_logs_and_exits() {
     assert_eq!(lines.len(), 2, "{log}");
     assert!(lines.iter().any(|l| l.ends_with(" stdout F out")), "{log}");
     assert!(lines.iter().any(|l| l.ends_with(" stderr F err")), "{log}");
+    // berthd mounted the overlay rootfs and made the mount destinations
+    // (/etc/hosts and the like, which this image lacks) ahead, beside its
+    // other work, and the init attached and used them.
+    let daemon = f.berthd.log();
+    let created = daemon.lines().find(|l| l.contains("container created") && l.contains(&c)).expect("a created line");
+    assert!(created.contains("rootfs_ahead=") && created.contains("targets_ahead="), "{created}");
+    assert!(!daemon.contains("left to the init"), "{daemon}");
     f.cri.remove_pod(&pod).await;
 }
 

@@ -140,7 +140,10 @@ impl Runtime {
     }
 
     /// Writes `spec` into `bundle/config.json`, spawns the monitor, and waits
-    /// until the container init has done everything but exec.
+    /// until the container init has done everything but exec. `rootfs`: the
+    /// overlay rootfs, if the caller mounted it ahead
+    /// ([`crate::rootfs::mount_ahead`]) from the spec's layers.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         id: &str,
@@ -149,6 +152,7 @@ impl Runtime {
         log: Option<&Path>,
         pid_ns: &PidNamespace,
         stdio: StdioOpts,
+        rootfs: Option<OwnedFd>,
     ) -> Result<Created, RuntimeError> {
         let monitor_err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(bundle).map_err(io_err("bundle"))?;
@@ -175,7 +179,11 @@ impl Runtime {
             }
         }
         let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(io_err("monitor.log"))?;
-        let fds = [(log_file.as_fd(), 2), (w.as_fd(), 3)];
+        let mut fds = vec![(log_file.as_fd(), 2), (w.as_fd(), 3)];
+        if let Some(fd) = &rootfs {
+            args.extend([s("--rootfs-fd"), s("4")]);
+            fds.push((fd.as_fd(), 4));
+        }
         // Either way, the first monitor process exits right after forking
         // the real one, and is waited for.
         let zygote_error = match self.zygote.as_deref().map(|z| z.run(&args, &fds)) {

@@ -10,7 +10,7 @@ use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
 use berth_runtime::process::exec::ExecArgs;
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]\n       berth-monitor pod-userns  (request on stdin, report on fd 3)");
+    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--rootfs-fd N] [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]\n       berth-monitor pod-userns  (request on stdin, report on fd 3)");
     2
 }
 
@@ -68,6 +68,11 @@ fn monitor(args: &[String]) -> i32 {
         return usage("monitor needs --id, --bundle and --sync-fd");
     };
     let Ok(sync_fd) = sync.parse() else { return usage("bad --sync-fd") };
+    let rootfs_fd = match get(&f, "rootfs-fd").map(str::parse) {
+        None => None,
+        Some(Ok(fd)) => Some(fd),
+        Some(Err(_)) => return usage("bad --rootfs-fd"),
+    };
     let pid_ns = match get(&f, "pid-ns") {
         None | Some("new") => PidNamespace::New,
         Some("host") => PidNamespace::Host,
@@ -85,6 +90,7 @@ fn monitor(args: &[String]) -> i32 {
         log: get(&f, "log").map(PathBuf::from),
         pid_ns,
         sync_fd,
+        rootfs_fd,
         stdio: StdioOpts {
             stdin: get(&f, "stdin") == Some("true"),
             stdin_once: get(&f, "stdin-once") == Some("true"),

@@ -65,6 +65,9 @@ pub struct MonitorArgs {
     pub pid_ns: PidNamespace,
     /// Where to report [`MonitorReport`] (then closed).
     pub sync_fd: RawFd,
+    /// The overlay rootfs, mounted ahead and detached by berthd
+    /// (`crate::rootfs::mount_ahead`), for the init to attach.
+    pub rootfs_fd: Option<RawFd>,
     /// The container's stdio.
     pub stdio: StdioOpts,
 }
@@ -118,6 +121,8 @@ pub(super) fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 
 fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     let started = std::time::Instant::now();
+    // SAFETY: berthd handed this fd over for the init; nothing else here owns it.
+    let rootfs = args.rootfs_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     init::close_on_exec_from(3);
@@ -176,10 +181,13 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         (ForkResult::Child, placed) => {
             drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into));
             let stdio = [stdin_r, out_w, err_w];
-            child_main(args, &spec, placed, null, stdio, report_w, start_r, console_child)
+            child_main(args, &spec, placed, rootfs, null, stdio, report_w, start_r, console_child)
         }
         (ForkResult::Parent { child }, _) => child,
     };
+    // The init's copy is the one it attaches; this one would only keep the
+    // mount referenced after the container is gone.
+    drop(rootfs);
     // Under the systemd driver the cgroup must outlive the container's last
     // process until its OOM count is read (see oom::start_sentinel).
     let hold = crate::annotations::get(&spec, crate::annotations::CGROUP_HOLD) == Some("1");
@@ -278,6 +286,7 @@ fn child_main(
     args: &MonitorArgs,
     spec: &oci_spec::runtime::Spec,
     placed: bool,
+    rootfs: Option<OwnedFd>,
     null: OwnedFd,
     stdio: [Option<OwnedFd>; 3],
     report_w: OwnedFd,
@@ -301,7 +310,7 @@ fn child_main(
         }
     }
     drop((null, stdio));
-    init::run(spec, &args.bundle, placed, report, std::fs::File::from(start_r), console)
+    init::run(spec, &args.bundle, placed, rootfs, report, std::fs::File::from(start_r), console)
 }
 
 /// Default dispositions and an empty mask: the Rust runtime ignores SIGPIPE,

@@ -30,8 +30,17 @@ fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 /// sees EOF exactly when `execve` succeeded. With a `console` socket (a TTY
 /// container) the init opens a terminal in the container's devpts, makes it
 /// its stdio and controlling terminal, and sends the master to the monitor.
-pub fn run(spec: &Spec, bundle: &Path, placed: bool, mut report: std::fs::File, mut start: std::fs::File, console: Option<OwnedFd>) -> ! {
-    let result: Result<(), InitError> = prepare(spec, bundle, placed).and_then(|prepared| {
+/// `rootfs`: the overlay rootfs mounted ahead (`crate::rootfs::mount_ahead`).
+pub fn run(
+    spec: &Spec,
+    bundle: &Path,
+    placed: bool,
+    rootfs: Option<OwnedFd>,
+    mut report: std::fs::File,
+    mut start: std::fs::File,
+    console: Option<OwnedFd>,
+) -> ! {
+    let result: Result<(), InitError> = prepare(spec, bundle, placed, rootfs).and_then(|prepared| {
         let u = &prepared.user;
         if let Some(console) = console {
             let (master, slave) = super::tty::open_pty()?;
@@ -99,8 +108,9 @@ pub fn join_cgroup(spec: &Spec) -> Result<(), InitError> {
 }
 
 /// Everything up to the point where only `execve` is left. `placed`: the
-/// process was born in its cgroup ([`super::clone::fork_into_cgroup`]).
-pub fn prepare(spec: &Spec, bundle: &Path, placed: bool) -> Result<Prepared, InitError> {
+/// process was born in its cgroup ([`super::clone::fork_into_cgroup`]);
+/// `rootfs`: the overlay rootfs, if it was mounted ahead.
+pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>) -> Result<Prepared, InitError> {
     let mut clock = Clock::new();
     make_non_dumpable();
     // Modes are given explicitly; the umask of the spec applies at exec.
@@ -115,7 +125,8 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool) -> Result<Prepared, Ini
         Some(fd) => Some(fd.try_clone().map_err(|e| setup_err("dup the user namespace fd", e))?),
         None => None,
     };
-    crate::rootfs::build(spec, new_uts, &mut crate::rootfs::Kernel::new(&bundle.join("rootfs")).with_userns(userns_for_mounts))?;
+    let mut kernel = crate::rootfs::Kernel::new(&bundle.join("rootfs")).with_userns(userns_for_mounts).with_rootfs_mount(rootfs);
+    crate::rootfs::build(spec, new_uts, &mut kernel)?;
     clock.mark("rootfs");
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();

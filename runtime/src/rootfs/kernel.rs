@@ -3,7 +3,7 @@
 //! symlink an image planted never leads a mount out of it; mounts are made
 //! onto fds (`/proc/self/fd/N`), never onto looked-up path strings.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -32,12 +32,31 @@ pub struct Kernel {
     /// Bind sources cloned before their mount was detached
     /// ([`RootfsOps::set_aside`]), in the order the spec binds them.
     aside: Vec<(PathBuf, OwnedFd)>,
+    /// The overlay rootfs, mounted ahead and detached ([`super::mount_ahead`]).
+    ahead: Option<OwnedFd>,
 }
 
 impl Kernel {
     /// A builder for the rootfs at `rootfs`.
     pub fn new(rootfs: &Path) -> Kernel {
-        Kernel { rootfs: rootfs.to_path_buf(), root: None, last_mount: None, null: None, userns: None, staged: 0, aside: Vec::new() }
+        Kernel {
+            rootfs: rootfs.to_path_buf(),
+            root: None,
+            last_mount: None,
+            null: None,
+            userns: None,
+            staged: 0,
+            aside: Vec::new(),
+            ahead: None,
+        }
+    }
+
+    /// The overlay rootfs as [`super::mount_ahead`] made it: attached where
+    /// [`RootfsOps::mount_rootfs`] would mount it, which then mounts nothing.
+    /// Its layers and flags are the spec's, as the init's own mount's would be.
+    pub fn with_rootfs_mount(mut self, fd: Option<OwnedFd>) -> Kernel {
+        self.ahead = fd;
+        self
     }
 
     /// Id-mapped mounts map through the user namespace `fd` refers to.
@@ -145,6 +164,22 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// Makes `targets` ([`super::targets_on_rootfs`]) on the overlay rootfs
+    /// `rootfs` mounted ahead, with the lookups and creations the init's
+    /// [`RootfsOps::mount`] would do (symlinks resolved inside the root, never
+    /// out of it; new files 0644, new dirs 0755, root's), so that the
+    /// init's own lookups find them.
+    pub fn make_targets(rootfs: BorrowedFd<'_>, targets: &[(PathBuf, bool)]) -> Result<(), InitError> {
+        let fd = rootfs.try_clone_to_owned().map_err(|e| InitError::setup("dup the rootfs fd", e))?;
+        let root = RootDir::from_fd(fd, Path::new("the rootfs mounted ahead"));
+        for (dest, is_file) in targets {
+            mount_target(&root, dest, *is_file)?;
+        }
+        Ok(())
+    }
+}
+
 /// True when / is the namespace's own root mount (a rootfs/ramfs booted
 /// from, with no parent), as on a node running from its initramfs.
 fn root_is_the_initial_ramfs() -> bool {
@@ -238,6 +273,11 @@ impl RootfsOps for Kernel {
     }
 
     fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError> {
+        if let Some(ahead) = self.ahead.take().filter(|_| !layers.idmap) {
+            crate::mountapi::attach(ahead.as_fd(), &self.rootfs).map_err(|e| InitError::setup("attach the overlay rootfs", e))?;
+            self.root = Some(RootDir::open(&self.rootfs).map_err(|e| InitError::setup("open rootfs", e))?);
+            return Ok(());
+        }
         let lower = if layers.idmap { self.idmapped_lowers(&layers.lower)? } else { layers.lower.clone() };
         let data = match &layers.upper_work {
             Some((upper, work)) => format!("lowerdir={lower},upperdir={upper},workdir={work}"),

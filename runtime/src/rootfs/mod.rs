@@ -97,6 +97,48 @@ pub fn layers(spec: &Spec) -> Result<Layers, InitError> {
     Ok(Layers { lower: lower.to_string(), upper_work, idmap: false })
 }
 
+/// The overlay rootfs of `layers`, mounted ahead and detached by whoever
+/// has the layers ready before the container init runs (berthd, beside its
+/// other work), for the init to attach ([`Kernel::with_rootfs_mount`])
+/// instead of mounting it: the overlay's set-up (its work dir, the upper
+/// filesystem's feature checks) is then off the init's path. `nodev` as
+/// [`devices_restricted`] says. Not for id-mapped lower layers, which only
+/// the init, inside the container's user namespace, can map.
+pub fn mount_ahead(layers: &Layers, nodev: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    if layers.idmap {
+        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "id-mapped lower layers are mounted by the init"));
+    }
+    let mut options = vec![("lowerdir", layers.lower.as_str())];
+    if let Some((upper, work)) = &layers.upper_work {
+        options.extend([("upperdir", upper.as_str()), ("workdir", work.as_str())]);
+    }
+    crate::mountapi::new_mount("overlay", &options, if nodev { libc::MOUNT_ATTR_NODEV } else { 0 })
+}
+
+/// The destinations of `spec`'s mounts that land on the rootfs itself, as
+/// (path, is a file): not those beneath an earlier mount of the spec
+/// (`/dev/shm` is made in the `/dev` tmpfs, a path inside a volume in the
+/// volume), nor those the init resolves in its own way (sub paths, the
+/// cgroup view, id-mapped mounts). A bind of a file needs a file to mount
+/// on, anything else a directory. With the rootfs mounted ahead, berthd makes
+/// them ([`Kernel::make_targets`]) while other work goes on; the init finds
+/// them made.
+pub fn targets_on_rootfs(spec: &Spec) -> Vec<(std::path::PathBuf, bool)> {
+    let mut dests: Vec<std::path::PathBuf> = Vec::new();
+    let mut out = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let op = MountOp::from_oci(m);
+        let beneath = dests.iter().any(|d| op.dest.starts_with(d));
+        dests.push(op.dest.clone());
+        if beneath || op.sub_path.is_some() || op.kind == "cgroup" || op.idmap {
+            continue;
+        }
+        let is_file = op.bind && std::fs::metadata(&op.source).is_ok_and(|md| !md.is_dir());
+        out.push((op.dest, is_file));
+    }
+    out
+}
+
 /// The propagation of the container's mounts: the spec's
 /// `rootfsPropagation` (rshared when a volume is bidirectional, so mounts
 /// under it stay in the host's peer group), else rslave: the host's mounts
@@ -409,5 +451,37 @@ mod tests {
         linux.set_rootfs_propagation(Some("sideways".into()));
         s.set_linux(Some(linux));
         assert!(build(&s, false, &mut Recorder::default()).is_err());
+    }
+
+    #[test]
+    fn targets_ahead_are_those_on_the_rootfs_itself() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let m = |dest: &str, typ: &str, source: &std::path::Path, options: &[&str]| {
+            MountBuilder::default()
+                .destination(dest)
+                .typ(typ)
+                .source(source)
+                .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+                .unwrap()
+        };
+        let none = std::path::Path::new("none");
+        let mounts = vec![
+            m("/proc", "proc", none, &[]),
+            m("/dev", "tmpfs", none, &[]),
+            m("/dev/pts", "devpts", none, &[]),
+            m("/sys/fs/cgroup", "cgroup", none, &[]),
+            m("/etc/hosts", "bind", file.path(), &["rbind"]),
+            m("/data", "bind", dir.path(), &["rbind"]),
+            m("/data/inner", "bind", dir.path(), &["rbind"]),
+            m("/sub", "bind", dir.path(), &["rbind", &format!("{}x", mount::SUB_PATH_OPTION)]),
+            m("/dev/termination-log", "bind", file.path(), &["rbind"]),
+        ];
+        let spec = SpecBuilder::default().mounts(mounts).build().unwrap();
+        let got = targets_on_rootfs(&spec);
+        let want: Vec<(std::path::PathBuf, bool)> =
+            [("/proc", false), ("/dev", false), ("/etc/hosts", true), ("/data", false)].iter().map(|(p, f)| (p.into(), *f)).collect();
+        assert_eq!(got, want);
     }
 }
