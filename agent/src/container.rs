@@ -343,11 +343,11 @@ async fn create_inner(
     let stdio = berth_runtime::monitor::StdioOpts { stdin: config.stdin, stdin_once: config.stdin_once, tty: config.tty };
     let device_rules = spec_device_rules(&built.spec)?;
     stages.mark("prepare");
-    // The writable layer's dirs with the overlay rootfs mounted ahead, and
-    // the cgroup, are made on two threads beside the intent record's write:
-    // a crash before the record is on disk leaves them to start-up GC, which
-    // removes writable layers and container cgroups no record claims (the
-    // detached overlay goes with the process).
+    // The writable layer's dirs with the overlay rootfs mounted ahead, the
+    // cgroup, and the bundle are made on three threads beside the intent
+    // record's write: a crash before the record is on disk leaves them to
+    // start-up GC, which removes writable layers, bundles and container
+    // cgroups no record claims (the detached overlay goes with the process).
     let ahead = rootfs_ahead(&built.spec);
     let upper_owner = pod.userns.as_ref().map(|m| m.host_root());
     let layer_dir = layer.clone();
@@ -356,30 +356,41 @@ async fn create_inner(
     let pod_rec = pod.clone();
     let (cg, lim) = (cgroup_path.clone(), limits.clone());
     let cgroup_task = tokio::task::spawn_blocking(move || cgroup_with_limits(&a, &pod_rec, &cg, &lim, &device_rules));
-    let intent = node.containers.put(&rec);
+    let (bundle_dir, spec) = (node.bundle(&id), built.spec);
+    let bundle_task = tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let bundle = berth_runtime::Runtime::write_bundle(&bundle_dir, &spec).map_err(Error::from);
+        bundle.map(|b| (b, t.elapsed()))
+    });
+    // The intent record does not wait for the disk (the created record
+    // that follows does, and takes it along): a crash before that leaves
+    // either a Creating record, which start-up cleans up, or none, and then
+    // start-up GC removes what no record claims — the monitor (found by its
+    // command line), the bundle, the writable layer, the container cgroup.
+    // Nothing is left either way, which is what the record is for.
+    let intent = node.containers.put_volatile(&rec);
     stages.mark("intent_record");
     let layer_made = layer_task.await.map_err(Error::from).and_then(|made| made);
     let cgroup_made = cgroup_task.await.map_err(Error::from).and_then(|made| made);
+    let bundle_made = bundle_task.await.map_err(Error::from).and_then(|made| made);
     stages.mark("dirs_and_cgroup_wait");
-    let (rootfs_fd, pending) = match (intent, layer_made, cgroup_made) {
-        (Ok(()), Ok((rootfs_fd, layer_took)), Ok((pending, cgroup_took))) => {
-            for (name, took) in layer_took.into_iter().chain(cgroup_took) {
+    let (rootfs_fd, pending, bundle) = match (intent, layer_made, cgroup_made, bundle_made) {
+        (Ok(()), Ok((rootfs_fd, layer_took)), Ok((pending, cgroup_took)), Ok((bundle, bundle_took))) => {
+            for (name, took) in layer_took.into_iter().chain(cgroup_took).chain([("bundle", bundle_took)]) {
                 stages.beside(name, took);
             }
-            (rootfs_fd, pending)
+            (rootfs_fd, pending, bundle)
         }
-        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return Err(abandon(&node, &rec, e).await),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return Err(abandon(&node, &rec, e).await),
     };
     crate::fault::point("container.create.after_intent");
 
     let a = node.clone();
     let pod_rec = pod.clone();
-    let spec = built.spec;
-    let bundle_dir = node.bundle(&id);
     let made = tokio::task::spawn_blocking(move || -> Result<(berth_runtime::Created, Stages)> {
         stages.mark("to_blocking");
         let log = if log_path.is_empty() { None } else { Some(PathBuf::from(&log_path)) };
-        let created = a.handler_of(&pod_rec).runtime.create(&id, &bundle_dir, &spec, log.as_deref(), &pid_ns, stdio, rootfs_fd)?;
+        let created = a.handler_of(&pod_rec).runtime.create(&id, bundle, log.as_deref(), &pid_ns, stdio, rootfs_fd)?;
         pending.joined();
         stages.mark("monitor_and_rootfs");
         Ok((created, stages))

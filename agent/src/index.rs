@@ -131,6 +131,15 @@ impl<R: Indexed> Table<R> {
         Ok(())
     }
 
+    /// Inserts or replaces a record without waiting for the disk (see
+    /// [`crate::store::Store::put_volatile`]).
+    pub fn put_volatile(&self, r: &R) -> Result<()> {
+        let _w = self.lock_writer();
+        self.store.put_volatile(r.id(), r)?;
+        self.remember(r);
+        Ok(())
+    }
+
     /// Deletes a record; true when it existed.
     pub fn delete(&self, id: &str) -> Result<bool> {
         let _w = self.lock_writer();

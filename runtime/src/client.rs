@@ -121,6 +121,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeErro
     move |source| RuntimeError::Io { what, source }
 }
 
+/// A container's bundle, written ([`Runtime::write_bundle`]) and not yet
+/// handed to a monitor.
+#[derive(Debug)]
+pub struct Bundle {
+    dir: PathBuf,
+    monitor_log: std::fs::File,
+}
+
 impl Runtime {
     /// Uses `monitor_bin` (the `berth-monitor` binary).
     pub fn new(monitor_bin: PathBuf) -> Runtime {
@@ -139,28 +147,36 @@ impl Runtime {
         &self.monitor_bin
     }
 
-    /// Writes `spec` into `bundle/config.json`, spawns the monitor, and waits
-    /// until the container init has done everything but exec. `rootfs`: the
-    /// overlay rootfs, if the caller mounted it ahead
+    /// The bundle of a container about to be created: `bundle/` (0700),
+    /// `rootfs/`, `config.json` from `spec`, and the monitor's log file.
+    /// Separate from [`Runtime::create`] so that a caller can write it
+    /// beside other work.
+    pub fn write_bundle(bundle: &Path, spec: &Spec) -> Result<Bundle, RuntimeError> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(bundle).map_err(io_err("bundle"))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(bundle.join("rootfs")).map_err(io_err("rootfs dir"))?;
+        let json = serde_json::to_vec(spec).map_err(|e| io_err("serializing the spec")(std::io::Error::other(e)))?;
+        std::fs::write(bundle.join("config.json"), json).map_err(io_err("config.json"))?;
+        let _ = std::fs::remove_file(bundle.join(crate::monitor::EXIT_FILE));
+        let monitor_log = std::fs::File::create(bundle.join("monitor.log")).map_err(io_err("monitor.log"))?;
+        Ok(Bundle { dir: bundle.to_path_buf(), monitor_log })
+    }
+
+    /// Spawns the monitor of the container whose `bundle` was written, and
+    /// waits until the container init has done everything but exec.
+    /// `rootfs`: the overlay rootfs, if the caller mounted it ahead
     /// ([`crate::rootfs::mount_ahead`]) from the spec's layers.
-    #[allow(clippy::too_many_arguments)]
     pub fn create(
         &self,
         id: &str,
-        bundle: &Path,
-        spec: &Spec,
+        bundle: Bundle,
         log: Option<&Path>,
         pid_ns: &PidNamespace,
         stdio: StdioOpts,
         rootfs: Option<OwnedFd>,
     ) -> Result<Created, RuntimeError> {
         let monitor_err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(bundle).map_err(io_err("bundle"))?;
-        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(bundle.join("rootfs")).map_err(io_err("rootfs dir"))?;
-        let json = serde_json::to_vec(spec).map_err(|e| monitor_err(format!("spec: {e}")))?;
-        std::fs::write(bundle.join("config.json"), json).map_err(io_err("config.json"))?;
-        let _ = std::fs::remove_file(bundle.join(crate::monitor::EXIT_FILE));
-
+        let Bundle { dir, monitor_log: log_file } = bundle;
+        let bundle = dir.as_path();
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
         let pid_ns = match pid_ns {
             PidNamespace::New => "new".to_string(),
@@ -178,7 +194,6 @@ impl Runtime {
                 args.extend([s(flag), s("true")]);
             }
         }
-        let log_file = std::fs::File::create(bundle.join("monitor.log")).map_err(io_err("monitor.log"))?;
         let mut fds = vec![(log_file.as_fd(), 2), (w.as_fd(), 3)];
         if let Some(fd) = &rootfs {
             args.extend([s("--rootfs-fd"), s("4")]);

@@ -32,5 +32,5 @@ pub mod time;
 pub mod userns;
 pub mod zygote;
 
-pub use client::{Created, MonitorState, Runtime, RuntimeError};
+pub use client::{Bundle, Created, MonitorState, Runtime, RuntimeError};
 pub use monitor::{ExitStatus, PidNamespace};

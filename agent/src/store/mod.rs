@@ -52,7 +52,7 @@ macro_rules! db_error_from {
         }
     )*};
 }
-db_error_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+db_error_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::SetDurabilityError);
 
 /// A record type with its own table, keyed by a string id.
 pub trait Record: Serialize + DeserializeOwned + Clone + std::fmt::Debug + 'static {
@@ -153,6 +153,19 @@ impl Store {
     /// Deletes one record; true when it existed.
     pub fn delete<R: Record>(&self, id: &str) -> Result<bool, StoreError> {
         self.write(|tx| tx.delete::<R>(id))
+    }
+
+    /// Inserts or replaces one record without waiting for the disk: this
+    /// process sees it at once, the next durable write of any record
+    /// persists it with its own, and a crash before that loses it. Only for
+    /// records whose loss start-up repairs by itself.
+    pub fn put_volatile<R: Record>(&self, id: &str, record: &R) -> Result<(), StoreError> {
+        let mut inner = self.db.begin_write()?;
+        inner.set_durability(redb::Durability::None)?;
+        let tx = WriteTx { inner };
+        tx.put(id, record)?;
+        tx.inner.commit()?;
+        Ok(())
     }
 
     /// A setting (small string value), e.g. the pod CIDR.

@@ -155,3 +155,37 @@ fn kill9_during_writes_keeps_committed_records() {
     }
     assert!(committed.len() > 200);
 }
+
+/// Not a test on its own: the process that `a_volatile_put_is_kept_by_the_next_durable_one_and_lost_without`
+/// starts and kills: a volatile put, a durable one, another volatile one.
+#[test]
+#[ignore = "helper process for a_volatile_put_is_kept_by_the_next_durable_one_and_lost_without"]
+fn volatile_child_writer() {
+    let Ok(dir) = std::env::var("BERTH_STORE_VOLATILE_DIR") else { return };
+    let store = Store::open(Path::new(&dir)).unwrap();
+    store.put_volatile("v1", &pod("v1")).unwrap();
+    assert_eq!(store.get::<PodRecord>("v1").unwrap(), Some(pod("v1")), "seen at once");
+    store.put("d", &pod("d")).unwrap();
+    store.put_volatile("v2", &pod("v2")).unwrap();
+    println!("written");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_volatile_put_is_kept_by_the_next_durable_one_and_lost_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "store::tests::volatile_child_writer", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("BERTH_STORE_VOLATILE_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let written = BufReader::new(child.stdout.take().unwrap()).lines().any(|l| l.unwrap().contains("written"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    assert!(written, "the writer did not finish");
+    let store = Store::open(dir.path()).expect("store opens after kill -9");
+    let ids: Vec<String> = store.list::<PodRecord>().unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, ["d", "v1"], "v1 went with the durable put after it; v2 died with the process");
+}
