@@ -558,7 +558,10 @@ pub async fn start(node: &Arc<Node>, id: &str) -> Result<()> {
             crate::fault::point("container.start.after_start");
             rec.state = ContainerState::Running;
             rec.started_at_ns = now_ns();
-            node.containers.put(&rec)?;
+            // Without waiting for the disk: a crash before the next durable
+            // write leaves the record at Created, and start-up asks the
+            // monitor, which knows the container started (see `refresh`).
+            node.containers.put_volatile(&rec)?;
             node.events.emit(&rec.id, &rec.pod_id, EventKind::Started);
             tracing::info!(container_id = %rec.id, "container started");
             Ok(())

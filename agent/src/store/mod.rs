@@ -54,6 +54,10 @@ macro_rules! db_error_from {
 }
 db_error_from!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::SetDurabilityError);
 
+/// redb's page cache (reads, and the write buffer of commits not yet
+/// durable, which may take half).
+const CACHE_BYTES: usize = 1 << 20;
+
 /// A record type with its own table, keyed by a string id.
 pub trait Record: Serialize + DeserializeOwned + Clone + std::fmt::Debug + 'static {
     /// The table's name in the database.
@@ -86,7 +90,13 @@ impl Store {
     /// Opens (or creates) the store in `root`, migrating an older schema.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let path = Self::path_in(root);
-        let db = redb::Database::create(&path).map_err(|error| StoreError::Open { path: path.clone(), error })?;
+        // berthd keeps every record in memory (crate::index) and reads the
+        // file at start-up and for the rare full scans; redb's own cache of
+        // pages (1 GiB at most by default) would only grow the daemon's heap.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| StoreError::Open { path: path.clone(), error })?;
         let store = Store { db, path };
         store.prepare_schema()?;
         Ok(store)
