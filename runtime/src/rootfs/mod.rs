@@ -189,7 +189,13 @@ pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(),
             .collect();
         ops.set_aside(dir, &keep)?;
     }
-    ops.make_rootfs_parent_private()?;
+    // After a recursive rslave or rprivate no mount of this namespace is
+    // shared, the rootfs's parent included: only other propagations need
+    // the check (which reads mountinfo).
+    let none_shared = propagation.contains(MsFlags::MS_REC) && propagation.intersects(MsFlags::MS_SLAVE | MsFlags::MS_PRIVATE);
+    if !none_shared {
+        ops.make_rootfs_parent_private()?;
+    }
     let root_flags = if devices_restricted(spec)? { MsFlags::MS_NODEV } else { MsFlags::empty() };
     let userns = user_namespace(spec)?;
     ops.mount_rootfs(&Layers { idmap: userns.is_some(), ..layers(spec)? }, root_flags)?;
@@ -357,7 +363,6 @@ mod tests {
             r.0,
             [
                 "propagation MsFlags(MS_REC | MS_SLAVE)",
-                "parent private",
                 "rootfs /l1:/l0 MsFlags(MS_NODEV)",
                 "mount proc /proc",
                 "mount tmpfs /dev",
@@ -379,7 +384,7 @@ mod tests {
         let s = spec(false, false, vec![mount("/proc", "proc")]);
         let mut r = Recorder::default();
         build(&s, false, &mut r).unwrap();
-        assert_eq!(r.0[2], "rootfs /l1:/l0 MsFlags(0x0)");
+        assert_eq!(r.0[1], "rootfs /l1:/l0 MsFlags(0x0)");
         assert!(!r.0.iter().any(|c| c.starts_with("devices") || c.starts_with("hostname") || c.starts_with("root ro")), "{:?}", r.0);
     }
 
@@ -419,7 +424,7 @@ mod tests {
             [
                 "propagation MsFlags(MS_REC | MS_SLAVE)".to_string(),
                 "set aside /run/berth/pods keeping [/run/berth/pods/p1/shm rec, /run/berth/pods/p1/hosts]".to_string(),
-                "parent private".to_string()
+                "rootfs /l1:/l0 MsFlags(MS_NODEV)".to_string()
             ]
         );
         assert!(with(Some("rprivate"), "/run/berth/pods")[1].starts_with("set aside"));
@@ -431,10 +436,14 @@ mod tests {
 
     #[test]
     fn the_specs_root_propagation_is_set_first_and_private_again_after_the_pivot() {
-        for (asked, first, again) in [
-            (Some("rshared"), "MS_REC | MS_SHARED", false),
-            (Some("rprivate"), "MS_REC | MS_PRIVATE", true),
-            (None, "MS_REC | MS_SLAVE", false),
+        // The rootfs's parent is made private where it may still be shared:
+        // not after rslave or rprivate.
+        for (asked, first, again, parent) in [
+            (Some("rshared"), "MS_REC | MS_SHARED", false, true),
+            (Some("shared"), "MS_SHARED", false, true),
+            (Some("slave"), "MS_SLAVE", false, true),
+            (Some("rprivate"), "MS_REC | MS_PRIVATE", true, false),
+            (None, "MS_REC | MS_SLAVE", false, false),
         ] {
             let mut s = spec(true, false, vec![mount("/proc", "proc")]);
             let mut linux = s.linux().clone().unwrap();
@@ -442,7 +451,8 @@ mod tests {
             s.set_linux(Some(linux));
             let mut r = Recorder::default();
             build(&s, false, &mut r).unwrap();
-            assert_eq!(r.0[..2], [format!("propagation MsFlags({first})"), "parent private".to_string()]);
+            assert_eq!(r.0[0], format!("propagation MsFlags({first})"));
+            assert_eq!(r.0[1] == "parent private", parent, "{asked:?}: {:?}", r.0);
             let after_pivot = r.0.iter().skip_while(|c| *c != "pivot").nth(1).cloned().unwrap_or_default();
             assert_eq!(after_pivot == format!("propagation MsFlags({first})"), again, "{asked:?}: {:?}", r.0);
         }
