@@ -345,35 +345,40 @@ pub fn spawn_pod_init(monitor_bin: &Path, args: &PodInitArgs) -> Result<PodInit,
     let child = crate::spawn::spawn(monitor_bin, &argv, &[(std::os::fd::AsFd::as_fd(&w), 3)])
         .map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
     drop(w);
-    // Started (from the process that forked the init), then Ready or what
-    // failed (from the init itself); a failure may also come first.
-    let mut reports = std::fs::File::from(r);
-    let mut next = || channel::recv::<PodInitReport>(&mut reports).map_err(|e| SandboxError::Init(e.to_string()));
-    let first = next();
-    let second = if matches!(first, Ok(Some(PodInitReport::Started { .. }))) { next() } else { Ok(None) };
+    let (pid, ready, failure) = read_pod_init_reports(&mut std::fs::File::from(r));
     let _ = child.wait();
-    let pid = match first? {
-        Some(PodInitReport::Started { pid }) => pid,
-        Some(PodInitReport::Failed(why)) => return Err(SandboxError::Init(why)),
-        other => return Err(SandboxError::Init(format!("unexpected report {other:?}"))),
-    };
+    let why_not = |failure: Option<String>| SandboxError::Init(failure.unwrap_or_else(|| "it exited without a word".into()));
+    let Some(pid) = pid else { return Err(why_not(failure)) };
     let start_time = crate::pidfd::start_time(pid);
-    match (second, start_time) {
-        (Ok(Some(PodInitReport::Ready)), Some(start_time)) => Ok(PodInit { pid, start_time }),
-        (answer, _) => {
+    match start_time {
+        Some(start_time) if ready => Ok(PodInit { pid, start_time }),
+        _ => {
             if let Some(t) = start_time {
                 if let Ok(p) = crate::pidfd::Process::open(pid, t) {
                     let _ = p.signal(Signal::SIGKILL);
                 }
             }
-            Err(SandboxError::Init(match answer {
-                Ok(Some(PodInitReport::Failed(why))) => why,
-                Ok(None) => "it exited without a word".into(),
-                Ok(Some(other)) => format!("unexpected report {other:?}"),
-                Err(e) => e.to_string(),
-            }))
+            Err(why_not(failure))
         }
     }
+}
+
+/// The pod init's pid, whether it said Ready, and what failed, from its
+/// reports. Started comes from the process that forked the init, Ready or
+/// what failed from the init itself: two writers on one pipe, so Ready may
+/// come first (the init can be done before its parent writes).
+fn read_pod_init_reports(r: &mut impl std::io::Read) -> (Option<i32>, bool, Option<String>) {
+    let (mut pid, mut ready) = (None, false);
+    while !(pid.is_some() && ready) {
+        match channel::recv::<PodInitReport>(r) {
+            Ok(Some(PodInitReport::Started { pid: p })) => pid = Some(p),
+            Ok(Some(PodInitReport::Ready)) => ready = true,
+            Ok(Some(PodInitReport::Failed(why))) => return (pid, ready, Some(why)),
+            Ok(None) => break,
+            Err(e) => return (pid, ready, Some(e.to_string())),
+        }
+    }
+    (pid, ready, None)
 }
 
 /// Syscalls the pod init makes once confined: wait for signals, reap,
@@ -558,4 +563,28 @@ fn confine_pod_init(mountpoint: &Path) -> Result<(), (&'static str, String)> {
         }
     }
     filter.load().map_err(|err| ("load seccomp filter", err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(reports: &[PodInitReport]) -> std::io::Cursor<Vec<u8>> {
+        let mut buf = Vec::new();
+        for r in reports {
+            channel::send(&mut buf, r).unwrap();
+        }
+        std::io::Cursor::new(buf)
+    }
+
+    #[test]
+    fn pod_init_reports_are_taken_in_either_order() {
+        use PodInitReport::{Failed, Ready, Started};
+        assert_eq!(read_pod_init_reports(&mut stream(&[Started { pid: 7 }, Ready])), (Some(7), true, None));
+        // The init may be ready before its parent has written Started.
+        assert_eq!(read_pod_init_reports(&mut stream(&[Ready, Started { pid: 7 }])), (Some(7), true, None));
+        assert_eq!(read_pod_init_reports(&mut stream(&[Started { pid: 7 }, Failed("no".into())])), (Some(7), false, Some("no".into())));
+        assert_eq!(read_pod_init_reports(&mut stream(&[Started { pid: 7 }])), (Some(7), false, None));
+        assert_eq!(read_pod_init_reports(&mut stream(&[])), (None, false, None));
+    }
 }
