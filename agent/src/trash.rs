@@ -44,6 +44,11 @@ impl Trash {
         Ok(Trash { dirs, tx: std::sync::Mutex::new(tx) })
     }
 
+    /// The trash dir of `base`, if it is one of the bases.
+    pub fn dir_for(&self, base: &Path) -> Option<PathBuf> {
+        self.dirs.iter().find(|(b, _)| b == base).map(|(_, t)| t.clone())
+    }
+
     /// Takes `dir` away from where it is now (it is gone from there when
     /// this returns) and has the thread delete it. Where it cannot be moved
     /// (not under a base, another filesystem), it is deleted here. A
@@ -94,6 +99,8 @@ mod tests {
         let left = base.path().join("trash/left-by-a-crash");
         std::fs::create_dir_all(left.join("sub")).unwrap();
         let trash = Trash::open(&[base.path()]).unwrap();
+        assert_eq!(trash.dir_for(base.path()), Some(base.path().join("trash")));
+        assert_eq!(trash.dir_for(std::path::Path::new("/elsewhere")), None);
         let dir = base.path().join("containers/c1");
         std::fs::create_dir_all(dir.join("upper/etc")).unwrap();
         std::fs::write(dir.join("upper/etc/hosts"), "x").unwrap();

@@ -82,7 +82,9 @@ pub(super) async fn remove_image(node: &Arc<Node>, req: cri::RemoveImageRequest)
 }
 
 pub(super) async fn image_fs_info(node: &Arc<Node>, _req: cri::ImageFsInfoRequest) -> Result<cri::ImageFsInfoResponse> {
-    let (images, containers) = node.images.fs_usage(node.containers_dir()).await?;
+    // Writable layers being deleted still use their space.
+    let pending = node.trash.dir_for(&node.config.root).unwrap_or_default();
+    let (images, containers) = node.images.fs_usage(node.containers_dir(), pending).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
     let usage = |u: crate::image::Usage| cri::FilesystemUsage {
         timestamp: now,

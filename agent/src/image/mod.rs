@@ -592,8 +592,9 @@ impl Images {
     }
 
     /// Disk use of the image filesystem (snapshots and content) and of the
-    /// container writable layers under `containers`.
-    pub async fn fs_usage(&self, containers: PathBuf) -> Result<(Usage, Usage), ImageError> {
+    /// container writable layers under `containers`, with what `pending`
+    /// (removed layers not yet deleted) still holds.
+    pub async fn fs_usage(&self, containers: PathBuf, pending: PathBuf) -> Result<(Usage, Usage), ImageError> {
         let snapshots = self.snapshots.clone();
         let content = self.snapshots.with_file_name("content");
         tokio::task::spawn_blocking(move || {
@@ -602,7 +603,9 @@ impl Images {
             du(&snapshots, &mut seen, &mut images);
             du(&content, &mut seen, &mut images);
             let mut cont = Usage { path: containers.clone(), ..Default::default() };
-            du(&containers, &mut HashSet::new(), &mut cont);
+            let mut seen = HashSet::new();
+            du(&containers, &mut seen, &mut cont);
+            du(&pending, &mut seen, &mut cont);
             (images, cont)
         })
         .await
