@@ -1,12 +1,13 @@
-//! Directories deleted off the request path. RemoveContainer and
-//! RemovePodSandbox give up a container's bundle and writable layer, or a
-//! pod's dir, with one `rename` into a trash dir on the same filesystem; a
-//! thread of its own deletes them afterwards, one at a time, so a burst of
-//! removals does not crowd the CPUs or the disk of the pods still running.
-//! What a crash leaves in the trash is deleted at the next start.
+//! Directories deleted off the request path. RemoveContainer gives up a
+//! container's bundle and writable layer with one `rename` each into a
+//! trash dir on the same filesystem; a thread of its own deletes them
+//! afterwards, one at a time, so a burst of removals does not crowd the
+//! CPUs or the disk of the pods still running. What a crash leaves in the
+//! trash is deleted at the next start.
 //!
-//! Only plain files and dirs go this way: a dir that may still hold a mount
-//! (a pod's namespace pins, its /dev/shm) is unmounted by its owner first.
+//! Only plain files and dirs go this way: a pod's dir, which holds its
+//! namespace pins and /dev/shm mount until they are undone, is removed in
+//! place by the pod's teardown.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -17,7 +18,7 @@ use std::sync::mpsc;
 pub struct Trash {
     /// (the dir whose entries may be thrown away, its trash dir).
     dirs: Vec<(PathBuf, PathBuf)>,
-    tx: std::sync::Mutex<mpsc::Sender<PathBuf>>,
+    tx: mpsc::Sender<PathBuf>,
 }
 
 impl Trash {
@@ -41,7 +42,7 @@ impl Trash {
                 delete(&path);
             }
         })?;
-        Ok(Trash { dirs, tx: std::sync::Mutex::new(tx) })
+        Ok(Trash { dirs, tx })
     }
 
     /// The trash dir of `base`, if it is one of the bases.
@@ -67,8 +68,7 @@ impl Trash {
                 return remove_all(dir);
             }
         }
-        let sent = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(to.clone());
-        if sent.is_err() {
+        if self.tx.send(to.clone()).is_err() {
             // The thread is gone (it never returns while berthd runs).
             delete(&to);
         }

@@ -652,14 +652,16 @@ async fn main() {
         loaded(&mut containerd, &mut t).await;
     }
     let levels: &[usize] = if quick { &[10, 50] } else { &[10, 50, 200] };
-    for rt in [&mut berth, &mut containerd].into_iter().filter(|_| part("scale")) {
-        println!("scale: {} to {} pods", rt.name, levels[levels.len() - 1]);
-        let markers = rt.monitor.clone();
-        let monitors = move || {
-            let m: Vec<&str> = markers.iter().map(String::as_str).collect();
-            pids_with(&m)
-        };
-        scale(rt, &mut t, levels, &monitors).await;
+    if part("scale") {
+        for rt in [&mut berth, &mut containerd] {
+            println!("scale: {} to {} pods", rt.name, levels[levels.len() - 1]);
+            let markers = rt.monitor.clone();
+            let monitors = move || {
+                let m: Vec<&str> = markers.iter().map(String::as_str).collect();
+                pids_with(&m)
+            };
+            scale(rt, &mut t, levels, &monitors).await;
+        }
     }
     // The pod's PID-namespace init: berth's (a shared-PID pod) and pause.
     if part("init") {

@@ -170,12 +170,7 @@ impl Store {
     /// persists it with its own, and a crash before that loses it. Only for
     /// records whose loss start-up repairs by itself.
     pub fn put_volatile<R: Record>(&self, id: &str, record: &R) -> Result<(), StoreError> {
-        let mut inner = self.db.begin_write()?;
-        inner.set_durability(redb::Durability::None)?;
-        let tx = WriteTx { inner };
-        tx.put(id, record)?;
-        tx.inner.commit()?;
-        Ok(())
+        self.write_with(redb::Durability::None, |tx| tx.put(id, record))
     }
 
     /// A setting (small string value), e.g. the pod CIDR.
@@ -192,7 +187,14 @@ impl Store {
 
     /// Runs `f` in one write transaction; it commits only when `f` returns Ok.
     pub fn write<T>(&self, f: impl FnOnce(&WriteTx) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let tx = WriteTx { inner: self.db.begin_write()? };
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    /// [`Store::write`] with the commit's `durability`.
+    fn write_with<T>(&self, durability: redb::Durability, f: impl FnOnce(&WriteTx) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut inner = self.db.begin_write()?;
+        inner.set_durability(durability)?;
+        let tx = WriteTx { inner };
         let out = f(&tx)?;
         tx.inner.commit()?;
         Ok(out)

@@ -159,12 +159,6 @@ impl Kernel {
         Ok(opts.join(","))
     }
 
-    fn root(&self) -> Result<&RootDir, InitError> {
-        self.root.as_ref().ok_or_else(|| InitError::Setup("the rootfs is not mounted".into()))
-    }
-}
-
-impl Kernel {
     /// Makes `targets` ([`super::targets_on_rootfs`]) on the overlay rootfs
     /// `rootfs` mounted ahead, with the lookups and creations the init's
     /// [`RootfsOps::mount`] would do (symlinks resolved inside the root, never
@@ -177,6 +171,10 @@ impl Kernel {
             mount_target(&root, dest, *is_file)?;
         }
         Ok(())
+    }
+
+    fn root(&self) -> Result<&RootDir, InitError> {
+        self.root.as_ref().ok_or_else(|| InitError::Setup("the rootfs is not mounted".into()))
     }
 }
 
@@ -275,16 +273,15 @@ impl RootfsOps for Kernel {
     fn mount_rootfs(&mut self, layers: &Layers, flags: MsFlags) -> Result<(), InitError> {
         if let Some(ahead) = self.ahead.take().filter(|_| !layers.idmap) {
             crate::mountapi::attach(ahead.as_fd(), &self.rootfs).map_err(|e| InitError::setup("attach the overlay rootfs", e))?;
-            self.root = Some(RootDir::open(&self.rootfs).map_err(|e| InitError::setup("open rootfs", e))?);
-            return Ok(());
+        } else {
+            let lower = if layers.idmap { self.idmapped_lowers(&layers.lower)? } else { layers.lower.clone() };
+            let data = match &layers.upper_work {
+                Some((upper, work)) => format!("lowerdir={lower},upperdir={upper},workdir={work}"),
+                None => format!("lowerdir={lower}"),
+            };
+            mount(Some("overlay"), &self.rootfs, Some("overlay"), flags, Some(data.as_str()))
+                .map_err(|e| InitError::setup(&format!("mount overlay rootfs ({} bytes of options)", data.len()), e))?;
         }
-        let lower = if layers.idmap { self.idmapped_lowers(&layers.lower)? } else { layers.lower.clone() };
-        let data = match &layers.upper_work {
-            Some((upper, work)) => format!("lowerdir={lower},upperdir={upper},workdir={work}"),
-            None => format!("lowerdir={lower}"),
-        };
-        mount(Some("overlay"), &self.rootfs, Some("overlay"), flags, Some(data.as_str()))
-            .map_err(|e| InitError::setup(&format!("mount overlay rootfs ({} bytes of options)", data.len()), e))?;
         self.root = Some(RootDir::open(&self.rootfs).map_err(|e| InitError::setup("open rootfs", e))?);
         Ok(())
     }
