@@ -63,6 +63,12 @@ max_concurrent_downloads = 3
 # are left out (and logged); containers get their devices from berth.
 unpack_device_nodes = false
 
+# syncfs(2) each layer once unpacked, before the image is recorded, so a
+# power cut cannot leave a recorded image with empty files (containerd's
+# image_pull_with_sync_fs). Off, as there: it makes pulls wait for the disk
+# and every other writer of that filesystem with them.
+pull_with_sync_fs = false
+
 # A pull that receives no bytes for this long is cancelled with an error
 # (containerd's image_pull_progress_timeout); 0: never. A pull in progress
 # logs bytes and layers done every 5 seconds.
@@ -358,6 +364,8 @@ pub struct ImageConfig {
     pub max_concurrent_downloads: usize,
     /// Create device nodes from layers.
     pub unpack_device_nodes: bool,
+    /// syncfs each layer before the image is recorded.
+    pub pull_with_sync_fs: bool,
     /// Seconds without pulled bytes before a pull is cancelled (0: never).
     pub pull_progress_timeout_seconds: u64,
     /// Pinned image references or ids.
@@ -366,7 +374,13 @@ pub struct ImageConfig {
 
 impl Default for ImageConfig {
     fn default() -> Self {
-        ImageConfig { max_concurrent_downloads: 3, unpack_device_nodes: false, pull_progress_timeout_seconds: 300, pinned: Vec::new() }
+        ImageConfig {
+            max_concurrent_downloads: 3,
+            unpack_device_nodes: false,
+            pull_with_sync_fs: false,
+            pull_progress_timeout_seconds: 300,
+            pinned: Vec::new(),
+        }
     }
 }
 

@@ -100,7 +100,10 @@ impl Node {
         let image_options = crate::image::ImageOptions {
             root: config.root.clone(),
             max_concurrent_downloads: config.image.max_concurrent_downloads,
-            unpack: crate::image::unpack::UnpackOptions { device_nodes: config.image.unpack_device_nodes },
+            unpack: crate::image::unpack::UnpackOptions {
+                device_nodes: config.image.unpack_device_nodes,
+                sync_fs: config.image.pull_with_sync_fs,
+            },
             registry: config.registry.clone(),
             progress_timeout: std::time::Duration::from_secs(config.image.pull_progress_timeout_seconds),
             pinned: config.image.pinned.clone(),

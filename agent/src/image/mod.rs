@@ -15,6 +15,7 @@ mod locks;
 pub mod manifest;
 pub mod record;
 mod reference;
+mod stream;
 pub mod unpack;
 
 pub use distribution::RegistryConfig;
@@ -22,7 +23,7 @@ pub use locks::KeyedLocks;
 pub use record::{ImageRecord, ImageRunConfig, LayerRecord};
 
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -452,6 +453,10 @@ impl Images {
         r
     }
 
+    /// Makes the layer's snapshot unless it exists: streamed from the
+    /// registry and unpacked as it arrives ([`stream`]), or unpacked from
+    /// the content store when a blob is there (kept by an older berthd). One
+    /// unpack per snapshot at a time: a concurrent pull waits and reuses it.
     async fn fetch_and_unpack_layer(
         &self,
         remote: &Remote,
@@ -464,36 +469,61 @@ impl Images {
         if dest.exists() {
             return Ok(());
         }
-        self.fetch_blob(remote, &layer.digest, layer.size, progress).await.map_err(content_err)?;
         let lock = self.locks.get(&layer.chain_id);
-        let _held = lock.lock().await;
+        let _held = waiting(progress, lock.lock()).await;
         if dest.exists() {
             return Ok(());
         }
-        let blob = self.content.path(&layer.digest).map_err(content_err)?;
-        let diff_id = layer.diff_id.clone();
-        let tmp = self.snapshots.join(format!(".tmp-{}", dest.file_name().unwrap_or_default().to_string_lossy()));
-        let dest2 = dest.clone();
-        let opts = self.unpack;
-        let result = tokio::task::spawn_blocking(move || -> Result<(), UnpackFailure> {
-            let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir(&tmp).map_err(|e| UnpackFailure::Io(io_err(tmp.display())(e)))?;
-            let r = unpack::unpack_layer(&blob, &tmp, &diff_id, opts)
-                .map_err(UnpackFailure::Unpack)
-                .and_then(|_| std::fs::rename(&tmp, &dest2).map_err(|e| UnpackFailure::Io(io_err(dest2.display())(e))));
-            if r.is_err() {
-                let _ = std::fs::remove_dir_all(&tmp);
+        let (snapshots, diff_id, opts) = (self.snapshots.clone(), layer.diff_id.clone(), self.unpack);
+        let result = if self.content.contains(&layer.digest) {
+            let blob = self.content.path(&layer.digest).map_err(content_err)?;
+            let unpack = move |tmp: &Path| unpack::unpack_layer(&blob, tmp, &diff_id, opts).map_err(stream::StreamError::Unpack);
+            tokio::task::spawn_blocking(move || unpack_into(&snapshots, &dest, opts.sync_fs, unpack))
+                .await
+                .map_err(io_err("unpack task"))?
+        } else {
+            let _permit = waiting(progress, self.downloads.acquire()).await.map_err(io_err("download slots"))?;
+            let source = |reason: String| content_err(ContentError::Source { digest: layer.digest.clone(), reason });
+            let mut blob = remote.blob(&layer.digest).await.map_err(|e| source(e.to_string()))?.stream;
+            let (tx, rx) = tokio::sync::mpsc::channel(stream::CHUNKS_IN_FLIGHT);
+            let (digest, size) = (layer.digest.clone(), layer.size);
+            let unpack = move |tmp: &Path| stream::unpack_verified(rx, tmp, &digest, size, &diff_id, opts);
+            let unpacking = tokio::task::spawn_blocking(move || unpack_into(&snapshots, &dest, opts.sync_fs, unpack));
+            let mut received = 0u64;
+            let mut download = Ok(());
+            while let Some(chunk) = blob.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        download = Err(source(distribution::flatten_error(&e)));
+                        break;
+                    }
+                };
+                progress.received(chunk.len());
+                received += chunk.len() as u64;
+                if received > layer.size {
+                    let (digest, expected) = (layer.digest.clone(), layer.size);
+                    download = Err(content_err(ContentError::SizeMismatch { digest, expected, actual: received }));
+                    break;
+                }
+                // Waiting for a slow disk is not a stall of the registry.
+                if waiting(progress, tx.send(chunk)).await.is_err() {
+                    break; // the unpack stopped; its result says why
+                }
             }
-            r
-        })
-        .await
-        .map_err(io_err("unpack task"))?;
+            drop(tx);
+            let unpacked = unpacking.await.map_err(io_err("unpack task"))?;
+            // A download that broke off is the cause of what the unpack says.
+            download?;
+            unpacked
+        };
         match result {
             Ok(()) => {
                 crate::fault::point("image.pull.after_layer");
                 Ok(())
             }
-            Err(UnpackFailure::Unpack(source)) => {
+            Err(UnpackFailure::Stream(stream::StreamError::Content(source))) => Err(content_err(source)),
+            Err(UnpackFailure::Stream(stream::StreamError::Unpack(source))) => {
                 Err(ImageError::Unpack { image: image.to_string(), digest: layer.digest.clone(), source })
             }
             Err(UnpackFailure::Io(e)) => Err(e),
@@ -620,14 +650,57 @@ impl Images {
 }
 
 enum UnpackFailure {
-    Unpack(unpack::UnpackError),
+    Stream(stream::StreamError),
     Io(ImageError),
+}
+
+/// Unpacks with `unpack` into a fresh directory under `snapshots` and
+/// renames it to `dest` (with `sync_fs`, once its filesystem is synced); a
+/// failure removes it. Call on a blocking thread.
+fn unpack_into(
+    snapshots: &Path,
+    dest: &Path,
+    sync_fs: bool,
+    unpack: impl FnOnce(&Path) -> Result<(), stream::StreamError>,
+) -> Result<(), UnpackFailure> {
+    // A name of its own per attempt: a cancelled pull's unpack may still be
+    // cleaning up its directory when the next attempt starts. Start-up
+    // removes what a crash left (`.tmp-*`). 0755 as a layer's root is when
+    // its tar does not say (the tempdir's own 0700 would be the image's `/`).
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(std::fs::Permissions::from_mode(0o755))
+        .tempdir_in(snapshots)
+        .map_err(|e| UnpackFailure::Io(io_err(snapshots.display())(e)))?
+        .keep();
+    let tmp = tmp.as_path();
+    let r = unpack(tmp)
+        .map_err(UnpackFailure::Stream)
+        .and_then(|_| if sync_fs { sync_filesystem(tmp).map_err(UnpackFailure::Io) } else { Ok(()) })
+        .and_then(|_| std::fs::rename(tmp, dest).map_err(|e| UnpackFailure::Io(io_err(dest.display())(e))))
+        .and_then(|_| if sync_fs { sync_dir(snapshots).map_err(UnpackFailure::Io) } else { Ok(()) });
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+    r
 }
 
 /// A closure for `map_err`: a local failure while doing `what`.
 fn io_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(what: impl std::fmt::Display) -> impl FnOnce(E) -> ImageError {
     let what = what.to_string();
     move |e| ImageError::Io { what, source: e.into() }
+}
+
+/// `syncfs(2)` of the filesystem holding `path`: every dirty page and inode
+/// of it reaches the disk (one call, instead of an fsync per unpacked file).
+fn sync_filesystem(path: &Path) -> Result<(), ImageError> {
+    let dir = std::fs::File::open(path).map_err(io_err(path.display()))?;
+    nix::unistd::syncfs(&dir).map_err(io_err(format!("syncfs {}", path.display())))
+}
+
+/// fsync of a directory, for the entries renamed into it.
+fn sync_dir(dir: &Path) -> Result<(), ImageError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir.display()))
 }
 
 /// Lookup over a list of records; see [`Images::resolve`].
@@ -734,6 +807,29 @@ mod tests {
             repo_digests: digests.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_unpack_lands_whole_or_leaves_nothing() {
+        let snapshots = tempfile::tempdir().unwrap();
+        let names = || std::fs::read_dir(snapshots.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+        for (done, sync_fs) in [false, true].into_iter().enumerate() {
+            let dest = snapshots.path().join(format!("layer-{sync_fs}"));
+            let failed = unpack_into(snapshots.path(), &dest, sync_fs, |tmp: &Path| {
+                std::fs::write(tmp.join("half"), b"x").unwrap();
+                Err(stream::StreamError::Unpack(unpack::UnpackError::Archive(std::io::ErrorKind::UnexpectedEof.into())))
+            });
+            assert!(matches!(failed, Err(UnpackFailure::Stream(_))));
+            assert_eq!(names().len(), done, "a failed unpack leaves nothing: {:?}", names());
+            unpack_into(snapshots.path(), &dest, sync_fs, |tmp: &Path| {
+                std::fs::write(tmp.join("file"), b"x").map_err(|e| stream::StreamError::Unpack(unpack::UnpackError::Archive(e)))
+            })
+            .unwrap_or_else(|_| panic!("unpack with sync_fs {sync_fs}"));
+            assert_eq!(std::fs::read(dest.join("file")).unwrap(), b"x");
+            let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "a layer's root is 0755 unless its tar says otherwise");
+        }
+        assert_eq!(names().len(), 2, "{:?}", names());
     }
 
     #[test]

@@ -76,16 +76,28 @@ pub struct UnpackOptions {
     /// nodes are left out (logged). FIFOs and overlayfs whiteouts (`c 0:0`)
     /// are always made.
     pub device_nodes: bool,
+    /// `syncfs` the layer's filesystem once a layer is unpacked, before it
+    /// is renamed into place (and so before the image record): the files
+    /// reach the disk, not only the page cache.
+    pub sync_fs: bool,
 }
 
 /// Unpacks the layer blob at `blob` into the empty directory `dest` and checks
 /// that the uncompressed stream hashes to `diff_id`.
 pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &str, opts: UnpackOptions) -> Result<(), UnpackError> {
     let mut file = File::open(blob).map_err(UnpackError::Archive)?;
+    unpack_layer_from(&mut file, dest, diff_id, opts)
+}
+
+/// Unpacks a layer read from `compressed` (compressed as its first bytes
+/// say) into the empty directory `dest` and checks that the uncompressed
+/// stream hashes to `diff_id`. What follows the compressed stream's end is
+/// left in `compressed`.
+pub fn unpack_layer_from(compressed: &mut dyn Read, dest: &Path, diff_id: &str, opts: UnpackOptions) -> Result<(), UnpackError> {
     let mut head = [0u8; 4];
-    let n = read_up_to(&mut file, &mut head).map_err(UnpackError::Archive)?;
-    let file = io::Cursor::new(head[..n].to_vec()).chain(file);
-    let reader: Box<dyn Read> = match Compression::detect(&head[..n]) {
+    let n = read_up_to(compressed, &mut head).map_err(UnpackError::Archive)?;
+    let file = io::Cursor::new(head[..n].to_vec()).chain(compressed);
+    let reader: Box<dyn Read + '_> = match Compression::detect(&head[..n]) {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(UnpackError::Archive)?),
@@ -104,7 +116,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, diff_id: &str, opts: UnpackOptions
     Ok(())
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_up_to(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..])? {
