@@ -71,6 +71,9 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_none() {
+        berth_agent::memory::reexec_with_tunables();
+    }
     if let Some(Command::Config { what: ConfigCommand::Default }) = cli.command {
         print!("{DEFAULT_CONFIG_TOML}");
         return ExitCode::SUCCESS;

@@ -15,6 +15,15 @@ async fn version_names_berth_and_v1() {
     assert_eq!(v.runtime_api_version, "v1");
     assert_eq!(v.version, "0.1.0");
     assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+
+    // berthd runs as the same process, re-executed with glibc's tcache off
+    // (memory.rs says why), and its arguments intact.
+    let environ = std::fs::read(format!("/proc/{}/environ", berthd.pid())).unwrap();
+    let tunables = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(b"GLIBC_TUNABLES=")).map(String::from_utf8_lossy);
+    assert_eq!(tunables.as_deref(), Some("glibc.malloc.tcache_count=0"));
+    assert_eq!(std::fs::read_to_string(format!("/proc/{}/comm", berthd.pid())).unwrap(), "berthd\n");
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", berthd.pid())).unwrap();
+    assert!(cmdline.contains(&berthd.paths.socket.display().to_string()), "{cmdline:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
