@@ -304,12 +304,17 @@ async fn scale(rt: &mut Rt, t: &mut Table, levels: &[usize], monitors: &dyn Fn()
     let mut pods = Vec::new();
     let idle = status_kib(rt.pid, "VmRSS:") / 1024.0;
     t.add("daemon RSS idle, before", rt.name, "MiB", idle);
+    // Eleven pods timed at each level, after a pause for what filling up
+    // left in flight (write-back, deferred deletes): five made it swing
+    // 22-41 ms at 50 pods between runs.
+    const TIMED: usize = 11;
     for &level in levels {
-        while pods.len() + 5 < level {
+        while pods.len() + TIMED < level {
             pods.push(rt.pod_up("scale").await.0);
         }
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let mut cost = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..TIMED {
             let s = Instant::now();
             pods.push(rt.pod_up("scale").await.0);
             cost.push(ms(s.elapsed()));
