@@ -482,7 +482,18 @@ async fn a_stalled_pull_is_cancelled_with_progress_logged_and_pinned_images_are_
     let progress = wait_log_line(&berthd, &["pull progress", "bytes="]).await;
     assert!(!progress.contains("bytes=0 "), "bytes had arrived before the stall: {progress}");
     let ingest = berthd.paths.root.join("content/ingest");
-    assert_eq!(std::fs::read_dir(&ingest).unwrap().count(), 0, "the partial blob is dropped");
+    assert_eq!(std::fs::read_dir(&ingest).unwrap().count(), 0, "no partial blob");
+    // The layer was being unpacked as it arrived: what it made goes once the
+    // unpack sees the download end.
+    let snapshots = berthd.paths.root.join("snapshots");
+    let left = || std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+    for _ in 0..50 {
+        if left().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left().is_empty(), "the partial unpack is dropped: {:?}", left());
 
     // The same image straight from the registry: pulled, and pinned by the config.
     cri.pull(&direct).await.expect("direct pull");
