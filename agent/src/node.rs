@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use berth_runtime::sandbox::PodsDir;
+
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::Events;
@@ -173,9 +175,11 @@ impl Node {
         for dir in [&pods_dir, &config.state.join("containers")] {
             berth_runtime::fs::ensure_private_dir(dir).map_err(Error::internal_fn(dir.display().to_string()))?;
         }
-        let pods_mount = match berth_runtime::sandbox::mount_pods_dir(&pods_dir) {
-            Ok(true) => Some(pods_dir),
-            Ok(false) => {
+        let mounted = berth_runtime::sandbox::mount_pods_dir(&pods_dir);
+        let made_now = matches!(mounted, Ok(PodsDir::Made));
+        let pods_mount = match mounted {
+            Ok(PodsDir::Made | PodsDir::Kept) => Some(pods_dir.clone()),
+            Ok(PodsDir::LeftAlone) => {
                 tracing::info!(
                     dir = %pods_dir.display(),
                     "pods of an earlier berthd hold mounts in the pods dir: it becomes a mount of its own at a start with none, \
@@ -188,9 +192,22 @@ impl Node {
                 None
             }
         };
-        let pod_cidr = store.setting(POD_CIDR_SETTING)?;
-        let network = crate::net::Network::open(&config, pod_cidr.as_deref())?;
-        let trash = crate::trash::Trash::open(&[&config.root, &config.state]).map_err(Error::internal_fn("the trash dirs"))?;
+        // A start that fails from here leaves no pods mount it made.
+        let rest = (|| -> Result<_> {
+            let pod_cidr = store.setting(POD_CIDR_SETTING)?;
+            let network = crate::net::Network::open(&config, pod_cidr.as_deref())?;
+            let trash = crate::trash::Trash::open(&[&config.root, &config.state]).map_err(Error::internal_fn("the trash dirs"))?;
+            Ok((network, trash))
+        })();
+        let (network, trash) = match rest {
+            Ok(v) => v,
+            Err(e) => {
+                if made_now {
+                    berth_runtime::sandbox::unmount_pods_dir(&pods_dir);
+                }
+                return Err(e);
+            }
+        };
         Ok(Node {
             trash,
             network,

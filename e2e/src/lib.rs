@@ -421,14 +421,47 @@ pub fn zygotes(berthd: u32) -> Vec<u32> {
     child_pids(berthd).into_iter().filter(|p| cmdline(*p).get(1).map(String::as_str) == Some("zygote")).collect()
 }
 
-/// Detaches every mount under `dir`, deepest (latest) first.
-pub fn unmount_under(dir: &Path) {
+/// A temp dir for a berthd a test runs by hand: whatever berthd left
+/// mounted under it (the pods dir stays a mount after a clean stop, for
+/// the next berthd) is detached before the dir is removed, also when the
+/// test fails.
+pub struct RunDir(tempfile::TempDir);
+
+impl RunDir {
+    /// A fresh, empty dir.
+    pub fn new() -> RunDir {
+        RunDir(tempfile::Builder::new().prefix("berth-e2e-run-").tempdir().expect("tempdir"))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Default for RunDir {
+    fn default() -> Self {
+        RunDir::new()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        unmount_under(self.0.path());
+    }
+}
+
+/// The mount points under `dir` (and `dir` itself), in mount order.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.display().to_string();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut mounts: Vec<&str> = info.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&dir)).collect();
-    mounts.reverse();
-    for m in mounts {
-        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    info.lines().filter_map(|l| l.split_whitespace().nth(4)).filter(|m| m.starts_with(&dir)).map(String::from).collect()
+}
+
+/// Detaches every mount under `dir`, deepest (latest) first.
+pub fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir).iter().rev() {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -175,7 +175,7 @@ async fn second_berthd_is_refused_and_first_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_socket_from_a_dead_process_is_replaced() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = berth_e2e::RunDir::new();
     let socket = dir.path().join("run/berth.sock");
     std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
     // Binding and dropping leaves the socket file with nobody listening.

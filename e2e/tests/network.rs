@@ -268,12 +268,14 @@ async fn fifty_pods_leave_no_veths_rules_or_leases_and_restart_keeps_connectivit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_network_config_is_refused_clearly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = berth_e2e::RunDir::new();
     let net = berth_e2e::NetNames::new();
+    // What each failed start left mounted (its pods dir, say): nothing.
+    let left = std::cell::RefCell::new(Vec::new());
     let run = |network: &str| {
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, format!("[network]\n{network}\n")).unwrap();
-        berth_e2e::run_berthd(&[
+        let out = berth_e2e::run_berthd(&[
             "--config",
             &cfg.display().to_string(),
             "--root",
@@ -282,7 +284,10 @@ async fn bad_network_config_is_refused_clearly() {
             &dir.path().join("state").display().to_string(),
             "--socket",
             &dir.path().join("s.sock").display().to_string(),
-        ])
+        ]);
+        left.borrow_mut().extend(berth_e2e::mounts_under(dir.path()));
+        berth_e2e::unmount_under(dir.path());
+        out
     };
     let (st, _, err) = run(&format!("bridge = \"{}\"\nsubnet = \"10.1.2.3/33\"\nnft_table = \"{}\"", net.bridge, net.table));
     assert!(!st.success() && err.contains("network.subnet"), "{err}");
@@ -306,6 +311,7 @@ async fn bad_network_config_is_refused_clearly() {
     net.remove();
     assert!(!st.success() && err.contains(&dummy) && err.contains("not a bridge"), "{err}");
     assert!(!st2.success() && err2.contains("overlaps") && err2.contains(&dummy), "{err2}");
+    assert!(left.borrow().is_empty(), "failed starts left mounts: {:?}", left.borrow());
 }
 
 /// On an IPv4-only network, a hostPort bound to an IPv6 node address is

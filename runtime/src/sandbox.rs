@@ -269,24 +269,42 @@ fn loopback_up() -> Result<(), nix::errno::Errno> {
 /// made later do not propagate into other mount namespaces; the copies a
 /// namespace made of them before still go when berth removes the pin file
 /// or shm dir (the kernel detaches the mounts on a deleted dentry in every
-/// namespace). True when it is such a mount (from an earlier start, or
-/// now). False, changing nothing, when it is no mount but holds mounts:
-/// pods of a berthd from before this still run, and a bind over the dir
-/// would hide their pins.
-pub fn mount_pods_dir(pods_dir: &Path) -> Result<bool, SandboxError> {
+/// namespace). Says whether it was made a mount now, was one already (from
+/// an earlier start), or was left alone: no mount but holding mounts, pods
+/// of a berthd from before this still run, and a bind over the dir would
+/// hide their pins.
+pub fn mount_pods_dir(pods_dir: &Path) -> Result<PodsDir, SandboxError> {
     let io = |step: &str, e: std::io::Error| SandboxError::Ns { step: format!("{step} {}", pods_dir.display()), errno: io_errno(&e) };
     let dir = std::fs::canonicalize(pods_dir).map_err(|e| io("resolve", e))?;
     let mounts = crate::mountinfo::read_self().map_err(|e| io("read mountinfo for", e))?;
     if !mounts.iter().any(|m| m.mount_point == dir) {
         if mounts.iter().any(|m| m.mount_point.starts_with(&dir)) {
-            return Ok(false);
+            return Ok(PodsDir::LeftAlone);
         }
         mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(ns_err(format!("bind {} on itself", dir.display())))?;
+        let private = mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>);
+        if let Err(e) = private {
+            unmount_pods_dir(&dir);
+            return Err(ns_err(format!("make {} private", dir.display()))(e));
+        }
+        return Ok(PodsDir::Made);
     }
     mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(ns_err(format!("make {} private", dir.display())))?;
-    Ok(true)
+    Ok(PodsDir::Kept)
+}
+
+/// What [`mount_pods_dir`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodsDir {
+    /// Bound on itself now: a start that fails afterwards unmounts it.
+    Made,
+    /// A mount of its own already (an earlier berthd's, which may have
+    /// pods beneath): kept.
+    Kept,
+    /// No mount, but holding mounts: left as it was.
+    LeftAlone,
 }
 
 /// Undoes [`mount_pods_dir`] (with every mount beneath); not a mount is fine.
