@@ -1,7 +1,7 @@
-//! Images: pull from registries into the content store, unpack layers into
-//! snapshot directories (overlayfs lowerdirs keyed by chain ID), keep image
-//! records (through [`ImageDb`]), look images up, remove them and collect
-//! garbage.
+//! Images: pull from registries (manifests and configs into the content
+//! store, layers unpacked as they download into snapshot directories,
+//! overlayfs lowerdirs keyed by chain ID), keep image records (through
+//! [`ImageDb`]), look images up, remove them and collect garbage.
 //!
 //! The module depends on nothing else of the agent: its records and its
 //! options are its own, and what it needs of berth's store is the
@@ -420,8 +420,9 @@ impl Images {
         Ok(record)
     }
 
-    /// Downloads one blob into the content store unless it is there. One
-    /// download per digest at a time: a concurrent pull waits and reuses it.
+    /// Downloads one blob (a config) into the content store unless it is
+    /// there. One download per digest at a time: a concurrent pull waits
+    /// and reuses it.
     async fn fetch_blob(&self, remote: &Remote, digest: &str, size: u64, progress: &Progress) -> Result<(), ContentError> {
         let lock = self.locks.get(digest);
         // Waiting for another pull's download of the same blob, or for a
