@@ -138,7 +138,8 @@ async fn a_pod_in_its_own_user_namespace() {
     let mut text = String::new();
     for _ in 0..100 {
         text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains(":0") {
+        // Both lines: the timestamp of the first (…T18:16:03…) may hold ":0".
+        if text.contains("/dev/pts/0") && text.contains(" 0:0") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
