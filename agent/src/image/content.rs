@@ -43,7 +43,14 @@ pub fn digest_hex(digest: &str) -> Result<&str, ContentError> {
 
 /// `sha256:<hex>` of some bytes.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    let mut h = Sha256::new();
+    h.update(bytes);
+    digest_of(h)
+}
+
+/// `sha256:<hex>` of what `hasher` was fed.
+pub fn digest_of(hasher: Sha256) -> String {
+    format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
 /// The blob directory tree.
@@ -148,7 +155,7 @@ impl BlobWriter {
                 return Err(ContentError::SizeMismatch { digest: self.digest, expected: size, actual: self.written });
             }
         }
-        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        let actual = digest_of(self.hasher);
         if actual != self.digest {
             return Err(ContentError::DigestMismatch { expected: self.digest, actual });
         }

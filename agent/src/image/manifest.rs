@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::distribution::{MEDIA_DOCKER_LIST, MEDIA_OCI_INDEX};
 use super::record::ImageRunConfig;
@@ -183,7 +182,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(prev) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))),
+            Some(prev) => super::content::sha256_digest(format!("{prev} {d}").as_bytes()),
         };
         out.push(next);
     }
@@ -205,6 +204,7 @@ pub fn user_of(user: &str) -> (Option<i64>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     fn entry(digest: &str, arch: &str, variant: Option<&str>) -> IndexEntry {
         IndexEntry {

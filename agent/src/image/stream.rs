@@ -14,11 +14,10 @@
 use std::io::{self, Read};
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use super::content::ContentError;
-use super::unpack::{self, UnpackError, UnpackOptions};
+use super::unpack::{self, HashingReader, UnpackError, UnpackOptions};
 
 /// How many chunks may wait between the download and the unpack.
 pub(super) const CHUNKS_IN_FLIGHT: usize = 16;
@@ -32,14 +31,12 @@ pub(super) enum StreamError {
     Unpack(UnpackError),
 }
 
-/// The compressed bytes as they arrive, hashed and counted.
+/// The compressed bytes as they arrive.
 struct Incoming<B> {
     rx: mpsc::Receiver<B>,
     chunk: Option<B>,
     /// How much of `chunk` was read.
     at: usize,
-    hasher: Sha256,
-    len: u64,
 }
 
 impl<B: AsRef<[u8]>> Read for Incoming<B> {
@@ -50,8 +47,6 @@ impl<B: AsRef<[u8]>> Read for Incoming<B> {
                 if !rest.is_empty() {
                     let n = rest.len().min(buf.len());
                     buf[..n].copy_from_slice(&rest[..n]);
-                    self.hasher.update(&buf[..n]);
-                    self.len += n as u64;
                     self.at += n;
                     return Ok(n);
                 }
@@ -82,16 +77,16 @@ pub(super) fn unpack_verified<B: AsRef<[u8]>>(
     diff_id: &str,
     opts: UnpackOptions,
 ) -> Result<(), StreamError> {
-    let mut incoming = Incoming { rx, chunk: None, at: 0, hasher: Sha256::new(), len: 0 };
+    let mut incoming = HashingReader::new(Incoming { rx, chunk: None, at: 0 });
     let unpacked = unpack::unpack_layer_from(&mut incoming, dest, diff_id, opts);
     // What the decompressor did not read (padding after the end, or all the
     // rest after a failure) still counts towards the digest. Reading from
     // the channel cannot fail.
     let _ = io::copy(&mut incoming, &mut io::sink());
-    if incoming.len != size {
-        return Err(StreamError::Content(ContentError::SizeMismatch { digest: digest.into(), expected: size, actual: incoming.len }));
+    let (actual, len) = incoming.finish();
+    if len != size {
+        return Err(StreamError::Content(ContentError::SizeMismatch { digest: digest.into(), expected: size, actual: len }));
     }
-    let actual = format!("sha256:{}", hex::encode(incoming.hasher.finalize()));
     if actual != digest {
         return Err(StreamError::Content(ContentError::DigestMismatch { expected: digest.into(), actual }));
     }

@@ -102,14 +102,14 @@ pub fn unpack_layer_from(compressed: &mut dyn Read, dest: &Path, diff_id: &str, 
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(UnpackError::Archive)?),
     };
-    let mut hashing = HashingReader { inner: reader, hasher: Sha256::new() };
+    let mut hashing = HashingReader::new(reader);
     let skipped = unpack_tar(&mut hashing, dest, opts)?;
     if skipped > 0 {
         tracing::warn!(layer = %diff_id, skipped, "left out the layer's device nodes (image.unpack_device_nodes is off)");
     }
     // The tar reader stops at the end-of-archive blocks; the digest covers all.
     io::copy(&mut hashing, &mut io::sink()).map_err(UnpackError::Archive)?;
-    let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
+    let (actual, _) = hashing.finish();
     if actual != diff_id {
         return Err(UnpackError::DiffId { expected: diff_id.to_string(), actual });
     }
@@ -127,15 +127,29 @@ fn read_up_to(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize>
     Ok(n)
 }
 
-struct HashingReader<R> {
+/// A reader that hashes and counts what is read through it.
+pub(super) struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    len: u64,
+}
+
+impl<R> HashingReader<R> {
+    pub(super) fn new(inner: R) -> HashingReader<R> {
+        HashingReader { inner, hasher: Sha256::new(), len: 0 }
+    }
+
+    /// The `sha256:<hex>` digest and the length of what was read.
+    pub(super) fn finish(self) -> (String, u64) {
+        (super::content::digest_of(self.hasher), self.len)
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.len += n as u64;
         Ok(n)
     }
 }
