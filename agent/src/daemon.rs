@@ -87,6 +87,28 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // The listeners are bound before the node opens, so that opening it
+    // (the pods dir's mount, the host network) is the last step that can
+    // fail: a failure here has made nothing but the paths `created` undoes.
+    let stream_cfg = &config.stream;
+    let ttl = Duration::from_secs(stream_cfg.token_ttl_seconds);
+    let (streams, stream_listener) = match crate::stream::Streams::bind(&stream_cfg.address, stream_cfg.port, ttl, tls).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            created.remove_all();
+            bail!("stream.address {}:{}: {e}", stream_cfg.address, stream_cfg.port);
+        }
+    };
+    let metrics_listener = match config.metrics.address.as_str() {
+        "" => None,
+        address => match crate::telemetry::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                created.remove_all();
+                bail!("metrics.address {address}: {e}");
+            }
+        },
+    };
     // Opening sets up the host network with blocking netlink calls.
     let cfg = config.clone();
     let opened = tokio::task::spawn_blocking(move || Node::open(cfg, store)).await.context("start-up task")?;
@@ -98,30 +120,12 @@ async fn serve(config: Config, reload: Option<Reload>) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    let stream_cfg = &config.stream;
-    match crate::stream::Streams::bind(&stream_cfg.address, stream_cfg.port, Duration::from_secs(stream_cfg.token_ttl_seconds), tls).await {
-        Ok((streams, listener)) => {
-            let _ = agent.streams.set(streams.clone());
-            let backend: std::sync::Weak<dyn crate::stream::Backend> =
-                Arc::downgrade(&agent) as std::sync::Weak<dyn crate::stream::Backend>;
-            crate::stream::serve(streams, listener, backend);
-        }
-        Err(e) => {
-            created.remove_all();
-            bail!("stream.address {}:{}: {e}", stream_cfg.address, stream_cfg.port);
-        }
-    }
-    if !config.metrics.address.is_empty() {
-        match crate::telemetry::bind(&config.metrics.address).await {
-            Ok(listener) => {
-                tracing::info!(address = %config.metrics.address, "serving metrics at /metrics");
-                crate::telemetry::serve(listener, Arc::downgrade(&agent));
-            }
-            Err(e) => {
-                created.remove_all();
-                bail!("metrics.address {}: {e}", config.metrics.address);
-            }
-        }
+    let _ = agent.streams.set(streams.clone());
+    let backend: std::sync::Weak<dyn crate::stream::Backend> = Arc::downgrade(&agent) as std::sync::Weak<dyn crate::stream::Backend>;
+    crate::stream::serve(streams, stream_listener, backend);
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %config.metrics.address, "serving metrics at /metrics");
+        crate::telemetry::serve(listener, Arc::downgrade(&agent));
     }
     // The user namespace probe runs beside recovery (a helper process and
     // a mount, a few ms) and is awaited before serving: Status must not

@@ -297,6 +297,33 @@ fn config_errors_name_the_file_or_key_and_leave_nothing() {
     assert!(err.contains("plainfile"), "{err}");
 }
 
+/// A listen address that is taken fails the start before the node is
+/// opened: no pods-dir mount, no bridge, nothing in the dirs.
+#[test]
+fn a_taken_listen_address_fails_the_start_and_leaves_nothing() {
+    /// Removes the test's bridge and table also when an assertion fails.
+    struct Net(berth_e2e::NetNames);
+    impl Drop for Net {
+        fn drop(&mut self) {
+            self.0.remove();
+        }
+    }
+    let dir = berth_e2e::RunDir::new();
+    let net = Net(berth_e2e::NetNames::new());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let network = format!("[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n", net.0.bridge, net.0.subnet, net.0.table);
+    for (table, key) in [
+        (format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n"), "metrics.address"),
+        (format!("[stream]\nport = {port}\n"), "stream.address"),
+    ] {
+        let err = expect_startup_failure(dir.path(), Some(&format!("{network}{table}")), &[]);
+        assert!(err.contains(key) && err.contains(&port.to_string()), "{err}");
+        assert!(berth_e2e::mounts_under(dir.path()).is_empty(), "{:?}", berth_e2e::mounts_under(dir.path()));
+        assert!(!Path::new("/sys/class/net").join(&net.0.bridge).exists(), "the start made the bridge");
+    }
+}
+
 /// Unmounts on drop, so a failing test leaves no mount behind.
 struct Mounted(std::path::PathBuf);
 
