@@ -34,6 +34,7 @@ fn row(label: &str, v: &[(f64, f64)]) {
 async fn main() {
     let (mut start, mut after_exec, mut idle_exec, mut idle_pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut busy_clients, mut idle_clients) = (Vec::new(), Vec::new());
+    let mut monitors = Vec::new();
     for _ in 0..ROUNDS {
         let mut f = Fixture::start().await;
         let pid = f.berthd.pid();
@@ -59,6 +60,7 @@ async fn main() {
             f.cri.run(&p, f.container("c", &["sleep", "100000"]), &cfg).await;
             pods.push(p);
         }
+        monitors.push(monitor_breakdown(&f.berthd.paths.state));
         for p in pods {
             f.cri.remove_pod(&p).await;
         }
@@ -98,4 +100,73 @@ async fn main() {
     row("idle after 20 pods up and down", &idle_pods);
     row("right after 96 more from 8 clients", &busy_clients);
     row("idle 5 s later", &idle_clients);
+    println!("a container's monitor, with 20 containers up (medians over monitors and rounds, KiB)");
+    println!("  {:<38} {:>6} {:>6}", "", "RSS", "PSS");
+    for (i, label) in PARTS.iter().enumerate() {
+        let rss = median(monitors.iter().flatten().map(|m: &[(f64, f64); PARTS.len()]| m[i].0).collect());
+        let pss = median(monitors.iter().flatten().map(|m: &[(f64, f64); PARTS.len()]| m[i].1).collect());
+        println!("  {label:<38} {rss:6.0} {pss:6.0}");
+    }
+}
+
+/// The parts of a monitor's memory the breakdown names, the total last.
+const PARTS: [&str; 7] = [
+    "berth-monitor, file pages",
+    "libc and ld.so, file pages",
+    "anonymous: heap",
+    "anonymous: stack",
+    "anonymous: other",
+    "other",
+    "total",
+];
+
+/// (RSS, PSS) in KiB of each part of every container monitor of the
+/// berthd whose state dir is `state`, from its smaps.
+fn monitor_breakdown(state: &std::path::Path) -> Vec<[(f64, f64); PARTS.len()]> {
+    let state = state.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let cmd = berth_e2e::cmdline(pid).join(" ");
+        if !(cmd.contains("berth-monitor monitor") && cmd.contains(&state)) {
+            continue;
+        }
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let mut parts = [(0.0, 0.0); PARTS.len()];
+        let mut name = String::new();
+        for line in smaps.lines() {
+            let mut words = line.split_whitespace();
+            let first = words.next().unwrap_or_default();
+            if first.contains('-') && !first.ends_with(':') {
+                // A mapping's header: range perms offset dev inode [path].
+                name = words.nth(4).unwrap_or_default().to_string();
+                continue;
+            }
+            let kib = || -> f64 { line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+            let (anon, file) = (first == "Anonymous:", first == "Rss:");
+            let part = match name.as_str() {
+                n if n.ends_with("berth-monitor") => 0,
+                n if n.contains("/libc.so") || n.contains("/ld-linux") => 1,
+                "[heap]" => 2,
+                "[stack]" => 3,
+                "" => 4,
+                _ => 5,
+            };
+            if file {
+                // Rss of a file mapping counts its anonymous (copied on
+                // write) pages too; they go to "anonymous: other".
+                let rss = kib();
+                parts[part].0 += rss;
+                parts[6].0 += rss;
+            } else if first == "Pss:" {
+                parts[part].1 += kib();
+                parts[6].1 += kib();
+            } else if anon && part < 2 {
+                parts[part].0 -= kib();
+                parts[4].0 += kib();
+            }
+        }
+        out.push(parts);
+    }
+    out
 }

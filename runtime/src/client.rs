@@ -127,6 +127,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeErro
 pub struct Bundle {
     dir: PathBuf,
     monitor_log: std::fs::File,
+    /// The spec's `CGROUP_PROCS` annotation, passed to the monitor.
+    cgroup_procs: Option<String>,
+    /// The spec's `CGROUP_HOLD` annotation is set.
+    cgroup_hold: bool,
 }
 
 impl Runtime {
@@ -158,7 +162,12 @@ impl Runtime {
         std::fs::write(bundle.join("config.json"), json).map_err(io_err("config.json"))?;
         let _ = std::fs::remove_file(bundle.join(crate::monitor::EXIT_FILE));
         let monitor_log = std::fs::File::create(bundle.join("monitor.log")).map_err(io_err("monitor.log"))?;
-        Ok(Bundle { dir: bundle.to_path_buf(), monitor_log })
+        Ok(Bundle {
+            dir: bundle.to_path_buf(),
+            monitor_log,
+            cgroup_procs: crate::annotations::get(spec, crate::annotations::CGROUP_PROCS).map(str::to_string),
+            cgroup_hold: crate::annotations::get(spec, crate::annotations::CGROUP_HOLD) == Some("1"),
+        })
     }
 
     /// Spawns the monitor of the container whose `bundle` was written, and
@@ -175,7 +184,7 @@ impl Runtime {
         rootfs: Option<OwnedFd>,
     ) -> Result<Created, RuntimeError> {
         let monitor_err = |reason: String| RuntimeError::Monitor { id: id.into(), reason };
-        let Bundle { dir, monitor_log: log_file } = bundle;
+        let Bundle { dir, monitor_log: log_file, cgroup_procs, cgroup_hold } = bundle;
         let bundle = dir.as_path();
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
         let pid_ns = match pid_ns {
@@ -189,7 +198,14 @@ impl Runtime {
             args.extend([s("--log"), log.as_os_str()]);
         }
         args.extend([s("--pid-ns"), s(&pid_ns)]);
-        for (flag, on) in [("--stdin", stdio.stdin), ("--stdin-once", stdio.stdin_once), ("--tty", stdio.tty)] {
+        // The monitor needs these two of the spec before the init exists;
+        // as arguments it never parses the spec itself.
+        if let Some(procs) = &cgroup_procs {
+            args.extend([s("--cgroup-procs"), s(procs)]);
+        }
+        for (flag, on) in
+            [("--cgroup-hold", cgroup_hold), ("--stdin", stdio.stdin), ("--stdin-once", stdio.stdin_once), ("--tty", stdio.tty)]
+        {
             if on {
                 args.extend([s(flag), s("true")]);
             }

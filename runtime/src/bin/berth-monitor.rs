@@ -10,7 +10,7 @@ use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
 use berth_runtime::process::exec::ExecArgs;
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--rootfs-fd N] [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]\n       berth-monitor pod-userns  (request on stdin, report on fd 3)");
+    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--rootfs-fd N] [--cgroup-procs FILE[:FILE...]] [--cgroup-hold true] [--log PATH] [--pid-ns new|host|pid:PID:START] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]\n       berth-monitor pod-userns  (request on stdin, report on fd 3)");
     2
 }
 
@@ -91,6 +91,8 @@ fn monitor(args: &[String]) -> i32 {
         pid_ns,
         sync_fd,
         rootfs_fd,
+        cgroup_procs: get(&f, "cgroup-procs").map(str::to_string),
+        cgroup_hold: get(&f, "cgroup-hold") == Some("true"),
         stdio: StdioOpts {
             stdin: get(&f, "stdin") == Some("true"),
             stdin_once: get(&f, "stdin-once") == Some("true"),

@@ -68,6 +68,13 @@ pub struct MonitorArgs {
     /// The overlay rootfs, mounted ahead and detached by berthd
     /// (`crate::rootfs::mount_ahead`), for the init to attach.
     pub rootfs_fd: Option<RawFd>,
+    /// The cgroup.procs files the init joins (the spec's
+    /// `annotations::CGROUP_PROCS`), `:`-separated: with one file on
+    /// cgroup2, the init is forked into its cgroup.
+    pub cgroup_procs: Option<String>,
+    /// The spec's `annotations::CGROUP_HOLD`: keep the cgroup populated
+    /// until its OOM count is read.
+    pub cgroup_hold: bool,
     /// The container's stdio.
     pub stdio: StdioOpts,
 }
@@ -163,12 +170,10 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         PidNamespace::Host => {}
     }
 
-    let spec: oci_spec::runtime::Spec = std::fs::read(args.bundle.join("config.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| InitError::Setup(format!("reading config.json: {e}")))?;
-    // On a pure cgroup v2 node the init is born in its cgroup.
-    let into = crate::annotations::get(&spec, crate::annotations::CGROUP_PROCS).and_then(crate::process::clone::v2_only_dir);
+    // On a pure cgroup v2 node the init is born in its cgroup. The spec is
+    // read by the init only: the monitor lives as long as the container,
+    // and code and memory it touched once stay counted to it.
+    let into = args.cgroup_procs.as_deref().and_then(crate::process::clone::v2_only_dir);
     let forking = std::time::Instant::now();
     // SAFETY: the monitor is single-threaded, so the child may allocate.
     let forked = match &into {
@@ -181,7 +186,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         (ForkResult::Child, placed) => {
             drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into));
             let stdio = [stdin_r, out_w, err_w];
-            child_main(args, &spec, placed, rootfs, null, stdio, report_w, start_r, console_child)
+            child_main(args, placed, rootfs, null, stdio, report_w, start_r, console_child)
         }
         (ForkResult::Parent { child }, _) => child,
     };
@@ -190,8 +195,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     drop(rootfs);
     // Under the systemd driver the cgroup must outlive the container's last
     // process until its OOM count is read (see oom::start_sentinel).
-    let hold = crate::annotations::get(&spec, crate::annotations::CGROUP_HOLD) == Some("1");
-    let sentinel = match (&into, hold) {
+    let sentinel = match (&into, args.cgroup_hold) {
         (Some(dir), true) => match oom::start_sentinel(std::os::fd::AsFd::as_fd(dir)) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -284,7 +288,6 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
 #[allow(clippy::too_many_arguments)]
 fn child_main(
     args: &MonitorArgs,
-    spec: &oci_spec::runtime::Spec,
     placed: bool,
     rootfs: Option<OwnedFd>,
     null: OwnedFd,
@@ -310,7 +313,14 @@ fn child_main(
         }
     }
     drop((null, stdio));
-    init::run(spec, &args.bundle, placed, rootfs, report, std::fs::File::from(start_r), console)
+    let spec: oci_spec::runtime::Spec = match std::fs::read(args.bundle.join("config.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => fail(&mut report, InitError::Setup(format!("reading config.json: {e}"))),
+    };
+    init::run(&spec, &args.bundle, placed, rootfs, report, std::fs::File::from(start_r), console)
 }
 
 /// Default dispositions and an empty mask: the Rust runtime ignores SIGPIPE,
