@@ -473,6 +473,10 @@ fn neighbour_counters(pods: &[String]) -> [f64; 3] {
 /// quiet pod gets the last CPU to itself and the neighbours the others, as
 /// kubelet's static CPU manager places a Guaranteed pod of whole CPUs;
 /// without, all share every CPU (kubelet's default policy).
+/// Requests timed per noisy-neighbour sample: a p99 of 1,000 was the
+/// tenth-worst and moved by a tenth between runs.
+const SAMPLES: usize = 3000;
+
 async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (quiet_cpus, shared_cpus) = if own_cpu { (format!("{}", n - 1), format!("0-{}", n.saturating_sub(2))) } else { Default::default() };
@@ -485,20 +489,33 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
     server.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { cpuset_cpus: quiet_cpus, ..one_cpu() });
     rt.cri.run(&pod, server, &cfg).await;
     let ip = rt.cri.pod_ip(&pod).await;
-    let sample = |ip: String| async move {
-        let mut lat = Vec::new();
-        for _ in 0..1000 {
-            let s = Instant::now();
-            if let Ok(mut c) = std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().unwrap(), Duration::from_secs(2)) {
-                let mut out = String::new();
-                let _ = std::io::Read::read_to_string(&mut c, &mut out);
+    // The request loop plays the quiet pod's own client: with a CPU of its
+    // own, it runs there too (unpinned, it could land on the neighbours' CPUs
+    // and measure them instead). A thread of its own, so no pool thread
+    // stays pinned.
+    let quiet_cpu = own_cpu.then_some(n - 1);
+    let sample = move |ip: String| {
+        std::thread::spawn(move || {
+            if let Some(cpu) = quiet_cpu {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu).expect("a CPU number below the count");
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
             }
-            lat.push(ms(s.elapsed()));
-        }
-        lat
+            let addr: std::net::SocketAddr = format!("{ip}:8080").parse().unwrap();
+            let mut lat = Vec::new();
+            for _ in 0..SAMPLES {
+                let s = Instant::now();
+                if let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    let mut out = String::new();
+                    let _ = std::io::Read::read_to_string(&mut c, &mut out);
+                }
+                lat.push(ms(s.elapsed()));
+            }
+            lat
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle = tokio::task::spawn_blocking(move || futures::executor::block_on(sample(ip.clone()))).await.unwrap();
+    let idle = sample(ip.clone()).join().unwrap();
     let mut noisy = Vec::new();
     let mut parents = Vec::new();
     for (name, cmd, res, pod_shares, pids) in [
@@ -543,7 +560,7 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ip = rt.cri.pod_ip(&pod).await;
     let (before, t0) = (neighbour_counters(&parents), Instant::now());
-    let loaded = tokio::task::spawn_blocking(move || futures::executor::block_on(sample(ip))).await.unwrap();
+    let loaded = tokio::task::spawn_blocking(move || sample(ip).join().unwrap()).await.unwrap();
     let (after, secs) = (neighbour_counters(&parents), t0.elapsed().as_secs_f64());
     let rows: [(&str, &str, f64); 7] = [
         ("the CPU hog's use meanwhile (limit 0.5)", "CPUs", (after[0] - before[0]) / secs),
