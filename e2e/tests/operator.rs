@@ -309,6 +309,7 @@ async fn metrics_endpoint_parses_and_moves_with_rpcs() {
     for step in [
         "monitor_setup",
         "monitor_fork",
+        "init_spec",
         "init_cgroup",
         "init_namespaces",
         "init_rootfs",

@@ -313,6 +313,7 @@ fn child_main(
         }
     }
     drop((null, stdio));
+    let reading = std::time::Instant::now();
     let spec: oci_spec::runtime::Spec = match std::fs::read(args.bundle.join("config.json"))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -320,7 +321,7 @@ fn child_main(
         Ok(spec) => spec,
         Err(e) => fail(&mut report, InitError::Setup(format!("reading config.json: {e}"))),
     };
-    init::run(&spec, &args.bundle, placed, rootfs, report, std::fs::File::from(start_r), console)
+    init::run(&spec, reading.elapsed().as_micros() as u64, &args.bundle, placed, rootfs, report, std::fs::File::from(start_r), console)
 }
 
 /// Default dispositions and an empty mask: the Rust runtime ignores SIGPIPE,

@@ -31,8 +31,11 @@ fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 /// container) the init opens a terminal in the container's devpts, makes it
 /// its stdio and controlling terminal, and sends the master to the monitor.
 /// `rootfs`: the overlay rootfs mounted ahead (`crate::rootfs::mount_ahead`).
+/// `spec_us`: how long reading the spec took, reported as `init_spec`.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: &Spec,
+    spec_us: u64,
     bundle: &Path,
     placed: bool,
     rootfs: Option<OwnedFd>,
@@ -47,7 +50,8 @@ pub fn run(
             super::tty::attach_terminal(&slave, Some((u.uid, u.gid)))?;
             super::tty::send_fd(&console, &master).map_err(|e| setup_err("sending the terminal to the monitor", e))?;
         }
-        let mut stages_us = prepared.stages_us.clone();
+        let mut stages_us = vec![("init_spec".to_string(), spec_us)];
+        stages_us.extend(prepared.stages_us.iter().cloned());
         stages_us.push(("init_tty".into(), prepared.tty_clock.elapsed().as_micros() as u64));
         let ready = InitReport::Ready { uid: u.uid, gid: u.gid, groups: u.groups.clone(), stages_us };
         channel::send(&mut report, &ready).map_err(|e| setup_err("report ready", e))?;
