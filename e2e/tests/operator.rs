@@ -307,6 +307,7 @@ async fn metrics_endpoint_parses_and_moves_with_rpcs() {
     let steps: Vec<&str> =
         created.split("runtime_us=").nth(1).unwrap_or("").split_whitespace().filter_map(|kv| kv.split('=').next()).collect();
     for step in [
+        "monitor_start",
         "monitor_setup",
         "monitor_fork",
         "init_spec",

@@ -468,8 +468,9 @@ async fn monitor_pid(f: &mut Fixture, id: &str) -> u32 {
 
 /// Monitors forked by the zygote (the default) are what spawned ones were:
 /// the same command line (start-up garbage collection and operators find a
-/// container's monitor by it), the same binary, not berthd's children; a
-/// zygote that died is replaced at the next create. With `monitor_zygote =
+/// container's monitor by it), the same binary, not berthd's children (a
+/// forked one is the zygote's, and leaves no zombie when it ends); a zygote
+/// that died is replaced at the next create. With `monitor_zygote =
 /// false` there is none and each monitor is spawned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
@@ -499,9 +500,27 @@ async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
             assert!(now.len() == 1 && now[0] != zygotes[0], "a new zygote: {now:?} (the old one was {})", zygotes[0]);
             let log = f.berthd.log();
             assert!(!log.contains("spawned instead"), "the retry with a new zygote should have served the create:\n{log}");
+            // A forked monitor is the zygote's child, and reaped once it ends:
+            // no zombie stays behind while the zygote lives.
+            let m2 = monitor_pid(&mut f, &c2).await;
+            assert_eq!(parent_of(m2), Some(now[0]), "the second monitor's parent");
+            f.cri.remove_pod(&pod).await;
+            let gone = std::time::Instant::now();
+            while std::path::Path::new(&format!("/proc/{m2}")).exists() {
+                let stat = std::fs::read_to_string(format!("/proc/{m2}/stat")).unwrap_or_default();
+                assert!(gone.elapsed() < Duration::from_secs(10), "monitor {m2} not reaped after its container went: {stat}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            continue;
         }
         f.cri.remove_pod(&pod).await;
     }
+}
+
+/// The parent pid of `pid`, from its stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
 }
 
 /// An operator installs a new build over the monitor binary while berthd

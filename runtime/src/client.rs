@@ -215,8 +215,10 @@ impl Runtime {
             args.extend([s("--rootfs-fd"), s("4")]);
             fds.push((fd.as_fd(), 4));
         }
-        // Either way, the first monitor process exits right after forking
-        // the real one, and is waited for.
+        // Spawned, the first monitor process exits right after forking the
+        // real one, and is waited for; from the zygote, the forked process
+        // is the monitor.
+        let asked_ns = crate::time::monotonic_ns();
         let zygote_error = match self.zygote.as_deref().map(|z| z.run(&args, &fds)) {
             Some(Ok(())) => None,
             unused => {
@@ -230,7 +232,12 @@ impl Runtime {
         let report =
             recv_timeout::<MonitorReport>(r, Duration::from_secs(60)).map_err(|source| RuntimeError::Channel { id: id.into(), source });
         match report {
-            Ok(Some(MonitorReport::Created { pid, monitor_pid, uid, gid, groups, stages_us })) => {
+            Ok(Some(MonitorReport::Created { pid, monitor_pid, uid, gid, groups, mut stages_us, started_ns })) => {
+                // From the request to the monitor's first step: the zygote's
+                // fork (or the spawn) and the monitor's own.
+                if started_ns >= asked_ns && asked_ns > 0 {
+                    stages_us.insert(0, ("monitor_start".to_string(), (started_ns - asked_ns) / 1000));
+                }
                 let start_time = crate::pidfd::start_time(pid).unwrap_or(0);
                 Ok(Created { pid, start_time, monitor_pid, uid, gid, groups, stages_us, zygote_error })
             }

@@ -69,6 +69,11 @@ pub enum MonitorReport {
         /// init's (`init_*`), in microseconds.
         #[serde(default)]
         stages_us: Vec<(String, u64)>,
+        /// `CLOCK_MONOTONIC` (ns) when the monitor began its own work,
+        /// after the forks that started it: berthd times `monitor_start`
+        /// from its request to here. 0: not known.
+        #[serde(default)]
+        started_ns: u64,
     },
     /// Setup failed; nothing runs.
     Failed(InitError),

@@ -10,8 +10,12 @@
 //! <argv…>` with the passed fds at their numbers: it takes its command line
 //! from the request (written over the zygote's own, which is padded for
 //! it), so start-up garbage collection and operators find a monitor by its
-//! command line as before, and the zygote answers with its exit status once
-//! it has daemonised the monitor. Requests are typed messages
+//! command line as before. The forked process is the monitor itself: it
+//! skips the second fork a spawned monitor makes to leave berthd's tree (it
+//! is the zygote's child, not berthd's; the zygote ignores SIGCHLD, so the
+//! kernel reaps a monitor that ends, and when the zygote ends its monitors
+//! go to init as any orphan does). The zygote answers once it has forked.
+//! Requests are typed messages
 //! ([`ForkRequest`], [`ForkReply`]) on a `SOCK_SEQPACKET` pair, the fds as
 //! `SCM_RIGHTS` of the same message. The zygote ends at EOF (berthd gone);
 //! a zygote that died, or whose binary was replaced on disk, is started
@@ -27,7 +31,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::socket::{recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
-use nix::sys::wait::WaitStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::spawn::Spawned;
@@ -56,13 +59,11 @@ pub struct ForkRequest {
     pub targets: Vec<RawFd>,
 }
 
-/// How the forked process ended (it exits once the monitor is daemonised).
+/// What the zygote did with a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForkReply {
-    /// Its exit code.
-    Exited(i32),
-    /// The signal that ended it.
-    Signaled(i32),
+    /// Forked: the monitor's pid. Whether it came up is its report to tell.
+    Forked(i32),
     /// Nothing was forked, and why.
     Refused(String),
 }
@@ -149,9 +150,8 @@ impl Zygote {
     }
 
     /// Forks `berth-monitor <args>` with each `(fd, n)` of `fds` as its fd
-    /// `n` (and nothing else: stdin and stdout are the zygote's /dev/null),
-    /// and waits until that process has exited, as berthd waits for a
-    /// spawned one. One retry with a new zygote if the old one is gone.
+    /// `n` (and nothing else: stdin and stdout are the zygote's /dev/null).
+    /// One retry with a new zygote if the old one is gone.
     pub fn run(&self, args: &[&OsStr], fds: &[(BorrowedFd<'_>, RawFd)]) -> Result<(), ZygoteError> {
         // The request is JSON: an argument that is not UTF-8 (a path berth
         // was given so) is spawned instead of being mangled.
@@ -180,10 +180,8 @@ impl Zygote {
             match running.ask(&request, &raw) {
                 Ok(reply) => {
                     *slot = Some(running);
-                    // How the forked process ended is the monitor's report
-                    // to tell, as with a spawned one.
                     return match reply {
-                        ForkReply::Exited(_) | ForkReply::Signaled(_) => Ok(()),
+                        ForkReply::Forked(_) => Ok(()),
                         ForkReply::Refused(why) => Err(ZygoteError::Refused(why)),
                     };
                 }
@@ -197,12 +195,29 @@ impl Zygote {
     }
 }
 
+/// Set in a process the zygote forked: it is the monitor already, with no
+/// need to fork again to leave berthd's process tree.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process was forked by the zygote.
+pub fn forked() -> bool {
+    FORKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `berth-monitor zygote`: serves [`ForkRequest`]s on fd 3 until EOF; each
 /// forked child runs `run(argv[1..])` — the binary's own dispatch — and
 /// exits with its code.
 pub fn main(run: fn(&[String]) -> i32) -> i32 {
     // SAFETY: fd 3 was set up by Running::start and is ours alone.
     let sock = unsafe { OwnedFd::from_raw_fd(3) };
+    // Monitors are the zygote's children for life: the kernel reaps them.
+    // SAFETY: installing SIG_IGN is always sound.
+    if let Err(e) = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGCHLD, nix::sys::signal::SigHandler::SigIgn) } {
+        eprintln!("berth-monitor zygote: ignoring SIGCHLD: {e}");
+        return 1;
+    }
+    // The command line's memory, the same in every child.
+    let area = arg_area();
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let (n, fds) = match receive(&sock, &mut buf) {
@@ -212,7 +227,7 @@ pub fn main(run: fn(&[String]) -> i32) -> i32 {
             Err(_) => return 1,
         };
         let reply = match serde_json::from_slice::<ForkRequest>(&buf[..n]) {
-            Ok(req) if req.targets.len() == fds.len() && !req.argv.is_empty() => fork_one(&req, fds, run),
+            Ok(req) if req.targets.len() == fds.len() && !req.argv.is_empty() => fork_one(&req, fds, area, run),
             Ok(_) => ForkReply::Refused("fds and their targets do not match".into()),
             Err(e) => ForkReply::Refused(format!("malformed request: {e}")),
         };
@@ -241,29 +256,28 @@ fn receive(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Vec<Own
     Ok(Some((msg.bytes, fds)))
 }
 
-fn fork_one(req: &ForkRequest, fds: Vec<OwnedFd>, run: fn(&[String]) -> i32) -> ForkReply {
+fn fork_one(req: &ForkRequest, fds: Vec<OwnedFd>, area: Option<(usize, usize)>, run: fn(&[String]) -> i32) -> ForkReply {
     // SAFETY: the zygote is single-threaded.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
+            // Before anything forks: a monitor waits for its init, which an
+            // ignored SIGCHLD would have the kernel reap instead.
+            // SAFETY: installing SIG_DFL is always sound.
+            let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl) };
+            FORKED.store(true, std::sync::atomic::Ordering::Relaxed);
             // The zygote's socket goes here too (closed or overwritten).
             if let Err(e) = place_fds(fds, &req.targets) {
                 eprintln!("berth-monitor zygote: placing fds: {e}");
                 std::process::exit(1);
             }
-            set_cmdline(&req.argv);
+            if let Some(area) = area {
+                set_cmdline(area, &req.argv);
+            }
             std::process::exit(run(&req.argv[1..]))
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(fds);
-            loop {
-                match nix::sys::wait::waitpid(child, None) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Ok(WaitStatus::Exited(_, code)) => return ForkReply::Exited(code),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => return ForkReply::Signaled(sig as i32),
-                    Ok(other) => return ForkReply::Refused(format!("unexpected wait status {other:?}")),
-                    Err(e) => return ForkReply::Refused(format!("waitpid: {e}")),
-                }
-            }
+            ForkReply::Forked(child.as_raw())
         }
         Err(e) => ForkReply::Refused(format!("fork: {e}")),
     }
@@ -308,8 +322,8 @@ fn place_fds(fds: Vec<OwnedFd>, targets: &[RawFd]) -> nix::Result<()> {
 /// what a spawned berth-monitor would. The kernel reads the command line
 /// from this memory (`arg_start`..`arg_end` in /proc/self/stat); it cannot
 /// be set otherwise without CAP_SYS_RESOURCE.
-fn set_cmdline(argv: &[String]) {
-    let Some((start, end)) = arg_area() else { return };
+/// `area`: [`arg_area`], read once by the zygote.
+fn set_cmdline((start, end): (usize, usize), argv: &[String]) {
     let mut bytes: Vec<u8> = Vec::with_capacity(end - start);
     for a in argv {
         bytes.extend_from_slice(OsStr::new(a).as_bytes());

@@ -99,15 +99,18 @@ fn pipe_cloexec() -> nix::Result<(OwnedFd, OwnedFd)> {
 pub fn main(args: MonitorArgs) -> i32 {
     // SAFETY: sync_fd was handed to us by berthd and nobody else owns it.
     let mut sync = unsafe { std::fs::File::from_raw_fd(args.sync_fd) };
-    // Leave berthd's process tree: the first process exits at once, the
-    // second lives on, reparented to init (or the nearest subreaper).
-    // SAFETY: single-threaded at this point (no threads were started).
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => return 0,
-        Ok(ForkResult::Child) => {}
-        Err(e) => {
-            let _ = channel::send(&mut sync, &MonitorReport::Failed(InitError::setup("fork monitor", e)));
-            return 1;
+    // Spawned, leave berthd's process tree: the first process exits at
+    // once, the second lives on, reparented to init (or the nearest
+    // subreaper). Forked by the zygote, this is out of it already.
+    if !crate::zygote::forked() {
+        // SAFETY: single-threaded at this point (no threads were started).
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { .. }) => return 0,
+            Ok(ForkResult::Child) => {}
+            Err(e) => {
+                let _ = channel::send(&mut sync, &MonitorReport::Failed(InitError::setup("fork monitor", e)));
+                return 1;
+            }
         }
     }
     let _ = nix::unistd::setsid();
@@ -128,6 +131,7 @@ pub(super) fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 
 fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     let started = std::time::Instant::now();
+    let started_ns = crate::time::monotonic_ns();
     // SAFETY: berthd handed this fd over for the init; nothing else here owns it.
     let rootfs = args.rootfs_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     // SAFETY: prctl with integer arguments only.
@@ -238,8 +242,15 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
             ];
             stages_us.extend(init_stages);
             stages_us.push(("monitor_wait_init".to_string(), us(forked_at.elapsed())));
-            let created =
-                MonitorReport::Created { pid: child.as_raw(), monitor_pid: std::process::id() as i32, uid, gid, groups, stages_us };
+            let created = MonitorReport::Created {
+                pid: child.as_raw(),
+                monitor_pid: std::process::id() as i32,
+                uid,
+                gid,
+                groups,
+                stages_us,
+                started_ns,
+            };
             let _ = channel::send(sync, &created);
         }
         Ok(Some(InitReport::Failed(e))) => {
