@@ -142,7 +142,10 @@ async fn main() {
     println!("  StopContainer (0s)  {:8.2} ms", median(stop));
     println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
     println!("  ListContainerStats ({pod_count} containers) {:6.2} ms", median(stats_ms));
-    println!("  monitor RSS         {:8.0} KiB per container (target <= 1536 KiB)", median(monitor_rss));
-    println!("  monitor PSS         {:8.0} KiB per container (shared pages split among {pod_count} monitors)", median(monitor_pss));
+    println!("  monitor RSS         {:8.0} KiB per container (target <= 1024 KiB)", median(monitor_rss));
+    println!(
+        "  monitor PSS         {:8.0} KiB per container (target <= 256 KiB; shared pages split among {pod_count} monitors)",
+        median(monitor_pss)
+    );
     println!("  berthd RSS          {:8.0} KiB idle, {:.0} KiB with {pod_count} pods", berthd_idle, berthd_loaded);
 }
