@@ -482,6 +482,10 @@ fn neighbour_counters(pods: &[String]) -> [f64; 3] {
     [cpu, mem, forks].map(|v| v.unwrap_or(f64::NAN))
 }
 
+/// Requests timed per noisy-neighbour sample: a p99 of 1,000 was the
+/// tenth-worst and moved by a tenth between runs.
+const SAMPLES: usize = 3000;
+
 /// p99 of a small request loop (TCP to a pod) idle, then with neighbours at
 /// their CPU limit, their memory limit and their pids limit. The pods are
 /// set up as kubelet would for their QoS classes: the quiet pod Guaranteed
@@ -493,10 +497,6 @@ fn neighbour_counters(pods: &[String]) -> [f64; 3] {
 /// quiet pod gets the last CPU to itself and the neighbours the others, as
 /// kubelet's static CPU manager places a Guaranteed pod of whole CPUs;
 /// without, all share every CPU (kubelet's default policy).
-/// Requests timed per noisy-neighbour sample: a p99 of 1,000 was the
-/// tenth-worst and moved by a tenth between runs.
-const SAMPLES: usize = 3000;
-
 async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (quiet_cpus, shared_cpus) = if own_cpu { (format!("{}", n - 1), format!("0-{}", n.saturating_sub(2))) } else { Default::default() };
@@ -535,7 +535,10 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle = sample(ip.clone()).join().unwrap();
+    let idle = {
+        let ip = ip.clone();
+        tokio::task::spawn_blocking(move || sample(ip).join().unwrap()).await.unwrap()
+    };
     let mut noisy = Vec::new();
     let mut parents = Vec::new();
     for (name, cmd, res, pod_shares, pids) in [

@@ -60,7 +60,7 @@ async fn main() {
             f.cri.run(&p, f.container("c", &["sleep", "100000"]), &cfg).await;
             pods.push(p);
         }
-        monitors.push(monitor_breakdown(&f.berthd.paths.state));
+        monitors.push(monitor_breakdown(&f));
         for p in pods {
             f.cri.remove_pod(&p).await;
         }
@@ -120,15 +120,12 @@ const PARTS: [&str; 7] = [
     "total",
 ];
 
-/// (RSS, PSS) in KiB of each part of every container monitor of the
-/// berthd whose state dir is `state`, from its smaps.
-fn monitor_breakdown(state: &std::path::Path) -> Vec<[(f64, f64); PARTS.len()]> {
-    let state = state.display().to_string();
+/// (RSS, PSS) in KiB of each part of every container monitor of `f`'s
+/// berthd, from its smaps.
+fn monitor_breakdown(f: &Fixture) -> Vec<[(f64, f64); PARTS.len()]> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let cmd = berth_e2e::cmdline(pid).join(" ");
-        if !(cmd.contains("berth-monitor monitor") && cmd.contains(&state)) {
+    for (pid, cmd) in berth_e2e::truth::processes(f) {
+        if !cmd.contains("berth-monitor monitor") {
             continue;
         }
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
