@@ -283,6 +283,7 @@ async fn create_inner(
         cgroup_v2: node.cgroup_v2,
         cgroup_hold: node.cgroups.is_systemd(),
         set_aside: node.pods_mount.clone(),
+        mount_template: node.mount_template.clone(),
         image_volumes,
     };
     let limits = config.resources.limits.clone();

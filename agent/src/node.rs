@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_runtime::sandbox::PodsDir;
+use berth_runtime::sandbox::PrivateDir;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -53,6 +53,9 @@ pub struct Node {
     /// `<state>/pods` when it is a mount of its own: containers set it
     /// aside (see `berth_runtime::annotations::SET_ASIDE`).
     pub pods_mount: Option<PathBuf>,
+    /// The pin of the mount namespace containers start from (see
+    /// `berth_runtime::mntns`), when berthd could make one.
+    pub mount_template: Option<PathBuf>,
     /// The cgroup driver.
     pub cgroups: crate::cgroups::Cgroups,
     /// Where removed containers' dirs go to be deleted off the request path.
@@ -175,11 +178,11 @@ impl Node {
         for dir in [&pods_dir, &config.state.join("containers")] {
             berth_runtime::fs::ensure_private_dir(dir).map_err(Error::internal_fn(dir.display().to_string()))?;
         }
-        let mounted = berth_runtime::sandbox::mount_pods_dir(&pods_dir);
-        let made_now = matches!(mounted, Ok(PodsDir::Made));
+        let mounted = berth_runtime::sandbox::mount_private_dir(&pods_dir);
+        let made_now = matches!(mounted, Ok(PrivateDir::Made));
         let pods_mount = match mounted {
-            Ok(PodsDir::Made | PodsDir::Kept) => Some(pods_dir.clone()),
-            Ok(PodsDir::LeftAlone) => {
+            Ok(PrivateDir::Made | PrivateDir::Kept) => Some(pods_dir.clone()),
+            Ok(PrivateDir::LeftAlone) => {
                 tracing::info!(
                     dir = %pods_dir.display(),
                     "pods of an earlier berthd hold mounts in the pods dir: it becomes a mount of its own at a start with none, \
@@ -192,7 +195,17 @@ impl Node {
                 None
             }
         };
-        // A start that fails from here leaves no pods mount it made.
+        // Containers start from it instead of a copy of the node's mounts.
+        let mntns_dir = config.state.join("mntns");
+        let mount_template = match berth_runtime::mntns::ensure(&mntns_dir) {
+            Ok(pin) => Some(pin),
+            Err(e) => {
+                tracing::warn!(dir = %mntns_dir.display(), error = %e, "no mount template: each container start copies the node's mounts");
+                None
+            }
+        };
+        // A start that fails from here leaves no pods mount it made, and no
+        // template (the next start makes one).
         let rest = (|| -> Result<_> {
             let pod_cidr = store.setting(POD_CIDR_SETTING)?;
             let network = crate::net::Network::open(&config, pod_cidr.as_deref())?;
@@ -203,8 +216,9 @@ impl Node {
             Ok(v) => v,
             Err(e) => {
                 if made_now {
-                    berth_runtime::sandbox::unmount_pods_dir(&pods_dir);
+                    berth_runtime::sandbox::unmount_private_dir(&pods_dir);
                 }
+                berth_runtime::mntns::remove(&mntns_dir);
                 return Err(e);
             }
         };
@@ -220,6 +234,7 @@ impl Node {
             handlers,
             cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,
             pods_mount,
+            mount_template,
             cgroups,
             locks: Default::default(),
             flights: Default::default(),

@@ -71,6 +71,9 @@ pub struct SpecPaths {
     /// The node's dir of pod mounts, when containers may set it aside
     /// (annotations::SET_ASIDE).
     pub set_aside: Option<PathBuf>,
+    /// The pin of the node's mount template, when containers may start
+    /// from it (annotations::MOUNT_TEMPLATE).
+    pub mount_template: Option<PathBuf>,
     /// Image volumes by mount index: the image id and its layer dirs, top
     /// first.
     pub image_volumes: HashMap<usize, (String, Vec<PathBuf>)>,
@@ -583,6 +586,9 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
     annotations.insert(annotations::CGROUP_PROCS.into(), join(&paths.cgroup_procs));
     if let Some(dir) = &paths.set_aside {
         annotations.insert(annotations::SET_ASIDE.into(), dir.display().to_string());
+    }
+    if let Some(pin) = &paths.mount_template {
+        annotations.insert(annotations::MOUNT_TEMPLATE.into(), pin.display().to_string());
     }
     if paths.cgroup_hold {
         annotations.insert(annotations::CGROUP_HOLD.into(), "1".into());

@@ -90,9 +90,12 @@ pub async fn remove_all_and_check_clean(f: &mut Fixture, point: &str) {
     let dir = f.berthd.dir().display().to_string();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     // The pods dir is a mount of its own for as long as the state dir is
-    // there; only what is beneath it belongs to pods.
-    let pods_dir = f.berthd.paths.state.join("pods").display().to_string();
-    let mounts: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir) && *m != pods_dir).collect();
+    // there, and so is the mount template's dir with its pin; only what is
+    // beneath the pods dir belongs to pods.
+    let state = &f.berthd.paths.state;
+    let node_mounts = [state.join("pods"), state.join("mntns"), state.join("mntns").join("template")].map(|p| p.display().to_string());
+    let mounts: Vec<&str> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir) && !node_mounts.iter().any(|n| n == m)).collect();
     assert!(mounts.is_empty(), "{point}: mounts left: {mounts:?}");
     let veths: Vec<String> = std::fs::read_dir(format!("/sys/class/net/{}/brif", f.berthd.net.bridge))
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())

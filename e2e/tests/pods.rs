@@ -616,6 +616,38 @@ async fn containers_survive_a_berthd_crash() {
     f.cri.remove_pod(&pod).await;
 }
 
+/// A container's mount namespace starts from berth's mount template, not
+/// from a copy of every mount of the node (each pod's pins and /dev/shm
+/// among them, so that a start got slower the more pods ran): the init
+/// names the stage after where its namespace came from, and the template,
+/// pinned in berth's state dir, is found again by a berthd restarted after
+/// a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_start_from_the_mount_template() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("template");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let last_created = |f: &Fixture| f.berthd.log().lines().rev().find(|l| l.contains("container created")).unwrap_or_default().to_string();
+    let a = f.cri.run(&pod, f.container("a", &["sh", "-c", "echo here > /dev/shm/a; sleep 1000"]), &cfg).await;
+    let line = last_created(&f);
+    assert!(line.contains("init_mountns_template=") && !line.contains("init_mountns_node="), "{line}");
+    let pin = f.berthd.paths.state.join("mntns").join("template");
+    let ino = |p: &std::path::Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let pinned = ino(&pin);
+    f.berthd.kill9();
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    assert_eq!(ino(&pin), pinned, "the restarted berthd made a template anew");
+    let b = f.cri.run(&pod, f.container("b", &["sleep", "1000"]), &cfg).await;
+    let line = last_created(&f);
+    assert!(line.contains("init_mountns_template="), "{line}");
+    // What came along works as it did from the node's copy: the pod's
+    // /dev/shm is shared, the spec's files are bound.
+    assert_eq!(f.cri.sh(&b, "cat /dev/shm/a; grep -c . /etc/hosts >/dev/null && echo hosts").await, "here\nhosts\n");
+    assert_eq!(f.cri.sh(&a, "echo alive").await.trim(), "alive");
+    f.cri.remove_pod(&pod).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_events_stream_the_lifecycle() {
     use futures::StreamExt;

@@ -13,6 +13,10 @@ pub const WORKDIR: &str = "io.berth.rootfs.workdir";
 /// rootfs, having first cloned what its spec binds from there, so the cost
 /// of that build does not grow with the number of pods on the node.
 pub const SET_ASIDE: &str = "io.berth.rootfs.set-aside";
+/// The pin of the mount namespace template ([`crate::mntns`]): the init
+/// starts its mount namespace from it instead of from a copy of the node's,
+/// where the spec allows (see [`crate::rootfs::build`]).
+pub const MOUNT_TEMPLATE: &str = "io.berth.rootfs.mount-template";
 /// `cgroup.procs` files to join, `:`-separated.
 pub const CGROUP_PROCS: &str = "io.berth.cgroup.procs";
 /// "1": keep the container's cgroup populated until the monitor has read

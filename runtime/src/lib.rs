@@ -20,6 +20,7 @@ pub mod client;
 pub mod diag;
 pub mod fs;
 pub mod message;
+pub mod mntns;
 pub mod monitor;
 pub mod mountapi;
 pub mod mountinfo;

@@ -19,12 +19,15 @@ pub struct Attr {
     pub clear: u64,
     /// A user namespace fd, with `MOUNT_ATTR_IDMAP` in `set`.
     pub userns_fd: Option<i32>,
+    /// A propagation to take (`MS_PRIVATE`, `MS_SLAVE`, `MS_SHARED` or
+    /// `MS_UNBINDABLE`; recursion is the call's), 0 to keep it.
+    pub propagation: u64,
 }
 
 /// `mount_setattr` on the mount `fd` refers to (an `O_PATH` fd of its
 /// root), and with `recursive` on every mount beneath it.
 pub fn set_attr(fd: BorrowedFd<'_>, recursive: bool, attr: Attr) -> io::Result<()> {
-    let mut a = libc::mount_attr { attr_set: attr.set, attr_clr: attr.clear, propagation: 0, userns_fd: 0 };
+    let mut a = libc::mount_attr { attr_set: attr.set, attr_clr: attr.clear, propagation: attr.propagation, userns_fd: 0 };
     if let Some(u) = attr.userns_fd {
         a.userns_fd = u as u64;
     }

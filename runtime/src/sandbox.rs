@@ -262,54 +262,56 @@ fn loopback_up() -> Result<(), nix::errno::Errno> {
     Ok(())
 }
 
-/// Makes `pods_dir` (the parent of every pod dir) a private mount of its
-/// own. Of its own: every pod mount (pins, /dev/shm) then sits in one
-/// subtree that a container's init detaches from its copy of the node's
-/// mounts at once ([`crate::annotations::SET_ASIDE`]). Private: pod mounts
-/// made later do not propagate into other mount namespaces; the copies a
-/// namespace made of them before still go when berth removes the pin file
-/// or shm dir (the kernel detaches the mounts on a deleted dentry in every
-/// namespace). Says whether it was made a mount now, was one already (from
-/// an earlier start), or was left alone: no mount but holding mounts, pods
-/// of a berthd from before this still run, and a bind over the dir would
-/// hide their pins.
-pub fn mount_pods_dir(pods_dir: &Path) -> Result<PodsDir, SandboxError> {
-    let io = |step: &str, e: std::io::Error| SandboxError::Ns { step: format!("{step} {}", pods_dir.display()), errno: io_errno(&e) };
-    let dir = std::fs::canonicalize(pods_dir).map_err(|e| io("resolve", e))?;
+/// Makes `dir` a private mount of its own — the pods dir (the parent of
+/// every pod dir) or the dir of the mount template ([`crate::mntns`]). Of
+/// its own: every pod mount (pins, /dev/shm) then sits in one subtree that
+/// a container's init detaches from its copy of the node's mounts at once
+/// ([`crate::annotations::SET_ASIDE`]). Private: mounts made later beneath
+/// it do not propagate into other mount namespaces (and a mount namespace
+/// can be pinned there at all: the kernel refuses to propagate its pin); the
+/// copies a namespace made of pod mounts before still go when berth removes
+/// the pin file or shm dir (the kernel detaches the mounts on a deleted
+/// dentry in every namespace). Says whether it was made a mount now, was
+/// one already (from an earlier start), or was left alone: no mount but
+/// holding mounts, pods of a berthd from before this still run, and a bind
+/// over the dir would hide their pins.
+pub fn mount_private_dir(dir: &Path) -> Result<PrivateDir, SandboxError> {
+    let io = |step: &str, e: std::io::Error| SandboxError::Ns { step: format!("{step} {}", dir.display()), errno: io_errno(&e) };
+    let dir = std::fs::canonicalize(dir).map_err(|e| io("resolve", e))?;
     let mounts = crate::mountinfo::read_self().map_err(|e| io("read mountinfo for", e))?;
     if !mounts.iter().any(|m| m.mount_point == dir) {
         if mounts.iter().any(|m| m.mount_point.starts_with(&dir)) {
-            return Ok(PodsDir::LeftAlone);
+            return Ok(PrivateDir::LeftAlone);
         }
         mount(Some(&dir), &dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(ns_err(format!("bind {} on itself", dir.display())))?;
         let private = mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>);
         if let Err(e) = private {
-            unmount_pods_dir(&dir);
+            unmount_private_dir(&dir);
             return Err(ns_err(format!("make {} private", dir.display()))(e));
         }
-        return Ok(PodsDir::Made);
+        return Ok(PrivateDir::Made);
     }
     mount(None::<&str>, &dir, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(ns_err(format!("make {} private", dir.display())))?;
-    Ok(PodsDir::Kept)
+    Ok(PrivateDir::Kept)
 }
 
-/// What [`mount_pods_dir`] found and did.
+/// What [`mount_private_dir`] found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodsDir {
+pub enum PrivateDir {
     /// Bound on itself now: a start that fails afterwards unmounts it.
     Made,
     /// A mount of its own already (an earlier berthd's, which may have
-    /// pods beneath): kept.
+    /// pods or the template beneath): kept.
     Kept,
     /// No mount, but holding mounts: left as it was.
     LeftAlone,
 }
 
-/// Undoes [`mount_pods_dir`] (with every mount beneath); not a mount is fine.
-pub fn unmount_pods_dir(pods_dir: &Path) {
-    let _ = umount2(pods_dir, MntFlags::MNT_DETACH);
+/// Undoes [`mount_private_dir`] (with every mount beneath); not a mount is fine.
+pub fn unmount_private_dir(dir: &Path) {
+    let _ = umount2(dir, MntFlags::MNT_DETACH);
 }
 
 /// Mounts the pod's shared `/dev/shm` (a tmpfs) at `path`.

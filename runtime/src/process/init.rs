@@ -130,7 +130,11 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>
         None => None,
     };
     let mut kernel = crate::rootfs::Kernel::new(&bundle.join("rootfs")).with_userns(userns_for_mounts).with_rootfs_mount(rootfs);
-    crate::rootfs::build(spec, new_uts, &mut kernel)?;
+    // Named by where it came from: a copy of the node's costs more the more
+    // mounts the node has.
+    let from_template = crate::rootfs::new_namespace(spec, &mut kernel)?;
+    clock.mark(if from_template { "mountns_template" } else { "mountns_node" });
+    crate::rootfs::build(spec, new_uts, from_template, &mut kernel)?;
     clock.mark("rootfs");
     let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();
@@ -158,7 +162,8 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>
 }
 
 /// setns into namespaces with a path, unshare the new ones (PID is done by
-/// the monitor before fork). Returns whether the UTS namespace is new, and
+/// the monitor before fork; the mount namespace by [`crate::rootfs::build`],
+/// from the node's or the mount template). Returns whether the UTS namespace is new, and
 /// the pod's user namespace, opened but not joined: the rootfs is built
 /// with the node's privileges first ([`crate::userns::enter`]).
 fn join_namespaces(spec: &Spec) -> Result<(bool, Option<OwnedFd>), InitError> {
@@ -196,7 +201,10 @@ fn join_namespaces(spec: &Spec) -> Result<(bool, Option<OwnedFd>), InitError> {
     if !new.contains(CloneFlags::CLONE_NEWNS) {
         return Err(InitError::Setup("the container needs its own mount namespace".into()));
     }
-    nix::sched::unshare(new).map_err(|e| setup_err("unshare", e))?;
+    let new = new - CloneFlags::CLONE_NEWNS;
+    if !new.is_empty() {
+        nix::sched::unshare(new).map_err(|e| setup_err("unshare", e))?;
+    }
     Ok((new_uts, userns))
 }
 

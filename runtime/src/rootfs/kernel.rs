@@ -34,6 +34,12 @@ pub struct Kernel {
     aside: Vec<(PathBuf, OwnedFd)>,
     /// The overlay rootfs, mounted ahead and detached ([`super::mount_ahead`]).
     ahead: Option<OwnedFd>,
+    /// In a namespace from the mount template: a bind has to come from a
+    /// clone taken along, no path of the node resolves.
+    from_template: bool,
+    /// The v1 cgroup view's layout, worked out before the switch to the
+    /// template, while the node's paths still resolve.
+    cgroup_v1: Option<super::cgroupfs::V1Layout>,
 }
 
 impl Kernel {
@@ -48,6 +54,8 @@ impl Kernel {
             staged: 0,
             aside: Vec::new(),
             ahead: None,
+            from_template: false,
+            cgroup_v1: None,
         }
     }
 
@@ -74,7 +82,7 @@ impl Kernel {
             Some(t) => t,
             None => crate::mountapi::clone_tree(source, recursive).map_err(|e| InitError::setup(&step("open_tree"), e))?,
         };
-        let attr = crate::mountapi::Attr { set: libc::MOUNT_ATTR_IDMAP, clear: 0, userns_fd: Some(userns.as_raw_fd()) };
+        let attr = crate::mountapi::Attr { set: libc::MOUNT_ATTR_IDMAP, clear: 0, userns_fd: Some(userns.as_raw_fd()), propagation: 0 };
         crate::mountapi::set_attr(tree.as_fd(), recursive, attr).map_err(|e| InitError::setup(&step("mount_setattr"), e))?;
         Ok(tree)
     }
@@ -110,6 +118,16 @@ impl Kernel {
         Some(self.aside.remove(i).1)
     }
 
+    /// Clones the mount (tree) at `source` for a bind after the switch to
+    /// the template, with the propagation `attr` sets.
+    fn take_along(&mut self, source: &Path, recursive: bool, attr: crate::mountapi::Attr) -> Result<(), InitError> {
+        let step = |what: &str| format!("take {} along ({what})", source.display());
+        let tree = crate::mountapi::clone_tree(source, recursive).map_err(|e| InitError::setup(&step("open_tree"), e))?;
+        crate::mountapi::set_attr(tree.as_fd(), recursive, attr).map_err(|e| InitError::setup(&step("propagation"), e))?;
+        self.aside.push((source.to_path_buf(), tree));
+        Ok(())
+    }
+
     /// Makes the mount `m` describes on the (`O_PATH`) fd `target`; a bind
     /// set aside comes from its clone `aside`.
     fn mount_on(&self, m: &MountOp, data: &str, target: &OwnedFd, aside: Option<OwnedFd>) -> Result<(), InitError> {
@@ -120,6 +138,8 @@ impl Kernel {
             crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("attach id-mapped"), e))
         } else if let (true, Some(tree)) = (m.bind, aside) {
             crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("attach"), e))
+        } else if m.bind && self.from_template {
+            Err(InitError::Setup(step("its source was not taken along into the namespace")))
         } else if m.bind {
             let rec = if m.recursive { MsFlags::MS_REC } else { MsFlags::empty() };
             mount(Some(&m.source), tpath.as_str(), None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
@@ -137,7 +157,8 @@ impl Kernel {
         let aside = self.staging_dir("subpath")?;
         let aside_fd = nix::fcntl::open(&aside, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| InitError::setup(&step("open the staging dir"), e))?;
-        self.mount_on(m, data, &aside_fd, None)?;
+        let tree = if m.bind { self.take_aside(&m.source) } else { None };
+        self.mount_on(m, data, &aside_fd, tree)?;
         let volume = RootDir::open(&aside).map_err(|e| InitError::setup(&step("open the volume"), e))?;
         let rel = clean_relative(sub).map_err(|e| InitError::setup(&step("path"), e))?;
         let inner = volume.open_in_root(&rel, OFlag::O_PATH, Mode::empty()).map_err(|e| InitError::setup(&step("lookup"), e))?;
@@ -240,6 +261,40 @@ fn mount_target(root: &RootDir, dest: &Path, is_file: bool) -> Result<OwnedFd, I
 }
 
 impl RootfsOps for Kernel {
+    fn new_namespace(&mut self, from: Option<&super::TakeAlong>) -> Result<bool, InitError> {
+        // The init mounts an overlay itself from the layers' paths: only a
+        // rootfs mounted ahead can come along.
+        let template = from.filter(|_| self.ahead.is_some()).and_then(|f| Some((f, crate::mntns::open(&f.template)?)));
+        let Some((from, template)) = template else {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| InitError::setup("unshare a mount namespace", e))?;
+            return Ok(false);
+        };
+        let attr = crate::mountapi::Attr { propagation: from.propagation.bits(), ..Default::default() };
+        for (source, recursive) in &from.binds {
+            self.take_along(source, *recursive, attr)?;
+        }
+        if let Some(dirs) = &from.cgroup_dirs {
+            if crate::cgroup::version() == crate::cgroup::Version::V2 {
+                // For the bind mount_cgroup falls back to without a cgroup
+                // namespace; unused, the clone goes when the init's fds close.
+                if let Some(dir) = dirs.first() {
+                    self.take_along(dir, false, attr)?;
+                }
+            } else {
+                let layout = super::cgroupfs::v1_layout(dirs, super::cgroupfs::hierarchy_mount);
+                for (_, dir) in &layout.binds {
+                    self.take_along(dir, false, attr)?;
+                }
+                self.cgroup_v1 = Some(layout);
+            }
+        }
+        crate::mntns::enter(template).map_err(|e| InitError::setup("enter the mount template", e))?;
+        self.from_template = true;
+        self.rootfs = Path::new(crate::mntns::WORK).join("rootfs");
+        std::fs::create_dir(&self.rootfs).map_err(|e| InitError::setup("create the rootfs dir", e))?;
+        Ok(true)
+    }
+
     fn set_root_propagation(&mut self, propagation: MsFlags) -> Result<(), InitError> {
         mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>).map_err(|e| InitError::setup("set the propagation of /", e))
     }
@@ -351,8 +406,7 @@ impl RootfsOps for Kernel {
                 Err(e) => return Err(InitError::setup(&step("cgroup2"), e)),
             }
         }
-        let mounts = crate::mountinfo::read_self().map_err(|e| InitError::setup(&step("read mountinfo"), e))?;
-        let layout = super::cgroupfs::v1_layout(dirs, &mounts);
+        let layout = self.cgroup_v1.take().unwrap_or_else(|| super::cgroupfs::v1_layout(dirs, super::cgroupfs::hierarchy_mount));
         let tmpfs = MountOp {
             dest: m.dest.clone(),
             source: "tmpfs".into(),

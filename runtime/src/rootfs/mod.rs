@@ -35,10 +35,64 @@ pub struct Layers {
     pub idmap: bool,
 }
 
+/// What an init takes along into a mount namespace made from the template
+/// ([`crate::mntns`]): there, no path of the node resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakeAlong {
+    /// The template's pin.
+    pub template: std::path::PathBuf,
+    /// The spec's bind sources (path, recursive), in the order it binds them.
+    pub binds: Vec<(std::path::PathBuf, bool)>,
+    /// The container's cgroup dirs, when the spec mounts its cgroup view.
+    pub cgroup_dirs: Option<Vec<std::path::PathBuf>>,
+    /// The propagation the clones take at once (`MS_SLAVE` or `MS_PRIVATE`,
+    /// the root's): a clone of a shared mount of the node is the node's
+    /// peer until then.
+    pub propagation: MsFlags,
+}
+
+/// Mount types made anew in the container, from no path of the node.
+const MADE_ANEW: [&str; 7] = ["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"];
+
+/// What the init takes along to start from the mount template, when the
+/// spec names one and needs nothing a switch would lose: no user namespace
+/// (its id-mapped layers are mapped from the node's paths), a root
+/// propagation that shares nothing with the node (a shared root's mounts
+/// must stay the node's peers), and mounts that are binds or made anew.
+pub fn take_along(spec: &Spec, propagation: MsFlags, userns: bool) -> Option<TakeAlong> {
+    let template = annotations::get(spec, annotations::MOUNT_TEMPLATE)?;
+    if userns || !shares_nothing(propagation) {
+        return None;
+    }
+    let mounts: Vec<MountOp> = spec.mounts().iter().flatten().map(MountOp::from_oci).collect();
+    if mounts.iter().any(|m| m.idmap || !(m.bind || MADE_ANEW.contains(&m.kind.as_str()))) {
+        return None;
+    }
+    let cgroup = |m: &MountOp| m.kind == "cgroup";
+    Some(TakeAlong {
+        template: template.into(),
+        binds: mounts.iter().filter(|m| m.bind && !cgroup(m)).map(|m| (m.source.clone(), m.recursive)).collect(),
+        cgroup_dirs: mounts
+            .iter()
+            .any(cgroup)
+            .then(|| cgroupfs::dirs_of(annotations::get(spec, annotations::CGROUP_PROCS).unwrap_or_default())),
+        propagation: propagation & !MsFlags::MS_REC,
+    })
+}
+
+/// After a recursive rslave or rprivate no mount of the namespace is shared.
+fn shares_nothing(propagation: MsFlags) -> bool {
+    propagation.contains(MsFlags::MS_REC) && propagation.intersects(MsFlags::MS_SLAVE | MsFlags::MS_PRIVATE)
+}
+
 /// The kernel operations that build a rootfs. Paths are the container's;
 /// the implementation resolves them inside the rootfs (before the pivot)
 /// or the container's root (after it).
 pub trait RootfsOps {
+    /// Gives the init a mount namespace of its own: a copy of the template
+    /// `from` names, having taken along what it lists — when it is given
+    /// and the implementation can (then true) — else a copy of the node's.
+    fn new_namespace(&mut self, from: Option<&TakeAlong>) -> Result<bool, InitError>;
     /// Makes every mount of the new namespace `propagation` (e.g. rslave),
     /// so nothing mounted from here on reaches the host unless asked.
     fn set_root_propagation(&mut self, propagation: MsFlags) -> Result<(), InitError>;
@@ -167,17 +221,29 @@ pub fn user_namespace(spec: &Spec) -> Result<Option<crate::userns::Mappings>, In
     }
 }
 
-/// Builds the container's filesystem view from `spec`; `new_uts` says
-/// whether the container has a UTS namespace of its own to name.
-pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(), InitError> {
+/// Gives the init its mount namespace: from the template where the spec
+/// allows ([`take_along`]; then true), else a copy of the node's.
+pub fn new_namespace(spec: &Spec, ops: &mut impl RootfsOps) -> Result<bool, InitError> {
+    let userns = user_namespace(spec)?.is_some();
+    ops.new_namespace(take_along(spec, root_propagation(spec)?, userns).as_ref())
+}
+
+/// Builds the container's filesystem view from `spec` in the mount
+/// namespace [`new_namespace`] gave (`from_template` is what it returned);
+/// `new_uts` says whether the container has a UTS namespace of its own to
+/// name.
+pub fn build(spec: &Spec, new_uts: bool, from_template: bool, ops: &mut impl RootfsOps) -> Result<(), InitError> {
     // As runc: the whole tree first takes the root propagation, then the
     // rootfs's parent becomes private so the rootfs and what is mounted
     // into it stay in this namespace.
     let propagation = root_propagation(spec)?;
+    let userns = user_namespace(spec)?;
     ops.set_root_propagation(propagation)?;
-    // With a shared root (a bidirectional volume) a detach here would
-    // propagate to the node's peers: then the whole copy stays.
-    if let Some(dir) = annotations::get(spec, annotations::SET_ASIDE).filter(|_| !propagation.contains(MsFlags::MS_SHARED)) {
+    // A copy of the node's: its pod mounts go at once. With a shared root (a
+    // bidirectional volume) a detach here would propagate to the node's
+    // peers: then the whole copy stays.
+    let set_aside = annotations::get(spec, annotations::SET_ASIDE).filter(|_| !from_template && !propagation.contains(MsFlags::MS_SHARED));
+    if let Some(dir) = set_aside {
         let dir = std::path::Path::new(dir);
         let keep: Vec<(std::path::PathBuf, bool)> = spec
             .mounts()
@@ -189,15 +255,12 @@ pub fn build(spec: &Spec, new_uts: bool, ops: &mut impl RootfsOps) -> Result<(),
             .collect();
         ops.set_aside(dir, &keep)?;
     }
-    // After a recursive rslave or rprivate no mount of this namespace is
-    // shared, the rootfs's parent included: only other propagations need
-    // the check (which reads mountinfo).
-    let none_shared = propagation.contains(MsFlags::MS_REC) && propagation.intersects(MsFlags::MS_SLAVE | MsFlags::MS_PRIVATE);
-    if !none_shared {
+    // The rootfs's parent included: only other propagations need the
+    // check (which reads mountinfo).
+    if !shares_nothing(propagation) {
         ops.make_rootfs_parent_private()?;
     }
     let root_flags = if devices_restricted(spec)? { MsFlags::MS_NODEV } else { MsFlags::empty() };
-    let userns = user_namespace(spec)?;
     ops.mount_rootfs(&Layers { idmap: userns.is_some(), ..layers(spec)? }, root_flags)?;
     let nodes = devices::nodes(spec)?;
     for m in spec.mounts().iter().flatten() {
@@ -264,7 +327,24 @@ mod tests {
     #[derive(Default)]
     struct Recorder(Vec<String>);
 
+    /// The init's two steps, as `process::init` takes them.
+    fn build(spec: &Spec, new_uts: bool, ops: &mut Recorder) -> Result<(), InitError> {
+        let from_template = new_namespace(spec, ops)?;
+        super::build(spec, new_uts, from_template, ops)
+    }
+
     impl RootfsOps for Recorder {
+        fn new_namespace(&mut self, from: Option<&TakeAlong>) -> Result<bool, InitError> {
+            match from {
+                Some(t) => {
+                    let binds: Vec<String> = t.binds.iter().map(|(p, _)| p.display().to_string()).collect();
+                    let cg = t.cgroup_dirs.as_ref().map(|d| format!(" cgroup {}", d.len())).unwrap_or_default();
+                    self.0.push(format!("from {} taking [{}]{cg} {:?}", t.template.display(), binds.join(", "), t.propagation));
+                }
+                None => self.0.push("copy of the node's".into()),
+            }
+            Ok(from.is_some())
+        }
         fn set_root_propagation(&mut self, p: MsFlags) -> Result<(), InitError> {
             self.0.push(format!("propagation {p:?}"));
             Ok(())
@@ -323,6 +403,16 @@ mod tests {
         }
     }
 
+    fn bind(dest: &str, source: &str, opts: &[&str]) -> oci_spec::runtime::Mount {
+        MountBuilder::default()
+            .destination(dest)
+            .typ("bind")
+            .source(source)
+            .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    }
+
     fn mount(dest: &str, kind: &str) -> oci_spec::runtime::Mount {
         MountBuilder::default().destination(dest).typ(kind).source(kind).build().unwrap()
     }
@@ -362,6 +452,7 @@ mod tests {
         assert_eq!(
             r.0,
             [
+                "copy of the node's",
                 "propagation MsFlags(MS_REC | MS_SLAVE)",
                 "rootfs /l1:/l0 MsFlags(MS_NODEV)",
                 "mount proc /proc",
@@ -384,21 +475,12 @@ mod tests {
         let s = spec(false, false, vec![mount("/proc", "proc")]);
         let mut r = Recorder::default();
         build(&s, false, &mut r).unwrap();
-        assert_eq!(r.0[1], "rootfs /l1:/l0 MsFlags(0x0)");
+        assert_eq!(r.0[2], "rootfs /l1:/l0 MsFlags(0x0)");
         assert!(!r.0.iter().any(|c| c.starts_with("devices") || c.starts_with("hostname") || c.starts_with("root ro")), "{:?}", r.0);
     }
 
     #[test]
     fn pod_mounts_are_set_aside_after_the_propagation_keeping_what_the_spec_binds_from_there() {
-        let bind = |dest: &str, source: &str, opts: &[&str]| {
-            MountBuilder::default()
-                .destination(dest)
-                .typ("bind")
-                .source(source)
-                .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
-                .build()
-                .unwrap()
-        };
         let mounts = vec![
             mount("/proc", "proc"),
             bind("/dev/shm", "/run/berth/pods/p1/shm", &["rbind", "nosuid"]),
@@ -420,14 +502,15 @@ mod tests {
         };
         let ops = with(None, "/run/berth/pods");
         assert_eq!(
-            ops[..3],
+            ops[..4],
             [
+                "copy of the node's".to_string(),
                 "propagation MsFlags(MS_REC | MS_SLAVE)".to_string(),
                 "set aside /run/berth/pods keeping [/run/berth/pods/p1/shm rec, /run/berth/pods/p1/hosts]".to_string(),
                 "rootfs /l1:/l0 MsFlags(MS_NODEV)".to_string()
             ]
         );
-        assert!(with(Some("rprivate"), "/run/berth/pods")[1].starts_with("set aside"));
+        assert!(with(Some("rprivate"), "/run/berth/pods")[2].starts_with("set aside"));
         // A shared root would carry the detach to the node: nothing is set aside.
         assert!(!with(Some("rshared"), "/run/berth/pods").iter().any(|o| o.starts_with("set aside")));
         // Without the annotation nothing is either.
@@ -451,8 +534,8 @@ mod tests {
             s.set_linux(Some(linux));
             let mut r = Recorder::default();
             build(&s, false, &mut r).unwrap();
-            assert_eq!(r.0[0], format!("propagation MsFlags({first})"));
-            assert_eq!(r.0[1] == "parent private", parent, "{asked:?}: {:?}", r.0);
+            assert_eq!(r.0[1], format!("propagation MsFlags({first})"));
+            assert_eq!(r.0[2] == "parent private", parent, "{asked:?}: {:?}", r.0);
             let after_pivot = r.0.iter().skip_while(|c| *c != "pivot").nth(1).cloned().unwrap_or_default();
             assert_eq!(after_pivot == format!("propagation MsFlags({first})"), again, "{asked:?}: {:?}", r.0);
         }
@@ -461,6 +544,62 @@ mod tests {
         linux.set_rootfs_propagation(Some("sideways".into()));
         s.set_linux(Some(linux));
         assert!(build(&s, false, &mut Recorder::default()).is_err());
+    }
+
+    #[test]
+    fn from_the_template_the_init_takes_every_bind_along_and_sets_nothing_aside() {
+        let with = |mounts: Vec<oci_spec::runtime::Mount>, propagation: Option<&str>, userns: bool| {
+            let mut s = spec(true, false, mounts);
+            let mut ann = s.annotations().clone().unwrap();
+            ann.insert(annotations::SET_ASIDE.into(), "/run/berth/pods".into());
+            ann.insert(annotations::MOUNT_TEMPLATE.into(), "/run/berth/mntns/template".into());
+            ann.insert(annotations::CGROUP_PROCS.into(), "/a/x/cgroup.procs".into());
+            s.set_annotations(Some(ann));
+            let mut linux = s.linux().clone().unwrap();
+            linux.set_rootfs_propagation(propagation.map(str::to_string));
+            if userns {
+                let map =
+                    oci_spec::runtime::LinuxIdMappingBuilder::default().container_id(0u32).host_id(1000u32).size(1u32).build().unwrap();
+                linux.set_uid_mappings(Some(vec![map]));
+                linux.set_gid_mappings(Some(vec![map]));
+                let ns = oci_spec::runtime::LinuxNamespaceBuilder::default()
+                    .typ(oci_spec::runtime::LinuxNamespaceType::User)
+                    .path("/run/berth/pods/p1/ns-user")
+                    .build()
+                    .unwrap();
+                linux.set_namespaces(Some(vec![ns]));
+            }
+            s.set_linux(Some(linux));
+            let mut r = Recorder::default();
+            build(&s, false, &mut r).unwrap();
+            r.0
+        };
+        let mounts = vec![
+            mount("/proc", "proc"),
+            bind("/dev/shm", "/run/berth/pods/p1/shm", &["rbind", "nosuid"]),
+            bind("/data", "/srv/data", &["rbind"]),
+            bind("/sub", "/srv/data", &["rbind", &format!("{}x", mount::SUB_PATH_OPTION)]),
+            mount("/sys/fs/cgroup", "cgroup"),
+        ];
+        let ops = with(mounts.clone(), None, false);
+        assert_eq!(
+            ops[..3],
+            [
+                "from /run/berth/mntns/template taking [/run/berth/pods/p1/shm, /srv/data, /srv/data] cgroup 1 MsFlags(MS_SLAVE)"
+                    .to_string(),
+                "propagation MsFlags(MS_REC | MS_SLAVE)".to_string(),
+                "rootfs /l1:/l0 MsFlags(MS_NODEV)".to_string(),
+            ]
+        );
+        assert!(with(mounts.clone(), Some("rprivate"), false)[0].ends_with("MsFlags(MS_PRIVATE)"));
+        // What a switch would lose: the node's copy, as before.
+        let copy = "copy of the node's";
+        assert_eq!(with(mounts.clone(), Some("rshared"), false)[0], copy);
+        assert_eq!(with(mounts.clone(), Some("slave"), false)[0], copy);
+        assert_eq!(with(mounts.clone(), None, true)[0], copy);
+        let mut overlay = mount("/ovl", "overlay");
+        overlay.set_options(Some(vec!["lowerdir=/srv/a".into()]));
+        assert_eq!(with(vec![mount("/proc", "proc"), overlay], None, false)[0], copy);
     }
 
     #[test]
