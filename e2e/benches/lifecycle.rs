@@ -34,12 +34,12 @@ fn pss_kib(pid: i64) -> f64 {
     s.lines().find_map(|l| l.strip_prefix("Pss:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(f64::NAN)
 }
 
-/// The `name=µs` stages of berthd's "container created" log lines (its own
-/// `stages_us` and the monitor's and init's `runtime_us`), one map per
-/// container in the order they were created.
-fn create_stages(log: &str) -> Vec<Vec<(String, f64)>> {
+/// The `name=µs` stages of berthd's log lines with `marker` ("container
+/// created": its own `stages_us` and the monitor's and init's
+/// `runtime_us`; "pod sandbox ready"), one map per line, in order.
+fn stages_of(log: &str, marker: &str) -> Vec<Vec<(String, f64)>> {
     log.lines()
-        .filter(|l| l.contains("container created"))
+        .filter(|l| l.contains(marker))
         .map(|l| {
             l.split_whitespace()
                 .filter_map(|token| {
@@ -127,17 +127,21 @@ async fn main() {
     println!("  CreateContainer     {:8.2} ms", median(create.clone()));
     println!("  StartContainer      {:8.2} ms", median(start.clone()));
     println!("  pod ready + create + start {:8.2} ms", median(up.clone()));
+    let first_last = |v: &[f64]| (median(v[..tenth].to_vec()), median(v[pod_count - tenth..].to_vec()));
+    let (up_first, up_last) = first_last(&up);
+    let (pod_first, pod_last) = first_last(&runp);
+    let (create_first, create_last) = first_last(&create);
     println!(
-        "  … of the first {tenth} pods {:.2} ms, of the last {tenth} {:.2} ms (CreateContainer {:.2} / {:.2})",
-        median(up[..tenth].to_vec()),
-        median(up[pod_count - tenth..].to_vec()),
-        median(create[..tenth].to_vec()),
-        median(create[pod_count - tenth..].to_vec())
+        "  … of the first {tenth} pods {up_first:.2} ms, of the last {tenth} {up_last:.2} ms \
+         (RunPodSandbox {pod_first:.2} / {pod_last:.2}, CreateContainer {create_first:.2} / {create_last:.2})"
     );
-    let stages = create_stages(&f.berthd.log());
-    if stages.len() == pod_count {
-        println!("  CreateContainer's stages in ms, first {tenth}: {}", stage_medians(&stages[..tenth]));
-        println!("  CreateContainer's stages in ms, last {tenth}: {}", stage_medians(&stages[pod_count - tenth..]));
+    let log = f.berthd.log();
+    for (rpc, marker) in [("RunPodSandbox", "pod sandbox ready"), ("CreateContainer", "container created")] {
+        let stages = stages_of(&log, marker);
+        if stages.len() == pod_count {
+            println!("  {rpc}'s stages in ms, first {tenth}: {}", stage_medians(&stages[..tenth]));
+            println!("  {rpc}'s stages in ms, last {tenth}: {}", stage_medians(&stages[pod_count - tenth..]));
+        }
     }
     println!("  StopContainer (0s)  {:8.2} ms", median(stop));
     println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
