@@ -40,6 +40,9 @@ pub struct Kernel {
     /// The v1 cgroup view's layout, worked out before the switch to the
     /// template, while the node's paths still resolve.
     cgroup_v1: Option<super::cgroupfs::V1Layout>,
+    /// Whether the node runs cgroup v2, once asked: the answer looks at the
+    /// node's /sys/fs/cgroup, which the template does not have.
+    cgroup_v2: Option<bool>,
 }
 
 impl Kernel {
@@ -56,6 +59,7 @@ impl Kernel {
             ahead: None,
             from_template: false,
             cgroup_v1: None,
+            cgroup_v2: None,
         }
     }
 
@@ -194,6 +198,11 @@ impl Kernel {
         Ok(())
     }
 
+    /// Whether the node runs cgroup v2, asked once (see `cgroup_v2`).
+    fn cgroup_v2(&mut self) -> bool {
+        *self.cgroup_v2.get_or_insert_with(|| crate::cgroup::version() == crate::cgroup::Version::V2)
+    }
+
     fn root(&self) -> Result<&RootDir, InitError> {
         self.root.as_ref().ok_or_else(|| InitError::Setup("the rootfs is not mounted".into()))
     }
@@ -273,8 +282,10 @@ impl RootfsOps for Kernel {
         for (source, recursive) in &from.binds {
             self.take_along(source, *recursive, attr)?;
         }
+        // Asked here, before the switch, for mount_cgroup after it.
+        let v2 = self.cgroup_v2();
         if let Some(dirs) = &from.cgroup_dirs {
-            if crate::cgroup::version() == crate::cgroup::Version::V2 {
+            if v2 {
                 // For the bind mount_cgroup falls back to without a cgroup
                 // namespace; unused, the clone goes when the init's fds close.
                 if let Some(dir) = dirs.first() {
@@ -395,7 +406,7 @@ impl RootfsOps for Kernel {
             data: String::new(),
             recursive_readonly: false,
         };
-        if crate::cgroup::version() == crate::cgroup::Version::V2 {
+        if self.cgroup_v2() {
             let target = mount_target(self.root()?, &m.dest, false)?;
             // In the container's cgroup namespace, the mount's root is its
             // own cgroup. Without one (a host cgroupns asked for) the kernel
