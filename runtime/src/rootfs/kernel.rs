@@ -124,7 +124,7 @@ impl Kernel {
 
     /// Clones the mount (tree) at `source` for a bind after the switch to
     /// the template, with the propagation `attr` sets.
-    fn take_along(&mut self, source: &Path, recursive: bool, attr: crate::mountapi::Attr) -> Result<(), InitError> {
+    fn clone_for_template(&mut self, source: &Path, recursive: bool, attr: crate::mountapi::Attr) -> Result<(), InitError> {
         let step = |what: &str| format!("take {} along ({what})", source.display());
         let tree = crate::mountapi::clone_tree(source, recursive).map_err(|e| InitError::setup(&step("open_tree"), e))?;
         crate::mountapi::set_attr(tree.as_fd(), recursive, attr).map_err(|e| InitError::setup(&step("propagation"), e))?;
@@ -280,7 +280,7 @@ impl RootfsOps for Kernel {
         };
         let attr = crate::mountapi::Attr { propagation: from.propagation.bits(), ..Default::default() };
         for (source, recursive) in &from.binds {
-            self.take_along(source, *recursive, attr)?;
+            self.clone_for_template(source, *recursive, attr)?;
         }
         // Asked here, before the switch, for mount_cgroup after it.
         let v2 = self.cgroup_v2();
@@ -289,12 +289,12 @@ impl RootfsOps for Kernel {
                 // For the bind mount_cgroup falls back to without a cgroup
                 // namespace; unused, the clone goes when the init's fds close.
                 if let Some(dir) = dirs.first() {
-                    self.take_along(dir, false, attr)?;
+                    self.clone_for_template(dir, false, attr)?;
                 }
             } else {
                 let layout = super::cgroupfs::v1_layout(dirs, super::cgroupfs::hierarchy_mount);
                 for (_, dir) in &layout.binds {
-                    self.take_along(dir, false, attr)?;
+                    self.clone_for_template(dir, false, attr)?;
                 }
                 self.cgroup_v1 = Some(layout);
             }
