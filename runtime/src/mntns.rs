@@ -21,7 +21,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
-use crate::sandbox::{PrivateDir, SandboxError};
+use crate::sandbox::{ns_err, PrivateDir, SandboxError};
 
 /// In the template: where an init mounts a tmpfs of its own to build the
 /// rootfs in.
@@ -30,10 +30,8 @@ pub const WORK: &str = "/work";
 /// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)`, Linux 4.11).
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
-fn step(what: impl Into<String>) -> impl FnOnce(Errno) -> SandboxError {
-    let step = what.into();
-    move |errno| SandboxError::Ns { step, errno }
-}
+/// The mounts of the template and of an init's work dir hold nothing to run.
+const HIDDEN: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
 
 /// The template's pin in its dir.
 pub fn pin_path(dir: &Path) -> PathBuf {
@@ -69,12 +67,7 @@ pub fn ensure(dir: &Path) -> Result<PathBuf, SandboxError> {
     if open(&pin).is_some() {
         return Ok(pin);
     }
-    let pinned = make(dir).and_then(|ns| {
-        std::fs::File::create(&pin).map_err(|e| SandboxError::Init(format!("create {}: {e}", pin.display())))?;
-        let source = format!("/proc/self/fd/{}", ns.as_raw_fd());
-        mount(Some(source.as_str()), &pin, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(step(format!("pin the mount template at {}", pin.display())))
-    });
+    let pinned = make(dir).and_then(|ns| crate::sandbox::pin_at(&pin, "mnt", Path::new(&format!("/proc/self/fd/{}", ns.as_raw_fd()))));
     match pinned {
         Ok(()) => Ok(pin),
         Err(e) => {
@@ -99,24 +92,24 @@ pub fn remove(dir: &Path) {
 fn make(scratch: &Path) -> Result<OwnedFd, SandboxError> {
     let scratch = scratch.to_path_buf();
     let thread = std::thread::Builder::new().name("berth-mntns".into()).spawn(move || -> Result<OwnedFd, SandboxError> {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(step("unshare a mount namespace"))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS).map_err(ns_err("unshare a mount namespace"))?;
         // Private first: nothing done here may reach the node's mounts.
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(step("make / rprivate"))?;
-        let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mount(Some("berth-template"), &scratch, Some("tmpfs"), hidden, Some("mode=755,size=16k,nr_inodes=16"))
-            .map_err(step("mount the template's tmpfs"))?;
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(ns_err("make / rprivate"))?;
+        mount(Some("berth-template"), &scratch, Some("tmpfs"), HIDDEN, Some("mode=755,size=16k,nr_inodes=16"))
+            .map_err(ns_err("mount the template's tmpfs"))?;
         for d in ["proc", "work", "old"] {
-            nix::unistd::mkdir(&scratch.join(d), Mode::from_bits_truncate(0o755)).map_err(step(format!("mkdir {d}")))?;
+            nix::unistd::mkdir(&scratch.join(d), Mode::from_bits_truncate(0o755)).map_err(ns_err(format!("mkdir {d}")))?;
         }
-        mount(Some("proc"), &scratch.join("proc"), Some("proc"), hidden, None::<&str>).map_err(step("mount proc"))?;
-        nix::unistd::chdir(&scratch).map_err(step("chdir"))?;
-        nix::unistd::pivot_root(".", "old").map_err(step("pivot_root"))?;
-        nix::unistd::chdir("/").map_err(step("chdir /"))?;
-        umount2("/old", MntFlags::MNT_DETACH).map_err(step("detach the node's mounts"))?;
+        mount(Some("proc"), &scratch.join("proc"), Some("proc"), HIDDEN, None::<&str>).map_err(ns_err("mount proc"))?;
+        nix::unistd::chdir(&scratch).map_err(ns_err("chdir"))?;
+        nix::unistd::pivot_root(".", "old").map_err(ns_err("pivot_root"))?;
+        nix::unistd::chdir("/").map_err(ns_err("chdir /"))?;
+        umount2("/old", MntFlags::MNT_DETACH).map_err(ns_err("detach the node's mounts"))?;
         std::fs::remove_dir("/old").map_err(|e| SandboxError::Init(format!("rmdir /old: {e}")))?;
-        mount(None::<&str>, "/", None::<&str>, hidden | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
-            .map_err(step("remount / read-only"))?;
-        nix::fcntl::open("/proc/thread-self/ns/mnt", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(step("open the namespace"))
+        mount(None::<&str>, "/", None::<&str>, HIDDEN | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None::<&str>)
+            .map_err(ns_err("remount / read-only"))?;
+        nix::fcntl::open("/proc/thread-self/ns/mnt", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(ns_err("open the namespace"))
     });
     let thread = thread.map_err(|e| SandboxError::Init(format!("thread: {e}")))?;
     thread.join().unwrap_or_else(|_| Err(SandboxError::Init("mount template thread panicked".into())))
@@ -129,8 +122,7 @@ fn make(scratch: &Path) -> Result<OwnedFd, SandboxError> {
 pub fn enter(template: OwnedFd) -> Result<(), Errno> {
     nix::sched::setns(template, CloneFlags::CLONE_NEWNS)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
-    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("berth-work"), WORK, Some("tmpfs"), hidden, Some("mode=755"))
+    mount(Some("berth-work"), WORK, Some("tmpfs"), HIDDEN, Some("mode=755"))
 }
 
 #[cfg(test)]

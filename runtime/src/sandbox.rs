@@ -26,7 +26,7 @@ pub enum SandboxError {
     Init(String),
 }
 
-fn ns_err(step: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SandboxError {
+pub(crate) fn ns_err(step: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SandboxError {
     let step = step.into();
     move |errno| SandboxError::Ns { step, errno }
 }
@@ -71,9 +71,14 @@ fn io_errno(e: &std::io::Error) -> nix::errno::Errno {
 
 /// Pins the namespace file `source` (a `/proc/…/ns/<kind>`) at `dir`'s pin.
 fn pin(dir: &Path, kind: &str, source: &Path) -> Result<(), SandboxError> {
-    let pin = pin_path(dir, kind);
-    std::fs::File::create(&pin).map_err(|e| SandboxError::Ns { step: format!("create {}", pin.display()), errno: io_errno(&e) })?;
-    mount(Some(source), &pin, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    pin_at(&pin_path(dir, kind), kind, source)
+}
+
+/// Pins the namespace file `source` (of namespace `kind`) at the file `pin`,
+/// made for it.
+pub(crate) fn pin_at(pin: &Path, kind: &str, source: &Path) -> Result<(), SandboxError> {
+    std::fs::File::create(pin).map_err(|e| SandboxError::Ns { step: format!("create {}", pin.display()), errno: io_errno(&e) })?;
+    mount(Some(source), pin, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .map_err(ns_err(format!("pin {kind} namespace at {}", pin.display())))
 }
 

@@ -204,9 +204,8 @@ pub fn probe(monitor_bin: &std::path::Path, scratch: &std::path::Path, path: &st
             let tree = crate::mountapi::clone_tree(path, false).map_err(|e| format!("open_tree {}: {e}", path.display()))?;
             let attr = crate::mountapi::Attr {
                 set: libc::MOUNT_ATTR_IDMAP,
-                clear: 0,
                 userns_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&userns)),
-                propagation: 0,
+                ..Default::default()
             };
             crate::mountapi::set_attr(tree.as_fd(), false, attr).map_err(|e| format!("{} cannot be id-mapped: {e}", path.display()))
         });

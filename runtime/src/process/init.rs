@@ -162,10 +162,11 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>
 }
 
 /// setns into namespaces with a path, unshare the new ones (PID is done by
-/// the monitor before fork; the mount namespace by [`crate::rootfs::build`],
-/// from the node's or the mount template). Returns whether the UTS namespace is new, and
-/// the pod's user namespace, opened but not joined: the rootfs is built
-/// with the node's privileges first ([`crate::userns::enter`]).
+/// the monitor before fork; the mount namespace by
+/// [`crate::rootfs::new_namespace`], from the node's or the mount template).
+/// Returns whether the UTS namespace is new, and the pod's user namespace,
+/// opened but not joined: the rootfs is built with the node's privileges
+/// first ([`crate::userns::enter`]).
 fn join_namespaces(spec: &Spec) -> Result<(bool, Option<OwnedFd>), InitError> {
     let mut new = CloneFlags::empty();
     let mut new_uts = false;

@@ -86,7 +86,7 @@ impl Kernel {
             Some(t) => t,
             None => crate::mountapi::clone_tree(source, recursive).map_err(|e| InitError::setup(&step("open_tree"), e))?,
         };
-        let attr = crate::mountapi::Attr { set: libc::MOUNT_ATTR_IDMAP, clear: 0, userns_fd: Some(userns.as_raw_fd()), propagation: 0 };
+        let attr = crate::mountapi::Attr { set: libc::MOUNT_ATTR_IDMAP, userns_fd: Some(userns.as_raw_fd()), ..Default::default() };
         crate::mountapi::set_attr(tree.as_fd(), recursive, attr).map_err(|e| InitError::setup(&step("mount_setattr"), e))?;
         Ok(tree)
     }
