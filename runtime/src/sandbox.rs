@@ -444,8 +444,10 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
     };
     let _ = nix::unistd::setsid();
     // Into the pod's cgroup first: from here on the process is found by it.
+    // Single-threaded, as join_single_threaded needs: nothing here spawns a
+    // thread.
     for f in &args.cgroup_procs {
-        if let Err(e) = std::fs::write(f, "0") {
+        if let Err(e) = crate::cgroup::join_single_threaded(f) {
             return fail(&mut report, &format!("joining cgroup {}", f.display()), &e);
         }
     }

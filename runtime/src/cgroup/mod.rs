@@ -121,6 +121,28 @@ pub fn create(path: &str) -> Result<Vec<PathBuf>, CgroupError> {
     Ok(procs_files(&cg, path))
 }
 
+/// Moves the calling process into the cgroup whose `cgroup.procs` file is
+/// `procs`. The caller must be single-threaded: on a v1 hierarchy this
+/// writes `0` into the cgroup's `tasks`, which moves the calling thread only
+/// — for a single-threaded process, the process.
+///
+/// Why not `cgroup.procs`: a write there takes the kernel's
+/// `cgroup_threadgroup_rwsem` for writing, and taking it after a quiet
+/// moment waits a whole RCU grace period. A thread moving itself skips that
+/// lock on kernels that elide it (this project's 6.18 does): after a 100 ms
+/// pause, 7.7 ms median for `cgroup.procs` against 0.2 ms for `tasks`. On a
+/// kernel without the elision both cost the same. v2 has no `tasks` file
+/// (and berth places a v2 init with `CLONE_INTO_CGROUP`), so there it writes
+/// `cgroup.procs`.
+pub fn join_single_threaded(procs: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::OpenOptions::new().write(true).open(procs.with_file_name("tasks")) {
+        Ok(mut tasks) => tasks.write_all(b"0"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(procs, "0"),
+        Err(e) => Err(e),
+    }
+}
+
 /// The `cgroup.procs` files of an existing cgroup.
 pub fn procs_files_of(path: &str) -> Vec<PathBuf> {
     procs_files(&load(path), path)
@@ -302,6 +324,49 @@ mod tests {
         assert_eq!(normalize("berth/x/").unwrap(), "berth/x");
         assert!(normalize("/").is_err());
         assert!(normalize("/a/../b").is_err());
+    }
+
+    /// On a v1 hierarchy the join moves the calling thread and nothing
+    /// else: a sibling thread stays where it was. That is the `tasks`
+    /// write; a `cgroup.procs` write would move both.
+    #[test]
+    fn a_v1_join_moves_the_calling_thread_only() {
+        let root = Path::new("/sys/fs/cgroup/pids");
+        let v1 = nix::sys::statfs::statfs(root).map(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC);
+        if !matches!(v1, Ok(true)) || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root and a v1 pids hierarchy");
+            return;
+        }
+        let dir = root.join(format!("berth-join-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let here = |tid: i32| std::fs::read_to_string(format!("/proc/self/task/{tid}/cgroup")).unwrap();
+        let main_tid = nix::unistd::gettid().as_raw();
+        let main_before = here(main_tid);
+        // Where this process is now, to go back to whatever happens.
+        let home = main_before.lines().find_map(|l| l.split_once(":pids:")).map(|(_, p)| p.trim_start_matches('/')).unwrap();
+        let back = root.join(home);
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let joined = std::thread::scope(|s| {
+            s.spawn(|| {
+                let tid = nix::unistd::gettid().as_raw();
+                let r = join_single_threaded(&dir.join("cgroup.procs"));
+                let inside = here(tid);
+                // Back out before anything can fail, so the dir can go.
+                let _ = std::fs::write(back.join("tasks"), "0");
+                (r, inside)
+            })
+            .join()
+            .unwrap()
+        });
+        let main_after = here(main_tid);
+        if main_after != main_before {
+            // The whole process moved (the harness's threads too).
+            let _ = std::fs::write(back.join("cgroup.procs"), "0");
+        }
+        let _ = std::fs::remove_dir(&dir);
+        joined.0.unwrap();
+        assert!(joined.1.lines().any(|l| l.contains(":pids:") && l.ends_with(&name)), "{}", joined.1);
+        assert_eq!(main_before, main_after, "the sibling thread moved too");
     }
 }
 

@@ -100,12 +100,13 @@ impl Clock {
     }
 }
 
-/// Joins the cgroup named by the spec's annotation (`0` into each
-/// `cgroup.procs`).
+/// Joins the cgroup named by the spec's annotation. The caller must be
+/// single-threaded ([`crate::cgroup::join_single_threaded`]): the container's
+/// init and the exec helper are, up to their `execve`.
 pub fn join_cgroup(spec: &Spec) -> Result<(), InitError> {
     if let Some(procs) = annotations::get(spec, annotations::CGROUP_PROCS) {
         for f in procs.split(':') {
-            std::fs::write(f, "0").map_err(|e| setup_err(&format!("joining cgroup {f}"), e))?;
+            crate::cgroup::join_single_threaded(Path::new(f)).map_err(|e| setup_err(&format!("joining cgroup {f}"), e))?;
         }
     }
     Ok(())
