@@ -147,7 +147,8 @@ impl Network {
     }
 
     /// Leases an address and wires the pod (blocking). Fills `pod.ips`.
-    /// `others` are the node's other pods (for hostPort conflicts).
+    /// `others`: the node's other pods with hostPorts, for conflicts with
+    /// this pod's (none needed when it has none).
     pub fn setup(
         &self,
         store: &Store,

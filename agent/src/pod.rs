@@ -163,7 +163,11 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecor
         stages.mark("shm");
     }
     if own_net {
-        let others = node.pods.filter(|p| p.id != rec.id);
+        // Only pods with hostPorts can conflict with this one's, and only
+        // if it has any: a copy of every record grew this stage with the
+        // pod count.
+        let others =
+            if rec.port_mappings.is_empty() { Vec::new() } else { node.pods.filter(|p| p.id != rec.id && !p.port_mappings.is_empty()) };
         node.network.setup(&node.store, &others, &mut rec, &sandbox::pin_path(&dir, "net"), dns)?;
         stages.mark("network");
         crate::fault::point("pod.run.after_network");
