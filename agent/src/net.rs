@@ -148,7 +148,8 @@ impl Network {
 
     /// Leases an address and wires the pod (blocking). Fills `pod.ips`.
     /// `others`: the node's other pods with hostPorts, for conflicts with
-    /// this pod's (none needed when it has none).
+    /// this pod's (none needed when it has none). The built-in network
+    /// marks `network_lease` in `stages` once the address is leased.
     pub fn setup(
         &self,
         store: &Store,
@@ -156,6 +157,7 @@ impl Network {
         pod: &mut PodRecord,
         netns: &std::path::Path,
         dns: &crate::pod::PodDns,
+        stages: &mut crate::util::Stages,
     ) -> Result<()> {
         if let Some(cni) = &self.cni {
             let list = cni.load().map_err(Error::from)?.ok_or_else(|| {
@@ -170,6 +172,7 @@ impl Network {
             tracing::warn!(pod_id = %pod.id, "bandwidth annotations are applied by a CNI bandwidth plugin; the built-in network does not shape traffic");
         }
         let ips = lease(store, others, pod, &bridge)?;
+        stages.mark("network_lease");
         bridge.setup_pod(&pod.id, netns, ips, &pod.port_mappings).map_err(|e| {
             let _ = release(store, &pod.id);
             Error::from(e)

@@ -168,7 +168,7 @@ fn setup_host(node: &Node, mut rec: PodRecord, dns: &PodDns) -> Result<(PodRecor
         // pod count.
         let others =
             if rec.port_mappings.is_empty() { Vec::new() } else { node.pods.filter(|p| p.id != rec.id && !p.port_mappings.is_empty()) };
-        node.network.setup(&node.store, &others, &mut rec, &sandbox::pin_path(&dir, "net"), dns)?;
+        node.network.setup(&node.store, &others, &mut rec, &sandbox::pin_path(&dir, "net"), dns, &mut stages)?;
         stages.mark("network");
         crate::fault::point("pod.run.after_network");
     }
