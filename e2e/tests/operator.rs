@@ -300,6 +300,7 @@ async fn metrics_endpoint_parses_and_moves_with_rpcs() {
     assert!(sample(&after, "berth_monitor_resident_memory_bytes", &[]) > 100_000.0);
     assert!(sample(&after, "berth_daemon_resident_memory_bytes", &[]) > 1_000_000.0);
     assert_eq!(sample(&after, "berth_pod_start_stage_duration_seconds_count", &[("stage", "network")]), 1.0);
+    assert_eq!(sample(&after, "berth_pod_start_stage_duration_seconds_count", &[("stage", "network_lease")]), 1.0);
     assert_eq!(sample(&after, "berth_container_create_stage_duration_seconds_count", &[("stage", "monitor_and_rootfs")]), 1.0, "{after:?}");
     // The log breaks monitor_and_rootfs down as the monitor and init measured it.
     let log = f.berthd.log();
