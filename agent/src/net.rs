@@ -2,9 +2,9 @@
 //! the store (never twice, also across restarts), checks hostPort conflicts,
 //! and calls into `berth-network` to wire pods up and down.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::RwLock;
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use berth_network::cni::{Cni, CniPod};
 use berth_network::{ipam, BridgeConfig, NetError, PodIps};
@@ -22,6 +22,61 @@ const LAST_IP6: &str = "ipam_last_ip6";
 pub struct Network {
     builtin: Option<RwLock<BridgeConfig>>,
     cni: Option<Cni>,
+    /// The store's leases, indexed; see [`Leases`].
+    leases: Mutex<Leases>,
+}
+
+/// The built-in network's leases as the store holds them, by pod and by
+/// address, so that a lease or a release finds a pod's addresses and the
+/// free ones without decoding every lease record in its write transaction
+/// (each RunPodSandbox did, which grew with the pods on the node). Loaded
+/// from the store on first use, under [`Network::leases`]'s lock, which
+/// every change of the lease table holds; changed only after the
+/// transaction that changed the store has committed.
+#[derive(Debug, Default)]
+struct Leases {
+    loaded: bool,
+    /// Pod id → the keys (the addresses as text) of its lease records.
+    by_pod: HashMap<String, Vec<String>>,
+    used4: HashSet<Ipv4Addr>,
+    used6: HashSet<Ipv6Addr>,
+}
+
+impl Leases {
+    fn insert(&mut self, ip: String, pod_id: String) {
+        self.mark_used(&ip, true);
+        self.by_pod.entry(pod_id).or_default().push(ip);
+    }
+
+    fn remove_pod(&mut self, pod_id: &str) {
+        for ip in self.by_pod.remove(pod_id).unwrap_or_default() {
+            self.mark_used(&ip, false);
+        }
+    }
+
+    /// A key that is no address (none is written so) stays in `by_pod`, so
+    /// that a release deletes it, and holds no address.
+    fn mark_used(&mut self, ip: &str, used: bool) {
+        match (ip.parse(), used) {
+            (Ok(std::net::IpAddr::V4(v4)), true) => self.used4.insert(v4),
+            (Ok(std::net::IpAddr::V4(v4)), false) => self.used4.remove(&v4),
+            (Ok(std::net::IpAddr::V6(v6)), true) => self.used6.insert(v6),
+            (Ok(std::net::IpAddr::V6(v6)), false) => self.used6.remove(&v6),
+            (Err(_), _) => false,
+        };
+    }
+
+    /// The pod's addresses of each family, if it holds any.
+    fn of(&self, pod_id: &str) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        let (mut v4, mut v6) = (None, None);
+        for ip in self.by_pod.get(pod_id).into_iter().flatten().filter_map(|ip| ip.parse().ok()) {
+            match ip {
+                std::net::IpAddr::V4(ip) => v4 = v4.or(Some(ip)),
+                std::net::IpAddr::V6(ip) => v6 = v6.or(Some(ip)),
+            }
+        }
+        (v4, v6)
+    }
 }
 
 impl From<NetError> for Error {
@@ -77,14 +132,14 @@ impl Network {
                 }
                 Err(e) => tracing::warn!("pod network: CNI: {e}"),
             }
-            return Ok(Network { builtin: None, cni: Some(cni) });
+            return Ok(Network { builtin: None, cni: Some(cni), leases: Mutex::default() });
         }
         let subnet = pod_cidr.and_then(|c| cidr_part(c, false)).unwrap_or(&n.subnet);
         let gateway = if subnet == n.subnet { n.gateway.as_str() } else { "" };
         let subnet6 = pod_cidr.and_then(|c| cidr_part(c, true)).unwrap_or(&n.subnet6);
         let bridge = BridgeConfig::new(&n.bridge, subnet, gateway, &n.nft_table)?.with_ipv6(subnet6)?;
         bridge.ensure_host()?;
-        Ok(Network { builtin: Some(RwLock::new(bridge)), cni: None })
+        Ok(Network { builtin: Some(RwLock::new(bridge)), cni: None, leases: Mutex::default() })
     }
 
     fn bridge(&self) -> Option<BridgeConfig> {
@@ -171,10 +226,10 @@ impl Network {
         if pod_bandwidth(&pod.annotations).is_ok_and(|b| b != berth_network::cni::Bandwidth::default()) {
             tracing::warn!(pod_id = %pod.id, "bandwidth annotations are applied by a CNI bandwidth plugin; the built-in network does not shape traffic");
         }
-        let ips = lease(store, others, pod, &bridge)?;
+        let ips = self.lease(store, others, pod, &bridge)?;
         stages.mark("network_lease");
         bridge.setup_pod(&pod.id, netns, ips, &pod.port_mappings).map_err(|e| {
-            let _ = release(store, &pod.id);
+            let _ = self.release(store, &pod.id);
             Error::from(e)
         })?;
         pod.ips = std::iter::once(ips.v4.to_string()).chain(ips.v6.map(|ip| ip.to_string())).collect();
@@ -192,21 +247,30 @@ impl Network {
         if let Some(bridge) = self.bridge() {
             bridge.teardown_pod(&pod.id, !pod.port_mappings.is_empty()).map_err(Error::from)?;
         }
-        release(store, &pod.id)
+        self.release(store, &pod.id)
     }
 
     /// Start-up: removes veths, rules and leases of pods that no longer hold a network.
     pub fn collect_garbage(&self, store: &Store, pods: &[PodRecord]) -> Result<()> {
         let live: Vec<String> = pods.iter().filter(|p| p.state == PodState::Ready && !p.ips.is_empty()).map(|p| p.id.clone()).collect();
-        let stale: Vec<LeaseRecord> = store.list::<LeaseRecord>()?.into_iter().filter(|l| !live.contains(&l.pod_id)).collect();
-        for l in &stale {
-            store.delete::<LeaseRecord>(&l.ip)?;
-        }
+        let stale = {
+            let mut leases = self.leases(store)?;
+            let gone: Vec<String> = leases.by_pod.keys().filter(|id| !live.contains(id)).cloned().collect();
+            let keys: Vec<&String> = gone.iter().flat_map(|id| &leases.by_pod[id]).collect();
+            if !keys.is_empty() {
+                store.write(|tx| keys.iter().try_for_each(|ip| tx.delete::<LeaseRecord>(ip).map(drop)))?;
+            }
+            let n = keys.len();
+            for id in &gone {
+                leases.remove_pod(id);
+            }
+            n
+        };
         if let Some(bridge) = self.bridge() {
             let alive = |prefix: &str| live.iter().any(|id| id.starts_with(prefix));
             let (veths, rules) = bridge.collect_garbage(&alive).map_err(Error::from)?;
-            if veths + rules + stale.len() > 0 {
-                tracing::info!(veths, rules, leases = stale.len(), "pod network garbage collected");
+            if veths + rules + stale > 0 {
+                tracing::info!(veths, rules, leases = stale, "pod network garbage collected");
             }
         }
         Ok(())
@@ -296,87 +360,163 @@ fn cni_pod<'a>(pod: &'a PodRecord, netns: &'a std::path::Path, dns: &'a crate::p
     }
 }
 
-/// Leases the pod's addresses (IPv4, and IPv6 on a dual-stack network) in
-/// one transaction, refusing hostPorts held by pods that already have a
-/// lease. A pod that holds leases (a retried setup) keeps them.
-fn lease(store: &Store, others: &[PodRecord], pod: &PodRecord, bridge: &BridgeConfig) -> Result<PodIps> {
-    let mut failure: Option<NetError> = None;
-    let ips = store.write(|tx| {
-        let leases = tx.list::<LeaseRecord>()?;
-        let mine: Vec<std::net::IpAddr> = leases.iter().filter(|l| l.pod_id == pod.id).filter_map(|l| l.ip.parse().ok()).collect();
-        let mine4 = mine.iter().find_map(|ip| match ip {
-            std::net::IpAddr::V4(v4) => Some(*v4),
-            _ => None,
-        });
-        let mine6 = mine.iter().find_map(|ip| match ip {
-            std::net::IpAddr::V6(v6) => Some(*v6),
-            _ => None,
-        });
+impl Network {
+    /// The lease index, loaded from the store if it is not yet; the guard
+    /// holds it for the caller's whole change of the lease table.
+    fn leases(&self, store: &Store) -> Result<MutexGuard<'_, Leases>> {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if !leases.loaded {
+            for l in store.list::<LeaseRecord>()? {
+                leases.insert(l.ip, l.pod_id);
+            }
+            leases.loaded = true;
+        }
+        Ok(leases)
+    }
+
+    /// Leases the pod's addresses (IPv4, and IPv6 on a dual-stack network)
+    /// in one transaction, refusing hostPorts held by pods that already have
+    /// a lease. A pod that holds leases (a retried setup) keeps them.
+    fn lease(&self, store: &Store, others: &[PodRecord], pod: &PodRecord, bridge: &BridgeConfig) -> Result<PodIps> {
+        let mut leases = self.leases(store)?;
+        let (mine4, mine6) = leases.of(&pod.id);
         if mine4.is_none() {
-            let holders: HashSet<&str> = leases.iter().map(|l| l.pod_id.as_str()).collect();
             for other in others {
-                if other.id == pod.id || !holders.contains(other.id.as_str()) {
+                if other.id == pod.id || !leases.by_pod.contains_key(&other.id) {
                     continue;
                 }
                 if let Some(p) = pod.port_mappings.iter().find(|p| other.port_mappings.iter().any(|o| o.conflicts(p))) {
-                    failure = Some(NetError::PortInUse(p.describe(), other.id.clone()));
-                    return Ok(None);
+                    return Err(NetError::PortInUse(p.describe(), other.id.clone()).into());
                 }
             }
         }
         let v4 = match mine4 {
             Some(ip) => ip,
             None => {
-                let used: HashSet<Ipv4Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
-                let after = tx.setting(LAST_IP)?.and_then(|s| s.parse().ok());
-                let Some(ip) = ipam::allocate(bridge.subnet, bridge.gateway, &used, after) else {
-                    failure = Some(NetError::Exhausted(bridge.subnet.to_string()));
-                    return Ok(None);
-                };
-                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
-                tx.set_setting(LAST_IP, &ip.to_string())?;
-                ip
+                let after = store.setting(LAST_IP)?.and_then(|s| s.parse().ok());
+                ipam::allocate(bridge.subnet, bridge.gateway, &leases.used4, after)
+                    .ok_or_else(|| NetError::Exhausted(bridge.subnet.to_string()))?
             }
         };
         let v6 = match (bridge.v6, mine6) {
             (None, _) => None,
             (Some((net, _)), Some(ip)) if net.contains(&ip) => Some(ip),
             (Some((net, gateway)), _) => {
-                let used: HashSet<Ipv6Addr> = leases.iter().filter_map(|l| l.ip.parse().ok()).collect();
-                let after = tx.setting(LAST_IP6)?.and_then(|s| s.parse().ok());
-                let Some(ip) = ipam::allocate6(net, gateway, &used, after) else {
-                    failure = Some(NetError::Exhausted(net.to_string()));
-                    return Ok(None);
-                };
-                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
-                tx.set_setting(LAST_IP6, &ip.to_string())?;
-                Some(ip)
+                let after = store.setting(LAST_IP6)?.and_then(|s| s.parse().ok());
+                Some(ipam::allocate6(net, gateway, &leases.used6, after).ok_or_else(|| NetError::Exhausted(net.to_string()))?)
             }
         };
-        Ok(Some(PodIps { v4, v6 }))
-    })?;
-    match (ips, failure) {
-        (Some(ips), _) => Ok(ips),
-        (None, Some(e)) => Err(e.into()),
-        (None, None) => Err(Error::internal("lease", "no address and no reason")),
-    }
-}
-
-/// Drops every lease of a pod.
-fn release(store: &Store, pod_id: &str) -> Result<()> {
-    Ok(store.write(|tx| {
-        for l in tx.list::<LeaseRecord>()? {
-            if l.pod_id == pod_id {
-                tx.delete::<LeaseRecord>(&l.ip)?;
-            }
+        let new4 = mine4.is_none().then_some(v4);
+        let new6 = v6.filter(|ip| mine6 != Some(*ip));
+        if new4.is_none() && new6.is_none() {
+            return Ok(PodIps { v4, v6 });
         }
+        store.write(|tx| {
+            if let Some(ip) = new4 {
+                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
+                tx.set_setting(LAST_IP, &ip.to_string())?;
+            }
+            if let Some(ip) = new6 {
+                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
+                tx.set_setting(LAST_IP6, &ip.to_string())?;
+            }
+            Ok(())
+        })?;
+        for ip in new4.map(std::net::IpAddr::from).into_iter().chain(new6.map(std::net::IpAddr::from)) {
+            leases.insert(ip.to_string(), pod.id.clone());
+        }
+        Ok(PodIps { v4, v6 })
+    }
+
+    /// Drops every lease of a pod.
+    fn release(&self, store: &Store, pod_id: &str) -> Result<()> {
+        let mut leases = self.leases(store)?;
+        let Some(ips) = leases.by_pod.get(pod_id) else { return Ok(()) };
+        store.write(|tx| {
+            for ip in ips {
+                tx.delete::<LeaseRecord>(ip)?;
+            }
+            Ok(())
+        })?;
+        leases.remove_pod(pod_id);
         Ok(())
-    })?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(id: &str, host_port: Option<u16>) -> PodRecord {
+        let port_mappings = host_port
+            .map(|hp| berth_network::PortMapping {
+                protocol: berth_network::Protocol::Tcp,
+                container_port: 80,
+                host_port: hp,
+                host_ip: None,
+            })
+            .into_iter()
+            .collect();
+        PodRecord { id: id.into(), port_mappings, ..Default::default() }
+    }
+
+    fn network() -> Network {
+        Network { builtin: None, cni: None, leases: Mutex::default() }
+    }
+
+    fn stored(store: &Store) -> Vec<(String, String)> {
+        let mut v: Vec<_> = store.list::<LeaseRecord>().unwrap().into_iter().map(|l| (l.pod_id, l.ip)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn leases_are_kept_in_the_store_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bridge = BridgeConfig::new("berth0", "10.88.0.0/29", "", "berth").unwrap().with_ipv6("fd00:88::/120").unwrap();
+        let net = network();
+        let a = net.lease(&store, &[], &pod("a", Some(8080)), &bridge).unwrap();
+        let b = net.lease(&store, &[], &pod("b", None), &bridge).unwrap();
+        assert_ne!(a.v4, b.v4);
+        assert_ne!(a.v6, b.v6);
+        assert!(a.v6.is_some() && b.v6.is_some());
+        // A retried setup keeps its addresses.
+        assert_eq!(net.lease(&store, &[], &pod("a", Some(8080)), &bridge).unwrap(), a);
+        assert_eq!(stored(&store).len(), 4);
+
+        // berthd restarts: a new index, loaded from the store.
+        let net = network();
+        assert_eq!(net.lease(&store, &[], &pod("a", Some(8080)), &bridge).unwrap(), a);
+        let err = net.lease(&store, &[pod("a", Some(8080))], &pod("c", Some(8080)), &bridge).unwrap_err();
+        assert!(err.to_string().contains("tcp/8080"), "{err}");
+        let c = net.lease(&store, &[pod("a", Some(8080))], &pod("c", None), &bridge).unwrap();
+        assert!(![a.v4, b.v4].contains(&c.v4));
+        // /29: .1 is the gateway, so .2 to .6 are five pods' addresses.
+        for id in ["d", "e"] {
+            net.lease(&store, &[], &pod(id, None), &bridge).unwrap();
+        }
+        let err = net.lease(&store, &[], &pod("f", None), &bridge).unwrap_err();
+        assert!(err.to_string().contains("10.88.0.0/29"), "{err}");
+        assert!(!stored(&store).iter().any(|(id, _)| id == "f"));
+
+        // A release frees the addresses in the store and for the next pod.
+        net.release(&store, "a").unwrap();
+        assert!(!stored(&store).iter().any(|(id, _)| id == "a"));
+        assert_eq!(net.lease(&store, &[], &pod("f", None), &bridge).unwrap().v4, a.v4);
+        net.release(&store, "nobody").unwrap();
+
+        // Start-up garbage collection drops the leases of pods not running.
+        let live = |id: &str| PodRecord { state: PodState::Ready, ips: vec!["x".into()], ..pod(id, None) };
+        net.collect_garbage(&store, &[live("b"), live("c")]).unwrap();
+        let ids: HashSet<String> = stored(&store).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, HashSet::from(["b".to_string(), "c".to_string()]));
+        // And the index agrees: the freed addresses are handed out again.
+        for id in ["g", "h", "i"] {
+            net.lease(&store, &[], &pod(id, None), &bridge).unwrap();
+        }
+        assert!(net.lease(&store, &[], &pod("j", None), &bridge).is_err());
+    }
 
     #[test]
     fn quantities_as_kubernetes_reads_them() {
