@@ -216,7 +216,6 @@ impl BridgeConfig {
         netlink::with_handle(async move |h| {
             let (bridge_idx, _, _) =
                 netlink::link_by_name(&h, &bridge).await?.ok_or_else(|| NetError::Config(format!("bridge {bridge} is missing")))?;
-            netlink::delete_link(&h, &h2).await?;
             netlink::create_veth(&h, &h2, bridge_idx, &ns_file).await
         })?;
         // Hairpin: a pod reaching its own hostPort comes back through its port.

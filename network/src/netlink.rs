@@ -175,21 +175,36 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
 }
 
 /// Creates the veth pair: `host` on the bridge and up; the peer born
-/// directly in the namespace of `netns` as `eth0` (no move, no rename).
+/// directly in the namespace of `netns` as `eth0` (no move, no rename). One
+/// request: the kernel enslaves and brings up a link it creates when the
+/// request names the controller and the up flag, as `ip link add … master
+/// … up` asks it to. (The peer cannot be brought up in the same request:
+/// the kernel configures it before the pair is joined, and a veth without
+/// its peer refuses to open, ENOTCONN.) A `host` left by an earlier attempt is deleted and the
+/// request made again.
 pub async fn create_veth(h: &Handle, host: &str, bridge_index: u32, netns: &std::fs::File) -> Result<(), NetError> {
-    let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new().name("eth0".to_string()).setns_by_fd(netns.as_raw_fd()).build();
-    let msg = LinkVeth::new(host, "eth0")
-        .set_info_data(netlink_packet_route::link::InfoData::Veth(netlink_packet_route::link::InfoVeth::Peer(peer)))
-        .build();
-    h.link().add(msg).execute().await.map_err(nl(format!("create veth {host}")))?;
-    let (host_idx, _, _) = link_by_name(h, host).await?.ok_or_else(|| NetError::Config(format!("veth {host} vanished")))?;
-    h.link()
-        .set(LinkUnspec::new_with_index(host_idx).controller(bridge_index).up().build())
-        .execute()
-        .await
-        .map_err(nl(format!("attach {host} to the bridge")))?;
-    Ok(())
+    let request = || {
+        let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new().name("eth0".to_string()).setns_by_fd(netns.as_raw_fd()).build();
+        let msg = LinkVeth::new(host, "eth0")
+            .controller(bridge_index)
+            .up()
+            .set_info_data(netlink_packet_route::link::InfoData::Veth(netlink_packet_route::link::InfoVeth::Peer(peer)))
+            .build();
+        h.link().add(msg).execute()
+    };
+    match request().await {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+            delete_link(h, host).await?;
+            request().await.map_err(nl(format!("create veth {host}")))
+        }
+        r => r.map_err(nl(format!("create veth {host}"))),
+    }
 }
+
+/// The loopback device's index in every network namespace: the kernel
+/// registers `lo` first and checks that it got this index
+/// (`loopback_net_init`).
+const LOOPBACK_INDEX: u32 = 1;
 
 /// Inside the pod: gives `eth0` `ip/prefix` (and the IPv6 address of a
 /// dual-stack network), brings it and `lo` up, and routes by default via
@@ -207,9 +222,7 @@ pub async fn configure_pod_side(
         add_address(h, idx, ip6.into(), prefix6, "eth0").await?;
     }
     h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl("eth0 up"))?;
-    if let Some((lo, _, _)) = link_by_name(h, "lo").await? {
-        h.link().set(LinkUnspec::new_with_index(lo).up().build()).execute().await.map_err(nl("lo up"))?;
-    }
+    h.link().set(LinkUnspec::new_with_index(LOOPBACK_INDEX).up().build()).execute().await.map_err(nl("lo up"))?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(idx).build();
     h.route().add(route).execute().await.map_err(nl(format!("default route via {gateway}")))?;
     if let Some((_, _, gateway6)) = v6 {
@@ -217,4 +230,67 @@ pub async fn configure_pod_side(
         h.route().add(route).execute().await.map_err(nl(format!("default route via {gateway6}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::link::LinkFlags;
+    use std::os::fd::AsRawFd;
+
+    /// The test's bridge and veth, deleted also when the test fails.
+    struct Links(Vec<String>);
+
+    impl Drop for Links {
+        fn drop(&mut self) {
+            for name in self.0.drain(..) {
+                let _ = with_handle(async move |h| delete_link(&h, &name).await);
+            }
+        }
+    }
+
+    /// The link's controller and whether it is up.
+    async fn state(h: &Handle, name: &str) -> Option<(Option<u32>, bool)> {
+        let msg = h.link().get().match_name(name.to_string()).execute().try_next().await.ok()??;
+        Some((controller_of(&msg), msg.header.flags.contains(LinkFlags::Up)))
+    }
+
+    #[test]
+    fn a_veth_is_made_on_the_bridge_and_up_also_over_one_left_behind() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let id = std::process::id() % 100_000;
+        let (bridge, host) = (format!("btv{id}"), format!("bvt{id}"));
+        let _links = Links(vec![host.clone(), bridge.clone()]);
+        // A network namespace of the test's own, alive as long as its fd.
+        let netns = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare net");
+            std::fs::File::open("/proc/thread-self/ns/net").expect("open the netns")
+        })
+        .join()
+        .expect("netns thread");
+        let netns_path = format!("/proc/self/fd/{}", netns.as_raw_fd());
+        let b = bridge.clone();
+        let bridge_index = with_handle(async move |h| {
+            h.link().add(LinkBridge::new(&b).build()).execute().await.map_err(nl("add bridge"))?;
+            Ok(link_by_name(&h, &b).await?.map(|(i, _, _)| i))
+        })
+        .expect("bridge")
+        .expect("bridge index");
+        let (hv, ns) = (host.clone(), &netns);
+        let (first, again) = with_handle(async move |h| {
+            create_veth(&h, &hv, bridge_index, ns).await?;
+            let first = state(&h, &hv).await;
+            // As after a setup that stopped half way: the veth is there.
+            create_veth(&h, &hv, bridge_index, ns).await?;
+            Ok((first, state(&h, &hv).await))
+        })
+        .expect("create_veth twice");
+        assert_eq!(first, Some((Some(bridge_index), true)), "{host}: on {bridge} and up");
+        assert_eq!(again, Some((Some(bridge_index), true)), "{host} made again: on {bridge} and up");
+        let eth0 = in_netns(Path::new(&netns_path), || with_handle(async move |h| link_by_name(&h, "eth0").await)).expect("in the netns");
+        assert!(eth0.is_some(), "the peer is eth0 in the pod's namespace");
+    }
 }
