@@ -180,8 +180,9 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<(), NetError> {
 /// request names the controller and the up flag, as `ip link add … master
 /// … up` asks it to. (The peer cannot be brought up in the same request:
 /// the kernel configures it before the pair is joined, and a veth without
-/// its peer refuses to open, ENOTCONN.) A `host` left by an earlier attempt is deleted and the
-/// request made again.
+/// its peer refuses to open, ENOTCONN.) A `host` left by an earlier attempt
+/// makes the request fail with EEXIST; it is deleted and the request made
+/// again.
 pub async fn create_veth(h: &Handle, host: &str, bridge_index: u32, netns: &std::fs::File) -> Result<(), NetError> {
     let request = || {
         let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new().name("eth0".to_string()).setns_by_fd(netns.as_raw_fd()).build();
@@ -236,7 +237,6 @@ pub async fn configure_pod_side(
 mod tests {
     use super::*;
     use netlink_packet_route::link::LinkFlags;
-    use std::os::fd::AsRawFd;
 
     /// The test's bridge and veth, deleted also when the test fails.
     struct Links(Vec<String>);
