@@ -54,6 +54,36 @@ pub(super) struct Monitor {
     pub(super) exited_at: Option<Instant>,
     /// OOM kills in the container's cgroup (cgroup v2).
     pub(super) oom: Option<super::oom::OomWatch>,
+    /// The buffer reads from the container's output and from clients go
+    /// through; see [`ReadBuf`].
+    pub(super) read_buf: ReadBuf,
+}
+
+/// How much one read from the container's output or a client takes.
+const READ_SIZE: usize = 32 * 1024;
+
+/// The monitor's one read buffer, on the heap and made on first use. As a
+/// local array it was in the event loop's stack frame, whose every page the
+/// stack probe touches on entry: 32 KiB private to each monitor for life,
+/// output or not. Zeroed memory fresh from the allocator is not touched
+/// until a read writes into it, so a quiet container's monitor keeps
+/// resident only the pages its reads filled.
+#[derive(Default)]
+pub(super) struct ReadBuf(Vec<u8>);
+
+impl ReadBuf {
+    /// The buffer, taken out so that the monitor can be borrowed while it
+    /// is in use; [`ReadBuf::put`] it back.
+    fn take(&mut self) -> Vec<u8> {
+        if self.0.is_empty() {
+            self.0 = vec![0; READ_SIZE];
+        }
+        std::mem::take(&mut self.0)
+    }
+
+    fn put(&mut self, buf: Vec<u8>) {
+        self.0 = buf;
+    }
 }
 
 impl Monitor {
@@ -184,14 +214,19 @@ impl Monitor {
 
     /// Reads what is there from one output pipe into the log and to clients.
     fn drain(&mut self, stream: Stream) {
-        let mut buf = [0u8; 32 * 1024];
+        let mut buf = self.read_buf.take();
+        self.drain_into(stream, &mut buf);
+        self.read_buf.put(buf);
+    }
+
+    fn drain_into(&mut self, stream: Stream, buf: &mut [u8]) {
         loop {
             let file = match stream {
                 Stream::Stdout => self.out.as_mut(),
                 Stream::Stderr => self.err.as_mut(),
             };
             let Some(file) = file else { return };
-            match file.read(&mut buf) {
+            match file.read(buf) {
                 Ok(0) => {
                     match stream {
                         Stream::Stdout => self.out = None,
@@ -208,17 +243,18 @@ impl Monitor {
 
     /// Reads a TTY container's terminal; EIO means every slave is closed.
     fn drain_pty(&mut self) {
-        let mut buf = [0u8; 32 * 1024];
+        let mut buf = self.read_buf.take();
         while let Some(pty) = self.pty.as_mut() {
             match pty.read(&mut buf) {
                 Ok(0) => self.pty = None,
                 Ok(n) => self.output(Stream::Stdout, &buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 // EIO: every slave fd is closed, the container's stdio is gone.
                 Err(_) => self.pty = None,
             }
         }
+        self.read_buf.put(buf);
     }
 
     /// One chunk of container output: to the CRI log and every attached client.
@@ -285,7 +321,7 @@ impl Monitor {
 
     /// Input from an attached client, or its departure.
     fn serve_client(&mut self, i: usize) {
-        let mut buf = [0u8; 32 * 1024];
+        let mut buf = self.read_buf.take();
         let gone = loop {
             let c = &mut self.clients[i];
             if c.flush().is_err() {
@@ -302,6 +338,7 @@ impl Monitor {
                 break false;
             }
         };
+        self.read_buf.put(buf);
         while let Some((kind, payload)) = take_attach_frame(&mut self.clients[i].inbuf) {
             let with_stdin = self.clients[i].stdin;
             match kind {

@@ -285,6 +285,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         exit: None,
         exited_at: None,
         oom: into.map(|dir| oom::OomWatch::new(dir, sentinel)),
+        read_buf: Default::default(),
     };
     state.open_log();
     state.event_loop(&listener)?;
