@@ -65,9 +65,10 @@ const READ_SIZE: usize = 32 * 1024;
 /// The monitor's one read buffer, on the heap and made on first use. As a
 /// local array it was in the event loop's stack frame, whose every page the
 /// stack probe touches on entry: 32 KiB private to each monitor for life,
-/// output or not. Zeroed memory fresh from the allocator is not touched
-/// until a read writes into it, so a quiet container's monitor keeps
-/// resident only the pages its reads filled.
+/// output or not. `vec![0; n]` is calloc, which does not clear memory fresh
+/// from the kernel; when the buffer is such memory, a quiet container's
+/// monitor keeps resident only the pages its reads filled (when it is a
+/// reused chunk, calloc clears it and it costs what the array did).
 #[derive(Default)]
 pub(super) struct ReadBuf(Vec<u8>);
 
