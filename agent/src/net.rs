@@ -406,24 +406,24 @@ impl Network {
                 Some(ipam::allocate6(net, gateway, &leases.used6, after).ok_or_else(|| NetError::Exhausted(net.to_string()))?)
             }
         };
-        let new4 = mine4.is_none().then_some(v4);
-        let new6 = v6.filter(|ip| mine6 != Some(*ip));
-        if new4.is_none() && new6.is_none() {
-            return Ok(PodIps { v4, v6 });
+        // The addresses this call leased, each with the setting that
+        // remembers the family's last one (round robin).
+        let new: Vec<(String, &str)> =
+            [mine4.is_none().then(|| (v4.to_string(), LAST_IP)), v6.filter(|ip| mine6 != Some(*ip)).map(|ip| (ip.to_string(), LAST_IP6))]
+                .into_iter()
+                .flatten()
+                .collect();
+        if !new.is_empty() {
+            store.write(|tx| {
+                for (ip, last) in &new {
+                    tx.put(ip, &LeaseRecord { ip: ip.clone(), pod_id: pod.id.clone() })?;
+                    tx.set_setting(last, ip)?;
+                }
+                Ok(())
+            })?;
         }
-        store.write(|tx| {
-            if let Some(ip) = new4 {
-                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
-                tx.set_setting(LAST_IP, &ip.to_string())?;
-            }
-            if let Some(ip) = new6 {
-                tx.put(&ip.to_string(), &LeaseRecord { ip: ip.to_string(), pod_id: pod.id.clone() })?;
-                tx.set_setting(LAST_IP6, &ip.to_string())?;
-            }
-            Ok(())
-        })?;
-        for ip in new4.map(std::net::IpAddr::from).into_iter().chain(new6.map(std::net::IpAddr::from)) {
-            leases.insert(ip.to_string(), pod.id.clone());
+        for (ip, _) in new {
+            leases.insert(ip, pod.id.clone());
         }
         Ok(PodIps { v4, v6 })
     }
