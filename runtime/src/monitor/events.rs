@@ -114,6 +114,7 @@ impl Monitor {
         }
         // The init may have died before SIGCHLD was blocked.
         self.reap();
+        drop_file_pages();
         loop {
             if self.exit.is_some() {
                 let drained = self.out.is_none() && self.err.is_none() && self.pty.is_none();
@@ -492,5 +493,105 @@ fn set_nonblocking(fd: RawFd) {
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
         libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+/// Unmaps the file pages faulted in so far (process start-up, the init's
+/// fork, the handoff: code and read-only data of the binary, libc and
+/// ld.so), so that the monitor keeps resident only the fault-around windows
+/// of what the loop touches from here on.
+fn drop_file_pages() {
+    // Read line by line: heap pages touched here stay resident too.
+    let Ok(smaps) = std::fs::File::open("/proc/self/smaps") else { return };
+    for (start, end) in droppable(std::io::BufReader::with_capacity(4096, smaps)) {
+        // SAFETY: [start, end) is a whole private, read-only file mapping of
+        // this process with no anonymous page (see `droppable`), and this
+        // thread is the process's only one, so no loader remaps it
+        // meanwhile: dropping its pages changes no byte a later access reads.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+/// The private, read-only file mappings in `smaps` that hold no anonymous
+/// page. Every resident page of such a mapping is the file's page-cache
+/// page, so MADV_DONTNEED only drops page-table entries and the next access
+/// maps the same bytes again. Not RELRO (read-only now, but written by the
+/// dynamic loader before: its pages are anonymous copies), nor any writable
+/// or shared memory; for them MADV_DONTNEED would lose what was written, or
+/// be seen by others.
+fn droppable(smaps: impl std::io::BufRead) -> Vec<(usize, usize)> {
+    let mut candidate = None;
+    let mut out = Vec::new();
+    for line in smaps.lines() {
+        let Ok(line) = line else { return Vec::new() };
+        let mut words = line.split_ascii_whitespace();
+        let Some(first) = words.next() else { continue };
+        if first == "Anonymous:" {
+            if let (Some(range), Some("0")) = (candidate.take(), words.next()) {
+                out.push(range);
+            }
+            continue;
+        }
+        if first.ends_with(':') {
+            continue;
+        }
+        // A mapping's header: start-end perms offset dev inode [path].
+        candidate = None;
+        let (Some(perms), Some(inode)) = (words.next(), words.nth(2)) else { continue };
+        if !matches!(perms, "r-xp" | "r--p") || inode == "0" {
+            continue;
+        }
+        let Some((start, end)) = first.split_once('-') else { continue };
+        if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+            candidate = Some((start, end));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::droppable;
+
+    /// A monitor's smaps, cut to the fields that matter.
+    const SMAPS: &str = "\
+55c295a3d000-55c295a56000 r--p 00000000 fe:01 1234 /usr/bin/berth-monitor-loop
+Rss:                  64 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me dw sd
+55c295a56000-55c295aa2000 r-xp 00019000 fe:01 1234 /usr/bin/berth-monitor-loop
+Rss:                 240 kB
+Anonymous:             0 kB
+55c295aa2000-55c295aa6000 r--p 00064000 fe:01 1234 /usr/bin/berth-monitor-loop
+Rss:                  16 kB
+Anonymous:            16 kB
+55c295aa6000-55c295aa7000 rw-p 00068000 fe:01 1234 /usr/bin/berth-monitor-loop
+Anonymous:             4 kB
+7f7b2b6f0000-7f7b2b6f3000 r--p 00000000 00:00 0
+Anonymous:             0 kB
+7f7b2b6f3000-7f7b2b719000 r--s 00000000 fe:01 99 /dev/shm/x
+Anonymous:             0 kB
+7f7b2b719000-7f7b2b86f000 r-xp 00026000 fe:01 77 /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                 384 kB
+Anonymous:             4 kB
+7f7b2b906000-7f7b2b908000 r-xp 00000000 00:00 0                          [vdso]
+Anonymous:             0 kB
+7f7b2b908000-7f7b2b909000 r--p 00000000 fe:01 88 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
+Anonymous:             0 kB
+";
+
+    #[test]
+    fn only_read_only_private_file_mappings_without_anonymous_pages_are_dropped() {
+        let got = droppable(SMAPS.as_bytes());
+        // The binary's headers and text, and ld.so's headers. Not: the
+        // binary's RELRO and data, anonymous and shared memory, text with
+        // a written page (a debugger's breakpoint), the vDSO.
+        assert_eq!(got, [(0x55c295a3d000, 0x55c295a56000), (0x55c295a56000, 0x55c295aa2000), (0x7f7b2b908000, 0x7f7b2b909000)]);
+    }
+
+    #[test]
+    fn a_cut_smaps_drops_nothing_it_has_not_seen_whole() {
+        // A header whose Anonymous line never came is no candidate.
+        assert!(droppable("7f7b2b908000-7f7b2b909000 r--p 00000000 fe:01 88 /lib/ld.so\nRss: 4 kB\n".as_bytes()).is_empty());
     }
 }
