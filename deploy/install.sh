@@ -13,8 +13,9 @@
 #   deploy/install.sh [--uninstall] [--prefix DIR] [--etc DIR]
 #                     [--systemd-dir DIR] [--binaries DIR]
 #
-# --binaries DIR takes berthd, berth-monitor and berth-pause from DIR instead of
-# installing dependencies and building (for packaging and the tests).
+# --binaries DIR takes berthd, berth-monitor, berth-monitor-loop and berth-pause
+# from DIR instead of installing dependencies and building (for packaging and
+# the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,6 +99,8 @@ install -m 0755 "$binaries/berthd" "$prefix/bin/berthd"
 record "$prefix/bin/berthd"
 install -m 0755 "$binaries/berth-monitor" "$prefix/bin/berth-monitor"
 record "$prefix/bin/berth-monitor"
+install -m 0755 "$binaries/berth-monitor-loop" "$prefix/bin/berth-monitor-loop"
+record "$prefix/bin/berth-monitor-loop"
 install -m 0755 "$binaries/berth-pause" "$prefix/bin/berth-pause"
 record "$prefix/bin/berth-pause"
 if [ ! -e "$etc/config.toml" ]; then

@@ -179,6 +179,12 @@ mod tests {
         assert_eq!((s.role.as_str(), s.id.as_str()), ("monitor", "c1"));
         let s = parse_cmdline(&args("berth-monitor exec --tty false --bundle /s/containers/c2 --pid 1 -- sh")).unwrap();
         assert_eq!((s.role.as_str(), s.id.as_str()), ("exec", "c2"));
+        // A monitor once it exec'd its loop (runtime/src/monitor/handoff.rs).
+        let s = parse_cmdline(&args(
+            "/usr/bin/berth-monitor-loop monitor --id c3 --bundle /s/containers/c3 --child 9 --started-ns 1 --listener 4",
+        ))
+        .unwrap();
+        assert_eq!((s.role.as_str(), s.id.as_str(), s.dir.as_path()), ("monitor", "c3", Path::new("/s/containers/c3")));
         assert!(parse_cmdline(&args("berth-monitor version")).is_none());
         assert!(parse_cmdline(&args("/bin/sleep monitor --id c1 --bundle /b")).is_none());
         assert!(parse_cmdline(&args("berth-monitor monitor --id")).is_none());

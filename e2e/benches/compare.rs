@@ -627,7 +627,7 @@ async fn main() {
         cgroup: cgroup.clone(),
         image: f.busybox.clone(),
         logs: logs.clone(),
-        monitor: vec!["berth-monitor monitor".into(), f.berthd.paths.state.display().to_string()],
+        monitor: vec!["berth-monitor".into(), " monitor --id ".into(), f.berthd.paths.state.display().to_string()],
         seq: 0,
     };
     let mut containerd = Rt {

@@ -111,7 +111,7 @@ async fn main() {
 
 /// The parts of a monitor's memory the breakdown names, the total last.
 const PARTS: [&str; 7] = [
-    "berth-monitor, file pages",
+    "monitor binary, file pages",
     "libc and ld.so, file pages",
     "anonymous: heap",
     "anonymous: stack",
@@ -125,7 +125,8 @@ const PARTS: [&str; 7] = [
 fn monitor_breakdown(f: &Fixture) -> Vec<[(f64, f64); PARTS.len()]> {
     let mut out = Vec::new();
     for (pid, cmd) in berth_e2e::truth::processes(f) {
-        if !cmd.contains("berth-monitor monitor") {
+        // berth-monitor, or berth-monitor-loop once the init is forked.
+        if !cmd.contains(" monitor --id ") {
             continue;
         }
         let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
@@ -142,7 +143,7 @@ fn monitor_breakdown(f: &Fixture) -> Vec<[(f64, f64); PARTS.len()]> {
             let kib = || -> f64 { line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
             let (anon, file) = (first == "Anonymous:", first == "Rss:");
             let part = match name.as_str() {
-                n if n.ends_with("berth-monitor") => 0,
+                n if n.contains("/berth-monitor") => 0,
                 n if n.contains("/libc.so") || n.contains("/ld-linux") => 1,
                 "[heap]" => 2,
                 "[stack]" => 3,

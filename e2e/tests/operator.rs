@@ -190,7 +190,7 @@ fn install_into_a_prefix_and_uninstall_back_to_as_before() {
     assert!(out.contains("namespaces:") && out.contains("cgroups:"), "the check runs after installing: {out}");
     let installed = tree(root);
     assert!(
-        ["berthd", "berth-monitor", "berth-pause"].iter().all(|b| installed.contains_key(&format!("usr/bin/{b}"))),
+        ["berthd", "berth-monitor", "berth-monitor-loop", "berth-pause"].iter().all(|b| installed.contains_key(&format!("usr/bin/{b}"))),
         "{:?}",
         installed.keys()
     );

@@ -482,10 +482,12 @@ async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
         let monitor = monitor_pid(&mut f, &c1).await;
         let args = berth_e2e::cmdline(monitor);
         let bundle = f.berthd.paths.state.join("containers").join(&c1).display().to_string();
-        assert!(args.first().is_some_and(|a| a.ends_with("/berth-monitor")), "zygote={zygote}: {args:?}");
+        // Once the init is forked, the monitor runs its loop in the small
+        // binary next to berth-monitor (runtime/src/monitor/handoff.rs).
+        assert!(args.first().is_some_and(|a| a.ends_with("/berth-monitor-loop")), "zygote={zygote}: {args:?}");
         assert_eq!(args[1..6], ["monitor", "--id", c1.as_str(), "--bundle", bundle.as_str()], "zygote={zygote}");
         let exe = std::fs::read_link(format!("/proc/{monitor}/exe")).unwrap();
-        assert_eq!(exe, std::fs::canonicalize(berth_e2e::berthd_bin().with_file_name("berth-monitor")).unwrap());
+        assert_eq!(exe, std::fs::canonicalize(berth_e2e::berthd_bin().with_file_name("berth-monitor-loop")).unwrap());
         assert!(!berth_e2e::child_pids(f.berthd.pid()).contains(&monitor), "the monitor left berthd's process tree");
         let zygotes = berth_e2e::zygotes(f.berthd.pid());
         assert_eq!(zygotes.len(), usize::from(zygote), "zygote={zygote}: {zygotes:?}");

@@ -9,6 +9,7 @@
 pub mod attach;
 mod events;
 pub mod exit;
+pub mod handoff;
 pub mod log;
 mod oom;
 
@@ -209,39 +210,68 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         },
         _ => None,
     };
-    let forked_at = std::time::Instant::now();
+    let forked_ns = crate::time::monotonic_ns();
+    let us = |d: std::time::Duration| d.as_micros() as u64;
+    let (setup_us, fork_us) = (us(forking.duration_since(started)), us(forking.elapsed()));
     drop((out_w, err_w, stdin_r, console_child, report_w, start_r, null));
+    // berthd's end of the sync channel goes to whoever reports Created;
+    // this function's caller reports to /dev/null from here on.
+    let sync = std::mem::replace(sync, std::fs::File::from(init::open_null().map_err(|e| setup_err("null", e))?));
+    let serve_args = handoff::Serve {
+        id: args.id.clone(),
+        bundle: args.bundle.clone(),
+        log: args.log.clone(),
+        child,
+        sync: Some(sync),
+        console: console_parent,
+        timing: handoff::Timing { started_ns, setup_us, fork_us, forked_ns },
+        listener,
+        out: out_r.map(std::fs::File::from),
+        err: err_r.map(std::fs::File::from),
+        pty: None,
+        stdin: stdin_w.map(std::fs::File::from),
+        stdin_once: args.stdio.stdin_once,
+        report: std::fs::File::from(report_r),
+        start: std::fs::File::from(start_w),
+        cgroup: into,
+        sentinel,
+    };
+    // The exec overlaps the init's setup, which the monitor only waits for.
+    serve(handoff::exec(serve_args))
+}
 
-    let mut report = std::fs::File::from(report_r);
-    let mut pty = None;
+/// Waits for the init to be ready and reports Created to berthd (or why
+/// not: then the init is reaped and the socket removed, and `None` comes
+/// back); the terminal of a TTY container comes with the init's Ready.
+fn await_init(s: &mut handoff::Serve) -> Option<()> {
+    let mut sync = s.sync.take()?;
+    let socket = s.bundle.join(SOCKET);
+    let child = s.child;
     let failed = |sync: &mut std::fs::File, e: InitError| {
         crate::diag::log(crate::diag::Level::Warn, &format!("container setup failed: {e}"));
         let _ = channel::send(sync, &MonitorReport::Failed(e));
         let _ = waitpid(child, None);
-        let _ = std::fs::remove_file(&socket_path);
+        let _ = std::fs::remove_file(&socket);
+        None
     };
-    match channel::recv::<InitReport>(&mut report) {
+    match channel::recv::<InitReport>(&mut s.report) {
         Ok(Some(InitReport::Ready { uid, gid, groups, stages_us: init_stages })) => {
             // A TTY init sent its terminal's master before it reported ready.
-            if let Some(console) = &console_parent {
-                match crate::process::tty::recv_fd(console) {
-                    Ok(Some(master)) => pty = Some(std::fs::File::from(master)),
+            if let Some(console) = s.console.take() {
+                match crate::process::tty::recv_fd(&console) {
+                    Ok(Some(master)) => s.pty = Some(std::fs::File::from(master)),
                     other => {
                         let why = other.err().map_or("no terminal received".to_string(), |e| e.to_string());
                         let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                        failed(sync, InitError::Setup(format!("container terminal: {why}")));
-                        return Ok(());
+                        return failed(&mut sync, InitError::Setup(format!("container terminal: {why}")));
                     }
                 }
             }
             crate::diag::log(crate::diag::Level::Info, &format!("container created, init pid {}", child.as_raw()));
-            let us = |d: std::time::Duration| d.as_micros() as u64;
-            let mut stages_us = vec![
-                ("monitor_setup".to_string(), us(forking.duration_since(started))),
-                ("monitor_fork".to_string(), us(forked_at.duration_since(forking))),
-            ];
+            let t = &s.timing;
+            let mut stages_us = vec![("monitor_setup".to_string(), t.setup_us), ("monitor_fork".to_string(), t.fork_us)];
             stages_us.extend(init_stages);
-            stages_us.push(("monitor_wait_init".to_string(), us(forked_at.elapsed())));
+            stages_us.push(("monitor_wait_init".to_string(), crate::time::monotonic_ns().saturating_sub(t.forked_ns) / 1000));
             let created = MonitorReport::Created {
                 pid: child.as_raw(),
                 monitor_pid: std::process::id() as i32,
@@ -249,51 +279,51 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
                 gid,
                 groups,
                 stages_us,
-                started_ns,
+                started_ns: t.started_ns,
             };
-            let _ = channel::send(sync, &created);
+            let _ = channel::send(&mut sync, &created);
+            Some(())
         }
-        Ok(Some(InitReport::Failed(e))) => {
-            failed(sync, e);
-            return Ok(());
-        }
-        Ok(None) | Err(_) => {
-            failed(sync, InitError::Setup("init exited before it was ready".into()));
-            return Ok(());
-        }
+        Ok(Some(InitReport::Failed(e))) => failed(&mut sync, e),
+        Ok(None) | Err(_) => failed(&mut sync, InitError::Setup("init exited before it was ready".into())),
     }
-    drop(std::mem::replace(sync, std::fs::File::from(init::open_null().map_err(|e| setup_err("null", e))?)));
-    drop(console_parent);
+}
 
+/// Waits for the init and reports Created ([`await_init`]), then runs the
+/// event loop until the container is gone, and writes its exit status file.
+fn serve(mut s: handoff::Serve) -> Result<(), InitError> {
+    if await_init(&mut s).is_none() {
+        return Ok(());
+    }
     let mut state = Monitor {
-        child,
-        log_path: args.log.clone(),
+        child: s.child,
+        log_path: s.log,
         log: None,
-        out: out_r.map(std::fs::File::from),
-        err: err_r.map(std::fs::File::from),
-        pty,
-        stdin: stdin_w.map(std::fs::File::from),
+        out: s.out,
+        err: s.err,
+        pty: s.pty,
+        stdin: s.stdin,
         stdin_pending: Vec::new(),
         stdin_closing: false,
-        stdin_once: args.stdio.stdin_once,
+        stdin_once: s.stdin_once,
         clients: Vec::new(),
         out_split: LineSplitter::new(Stream::Stdout),
         err_split: LineSplitter::new(Stream::Stderr),
-        report: Some(report),
-        start: Some(std::fs::File::from(start_w)),
+        report: Some(s.report),
+        start: Some(s.start),
         started_at_ns: None,
         exit: None,
         exited_at: None,
-        oom: into.map(|dir| oom::OomWatch::new(dir, sentinel)),
+        oom: s.cgroup.map(|dir| oom::OomWatch::new(dir, s.sentinel)),
         read_buf: Default::default(),
     };
     state.open_log();
-    state.event_loop(&listener)?;
+    state.event_loop(&s.listener)?;
     if let Some(status) = &state.exit {
-        exit::write_exit_file(&args.bundle, status);
+        exit::write_exit_file(&s.bundle, status);
         crate::diag::log(crate::diag::Level::Info, &format!("container exited code={} signal={}", status.code, status.signal));
     }
-    let _ = std::fs::remove_file(&socket_path);
+    let _ = std::fs::remove_file(s.bundle.join(SOCKET));
     Ok(())
 }
 
