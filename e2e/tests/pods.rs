@@ -462,6 +462,11 @@ async fn verbose_info(f: &mut Fixture, id: &str) -> serde_json::Value {
     serde_json::from_str(&r.info["info"]).unwrap()
 }
 
+async fn run_pod_with_handler(f: &mut Fixture, cfg: &cri::PodSandboxConfig, handler: &str) -> String {
+    let req = cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: handler.into() };
+    f.cri.runtime.run_pod_sandbox(req).await.unwrap().into_inner().pod_sandbox_id
+}
+
 async fn monitor_pid(f: &mut Fixture, id: &str) -> u32 {
     verbose_info(f, id).await["monitorPid"].as_i64().unwrap() as u32
 }
@@ -532,14 +537,7 @@ async fn a_monitor_binary_installed_anew_serves_the_next_create() {
     let config = format!("[runtimes.copy]\nmonitor_path = \"{}\"\n", monitor.display());
     let mut f = Fixture::start_with_config(&config).await;
     let cfg = f.pod("reinstalled");
-    let pod = f
-        .cri
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: "copy".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod_with_handler(&mut f, &cfg, "copy").await;
     let c1 = f.cri.run(&pod, f.container("one", &["sleep", "1000"]), &cfg).await;
     let first = berth_e2e::zygotes(f.berthd.pid());
     assert_eq!(first.len(), 1, "{first:?}");
@@ -556,6 +554,41 @@ async fn a_monitor_binary_installed_anew_serves_the_next_create() {
     assert!(old.ends_with(" (deleted)"), "the first monitor keeps its build: {old}");
     let now = berth_e2e::zygotes(f.berthd.pid());
     assert!(now.len() == 1 && now[0] != first[0], "one new zygote: {now:?} (was {first:?})");
+    f.cri.remove_pod(&pod).await;
+}
+
+/// The monitor's loop binary fails as soon as it runs (a build that does
+/// not match berth-monitor's, a broken install): CreateContainer fails with
+/// what the loop said, and neither a monitor nor the container's init is
+/// left behind (the init dies with its monitor); the pod takes no harm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_loop_that_fails_at_once_fails_the_create_and_leaves_no_process() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin_dir = tempfile::tempdir().unwrap();
+    let monitor = bin_dir.path().join("berth-monitor");
+    std::fs::copy(berth_e2e::berthd_bin().with_file_name("berth-monitor"), &monitor).unwrap();
+    let broken = bin_dir.path().join("berth-monitor-loop");
+    std::fs::write(&broken, "#!/bin/sh\necho 'loop refused its command line' >&2\nexit 2\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!("[runtimes.broken]\nmonitor_path = \"{}\"\n", monitor.display());
+    let mut f = Fixture::start_with_config(&config).await;
+    let cfg = f.pod("broken-loop");
+    let pod = run_pod_with_handler(&mut f, &cfg, "broken").await;
+    let e = f.cri.create(&pod, f.container("c", &["sleep", "1000"]), &cfg).await.unwrap_err();
+    assert!(e.message().contains("loop refused its command line"), "{e:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // The init is a fork of the monitor, with its command line.
+        let left: Vec<String> =
+            berth_e2e::truth::processes(&f).into_iter().map(|(_, cmd)| cmd).filter(|c| c.contains(" monitor --id ")).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert!(listed.is_empty(), "{listed:?}");
     f.cri.remove_pod(&pod).await;
 }
 
