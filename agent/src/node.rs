@@ -174,7 +174,7 @@ impl Node {
         if !monitor_bin.with_file_name(berth_runtime::monitor::handoff::LOOP_BINARY).is_file() {
             tracing::warn!(
                 monitor = %monitor_bin.display(),
-                "no berth-monitor-loop next to berth-monitor: container monitors run their loop in berth-monitor (about 0.3 MiB more RSS each)"
+                "no berth-monitor-loop next to berth-monitor: container monitors run their loop in berth-monitor (about 1 MiB more RSS each)"
             );
         }
         if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_RESOURCE).unwrap_or(true) {

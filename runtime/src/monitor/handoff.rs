@@ -28,6 +28,10 @@ use nix::unistd::Pid;
 /// The loop binary's file name, next to berth-monitor.
 pub const LOOP_BINARY: &str = "berth-monitor-loop";
 
+/// The flags that name an fd, in the order [`Serve::fds`] lists them.
+const FD_FLAGS: [&str; 11] =
+    ["--listener", "--report", "--start", "--sync", "--console", "--out", "--err", "--pty", "--stdin", "--cgroup", "--sentinel"];
+
 /// When the monitor started and forked, for the stages Created reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Timing {
@@ -115,6 +119,11 @@ impl Serve {
             pairs.push((flag.as_str(), value.as_str()));
         }
         let get = |name: &str| pairs.iter().find(|(f, _)| *f == name).map(|(_, v)| *v);
+        // Each fd is taken once: two owners would close it twice.
+        let mut named = std::collections::HashSet::new();
+        if let Some((flag, fd)) = pairs.iter().find(|(flag, fd)| FD_FLAGS.contains(flag) && !named.insert(*fd)) {
+            return Err(format!("{flag} {fd} names an fd named before"));
+        }
         let need = |name: &str| get(name).ok_or_else(|| format!("{name} is missing"));
         let fd = |name: &str| -> Result<Option<OwnedFd>, String> {
             let Some(v) = get(name) else { return Ok(None) };
@@ -261,6 +270,7 @@ mod tests {
             ["--listener", "--report", "--start", "--sync", "--out", "--stdin", "--cgroup"]
         );
         assert_eq!(got.timing, timing);
+        assert!(want.iter().all(|(f, _)| FD_FLAGS.contains(&f.as_str())), "every fd flag is in FD_FLAGS");
         assert_eq!((got.id.as_str(), got.child.as_raw(), got.stdin_once), ("c1", 4242, true));
         assert_eq!((got.bundle.as_path(), got.log.as_deref()), (dir.path(), Some(Path::new("/var/log/pods/p/c/0.log"))));
         assert!(got.err.is_none() && got.pty.is_none() && got.sentinel.is_none() && got.console.is_none());
@@ -280,6 +290,7 @@ mod tests {
         // An fd number that is not open in this process is never taken.
         assert!(err(&[&base[..], &["--listener", "100000"]].concat()).contains("not an open fd"));
         assert!(err(&[&base[..], &["--listener", "1"]].concat()).contains("not an open fd"));
+        assert!(err(&[&base[..], &["--listener", "5", "--report", "5"]].concat()).contains("--report 5 names an fd named before"));
         assert!(err(&["--id"]).contains("needs a value"));
         assert_eq!(main(&["exec".to_string()]), 2);
     }
