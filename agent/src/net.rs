@@ -48,10 +48,20 @@ impl Leases {
         self.by_pod.entry(pod_id).or_default().push(ip);
     }
 
-    fn remove_pod(&mut self, pod_id: &str) {
-        for ip in self.by_pod.remove(pod_id).unwrap_or_default() {
-            self.mark_used(&ip, false);
+    /// Deletes every lease of `pods` from the store in one transaction (none
+    /// when they hold none), then from the index; returns how many went.
+    fn forget(&mut self, store: &Store, pods: &[String]) -> Result<usize> {
+        let keys: Vec<&String> = pods.iter().filter_map(|id| self.by_pod.get(id)).flatten().collect();
+        if !keys.is_empty() {
+            store.write(|tx| keys.iter().try_for_each(|ip| tx.delete::<LeaseRecord>(ip).map(drop)))?;
         }
+        let n = keys.len();
+        for id in pods {
+            for ip in self.by_pod.remove(id).unwrap_or_default() {
+                self.mark_used(&ip, false);
+            }
+        }
+        Ok(n)
     }
 
     /// A key that is no address (none is written so) stays in `by_pod`, so
@@ -256,15 +266,7 @@ impl Network {
         let stale = {
             let mut leases = self.leases(store)?;
             let gone: Vec<String> = leases.by_pod.keys().filter(|id| !live.contains(id)).cloned().collect();
-            let keys: Vec<&String> = gone.iter().flat_map(|id| &leases.by_pod[id]).collect();
-            if !keys.is_empty() {
-                store.write(|tx| keys.iter().try_for_each(|ip| tx.delete::<LeaseRecord>(ip).map(drop)))?;
-            }
-            let n = keys.len();
-            for id in &gone {
-                leases.remove_pod(id);
-            }
-            n
+            leases.forget(store, &gone)?
         };
         if let Some(bridge) = self.bridge() {
             let alive = |prefix: &str| live.iter().any(|id| id.starts_with(prefix));
@@ -430,16 +432,7 @@ impl Network {
 
     /// Drops every lease of a pod.
     fn release(&self, store: &Store, pod_id: &str) -> Result<()> {
-        let mut leases = self.leases(store)?;
-        let Some(ips) = leases.by_pod.get(pod_id) else { return Ok(()) };
-        store.write(|tx| {
-            for ip in ips {
-                tx.delete::<LeaseRecord>(ip)?;
-            }
-            Ok(())
-        })?;
-        leases.remove_pod(pod_id);
-        Ok(())
+        self.leases(store)?.forget(store, &[pod_id.to_string()]).map(drop)
     }
 }
 
