@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod channel;
 pub mod client;
 pub mod diag;
+pub mod flags;
 pub mod fs;
 pub mod message;
 pub mod mntns;

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use berth_runtime::flags::{get, parse as flags};
 use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
 use berth_runtime::process::exec::ExecArgs;
 
@@ -34,29 +35,6 @@ fn dispatch(args: &[String]) -> i32 {
         Some("hold") => berth_runtime::cgroup::systemd::hold_main(),
         _ => usage("unknown mode"),
     }
-}
-
-/// `--flag value` pairs, and the arguments after a `--`.
-type Flags = (Vec<(String, String)>, Vec<String>);
-
-/// Splits `--flag value` pairs up to a `--`; returns them and the rest.
-fn flags(args: &[String]) -> Result<Flags, String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == "--" {
-            return Ok((out, args[i + 1..].to_vec()));
-        }
-        let flag = args[i].strip_prefix("--").ok_or_else(|| format!("unexpected argument {:?}", args[i]))?;
-        let value = args.get(i + 1).ok_or_else(|| format!("--{flag} needs a value"))?;
-        out.push((flag.to_string(), value.clone()));
-        i += 2;
-    }
-    Ok((out, Vec::new()))
-}
-
-fn get<'a>(flags: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    flags.iter().find(|(f, _)| f == name).map(|(_, v)| v.as_str())
 }
 
 fn monitor(args: &[String]) -> i32 {

@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 /// The loop binary's file name, next to berth-monitor.
 pub const LOOP_BINARY: &str = "berth-monitor-loop";
 
-/// The flags that name an fd, in the order [`Serve::fds`] lists them.
+/// The flags that name an fd, in the order [`Serve::fds`] lists the fds.
 const FD_FLAGS: [&str; 11] =
     ["--listener", "--report", "--start", "--sync", "--console", "--out", "--err", "--pty", "--stdin", "--cgroup", "--sentinel"];
 
@@ -69,22 +69,22 @@ pub(super) struct Serve {
 }
 
 impl Serve {
-    /// Every fd that crosses the exec, with its flag.
+    /// Every fd that crosses the exec, with its flag (in [`FD_FLAGS`]'s order).
     fn fds(&self) -> Vec<(&'static str, RawFd)> {
-        let mut fds =
-            vec![("--listener", self.listener.as_raw_fd()), ("--report", self.report.as_raw_fd()), ("--start", self.start.as_raw_fd())];
-        let optional = [
-            ("--sync", self.sync.as_ref().map(AsRawFd::as_raw_fd)),
-            ("--console", self.console.as_ref().map(AsRawFd::as_raw_fd)),
-            ("--out", self.out.as_ref().map(AsRawFd::as_raw_fd)),
-            ("--err", self.err.as_ref().map(AsRawFd::as_raw_fd)),
-            ("--pty", self.pty.as_ref().map(AsRawFd::as_raw_fd)),
-            ("--stdin", self.stdin.as_ref().map(AsRawFd::as_raw_fd)),
-            ("--cgroup", self.cgroup.as_ref().map(AsRawFd::as_raw_fd)),
-            ("--sentinel", self.sentinel.as_ref().map(AsRawFd::as_raw_fd)),
+        let fds: [Option<RawFd>; FD_FLAGS.len()] = [
+            Some(self.listener.as_raw_fd()),
+            Some(self.report.as_raw_fd()),
+            Some(self.start.as_raw_fd()),
+            self.sync.as_ref().map(AsRawFd::as_raw_fd),
+            self.console.as_ref().map(AsRawFd::as_raw_fd),
+            self.out.as_ref().map(AsRawFd::as_raw_fd),
+            self.err.as_ref().map(AsRawFd::as_raw_fd),
+            self.pty.as_ref().map(AsRawFd::as_raw_fd),
+            self.stdin.as_ref().map(AsRawFd::as_raw_fd),
+            self.cgroup.as_ref().map(AsRawFd::as_raw_fd),
+            self.sentinel.as_ref().map(AsRawFd::as_raw_fd),
         ];
-        fds.extend(optional.into_iter().filter_map(|(flag, fd)| Some((flag, fd?))));
-        fds
+        FD_FLAGS.into_iter().zip(fds).filter_map(|(flag, fd)| Some((flag, fd?))).collect()
     }
 
     /// The loop binary's command line.
@@ -112,17 +112,17 @@ impl Serve {
     /// Parses what [`Serve::argv`] wrote (after the binary and `monitor`),
     /// and takes ownership of the fds it names.
     fn from_args(args: &[String]) -> Result<Serve, String> {
-        let mut pairs = Vec::new();
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
-            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            pairs.push((flag.as_str(), value.as_str()));
+        let (pairs, rest) = crate::flags::parse(args)?;
+        if let Some(extra) = rest.first() {
+            return Err(format!("unexpected argument {extra:?}"));
         }
-        let get = |name: &str| pairs.iter().find(|(f, _)| *f == name).map(|(_, v)| *v);
+        // Flags are named here as on the command line, dashes included.
+        let get = |name: &str| name.strip_prefix("--").and_then(|n| crate::flags::get(&pairs, n));
         // Each fd is taken once: two owners would close it twice.
         let mut named = std::collections::HashSet::new();
-        if let Some((flag, fd)) = pairs.iter().find(|(flag, fd)| FD_FLAGS.contains(flag) && !named.insert(*fd)) {
-            return Err(format!("{flag} {fd} names an fd named before"));
+        let is_fd = |flag: &str| FD_FLAGS.iter().any(|f| f.strip_prefix("--") == Some(flag));
+        if let Some((flag, fd)) = pairs.iter().find(|(flag, fd)| is_fd(flag) && !named.insert(fd.as_str())) {
+            return Err(format!("--{flag} {fd} names an fd named before"));
         }
         let need = |name: &str| get(name).ok_or_else(|| format!("{name} is missing"));
         let fd = |name: &str| -> Result<Option<OwnedFd>, String> {
