@@ -603,8 +603,11 @@ async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
     rt.pod_down(&pod).await;
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    berth_e2e::bench::main(run())
+}
+
+async fn run() {
     let runs = env("COMPARE_RUNS", 30);
     let quick = std::env::var("COMPARE_QUICK").is_ok();
     let only = std::env::var("COMPARE_ONLY").ok();
@@ -669,10 +672,11 @@ async fn main() {
         // the run before (the other runtime's) is charged to this one. The
         // second row adds the wait until what the pull wrote is on disk.
         let clean = || nix::unistd::sync();
-        // Every daemon and its files stay until all runs are done: on an
-        // ext4 without a journal (this VM's), a new inode skips over each one
-        // deleted in the last seconds (`find_inode_bit`, `recently_deleted`),
-        // and the 4,000 files the run before left would be what is measured.
+        // Every daemon and its files stay until all runs are done: where
+        // the bench disk could not be made and the temp dir is an ext4
+        // without a journal (this VM's root), a new inode skips over each
+        // one deleted in the last seconds (see `berth_e2e::bench`), and the
+        // 4,000 files the run before left would be what is measured.
         let mut done = Vec::new();
         for _ in 0..runs.min(5) {
             let b = berth_e2e::Berthd::start().await;

@@ -15,8 +15,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    berth_e2e::bench::main(run())
+}
+
+async fn run() {
     let mut f = Fixture::start().await;
     let cfg = f.pod("bench-exec");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();

@@ -69,8 +69,11 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    berth_e2e::bench::main(run())
+}
+
+async fn run() {
     let pod_count = pods();
     let mut f = Fixture::start().await;
     let berthd_idle = rss_kib(f.berthd.pid() as i64);

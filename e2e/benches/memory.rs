@@ -30,8 +30,11 @@ fn row(label: &str, v: &[(f64, f64)]) {
     println!("  {label:<38} {:6.1} {:6.1}", median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect()));
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    berth_e2e::bench::main(run())
+}
+
+async fn run() {
     let (mut start, mut after_exec, mut idle_exec, mut idle_pods) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut busy_clients, mut idle_clients) = (Vec::new(), Vec::new());
     let mut monitors = Vec::new();

@@ -34,8 +34,11 @@ async fn measure(f: &mut Fixture, host_network: bool) -> (f64, f64) {
     (median(run), median(stop))
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    berth_e2e::bench::main(run())
+}
+
+async fn run() {
     let mut builtin = Fixture::start().await;
     let (host_run, host_stop) = measure(&mut builtin, true).await;
     let (b_run, b_stop) = measure(&mut builtin, false).await;

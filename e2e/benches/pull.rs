@@ -14,8 +14,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    berth_e2e::bench::main(run())
+}
+
+async fn run() {
     let image = oci::big_image();
     let compressed: usize = image.layers.iter().map(|l| l.blob.bytes.len()).sum();
     let uncompressed: usize = image.layers.iter().map(|l| l.tar_len).sum();

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use berth_proto::cri;
 
+pub mod bench;
 pub mod containerd;
 pub mod interop;
 pub mod oci;
