@@ -407,7 +407,13 @@ async fn create_inner(
             rec.uid = created.uid as i64;
             rec.gid = created.gid as i64;
             rec.groups = created.groups.iter().map(|g| *g as i64).collect();
-            node.containers.put(&rec)?;
+            // A Created record that cannot be written (a full disk) fails
+            // the create, undone now as start-up would undo it: the monitor
+            // told to kill the init, then the files and cgroup.
+            if let Err(e) = crate::fault::failure("container.create.created_record").map_or_else(|| node.containers.put(&rec), Err) {
+                let _ = node.runtime.signal(&rec.id, &node.bundle(&rec.id), libc::SIGKILL);
+                return Err(abandon(&node, &rec, e).await);
+            }
             stages.mark("created_record");
             watch(&node, rec.id.clone(), rec.monitor_pid);
             node.events.emit(&rec.id, &rec.pod_id, EventKind::Created);

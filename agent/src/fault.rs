@@ -17,6 +17,13 @@
 //! - `pod.remove.after_teardown`
 //! - `image.pull.after_layer`: a pull with some layers unpacked
 //! - `image.remove.after_record`: RemoveImage, before its content is collected
+//!
+//! Failure points are the other kind: with `BERTH_FAIL_POINT=<name>`, the
+//! store write at that point fails, each time it is reached, as a write to
+//! a full disk would, and berthd goes on. They are where an RPC's last
+//! durable write follows the kernel work it records:
+//! - `pod.run.ready_record`: RunPodSandbox's Ready record
+//! - `container.create.created_record`: CreateContainer's Created record
 
 /// The points a build with the feature knows (the tests cover each).
 pub const POINTS: &[&str] = &[
@@ -36,6 +43,27 @@ pub const POINTS: &[&str] = &[
     "image.pull.after_layer",
     "image.remove.after_record",
 ];
+
+/// The failure points a build with the feature knows.
+pub const FAIL_POINTS: &[&str] = &["pod.run.ready_record", "container.create.created_record"];
+
+/// The store error for `name` if it is the failure point asked for.
+#[cfg(feature = "fault-injection")]
+pub fn failure(name: &'static str) -> Option<crate::error::Error> {
+    debug_assert!(FAIL_POINTS.contains(&name), "{name} is not in fault::FAIL_POINTS");
+    let armed = std::env::var("BERTH_FAIL_POINT").is_ok_and(|want| want == name);
+    armed.then(|| {
+        tracing::warn!(point = name, "failure point reached: the store write fails");
+        crate::store::StoreError::Db(format!("injected failure at {name}")).into()
+    })
+}
+
+/// Compiled out without the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn failure(_name: &'static str) -> Option<crate::error::Error> {
+    None
+}
 
 /// Dies here if this is the point asked for.
 #[cfg(feature = "fault-injection")]

@@ -120,18 +120,26 @@ pub async fn run(node: &Arc<Node>, mut record: PodRecord, dns: PodDns) -> Result
             let a = node2.clone();
             let rec = record.clone();
             let made = tokio::task::spawn_blocking(move || setup_host(&a, rec, &dns)).await?;
-            match made {
+            // A Ready record that cannot be written (a full disk) fails the
+            // pod like a failed setup, undone now with what setup made (its
+            // init's pid included), not left to the next start-up.
+            let (rec, outcome) = match made {
                 Ok((rec, stages)) => {
                     crate::fault::point("pod.run.after_init");
-                    node2.pods.put(&rec)?;
+                    let written = crate::fault::failure("pod.run.ready_record").map_or_else(|| node2.pods.put(&rec), Err);
+                    (rec, written.map(|()| stages))
+                }
+                Err(e) => (record.clone(), Err(e)),
+            };
+            match outcome {
+                Ok(stages) => {
                     crate::telemetry::get().pod_stages(&stages);
                     tracing::info!(pod_id = %rec.id, stages_us = %stages, "pod sandbox ready");
                     Ok(rec.id)
                 }
                 Err(e) => {
-                    tracing::warn!(pod_id = %record.id, "pod sandbox setup failed: {e}");
+                    tracing::warn!(pod_id = %rec.id, "pod sandbox setup failed: {e}");
                     let a = node2.clone();
-                    let rec = record.clone();
                     let _ = tokio::task::spawn_blocking(move || teardown_host(&a, &rec)).await;
                     let _ = node2.pods.delete(&record.id);
                     Err(e)

@@ -2,7 +2,8 @@
 //! mutating RPC (`BERTH_KILL_POINT`, see agent/src/fault.rs), restarted, and
 //! then what it reports is checked against the kernel — processes, network
 //! namespaces, veths, cgroups, mounts — a retry of the interrupted RPC must
-//! work, and removing everything must leave nothing behind.
+//! work, and removing everything must leave nothing behind. A store write
+//! that fails instead (`BERTH_FAIL_POINT`) must leave nothing at once.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -25,11 +26,16 @@ fn container(f: &Fixture, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
     c
 }
 
-/// Restarts berthd armed with `point`.
-async fn arm(f: &mut Fixture, point: &str) {
-    f.berthd.set_env("BERTH_KILL_POINT", Some(point));
+/// Restarts berthd with `key` set to `value` (unset for None).
+async fn restart_with(f: &mut Fixture, key: &str, value: Option<&str>) {
+    f.berthd.set_env(key, value);
     f.berthd.restart().await;
     f.cri = f.berthd.cri().await;
+}
+
+/// Restarts berthd armed with `point`.
+async fn arm(f: &mut Fixture, point: &str) {
+    restart_with(f, "BERTH_KILL_POINT", Some(point)).await;
 }
 
 /// After the armed RPC: berthd died by SIGKILL at the point; start it again
@@ -39,9 +45,7 @@ async fn died_and_restart(f: &mut Fixture, point: &str, rpc_failed: bool) {
     let status = f.berthd.wait_dead(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("{point}: berthd is still alive"));
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{point}: {status}\n{}", f.berthd.log());
     assert!(f.berthd.log().contains(&format!("point={point}")) || f.berthd.log().contains(point), "{point}: not the point that fired");
-    f.berthd.set_env("BERTH_KILL_POINT", None);
-    f.berthd.restart().await;
-    f.cri = f.berthd.cri().await;
+    restart_with(f, "BERTH_KILL_POINT", None).await;
 }
 
 /// A pod with a running container.
@@ -112,6 +116,48 @@ async fn killed_during_container_create_and_start() {
         }
         remove_all_and_check_clean(&mut f, point).await;
     }
+}
+
+/// The last durable write of RunPodSandbox and of CreateContainer fails
+/// after the kernel work it records is done, as a write to a full disk
+/// would (`BERTH_FAIL_POINT`): the RPC fails, and what it made is gone when
+/// it returns — not left until berthd's next start-up — while berthd goes
+/// on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_record_that_cannot_be_written_undoes_the_rpc() {
+    let mut f = Fixture::start().await;
+    let point = "pod.run.ready_record";
+    restart_with(&mut f, "BERTH_FAIL_POINT", Some(point)).await;
+    let cfg = shared_pid_pod(&f, "fail-runp");
+    let e = f.cri.run_pod(cfg.clone()).await.unwrap_err();
+    assert!(e.message().contains("injected failure"), "{point}: {e:?}");
+    let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    assert!(pods.is_empty(), "{point}: {pods:?}");
+    assert!(processes(&f).is_empty(), "{point}: the pod's init is left: {:?}", processes(&f));
+    // No pod to remove: this checks that no mount, veth or cgroup is left.
+    remove_all_and_check_clean(&mut f, point).await;
+
+    let point = "container.create.created_record";
+    restart_with(&mut f, "BERTH_FAIL_POINT", Some(point)).await;
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let e = f.cri.create(&pod, container(&f, "c", &["sleep", "100000"]), &cfg).await.unwrap_err();
+    assert!(e.message().contains("injected failure"), "{point}: {e:?}");
+    let list = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert!(list.is_empty(), "{point}: {list:?}");
+    // The monitor exits once its init is killed, a moment after the reply.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let monitors = || processes(&f).into_iter().filter(|(_, cmd)| cmd.contains(" monitor ")).collect::<Vec<_>>();
+    while !monitors().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(monitors().is_empty(), "{point}: the container's monitor is left: {:?}", monitors());
+    let st = f.cri.pod_status(&pod, false).await.status.unwrap();
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32, "{point}: the pod is fine");
+    // kubelet retries once the disk has room again: it works.
+    restart_with(&mut f, "BERTH_FAIL_POINT", None).await;
+    let id = f.cri.run(&pod, container(&f, "c", &["sleep", "100000"]), &cfg).await;
+    assert_eq!(f.cri.exec(&id, &["true"], 10).await.unwrap().exit_code, 0);
+    remove_all_and_check_clean(&mut f, point).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
