@@ -5,11 +5,11 @@
 //! journal, and there ext4 will not reuse an inode freed in the last 5
 //! seconds, or in the last 305 while its inode-table block is still dirty
 //! (`find_inode_bit`, `recently_deleted` in `fs/ext4/ialloc.c`). Every new
-//! file then walks past all those freed before it: after a run that removed
-//! 60 pods, creating a file took 350 µs instead of 20, and the next run's
-//! RunPodSandbox and CreateContainer were 40–50 % slower, whichever runtime
-//! ran. With a journal the check is off, and consecutive runs measure the
-//! same.
+//! file then walks past all those freed before it: right after 20,000 files
+//! were deleted, creating one took 350 µs instead of 20, and each run of
+//! the 60-pod lifecycle bench made the next one's RunPodSandbox and
+//! CreateContainer slower, 40–50 % by the third run, whichever runtime ran.
+//! With a journal the check is off, and consecutive runs measure the same.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
