@@ -394,7 +394,7 @@ async fn host_vs_container(rt: &mut Rt, t: &mut Table, runs: usize) {
     limited.linux.as_mut().unwrap().resources =
         Some(cri::LinuxContainerResources { cpu_quota: 300_000, cpu_period: 100_000, ..Default::default() });
     let limited = rt.cri.run(&pod, limited, &cfg).await;
-    for _ in 0..runs {
+    for round in 0..runs {
         for (what, script) in [
             ("CPU, user space (an awk loop)", user),
             ("CPU (sha256 of 400 MB from a pipe)", cpu),
@@ -406,15 +406,32 @@ async fn host_vs_container(rt: &mut Rt, t: &mut Table, runs: usize) {
             let on_host = |label: &str, t: &mut Table| {
                 let s = Instant::now();
                 assert!(Command::new("/bin/busybox").args(["sh", "-c", script]).status().expect("busybox").success());
-                t.add(&format!("{what}: {label}"), "berth", "s", s.elapsed().as_secs_f64());
+                let took = s.elapsed().as_secs_f64();
+                t.add(&format!("{what}: {label}"), "berth", "s", took);
+                took
             };
-            on_host("host", t);
-            for (id, label) in [(&free, "in a container"), (&limited, "in a container, limit 3 CPUs")] {
+            let before = on_host("host", t);
+            let mut inside = Vec::new();
+            // Each container first in every other round: the run right
+            // after the host's measured up to 3 % slower, whichever it was.
+            let mut order = [(&free, "in a container"), (&limited, "in a container, limit 3 CPUs")];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (id, label) in order {
                 let s = Instant::now();
                 assert_eq!(rt.cri.exec(id, &["sh", "-c", script], 600).await.expect("ExecSync").exit_code, 0);
-                t.add(&format!("{what}: {label}"), "berth", "s", s.elapsed().as_secs_f64());
+                let took = s.elapsed().as_secs_f64();
+                t.add(&format!("{what}: {label}"), "berth", "s", took);
+                inside.push((label, took));
             }
-            on_host("host, again", t);
+            let host = (before + on_host("host, again", t)) / 2.0;
+            // Paired, round by round: the machine's speed drifts between
+            // rounds more than 1 %, the target, and a ratio of medians
+            // would carry that drift.
+            for (label, took) in inside {
+                t.add(&format!("{what}: {label}, against the host runs around it"), "berth", "%", (took / host - 1.0) * 100.0);
+            }
         }
     }
     rt.pod_down(&pod).await;
@@ -758,7 +775,7 @@ async fn run() {
     }
     if part("host") {
         println!("host vs container");
-        host_vs_container(&mut berth, &mut t, 7).await;
+        host_vs_container(&mut berth, &mut t, 8).await;
     }
     if !quick && part("noisy") {
         println!("noisy neighbour");
