@@ -160,18 +160,28 @@ pub struct NetNames {
 }
 
 impl NetNames {
-    /// Fresh names from the pid, a counter and the clock.
+    /// Fresh names from the pid, a counter and the clock, with an IPv4
+    /// subnet no route of the host covers yet: tests run side by side, and
+    /// one of the 2,048 subnets drawn twice made a berthd refuse to start
+    /// ("network.subnet: overlaps ...").
     pub fn new() -> NetNames {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let x = (std::process::id().wrapping_mul(2654435761)) ^ nanos ^ n.wrapping_mul(40503);
-        let tag = format!("{:06x}", x & 0xffffff);
-        NetNames {
-            bridge: format!("bt{tag}"),
-            subnet: format!("10.{}.{}.0/24", 200 + (x >> 24) % 8, (x >> 8) & 0xff),
-            table: format!("berth_t{tag}"),
-            subnet6: format!("fd00:b7:{:x}:{:x}::/64", (x >> 16) & 0xffff, x & 0xffff),
+        let taken = ipv4_routes();
+        loop {
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let x = (std::process::id().wrapping_mul(2654435761)) ^ nanos ^ n.wrapping_mul(40503);
+            let net = std::net::Ipv4Addr::new(10, 200 + ((x >> 24) % 8) as u8, ((x >> 8) & 0xff) as u8, 0);
+            if overlaps(net, &taken) {
+                continue;
+            }
+            let tag = format!("{:06x}", x & 0xffffff);
+            return NetNames {
+                bridge: format!("bt{tag}"),
+                subnet: format!("{net}/24"),
+                table: format!("berth_t{tag}"),
+                subnet6: format!("fd00:b7:{:x}:{:x}::/64", (x >> 16) & 0xffff, x & 0xffff),
+            };
         }
     }
 
@@ -180,6 +190,34 @@ impl NetNames {
         let _ = Command::new("ip").args(["link", "delete", &self.bridge]).stderr(Stdio::null()).status();
         let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).stderr(Stdio::null()).status();
     }
+}
+
+/// The host's IPv4 routes but the default one, as (destination, mask) in
+/// host order, the mask cut to /24 at most: a /24 overlaps a route when both
+/// agree under the shorter of their masks.
+fn ipv4_routes() -> Vec<(u32, u32)> {
+    parse_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
+}
+
+/// [`ipv4_routes`] from the text of `/proc/net/route`.
+fn parse_routes(text: &str) -> Vec<(u32, u32)> {
+    // The kernel prints each address as the hex of its network-order bytes
+    // read as a native u32.
+    let addr = |hex: &str| u32::from_str_radix(hex, 16).ok().map(|v| u32::from_be_bytes(v.to_ne_bytes()));
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((addr(f.get(1)?)?, addr(f.get(7)?)?))
+        })
+        .filter(|&(_, mask)| mask != 0)
+        .map(|(dest, mask)| (dest, mask & 0xffff_ff00))
+        .collect()
+}
+
+/// Whether the /24 at `net` overlaps one of `routes` (see [`ipv4_routes`]).
+fn overlaps(net: std::net::Ipv4Addr, routes: &[(u32, u32)]) -> bool {
+    routes.iter().any(|&(dest, mask)| u32::from(net) & mask == dest & mask)
 }
 
 impl Default for NetNames {
@@ -909,5 +947,28 @@ impl Cri {
         let st = self.pod_status(pod, true).await;
         let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("info");
         PathBuf::from(info["netns"].as_str().expect("netns"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subnet_is_taken_when_a_host_route_covers_it() {
+        let text = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+                    eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                    bt1\t00C6CE0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                    bt2\t0000CA0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+                    bt3\t05C9CB0A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n";
+        let routes = parse_routes(text);
+        // The default route is left out: it covers everything.
+        assert_eq!(routes.len(), 3, "{routes:x?}");
+        let net = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        assert!(overlaps(net("10.206.198.0"), &routes), "the same /24");
+        assert!(overlaps(net("10.202.7.0"), &routes), "inside a /16");
+        assert!(overlaps(net("10.203.201.0"), &routes), "holds a host route");
+        assert!(!overlaps(net("10.206.199.0"), &routes));
+        assert!(!overlaps(net("10.203.200.0"), &routes));
     }
 }
