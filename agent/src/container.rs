@@ -408,10 +408,8 @@ async fn create_inner(
             rec.gid = created.gid as i64;
             rec.groups = created.groups.iter().map(|g| *g as i64).collect();
             // A Created record that cannot be written (a full disk) fails
-            // the create, undone now as start-up would undo it: the monitor
-            // told to kill the init, then the files and cgroup.
+            // the create, undone now as start-up would undo it.
             if let Err(e) = crate::fault::failure("container.create.created_record").map_or_else(|| node.containers.put(&rec), Err) {
-                let _ = node.runtime.signal(&rec.id, &node.bundle(&rec.id), libc::SIGKILL);
                 return Err(abandon(&node, &rec, e).await);
             }
             stages.mark("created_record");
@@ -433,11 +431,21 @@ async fn create_inner(
 /// A creation that failed: what it made goes, and its record; returns `e`.
 async fn abandon(node: &Arc<Node>, rec: &ContainerRecord, e: Error) -> Error {
     tracing::warn!("container creation failed: {e}");
+    undo_creation(node, rec).await;
+    e
+}
+
+/// Undoes a creation that did not finish, whether it failed or a crash cut
+/// it short: the monitor, if the record has one, kills the init; then the
+/// cgroup, the files and the record go.
+async fn undo_creation(node: &Arc<Node>, rec: &ContainerRecord) {
+    if rec.monitor_pid > 0 {
+        let _ = node.runtime.signal(&rec.id, &node.bundle(&rec.id), libc::SIGKILL);
+    }
     let a = node.clone();
     let r = rec.clone();
     let _ = tokio::task::spawn_blocking(move || teardown(&a, &r)).await;
     let _ = node.containers.delete(&rec.id);
-    e
 }
 
 /// The overlay rootfs berthd can mount ahead for the init (see
@@ -762,13 +770,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
         match rec.state {
             ContainerState::Creating => {
                 tracing::warn!(container_id = %rec.id, "cleaning up a container whose creation was interrupted");
-                if rec.monitor_pid > 0 {
-                    let _ = node.runtime.signal(&rec.id, &node.bundle(&rec.id), libc::SIGKILL);
-                }
-                let a = node.clone();
-                let r = rec.clone();
-                let _ = tokio::task::spawn_blocking(move || teardown(&a, &r)).await;
-                let _ = node.containers.delete(&rec.id);
+                undo_creation(node, &rec).await;
             }
             ContainerState::Created | ContainerState::Running => {
                 let rec = refresh(node, rec)?;
