@@ -12,7 +12,7 @@
 //! With a journal the check is off, and consecutive runs measure the same.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// Runs a benchmark's `main`: mounts the bench disk, points `TMPDIR` at it
@@ -44,7 +44,9 @@ impl BenchDisk {
     /// then runs in the temp dir as it is.
     fn mount() -> Option<BenchDisk> {
         let base = std::env::temp_dir();
-        let tag = format!("berth-benchdisk-{}", std::process::id());
+        // Fixed width, so that no bench's dir is a prefix of another's
+        // (`crate::mounts_under` matches by prefix).
+        let tag = format!("berth-benchdisk-{:010}", std::process::id());
         let disk = BenchDisk { image: base.join(format!("{tag}.img")), dir: base.join(&tag) };
         let made = (|| -> Result<(), String> {
             std::fs::create_dir(&disk.dir).map_err(|e| format!("mkdir {}: {e}", disk.dir.display()))?;
@@ -82,21 +84,16 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 impl Drop for BenchDisk {
     fn drop(&mut self) {
-        if is_mount_point(&self.dir) {
-            // A daemon that did not stop cleanly may still hold a file
-            // there: detach, so the mount leaves the namespace either way
-            // (the loop device goes with its last user: mount's autoclear).
+        if !crate::mounts_under(&self.dir).is_empty() {
+            // A daemon that did not stop cleanly may still hold a file or a
+            // mount there: detach, so every mount leaves the namespace either
+            // way (the loop device goes with its last user: mount's autoclear).
             if let Err(e) = nix::mount::umount(&self.dir) {
                 eprintln!("bench disk: umount {}: {e}; detaching", self.dir.display());
-                let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+                crate::unmount_under(&self.dir);
             }
         }
         let _ = std::fs::remove_dir(&self.dir);
         let _ = std::fs::remove_file(&self.image);
     }
-}
-
-fn is_mount_point(dir: &Path) -> bool {
-    let target = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(target.as_str())))
 }

@@ -163,16 +163,19 @@ impl NetNames {
     /// Fresh names from the pid, a counter and the clock, with an IPv4
     /// subnet no route of the host covers yet: tests run side by side, and
     /// one of the 2,048 subnets drawn twice made a berthd refuse to start
-    /// ("network.subnet: overlaps ...").
+    /// ("network.subnet: overlaps ..."). A host whose routes cover them all
+    /// (a 10.0.0.0/8 route) gets the last draw, and berthd's own words.
     pub fn new() -> NetNames {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let taken = ipv4_routes();
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
             let x = (std::process::id().wrapping_mul(2654435761)) ^ nanos ^ n.wrapping_mul(40503);
             let net = std::net::Ipv4Addr::new(10, 200 + ((x >> 24) % 8) as u8, ((x >> 8) & 0xff) as u8, 0);
-            if overlaps(net, &taken) {
+            if overlaps(net, &taken) && attempts < 256 {
                 continue;
             }
             let tag = format!("{:06x}", x & 0xffffff);
