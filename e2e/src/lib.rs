@@ -163,11 +163,15 @@ impl NetNames {
     /// Fresh names from the pid, a counter and the clock, with an IPv4
     /// subnet no route of the host covers yet: tests run side by side, and
     /// one of the 2,048 subnets drawn twice made a berthd refuse to start
-    /// ("network.subnet: overlaps ..."). A host whose routes cover them all
-    /// (a 10.0.0.0/8 route) gets the last draw, and berthd's own words.
+    /// ("network.subnet: overlaps ..."). Nor one this process drew before:
+    /// a route shows only once a berthd has given its bridge an address, and
+    /// the tests of one binary start side by side. A host whose routes cover
+    /// them all (a 10.0.0.0/8 route) gets the last draw, and berthd's own words.
     pub fn new() -> NetNames {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        static DRAWN: std::sync::Mutex<Vec<std::net::Ipv4Addr>> = std::sync::Mutex::new(Vec::new());
         let taken = ipv4_routes();
+        let mut drawn = DRAWN.lock().unwrap_or_else(|e| e.into_inner());
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -175,9 +179,10 @@ impl NetNames {
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
             let x = (std::process::id().wrapping_mul(2654435761)) ^ nanos ^ n.wrapping_mul(40503);
             let net = std::net::Ipv4Addr::new(10, 200 + ((x >> 24) % 8) as u8, ((x >> 8) & 0xff) as u8, 0);
-            if overlaps(net, &taken) && attempts < 256 {
+            if (overlaps(net, &taken) || drawn.contains(&net)) && attempts < 256 {
                 continue;
             }
+            drawn.push(net);
             let tag = format!("{:06x}", x & 0xffffff);
             return NetNames {
                 bridge: format!("bt{tag}"),
@@ -973,5 +978,16 @@ mod tests {
         assert!(overlaps(net("10.203.201.0"), &routes), "holds a host route");
         assert!(!overlaps(net("10.206.199.0"), &routes));
         assert!(!overlaps(net("10.203.200.0"), &routes));
+    }
+
+    #[test]
+    fn one_process_never_draws_a_subnet_twice() {
+        // 300 draws from 2,048 subnets: at random, two would almost surely
+        // (over 99.99 %) be the same, as two tests starting side by side did.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let n = NetNames::new();
+            assert!(seen.insert(n.subnet.clone()), "{} drawn twice", n.subnet);
+        }
     }
 }
