@@ -275,36 +275,43 @@ pub async fn stop(node: &Arc<Node>, id: &str) -> Result<()> {
     let Some(pod) = node.pods.find_opt(id)? else { return Ok(()) };
     let lock = node.locks.get(&pod.id);
     let _held = lock.lock().await;
+    let mut stages = Stages::new();
     let grace = node.config.runtime.pod_stop_grace_seconds as i64;
     for c in node.containers_of(&pod.id) {
         crate::container::stop(node, &c.id, grace).await?;
     }
+    stages.mark("containers");
     let Some(mut pod) = node.pods.get(&pod.id) else { return Ok(()) };
     if pod.state == PodState::NotReady && pod.host_released {
         return Ok(());
     }
     pod.state = PodState::NotReady;
     node.pods.put(&pod)?;
+    stages.mark("intent_record");
     crate::fault::point("pod.stop.after_intent");
     let a = node.clone();
     let p = pod.clone();
-    tokio::task::spawn_blocking(move || release_for_stop(&a, &p)).await??;
+    stages = tokio::task::spawn_blocking(move || release_for_stop(&a, &p, stages)).await??;
     pod.ips.clear();
     pod.host_released = true;
     node.pods.put(&pod)?;
-    tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
+    stages.mark("released_record");
+    tracing::info!(pod_id = %pod.id, stages_us = %stages, "pod sandbox stopped");
     Ok(())
 }
 
 /// What a stop releases: the PID init (and anything in its cgroup) and the
 /// pod network. Idempotent.
-fn release_for_stop(node: &Node, pod: &PodRecord) -> Result<()> {
+fn release_for_stop(node: &Node, pod: &PodRecord, mut stages: Stages) -> Result<Stages> {
     kill_init(pod);
     if pod.pid_mode == ns_mode::POD {
         cgroup::signal_all(&init_cgroup(node, pod), nix::sys::signal::Signal::SIGKILL);
     }
+    stages.mark("init");
     crate::fault::point("pod.stop.after_init_killed");
-    node.network.teardown(&node.store, pod, &sandbox::pin_path(&node.pod_dir(&pod.id), "net"))
+    node.network.teardown(&node.store, pod, &sandbox::pin_path(&node.pod_dir(&pod.id), "net"))?;
+    stages.mark("network");
+    Ok(stages)
 }
 
 /// Whether a Ready pod still has what Ready promises, by the kernel's
@@ -385,7 +392,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
         node.pods.put(&pod)?;
         let a = node.clone();
         let p = pod.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || release_for_stop(&a, &p)).await? {
+        if let Err(e) = tokio::task::spawn_blocking(move || release_for_stop(&a, &p, Stages::new()).map(drop)).await? {
             tracing::warn!(pod_id = %pod.id, "releasing the pod: {e}");
             continue;
         }

@@ -148,6 +148,10 @@ async fn run() {
     }
     println!("  StopContainer (0s)  {:8.2} ms", median(stop));
     println!("  Stop+RemovePodSandbox {:6.2} ms", median(rmp));
+    let stages = stages_of(&f.berthd.log(), "pod sandbox stopped");
+    if stages.len() == pod_count {
+        println!("  StopPodSandbox's stages in ms: {}", stage_medians(&stages));
+    }
     println!("  ListContainerStats ({pod_count} containers) {:6.2} ms", median(stats_ms));
     println!("  monitor RSS         {:8.0} KiB per container (target <= 1024 KiB)", median(monitor_rss));
     println!(
