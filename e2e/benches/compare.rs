@@ -502,6 +502,15 @@ fn neighbour_counters(pods: &[String]) -> [f64; 3] {
     [cpu, mem, forks].map(|v| v.unwrap_or(f64::NAN))
 }
 
+/// The quiet pod's server in the noisy-neighbour part.
+#[derive(Clone, Copy)]
+enum Server {
+    /// A fork and an exec per request.
+    Forking,
+    /// One process for every request.
+    OneProcess,
+}
+
 /// Requests timed per noisy-neighbour sample: a p99 of 1,000 was the
 /// tenth-worst and moved by a tenth between runs.
 const SAMPLES: usize = 3000;
@@ -517,15 +526,27 @@ const SAMPLES: usize = 3000;
 /// quiet pod gets the last CPU to itself and the neighbours the others, as
 /// kubelet's static CPU manager places a Guaranteed pod of whole CPUs;
 /// without, all share every CPU (kubelet's default policy).
-async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool) {
+///
+/// The quiet pod's server is `server`: either busybox `nc -ll -e`, which
+/// forks and execs `echo` for every request, or the probe's `serve`, one
+/// process answering every request (the image `probe_image`).
+async fn noisy_neighbour(rt: &mut Rt, t: &mut Table, own_cpu: bool, server: Server, probe_image: &str) {
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (quiet_cpus, shared_cpus) = if own_cpu { (format!("{}", n - 1), format!("0-{}", n.saturating_sub(2))) } else { Default::default() };
-    let label = if own_cpu { "noisy neighbour, the quiet pod on a CPU of its own" } else { "noisy neighbour, CPUs shared" };
+    let label = match (own_cpu, server) {
+        (false, Server::Forking) => "noisy neighbour, CPUs shared",
+        (true, Server::Forking) => "noisy neighbour, the quiet pod on a CPU of its own",
+        (false, Server::OneProcess) => "noisy neighbour, one-process server, CPUs shared",
+        (true, Server::OneProcess) => "noisy neighbour, one-process server, the quiet pod on a CPU of its own",
+    };
     let one_cpu = || cri::LinuxContainerResources { cpu_shares: 1024, cpu_quota: 100_000, cpu_period: 100_000, ..Default::default() };
     let cfg = rt.pod("quiet");
     let pod = rt.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
     kubelet_pod_cgroup(&cfg.linux.as_ref().unwrap().cgroup_parent, 1024, None);
-    let mut server = rt.container("server", &["nc", "-ll", "-p", "8080", "-e", "echo", "ok"]);
+    let mut server = match server {
+        Server::Forking => rt.container("server", &["nc", "-ll", "-p", "8080", "-e", "echo", "ok"]),
+        Server::OneProcess => berth_e2e::container_config("server", probe_image, &["/bin/probe", "serve", "8080"]),
+    };
     server.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources { cpuset_cpus: quiet_cpus, ..one_cpu() });
     rt.cri.run(&pod, server, &cfg).await;
     let ip = rt.cri.pod_ip(&pod).await;
@@ -782,10 +803,22 @@ async fn run() {
         // Both runtimes under the same neighbours: what the kernel's
         // scheduling costs the quiet pod is then told apart from what the
         // runtime adds.
+        // A server that forks per request also measures fork and exec beside
+        // a fork bomb and where the kernel places a new task; the
+        // one-process server measures the wake-ups alone.
+        let mut layer = berth_e2e::oci::LayerBuilder::new();
+        layer.busybox().file("bin/probe", berth_e2e::oci::probe_binary(), 0o755);
+        let probe = berth_e2e::oci::image(vec![layer.build(berth_e2e::oci::Compression::Gzip)], &Default::default());
+        f.registry.push("probe", "latest", &probe).await;
+        let probe = f.registry.reference("probe", "latest");
+        berth.cri.pull(&probe).await.expect("pulling the probe image into berth");
+        containerd.cri.pull(&probe).await.expect("pulling the probe image into containerd");
         let pinned = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-        for own_cpu in [false, true].into_iter().filter(|own| !own || pinned) {
-            noisy_neighbour(&mut berth, &mut t, own_cpu).await;
-            noisy_neighbour(&mut containerd, &mut t, own_cpu).await;
+        for server in [Server::Forking, Server::OneProcess] {
+            for own_cpu in [false, true].into_iter().filter(|own| !own || pinned) {
+                noisy_neighbour(&mut berth, &mut t, own_cpu, server, &probe).await;
+                noisy_neighbour(&mut containerd, &mut t, own_cpu, server, &probe).await;
+            }
         }
     }
 
