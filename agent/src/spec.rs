@@ -216,17 +216,37 @@ fn with_group(user: &str, group: Option<u32>) -> String {
     }
 }
 
-/// The signal number of an image's STOPSIGNAL (`SIGQUIT`, `QUIT`, `3`).
+/// The signal number of an image's STOPSIGNAL (`SIGQUIT`, `QUIT`, `3`, and
+/// the realtime ones as Docker names them: `SIGRTMIN+3`, which systemd stops
+/// on, or `RTMAX-1`); SIGTERM when it has none or names none.
 pub fn stop_signal(image: &ImageRecord) -> i32 {
     let s = image.config.stop_signal.trim();
     if s.is_empty() {
         return libc::SIGTERM;
     }
     if let Ok(n) = s.parse::<i32>() {
-        return n;
+        return if (1..=64).contains(&n) { n } else { libc::SIGTERM };
     }
-    let name = if s.starts_with("SIG") { s.to_string() } else { format!("SIG{s}") };
-    name.parse::<nix::sys::signal::Signal>().map(|sig| sig as i32).unwrap_or(libc::SIGTERM)
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    if name.starts_with("RT") {
+        return realtime_signal(name).unwrap_or(libc::SIGTERM);
+    }
+    format!("SIG{name}").parse::<nix::sys::signal::Signal>().map(|sig| sig as i32).unwrap_or(libc::SIGTERM)
+}
+
+/// A realtime signal as Docker names it, without `SIG` (`RTMIN`, `RTMIN+3`,
+/// `RTMAX-1`), as the kernel's number; None for another name or one out of
+/// range. The kernel's SIGRTMIN is 34 and SIGRTMAX 64 (glibc's read the same:
+/// it keeps 32 and 33 for itself).
+fn realtime_signal(name: &str) -> Option<i32> {
+    const RTMIN: i32 = 34;
+    const RTMAX: i32 = 64;
+    let offset = |rest: &str, sign: char| if rest.is_empty() { Some(0) } else { rest.strip_prefix(sign)?.parse::<i32>().ok() };
+    let n = match name.strip_prefix("RTMIN") {
+        Some(rest) => RTMIN + offset(rest, '+')?,
+        None => RTMAX - offset(name.strip_prefix("RTMAX")?, '-')?,
+    };
+    (RTMIN..=RTMAX).contains(&n).then_some(n)
 }
 
 fn bind(dest: &str, source: &Path, options: &[&str]) -> Result<Mount> {
@@ -756,6 +776,14 @@ mod tests {
         assert_eq!(stop_signal(&img), libc::SIGUSR1);
         img.config.stop_signal = "9".into();
         assert_eq!(stop_signal(&img), 9);
+        for (name, n) in [("SIGRTMIN+3", 37), ("RTMIN", 34), ("SIGRTMAX", 64), ("RTMAX-1", 63), ("SIGRTMIN+30", 64)] {
+            img.config.stop_signal = name.into();
+            assert_eq!(stop_signal(&img), n, "{name}");
+        }
+        for name in ["SIGRTMIN+31", "RTMAX-31", "RTMIN3", "RTMIN+x", "SIGNOPE", "0", "65"] {
+            img.config.stop_signal = name.into();
+            assert_eq!(stop_signal(&img), libc::SIGTERM, "{name}");
+        }
     }
 
     #[test]
