@@ -182,6 +182,9 @@ pub struct ContainerRequest {
     pub resources: Resources,
     /// Security context.
     pub security: SecurityRequest,
+    /// The signal StopContainer sends first, when the client chose one
+    /// (kubelet's `lifecycle.stopSignal`); None: the image's STOPSIGNAL.
+    pub stop_signal: Option<i32>,
 }
 
 impl From<&MountRequest> for MountRecord {

@@ -633,7 +633,7 @@ pub fn build(config: &ContainerRequest, pod: &PodRecord, image: &ImageRecord, pa
     if !pod.hostname.is_empty() {
         spec.set_hostname(Some(pod.hostname.clone()));
     }
-    Ok(Built { spec, pid_mode, pid_target, mounts: mount_records, stop_signal: stop_signal(image) })
+    Ok(Built { spec, pid_mode, pid_target, mounts: mount_records, stop_signal: config.stop_signal.unwrap_or_else(|| stop_signal(image)) })
 }
 
 /// One device cgroup rule.

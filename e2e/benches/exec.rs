@@ -25,6 +25,8 @@ async fn run() {
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let c = f.cri.run(&pod, f.container("t", &["sleep", "1000"]), &cfg).await;
     let (mut sync, mut ws, mut spdy) = (Vec::new(), Vec::new(), Vec::new());
+    let exec_true =
+        cri::ExecRequest { container_id: c.clone(), cmd: vec!["true".into()], stdout: true, stderr: true, ..Default::default() };
     for _ in 0..RUNS {
         let t = Instant::now();
         let r = f.cri.exec(&c, &["true"], 10).await.unwrap();
@@ -32,9 +34,7 @@ async fn run() {
         sync.push(t.elapsed().as_secs_f64() * 1e3);
 
         let t = Instant::now();
-        let req =
-            cri::ExecRequest { container_id: c.clone(), cmd: vec!["true".into()], tty: false, stdin: false, stdout: true, stderr: true };
-        let url = f.cri.runtime.exec(req).await.unwrap().into_inner().url;
+        let url = f.cri.runtime.exec(exec_true.clone()).await.unwrap().into_inner().url;
         let mut r = url.replacen("http://", "ws://", 1).into_client_request().unwrap();
         r.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static("v5.channel.k8s.io"));
         let (mut s, _) = tokio_tungstenite::connect_async(r).await.unwrap();
@@ -42,9 +42,7 @@ async fn run() {
         ws.push(t.elapsed().as_secs_f64() * 1e3);
 
         let t = Instant::now();
-        let req =
-            cri::ExecRequest { container_id: c.clone(), cmd: vec!["true".into()], tty: false, stdin: false, stdout: true, stderr: true };
-        let url = f.cri.runtime.exec(req).await.unwrap().into_inner().url;
+        let url = f.cri.runtime.exec(exec_true.clone()).await.unwrap().into_inner().url;
         let mut s = berth_e2e::spdy::SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
         let out = berth_e2e::spdy::remote_command(&mut s, None, None).await;
         assert!(out.error.contains("Success"), "{out:?}");

@@ -414,3 +414,223 @@ async fn recursive_read_only_volumes() {
     }
     f.cri.remove_pod(&pod).await;
 }
+
+/// Stops `id`, whose script touches /tmp/ready once its traps are set, with
+/// a 20 s timeout: done in less than 10 s, so by the signal it traps and not
+/// by SIGKILL (the scripts ignore SIGTERM).
+async fn stop_by_its_signal(f: &mut Fixture, id: &str, name: &str) {
+    let mut tries = 0;
+    while f.cri.sh(id, "test -e /tmp/ready && echo yes || true").await.trim() != "yes" {
+        tries += 1;
+        assert!(tries < 250, "{name}: the script never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    f.cri.stop(id, 20).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{name}: the stop waited for SIGKILL, so the signal it traps was not sent");
+}
+
+/// KEP-4960: kubelet's `lifecycle.stopSignal` arrives as
+/// ContainerConfig.stop_signal. StopContainer sends it first, and
+/// ContainerStatus reports the signal a stop sends (SIGTERM when neither the
+/// container nor the image names one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_signal_kubelet_asks_for_is_sent_and_reported() {
+    let mut f = Fixture::start().await;
+    let cfg = suite_pod(&f, "stopsig");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    // Each exits with its own code on its signal and ignores SIGTERM, so a
+    // stop that sent SIGTERM would wait out the timeout and end in SIGKILL.
+    for (name, signal, code, value) in [("usr1", "USR1", 42, cri::Signal::Sigusr1), ("rtmin1", "35", 43, cri::Signal::Sigrtminplus1)] {
+        let script = format!("trap 'exit {code}' {signal}; trap '' TERM; touch /tmp/ready; while true; do sleep 0.05; done");
+        let mut c = f.container(name, &["sh", "-c", &script]);
+        c.stop_signal = value as i32;
+        let id = f.cri.run(&pod, c, &cfg).await;
+        assert_eq!(f.cri.status(&id).await.stop_signal, value as i32, "{name}: the status before the stop");
+        stop_by_its_signal(&mut f, &id, name).await;
+        let s = f.cri.status(&id).await;
+        assert_eq!((s.exit_code, s.stop_signal), (code, value as i32), "{name}");
+    }
+
+    // Without one: the image's STOPSIGNAL, and busybox's image has none.
+    let plain = f.cri.run(&pod, f.container("plain", &["sleep", "1000"]), &cfg).await;
+    assert_eq!(f.cri.status(&plain).await.stop_signal, cri::Signal::Sigterm as i32);
+
+    // An image's realtime STOPSIGNAL as systemd images name theirs; the
+    // container's own signal still comes first.
+    let settings = berth_e2e::oci::ImageSettings { stop_signal: "SIGRTMIN+3".into(), ..Default::default() };
+    f.registry.push("rtstop", "latest", &berth_e2e::oci::busybox_image(&settings)).await;
+    let rtstop = f.registry.reference("rtstop", "latest");
+    f.cri.pull(&rtstop).await.expect("pulling the STOPSIGNAL image");
+    for (name, own, code) in [("imagesig", None, 44), ("ownsig", Some(cri::Signal::Sigusr1), 45)] {
+        let script = "trap 'exit 44' 37; trap 'exit 45' USR1; trap '' TERM; touch /tmp/ready; while true; do sleep 0.05; done";
+        let mut c = berth_e2e::container_config(name, &rtstop, &["sh", "-c", script]);
+        c.stop_signal = own.map_or(0, |s| s as i32);
+        let id = f.cri.run(&pod, c, &cfg).await;
+        let want = own.unwrap_or(cri::Signal::Sigrtminplus3) as i32;
+        assert_eq!(f.cri.status(&id).await.stop_signal, want, "{name}");
+        stop_by_its_signal(&mut f, &id, name).await;
+        assert_eq!(f.cri.status(&id).await.exit_code, code, "{name}");
+    }
+
+    // A value outside the enum: InvalidArgument naming the field, nothing made.
+    let before = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers.len();
+    let mut bad = f.container("bad", &["true"]);
+    bad.stop_signal = 66;
+    let e = f.cri.create(&pod, bad, &cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("config.stop_signal"), "{}", e.message());
+    let after = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers.len();
+    assert_eq!(before, after);
+
+    // The signal is in the container's record: a restarted berthd reports it.
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    let usr1 = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    let usr1 = usr1.iter().find(|c| c.metadata.as_ref().is_some_and(|m| m.name == "usr1")).expect("the usr1 container");
+    assert_eq!(f.cri.status(&usr1.id).await.stop_signal, cri::Signal::Sigusr1 as i32);
+    f.cri.remove_pod(&pod).await;
+}
+
+/// KEP-5825 (kubelet's CRIListStreaming gate): each Stream RPC answers what
+/// its List RPC answers, filter included; every item once; no empty message;
+/// an empty answer is a stream that ends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_rpcs_answer_what_the_lists_answer() {
+    use futures::StreamExt;
+
+    /// Every message of a stream, checked to be non-empty, as one list.
+    async fn all<M, T>(stream: tonic::Streaming<M>, items: impl Fn(M) -> Vec<T>) -> Vec<T> {
+        let messages: Vec<M> = stream.map(|m| m.expect("a stream message")).collect().await;
+        let mut out = Vec::new();
+        for m in messages {
+            let got = items(m);
+            assert!(!got.is_empty(), "an empty message in the stream");
+            out.extend(got);
+        }
+        out
+    }
+    fn sorted(mut ids: Vec<String>) -> Vec<String> {
+        ids.sort();
+        ids
+    }
+
+    let mut f = Fixture::start().await;
+    let mut pods = Vec::new();
+    for name in ["one", "two"] {
+        let cfg = suite_pod(&f, name);
+        let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+        let c = f.cri.run(&pod, f.container("c", &["sleep", "1000"]), &cfg).await;
+        pods.push((pod, c));
+    }
+    let rt = &mut f.cri.runtime;
+
+    let listed = rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    let streamed =
+        all(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default()).await.unwrap().into_inner(), |m| m.pod_sandboxes).await;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(sorted(streamed.iter().map(|p| p.id.clone()).collect()), sorted(listed.iter().map(|p| p.id.clone()).collect()));
+    let one = cri::PodSandboxFilter { id: pods[0].0.clone(), ..Default::default() };
+    let streamed =
+        all(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(one) }).await.unwrap().into_inner(), |m| m.pod_sandboxes)
+            .await;
+    assert_eq!(streamed.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), [pods[0].0.clone()]);
+    let none = cri::PodSandboxFilter { id: "0".repeat(64), ..Default::default() };
+    let streamed = all(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(none) }).await.unwrap().into_inner(), |m| {
+        m.pod_sandboxes
+    })
+    .await;
+    assert!(streamed.is_empty());
+
+    let listed = rt.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    let streamed = all(rt.stream_containers(cri::StreamContainersRequest::default()).await.unwrap().into_inner(), |m| m.containers).await;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(streamed, listed);
+    let by_pod = cri::ContainerFilter { pod_sandbox_id: pods[1].0.clone(), ..Default::default() };
+    let streamed =
+        all(rt.stream_containers(cri::StreamContainersRequest { filter: Some(by_pod) }).await.unwrap().into_inner(), |m| m.containers)
+            .await;
+    assert_eq!(streamed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [pods[1].1.clone()]);
+
+    let listed = rt.list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap().into_inner().stats;
+    let streamed =
+        all(rt.stream_container_stats(cri::StreamContainerStatsRequest::default()).await.unwrap().into_inner(), |m| m.container_stats)
+            .await;
+    let ids = |s: &[cri::ContainerStats]| sorted(s.iter().map(|s| s.attributes.as_ref().unwrap().id.clone()).collect());
+    assert_eq!(ids(&streamed), ids(&listed));
+    assert_eq!(ids(&streamed).len(), 2);
+
+    let listed = rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default()).await.unwrap().into_inner().stats;
+    let streamed =
+        all(rt.stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default()).await.unwrap().into_inner(), |m| m.pod_sandbox_stats)
+            .await;
+    let ids = |s: &[cri::PodSandboxStats]| sorted(s.iter().map(|s| s.attributes.as_ref().unwrap().id.clone()).collect());
+    assert_eq!(ids(&streamed), ids(&listed));
+    assert_eq!(ids(&streamed).len(), 2);
+    let linux = streamed.iter().map(|s| s.linux.as_ref().expect("linux stats").containers.len()).collect::<Vec<_>>();
+    assert_eq!(linux, [1, 1], "each pod's stats carry its container's");
+
+    let listed = rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await.unwrap().into_inner().pod_metrics;
+    let streamed =
+        all(rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {}).await.unwrap().into_inner(), |m| m.pod_sandbox_metrics)
+            .await;
+    let ids = |s: &[cri::PodSandboxMetrics]| sorted(s.iter().map(|s| s.pod_sandbox_id.clone()).collect());
+    assert_eq!(ids(&streamed), ids(&listed));
+    assert_eq!(ids(&streamed).len(), 2);
+
+    let img = &mut f.cri.image;
+    let listed = img.list_images(cri::ListImagesRequest::default()).await.unwrap().into_inner().images;
+    let streamed = all(img.stream_images(cri::StreamImagesRequest::default()).await.unwrap().into_inner(), |m| m.images).await;
+    assert!(!listed.is_empty());
+    assert_eq!(streamed, listed);
+    let busybox = cri::ImageFilter { image: Some(cri::ImageSpec { image: f.busybox.clone(), ..Default::default() }) };
+    let streamed =
+        all(img.stream_images(cri::StreamImagesRequest { filter: Some(busybox) }).await.unwrap().into_inner(), |m| m.images).await;
+    assert_eq!(streamed.len(), 1);
+    assert!(streamed[0].repo_tags.contains(&f.busybox), "{:?}", streamed[0].repo_tags);
+
+    for (pod, _) in &pods {
+        f.cri.remove_pod(pod).await;
+    }
+}
+
+/// KEP-1287: kubelet resizes a pod's cgroup itself and then tells the runtime
+/// with UpdatePodSandboxResources; a recent kubelet also sends the API
+/// server's audit id with an exec, which berth logs beside what it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_resource_updates_and_exec_audit_ids() {
+    let mut f = Fixture::start().await;
+    let cfg = suite_pod(&f, "resize");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let resources = cri::LinuxContainerResources {
+        cpu_shares: 512,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    let update =
+        |id: &str| cri::UpdatePodSandboxResourcesRequest { pod_sandbox_id: id.into(), overhead: None, resources: Some(resources.clone()) };
+    f.cri.runtime.update_pod_sandbox_resources(update(&pod)).await.expect("UpdatePodSandboxResources of a pod");
+    let e = f.cri.runtime.update_pod_sandbox_resources(update(&"0".repeat(64))).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let e = f.cri.runtime.update_pod_sandbox_resources(update("")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("pod_sandbox_id"), "{}", e.message());
+    let log = f.berthd.log();
+    assert!(log.contains("pod resources updated by kubelet") && log.contains("memory_limit=67108864"), "{log}");
+
+    let c = f.cri.run(&pod, f.container("c", &["sleep", "1000"]), &cfg).await;
+    let req = cri::ExecRequest {
+        container_id: c.clone(),
+        cmd: vec!["true".into()],
+        stdout: true,
+        audit_request_id: "0f3c2d1e-audit-e2e".into(),
+        ..Default::default()
+    };
+    f.cri.runtime.exec(req).await.unwrap();
+    let log = f.berthd.log();
+    let line = log.lines().find(|l| l.contains("exec offered")).unwrap_or_else(|| panic!("no exec line in {log}"));
+    assert!(line.contains("audit_request_id=0f3c2d1e-audit-e2e") && line.contains(&c), "{line}");
+    f.cri.remove_pod(&pod).await;
+}

@@ -22,12 +22,13 @@ async fn exec_url(f: &mut Fixture, id: &str, cmd: &[&str], stdin: bool, tty: boo
         stdin,
         stdout: true,
         stderr: !tty,
+        ..Default::default()
     };
     f.cri.runtime.exec(req).await.unwrap().into_inner().url
 }
 
 async fn attach_url(f: &mut Fixture, id: &str, tty: bool) -> String {
-    let req = cri::AttachRequest { container_id: id.into(), stdin: true, tty, stdout: true, stderr: !tty };
+    let req = cri::AttachRequest { container_id: id.into(), stdin: true, tty, stdout: true, stderr: !tty, ..Default::default() };
     f.cri.runtime.attach(req).await.unwrap().into_inner().url
 }
 

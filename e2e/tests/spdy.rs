@@ -20,6 +20,7 @@ async fn exec_url(f: &mut Fixture, id: &str, cmd: &[&str], stdin: bool, tty: boo
         stdin,
         stdout: true,
         stderr: !tty,
+        ..Default::default()
     };
     f.cri.runtime.exec(req).await.unwrap().into_inner().url
 }
@@ -43,6 +44,7 @@ async fn spdy_exec_output_exit_codes_stdin_tty_and_negotiation() {
         stdin: false,
         stdout: streams,
         stderr: false,
+        ..Default::default()
     };
     for (req, code, needle) in [
         (bad("", &["true"], true), tonic::Code::InvalidArgument, "container_id"),
@@ -222,7 +224,7 @@ fn stdio_container(f: &Fixture, name: &str, cmd: &[&str], stdin: bool, stdin_onc
 }
 
 async fn attach_url(f: &mut Fixture, id: &str, stdin: bool, tty: bool) -> String {
-    let req = cri::AttachRequest { container_id: id.into(), stdin, tty, stdout: true, stderr: !tty };
+    let req = cri::AttachRequest { container_id: id.into(), stdin, tty, stdout: true, stderr: !tty, ..Default::default() };
     f.cri.runtime.attach(req).await.unwrap().into_inner().url
 }
 
@@ -284,9 +286,11 @@ async fn attach_to_output_stdin_once_and_a_terminal() {
     assert!(log.contains("stdout F through the monitor"), "{log}");
 
     // stdin without a stdin container is refused; so is a tty mismatch.
-    let req = cri::AttachRequest { container_id: counter.clone(), stdin: true, tty: false, stdout: true, stderr: true };
+    let req =
+        cri::AttachRequest { container_id: counter.clone(), stdin: true, tty: false, stdout: true, stderr: true, ..Default::default() };
     assert_eq!(f.cri.runtime.attach(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
-    let req = cri::AttachRequest { container_id: counter.clone(), stdin: false, tty: true, stdout: true, stderr: false };
+    let req =
+        cri::AttachRequest { container_id: counter.clone(), stdin: false, tty: true, stdout: true, stderr: false, ..Default::default() };
     assert_eq!(f.cri.runtime.attach(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
     // A TTY container: its stdio is a terminal from its own devpts; the

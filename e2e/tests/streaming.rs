@@ -19,6 +19,7 @@ async fn exec_url(f: &mut Fixture, id: &str, cmd: &[&str], stdin: bool) -> Strin
         stdin,
         stdout: true,
         stderr: true,
+        ..Default::default()
     };
     f.cri.runtime.exec(req).await.unwrap().into_inner().url
 }
@@ -97,6 +98,7 @@ async fn websocket_exec_output_exit_codes_stdin_and_tokens() {
         stdin: true,
         stdout: true,
         stderr: false,
+        ..Default::default()
     };
     let url = f.cri.runtime.exec(req).await.unwrap().into_inner().url;
     let mut ws = connect(&url).await;

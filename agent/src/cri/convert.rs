@@ -187,7 +187,73 @@ pub fn container_request(config: cri::ContainerConfig) -> Result<ContainerReques
         tty: config.tty,
         resources: resources(linux.resources.as_ref()),
         security: security(linux.security_context.as_ref())?,
+        stop_signal: signal_number(config.stop_signal)?,
     })
+}
+
+/// The CRI `Signal`s, in enum order from 1 (0 is RUNTIME_DEFAULT), as the
+/// kernel's numbers. The names after SIGXFSZ are the realtime signals
+/// SIGRTMIN (34) to SIGRTMAX (64), numbered as the kernel does: glibc keeps
+/// 32 and 33 for itself, which is why its SIGRTMIN reads 34.
+const SIGNALS: [i32; 34] = [
+    libc::SIGABRT,
+    libc::SIGALRM,
+    libc::SIGBUS,
+    libc::SIGCHLD,
+    libc::SIGCHLD, // SIGCLD
+    libc::SIGCONT,
+    libc::SIGFPE,
+    libc::SIGHUP,
+    libc::SIGILL,
+    libc::SIGINT,
+    libc::SIGIO,
+    libc::SIGABRT, // SIGIOT
+    libc::SIGKILL,
+    libc::SIGPIPE,
+    libc::SIGIO, // SIGPOLL
+    libc::SIGPROF,
+    libc::SIGPWR,
+    libc::SIGQUIT,
+    libc::SIGSEGV,
+    libc::SIGSTKFLT,
+    libc::SIGSTOP,
+    libc::SIGSYS,
+    libc::SIGTERM,
+    libc::SIGTRAP,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGURG,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGVTALRM,
+    libc::SIGWINCH,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+];
+
+/// The enum value of SIGRTMIN, the kernel's 34; SIGRTMAX (64) is 31 later.
+const SIGRTMIN_VALUE: i32 = 35;
+/// The kernel's SIGRTMIN and SIGRTMAX.
+const RT_SIGNALS: std::ops::RangeInclusive<i32> = 34..=64;
+
+/// ContainerConfig.stop_signal as a signal number: None for RUNTIME_DEFAULT.
+fn signal_number(value: i32) -> Result<Option<i32>> {
+    match value {
+        0 => Ok(None),
+        1..=34 => Ok(Some(SIGNALS[value as usize - 1])),
+        SIGRTMIN_VALUE..=65 => Ok(Some(value - SIGRTMIN_VALUE + RT_SIGNALS.start())),
+        _ => Err(Error::invalid("config.stop_signal", format!("{value} is not a CRI signal"))),
+    }
+}
+
+/// A signal number as the CRI `Signal` a status reports: the first name of
+/// the number (SIGCHLD before SIGCLD), RUNTIME_DEFAULT for one CRI cannot name.
+fn signal_value(number: i32) -> i32 {
+    if RT_SIGNALS.contains(&number) {
+        return number - RT_SIGNALS.start() + SIGRTMIN_VALUE;
+    }
+    SIGNALS.iter().position(|&n| n == number).map_or(0, |i| i as i32 + 1)
 }
 
 /// True when every `k=v` of the selector is among the labels.
@@ -320,6 +386,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: c.log_path.clone(),
+        stop_signal: signal_value(c.stop_signal),
         resources: Some(cri::ContainerResources {
             linux: Some(cri::LinuxContainerResources {
                 cpu_period: c.limits.cpu_period as i64,
@@ -345,6 +412,49 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cri_signals_are_the_kernels_numbers() {
+        // Each name of the proto's enum, against the kernel's number for it
+        // (nix knows the standard names; aliases and realtime ones by hand).
+        for value in 1..=65 {
+            let name = cri::Signal::try_from(value).expect("a value of the enum").as_str_name();
+            let want = match name {
+                "SIGCLD" => libc::SIGCHLD,
+                "SIGIOT" => libc::SIGABRT,
+                "SIGPOLL" => libc::SIGIO,
+                "SIGRTMIN" => 34,
+                "SIGRTMAX" => 64,
+                n if n.starts_with("SIGRTMINPLUS") => 34 + n["SIGRTMINPLUS".len()..].parse::<i32>().unwrap(),
+                n if n.starts_with("SIGRTMAXMINUS") => 64 - n["SIGRTMAXMINUS".len()..].parse::<i32>().unwrap(),
+                n => n.parse::<nix::sys::signal::Signal>().unwrap_or_else(|_| panic!("{n} is no signal nix knows")) as i32,
+            };
+            assert_eq!(signal_number(value).unwrap(), Some(want), "{name}");
+        }
+        assert_eq!(signal_number(0).unwrap(), None, "RUNTIME_DEFAULT leaves the choice to the image");
+        for bad in [66, -1, 1000] {
+            let e = signal_number(bad).unwrap_err();
+            assert!(e.to_string().starts_with("config.stop_signal: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_status_names_the_signal_by_its_first_name() {
+        let name = |n: i32| cri::Signal::try_from(signal_value(n)).unwrap().as_str_name();
+        assert_eq!(name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(name(libc::SIGCHLD), "SIGCHLD");
+        assert_eq!(name(libc::SIGABRT), "SIGABRT");
+        assert_eq!(name(libc::SIGIO), "SIGIO");
+        assert_eq!(name(34), "SIGRTMIN");
+        assert_eq!(name(35), "SIGRTMINPLUS1");
+        assert_eq!(name(63), "SIGRTMAXMINUS1");
+        assert_eq!(name(64), "SIGRTMAX");
+        // glibc's own 32 and 33 have no CRI name.
+        assert_eq!(signal_value(32), 0);
+        for n in (1..=64).filter(|n| !(32..=33).contains(n)) {
+            assert_eq!(signal_number(signal_value(n)).unwrap(), Some(n), "signal {n}");
+        }
+    }
 
     #[test]
     fn profiles_from_fields_and_legacy_paths() {

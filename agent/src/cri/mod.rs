@@ -11,6 +11,7 @@ mod container;
 mod convert;
 mod events;
 mod image;
+mod lists;
 pub mod report;
 mod rpc_log;
 mod runtime_info;
@@ -125,6 +126,11 @@ fn unimplemented(rpc: &str) -> Status {
 #[tonic::async_trait]
 impl RuntimeService for CriService {
     type GetContainerEventsStream = events::EventStream;
+    type StreamPodSandboxesStream = lists::ListStream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = lists::ListStream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = lists::ListStream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = lists::ListStream<cri::StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = lists::ListStream<cri::StreamPodSandboxMetricsResponse>;
 
     async fn version(&self, r: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
         rpc(span("Version"), runtime_info::version(&self.node, r.into_inner())).await
@@ -161,6 +167,14 @@ impl RuntimeService for CriService {
         rpc(span("ListPodSandbox"), sandbox::list(&self.node, r.into_inner())).await
     }
 
+    async fn stream_pod_sandboxes(
+        &self,
+        r: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let req = cri::ListPodSandboxRequest { filter: r.into_inner().filter };
+        rpc(span("StreamPodSandboxes"), async { Ok(lists::pod_sandboxes(sandbox::list(&self.node, req).await?)) }).await
+    }
+
     async fn create_container(&self, r: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
         let req = r.into_inner();
         let name = req.config.as_ref().and_then(|c| c.metadata.as_ref()).map(|m| m.name.clone()).unwrap_or_default();
@@ -185,6 +199,11 @@ impl RuntimeService for CriService {
 
     async fn list_containers(&self, r: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
         rpc(span("ListContainers"), container::list(&self.node, r.into_inner())).await
+    }
+
+    async fn stream_containers(&self, r: Request<cri::StreamContainersRequest>) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let req = cri::ListContainersRequest { filter: r.into_inner().filter };
+        rpc(span("StreamContainers"), async { Ok(lists::containers(container::list(&self.node, req).await?)) }).await
     }
 
     async fn container_status(&self, r: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
@@ -240,6 +259,14 @@ impl RuntimeService for CriService {
         rpc(span("ListContainerStats"), stats::list_container_stats(&self.node, r.into_inner())).await
     }
 
+    async fn stream_container_stats(
+        &self,
+        r: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let req = cri::ListContainerStatsRequest { filter: r.into_inner().filter };
+        rpc(span("StreamContainerStats"), async { Ok(lists::container_stats(stats::list_container_stats(&self.node, req).await?)) }).await
+    }
+
     async fn pod_sandbox_stats(&self, r: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
         let req = r.into_inner();
         rpc(pod_span("PodSandboxStats", &req.pod_sandbox_id), stats::pod_sandbox_stats(&self.node, req)).await
@@ -250,6 +277,15 @@ impl RuntimeService for CriService {
         r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         rpc(span("ListPodSandboxStats"), stats::list_pod_sandbox_stats(&self.node, r.into_inner())).await
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        r: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let req = cri::ListPodSandboxStatsRequest { filter: r.into_inner().filter };
+        rpc(span("StreamPodSandboxStats"), async { Ok(lists::pod_sandbox_stats(stats::list_pod_sandbox_stats(&self.node, req).await?)) })
+            .await
     }
 
     async fn update_runtime_config(
@@ -284,6 +320,25 @@ impl RuntimeService for CriService {
         rpc(span("ListPodSandboxMetrics"), stats::list_pod_sandbox_metrics(&self.node, r.into_inner())).await
     }
 
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let req = cri::ListPodSandboxMetricsRequest {};
+        rpc(span("StreamPodSandboxMetrics"), async {
+            Ok(lists::pod_sandbox_metrics(stats::list_pod_sandbox_metrics(&self.node, req).await?))
+        })
+        .await
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        r: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        let req = r.into_inner();
+        rpc(pod_span("UpdatePodSandboxResources", &req.pod_sandbox_id), sandbox::update_resources(&self.node, req)).await
+    }
+
     async fn runtime_config(&self, r: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         rpc(span("RuntimeConfig"), runtime_info::runtime_config(&self.node, r.into_inner())).await
     }
@@ -295,6 +350,13 @@ impl RuntimeService for CriService {
 
 #[tonic::async_trait]
 impl ImageService for CriService {
+    type StreamImagesStream = lists::ListStream<cri::StreamImagesResponse>;
+
+    async fn stream_images(&self, r: Request<cri::StreamImagesRequest>) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let req = cri::ListImagesRequest { filter: r.into_inner().filter };
+        rpc(span("StreamImages"), async { Ok(lists::images(image::list_images(&self.node, req).await?)) }).await
+    }
+
     async fn list_images(&self, r: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
         rpc(span("ListImages"), image::list_images(&self.node, r.into_inner())).await
     }

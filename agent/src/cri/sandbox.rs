@@ -199,3 +199,25 @@ pub(super) async fn list(node: &Arc<Node>, req: cri::ListPodSandboxRequest) -> R
         .collect();
     Ok(cri::ListPodSandboxResponse { items })
 }
+
+/// UpdatePodSandboxResources: kubelet has already resized the pod's cgroup,
+/// which it owns. berth keeps no copy of a pod's resources and has no plugins
+/// to tell (CRI-O and containerd pass the update to NRI), so it checks that
+/// the pod exists and logs the change.
+pub(super) async fn update_resources(
+    node: &Arc<Node>,
+    req: cri::UpdatePodSandboxResourcesRequest,
+) -> Result<cri::UpdatePodSandboxResourcesResponse> {
+    id_field(&req.pod_sandbox_id, "pod_sandbox_id")?;
+    let p = pod::find(node, &req.pod_sandbox_id)?;
+    let r = req.resources.unwrap_or_default();
+    tracing::info!(
+        pod_id = %p.id,
+        cpu_shares = r.cpu_shares,
+        cpu_quota = r.cpu_quota,
+        cpu_period = r.cpu_period,
+        memory_limit = r.memory_limit_in_bytes,
+        "pod resources updated by kubelet"
+    );
+    Ok(cri::UpdatePodSandboxResourcesResponse {})
+}

@@ -32,6 +32,9 @@ pub(super) async fn exec(node: &Arc<Node>, req: cri::ExecRequest) -> Result<cri:
     crate::container::check_cmd(&req.cmd)?;
     let c = stream_target(node, &req.container_id, req.stdin || req.stdout || req.stderr)?;
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
+    // kubectl exec's trail: the API server's audit id (from recent kubelets)
+    // beside what is run where.
+    tracing::info!(container_id = %c.id, audit_request_id = %req.audit_request_id, cmd = ?req.cmd, tty = req.tty, "exec offered");
     let url = register(node, StreamRequest::Exec { container_id: c.id, cmd: req.cmd, wants })?;
     Ok(cri::ExecResponse { url })
 }
@@ -45,6 +48,7 @@ pub(super) async fn attach(node: &Arc<Node>, req: cri::AttachRequest) -> Result<
         return Err(Error::invalid("tty", format!("container {} was created with tty={}", c.id, c.tty)));
     }
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: c.tty };
+    tracing::info!(container_id = %c.id, audit_request_id = %req.audit_request_id, stdin = req.stdin, "attach offered");
     let url = register(node, StreamRequest::Attach { container_id: c.id, wants })?;
     Ok(cri::AttachResponse { url })
 }
