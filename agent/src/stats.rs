@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use berth_runtime::cgroup;
+/// A cgroup's pressure file and its lines, as the stats carry them.
+pub use berth_runtime::cgroup::{Pressure, PressureLine};
 
 use crate::node::Node;
 use crate::store::{ContainerRecord, ContainerState, PodRecord};
@@ -37,7 +39,7 @@ impl CpuSamples {
 }
 
 /// CPU use at one instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CpuStats {
     /// When, ns since the epoch.
     pub ts: i64,
@@ -45,10 +47,12 @@ pub struct CpuStats {
     pub total_ns: u64,
     /// Rate since the previous sample, in nano-cores (0 for the first).
     pub nano_cores: u64,
+    /// cpu.pressure (cgroup v2 only).
+    pub psi: Option<Pressure>,
 }
 
 /// Memory use at one instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryStats {
     /// When, ns since the epoch.
     pub ts: i64,
@@ -64,6 +68,8 @@ pub struct MemoryStats {
     pub page_faults: u64,
     /// Major page faults.
     pub major_page_faults: u64,
+    /// memory.pressure (cgroup v2 only).
+    pub psi: Option<Pressure>,
 }
 
 /// Disk use of a writable layer.
@@ -90,6 +96,8 @@ pub struct ContainerStats {
     pub memory: MemoryStats,
     /// Its writable layer.
     pub fs: FsStats,
+    /// io.pressure (cgroup v2 only), read with the CPU numbers.
+    pub io: Option<Pressure>,
 }
 
 /// One network interface's counters.
@@ -126,6 +134,8 @@ pub struct PodStats {
     pub memory: MemoryStats,
     /// Processes in the pod cgroup.
     pub processes: u64,
+    /// io.pressure of the pod cgroup (cgroup v2 only), read with the CPU numbers.
+    pub io: Option<Pressure>,
     /// When the network counters were read.
     pub network_ts: i64,
     /// Interfaces of its own network namespace (None on the host's).
@@ -134,9 +144,12 @@ pub struct PodStats {
     pub containers: Vec<ContainerStats>,
 }
 
-fn cpu_memory(node: &Node, cgroup_path: &str, ts: i64) -> (CpuStats, MemoryStats, u64) {
+/// A cgroup's CPU and memory numbers, its processes and its IO pressure.
+fn cpu_memory(node: &Node, cgroup_path: &str, ts: i64) -> (CpuStats, MemoryStats, u64, Option<Pressure>) {
     let u = cgroup::usage(cgroup_path);
-    let cpu = CpuStats { ts, total_ns: u.cpu_ns, nano_cores: node.cpu_samples.rate(cgroup_path, ts, u.cpu_ns).unwrap_or(0) };
+    let psi = cgroup::pressure(cgroup_path);
+    let nano_cores = node.cpu_samples.rate(cgroup_path, ts, u.cpu_ns).unwrap_or(0);
+    let cpu = CpuStats { ts, total_ns: u.cpu_ns, nano_cores, psi: psi.cpu };
     let memory = MemoryStats {
         ts,
         working_set: u.working_set,
@@ -145,20 +158,21 @@ fn cpu_memory(node: &Node, cgroup_path: &str, ts: i64) -> (CpuStats, MemoryStats
         rss: u.rss,
         page_faults: u.page_faults,
         major_page_faults: u.major_page_faults,
+        psi: psi.memory,
     };
-    (cpu, memory, u.processes)
+    (cpu, memory, u.processes, psi.io)
 }
 
 /// Stats of one container (blocking: reads cgroup files and walks the upper dir).
 pub fn container_stats(node: &Node, c: &ContainerRecord) -> ContainerStats {
     let ts = now_ns();
-    let (cpu, memory, _) = cpu_memory(node, &c.cgroup, ts);
+    let (cpu, memory, _, io) = cpu_memory(node, &c.cgroup, ts);
     let upper = node.layer_dir(&c.id).join("upper");
     let mut seen = std::collections::HashSet::new();
     let mut usage = crate::image::Usage { path: upper.clone(), ..Default::default() };
     crate::image::du(&upper, &mut seen, &mut usage);
     let fs = FsStats { ts, mountpoint: node.containers_dir().display().to_string(), bytes: usage.bytes, inodes: usage.inodes };
-    ContainerStats { container: c.clone(), cpu, memory, fs }
+    ContainerStats { container: c.clone(), cpu, memory, fs, io }
 }
 
 /// Per-interface counters of the pod's network namespace.
@@ -200,9 +214,9 @@ pub fn network(node: &Node, pod: &PodRecord) -> Option<Vec<Interface>> {
 /// Stats of a pod and its containers (blocking).
 pub fn pod_stats(node: &Node, pod: &PodRecord) -> PodStats {
     let ts = now_ns();
-    let (cpu, memory, processes) = cpu_memory(node, &pod.cgroup, ts);
+    let (cpu, memory, processes, io) = cpu_memory(node, &pod.cgroup, ts);
     let containers = node.containers_of(&pod.id).iter().filter(|c| is_live(c)).map(|c| container_stats(node, c)).collect();
-    PodStats { pod: pod.clone(), cpu, memory, processes, network_ts: ts, network: network(node, pod), containers }
+    PodStats { pod: pod.clone(), cpu, memory, processes, io, network_ts: ts, network: network(node, pod), containers }
 }
 
 /// Containers that have a cgroup worth reading.

@@ -393,3 +393,49 @@ async fn the_container_sees_its_own_cgroup_and_limits() {
     assert!(!mounts.is_empty() && mounts.iter().all(|l| l.split(' ').nth(5).is_some_and(|o| o.starts_with("rw"))), "{mounts:#?}");
     f.cri.remove_pod(&pod).await;
 }
+
+/// KEP-4205: on a cgroup v2 node a container's and a pod's stats carry their
+/// cgroup's CPU, memory and IO pressure, and the CPU pressure grows while two
+/// busy loops share one CPU. A v1 node has no per-cgroup pressure files, and
+/// no pressure is reported there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_carry_the_cgroups_pressure_on_v2() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("psi");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = f.container("two", &["sh", "-c", "while :; do :; done & while :; do :; done"]);
+    c.linux.as_mut().unwrap().resources = Some(resources(|r| r.cpuset_cpus = "0".into()));
+    let id = f.cri.run(&pod, c, &cfg).await;
+    let stats = async |f: &mut Fixture| {
+        let c = f
+            .cri
+            .runtime
+            .container_stats(cri::ContainerStatsRequest { container_id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let p = f.cri.runtime.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap().into_inner();
+        (c, p.stats.unwrap().linux.unwrap())
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (c1, p1) = stats(&mut f).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (c2, p2) = stats(&mut f).await;
+    let cpu_waited = |cpu: &Option<cri::CpuUsage>| cpu.as_ref().unwrap().psi.as_ref().map(|p| p.some.as_ref().expect("a some line").total);
+    if v2() {
+        let (before, after) = (cpu_waited(&c1.cpu).expect("cpu pressure"), cpu_waited(&c2.cpu).expect("cpu pressure"));
+        // Two loops on one CPU: each waits about half the time, 0.5 s of the 1 s.
+        assert!(after > before + 100_000_000, "the container's cpu pressure total went {before} -> {after} ns");
+        assert!(cpu_waited(&p2.cpu).expect("the pod's cpu pressure") > cpu_waited(&p1.cpu).unwrap());
+        assert!(c2.memory.as_ref().unwrap().psi.is_some() && p2.memory.as_ref().unwrap().psi.is_some(), "memory pressure");
+        assert!(c2.io.as_ref().and_then(|io| io.psi.as_ref()).is_some(), "the container's io pressure");
+        assert!(p2.io.as_ref().and_then(|io| io.psi.as_ref()).is_some(), "the pod's io pressure");
+    } else {
+        assert_eq!(cpu_waited(&c2.cpu), None);
+        assert_eq!(cpu_waited(&p2.cpu), None);
+        assert!(c2.memory.unwrap().psi.is_none() && c2.io.is_none() && p2.io.is_none());
+    }
+    f.cri.remove_pod(&pod).await;
+}

@@ -10,15 +10,31 @@ use super::convert::{container_metadata, labels_match, pod_metadata};
 use crate::error::Result;
 use crate::metrics::{self, BASE_LABELS, DESCRIPTORS};
 use crate::node::Node;
-use crate::stats::{self as st, is_live};
+use crate::stats::{self as st, is_live, Pressure, PressureLine};
 use crate::store::PodState;
 
 fn u64v(v: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value: v })
 }
 
+/// A pressure file as CRI's PsiStats: totals in nanoseconds.
+fn psi(p: &Pressure) -> cri::PsiStats {
+    let data = |l: &PressureLine| cri::PsiData { total: l.total_us * 1000, avg10: l.avg10, avg60: l.avg60, avg300: l.avg300 };
+    cri::PsiStats { full: p.full.as_ref().map(data), some: Some(data(&p.some)) }
+}
+
+/// IO pressure, when the cgroup has it.
+fn io(ts: i64, p: Option<&Pressure>) -> Option<cri::IoUsage> {
+    p.map(|p| cri::IoUsage { timestamp: ts, psi: Some(psi(p)) })
+}
+
 fn cpu(c: &st::CpuStats) -> cri::CpuUsage {
-    cri::CpuUsage { timestamp: c.ts, usage_core_nano_seconds: u64v(c.total_ns), usage_nano_cores: u64v(c.nano_cores) }
+    cri::CpuUsage {
+        timestamp: c.ts,
+        usage_core_nano_seconds: u64v(c.total_ns),
+        usage_nano_cores: u64v(c.nano_cores),
+        psi: c.psi.as_ref().map(psi),
+    }
 }
 
 fn memory(m: &st::MemoryStats) -> cri::MemoryUsage {
@@ -30,6 +46,7 @@ fn memory(m: &st::MemoryStats) -> cri::MemoryUsage {
         rss_bytes: u64v(m.rss),
         page_faults: u64v(m.page_faults),
         major_page_faults: u64v(m.major_page_faults),
+        psi: m.psi.as_ref().map(psi),
     }
 }
 
@@ -51,6 +68,7 @@ fn container_stats(s: &st::ContainerStats) -> cri::ContainerStats {
             inodes_used: u64v(s.fs.inodes),
         }),
         swap: None,
+        io: io(s.cpu.ts, s.io.as_ref()),
     }
 }
 
@@ -83,6 +101,7 @@ fn pod_stats(s: &st::PodStats) -> cri::PodSandboxStats {
             network,
             process: Some(cri::ProcessUsage { timestamp: s.cpu.ts, process_count: u64v(s.processes) }),
             containers: s.containers.iter().map(container_stats).collect(),
+            io: io(s.cpu.ts, s.io.as_ref()),
         }),
         windows: None,
     }

@@ -625,3 +625,87 @@ pub fn usage(path: &str) -> Usage {
         processes: cg.pids().len() as u64,
     }
 }
+
+/// One line of a cgroup v2 pressure file (`some` or `full`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PressureLine {
+    /// Time waited in all, microseconds (as the file counts).
+    pub total_us: u64,
+    /// Per cent of the last 10 s spent waiting.
+    pub avg10: f64,
+    /// … of the last 60 s.
+    pub avg60: f64,
+    /// … of the last 300 s.
+    pub avg300: f64,
+}
+
+/// A pressure file: at least one task waited (`some`), all non-idle tasks
+/// waited at once (`full`, which kernels before 5.13 leave out of cpu.pressure).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressure {
+    /// The `some` line.
+    pub some: PressureLine,
+    /// The `full` line, when the file has one.
+    pub full: Option<PressureLine>,
+}
+
+/// A cgroup's CPU, memory and IO pressure: only on a v2 node (v1 has no
+/// per-cgroup pressure files), and only the files the kernel has (PSI can be
+/// off: `psi=0` at boot).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressures {
+    /// cpu.pressure.
+    pub cpu: Option<Pressure>,
+    /// memory.pressure.
+    pub memory: Option<Pressure>,
+    /// io.pressure.
+    pub io: Option<Pressure>,
+}
+
+/// Reads the pressure files of the cgroup at `path`.
+pub fn pressure(path: &str) -> Pressures {
+    if version() != Version::V2 {
+        return Pressures::default();
+    }
+    let cg = Located::of(path);
+    let read = |file: &str| cg.read(file).as_deref().and_then(parse_pressure);
+    Pressures { cpu: read("cpu.pressure"), memory: read("memory.pressure"), io: read("io.pressure") }
+}
+
+/// A pressure file's text (`some avg10=0.12 avg60=0.00 avg300=0.00 total=1234`
+/// and a `full` line); None without a `some` line.
+fn parse_pressure(text: &str) -> Option<Pressure> {
+    let line = |kind: &str| {
+        let fields = text.lines().find_map(|l| l.strip_prefix(kind)?.strip_prefix(' '))?;
+        let mut p = PressureLine::default();
+        for (k, v) in fields.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+            match k {
+                "avg10" => p.avg10 = v.parse().ok()?,
+                "avg60" => p.avg60 = v.parse().ok()?,
+                "avg300" => p.avg300 = v.parse().ok()?,
+                "total" => p.total_us = v.parse().ok()?,
+                _ => {}
+            }
+        }
+        Some(p)
+    };
+    Some(Pressure { some: line("some")?, full: line("full") })
+}
+
+#[cfg(test)]
+mod pressure_tests {
+    use super::*;
+
+    #[test]
+    fn pressure_files_parse() {
+        let text = "some avg10=1.50 avg60=0.25 avg300=0.05 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=789\n";
+        let p = parse_pressure(text).unwrap();
+        assert_eq!(p.some, PressureLine { total_us: 123456, avg10: 1.5, avg60: 0.25, avg300: 0.05 });
+        assert_eq!(p.full.unwrap().total_us, 789);
+        // A kernel before 5.13 writes no full line in cpu.pressure.
+        let p = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n").unwrap();
+        assert_eq!((p.some.total_us, p.full), (5, None));
+        assert_eq!(parse_pressure(""), None);
+        assert_eq!(parse_pressure("some avg10=x avg60=0 avg300=0 total=1\n"), None);
+    }
+}
