@@ -33,8 +33,11 @@ pub(super) async fn exec(node: &Arc<Node>, req: cri::ExecRequest) -> Result<cri:
     let c = stream_target(node, &req.container_id, req.stdin || req.stdout || req.stderr)?;
     let wants = Wants { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, tty: req.tty };
     // kubectl exec's trail: the API server's audit id (from recent kubelets)
-    // beside what is run where.
-    tracing::info!(container_id = %c.id, audit_request_id = %req.audit_request_id, cmd = ?req.cmd, tty = req.tty, "exec offered");
+    // beside the container. The command stays out of the log at this level:
+    // it may carry secrets, and the API server's audit log has it under the
+    // same id.
+    tracing::info!(container_id = %c.id, audit_request_id = %req.audit_request_id, tty = req.tty, "exec offered");
+    tracing::debug!(container_id = %c.id, cmd = ?req.cmd, "exec command");
     let url = register(node, StreamRequest::Exec { container_id: c.id, cmd: req.cmd, wants })?;
     Ok(cri::ExecResponse { url })
 }
