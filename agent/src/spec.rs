@@ -225,7 +225,7 @@ pub fn stop_signal(image: &ImageRecord) -> i32 {
         return libc::SIGTERM;
     }
     if let Ok(n) = s.parse::<i32>() {
-        return if (1..=64).contains(&n) { n } else { libc::SIGTERM };
+        return if berth_runtime::signal::ALL.contains(&n) { n } else { libc::SIGTERM };
     }
     let name = s.strip_prefix("SIG").unwrap_or(s);
     if name.starts_with("RT") {
@@ -236,11 +236,9 @@ pub fn stop_signal(image: &ImageRecord) -> i32 {
 
 /// A realtime signal as Docker names it, without `SIG` (`RTMIN`, `RTMIN+3`,
 /// `RTMAX-1`), as the kernel's number; None for another name or one out of
-/// range. The kernel's SIGRTMIN is 34 and SIGRTMAX 64 (glibc's read the same:
-/// it keeps 32 and 33 for itself).
+/// range.
 fn realtime_signal(name: &str) -> Option<i32> {
-    const RTMIN: i32 = 34;
-    const RTMAX: i32 = 64;
+    use berth_runtime::signal::{RTMAX, RTMIN};
     let offset = |rest: &str, sign: char| if rest.is_empty() { Some(0) } else { rest.strip_prefix(sign)?.parse::<i32>().ok() };
     let n = match name.strip_prefix("RTMIN") {
         Some(rest) => RTMIN + offset(rest, '+')?,

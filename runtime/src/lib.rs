@@ -29,6 +29,7 @@ pub mod pidfd;
 pub mod process;
 pub mod rootfs;
 pub mod sandbox;
+pub mod signal;
 pub mod spawn;
 pub mod time;
 pub mod userns;

@@ -193,8 +193,7 @@ pub fn container_request(config: cri::ContainerConfig) -> Result<ContainerReques
 
 /// The CRI `Signal`s, in enum order from 1 (0 is RUNTIME_DEFAULT), as the
 /// kernel's numbers. The names after SIGXFSZ are the realtime signals
-/// SIGRTMIN (34) to SIGRTMAX (64), numbered as the kernel does: glibc keeps
-/// 32 and 33 for itself, which is why its SIGRTMIN reads 34.
+/// SIGRTMIN to SIGRTMAX, numbered as the kernel does ([`berth_runtime::signal`]).
 const SIGNALS: [i32; 34] = [
     libc::SIGABRT,
     libc::SIGALRM,
@@ -232,10 +231,10 @@ const SIGNALS: [i32; 34] = [
     libc::SIGXFSZ,
 ];
 
-/// The enum value of SIGRTMIN, the kernel's 34; SIGRTMAX (64) is 31 later.
+/// The enum value of SIGRTMIN; SIGRTMAX's is 30 later, as the kernel's.
 const SIGRTMIN_VALUE: i32 = 35;
-/// The kernel's SIGRTMIN and SIGRTMAX.
-const RT_SIGNALS: std::ops::RangeInclusive<i32> = 34..=64;
+/// The kernel's realtime signals.
+const RT_SIGNALS: std::ops::RangeInclusive<i32> = berth_runtime::signal::RTMIN..=berth_runtime::signal::RTMAX;
 
 /// ContainerConfig.stop_signal as a signal number: None for RUNTIME_DEFAULT.
 fn signal_number(value: i32) -> Result<Option<i32>> {

@@ -441,7 +441,7 @@ impl Monitor {
     fn handle(&mut self, request: ControlRequest) -> ControlReply {
         match request {
             ControlRequest::Start => self.start(),
-            ControlRequest::Signal(n) => match (SIGNALS.contains(&n), &self.exit) {
+            ControlRequest::Signal(n) => match (crate::signal::ALL.contains(&n), &self.exit) {
                 (false, _) => ControlReply::Error(format!("{n} is not a signal")),
                 (_, Some(_)) => ControlReply::NotRunning,
                 (true, None) => match kill(self.child, n) {
@@ -549,12 +549,7 @@ fn droppable(smaps: impl std::io::BufRead) -> Vec<(usize, usize)> {
     out
 }
 
-/// Linux's signal numbers, the realtime ones (34 to 64) included: an image's
-/// STOPSIGNAL or kubelet's stop signal may name one (systemd stops on
-/// SIGRTMIN+3), and nix's `Signal` has none of them.
-const SIGNALS: std::ops::RangeInclusive<i32> = 1..=64;
-
-/// kill(2) with a signal number from [`SIGNALS`].
+/// kill(2) with any signal number of [`crate::signal::ALL`].
 fn kill(pid: Pid, signal: i32) -> nix::Result<()> {
     // SAFETY: kill takes two integers and reads or writes no memory.
     let r = unsafe { libc::kill(pid.as_raw(), signal) };
