@@ -147,9 +147,8 @@ pub struct PodStats {
 /// A cgroup's CPU and memory numbers, its processes and its IO pressure.
 fn cpu_memory(node: &Node, cgroup_path: &str, ts: i64) -> (CpuStats, MemoryStats, u64, Option<Pressure>) {
     let u = cgroup::usage(cgroup_path);
-    let psi = cgroup::pressure(cgroup_path);
     let nano_cores = node.cpu_samples.rate(cgroup_path, ts, u.cpu_ns).unwrap_or(0);
-    let cpu = CpuStats { ts, total_ns: u.cpu_ns, nano_cores, psi: psi.cpu };
+    let cpu = CpuStats { ts, total_ns: u.cpu_ns, nano_cores, psi: u.pressure.cpu };
     let memory = MemoryStats {
         ts,
         working_set: u.working_set,
@@ -158,9 +157,9 @@ fn cpu_memory(node: &Node, cgroup_path: &str, ts: i64) -> (CpuStats, MemoryStats
         rss: u.rss,
         page_faults: u.page_faults,
         major_page_faults: u.major_page_faults,
-        psi: psi.memory,
+        psi: u.pressure.memory,
     };
-    (cpu, memory, u.processes, psi.io)
+    (cpu, memory, u.processes, u.pressure.io)
 }
 
 /// Stats of one container (blocking: reads cgroup files and walks the upper dir).

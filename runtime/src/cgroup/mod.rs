@@ -565,7 +565,7 @@ pub fn oom_kills(text: &str) -> u64 {
 }
 
 /// CPU and memory use of a cgroup, read from its files.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Usage {
     /// Cumulative CPU time in ns.
     pub cpu_ns: u64,
@@ -583,6 +583,8 @@ pub struct Usage {
     pub limit: Option<u64>,
     /// Processes in the cgroup.
     pub processes: u64,
+    /// Its pressure files (cgroup v2 only).
+    pub pressure: Pressures,
 }
 
 fn stat_map(text: Option<String>) -> std::collections::HashMap<String, u64> {
@@ -600,7 +602,8 @@ pub fn metrics(path: &str) -> (metrics::Metrics, Vec<i32>) {
     (m, cg.pids())
 }
 
-/// Reads CPU and memory use (v1: cpuacct and memory; v2: cpu.stat and memory.*).
+/// Reads CPU and memory use (v1: cpuacct and memory; v2: cpu.stat and memory.*)
+/// and, on v2, the pressure files.
 pub fn usage(path: &str) -> Usage {
     let cg = Located::of(path);
     let num = |file: &str| cg.read(file).and_then(|t| t.trim().parse::<u64>().ok());
@@ -623,6 +626,7 @@ pub fn usage(path: &str) -> Usage {
         major_page_faults: get("total_pgmajfault", "pgmajfault"),
         limit,
         processes: cg.pids().len() as u64,
+        pressure: if v2 { pressure(&cg) } else { Pressures::default() },
     }
 }
 
@@ -651,7 +655,7 @@ pub struct Pressure {
 
 /// A cgroup's CPU, memory and IO pressure: only on a v2 node (v1 has no
 /// per-cgroup pressure files), and only the files the kernel has (PSI can be
-/// off: `psi=0` at boot).
+/// off: `psi=0` at boot). [`usage`] reads them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Pressures {
     /// cpu.pressure.
@@ -662,12 +666,8 @@ pub struct Pressures {
     pub io: Option<Pressure>,
 }
 
-/// Reads the pressure files of the cgroup at `path`.
-pub fn pressure(path: &str) -> Pressures {
-    if version() != Version::V2 {
-        return Pressures::default();
-    }
-    let cg = Located::of(path);
+/// Reads the pressure files of a cgroup on a v2 node.
+fn pressure(cg: &Located) -> Pressures {
     let read = |file: &str| cg.read(file).as_deref().and_then(parse_pressure);
     Pressures { cpu: read("cpu.pressure"), memory: read("memory.pressure"), io: read("io.pressure") }
 }
