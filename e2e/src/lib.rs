@@ -780,6 +780,19 @@ impl Cri {
         String::from_utf8_lossy(&r.stdout).to_string()
     }
 
+    /// Looks up to `tries` times, `every` apart, for `path` in the container;
+    /// false if it never appeared.
+    pub async fn wait_file(&mut self, id: &str, path: &str, tries: u32, every: Duration) -> bool {
+        let script = format!("test -e {path} && echo yes || true");
+        for _ in 0..tries {
+            if self.sh(id, &script).await.trim() == "yes" {
+                return true;
+            }
+            tokio::time::sleep(every).await;
+        }
+        false
+    }
+
     /// Waits up to 5 s until no process in the container has `needle` in its
     /// command line; false if one still does.
     pub async fn wait_process_gone(&mut self, id: &str, needle: &str) -> bool {

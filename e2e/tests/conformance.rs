@@ -419,12 +419,7 @@ async fn recursive_read_only_volumes() {
 /// a 20 s timeout: done in less than 10 s, so by the signal it traps and not
 /// by SIGKILL (the scripts ignore SIGTERM).
 async fn stop_by_its_signal(f: &mut Fixture, id: &str, name: &str) {
-    let mut tries = 0;
-    while f.cri.sh(id, "test -e /tmp/ready && echo yes || true").await.trim() != "yes" {
-        tries += 1;
-        assert!(tries < 250, "{name}: the script never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(f.cri.wait_file(id, "/tmp/ready", 250, Duration::from_millis(20)).await, "{name}: the script never started");
     let t = Instant::now();
     f.cri.stop(id, 20).await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(10), "{name}: the stop waited for SIGKILL, so the signal it traps was not sent");

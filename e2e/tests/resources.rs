@@ -122,14 +122,7 @@ async fn stats_are_plausible() {
         )
         .await;
     // The 20 MB are written (slow under emulation, as in the v2 VM).
-    let mut written = false;
-    for _ in 0..300 {
-        if f.cri.sh(&mem, "test -e /dev/shm/buf && echo yes || true").await.trim() == "yes" {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let written = f.cri.wait_file(&mem, "/dev/shm/buf", 300, Duration::from_millis(100)).await;
     assert!(written, "the container never wrote its 20 MB");
     let get = |r: cri::ContainerStatsResponse| r.stats.unwrap();
     let s1 = get(f.cri.runtime.container_stats(cri::ContainerStatsRequest { container_id: busy.clone() }).await.unwrap().into_inner());
