@@ -629,3 +629,83 @@ async fn pod_resource_updates_and_exec_audit_ids() {
     assert!(line.contains("audit_request_id=0f3c2d1e-audit-e2e") && line.contains(&c), "{line}");
     f.cri.remove_pod(&pod).await;
 }
+
+/// PodSandboxStatus as kubelet calls it (not verbose).
+async fn sandbox_status(f: &mut Fixture, pod: &str) -> cri::PodSandboxStatusResponse {
+    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false };
+    f.cri.runtime.pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner()
+}
+
+/// kubelet's evented PLEG (the EventedPLEG gate) takes a PodSandboxStatus
+/// answer that carries a timestamp, and each container event, as the pod's
+/// whole set of containers: `containers_statuses` must hold every container
+/// of the pod as ContainerStatus reports it, or kubelet sees a pod without
+/// containers and creates them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_status_carries_its_containers_as_the_evented_pleg_reads_them() {
+    use futures::StreamExt;
+    let mut f = Fixture::start().await;
+    let mut events = f.cri.runtime.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+    let cfg = suite_pod(&f, "evented");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let other_cfg = suite_pod(&f, "evented-other");
+    let other = f.cri.run_pod(other_cfg.clone()).await.unwrap();
+    f.cri.run(&other, f.container("elsewhere", &["sleep", "1000"]), &other_cfg).await;
+
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let before = now();
+    let empty = sandbox_status(&mut f, &pod).await;
+    assert!(empty.containers_statuses.is_empty(), "{:?}", empty.containers_statuses);
+    assert!(empty.timestamp >= before && empty.timestamp <= now(), "timestamp {} is not the time of the answer", empty.timestamp);
+
+    let created = f.cri.create(&pod, f.container("created", &["sleep", "1000"]), &cfg).await.unwrap();
+    let running = f.cri.run(&pod, f.container("running", &["sleep", "1000"]), &cfg).await;
+    let exits = f.cri.run(&pod, f.container("exits", &["sh", "-c", "exit 3"]), &cfg).await;
+
+    // Only PodSandboxStatus is asked until the exit shows: it must notice the
+    // exit itself, not after a ContainerStatus call did.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = sandbox_status(&mut f, &pod).await;
+        let exited = answer.containers_statuses.iter().any(|s| s.id == exits && s.state == cri::ContainerState::ContainerExited as i32);
+        if exited {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the exit never showed in PodSandboxStatus: {:?}", answer.containers_statuses);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ids: Vec<_> = answer.containers_statuses.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(ids, vec![exits.clone(), running.clone(), created.clone()], "the pod's containers, newest first");
+    for s in &answer.containers_statuses {
+        assert_eq!(s, &f.cri.status(&s.id).await, "PodSandboxStatus and ContainerStatus differ for {}", s.id);
+    }
+    let exited = &answer.containers_statuses[0];
+    assert_eq!((exited.exit_code, exited.reason.as_str()), (3, "Error"));
+
+    // The exit's event carries the same set, with the exit in it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, events.next()).await.expect("the exit's event").unwrap().unwrap();
+        if ev.container_id == exits && ev.container_event_type == cri::ContainerEventType::ContainerStoppedEvent as i32 {
+            let states: Vec<_> = ev.containers_statuses.iter().map(|s| (s.id.clone(), s.state)).collect();
+            use cri::ContainerState as S;
+            assert_eq!(
+                states,
+                vec![
+                    (exits.clone(), S::ContainerExited as i32),
+                    (running.clone(), S::ContainerRunning as i32),
+                    (created.clone(), S::ContainerCreated as i32)
+                ]
+            );
+            break;
+        }
+    }
+
+    // A removed container is no longer the pod's.
+    f.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: exits.clone() }).await.unwrap();
+    let ids: Vec<_> = sandbox_status(&mut f, &pod).await.containers_statuses.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, vec![running, created]);
+    f.cri.remove_pod(&pod).await;
+    f.cri.remove_pod(&other).await;
+}

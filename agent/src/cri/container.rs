@@ -72,6 +72,28 @@ pub(super) async fn list(node: &Arc<Node>, req: cri::ListContainersRequest) -> R
     Ok(cri::ListContainersResponse { containers })
 }
 
+/// The statuses of a pod's containers as ContainerStatus reports each one,
+/// newest first (kubelet's own order). kubelet's evented PLEG takes this list,
+/// from PodSandboxStatus and from each container event, as the pod's whole
+/// set of containers, so it holds every container ListContainers would list.
+/// A record whose exit could not be folded in is reported as recorded.
+pub(super) fn statuses_of_pod(node: &Node, pod_id: &str) -> Vec<cri::ContainerStatus> {
+    let mut records: Vec<_> = node
+        .containers_of(pod_id)
+        .into_iter()
+        .filter(|c| c.state != ContainerState::Creating)
+        .map(|c| {
+            let id = c.id.clone();
+            container::refresh(node, c.clone()).unwrap_or_else(|e| {
+                tracing::warn!(container_id = %id, error = %e, "container state not refreshed for the pod's status");
+                c
+            })
+        })
+        .collect();
+    records.sort_by_key(|c| std::cmp::Reverse(c.created_at_ns));
+    records.iter().map(convert::container_status).collect()
+}
+
 pub(super) async fn status(node: &Arc<Node>, req: cri::ContainerStatusRequest) -> Result<cri::ContainerStatusResponse> {
     id_field(&req.container_id, "container_id")?;
     let c = container::find(node, &req.container_id)?;

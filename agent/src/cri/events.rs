@@ -10,7 +10,7 @@ use berth_proto::cri;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use super::convert::{container_status, pod_status};
+use super::convert::pod_status;
 use crate::error::Result;
 use crate::events::{ContainerEvent, EventKind};
 use crate::node::Node;
@@ -31,7 +31,7 @@ fn response(node: &Node, e: &ContainerEvent) -> cri::ContainerEventResponse {
         container_event_type: kind as i32,
         created_at: e.at_ns,
         pod_sandbox_status: node.pods.get(&e.pod_id).as_ref().map(pod_status),
-        containers_statuses: node.containers_of(&e.pod_id).iter().map(container_status).collect(),
+        containers_statuses: super::container::statuses_of_pod(node, &e.pod_id),
     }
 }
 

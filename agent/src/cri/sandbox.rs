@@ -155,6 +155,10 @@ pub(super) async fn remove(node: &Arc<Node>, req: cri::RemovePodSandboxRequest) 
 }
 
 pub(super) async fn status(node: &Arc<Node>, req: cri::PodSandboxStatusRequest) -> Result<cri::PodSandboxStatusResponse> {
+    // Stamped before anything is read: kubelet's evented PLEG keeps whichever
+    // of this answer and the container events is newer, so the stamp must not
+    // be later than the state the answer saw.
+    let timestamp = crate::util::now_ns();
     let p = pod::find(node, &req.pod_sandbox_id)?;
     let mut info = HashMap::new();
     if req.verbose {
@@ -179,8 +183,8 @@ pub(super) async fn status(node: &Arc<Node>, req: cri::PodSandboxStatusRequest) 
     Ok(cri::PodSandboxStatusResponse {
         status: Some(pod_status(&p)),
         info,
-        containers_statuses: Vec::new(),
-        timestamp: crate::util::now_ns(),
+        containers_statuses: super::container::statuses_of_pod(node, &p.id),
+        timestamp,
     })
 }
 
