@@ -409,7 +409,7 @@ async fn concurrent_pulls_share_one_download() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remove_untags_then_collects_garbage_but_keeps_shared_layers() {
+async fn remove_by_any_name_removes_the_image_but_keeps_shared_layers() {
     let registry = Registry::start().await;
     let mut base = LayerBuilder::new();
     base.busybox();
@@ -428,19 +428,29 @@ async fn remove_untags_then_collects_garbage_but_keeps_shared_layers() {
     }
     assert_eq!(cri.image_status(&registry.reference("a", "2")).await.unwrap().unwrap().repo_tags.len(), 2);
     assert_eq!(snapshot_count(&berthd), 2);
+    let a_config = berthd.paths.root.join("content/blobs/sha256").join(a.config.digest.strip_prefix("sha256:").unwrap());
 
-    // One tag of two: untag only.
+    // By one of its tags: the image goes with all its names, as the CRI asks
+    // (since Kubernetes 1.36) and containerd does, and so do its own blobs;
+    // the layer b shares stays.
     cri.remove_image(&registry.reference("a", "1")).await.unwrap();
-    let s = cri.image_status(a.id()).await.unwrap().unwrap();
-    assert_eq!(s.repo_tags, vec![registry.reference("a", "2")]);
-    assert!(cri.image_status(&registry.reference("a", "1")).await.unwrap().is_none());
-
-    // By id: gone, with its own blobs; the shared layer stays for b.
-    cri.remove_image(a.id()).await.unwrap();
-    assert!(cri.image_status(a.id()).await.unwrap().is_none());
-    assert!(!berthd.paths.root.join("content/blobs/sha256").join(a.config.digest.strip_prefix("sha256:").unwrap()).exists());
+    for name in [registry.reference("a", "1"), registry.reference("a", "2"), a.id().to_string()] {
+        assert!(cri.image_status(&name).await.unwrap().is_none(), "{name} still names an image");
+    }
+    assert_eq!(cri.list_images().await.len(), 1, "only b is left");
+    assert!(!a_config.exists());
     assert!(snapshot(&berthd, &chain_ids(&b)[0]).exists(), "shared base kept for b");
     assert_eq!(snapshot_count(&berthd), 2);
+
+    // Pulled again and removed by its repo digest: the same.
+    cri.pull(&registry.reference("a", "1")).await.unwrap();
+    cri.pull(&registry.reference("a", "2")).await.unwrap();
+    let digest = cri.image_status(a.id()).await.unwrap().unwrap().repo_digests[0].clone();
+    cri.remove_image(&digest).await.unwrap();
+    for name in [registry.reference("a", "1"), registry.reference("a", "2"), a.id().to_string(), digest] {
+        assert!(cri.image_status(&name).await.unwrap().is_none(), "{name} still names an image");
+    }
+    assert!(!a_config.exists());
 
     // Unknown images are not an error; removing b empties the stores.
     cri.remove_image("never-pulled:1").await.unwrap();
@@ -448,6 +458,40 @@ async fn remove_untags_then_collects_garbage_but_keeps_shared_layers() {
     assert!(cri.list_images().await.is_empty());
     assert_eq!(blob_count(&berthd), 0);
     assert_eq!(snapshot_count(&berthd), 0);
+}
+
+/// The SIG Node suite's image consistency specs: five clients remove one
+/// image by id at once; each gets OK and, right after, no image; and an id
+/// never pulled (bare hex, as the suite sends it) is no error, twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_removals_all_succeed_and_the_image_is_gone_for_each() {
+    let registry = Registry::start().await;
+    let image = oci::busybox_image(&ImageSettings::default());
+    registry.push("busybox", "1", &image).await;
+    let berthd = Berthd::start().await;
+    let mut cri = berthd.cri().await;
+    let reference = registry.reference("busybox", "1");
+    let id = cri.pull(&reference).await.unwrap();
+    assert_eq!(cri.image_status(&reference).await.unwrap().unwrap().id, id, "Image.id is PullImageResponse.image_ref");
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut cri = berthd.cri().await;
+        let id = id.clone();
+        clients.push(tokio::spawn(async move {
+            let removed = cri.remove_image(&id).await;
+            (removed, cri.image_status(&id).await)
+        }));
+    }
+    for client in clients {
+        let (removed, status) = client.await.unwrap();
+        removed.expect("a simultaneous RemoveImage fails");
+        assert!(status.unwrap().is_none(), "the image is still there after a RemoveImage returned");
+    }
+    assert!(cri.list_images().await.is_empty());
+    assert_eq!(blob_count(&berthd), 0);
+    for _ in 0..2 {
+        cri.remove_image(&"0".repeat(64)).await.expect("RemoveImage of an id never pulled");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -587,37 +587,28 @@ impl Images {
         Ok(resolve_in(&images, image)?.cloned())
     }
 
-    /// Removes an image by id, tag or digest. Removing one of several tags
-    /// only untags; otherwise the image goes, and with it every blob and
-    /// snapshot nothing else uses. An unknown image is not an error.
+    /// Removes an image by id, tag or digest: the image goes with all its
+    /// tags and digests, as the CRI asks (a tag names the image, not one of
+    /// its names) and containerd does, and with it every blob and snapshot
+    /// nothing else uses. An unknown image is not an error.
     pub async fn remove(&self, image: &str) -> Result<(), ImageError> {
         let _exclusive = self.gc.write().await;
         let Some(record) = self.resolve(image)? else { return Ok(()) };
-        let tag = parse_reference(image).ok().as_ref().and_then(tag_ref).filter(|t| record.repo_tags.contains(t));
         let mut removed = false;
         self.db
-            .update(&mut |images| match &tag {
-                Some(t) if record.repo_tags.len() > 1 => {
-                    for i in images.iter_mut().filter(|i| i.id == record.id) {
-                        i.repo_tags.retain(|x| x != t);
-                    }
-                }
-                _ => {
-                    let before = images.len();
-                    images.retain(|i| i.id != record.id);
-                    removed = images.len() < before;
-                }
+            .update(&mut |images| {
+                let before = images.len();
+                images.retain(|i| i.id != record.id);
+                removed = images.len() < before;
             })
             .map_err(ImageError::Db)?;
         if removed {
             crate::fault::point("image.remove.after_record");
-            tracing::info!(id = %record.id, "image removed");
+            tracing::info!(id = %record.id, tags = ?record.repo_tags, "image removed");
             let db = self.db.clone();
             let content = self.content.clone();
             let snapshots = self.snapshots.clone();
             tokio::task::spawn_blocking(move || collect_garbage(db.as_ref(), &content, &snapshots)).await.map_err(io_err("gc task"))??;
-        } else {
-            tracing::info!(id = %record.id, tag = ?tag, "image untagged");
         }
         Ok(())
     }
