@@ -205,9 +205,9 @@ async fn user_namespace_requests_that_cannot_be_honoured_are_refused() {
     ] {
         refused(f.cri.run_pod(with_userns(f.pod("bad"), u)).await.unwrap_err(), needle);
     }
-    let mut host_net = with_userns(f.pod("hostnet"), userns(POD, vec![mapping(host)]));
-    host_net.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = NODE;
-    refused(f.cri.run_pod(host_net).await.unwrap_err(), "node's network namespace");
+    let mut host_ipc = with_userns(f.pod("hostipc"), userns(POD, vec![mapping(host)]));
+    host_ipc.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().ipc = NODE;
+    refused(f.cri.run_pod(host_ipc).await.unwrap_err(), "node's ipc namespace");
     let pods = f.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
     assert!(pods.is_empty(), "{pods:?}");
     if !userns_expected() {
@@ -241,5 +241,50 @@ async fn user_namespace_requests_that_cannot_be_honoured_are_refused() {
     let mut mapped = f.container("mapped", &["sleep", "1000"]);
     mapped.mounts = vec![volume("/v", dir.path(), vec![mapping(host)])];
     refused(f.cri.create(&pod, mapped, &cfg).await.unwrap_err(), "own user namespace");
+    f.cri.remove_pod(&pod).await;
+}
+
+/// kubelet's UserNamespacesHostNetworkSupport: a pod with `hostUsers: false`
+/// and `hostNetwork: true` runs in a user namespace of its own on the node's
+/// network and UTS namespaces, where its root holds no capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_in_its_own_user_namespace_on_the_nodes_network() {
+    let mut f = Fixture::start().await;
+    let status = f.cri.runtime.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+    let advertised = status.features.unwrap().user_namespaces_host_network;
+    assert_eq!(advertised, userns_expected(), "RuntimeFeatures.user_namespaces_host_network");
+    if !userns_expected() {
+        return;
+    }
+    let host = host_base();
+    let mut cfg = with_userns(f.pod("usernshostnet"), userns(POD, vec![mapping(host)]));
+    cfg.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().network = NODE;
+    let pod = f.cri.run_pod(cfg.clone()).await.expect("a pod in its own user namespace on the node's network");
+    let c = f.cri.run(&pod, f.container("c", &["sleep", "1000"]), &cfg).await;
+
+    let ns = |kind: &str| std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().display().to_string();
+    let inside = f.cri.sh(&c, "id -u; for n in net uts user; do readlink /proc/self/ns/$n; done; head -1 /proc/self/uid_map").await;
+    let lines: Vec<&str> = inside.lines().collect();
+    assert_eq!(lines[0], "0", "root in the pod");
+    assert_eq!((lines[1], lines[2]), (ns("net").as_str(), ns("uts").as_str()), "the node's network and UTS namespaces");
+    assert_ne!(lines[3], ns("user"), "a user namespace of its own");
+    assert_eq!(lines[4].split_whitespace().collect::<Vec<_>>(), vec!["0", &host.to_string(), "65536"]);
+
+    // Its /sys shows the node's network devices.
+    let mut node_links: Vec<String> =
+        std::fs::read_dir("/sys/class/net").unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    node_links.sort();
+    let mut pod_links: Vec<String> = f.cri.sh(&c, "ls /sys/class/net").await.split_whitespace().map(str::to_string).collect();
+    pod_links.sort();
+    assert_eq!(pod_links, node_links);
+
+    // Root in the pod cannot change the node's network: setting loopback's
+    // MTU to the value it has already needs CAP_NET_ADMIN over the node's
+    // network namespace, and is refused before anything changes.
+    let mtu = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap();
+    let r = f.cri.exec(&c, &["ip", "link", "set", "lo", "mtu", mtu.trim()], 10).await.unwrap();
+    assert_ne!(r.exit_code, 0, "root in the pod changed the node's loopback");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("not permitted"), "{stderr}");
     f.cri.remove_pod(&pod).await;
 }

@@ -54,7 +54,13 @@ pub(super) async fn status(node: &Node, req: cri::StatusRequest) -> Result<cri::
                 }),
             })
             .collect(),
-        features: Some(cri::RuntimeFeatures { supplemental_groups_policy: true }),
+        // A pod in its own user namespace may use the node's network: it
+        // holds no capability there (the node's user namespace owns it).
+        // Claimed only where such pods run at all.
+        features: Some(cri::RuntimeFeatures {
+            supplemental_groups_policy: true,
+            user_namespaces_host_network: node.userns_support().is_ok(),
+        }),
     })
 }
 

@@ -33,9 +33,13 @@ fn record_from(node: &Node, config: cri::PodSandboxConfig, handler: String) -> R
         if !matches!(mode, ns_mode::POD | ns_mode::CONTAINER | ns_mode::NODE) {
             return Err(Error::invalid(format!("namespace_options.{field}"), format!("mode {mode} is not valid for a pod")));
         }
-        // As the API server's validation: the node's namespaces belong to
-        // the node's users, so hostUsers: false excludes them.
-        if mode == ns_mode::NODE && userns.is_some() {
+        // As the API server's validation: the node's PID and IPC namespaces
+        // belong to the node's users, so hostUsers: false excludes them. The
+        // node's network is allowed (kubelet's UserNamespacesHostNetworkSupport):
+        // the pod's root holds no capability in it, its user namespace owning
+        // only the pod's IPC namespace, and berth mounts the container's /sys
+        // with the node's privileges.
+        if mode == ns_mode::NODE && userns.is_some() && field != "network" {
             return Err(Error::invalid(
                 userns_field,
                 format!("a pod in its own user namespace cannot use the node's {field} namespace (namespace_options.{field} is NODE)"),
