@@ -280,6 +280,8 @@ async fn image_volumes_mount_another_image_read_only() {
     let m = st.mounts.iter().find(|m| m.container_path == "/models").expect("the image volume in the status");
     let spec = m.image.as_ref().expect("its image");
     assert_eq!((spec.image.as_str(), spec.user_specified_image.as_str(), m.host_path.as_str()), (models_id.as_str(), models.as_str(), ""));
+    // KEP-5365: the digest of what was mounted, the id the pull returned.
+    assert_eq!(spec.image_ref, models_id);
 
     // Not removable while mounted; the container's own image is.
     let e = f.cri.remove_image(&models_id).await.unwrap_err();

@@ -374,10 +374,13 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
                 readonly: m.readonly,
                 propagation: m.propagation,
                 recursive_read_only: m.recursive_read_only,
-                // An image volume: its id, and the reference as asked for.
+                // An image volume: its id, and the reference as asked for;
+                // image_ref (KEP-5365) names what was mounted, whatever the
+                // reference names now.
                 image: (!m.image.is_empty()).then(|| cri::ImageSpec {
                     image: m.image_id.clone(),
                     user_specified_image: m.image.clone(),
+                    image_ref: m.image_id.clone(),
                     ..Default::default()
                 }),
                 image_sub_path: m.image_sub_path.clone(),
