@@ -262,6 +262,16 @@ impl Node {
         }
     }
 
+    /// The handler `name` asks for (`field` names where it was asked), or
+    /// NotFound listing the configured ones.
+    pub fn require_handler(&self, field: &str, name: &str) -> crate::error::Result<&Handler> {
+        self.handler(name).ok_or_else(|| {
+            let mut known: Vec<String> = self.handlers.keys().map(|k| format!("{k:?}")).collect();
+            known.insert(0, "\"\"".into());
+            crate::error::Error::NotFound(format!("{field} {name:?}: no such handler is configured (configured: {})", known.join(", ")))
+        })
+    }
+
     /// The handler of a pod (the default for one whose handler is gone from the config).
     pub fn handler_of(&self, pod: &PodRecord) -> &Handler {
         self.handler(&pod.runtime_handler).unwrap_or(&self.default_handler)

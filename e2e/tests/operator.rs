@@ -382,6 +382,18 @@ async fn runtime_handlers_from_config_apply_to_their_pods() {
     let e = f.cri.runtime.run_pod_sandbox(run("gvisor", "unknown")).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     assert!(e.message().contains("\"gvisor\"") && e.message().contains("\"strict\""), "{e:?}");
+    // A pull for a handler (kubelet's RuntimeClassInImageCriApi): the node's
+    // handlers pull, an unknown one is refused naming the field.
+    let pull = |handler: &str| berth_e2e::cri::PullImageRequest {
+        image: Some(berth_e2e::cri::ImageSpec { runtime_handler: handler.into(), ..berth_e2e::image_spec(&f.busybox) }),
+        ..Default::default()
+    };
+    let e = f.cri.image.pull_image(pull("gvisor")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(e.message().contains("image.runtime_handler \"gvisor\""), "{e:?}");
+    for handler in ["strict", ""] {
+        f.cri.image.pull_image(pull(handler)).await.unwrap_or_else(|e| panic!("a pull for {handler:?}: {e:?}"));
+    }
 
     let mut results = Vec::new();
     for (handler, name) in [("strict", "strict-pod"), ("", "default-pod"), ("runc", "runc-pod")] {

@@ -34,6 +34,11 @@ pub fn to_cri(r: &ImageRecord, pinned: bool) -> cri::Image {
 }
 
 pub(super) async fn pull_image(node: &Arc<Node>, req: cri::PullImageRequest) -> Result<cri::PullImageResponse> {
+    // Images are shared by every handler, but one the node does not have is
+    // refused, as the CRI asks (kubelet's RuntimeClassInImageCriApi).
+    if let Some(spec) = &req.image {
+        node.require_handler("image.runtime_handler", &spec.runtime_handler)?;
+    }
     let image = image_field(req.image, "image")?;
     let creds = match req.auth {
         Some(a) => Credentials::from_cri(&a.username, &a.password, &a.auth, &a.identity_token, &a.registry_token)

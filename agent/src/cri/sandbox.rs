@@ -118,15 +118,7 @@ fn record_from(node: &Node, config: cri::PodSandboxConfig, handler: String) -> R
 
 pub(super) async fn run(node: &Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<cri::RunPodSandboxResponse> {
     let config = req.config.ok_or_else(|| Error::invalid("config", "required"))?;
-    if node.handler(&req.runtime_handler).is_none() {
-        let mut known: Vec<String> = node.handlers.keys().map(|k| format!("{k:?}")).collect();
-        known.insert(0, "\"\"".into());
-        return Err(Error::NotFound(format!(
-            "runtime_handler {:?}: no such handler is configured (configured: {})",
-            req.runtime_handler,
-            known.join(", ")
-        )));
-    }
+    node.require_handler("runtime_handler", &req.runtime_handler)?;
     let (record, dns) = record_from(node, config, req.runtime_handler)?;
     if record.userns.is_some() {
         if let Err(why) = node.userns_support() {
