@@ -690,14 +690,16 @@ async fn pod_status_carries_its_containers_as_the_evented_pleg_reads_them() {
         let left = deadline.saturating_duration_since(Instant::now());
         let ev = tokio::time::timeout(left, events.next()).await.expect("the exit's event").unwrap().unwrap();
         if ev.container_id == exits && ev.container_event_type == cri::ContainerEventType::ContainerStoppedEvent as i32 {
-            let states: Vec<_> = ev.containers_statuses.iter().map(|s| (s.id.clone(), s.state)).collect();
+            // A recent kubelet reads the stopped container's exit there to
+            // relist the pod at once after a crash.
+            let states: Vec<_> = ev.containers_statuses.iter().map(|s| (s.id.clone(), s.state, s.exit_code)).collect();
             use cri::ContainerState as S;
             assert_eq!(
                 states,
                 vec![
-                    (exits.clone(), S::ContainerExited as i32),
-                    (running.clone(), S::ContainerRunning as i32),
-                    (created.clone(), S::ContainerCreated as i32)
+                    (exits.clone(), S::ContainerExited as i32, 3),
+                    (running.clone(), S::ContainerRunning as i32, 0),
+                    (created.clone(), S::ContainerCreated as i32, 0)
                 ]
             );
             break;
