@@ -11,7 +11,10 @@
 //! skips the 200-pod and noisy-neighbour parts; `COMPARE_ONLY=noisy,floor`
 //! runs only the parts named: lifecycle, pull, parallel, loaded, scale,
 //! init, floor, host, noisy; `NOISY_ONLY=cpu,mem,fork` keeps only the
-//! noisy neighbours named busy, the others sleep.)
+//! noisy neighbours named busy, the others sleep; `NOISY_SERVER=forking` or
+//! `one-process` keeps one quiet server; `NOISY_FIRST=containerd` runs
+//! containerd before berth in each noisy pair, to tell an order effect from
+//! a runtime's.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -814,10 +817,18 @@ async fn run() {
         berth.cri.pull(&probe).await.expect("pulling the probe image into berth");
         containerd.cri.pull(&probe).await.expect("pulling the probe image into containerd");
         let pinned = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-        for server in [Server::Forking, Server::OneProcess] {
+        let servers = match std::env::var("NOISY_SERVER").as_deref() {
+            Ok("forking") => vec![Server::Forking],
+            Ok("one-process") => vec![Server::OneProcess],
+            _ => vec![Server::Forking, Server::OneProcess],
+        };
+        let containerd_first = std::env::var("NOISY_FIRST").is_ok_and(|v| v == "containerd");
+        for server in servers {
             for own_cpu in [false, true].into_iter().filter(|own| !own || pinned) {
-                noisy_neighbour(&mut berth, &mut t, own_cpu, server, &probe).await;
-                noisy_neighbour(&mut containerd, &mut t, own_cpu, server, &probe).await;
+                let pair = if containerd_first { [&mut containerd, &mut berth] } else { [&mut berth, &mut containerd] };
+                for rt in pair {
+                    noisy_neighbour(rt, &mut t, own_cpu, server, &probe).await;
+                }
             }
         }
     }
