@@ -286,5 +286,20 @@ async fn a_pod_in_its_own_user_namespace_on_the_nodes_network() {
     assert_ne!(r.exit_code, 0, "root in the pod changed the node's loopback");
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(stderr.contains("not permitted"), "{stderr}");
+
+    // berthd restarts: the pod, with no network namespace of its own to
+    // check, is still Ready and takes new containers in its user namespace.
+    f.berthd.restart().await;
+    f.cri = f.berthd.cri().await;
+    assert_eq!(f.cri.pod_status(&pod, false).await.status.unwrap().state, cri::PodSandboxState::SandboxReady as i32);
+    let d = f.cri.run(&pod, f.container("d", &["sleep", "1000"]), &cfg).await;
+    let ns_of = |out: String| out.trim().to_string();
+    let user_c = ns_of(f.cri.sh(&c, "readlink /proc/self/ns/user").await);
+    assert_eq!(ns_of(f.cri.sh(&d, "readlink /proc/self/ns/user").await), user_c, "the pod's user namespace");
+    assert_eq!(ns_of(f.cri.sh(&d, "readlink /proc/self/ns/net").await), ns("net"));
+
     f.cri.remove_pod(&pod).await;
+    let left: Vec<String> =
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&pod)).map(str::to_string).collect();
+    assert!(left.is_empty(), "mounts left behind: {left:?}");
 }
