@@ -99,7 +99,18 @@ pub fn refresh(node: &Node, rec: ContainerRecord) -> Result<ContainerRecord> {
     if !matches!(rec.state, ContainerState::Created | ContainerState::Running) {
         return Ok(rec);
     }
-    let end = match node.runtime.state(&node.bundle(&rec.id)) {
+    // A Created container's monitor is asked whether it started (berthd may
+    // have missed recording it). A Running one's monitor is not woken: while
+    // its watcher waits on the monitor's pidfd, the monitor lives, and it
+    // writes the exit file only as it ends, when the watcher folds it in;
+    // without a watcher, the exit file and the monitor's pidfd and start
+    // time say whether it still runs.
+    let state = match rec.state {
+        ContainerState::Running if node.watchers.armed(&rec.id) => MonitorState::Running(None),
+        ContainerState::Running => node.runtime.state_of_started(&node.bundle(&rec.id), rec.monitor_pid, rec.monitor_start_time),
+        _ => node.runtime.state(&node.bundle(&rec.id)),
+    };
+    let end = match state {
         MonitorState::Running(None) => return Ok(rec),
         MonitorState::Running(Some(started_at_ns)) => return fold_start(node, rec, started_at_ns),
         MonitorState::Exited(s) => {
@@ -150,12 +161,38 @@ fn fold_start(node: &Node, rec: ContainerRecord, started_at_ns: i64) -> Result<C
     Ok(updated.unwrap_or(rec))
 }
 
-/// Watches the monitor process and folds the exit in as soon as it goes.
-pub fn watch(node: &Arc<Node>, id: String, monitor_pid: i32) {
-    let node = node.clone();
+/// The containers whose monitor a watcher waits on: until it ends, their
+/// monitor lives, which [`refresh`] then need not ask the kernel again.
+#[derive(Default)]
+pub struct Watchers(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Watchers {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a watcher waits on the monitor of container `id`.
+    pub fn armed(&self, id: &str) -> bool {
+        self.set().contains(id)
+    }
+}
+
+/// Watches the container's monitor process and folds the exit in as soon
+/// as it goes. The pidfd is taken here, checked against the monitor's start
+/// time when the record has it, so the watch is armed before this returns.
+pub fn watch(node: &Arc<Node>, rec: &ContainerRecord) {
+    let fd = match rec.monitor_start_time {
+        0 => berth_runtime::pidfd::pidfd_open(rec.monitor_pid),
+        started => berth_runtime::pidfd::pidfd_open_checked(rec.monitor_pid, started),
+    };
+    let (node, id) = (node.clone(), rec.id.clone());
+    if fd.is_ok() {
+        node.watchers.set().insert(id.clone());
+    }
     tokio::spawn(async move {
-        if let Ok(fd) = berth_runtime::pidfd::pidfd_open(monitor_pid) {
+        if let Ok(fd) = fd {
             wait_fd(fd).await;
+            node.watchers.set().remove(&id);
         }
         if let Some(rec) = node.containers.get(&id) {
             let _ = refresh(&node, rec);
@@ -404,6 +441,7 @@ async fn create_inner(
             rec.pid = created.pid;
             rec.start_time = created.start_time;
             rec.monitor_pid = created.monitor_pid;
+            rec.monitor_start_time = created.monitor_start_time;
             rec.uid = created.uid as i64;
             rec.gid = created.gid as i64;
             rec.groups = created.groups.iter().map(|g| *g as i64).collect();
@@ -413,7 +451,7 @@ async fn create_inner(
                 return Err(abandon(&node, &rec, e).await);
             }
             stages.mark("created_record");
-            watch(&node, rec.id.clone(), rec.monitor_pid);
+            watch(&node, &rec);
             node.events.emit(&rec.id, &rec.pod_id, EventKind::Created);
             crate::telemetry::get().container_stages(&stages);
             // monitor_and_rootfs, step by step, as the monitor and init measured it.
@@ -781,7 +819,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<()> {
                     if let Err(e) = tokio::task::spawn_blocking(move || a.cgroups.update(&path, &l, a.cgroup_v2)).await? {
                         tracing::warn!(container_id = %rec.id, "re-applying the recorded limits: {e}");
                     }
-                    watch(node, rec.id.clone(), rec.monitor_pid);
+                    watch(node, &rec);
                 }
             }
             ContainerState::Exited => {}

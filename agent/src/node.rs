@@ -68,6 +68,8 @@ pub struct Node {
     pub flights: Arc<crate::util::SingleFlight>,
     /// Previous CPU samples, for rates.
     pub cpu_samples: crate::stats::CpuSamples,
+    /// The containers whose monitor's end is being waited for.
+    pub watchers: crate::container::Watchers,
     /// The streaming server, once bound.
     pub streams: std::sync::OnceLock<Arc<crate::stream::Streams>>,
     /// Container lifecycle events.
@@ -245,6 +247,7 @@ impl Node {
             locks: Default::default(),
             flights: Default::default(),
             cpu_samples: Default::default(),
+            watchers: Default::default(),
             streams: Default::default(),
             events: Events::default(),
             userns: std::sync::OnceLock::new(),

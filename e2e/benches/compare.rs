@@ -326,6 +326,11 @@ async fn scale(rt: &mut Rt, t: &mut Table, levels: &[usize], monitors: &dyn Fn()
     }
     let n = pods.len();
     for _ in 0..5 {
+        // kubelet's relist, every second: every pod and every container.
+        let s = Instant::now();
+        rt.cri.runtime.list_pod_sandbox(cri::ListPodSandboxRequest::default()).await.expect("ListPodSandbox");
+        rt.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.expect("ListContainers");
+        t.add(&format!("kubelet's relist (ListPodSandbox + ListContainers) at {n} containers"), rt.name, "ms", ms(s.elapsed()));
         let s = Instant::now();
         rt.cri.runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await.expect("ListContainerStats");
         t.add(&format!("ListContainerStats at {n} containers"), rt.name, "ms", ms(s.elapsed()));

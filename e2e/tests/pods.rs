@@ -524,6 +524,39 @@ async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
     }
 }
 
+/// A container's monitor killed without a word: the container is reported
+/// EXITED with reason Unknown, by the exit watcher and without a listing
+/// first, and its status says why; a running neighbour stays RUNNING, as
+/// read from its monitor's life without asking the monitor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_monitor_is_killed_is_reported_lost() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod("lostmonitor");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let victim = f.cri.run(&pod, f.container("victim", &["sleep", "1000"]), &cfg).await;
+    let neighbour = f.cri.run(&pod, f.container("neighbour", &["sleep", "1000"]), &cfg).await;
+    let monitor = monitor_pid(&mut f, &victim).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(monitor as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Only the events stream and PodSandboxStatus are read: the watcher must
+    // have folded the loss in by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false };
+        let answer = f.cri.runtime.pod_sandbox_status(req).await.unwrap().into_inner();
+        let s = answer.containers_statuses.iter().find(|s| s.id == victim).cloned().expect("the victim is the pod's");
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the killed monitor's container is still {}", s.state);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((status.exit_code, status.reason.as_str()), (255, "Unknown"));
+    assert!(status.message.contains("monitor exited without recording a status"), "{}", status.message);
+    assert_eq!(f.cri.status(&neighbour).await.state, RUNNING);
+    assert_eq!(f.cri.sh(&neighbour, "echo alive").await.trim(), "alive");
+    f.cri.remove_pod(&pod).await;
+}
+
 /// An operator installs a new build over the monitor binary while berthd
 /// runs (a new inode, as install(1) and package managers do): the next
 /// container's monitor is the new build, from a new zygote, as a spawned one

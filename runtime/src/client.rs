@@ -64,6 +64,9 @@ pub struct Created {
     pub start_time: u64,
     /// Host pid of the monitor.
     pub monitor_pid: i32,
+    /// The monitor's /proc start time (guards pid reuse; 0 if it could not
+    /// be read).
+    pub monitor_start_time: u64,
     /// uid the process will run as.
     pub uid: u32,
     /// gid.
@@ -239,7 +242,9 @@ impl Runtime {
                     stages_us.insert(0, ("monitor_start".to_string(), (started_ns - asked_ns) / 1000));
                 }
                 let start_time = crate::pidfd::start_time(pid).unwrap_or(0);
-                Ok(Created { pid, start_time, monitor_pid, uid, gid, groups, stages_us, zygote_error })
+                // The monitor waits for Start: it is alive, so its pid is its own.
+                let monitor_start_time = crate::pidfd::start_time(monitor_pid).unwrap_or(0);
+                Ok(Created { pid, start_time, monitor_pid, monitor_start_time, uid, gid, groups, stages_us, zygote_error })
             }
             Ok(Some(MonitorReport::Failed(e))) => Err(RuntimeError::Init(e)),
             other => {
@@ -318,6 +323,22 @@ impl Runtime {
                 None => MonitorState::Lost,
             },
         }
+    }
+
+    /// [`Runtime::state`] of a container known to have started, whose
+    /// monitor is `monitor_pid` with the /proc start time `monitor_start_time`:
+    /// an exit file, else a monitor process that is still the same one and
+    /// alive means it runs, without waking the monitor to ask (a listing of
+    /// many containers would wake every monitor). Anything else, or a start
+    /// time of 0, is asked as `state` asks.
+    pub fn state_of_started(&self, bundle: &Path, monitor_pid: i32, monitor_start_time: u64) -> MonitorState {
+        if let Some(s) = ExitStatus::read(bundle) {
+            return MonitorState::Exited(s);
+        }
+        if monitor_start_time != 0 && crate::pidfd::Process::open(monitor_pid, monitor_start_time).is_ok_and(|monitor| !monitor.exited()) {
+            return MonitorState::Running(None);
+        }
+        self.state(bundle)
     }
 
     /// An exec helper running `args` in the container whose init is
@@ -434,4 +455,37 @@ fn recv_timeout<T: serde::de::DeserializeOwned>(fd: OwnedFd, timeout: Duration) 
         Err(e) => return Err(ChannelError::Io(e.into())),
     }
     channel::recv(&mut std::fs::File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A started container's state without its monitor's word: the exit
+    /// file, else whether the monitor process is still the one recorded.
+    /// No socket exists in these bundles, so an answer of Running came from
+    /// the process check alone.
+    #[test]
+    fn a_started_containers_state_is_read_from_its_exit_file_or_its_monitors_life() {
+        let rt = Runtime::new(PathBuf::from("/nonexistent/berth-monitor"));
+        let bundle = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep").arg("100").spawn().unwrap();
+        let pid = child.id() as i32;
+        let started = crate::pidfd::start_time(pid).unwrap();
+        assert_eq!(rt.state_of_started(bundle.path(), pid, started), MonitorState::Running(None));
+        // Another start time is another process: asked as `state` asks, and
+        // with no monitor socket and no exit file, it is lost.
+        assert_eq!(rt.state_of_started(bundle.path(), pid, started + 1), MonitorState::Lost);
+        // No start time kept (an older record): asked too.
+        assert_eq!(rt.state_of_started(bundle.path(), pid, 0), MonitorState::Lost);
+        // The exit file wins over a live process.
+        let status = ExitStatus { code: 3, signal: 0, finished_ns: 7, oom: false };
+        std::fs::write(bundle.path().join(crate::monitor::EXIT_FILE), status.encode()).unwrap();
+        assert_eq!(rt.state_of_started(bundle.path(), pid, started), MonitorState::Exited(status));
+        std::fs::remove_file(bundle.path().join(crate::monitor::EXIT_FILE)).unwrap();
+        // The monitor gone without a word: lost.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(rt.state_of_started(bundle.path(), pid, started), MonitorState::Lost);
+    }
 }

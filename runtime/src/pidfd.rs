@@ -25,6 +25,17 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A pidfd of `pid`, checked to be the process that started at `started`:
+/// taken first, so a pid reused after the check cannot be the one it
+/// refers to, and one reused before it fails it (ESRCH).
+pub fn pidfd_open_checked(pid: i32, started: u64) -> std::io::Result<OwnedFd> {
+    let fd = pidfd_open(pid)?;
+    if start_time(pid) != Some(started) {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(fd)
+}
+
 /// A running process, pinned by a pidfd.
 #[derive(Debug)]
 pub struct Process {
@@ -44,11 +55,7 @@ impl Process {
     /// `start_time`: the pidfd is taken first, so a pid reused after the
     /// check cannot be the one acted on, and one reused before it fails it.
     pub fn open(pid: i32, started: u64) -> std::io::Result<Process> {
-        let fd = pidfd_open(pid)?;
-        if start_time(pid) != Some(started) {
-            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-        }
-        Ok(Process { fd, pid })
+        Ok(Process { fd: pidfd_open_checked(pid, started)?, pid })
     }
 
     /// The pid.

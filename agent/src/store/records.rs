@@ -179,6 +179,9 @@ pub struct ContainerRecord {
     pub start_time: u64,
     /// Host pid of the monitor.
     pub monitor_pid: i32,
+    /// Its /proc start time (0 in records from before it was kept: such a
+    /// monitor is always asked for its state).
+    pub monitor_start_time: u64,
     /// uid the process runs as (for ContainerStatus.user).
     pub uid: i64,
     /// gid.
