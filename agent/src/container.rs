@@ -101,12 +101,11 @@ pub fn refresh(node: &Node, rec: ContainerRecord) -> Result<ContainerRecord> {
     }
     // A Created container's monitor is asked whether it started (berthd may
     // have missed recording it). A Running one's monitor is not woken: while
-    // its watcher waits on the monitor's pidfd, the monitor lives, and it
-    // writes the exit file only as it ends, when the watcher folds it in;
-    // without a watcher, the exit file and the monitor's pidfd and start
-    // time say whether it still runs.
+    // the pidfd its watcher waits on is not readable, the monitor lives, and
+    // it writes the exit file only as it ends; otherwise the exit file and
+    // the monitor's pidfd and start time say whether it still runs.
     let state = match rec.state {
-        ContainerState::Running if node.watchers.armed(&rec.id) => MonitorState::Running(None),
+        ContainerState::Running if node.watchers.monitor_lives(&rec.id) => MonitorState::Running(None),
         ContainerState::Running => node.runtime.state_of_started(&node.bundle(&rec.id), rec.monitor_pid, rec.monitor_start_time),
         _ => node.runtime.state(&node.bundle(&rec.id)),
     };
@@ -161,19 +160,32 @@ fn fold_start(node: &Node, rec: ContainerRecord, started_at_ns: i64) -> Result<C
     Ok(updated.unwrap_or(rec))
 }
 
-/// The containers whose monitor a watcher waits on: until it ends, their
-/// monitor lives, which [`refresh`] then need not ask the kernel again.
+/// The monitors' pidfds the watchers wait on, by container id, shared with
+/// [`refresh`]: a pidfd that is not readable is the kernel's word that the
+/// monitor still lives.
 #[derive(Default)]
-pub struct Watchers(std::sync::Mutex<std::collections::HashSet<String>>);
+pub struct Watchers(std::sync::Mutex<std::collections::HashMap<String, Arc<OwnedFd>>>);
 
 impl Watchers {
-    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<OwnedFd>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a watcher waits on the monitor of container `id`.
-    pub fn armed(&self, id: &str) -> bool {
-        self.set().contains(id)
+    /// Whether a watcher waits on the monitor of container `id` and that
+    /// monitor has not ended: its pidfd polls not readable.
+    pub fn monitor_lives(&self, id: &str) -> bool {
+        let Some(fd) = self.map().get(id).cloned() else { return false };
+        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(0))
+    }
+}
+
+/// A pidfd shared by a watcher's AsyncFd and [`Watchers`].
+struct SharedFd(Arc<OwnedFd>);
+
+impl std::os::fd::AsRawFd for SharedFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
     }
 }
 
@@ -186,13 +198,14 @@ pub fn watch(node: &Arc<Node>, rec: &ContainerRecord) {
         started => berth_runtime::pidfd::pidfd_open_checked(rec.monitor_pid, started),
     };
     let (node, id) = (node.clone(), rec.id.clone());
-    if fd.is_ok() {
-        node.watchers.set().insert(id.clone());
+    let fd = fd.ok().map(Arc::new);
+    if let Some(fd) = &fd {
+        node.watchers.map().insert(id.clone(), fd.clone());
     }
     tokio::spawn(async move {
-        if let Ok(fd) = fd {
-            wait_fd(fd).await;
-            node.watchers.set().remove(&id);
+        if let Some(fd) = fd {
+            wait_fd(SharedFd(fd)).await;
+            node.watchers.map().remove(&id);
         }
         if let Some(rec) = node.containers.get(&id) {
             let _ = refresh(&node, rec);
@@ -200,9 +213,9 @@ pub fn watch(node: &Arc<Node>, rec: &ContainerRecord) {
     });
 }
 
-async fn wait_fd(fd: OwnedFd) {
-    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
-    // until the AsyncFd is dropped.
+async fn wait_fd<F: std::os::fd::AsRawFd>(fd: F) {
+    // SAFETY: the AsyncFd owns `fd` (an OwnedFd, or an Arc of one), which
+    // keeps the descriptor open and the same until the AsyncFd is dropped.
     if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
         let _ = afd.readable().await;
     }
@@ -891,6 +904,21 @@ fn shown_image(config: &ContainerRequest, image: &ImageRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watchers' word on a monitor is its pidfd's: live until the
+    /// process ends, even before the watcher task notices.
+    #[test]
+    fn a_watched_monitor_lives_until_its_pidfd_says_it_ended() {
+        let watchers = Watchers::default();
+        assert!(!watchers.monitor_lives("unwatched"));
+        let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        let fd = berth_runtime::pidfd::pidfd_open(child.id() as i32).unwrap();
+        watchers.map().insert("c".into(), Arc::new(fd));
+        assert!(watchers.monitor_lives("c"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!watchers.monitor_lives("c"), "the entry is still there, the pidfd says it ended");
+    }
 
     #[test]
     fn an_exit_folds_into_live_containers_only() {
