@@ -175,8 +175,7 @@ impl Watchers {
     /// monitor has not ended: its pidfd polls not readable.
     pub fn monitor_lives(&self, id: &str) -> bool {
         let Some(fd) = self.map().get(id).cloned() else { return false };
-        let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(0))
+        berth_runtime::pidfd::readable(&*fd).is_ok_and(|ended| !ended)
     }
 }
 

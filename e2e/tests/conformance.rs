@@ -632,12 +632,6 @@ async fn pod_resource_updates_and_exec_audit_ids() {
     f.cri.remove_pod(&pod).await;
 }
 
-/// PodSandboxStatus as kubelet calls it (not verbose).
-async fn sandbox_status(f: &mut Fixture, pod: &str) -> cri::PodSandboxStatusResponse {
-    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false };
-    f.cri.runtime.pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner()
-}
-
 /// kubelet's evented PLEG (the EventedPLEG gate) takes a PodSandboxStatus
 /// answer that carries a timestamp, and each container event, as the pod's
 /// whole set of containers: `containers_statuses` must hold every container
@@ -656,7 +650,7 @@ async fn pod_status_carries_its_containers_as_the_evented_pleg_reads_them() {
 
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
     let before = now();
-    let empty = sandbox_status(&mut f, &pod).await;
+    let empty = f.cri.pod_status(&pod, false).await;
     assert!(empty.containers_statuses.is_empty(), "{:?}", empty.containers_statuses);
     assert!(empty.timestamp >= before && empty.timestamp <= now(), "timestamp {} is not the time of the answer", empty.timestamp);
 
@@ -668,7 +662,7 @@ async fn pod_status_carries_its_containers_as_the_evented_pleg_reads_them() {
     // exit itself, not after a ContainerStatus call did.
     let deadline = Instant::now() + Duration::from_secs(10);
     let answer = loop {
-        let answer = sandbox_status(&mut f, &pod).await;
+        let answer = f.cri.pod_status(&pod, false).await;
         let exited = answer.containers_statuses.iter().any(|s| s.id == exits && s.state == cri::ContainerState::ContainerExited as i32);
         if exited {
             break answer;
@@ -708,7 +702,7 @@ async fn pod_status_carries_its_containers_as_the_evented_pleg_reads_them() {
 
     // A removed container is no longer the pod's.
     f.cri.runtime.remove_container(cri::RemoveContainerRequest { container_id: exits.clone() }).await.unwrap();
-    let ids: Vec<_> = sandbox_status(&mut f, &pod).await.containers_statuses.into_iter().map(|s| s.id).collect();
+    let ids: Vec<_> = f.cri.pod_status(&pod, false).await.containers_statuses.into_iter().map(|s| s.id).collect();
     assert_eq!(ids, vec![running, created]);
     f.cri.remove_pod(&pod).await;
     f.cri.remove_pod(&other).await;

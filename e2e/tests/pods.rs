@@ -541,8 +541,7 @@ async fn a_container_whose_monitor_is_killed_is_reported_lost() {
     // have folded the loss in by itself.
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false };
-        let answer = f.cri.runtime.pod_sandbox_status(req).await.unwrap().into_inner();
+        let answer = f.cri.pod_status(&pod, false).await;
         let s = answer.containers_statuses.iter().find(|s| s.id == victim).cloned().expect("the victim is the pod's");
         if s.state == cri::ContainerState::ContainerExited as i32 {
             break s;

@@ -36,6 +36,13 @@ pub fn pidfd_open_checked(pid: i32, started: u64) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether a pidfd is readable, which it becomes once its process has
+/// exited, reaped or not (a zombie nobody reaps is no live process).
+pub fn readable(fd: impl AsFd) -> nix::Result<bool> {
+    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).map(|n| n > 0)
+}
+
 /// A running process, pinned by a pidfd.
 #[derive(Debug)]
 pub struct Process {
@@ -66,9 +73,7 @@ impl Process {
     /// True once the process has exited, reaped or not: a pidfd becomes
     /// readable then (a zombie nobody reaps is no live process).
     pub fn exited(&self) -> bool {
-        use std::os::fd::AsFd;
-        let mut fds = [nix::poll::PollFd::new(self.fd.as_fd(), nix::poll::PollFlags::POLLIN)];
-        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+        readable(&self.fd).unwrap_or(false)
     }
 
     /// Sends `signal` to the process (`pidfd_send_signal`); ESRCH once it has exited.

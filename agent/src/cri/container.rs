@@ -83,9 +83,8 @@ pub(super) fn statuses_of_pod(node: &Node, pod_id: &str) -> Vec<cri::ContainerSt
         .into_iter()
         .filter(|c| c.state != ContainerState::Creating)
         .map(|c| {
-            let id = c.id.clone();
             container::refresh(node, c.clone()).unwrap_or_else(|e| {
-                tracing::warn!(container_id = %id, error = %e, "container state not refreshed for the pod's status");
+                tracing::warn!(container_id = %c.id, error = %e, "container state not refreshed for the pod's status");
                 c
             })
         })
