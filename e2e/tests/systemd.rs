@@ -40,6 +40,34 @@ async fn assert_gone(unit: &str) {
     panic!("{unit} is still known to systemd: {} {}", show(unit, "LoadState"), show(unit, "ActiveState"));
 }
 
+/// The kernel's log lines about OOM kills so far (read from /dev/kmsg
+/// without blocking), for a failure message.
+fn kernel_oom_lines() -> String {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(mut kmsg) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg") else {
+        return "no /dev/kmsg".into();
+    };
+    let mut lines = Vec::new();
+    let mut rec = [0u8; 8192];
+    // One record per read; EAGAIN at the end, EPIPE for records overwritten.
+    loop {
+        match kmsg.read(&mut rec) {
+            Ok(0) => break,
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&rec[..n]);
+                let msg = text.split_once(';').map_or(&*text, |(_, m)| m).lines().next().unwrap_or("").to_string();
+                if ["oom", "Killed process", "reaper"].iter().any(|k| msg.contains(k)) {
+                    lines.push(msg);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    lines.join("\n")
+}
+
 fn daemon_reload() {
     let s = Command::new("systemctl").args(["--no-ask-password", "daemon-reload"]).status().expect("systemctl");
     assert!(s.success());
@@ -165,6 +193,14 @@ async fn containers_are_systemd_scopes() {
         assert!(!cmdline.contains(" hold"), "the holder is still in the scope: {cmdline}");
     }
 
+    // The sentinel lives in the node's PID namespace, not the container's:
+    // the kernel kills every process of a PID namespace with its init, and
+    // could empty the cgroup before the monitor has read its OOM count.
+    let sentinel = procs.iter().find(|p| **p != pid.to_string()).unwrap();
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap();
+    assert_eq!(ns(sentinel), ns("self"), "the sentinel is in the container's PID namespace");
+    assert_ne!(ns(&pid.to_string()), ns("self"));
+
     // systemd rewrites a unit's cgroup files from its properties; berth's
     // limits are those properties, so they survive.
     daemon_reload();
@@ -190,11 +226,12 @@ async fn containers_are_systemd_scopes() {
     let why = || {
         let unit = format!("berth-{hog}.scope");
         format!(
-            "exit file {:?}; monitor log {:?}; unit {} {}",
+            "exit file {:?}; monitor log {:?}; unit {} {}; kernel:\n{}",
             std::fs::read_to_string(bundle.join("exit")).unwrap_or_default(),
             std::fs::read_to_string(bundle.join("monitor.log")).unwrap_or_default(),
             show(&unit, "ActiveState"),
-            show(&unit, "Result")
+            show(&unit, "Result"),
+            kernel_oom_lines()
         )
     };
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{}", why());

@@ -165,41 +165,16 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     let (start_r, start_w) = pipe_cloexec().map_err(|e| setup_err("pipe", e))?;
     let null = init::open_null().map_err(|e| setup_err("open /dev/null", e))?;
 
-    match &args.pid_ns {
-        PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
-        PidNamespace::Join { pid, start_time } => {
-            let target = crate::pidfd::Process::open(*pid, *start_time)
-                .map_err(|e| setup_err(&format!("the process {pid} whose PID namespace to join"), e))?;
-            target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
-        }
-        PidNamespace::Host => {}
-    }
-
     // On a pure cgroup v2 node the init is born in its cgroup. The spec is
     // read by the init only: the monitor lives as long as the container,
     // and code and memory it touched once stay counted to it.
     let into = args.cgroup_procs.as_deref().and_then(crate::process::clone::v2_only_dir);
-    let forking = std::time::Instant::now();
-    // SAFETY: the monitor is single-threaded, so the child may allocate.
-    let forked = match &into {
-        Some(dir) => unsafe { crate::process::clone::fork_into_cgroup(std::os::fd::AsFd::as_fd(dir)) }.map(|r| (r, true)),
-        None => Err(nix::errno::Errno::ENOSYS),
-    };
-    // SAFETY: as above.
-    let forked = forked.or_else(|_| unsafe { fork() }.map(|r| (r, false)));
-    let child = match forked.map_err(|e| setup_err("fork init", e))? {
-        (ForkResult::Child, placed) => {
-            drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into));
-            let stdio = [stdin_r, out_w, err_w];
-            child_main(args, placed, rootfs, null, stdio, report_w, start_r, console_child)
-        }
-        (ForkResult::Parent { child }, _) => child,
-    };
-    // The init's copy is the one it attaches; this one would only keep the
-    // mount referenced after the container is gone.
-    drop(rootfs);
     // Under the systemd driver the cgroup must outlive the container's last
-    // process until its OOM count is read (see oom::start_sentinel).
+    // process until its OOM count is read (see oom::start_sentinel). It is
+    // forked before the PID namespace is entered: a process in the
+    // container's namespace would be listed in the container's /proc, and
+    // the kernel kills it with the namespace's init, emptying the cgroup
+    // before its count is read.
     let sentinel = match (&into, args.cgroup_hold) {
         (Some(dir), true) => match oom::start_sentinel(std::os::fd::AsFd::as_fd(dir)) {
             Ok(w) => Some(w),
@@ -210,6 +185,35 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         },
         _ => None,
     };
+    match &args.pid_ns {
+        PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
+        PidNamespace::Join { pid, start_time } => {
+            let target = crate::pidfd::Process::open(*pid, *start_time)
+                .map_err(|e| setup_err(&format!("the process {pid} whose PID namespace to join"), e))?;
+            target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
+        }
+        PidNamespace::Host => {}
+    }
+
+    let forking = std::time::Instant::now();
+    // SAFETY: the monitor is single-threaded, so the child may allocate.
+    let forked = match &into {
+        Some(dir) => unsafe { crate::process::clone::fork_into_cgroup(std::os::fd::AsFd::as_fd(dir)) }.map(|r| (r, true)),
+        None => Err(nix::errno::Errno::ENOSYS),
+    };
+    // SAFETY: as above.
+    let forked = forked.or_else(|_| unsafe { fork() }.map(|r| (r, false)));
+    let child = match forked.map_err(|e| setup_err("fork init", e))? {
+        (ForkResult::Child, placed) => {
+            drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into, sentinel));
+            let stdio = [stdin_r, out_w, err_w];
+            child_main(args, placed, rootfs, null, stdio, report_w, start_r, console_child)
+        }
+        (ForkResult::Parent { child }, _) => child,
+    };
+    // The init's copy is the one it attaches; this one would only keep the
+    // mount referenced after the container is gone.
+    drop(rootfs);
     let forked_ns = crate::time::monotonic_ns();
     let us = |d: std::time::Duration| d.as_micros() as u64;
     let (setup_us, fork_us) = (us(forking.duration_since(started)), us(forking.elapsed()));
