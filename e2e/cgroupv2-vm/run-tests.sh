@@ -41,6 +41,11 @@ CGV2VM_MEM=2G CGV2VM_ENV="BERTHD RUST_BACKTRACE" bash e2e/cgroupv2-vm/run-in-vm.
 # User namespaces where they cannot be had: the VM's store is on its tmpfs
 # root and Debian 12's kernel (6.1) id-maps no tmpfs (6.3 does), so berthd
 # must say user_namespaces false and refuse such pods, naming why.
+# cgroup.kill ends what a container without a PID namespace of its own leaves.
+pods=$(test_bin -p berth-e2e --test pods)
+[ -n "$pods" ] || { echo "cgroupv2-vm: could not build the pods e2e test" >&2; exit 1; }
+CGV2VM_MEM=2G CGV2VM_ENV="BERTHD RUST_BACKTRACE" bash e2e/cgroupv2-vm/run-in-vm.sh "$PWD" -- "$pods" --test-threads=1 \
+  a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits
 userns=$(test_bin -p berth-e2e --test userns)
 [ -n "$userns" ] || { echo "cgroupv2-vm: could not build the userns e2e test" >&2; exit 1; }
 export BERTH_E2E_USERNS=0

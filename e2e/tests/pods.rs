@@ -744,3 +744,89 @@ async fn container_events_stream_the_lifecycle() {
     );
     f.cri.remove_pod(&pod).await;
 }
+
+/// Polls (bounded) until `gone` holds; false if it never did.
+async fn eventually(mut gone: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if gone().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A container without a PID namespace of its own (the pod's shared one, or
+/// the node's): when its main process exits, what it left running goes too,
+/// as the kernel does for a namespace's init and containerd for these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
+    let mut f = Fixture::start().await;
+    let with_pid = |mode: i32| cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption { pid: mode, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod_with_pid = |f: &Fixture, name: &str, mode: i32| {
+        let mut cfg = f.pod(name);
+        cfg.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption { pid: mode, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cfg
+    };
+    // A unique duration names the leftover on the node.
+    let secs = 100_000 + std::process::id() % 100_000;
+
+    // The pod's shared namespace: a sibling sees what the exited one left.
+    let cfg = pod_with_pid(&f, "pidleft", cri::NamespaceMode::Pod as i32);
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut watcher = f.container("watcher", &["sleep", "1000"]);
+    watcher.linux = Some(with_pid(cri::NamespaceMode::Pod as i32));
+    let watcher = f.cri.run(&pod, watcher, &cfg).await;
+    // The parent ends when the test says so.
+    let wait_go = "until [ -e /tmp/go ]; do sleep 0.05; done";
+    let mut parent = f.container("parent", &["sh", "-c", &format!("sleep {secs} & {wait_go}; exit 3")]);
+    parent.linux = Some(with_pid(cri::NamespaceMode::Pod as i32));
+    let parent = f.cri.run(&pod, parent, &cfg).await;
+    assert!(f.cri.sh(&watcher, "ps -o args").await.contains(&format!("sleep {secs}")), "the child runs while its parent does");
+    // The exec is a process of the container too, and may be killed with
+    // the rest before it reports: its exit code is not checked.
+    let _ = f.cri.exec(&parent, &["touch", "/tmp/go"], 10).await;
+    let s = f.cri.wait_exited(&parent, Duration::from_secs(10)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    let left = format!("sleep {secs}");
+    assert!(
+        eventually(async || !f.cri.sh(&watcher, "ps -o args").await.contains(&left)).await,
+        "the exited container's child still runs: {}",
+        f.cri.sh(&watcher, "ps -o pid,args").await
+    );
+    assert!(f.cri.sh(&watcher, "ps -o args").await.contains("sleep 1000"), "a sibling container is not touched");
+    f.cri.remove_pod(&pod).await;
+
+    // The node's namespace: the leftover would be a process of the node.
+    let cfg = pod_with_pid(&f, "hostleft", cri::NamespaceMode::Node as i32);
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut parent = f.container("parent", &["sh", "-c", &format!("sleep {} & {wait_go}", secs + 1)]);
+    parent.linux = Some(with_pid(cri::NamespaceMode::Node as i32));
+    let parent = f.cri.run(&pod, parent, &cfg).await;
+    let on_node = || {
+        let want = format!("sleep\0{}\0", secs + 1);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+            .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
+    };
+    assert!(on_node(), "the child runs on the node while its parent does");
+    let _ = f.cri.exec(&parent, &["touch", "/tmp/go"], 10).await;
+    let s = f.cri.wait_exited(&parent, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 0);
+    assert!(eventually(async || !on_node()).await, "the exited container's child still runs on the node");
+    f.cri.remove_pod(&pod).await;
+}

@@ -4,7 +4,7 @@
 //! init's exit is recorded.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -54,6 +54,9 @@ pub(super) struct Monitor {
     pub(super) exited_at: Option<Instant>,
     /// OOM kills in the container's cgroup (cgroup v2).
     pub(super) oom: Option<super::oom::OomWatch>,
+    /// The container's cgroup, whose processes are killed once the init
+    /// exited (no PID namespace of its own; see [`super::leftovers`]).
+    pub(super) leftovers: Option<OwnedFd>,
     /// The buffer reads from the container's output and from clients go
     /// through; see [`ReadBuf`].
     pub(super) read_buf: ReadBuf,
@@ -406,6 +409,16 @@ impl Monitor {
         // The cgroup is empty now; read it before anyone removes it.
         let oom = self.oom.as_mut().is_some_and(|o| o.finish());
         self.oom = None;
+        // After the OOM count is read: this also ends the sentinel.
+        if let Some(dir) = self.leftovers.take() {
+            let (killed, empty) = super::leftovers::kill(&dir);
+            if killed > 0 || !empty {
+                crate::diag::log(
+                    crate::diag::Level::Info,
+                    &format!("killed {killed} processes the container left (no PID namespace of its own); cgroup empty: {empty}"),
+                );
+            }
+        }
         self.exit = Some(ExitStatus { code, signal, finished_ns: now_ns(), oom });
         self.exited_at = Some(Instant::now());
         self.start = None;

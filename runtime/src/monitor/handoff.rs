@@ -29,8 +29,20 @@ use nix::unistd::Pid;
 pub const LOOP_BINARY: &str = "berth-monitor-loop";
 
 /// The flags that name an fd, in the order [`Serve::fds`] lists the fds.
-const FD_FLAGS: [&str; 11] =
-    ["--listener", "--report", "--start", "--sync", "--console", "--out", "--err", "--pty", "--stdin", "--cgroup", "--sentinel"];
+const FD_FLAGS: [&str; 12] = [
+    "--listener",
+    "--report",
+    "--start",
+    "--sync",
+    "--console",
+    "--out",
+    "--err",
+    "--pty",
+    "--stdin",
+    "--cgroup",
+    "--sentinel",
+    "--leftovers",
+];
 
 /// When the monitor started and forked, for the stages Created reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +78,9 @@ pub(super) struct Serve {
     pub(super) cgroup: Option<OwnedFd>,
     /// The write end of the cgroup sentinel's pipe.
     pub(super) sentinel: Option<OwnedFd>,
+    /// The cgroup directory whose processes are killed once the init has
+    /// exited: set for a container without a PID namespace of its own.
+    pub(super) leftovers: Option<OwnedFd>,
 }
 
 impl Serve {
@@ -83,6 +98,7 @@ impl Serve {
             self.stdin.as_ref().map(AsRawFd::as_raw_fd),
             self.cgroup.as_ref().map(AsRawFd::as_raw_fd),
             self.sentinel.as_ref().map(AsRawFd::as_raw_fd),
+            self.leftovers.as_ref().map(AsRawFd::as_raw_fd),
         ];
         FD_FLAGS.into_iter().zip(fds).filter_map(|(flag, fd)| Some((flag, fd?))).collect()
     }
@@ -164,6 +180,7 @@ impl Serve {
             start: required("--start")?,
             cgroup: fd("--cgroup")?,
             sentinel: fd("--sentinel")?,
+            leftovers: fd("--leftovers")?,
         })
     }
 }
@@ -235,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("s")).unwrap();
         let ((report, _report_w), (_start_r, start), (out, _out_w), (_stdin_r, stdin)) = (pipe(), pipe(), pipe(), pipe());
-        let (cgroup, _) = pipe();
+        let ((cgroup, _), (leftovers, _)) = (pipe(), pipe());
         let (sync, _sync_r) = pipe();
         let timing = Timing { started_ns: 1, setup_us: 2, fork_us: 3, forked_ns: u64::MAX };
         let sent = Serve {
@@ -256,6 +273,7 @@ mod tests {
             start,
             cgroup: Some(cgroup.into()),
             sentinel: None,
+            leftovers: Some(leftovers.into()),
         };
         let argv = sent.argv(Path::new("/usr/bin/berth-monitor-loop"));
         assert_eq!(argv[..6], ["/usr/bin/berth-monitor-loop", "monitor", "--id", "c1", "--bundle", &dir.path().display().to_string()]);
@@ -267,7 +285,7 @@ mod tests {
         assert_eq!(fds(&got), want);
         assert_eq!(
             want.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
-            ["--listener", "--report", "--start", "--sync", "--out", "--stdin", "--cgroup"]
+            ["--listener", "--report", "--start", "--sync", "--out", "--stdin", "--cgroup", "--leftovers"]
         );
         assert_eq!(got.timing, timing);
         assert!(want.iter().all(|(f, _)| FD_FLAGS.contains(&f.as_str())), "every fd flag is in FD_FLAGS");

@@ -10,6 +10,7 @@ pub mod attach;
 mod events;
 pub mod exit;
 pub mod handoff;
+mod leftovers;
 pub mod log;
 mod oom;
 
@@ -185,6 +186,18 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         },
         _ => None,
     };
+    // The kernel ends a container's processes with its init only when the
+    // init is PID 1 of a namespace of its own (see leftovers).
+    let leftovers = match args.pid_ns {
+        PidNamespace::New => None,
+        _ => {
+            let dir = args.cgroup_procs.as_deref().and_then(leftovers::open);
+            if dir.is_none() {
+                crate::diag::log(crate::diag::Level::Warn, "no cgroup to end the container's processes with its init");
+            }
+            dir
+        }
+    };
     match &args.pid_ns {
         PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
         PidNamespace::Join { pid, start_time } => {
@@ -205,7 +218,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     let forked = forked.or_else(|_| unsafe { fork() }.map(|r| (r, false)));
     let child = match forked.map_err(|e| setup_err("fork init", e))? {
         (ForkResult::Child, placed) => {
-            drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into, sentinel));
+            drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into, sentinel, leftovers));
             let stdio = [stdin_r, out_w, err_w];
             child_main(args, placed, rootfs, null, stdio, report_w, start_r, console_child)
         }
@@ -239,6 +252,7 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         start: std::fs::File::from(start_w),
         cgroup: into,
         sentinel,
+        leftovers,
     };
     // The exec overlaps the init's setup, which the monitor only waits for.
     serve(handoff::exec(serve_args))
@@ -319,6 +333,7 @@ fn serve(mut s: handoff::Serve) -> Result<(), InitError> {
         exit: None,
         exited_at: None,
         oom: s.cgroup.map(|dir| oom::OomWatch::new(dir, s.sentinel)),
+        leftovers: s.leftovers,
         read_buf: Default::default(),
     };
     state.open_log();

@@ -1,0 +1,62 @@
+//! What a container without a PID namespace of its own leaves behind.
+//!
+//! The kernel kills every process of a PID namespace when its init exits,
+//! so a container that is PID 1 of its own namespace leaves nothing. One in
+//! its pod's shared namespace, or in the node's, does: a daemonized child
+//! would go on running in the container's cgroup, holding its output open,
+//! after the container is reported exited. As containerd's runc shim does
+//! for such containers, the monitor kills every process left in the
+//! container's cgroup once the init has exited.
+
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
+
+/// How often the cgroup is listed and its processes killed: a process that
+/// forks between a listing and its kill leaves a child for the next round.
+const ROUNDS: usize = 100;
+
+/// Opens the directory of the first cgroup of `procs` (the `cgroup.procs`
+/// files the init joined, `:`-separated): every process of the container is
+/// in each of them.
+pub(super) fn open(procs: &str) -> Option<OwnedFd> {
+    let first = procs.split(':').find(|f| !f.is_empty())?;
+    let dir = std::path::Path::new(first).parent()?;
+    nix::fcntl::open(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).ok()
+}
+
+/// The pids `cgroup.procs` in `dir` lists; none if it cannot be read.
+fn listed(dir: &OwnedFd) -> Vec<i32> {
+    let Ok(fd) = openat(dir.as_fd(), "cgroup.procs", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) else { return Vec::new() };
+    let mut text = String::new();
+    let _ = std::fs::File::from(fd).read_to_string(&mut text);
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Kills every process in the cgroup `dir` names with SIGKILL; returns how
+/// many it signalled and whether the cgroup was seen empty. On cgroup v2
+/// `cgroup.kill` (Linux 5.14) does it in one step that also catches forks;
+/// the listing rounds follow either way, for v1 and older kernels.
+pub(super) fn kill(dir: &OwnedFd) -> (usize, bool) {
+    if let Ok(fd) = openat(dir.as_fd(), "cgroup.kill", OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+        let _ = std::fs::File::from(fd).write_all(b"1");
+    }
+    let me = std::process::id() as i32;
+    let mut signalled = std::collections::BTreeSet::new();
+    for _ in 0..ROUNDS {
+        let pids: Vec<i32> = listed(dir).into_iter().filter(|p| *p != me).collect();
+        if pids.is_empty() {
+            return (signalled.len(), true);
+        }
+        for pid in pids {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
+                signalled.insert(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (signalled.len(), false)
+}
