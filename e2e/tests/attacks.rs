@@ -209,6 +209,64 @@ async fn shared_pid_init_shows_nothing_of_the_host() {
     f.cri.remove_pod(&pod).await;
 }
 
+/// The privilege fields of a /proc/<pid>/status text.
+fn privileges(status: &str) -> Vec<String> {
+    let fields = ["Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
+    status
+        .lines()
+        .filter(|l| fields.iter().any(|f| l.starts_with(&format!("{f}:"))))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// A sibling allowed to ptrace (CAP_SYS_PTRACE, a shared PID namespace) can
+/// attach to a Created container's init: that init must hold no more than
+/// the container's own process will (user, capabilities, no_new_privs,
+/// seccomp), or the sibling borrows the rest before StartContainer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_containers_init_holds_no_more_than_its_workload() {
+    let mut f = Fixture::start().await;
+    let mut cfg = f.pod("created");
+    cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let shared = || cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() };
+    let mut c = f.container("tracer", &["sleep", "1000"]);
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(shared());
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+    });
+    let tracer = f.cri.run(&pod, c, &cfg).await;
+    let mut c = f.container("victim", &["sleep", "1001"]);
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(shared());
+        s.run_as_user = Some(cri::Int64Value { value: 1000 });
+        s.seccomp =
+            Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() });
+    });
+    let victim = f.cri.create(&pod, c, &cfg).await.unwrap();
+    // The Created init, as the sibling finds it: berth-monitor's command
+    // line, with the container's id.
+    let find = format!("grep -l {victim} /proc/[0-9]*/cmdline | cut -d/ -f3 | head -1");
+    let pid = run(&mut f, &tracer, &find).await.trim().to_string();
+    assert!(!pid.is_empty(), "the sibling sees the Created init");
+    // Ptrace access, as the sibling has it: environ is read under the same
+    // check (PTRACE_MODE_READ) that attaching passes.
+    let r = f.cri.exec(&tracer, &["sh", "-c", &format!("cat /proc/{pid}/environ >/dev/null")], 30).await.unwrap();
+    assert_eq!(r.exit_code, 0, "the sibling can ptrace the Created init: {}", String::from_utf8_lossy(&r.stderr));
+    let created = privileges(&run(&mut f, &tracer, &format!("cat /proc/{pid}/status")).await);
+    f.cri.runtime.start_container(cri::StartContainerRequest { container_id: victim.clone() }).await.unwrap();
+    let started = privileges(&f.cri.sh(&victim, "cat /proc/self/status").await);
+    assert_eq!(started.len(), 9, "{started:?}");
+    assert_eq!(created, started, "the Created init holds more than the container's process");
+    f.cri.remove_pod(&pod).await;
+}
+
 /// Packets and bytes the berth table's loopback-guard rule has dropped.
 fn loopback_drops(table: &str) -> u64 {
     let out = std::process::Command::new("nft").args(["-j", "list", "chain", "inet", table, "input"]).output().expect("nft");

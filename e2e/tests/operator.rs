@@ -318,6 +318,7 @@ async fn metrics_endpoint_parses_and_moves_with_rpcs() {
         "init_process",
         "init_seccomp",
         "init_tty",
+        "init_confine",
         "monitor_wait_init",
     ] {
         assert!(steps.contains(&step), "{step} missing from {created}");

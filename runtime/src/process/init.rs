@@ -53,6 +53,13 @@ pub fn run(
         let mut stages_us = vec![("init_spec".to_string(), spec_us)];
         stages_us.extend(prepared.stages_us.iter().cloned());
         stages_us.push(("init_tty".into(), prepared.tty_clock.elapsed().as_micros() as u64));
+        // Confined before it waits for StartContainer: a process that may
+        // ptrace it (a sibling with CAP_SYS_PTRACE in a shared PID
+        // namespace) finds no more than the container's process will hold.
+        let confining = std::time::Instant::now();
+        let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
+        confine_for_exec(process, &prepared)?;
+        stages_us.push(("init_confine".into(), confining.elapsed().as_micros() as u64));
         let ready = InitReport::Ready { uid: u.uid, gid: u.gid, groups: u.groups.clone(), stages_us };
         channel::send(&mut report, &ready).map_err(|e| setup_err("report ready", e))?;
         match channel::recv::<InitCommand>(&mut start) {
@@ -60,7 +67,8 @@ pub fn run(
             // The monitor went away or closed the start pipe: do not start.
             _ => std::process::exit(1),
         }
-        Err(exec(spec, prepared))
+        // The container outlives its monitor's setup phase: no parent-death signal.
+        Err(exec_final(&prepared.executable, process.args().as_deref().unwrap_or(&[]), process.env().as_deref().unwrap_or(&[]), 0))
     });
     if let Err(e) = result {
         let _ = channel::send(&mut report, &InitReport::Failed(e));
@@ -308,25 +316,21 @@ fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Option<nix::sys::re
     })
 }
 
-/// The last steps: user, umask, fds, exec. Returns only on failure.
-pub fn exec(spec: &Spec, prepared: Prepared) -> InitError {
-    let Some(process) = spec.process().as_ref() else { return InitError::Setup("spec has no process".into()) };
-    if let Err(e) = confine(process, &prepared.user, prepared.seccomp.as_ref()) {
-        return e;
-    }
+/// The container process's user, capabilities, no_new_privs, seccomp,
+/// working directory and umask, all but the exec itself.
+fn confine_for_exec(process: &oci_spec::runtime::Process, prepared: &Prepared) -> Result<(), InitError> {
+    confine(process, &prepared.user, prepared.seccomp.as_ref())?;
     // After the switch, so permission on the directory is the user's.
-    if let Err(e) = chdir_inside(&prepared.cwd) {
-        return e;
-    }
+    chdir_inside(&prepared.cwd)?;
     let umask = process.user().umask().unwrap_or(0o022);
     nix::sys::stat::umask(Mode::from_bits_truncate(umask));
-    // The container outlives its monitor's setup phase: no parent-death signal.
-    exec_final(&prepared.executable, process.args().as_deref().unwrap_or(&[]), process.env().as_deref().unwrap_or(&[]), 0)
+    Ok(())
 }
 
 /// Until exec, berth's own binary is this process's /proc/<pid>/exe: a
-/// process in the container must not be able to open it (ptrace access
-/// checks fail for non-dumpable processes). exec of the workload resets it.
+/// process in the container must not be able to open it. Ptrace access
+/// checks fail for a non-dumpable process, unless the caller holds
+/// CAP_SYS_PTRACE over it. exec of the workload resets it.
 pub fn make_non_dumpable() {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
