@@ -209,6 +209,11 @@ async fn shared_pid_init_shows_nothing_of_the_host() {
     f.cri.remove_pod(&pod).await;
 }
 
+/// The RuntimeDefault seccomp profile.
+fn runtime_default() -> Option<cri::SecurityProfile> {
+    Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() })
+}
+
 /// The privilege fields of a /proc/<pid>/status text.
 fn privileges(status: &str) -> Vec<String> {
     let fields = ["Uid", "Gid", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"];
@@ -246,8 +251,7 @@ async fn a_created_containers_init_holds_no_more_than_its_workload() {
     c.linux = berth_e2e::security(|s| {
         s.namespace_options = Some(shared());
         s.run_as_user = Some(cri::Int64Value { value: 1000 });
-        s.seccomp =
-            Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() });
+        s.seccomp = runtime_default();
     });
     let victim = f.cri.create(&pod, c, &cfg).await.unwrap();
     // The Created init, as the sibling finds it: berth-monitor's command
@@ -264,6 +268,38 @@ async fn a_created_containers_init_holds_no_more_than_its_workload() {
     let started = privileges(&f.cri.sh(&victim, "cat /proc/self/status").await);
     assert_eq!(started.len(), 9, "{started:?}");
     assert_eq!(created, started, "the Created init holds more than the container's process");
+    f.cri.remove_pod(&pod).await;
+}
+
+/// An exec's init stays in the container's PID namespace while the exec
+/// runs, as the exec's parent; a container with CAP_SYS_PTRACE may attach
+/// to it. It holds only CAP_KILL, no_new_privs and a seccomp allow-list,
+/// so attaching gains no call the container's own filter refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execs_init_holds_only_what_it_needs() {
+    let mut f = Fixture::start().await;
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod("execinit");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = berth_e2e::container_config("tracer", &image, &["sleep", "1000"]);
+    c.linux = berth_e2e::security(|s| {
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+        s.seccomp = runtime_default();
+    });
+    let tracer = f.cri.run(&pod, c, &cfg).await;
+    // The exec's shell reads its parent, the exec's init; environ passes
+    // the same access check as attaching.
+    let out = f.cri.sh(&tracer, "cat /proc/$PPID/comm; cat /proc/$PPID/environ >/dev/null && echo traceable; cat /proc/$PPID/status").await;
+    assert!(out.starts_with("berth-monitor\ntraceable\n"), "{out}");
+    let p = privileges(&out);
+    for want in ["CapEff: 0000000000000020", "CapPrm: 0000000000000020", "CapBnd: 0000000000000020", "NoNewPrivs: 1", "Seccomp: 2"] {
+        assert!(p.iter().any(|l| l == want), "{want} not in {p:?}");
+    }
+    // It still ends the exec's tree at the timeout, under its filter.
+    let r = f.cri.exec(&tracer, &["sh", "-c", "sleep 1000 & sleep 1000"], 1).await;
+    assert!(r.is_err() || r.as_ref().is_ok_and(|r| r.exit_code != 0), "{r:?}");
+    let left = f.cri.sh(&tracer, "ps -o args | grep -c '^sleep 1000$' || true").await;
+    assert_eq!(left.trim(), "1", "only the container's own sleep is left");
     f.cri.remove_pod(&pod).await;
 }
 
@@ -364,10 +400,7 @@ async fn runtime_default_seccomp_is_an_allow_list() {
     let cfg = f.pod("seccomp");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut c = berth_e2e::container_config("confined", &image, &["sleep", "1000"]);
-    c.linux = berth_e2e::security(|s| {
-        s.seccomp =
-            Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32, ..Default::default() })
-    });
+    c.linux = berth_e2e::security(|s| s.seccomp = runtime_default());
     let confined = f.cri.run(&pod, c, &cfg).await;
     let unconfined = f.cri.run(&pod, berth_e2e::container_config("free", &image, &["sleep", "1000"]), &cfg).await;
     // Each blocked only by the filter: the kernel itself allows it to root

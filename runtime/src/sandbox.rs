@@ -406,23 +406,11 @@ fn read_pod_init_reports(r: &mut impl std::io::Read) -> (Option<i32>, bool, Opti
     (pid, ready, None)
 }
 
-/// Syscalls the pod init makes once confined: wait for signals, reap,
-/// report ready, close its fds, exit.
+/// Syscalls the pod init makes once confined, beyond waiting and reaping:
+/// report ready, close its fds.
 const POD_INIT_SYSCALLS: &[&str] = &[
-    "rt_sigtimedwait",
-    "rt_sigprocmask",
-    "rt_sigreturn",
-    "restart_syscall",
-    "wait4",
-    "waitid",
     "write",
-    "close",
     "close_range",
-    "brk",
-    "mmap",
-    "munmap",
-    "exit",
-    "exit_group",
     // berth-pause: exec'd once through its fd, then PR_SET_DUMPABLE.
     "execveat",
     "prctl",
@@ -582,14 +570,8 @@ fn confine_pod_init(mountpoint: &Path) -> Result<(), (&'static str, String)> {
     let nobody = nix::unistd::Uid::from_raw(65535);
     nix::unistd::setresuid(nobody, nobody, nobody).map_err(e("setresuid"))?;
     crate::process::security::no_new_privs().map_err(|err| ("no_new_privs", err.to_string()))?;
-    let mut filter = libseccomp::ScmpFilterContext::new(libseccomp::ScmpAction::Errno(libc::EPERM))
-        .map_err(|err| ("seccomp filter", err.to_string()))?;
-    for name in POD_INIT_SYSCALLS {
-        if let Ok(sc) = libseccomp::ScmpSyscall::from_name(name) {
-            filter.add_rule(libseccomp::ScmpAction::Allow, sc).map_err(|err| ("seccomp rule", err.to_string()))?;
-        }
-    }
-    filter.load().map_err(|err| ("load seccomp filter", err.to_string()))
+    crate::process::security::load_allow_list(&[crate::process::security::WAIT_AND_REAP, POD_INIT_SYSCALLS])
+        .map_err(|err| ("seccomp filter", err.to_string()))
 }
 
 #[cfg(test)]

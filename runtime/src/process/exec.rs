@@ -189,9 +189,17 @@ fn exec_init(spec: &oci_spec::runtime::Spec, process: &oci_spec::runtime::Proces
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => std::process::exit(fail(setup("fork", e))),
     };
-    let _ = keep_only_cap_kill();
     for fd in 0..3 {
         let _ = nix::unistd::close(fd);
+    }
+    // It stays in the container's PID namespace for the exec's life, where
+    // a container with CAP_SYS_PTRACE may attach to it: it holds no more
+    // than it needs to wait, reap and kill the exec's tree.
+    if let Err(e) =
+        keep_only_cap_kill().and_then(|()| super::security::load_allow_list(&[super::security::WAIT_AND_REAP, EXEC_INIT_SYSCALLS]))
+    {
+        let _ = nix::sys::signal::kill(command, nix::sys::signal::Signal::SIGKILL);
+        std::process::exit(fail(e));
     }
     loop {
         match waited.wait() {
@@ -211,6 +219,27 @@ fn exec_init(spec: &oci_spec::runtime::Spec, process: &oci_spec::runtime::Proces
         }
     }
 }
+
+/// The syscalls the exec init makes once the command is forked, beyond
+/// waiting and reaping: list /proc, kill, sleep, allocate.
+const EXEC_INIT_SYSCALLS: &[&str] = &[
+    "kill",
+    "getpid",
+    "openat",
+    "open",
+    "getdents64",
+    "read",
+    "statx",
+    "newfstatat",
+    "fstat",
+    "lseek",
+    "clock_nanosleep",
+    "nanosleep",
+    "mremap",
+    "madvise",
+    "futex",
+    "sched_yield",
+];
 
 /// Drops every capability but CAP_KILL (which killing the exec's tree
 /// needs), and sets no_new_privs.

@@ -147,6 +147,38 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, InitError> {
     Ok(filter)
 }
 
+/// What a process that waits for signals and reaps children calls, and
+/// what any process needs to allocate, close and exit.
+pub const WAIT_AND_REAP: &[&str] = &[
+    "rt_sigtimedwait",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "restart_syscall",
+    "wait4",
+    "waitid",
+    "close",
+    "brk",
+    "mmap",
+    "munmap",
+    "exit",
+    "exit_group",
+];
+
+/// Loads a filter that allows only `syscalls` and answers every other with
+/// EPERM: for berth's own processes that stay in a container's namespaces
+/// (the pod init, an exec's init), so that one a container may ptrace
+/// makes no call the container could not. Needs no_new_privs or
+/// CAP_SYS_ADMIN. Names this libseccomp does not know are skipped.
+pub fn load_allow_list(syscalls: &[&[&str]]) -> Result<(), InitError> {
+    let mut filter = ScmpFilterContext::new(ScmpAction::Errno(libc::EPERM)).map_err(|e| err("seccomp filter", e))?;
+    for name in syscalls.iter().copied().flatten() {
+        if let Ok(sc) = ScmpSyscall::from_name(name) {
+            filter.add_rule(ScmpAction::Allow, sc).map_err(|e| err(&format!("seccomp rule for {name}"), e))?;
+        }
+    }
+    load(&filter)
+}
+
 /// Loads the filter into the calling thread (last step before exec).
 pub fn load(filter: &ScmpFilterContext) -> Result<(), InitError> {
     filter.load().map_err(|e| err("load seccomp filter", e))
