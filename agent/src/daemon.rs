@@ -261,10 +261,12 @@ pub fn cleanup(config: Config, all: bool) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || crate::reconcile::collect_strays(&n)).await?;
             }
             drop(lock);
-            // The pods dir and the template's dir are mounts of their own
-            // (Node::open): with them mounted the directory cannot go.
+            // The pods dir, the template's dir and the binaries' binds are
+            // mounts of their own (Node::open): with them mounted the
+            // directory cannot go.
             berth_runtime::sandbox::unmount_private_dir(&config.state.join("pods"));
             berth_runtime::mntns::remove(&config.state.join("mntns"));
+            crate::binaries::release(&config.state);
             std::fs::remove_dir_all(&config.state).with_context(|| format!("removing {}", config.state.display()))?;
         }
         // With or without a state dir: by the configured names.

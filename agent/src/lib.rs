@@ -10,6 +10,7 @@
 //! - [`store`] and [`index`] keep the records;
 //! - [`cri`] is the thin gRPC adapter, and [`daemon`] wires it all up.
 
+pub mod binaries;
 pub mod cgroups;
 pub mod check;
 pub mod config;

@@ -134,13 +134,15 @@ impl Node {
             .map_err(|e| Error::invalid("runtime.cgroup_driver", format!("systemd: {e}")))?;
         let default_parent =
             cgroups.parent_path(&config.runtime.default_cgroup_parent).map_err(|e| Error::invalid("runtime.default_cgroup_parent", e))?;
+        // Every monitor binary is run from a read-only bind of its directory.
+        let handler_bins = config.runtimes.values().map(|h| &h.monitor_path).filter(|p| !p.as_os_str().is_empty() && p.is_file());
+        let bins: Vec<PathBuf> = std::iter::once(&monitor_bin).chain(handler_bins).cloned().collect();
+        let protected = crate::binaries::protect(&config.state, &bins);
         // One Runtime, and so one monitor zygote, per monitor binary.
         let mut runtimes = std::collections::HashMap::new();
         let mut runtime_of = |bin: PathBuf| -> berth_runtime::Runtime {
-            runtimes
-                .entry(bin.clone())
-                .or_insert_with(|| berth_runtime::Runtime::new(bin).with_zygote(config.runtime.monitor_zygote))
-                .clone()
+            let run = protected.run_as(&bin);
+            runtimes.entry(bin).or_insert_with(|| berth_runtime::Runtime::new(run).with_zygote(config.runtime.monitor_zygote)).clone()
         };
         let default_handler = Handler {
             runtime: runtime_of(monitor_bin.clone()),
@@ -212,8 +214,8 @@ impl Node {
                 None
             }
         };
-        // A start that fails from here leaves no pods mount it made, and no
-        // template (the next start makes one).
+        // A start that fails from here leaves no pods mount it made, no
+        // template (the next start makes one) and no binds of binaries.
         let rest = (|| -> Result<_> {
             let pod_cidr = store.setting(POD_CIDR_SETTING)?;
             let network = crate::net::Network::open(&config, pod_cidr.as_deref())?;
@@ -230,6 +232,8 @@ impl Node {
                 return Err(e);
             }
         };
+        let runtime = berth_runtime::Runtime::new(protected.run_as(&monitor_bin));
+        protected.keep();
         Ok(Node {
             trash,
             network,
@@ -237,7 +241,7 @@ impl Node {
             pods,
             containers,
             images,
-            runtime: berth_runtime::Runtime::new(monitor_bin),
+            runtime,
             default_handler,
             handlers,
             cgroup_v2: berth_runtime::cgroup::version() == berth_runtime::cgroup::Version::V2,

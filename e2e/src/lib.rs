@@ -437,6 +437,18 @@ impl Berthd {
     }
 }
 
+/// Whether `run` is `file` run through berthd's read-only bind of its
+/// directory (`<state>/bin/<n>/`, agent/src/binaries.rs): the same inode
+/// under the bind.
+pub fn runs_through_bind(run: &Path, file: &Path, state: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same = match (std::fs::metadata(run), std::fs::metadata(file)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    };
+    same && run.starts_with(state.join("bin")) && run.file_name() == file.file_name()
+}
+
 /// A process's command line, split at its NULs (trailing ones dropped);
 /// empty once it is gone.
 pub fn cmdline(pid: u32) -> Vec<String> {

@@ -16,7 +16,9 @@ pub fn processes(f: &Fixture) -> Vec<(i32, String)> {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let cmd = crate::cmdline(pid).join(" ");
-        if cmd.contains("berth-monitor") && cmd.contains(&state) {
+        // The zygote is berthd's, not a pod's: it runs from the state
+        // dir's bind of the binaries, and its command line names no more.
+        if cmd.contains("berth-monitor") && cmd.contains(&state) && crate::cmdline(pid).get(1).map(String::as_str) != Some("zygote") {
             out.push((pid as i32, cmd));
         }
     }
@@ -94,8 +96,13 @@ pub async fn remove_all_and_check_clean(f: &mut Fixture, point: &str) {
     // beneath the pods dir belongs to pods.
     let state = &f.berthd.paths.state;
     let node_mounts = [state.join("pods"), state.join("mntns"), state.join("mntns").join("template")].map(|p| p.display().to_string());
-    let mounts: Vec<&str> =
-        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir) && !node_mounts.iter().any(|n| n == m)).collect();
+    // And the read-only binds berth's binaries run from.
+    let bins = state.join("bin");
+    let mounts: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&dir) && !node_mounts.iter().any(|n| n == m) && !Path::new(m).starts_with(&bins))
+        .collect();
     assert!(mounts.is_empty(), "{point}: mounts left: {mounts:?}");
     let veths: Vec<String> = std::fs::read_dir(format!("/sys/class/net/{}/brif", f.berthd.net.bridge))
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())

@@ -295,6 +295,13 @@ async fn an_execs_init_holds_only_what_it_needs() {
     for want in ["CapEff: 0000000000000020", "CapPrm: 0000000000000020", "CapBnd: 0000000000000020", "NoNewPrivs: 1", "Seccomp: 2"] {
         assert!(p.iter().any(|l| l == want), "{want} not in {p:?}");
     }
+    // Its binary is berth-monitor, which berthd runs as root: opened through
+    // /proc, it cannot be rewritten, now or once no berth-monitor runs
+    // (writes to a running binary are refused only while it runs). An open
+    // that truncates asks the mount before the running binary, so a
+    // read-only mount answers EROFS even while berth-monitor runs.
+    let out = f.cri.sh(&tracer, "exec 3</proc/$PPID/exe; { printf '' >/proc/self/fd/3; printf '' >/proc/$PPID/exe; } 2>&1; true").await;
+    assert_eq!(out.matches("Read-only file system").count(), 2, "{out}");
     // It still ends the exec's tree at the timeout, under its filter.
     let r = f.cri.exec(&tracer, &["sh", "-c", "sleep 1000 & sleep 1000"], 1).await;
     assert!(r.is_err() || r.as_ref().is_ok_and(|r| r.exit_code != 0), "{r:?}");

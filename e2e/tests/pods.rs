@@ -492,7 +492,8 @@ async fn monitors_forked_by_the_zygote_are_what_spawned_ones_were() {
         assert!(args.first().is_some_and(|a| a.ends_with("/berth-monitor-loop")), "zygote={zygote}: {args:?}");
         assert_eq!(args[1..6], ["monitor", "--id", c1.as_str(), "--bundle", bundle.as_str()], "zygote={zygote}");
         let exe = std::fs::read_link(format!("/proc/{monitor}/exe")).unwrap();
-        assert_eq!(exe, std::fs::canonicalize(berth_e2e::berthd_bin().with_file_name("berth-monitor-loop")).unwrap());
+        let built = berth_e2e::berthd_bin().with_file_name("berth-monitor-loop");
+        assert!(berth_e2e::runs_through_bind(&exe, &built, &f.berthd.paths.state), "{exe:?}");
         assert!(!berth_e2e::child_pids(f.berthd.pid()).contains(&monitor), "the monitor left berthd's process tree");
         let zygotes = berth_e2e::zygotes(f.berthd.pid());
         assert_eq!(zygotes.len(), usize::from(zygote), "zygote={zygote}: {zygotes:?}");
@@ -574,14 +575,15 @@ async fn a_monitor_binary_installed_anew_serves_the_next_create() {
     let first = berth_e2e::zygotes(f.berthd.pid());
     assert_eq!(first.len(), 1, "{first:?}");
     let m1 = monitor_pid(&mut f, &c1).await;
-    assert_eq!(std::fs::read_link(format!("/proc/{m1}/exe")).unwrap(), monitor);
+    let state = f.berthd.paths.state.clone();
+    assert!(berth_e2e::runs_through_bind(&std::fs::read_link(format!("/proc/{m1}/exe")).unwrap(), &monitor, &state));
 
     let staged = bin_dir.path().join("berth-monitor-copy.new");
     std::fs::copy(&built, &staged).unwrap();
     std::fs::rename(&staged, &monitor).unwrap();
     let c2 = f.cri.run(&pod, f.container("two", &["sleep", "1000"]), &cfg).await;
     let m2 = monitor_pid(&mut f, &c2).await;
-    assert_eq!(std::fs::read_link(format!("/proc/{m2}/exe")).unwrap(), monitor, "the new build");
+    assert!(berth_e2e::runs_through_bind(&std::fs::read_link(format!("/proc/{m2}/exe")).unwrap(), &monitor, &state), "the new build");
     let old = std::fs::read_link(format!("/proc/{m1}/exe")).unwrap().display().to_string();
     assert!(old.ends_with(" (deleted)"), "the first monitor keeps its build: {old}");
     let now = berth_e2e::zygotes(f.berthd.pid());
