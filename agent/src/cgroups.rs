@@ -136,6 +136,7 @@ impl Cgroups {
                 let (parent, unit) = path.rsplit_once('/').ok_or_else(|| format!("{path}: a scope needs a slice above it"))?;
                 let slice = systemd::unit_of(parent).ok_or_else(|| format!("{parent} is not a slice"))?;
                 let mut holder = Command::new(monitor_bin);
+                holder.env_clear().envs(berth_runtime::spawn::helper_env());
                 holder.arg("hold");
                 Some(sd.start_scope(unit, slice, holder, systemd::limit_properties(limits, v2)).map_err(|e| e.to_string())?)
             }

@@ -99,7 +99,8 @@ pub fn tunables_with_ours(current: Option<&str>) -> Option<String> {
 /// in `GLIBC_TUNABLES`, unless it is there. Call first in `main`, before any
 /// thread or fd exists; returns only when nothing was to be done or the exec
 /// failed (said on stderr: berthd then runs with glibc's defaults).
-/// Children inherit the variable (the monitors, `nft`, CNI plugins);
+/// Children inherit the variable (the monitors: see
+/// `berth_runtime::spawn::HELPER_ENV`; `nft`, CNI plugins);
 /// containers do not: their init executes with the spec's environment only.
 #[cfg(target_env = "gnu")]
 pub fn reexec_with_tunables() {

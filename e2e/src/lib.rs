@@ -864,10 +864,19 @@ impl Fixture {
 
     /// Same, with a dual-stack pod network when `dual_stack`.
     pub async fn start_with_options(config: &str, dual_stack: bool) -> Fixture {
+        Self::start_with_everything(config, &[], dual_stack).await
+    }
+
+    /// Same, with `env` added to berthd's environment.
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Fixture {
+        Self::start_with_everything(config, env, false).await
+    }
+
+    async fn start_with_everything(config: &str, env: &[(&str, &str)], dual_stack: bool) -> Fixture {
         let registry = registry::Registry::start().await;
         let image = oci::busybox_image(&oci::ImageSettings::default());
         registry.push("busybox", "latest", &image).await;
-        let berthd = Berthd::start_with_options(config, &[], dual_stack).await;
+        let berthd = Berthd::start_with_options(config, env, dual_stack).await;
         let mut cri = berthd.cri().await;
         let busybox = registry.reference("busybox", "latest");
         cri.pull(&busybox).await.expect("pull busybox");

@@ -277,7 +277,11 @@ async fn a_created_containers_init_holds_no_more_than_its_workload() {
 /// so attaching gains no call the container's own filter refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execs_init_holds_only_what_it_needs() {
-    let mut f = Fixture::start().await;
+    // A setting of berthd's own, as an operator's proxy credentials are.
+    let secret = format!("hunter2-{}", std::process::id());
+    let mut f = Fixture::start_with_env("", &[("BERTH_E2E_SECRET", &secret)]).await;
+    let environ = |pid: &str| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ(&f.berthd.pid().to_string())).contains(&secret), "berthd has it");
     let image = push_attack_image(&f).await;
     let cfg = f.pod("execinit");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
@@ -291,6 +295,16 @@ async fn an_execs_init_holds_only_what_it_needs() {
     // the same access check as attaching.
     let out = f.cri.sh(&tracer, "cat /proc/$PPID/comm; cat /proc/$PPID/environ >/dev/null && echo traceable; cat /proc/$PPID/status").await;
     assert!(out.starts_with("berth-monitor\ntraceable\n"), "{out}");
+    // What it could read there is not berthd's environment, nor is the
+    // monitor's (forked by the zygote) or a Created init's (the monitor's).
+    let seen = f.cri.sh(&tracer, "tr '\\0' '\\n' </proc/$PPID/environ").await;
+    assert!(!seen.contains(&secret) && !seen.contains("NOTIFY_SOCKET"), "berthd's environment reached the exec's init: {seen}");
+    let monitor = {
+        let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: tracer.clone(), verbose: true }).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.into_inner().info["info"]).unwrap();
+        v["monitorPid"].as_i64().unwrap().to_string()
+    };
+    assert!(!String::from_utf8_lossy(&environ(&monitor)).contains(&secret), "berthd's environment reached the monitor");
     let p = privileges(&out);
     for want in ["CapEff: 0000000000000020", "CapPrm: 0000000000000020", "CapBnd: 0000000000000020", "NoNewPrivs: 1", "Seccomp: 2"] {
         assert!(p.iter().any(|l| l == want), "{want} not in {p:?}");

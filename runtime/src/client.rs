@@ -348,6 +348,8 @@ impl Runtime {
     pub fn exec_helper(&self, bundle: &Path, pid: i32, start_time: u64, args: &[String], tty: bool) -> std::io::Result<ExecHelper> {
         let mut command = Command::new(&self.monitor_bin);
         command
+            .env_clear()
+            .envs(crate::spawn::helper_env())
             .arg("exec")
             .arg("--tty")
             .arg(if tty { "true" } else { "false" })

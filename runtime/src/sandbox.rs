@@ -148,7 +148,7 @@ pub fn pin_namespaces_in_userns(
 ) -> Result<(), SandboxError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ns_err("pipe"))?;
     let mut cmd = Command::new(monitor_bin);
-    cmd.arg("pod-userns").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.env_clear().envs(crate::spawn::helper_env()).arg("pod-userns").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
     crate::client::pass_fds(&mut cmd, &[(&w, 3)]);
     let mut child = cmd.spawn().map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
     drop(w);

@@ -44,15 +44,31 @@ fn cstring(s: &OsStr) -> std::io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in an argument"))
 }
 
-/// Starts `program` with `args` and this process's environment, each
-/// `(fd, n)` of `fds` as the child's fd `n`; stdin, stdout and stderr that
-/// `fds` does not name are /dev/null.
+/// The variables of berthd's environment its helpers keep. Some helpers
+/// live in a container's PID namespace for a while (a Created container's
+/// init, an exec's init), where a container with CAP_SYS_PTRACE reads their
+/// environ: berthd's own settings (a proxy's credentials, the service's
+/// notify socket) are not theirs to pass on. None of these is secret, and
+/// the rest is read by nothing in them. `GLIBC_TUNABLES` carries berthd's
+/// malloc settings to them (see `agent/src/memory.rs`).
+const HELPER_ENV: &[&str] =
+    &["PATH", "GLIBC_TUNABLES", "RUST_BACKTRACE", "RUST_LIB_BACKTRACE", "DBUS_SYSTEM_BUS_ADDRESS", "TZ", "LANG", "LC_ALL"];
+
+/// The environment berth's helpers start with: [`HELPER_ENV`] of this
+/// process's.
+pub fn helper_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os().filter(|(k, _)| HELPER_ENV.iter().any(|n| k.as_bytes() == n.as_bytes()))
+}
+
+/// Starts `program` with `args` and [`helper_env`], each `(fd, n)` of `fds`
+/// as the child's fd `n`; stdin, stdout and stderr that `fds` does not name
+/// are /dev/null.
 pub fn spawn(program: &Path, args: &[&OsStr], fds: &[(BorrowedFd<'_>, RawFd)]) -> std::io::Result<Spawned> {
     let mut argv = vec![cstring(program.as_os_str())?];
     for a in args {
         argv.push(cstring(a)?);
     }
-    let envp: Vec<CString> = std::env::vars_os()
+    let envp: Vec<CString> = helper_env()
         .filter_map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
