@@ -73,6 +73,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.command.is_none() {
         berth_agent::memory::reexec_with_tunables();
+        // What berthd inherited without asking (a job server's pipes, a
+        // shell's fds) is not for its children: each gets only what berthd
+        // passes it, and the helpers it runs in containers' namespaces hold
+        // nothing of the node's.
+        berth_runtime::process::init::close_on_exec_from(3);
     }
     if let Some(Command::Config { what: ConfigCommand::Default }) = cli.command {
         print!("{DEFAULT_CONFIG_TOML}");

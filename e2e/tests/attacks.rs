@@ -297,6 +297,7 @@ async fn an_execs_init_holds_only_what_it_needs() {
     assert!(out.starts_with("berth-monitor\ntraceable\n"), "{out}");
     // What it could read there is not berthd's environment, nor is the
     // monitor's (forked by the zygote) or a Created init's (the monitor's).
+    assert_eq!(f.cri.sh(&tracer, "ls /proc/$PPID/fd/").await, "", "the exec's init holds an fd");
     let seen = f.cri.sh(&tracer, "tr '\\0' '\\n' </proc/$PPID/environ").await;
     assert!(!seen.contains(&secret) && !seen.contains("NOTIFY_SOCKET"), "berthd's environment reached the exec's init: {seen}");
     let monitor = {

@@ -201,6 +201,10 @@ fn exec_init(spec: &oci_spec::runtime::Spec, process: &oci_spec::runtime::Proces
         let _ = nix::sys::signal::kill(command, nix::sys::signal::Signal::SIGKILL);
         std::process::exit(fail(e));
     }
+    // Nor any fd: the report pipe to berthd (the command has its own copy)
+    // and a TTY exec's resize pipe are the helper's to use.
+    let _ = nix::unistd::close(REPORT_FD);
+    let _ = nix::unistd::close(RESIZE_FD);
     loop {
         match waited.wait() {
             Ok(Signal::SIGTERM) => {
