@@ -263,6 +263,10 @@ async fn a_created_containers_init_holds_no_more_than_its_workload() {
     // check (PTRACE_MODE_READ) that attaching passes.
     let r = f.cri.exec(&tracer, &["sh", "-c", &format!("cat /proc/{pid}/environ >/dev/null")], 30).await.unwrap();
     assert_eq!(r.exit_code, 0, "the sibling can ptrace the Created init: {}", String::from_utf8_lossy(&r.stderr));
+    // It holds its stdio and its two pipes to its monitor (the report and
+    // the start), nothing of berthd's.
+    let fds = run(&mut f, &tracer, &format!("ls /proc/{pid}/fd/")).await;
+    assert_eq!(fds.lines().count(), 5, "the Created init's fds: {fds}");
     let created = privileges(&run(&mut f, &tracer, &format!("cat /proc/{pid}/status")).await);
     f.cri.runtime.start_container(cri::StartContainerRequest { container_id: victim.clone() }).await.unwrap();
     let started = privileges(&f.cri.sh(&victim, "cat /proc/self/status").await);

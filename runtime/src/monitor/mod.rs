@@ -219,6 +219,11 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     let child = match forked.map_err(|e| setup_err("fork init", e))? {
         (ForkResult::Child, placed) => {
             drop((out_r, err_r, stdin_w, console_parent, report_r, start_w, listener, into, sentinel, leftovers));
+            // Nor berthd's sync channel: the init reports to the monitor
+            // only, and a process that may ptrace it could write there.
+            // The File owning the fd is the caller's; this child never
+            // returns to it, so nothing closes the number twice.
+            let _ = nix::unistd::close(sync.as_raw_fd());
             let stdio = [stdin_r, out_w, err_w];
             child_main(args, placed, rootfs, null, stdio, report_w, start_r, console_child)
         }
