@@ -889,6 +889,20 @@ impl Fixture {
         pod_config(name, &self.logs)
     }
 
+    /// A pod config whose PID namespace is `mode` (`Pod`: one shared by its
+    /// containers; `Node`: the node's).
+    pub fn pod_with_pid(&self, name: &str, mode: cri::NamespaceMode) -> cri::PodSandboxConfig {
+        let mut cfg = self.pod(name);
+        cfg.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption { pid: mode as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        cfg
+    }
+
     /// A container config from busybox.
     pub fn container(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
         container_config(name, &self.busybox, cmd)

@@ -173,14 +173,7 @@ async fn shared_pid_init_shows_nothing_of_the_host() {
     let mut f = Fixture::start().await;
     let marker = f.berthd.dir().join("host-marker");
     std::fs::write(&marker, "host secret\n").unwrap();
-    let mut cfg = f.pod("pidinit");
-    cfg.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption { pid: 0, ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let cfg = f.pod_with_pid("pidinit", cri::NamespaceMode::Pod);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut c = f.container("tracer", &["sleep", "1000"]);
     c.linux = berth_e2e::security(|s| {
@@ -231,14 +224,7 @@ fn privileges(status: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_containers_init_holds_no_more_than_its_workload() {
     let mut f = Fixture::start().await;
-    let mut cfg = f.pod("created");
-    cfg.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let cfg = f.pod_with_pid("created", cri::NamespaceMode::Pod);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let shared = || cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() };
     let mut c = f.container("tracer", &["sleep", "1000"]);

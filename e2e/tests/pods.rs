@@ -89,14 +89,7 @@ async fn pod_containers_share_network_ipc_uts_but_not_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_pid_namespace_sees_sibling_processes() {
     let mut f = Fixture::start().await;
-    let mut cfg = f.pod("pidshare");
-    cfg.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption { pid: 0, ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let cfg = f.pod_with_pid("pidshare", cri::NamespaceMode::Pod);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut a_cfg = f.container("a", &["sleep", "1001"]);
     let mut b_cfg = f.container("b", &["sleep", "1002"]);
@@ -771,22 +764,11 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
         }),
         ..Default::default()
     };
-    let pod_with_pid = |f: &Fixture, name: &str, mode: i32| {
-        let mut cfg = f.pod(name);
-        cfg.linux = Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption { pid: mode, ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        cfg
-    };
     // A unique duration names the leftover on the node.
     let secs = 100_000 + std::process::id() % 100_000;
 
     // The pod's shared namespace: a sibling sees what the exited one left.
-    let cfg = pod_with_pid(&f, "pidleft", cri::NamespaceMode::Pod as i32);
+    let cfg = f.pod_with_pid("pidleft", cri::NamespaceMode::Pod);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut watcher = f.container("watcher", &["sleep", "1000"]);
     watcher.linux = Some(with_pid(cri::NamespaceMode::Pod as i32));
@@ -812,7 +794,7 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
     f.cri.remove_pod(&pod).await;
 
     // The node's namespace: the leftover would be a process of the node.
-    let cfg = pod_with_pid(&f, "hostleft", cri::NamespaceMode::Node as i32);
+    let cfg = f.pod_with_pid("hostleft", cri::NamespaceMode::Node);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut parent = f.container("parent", &["sh", "-c", &format!("sleep {} & {wait_go}", secs + 1)]);
     parent.linux = Some(with_pid(cri::NamespaceMode::Node as i32));
