@@ -791,6 +791,9 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
         f.cri.sh(&watcher, "ps -o pid,args").await
     );
     assert!(f.cri.sh(&watcher, "ps -o args").await.contains("sleep 1000"), "a sibling container is not touched");
+    // The monitor says so in its log, with the container's id.
+    let log = std::fs::read_to_string(f.berthd.paths.state.join("containers").join(&parent).join("monitor.log")).unwrap();
+    assert!(log.contains("processes left in the container's cgroup") && log.contains("cgroup empty: true"), "{log}");
     f.cri.remove_pod(&pod).await;
 
     // The node's namespace: the leftover would be a process of the node.

@@ -415,7 +415,9 @@ impl Monitor {
             if killed > 0 || !empty {
                 crate::diag::log(
                     crate::diag::Level::Info,
-                    &format!("killed {killed} processes the container left (no PID namespace of its own); cgroup empty: {empty}"),
+                    &format!(
+                        "killed {killed} processes left in the container's cgroup (no PID namespace of its own); cgroup empty: {empty}"
+                    ),
                 );
             }
         }
