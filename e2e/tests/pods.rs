@@ -778,7 +778,9 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
     let mut parent = f.container("parent", &["sh", "-c", &format!("sleep {secs} & {wait_go}; exit 3")]);
     parent.linux = Some(with_pid(cri::NamespaceMode::Pod as i32));
     let parent = f.cri.run(&pod, parent, &cfg).await;
-    assert!(f.cri.sh(&watcher, "ps -o args").await.contains(&format!("sleep {secs}")), "the child runs while its parent does");
+    // The shell forks the child once it runs, after StartContainer answered.
+    let child = format!("sleep {secs}");
+    assert!(eventually(async || f.cri.sh(&watcher, "ps -o args").await.contains(&child)).await, "the child runs while its parent does");
     // The exec is a process of the container too, and may be killed with
     // the rest before it reports: its exit code is not checked.
     let _ = f.cri.exec(&parent, &["touch", "/tmp/go"], 10).await;
@@ -810,7 +812,7 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
             .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
             .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
     };
-    assert!(on_node(), "the child runs on the node while its parent does");
+    assert!(eventually(async || on_node()).await, "the child runs on the node while its parent does");
     let _ = f.cri.exec(&parent, &["touch", "/tmp/go"], 10).await;
     let s = f.cri.wait_exited(&parent, Duration::from_secs(10)).await;
     assert_eq!(s.exit_code, 0);
