@@ -37,15 +37,20 @@ fn listed(dir: &OwnedFd) -> Vec<i32> {
 }
 
 /// Kills every process in the cgroup `dir` names with SIGKILL; returns how
-/// many it signalled and whether the cgroup was seen empty. On cgroup v2
+/// many it killed (as listed when it began, and as signalled one by one)
+/// and whether the cgroup was seen empty. On cgroup v2
 /// `cgroup.kill` (Linux 5.14) does it in one step that also catches forks;
 /// the listing rounds follow either way, for v1 and older kernels.
 pub(super) fn kill(dir: &OwnedFd) -> (usize, bool) {
-    if let Ok(fd) = openat(dir.as_fd(), "cgroup.kill", OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
-        let _ = std::fs::File::from(fd).write_all(b"1");
-    }
     let me = std::process::id() as i32;
     let mut signalled = std::collections::BTreeSet::new();
+    if let Ok(fd) = openat(dir.as_fd(), "cgroup.kill", OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+        // Listed first, so that the count says what the write killed.
+        let before = listed(dir);
+        if std::fs::File::from(fd).write_all(b"1").is_ok() {
+            signalled.extend(before.into_iter().filter(|p| *p != me));
+        }
+    }
     for _ in 0..ROUNDS {
         let pids: Vec<i32> = listed(dir).into_iter().filter(|p| *p != me).collect();
         if pids.is_empty() {
