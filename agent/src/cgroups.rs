@@ -8,7 +8,6 @@
 //! reads and writes the same cgroup files under either driver.
 
 use std::path::Path;
-use std::process::Command;
 
 use berth_runtime::cgroup::{self, systemd, Limits};
 
@@ -135,8 +134,7 @@ impl Cgroups {
             Cgroups::Systemd(sd) => {
                 let (parent, unit) = path.rsplit_once('/').ok_or_else(|| format!("{path}: a scope needs a slice above it"))?;
                 let slice = systemd::unit_of(parent).ok_or_else(|| format!("{parent} is not a slice"))?;
-                let mut holder = Command::new(monitor_bin);
-                holder.env_clear().envs(berth_runtime::spawn::helper_env());
+                let mut holder = berth_runtime::spawn::helper_command(monitor_bin);
                 holder.arg("hold");
                 Some(sd.start_scope(unit, slice, holder, systemd::limit_properties(limits, v2)).map_err(|e| e.to_string())?)
             }

@@ -346,10 +346,8 @@ impl Runtime {
     /// [`crate::message::ExecReport`] on `report`, never on its stderr; with
     /// `tty` the command runs on a terminal sized through `resize`.
     pub fn exec_helper(&self, bundle: &Path, pid: i32, start_time: u64, args: &[String], tty: bool) -> std::io::Result<ExecHelper> {
-        let mut command = Command::new(&self.monitor_bin);
+        let mut command = crate::spawn::helper_command(&self.monitor_bin);
         command
-            .env_clear()
-            .envs(crate::spawn::helper_env())
             .arg("exec")
             .arg("--tty")
             .arg(if tty { "true" } else { "false" })

@@ -5,7 +5,7 @@
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
@@ -147,8 +147,8 @@ pub fn pin_namespaces_in_userns(
     sysctls: &[(String, String)],
 ) -> Result<(), SandboxError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(ns_err("pipe"))?;
-    let mut cmd = Command::new(monitor_bin);
-    cmd.env_clear().envs(crate::spawn::helper_env()).arg("pod-userns").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut cmd = crate::spawn::helper_command(monitor_bin);
+    cmd.arg("pod-userns").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
     crate::client::pass_fds(&mut cmd, &[(&w, 3)]);
     let mut child = cmd.spawn().map_err(|e| SandboxError::Init(format!("{}: {e}", monitor_bin.display())))?;
     drop(w);

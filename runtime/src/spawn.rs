@@ -60,6 +60,15 @@ pub fn helper_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsStr
     std::env::vars_os().filter(|(k, _)| HELPER_ENV.iter().any(|n| k.as_bytes() == n.as_bytes()))
 }
 
+/// A `Command` for a helper run through std's process API (where
+/// [`spawn`] does not fit: piped stdio, tokio): `program` with
+/// [`helper_env`] only.
+pub fn helper_command(program: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    command.env_clear().envs(helper_env());
+    command
+}
+
 /// Starts `program` with `args` and [`helper_env`], each `(fd, n)` of `fds`
 /// as the child's fd `n`; stdin, stdout and stderr that `fds` does not name
 /// are /dev/null.
