@@ -740,10 +740,10 @@ async fn container_events_stream_the_lifecycle() {
     f.cri.remove_pod(&pod).await;
 }
 
-/// Polls (bounded) until `gone` holds; false if it never did.
-async fn eventually(mut gone: impl AsyncFnMut() -> bool) -> bool {
+/// Polls (bounded) until `holds` does; false if it never did.
+async fn eventually(mut holds: impl AsyncFnMut() -> bool) -> bool {
     for _ in 0..100 {
-        if gone().await {
+        if holds().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -757,12 +757,8 @@ async fn eventually(mut gone: impl AsyncFnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
     let mut f = Fixture::start().await;
-    let with_pid = |mode: i32| cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext {
-            namespace_options: Some(cri::NamespaceOption { pid: mode, ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
+    let with_pid = |mode: cri::NamespaceMode| {
+        berth_e2e::security(|s| s.namespace_options = Some(cri::NamespaceOption { pid: mode as i32, ..Default::default() }))
     };
     // A unique duration names the leftover on the node.
     let secs = 100_000 + std::process::id() % 100_000;
@@ -771,12 +767,12 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
     let cfg = f.pod_with_pid("pidleft", cri::NamespaceMode::Pod);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut watcher = f.container("watcher", &["sleep", "1000"]);
-    watcher.linux = Some(with_pid(cri::NamespaceMode::Pod as i32));
+    watcher.linux = with_pid(cri::NamespaceMode::Pod);
     let watcher = f.cri.run(&pod, watcher, &cfg).await;
     // The parent ends when the test says so.
     let wait_go = "until [ -e /tmp/go ]; do sleep 0.05; done";
     let mut parent = f.container("parent", &["sh", "-c", &format!("sleep {secs} & {wait_go}; exit 3")]);
-    parent.linux = Some(with_pid(cri::NamespaceMode::Pod as i32));
+    parent.linux = with_pid(cri::NamespaceMode::Pod);
     let parent = f.cri.run(&pod, parent, &cfg).await;
     // The shell forks the child once it runs, after StartContainer answered.
     let child = format!("sleep {secs}");
@@ -786,9 +782,8 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
     let _ = f.cri.exec(&parent, &["touch", "/tmp/go"], 10).await;
     let s = f.cri.wait_exited(&parent, Duration::from_secs(10)).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
-    let left = format!("sleep {secs}");
     assert!(
-        eventually(async || !f.cri.sh(&watcher, "ps -o args").await.contains(&left)).await,
+        f.cri.wait_process_gone(&watcher, &child).await,
         "the exited container's child still runs: {}",
         f.cri.sh(&watcher, "ps -o pid,args").await
     );
@@ -802,15 +797,15 @@ async fn a_container_sharing_a_pid_namespace_leaves_no_process_when_it_exits() {
     let cfg = f.pod_with_pid("hostleft", cri::NamespaceMode::Node);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     let mut parent = f.container("parent", &["sh", "-c", &format!("sleep {} & {wait_go}", secs + 1)]);
-    parent.linux = Some(with_pid(cri::NamespaceMode::Node as i32));
+    parent.linux = with_pid(cri::NamespaceMode::Node);
     let parent = f.cri.run(&pod, parent, &cfg).await;
     let on_node = || {
-        let want = format!("sleep\0{}\0", secs + 1);
+        let want = ["sleep".to_string(), (secs + 1).to_string()];
         std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-            .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+            .any(|pid| berth_e2e::cmdline(pid) == want)
     };
     assert!(eventually(async || on_node()).await, "the child runs on the node while its parent does");
     let _ = f.cri.exec(&parent, &["touch", "/tmp/go"], 10).await;
