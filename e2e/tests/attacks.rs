@@ -315,6 +315,119 @@ async fn an_execs_init_holds_only_what_it_needs() {
     f.cri.remove_pod(&pod).await;
 }
 
+/// The host pid of a container's process, from its verbose status.
+async fn host_pid(f: &mut Fixture, id: &str) -> i64 {
+    let r = f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true }).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.into_inner().info["info"]).unwrap();
+    v["pid"].as_i64().unwrap()
+}
+
+/// What `probe seize` printed into `file` of the container whose process
+/// is `pid`, once it is done; read through the node's /proc, for an exec
+/// into the container would be caught too.
+async fn seized(pid: i64, file: &str) -> String {
+    let path = format!("/proc/{pid}/root{file}");
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.ends_with("done\n") {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("probe seize never finished: {:?}", std::fs::read_to_string(&path));
+}
+
+/// The privilege lines `probe seize` printed, per pid caught.
+fn caught(out: &str) -> Vec<(String, Vec<String>)> {
+    let mut by_pid: Vec<(String, Vec<String>)> = Vec::new();
+    for line in out.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else { continue };
+        if pid.parse::<u32>().is_err() || rest == "gone" {
+            continue;
+        }
+        match by_pid.last_mut() {
+            Some((p, lines)) if p == pid => lines.push(rest.to_string()),
+            _ => by_pid.push((pid.to_string(), vec![rest.to_string()])),
+        }
+    }
+    by_pid.into_iter().map(|(pid, lines)| (pid, privileges(&lines.join("\n")))).collect()
+}
+
+/// Whether the privilege lines `seen` ([`privileges`]) grant nothing
+/// `limit`'s do not: the same user and group, no capability outside each of
+/// its sets, no_new_privs and a seccomp mode at least as strict.
+fn no_more_than(seen: &[String], limit: &[String]) -> Result<(), String> {
+    let field = |lines: &[String], name: &str| -> String {
+        lines.iter().find_map(|l| l.strip_prefix(&format!("{name}: "))).unwrap_or_default().to_string()
+    };
+    let hex = |s: String| u64::from_str_radix(&s, 16).unwrap_or(u64::MAX);
+    let num = |s: String| s.parse::<u64>().unwrap_or(0);
+    for f in ["Uid", "Gid"] {
+        if field(seen, f) != field(limit, f) {
+            return Err(format!("{f} {} where the container has {}", field(seen, f), field(limit, f)));
+        }
+    }
+    for f in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let extra = hex(field(seen, f)) & !hex(field(limit, f));
+        if extra != 0 {
+            return Err(format!("{f} has {extra:#x} beyond the container's {}", field(limit, f)));
+        }
+    }
+    for f in ["NoNewPrivs", "Seccomp"] {
+        if num(field(seen, f)) < num(field(limit, f)) {
+            return Err(format!("{f} {} where the container has {}", field(seen, f), field(limit, f)));
+        }
+    }
+    Ok(())
+}
+
+/// An exec into a container puts berth's processes into the container's
+/// PID namespace, where a container with CAP_SYS_PTRACE can attach to each
+/// the moment it is born (pids come in order) and stop it before it runs
+/// a step: whatever it was born holding, the tracer then holds. Every
+/// process an exec brings must be born with no more than the container's
+/// own process has (user, capabilities, no_new_privs, seccomp).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_brings_no_process_born_with_more_than_the_container() {
+    let mut f = Fixture::start().await;
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod("execbirth");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    // The exec's init and its command: two processes born into the namespace.
+    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 2 >/tmp/seen 2>&1; sleep 1000"]);
+    c.linux = berth_e2e::security(|s| {
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+        s.run_as_user = Some(cri::Int64Value { value: 0 });
+        s.seccomp = runtime_default();
+    });
+    let tracer = f.cri.run(&pod, c, &cfg).await;
+    let pid = host_pid(&mut f, &tracer).await;
+    let ready = format!("/proc/{pid}/root/tmp/seen");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&ready).is_ok_and(|t| t.starts_with("ready")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The container's own process, for comparison.
+    let own = privileges(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap());
+    assert_eq!(own.len(), 9, "{own:?}");
+    // Long enough that the command is still there to be caught, if not as
+    // it was born (under load the tracer may come late to it).
+    let r = f.cri.exec(&tracer, &["sleep", "0.3"], 30).await.expect("ExecSync");
+    assert_eq!(r.exit_code, 0, "the exec still runs with a tracer about: {}", String::from_utf8_lossy(&r.stderr));
+    let out = seized(pid, "/tmp/seen").await;
+    let caught = caught(&out);
+    // The exec's init lives as long as the exec: it is always caught.
+    assert!(!caught.is_empty() && out.lines().nth(1).is_some_and(|l| l.ends_with("berth-monitor")), "{out}");
+    for (p, privileges) in &caught {
+        if let Err(more) = no_more_than(privileges, &own) {
+            panic!("process {p}, caught as it was born, holds more than the container: {more}\n{out}");
+        }
+    }
+    f.cri.remove_pod(&pod).await;
+}
+
 /// Packets and bytes the berth table's loopback-guard rule has dropped.
 fn loopback_drops(table: &str) -> u64 {
     let out = std::process::Command::new("nft").args(["-j", "list", "chain", "inet", table, "input"]).output().expect("nft");

@@ -2,13 +2,23 @@
 //! ExecSync wants: the container's namespaces, cgroup, user, env and working
 //! directory. It is a short-lived child of berthd, never of the monitor.
 //!
-//! The helper joins the namespaces, then forks (a PID namespace applies to
-//! children only); the child execs the command and dies with the helper
-//! (PDEATHSIG), so killing the helper on a timeout kills the command.
+//! Three processes: the helper joins every namespace but the PID one and
+//! prepares what needs the node's privileges (the user, the executable, the
+//! seccomp filter, the terminal); a short-lived child of it joins the PID
+//! namespace, takes on the container's user, capabilities, no_new_privs and
+//! filter, and only then starts the exec's init there as the helper's child
+//! (`CLONE_PARENT`). So no process of the exec is ever in the container's
+//! PID namespace with more than the container holds: a container that may
+//! ptrace can attach to a process the moment it is born there (pids come in
+//! order), and would hold whatever it was born with. The exec's init forks
+//! the command and dies with the helper (PDEATHSIG), and it kills the
+//! command's tree when it does, so killing the helper on a timeout ends the
+//! exec.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
+use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
@@ -65,58 +75,152 @@ fn setup(step: &str, e: impl std::fmt::Display) -> InitError {
     InitError::setup(step, e)
 }
 
+/// What the helper prepared for the exec, with the node's privileges.
+struct Prepared {
+    user: super::user::ResolvedUser,
+    executable: std::ffi::CString,
+    env: Vec<String>,
+    seccomp: Option<libseccomp::ScmpFilterContext>,
+}
+
 fn run(args: &ExecArgs) -> Result<i32, InitError> {
     init::make_non_dumpable();
     let spec: oci_spec::runtime::Spec = std::fs::read(args.bundle.join("config.json"))
         .map_err(|e| setup("reading config.json", e))
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| setup("parsing config.json", e)))?;
+    let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     // The pidfd first, then the start-time check: every later step acts on
     // the container's init, never on a process that reused its pid.
     let target =
         crate::pidfd::Process::open(args.pid, args.start_time).map_err(|_| InitError::Setup("the container is not running".into()))?;
+    // The exec's init sees the helper as its parent only where they share
+    // a PID namespace (a container of the node's); elsewhere as pid 0.
+    let same_pid_ns = crate::pidfd::pid_namespace_of(args.pid).map_err(|e| setup("the container's PID namespace", e))?
+        == crate::pidfd::PidNamespace::Same;
+    // Inherited by every process of the exec. Written while /proc is the
+    // node's: in the container's /proc the helper has no /proc/self.
+    init::set_oom_score_adj(process);
     init::join_cgroup(&spec)?;
     use nix::sched::CloneFlags as F;
     // All at once: after the mount namespace switch /proc is the container's.
+    // Not the PID namespace: the helper's children would be born into it.
     target
-        .join(F::CLONE_NEWIPC | F::CLONE_NEWUTS | F::CLONE_NEWNET | F::CLONE_NEWPID | F::CLONE_NEWCGROUP | F::CLONE_NEWNS)
+        .join(F::CLONE_NEWIPC | F::CLONE_NEWUTS | F::CLONE_NEWNET | F::CLONE_NEWCGROUP | F::CLONE_NEWNS)
         .map_err(|e| setup("joining the container's namespaces", e))?;
-    // The pod's user namespace last, as the init did: the mount namespace
-    // belongs to the node's, and joining it needs the node's privileges.
-    if crate::rootfs::user_namespace(&spec)?.is_some() {
-        crate::userns::enter(target.as_fd()).map_err(|e| setup("joining the pod's user namespace", e))?;
-    }
-    drop(target);
-    let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
+    let userns = crate::rootfs::user_namespace(&spec)?;
+    let strict = annotations::get(&spec, annotations::GROUPS_STRICT).is_some();
+    let user = super::user::resolve(process.user(), annotations::get(&spec, annotations::USER), strict)?;
+    let env: Vec<String> = process.env().clone().unwrap_or_default();
+    let arg0 = args.args.first().ok_or_else(|| InitError::Setup("no command given".into()))?;
+    let executable = init::find_executable(arg0, &env)?;
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => Some(super::security::compile(profile)?),
+        None => None,
+    };
+    let prepared = Prepared { user, executable, env, seccomp };
     // After the mount namespace switch, /dev/ptmx is the container's own
-    // devpts instance: the terminal lives inside the container.
-    let pty = if args.tty { Some(super::tty::open_pty()?) } else { None };
-
+    // devpts instance: the terminal lives inside the container. The slave
+    // is opened here, for the command may not be allowed to open it; in a
+    // user namespace it belongs to the pod's root, as if that had opened it.
+    let pty = match args.tty {
+        true => {
+            let (master, path) = super::tty::open_pty()?;
+            let slave = nix::fcntl::open(path.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| setup(&format!("open {path}"), e))?;
+            if let Some(m) = &userns {
+                let (uid, gid) = m.host_root();
+                nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+                    .map_err(|e| setup(&format!("chown {path}"), e))?;
+            }
+            Some((master, slave))
+        }
+        false => None,
+    };
+    let (pid_r, pid_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| setup("pipe", e))?;
     // SAFETY: the helper is single-threaded.
-    match unsafe { fork() }.map_err(|e| setup("fork", e))? {
-        ForkResult::Child => exec_init(
-            &spec,
-            process,
-            args,
-            pty.map(|(master, slave)| {
+    let starter = match unsafe { fork() }.map_err(|e| setup("fork", e))? {
+        ForkResult::Child => {
+            drop(pid_r);
+            let slave = pty.map(|(master, slave)| {
                 drop(master);
                 slave
-            }),
-        ),
-        ForkResult::Parent { child } => {
-            forward_sigterm_to(child);
-            match pty {
-                Some((master, _)) => Ok(relay_terminal(child, master)),
-                None => loop {
-                    match waitpid(child, None) {
-                        Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-                        Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-                        Ok(_) => continue,
-                        Err(nix::errno::Errno::EINTR) => forward_pending_sigterm(),
-                        Err(e) => return Err(setup("wait", e)),
-                    }
-                },
-            }
+            });
+            let parent = if same_pid_ns { nix::unistd::getppid().as_raw() } else { 0 };
+            let e = start_exec_init(&target, userns.is_some(), process, args, &prepared, slave, pid_w, parent);
+            // SAFETY: _exit in a forked child; the failure is on REPORT_FD.
+            unsafe { libc::_exit(fail(e)) }
         }
+        ForkResult::Parent { child } => child,
+    };
+    drop(pid_w);
+    drop(target);
+    let pty = pty.map(|(master, _)| master);
+    let exec_init = channel::recv::<i32>(&mut std::fs::File::from(pid_r));
+    let _ = waitpid(starter, None);
+    // No pid: the starter failed and reported why on REPORT_FD.
+    let Ok(Some(child)) = exec_init else { return Ok(SETUP_FAILED) };
+    let child = nix::unistd::Pid::from_raw(child);
+    forward_sigterm_to(child);
+    match pty {
+        Some(master) => Ok(relay_terminal(child, master)),
+        None => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => forward_pending_sigterm(),
+                Err(e) => return Err(setup("wait", e)),
+            }
+        },
+    }
+}
+
+/// In the helper's short-lived child: joins the container's PID namespace
+/// (and the pod's user namespace), takes on everything the container's
+/// process holds, then starts the exec's init as the helper's child and
+/// sends its pid on `pid_w`. Returns only on failure.
+#[allow(clippy::too_many_arguments)]
+fn start_exec_init(
+    target: &crate::pidfd::Process,
+    userns: bool,
+    process: &oci_spec::runtime::Process,
+    args: &ExecArgs,
+    prepared: &Prepared,
+    slave: Option<OwnedFd>,
+    pid_w: OwnedFd,
+    parent: i32,
+) -> InitError {
+    let confined = (|| {
+        target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup("joining the container's PID namespace", e))?;
+        // The pod's user namespace last, as the init did: the PID namespace
+        // belongs to the node's, and joining it needs the node's privileges.
+        if userns {
+            crate::userns::enter(target.as_fd()).map_err(|e| setup("joining the pod's user namespace", e))?;
+        }
+        init::set_rlimits(process)?;
+        init::confine(process, &prepared.user, prepared.seccomp.as_ref())
+    })();
+    if let Err(e) = confined {
+        return e;
+    }
+    // SAFETY: a fork that gives the child this process's parent: the
+    // process is single-threaded, no stack is given (the child runs on a
+    // copy of this one, as after fork), and the child only runs Rust code
+    // that needs no fork handler (as `clone::fork_into_cgroup`'s does).
+    // Plain clone, not clone3: container filters refuse clone3 (ENOSYS).
+    let r =
+        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    match r {
+        -1 => setup("starting the exec's init (clone; the container's seccomp profile must allow it)", nix::errno::Errno::last()),
+        0 => {
+            drop(pid_w);
+            exec_init(process, args, prepared, slave, parent)
+        }
+        pid => match channel::send(&mut std::fs::File::from(pid_w), &(pid as i32)) {
+            // SAFETY: _exit in a forked child: its work is done.
+            Ok(()) => unsafe { libc::_exit(0) },
+            Err(e) => setup("reporting the exec's init", e),
+        },
     }
 }
 
@@ -149,13 +253,14 @@ fn forward_pending_sigterm() {
 }
 
 /// The exec init: the first process of the exec in the container's PID
-/// namespace, a child subreaper there. It forks the command, then waits:
-/// when the command exits it exits with its status; on SIGTERM (from the
-/// helper, or as the helper's death signal) it kills every process of the
-/// exec's tree — orphans are reparented to it, so none escapes — reaps
-/// them, and exits. It keeps only CAP_KILL once the command is forked, and
-/// holds none of the command's stdio.
-fn exec_init(spec: &oci_spec::runtime::Spec, process: &oci_spec::runtime::Process, args: &ExecArgs, pty_slave: Option<String>) -> ! {
+/// namespace, a child subreaper there, born holding what the container's
+/// process holds. It forks the command, then waits: when the command exits
+/// it exits with its status; on SIGTERM (from the helper, or as the
+/// helper's death signal) it kills every process of the exec's tree —
+/// orphans are reparented to it, so none escapes — reaps them, and exits.
+/// Once the command is forked it keeps at most CAP_KILL, and holds none of
+/// the command's stdio. `parent`: the helper's pid as this process sees it.
+fn exec_init(process: &oci_spec::runtime::Process, args: &ExecArgs, prepared: &Prepared, slave: Option<OwnedFd>, parent: i32) -> ! {
     use nix::sys::signal::{SigSet, Signal};
     // SAFETY: prctl with integer arguments.
     unsafe {
@@ -166,29 +271,24 @@ fn exec_init(spec: &oci_spec::runtime::Spec, process: &oci_spec::runtime::Proces
     waited.add(Signal::SIGTERM);
     waited.add(Signal::SIGCHLD);
     let _ = waited.thread_block();
-    if nix::unistd::getppid().as_raw() == 1 {
+    if nix::unistd::getppid().as_raw() != parent {
         // The helper died before the death signal was armed.
         std::process::exit(fail(InitError::Setup("helper died".into())));
     }
     // SAFETY: single-threaded.
     let command = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
-            if let Some(slave) = pty_slave {
-                if let Err(e) = super::tty::attach_terminal(&slave, None) {
+            if let Some(slave) = slave {
+                if let Err(e) = super::tty::attach_opened_terminal(slave) {
                     std::process::exit(fail(e));
                 }
             }
-            let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(super::security::compile);
-            let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();
-            let e = match seccomp.transpose() {
-                Ok(filter) => child(process, annotations::get(spec, annotations::USER), strict, &args.args, filter.as_ref()),
-                Err(e) => e,
-            };
-            std::process::exit(fail(e));
+            std::process::exit(fail(child(process, &args.args, prepared)));
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => std::process::exit(fail(setup("fork", e))),
     };
+    drop(slave);
     for fd in 0..3 {
         let _ = nix::unistd::close(fd);
     }
@@ -245,14 +345,19 @@ const EXEC_INIT_SYSCALLS: &[&str] = &[
     "sched_yield",
 ];
 
-/// Drops every capability but CAP_KILL (which killing the exec's tree
-/// needs), and sets no_new_privs.
+/// Keeps at most CAP_KILL (which killing the exec's tree needs, where the
+/// container's process holds it) and sets no_new_privs. The bounding set
+/// shrinks where CAP_SETPCAP allows it; this process never execs, so its
+/// bounding set bounds nothing.
 fn keep_only_cap_kill() -> Result<(), InitError> {
     use caps::{CapSet, Capability};
-    let kill: std::collections::HashSet<Capability> = [Capability::CAP_KILL].into_iter().collect();
-    for c in caps::all() {
-        if c != Capability::CAP_KILL {
-            caps::drop(None, CapSet::Bounding, c).map_err(|e| setup("drop capabilities", e))?;
+    let held = caps::has_cap(None, CapSet::Permitted, Capability::CAP_KILL).unwrap_or(false);
+    let kill: std::collections::HashSet<Capability> = held.then_some(Capability::CAP_KILL).into_iter().collect();
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for c in caps::all() {
+            if c != Capability::CAP_KILL && caps::has_cap(None, CapSet::Bounding, c).unwrap_or(false) {
+                caps::drop(None, CapSet::Bounding, c).map_err(|e| setup("drop capabilities", e))?;
+            }
         }
     }
     caps::clear(None, CapSet::Inheritable).map_err(|e| setup("drop capabilities", e))?;
@@ -386,42 +491,19 @@ fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 
     }
 }
 
-fn child(
-    process: &oci_spec::runtime::Process,
-    user_name: Option<&str>,
-    strict: bool,
-    args: &[String],
-    seccomp: Option<&libseccomp::ScmpFilterContext>,
-) -> InitError {
+/// The command, born confined as the container's process is: what is left
+/// is its own session's terminal (done by the caller), signals, working
+/// directory, umask and the exec.
+fn child(process: &oci_spec::runtime::Process, args: &[String], prepared: &Prepared) -> InitError {
     if nix::unistd::getppid().as_raw() == 1 {
         return InitError::Setup("helper died".into());
     }
     crate::monitor::reset_signals();
-    // The exec'd process is limited like the container's own.
-    if let Err(e) = init::set_rlimits_and_oom(process) {
-        return e;
-    }
-    let user = match super::user::resolve(process.user(), user_name, strict) {
-        Ok(u) => u,
-        Err(e) => return e,
-    };
-    let env = process.env().clone().unwrap_or_default();
-    let Some(arg0) = args.first() else { return InitError::Setup("no command given".into()) };
-    let executable = match init::find_executable(arg0, &env) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    if let Err(e) = init::chdir_inside(process.cwd()) {
-        return e;
-    }
-    if let Err(e) = init::confine(process, &user, seccomp) {
-        return e;
-    }
-    // Again as the final user, whose permissions on the directory count.
+    // As the final user, whose permissions on the directory count.
     if let Err(e) = init::chdir_inside(process.cwd()) {
         return e;
     }
     nix::sys::stat::umask(Mode::from_bits_truncate(process.user().umask().unwrap_or(0o022)));
-    // Dies with the helper: berthd kills the helper on an ExecSync timeout.
-    init::exec_final(&executable, args, &env, libc::SIGKILL)
+    // Dies with the exec's init, which the helper's end takes along.
+    init::exec_final(&prepared.executable, args, &prepared.env, libc::SIGKILL)
 }

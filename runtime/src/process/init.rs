@@ -271,6 +271,14 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<CString, InitError>
 /// limit or a lower oom_score_adj is refused: clamp and go on, as containerd's
 /// restrict_oom_score_adj does.
 pub fn set_rlimits_and_oom(process: &oci_spec::runtime::Process) -> Result<(), InitError> {
+    set_rlimits(process)?;
+    set_oom_score_adj(process);
+    Ok(())
+}
+
+/// The spec's rlimits; a hard limit above the current one (raising needs
+/// CAP_SYS_RESOURCE) is clamped to it.
+pub fn set_rlimits(process: &oci_spec::runtime::Process) -> Result<(), InitError> {
     for r in process.rlimits().iter().flatten() {
         let resource = rlimit_resource(r.typ());
         let Some(resource) = resource else { continue };
@@ -281,6 +289,12 @@ pub fn set_rlimits_and_oom(process: &oci_spec::runtime::Process) -> Result<(), I
             nix::sys::resource::setrlimit(resource, soft.min(hard), hard).map_err(|e| setup_err("setrlimit", e))?;
         }
     }
+    Ok(())
+}
+
+/// The spec's oom_score_adj, through /proc/self: only where this process
+/// is in the PID namespace of the /proc it sees. Children inherit it.
+pub fn set_oom_score_adj(process: &oci_spec::runtime::Process) {
     if let Some(adj) = process.oom_score_adj() {
         if std::fs::write("/proc/self/oom_score_adj", adj.to_string()).is_err() {
             // Lowering needs CAP_SYS_RESOURCE; keep the inherited (higher) value.
@@ -288,7 +302,6 @@ pub fn set_rlimits_and_oom(process: &oci_spec::runtime::Process) -> Result<(), I
             let _ = std::fs::write("/proc/self/oom_score_adj", adj.max(current).to_string());
         }
     }
-    Ok(())
 }
 
 fn rlimit_resource(t: oci_spec::runtime::PosixRlimitType) -> Option<nix::sys::resource::Resource> {

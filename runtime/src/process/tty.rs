@@ -37,7 +37,21 @@ pub fn attach_terminal(slave_path: &str, owner: Option<(u32, u32)>) -> Result<()
         nix::unistd::fchown(&fd, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
             .map_err(|e| setup(&format!("chown {slave_path}"), e))?;
     }
-    // SAFETY: TIOCSCTTY takes an int argument; fd is a terminal we opened.
+    make_controlling(&fd)
+}
+
+/// As [`attach_terminal`], with the slave opened already (by a process that
+/// may open it, for one that may not): a new session, then needs no
+/// privilege.
+pub fn attach_opened_terminal(slave: OwnedFd) -> Result<(), InitError> {
+    nix::unistd::setsid().map_err(|e| setup("setsid", e))?;
+    make_controlling(&slave)
+}
+
+/// The terminal `fd` as the controlling terminal of this (session leader)
+/// process, and as its stdin, stdout and stderr.
+fn make_controlling(fd: &OwnedFd) -> Result<(), InitError> {
+    // SAFETY: TIOCSCTTY takes an int argument; fd is an open terminal.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
         return Err(setup("TIOCSCTTY", nix::errno::Errno::last()));
     }
