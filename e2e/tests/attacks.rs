@@ -322,6 +322,19 @@ async fn host_pid(f: &mut Fixture, id: &str) -> i64 {
     v["pid"].as_i64().unwrap()
 }
 
+/// Waits until `probe seize` in the container whose process is `pid` has
+/// taken its first pid and says so in `file`.
+async fn seize_ready(pid: i64, file: &str) {
+    let path = format!("/proc/{pid}/root{file}");
+    for _ in 0..200 {
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with("ready")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("probe seize never got ready");
+}
+
 /// What `probe seize` printed into `file` of the container whose process
 /// is `pid`, once it is done; read through the node's /proc, for an exec
 /// into the container would be caught too.
@@ -402,13 +415,7 @@ async fn an_exec_brings_no_process_born_with_more_than_the_container() {
     });
     let tracer = f.cri.run(&pod, c, &cfg).await;
     let pid = host_pid(&mut f, &tracer).await;
-    let ready = format!("/proc/{pid}/root/tmp/seen");
-    for _ in 0..200 {
-        if std::fs::read_to_string(&ready).is_ok_and(|t| t.starts_with("ready")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    seize_ready(pid, "/tmp/seen").await;
     // The container's own process, for comparison.
     let own = privileges(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap());
     assert_eq!(own.len(), 9, "{own:?}");
@@ -425,6 +432,59 @@ async fn an_exec_brings_no_process_born_with_more_than_the_container() {
             panic!("process {p}, caught as it was born, holds more than the container: {more}\n{out}");
         }
     }
+    f.cri.remove_pod(&pod).await;
+}
+
+/// Whether the node's kernel is `major.minor` or later.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// In a pod of one PID namespace, CreateContainer brings a process into the
+/// namespace the siblings are in. A sibling with CAP_SYS_PTRACE can attach
+/// to it as it is born there (pids come in order) and hold what it was born
+/// with; the container's setup (mounts, pivot_root) needs the node's
+/// privileges, so it must happen before any process of it is there. The
+/// first process the sibling catches holds no more than the container's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_catches_no_process_born_with_more_than_its_container() {
+    let mut f = Fixture::start().await;
+    if !kernel_at_least(6, 15) {
+        eprintln!("skipped: this kernel's procfs has no pidns= (Linux 6.15), and the init sets up inside the namespace, as runc's does");
+        return;
+    }
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod_with_pid("siblingbirth", cri::NamespaceMode::Pod);
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let shared = || cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() };
+    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 1 >/tmp/seen 2>&1; sleep 1000"]);
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(shared());
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+        s.seccomp = runtime_default();
+    });
+    let tracer = f.cri.run(&pod, c, &cfg).await;
+    let pid = host_pid(&mut f, &tracer).await;
+    seize_ready(pid, "/tmp/seen").await;
+    let mut c = berth_e2e::container_config("victim", &image, &["sleep", "1001"]);
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(shared());
+        s.run_as_user = Some(cri::Int64Value { value: 1000 });
+        s.seccomp = runtime_default();
+    });
+    let victim = f.cri.run(&pod, c, &cfg).await;
+    let out = seized(pid, "/tmp/seen").await;
+    let caught = caught(&out);
+    assert_eq!(caught.len(), 1, "{out}");
+    let victim_pid = host_pid(&mut f, &victim).await;
+    let own = privileges(&std::fs::read_to_string(format!("/proc/{victim_pid}/status")).unwrap());
+    if let Err(more) = no_more_than(&caught[0].1, &own) {
+        panic!("process {}, caught as it was born, holds more than the container: {more}\n{out}", caught[0].0);
+    }
+    // And it is the container's process, which the sibling let go on.
+    assert_eq!(f.cri.sh(&victim, "id -u").await.trim(), "1000");
     f.cri.remove_pod(&pod).await;
 }
 

@@ -109,6 +109,32 @@ async fn shared_pid_namespace_sees_sibling_processes() {
     assert_eq!(ns_of(&mut f, &a, "pid").await, ns_of(&mut f, &b, "pid").await);
     // PID 1 is berth's pod init, not a container's process.
     assert!(!f.cri.sh(&a, "cat /proc/1/cmdline").await.contains("sleep"));
+    // A TTY container of another user there (its process is started into
+    // the namespace by its init, which sets up outside it): its terminal is
+    // its own, from its devpts, and its controlling terminal, in a session
+    // of its own.
+    let script = "tty; stat -c owner=%u $(tty); set -- $(cat /proc/$$/stat); echo pid=$1 session=$6 tty_nr=$7; sleep 1003";
+    let mut t = f.container("t", &["sh", "-c", script]);
+    t.tty = true;
+    t.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(cri::NamespaceOption { pid: 0, ..Default::default() });
+        s.run_as_user = Some(cri::Int64Value { value: 1000 });
+    });
+    f.cri.run(&pod, t, &cfg).await;
+    let log = f.logs.join("pidshare").join("t.log");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("tty_nr=") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("/dev/pts/0") && text.contains("owner=1000"), "{text}");
+    let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
+    assert_eq!(field("session="), field("pid="), "the shell leads its own session: {text}");
+    assert_ne!(field("tty_nr="), "0", "the terminal is the controlling one: {text}");
+    assert!(f.cri.sh(&b, "ps -o args").await.contains("sleep 1003"), "the sibling sees it");
     f.cri.remove_pod(&pod).await;
 }
 

@@ -94,10 +94,13 @@ mod tests {
     #[test]
     fn messages_round_trip_and_eof_is_none() {
         let mut wire = Vec::new();
-        send(&mut wire, &InitReport::Ready { uid: 1, gid: 2, groups: vec![3], stages_us: vec![] }).unwrap();
+        send(&mut wire, &InitReport::Ready { uid: 1, gid: 2, groups: vec![3], stages_us: vec![], process: None }).unwrap();
         send(&mut wire, &InitReport::Failed(InitError::BadCwd("/x\tweird\nname".into(), "no".into()))).unwrap();
         let mut r = &wire[..];
-        assert_eq!(recv::<InitReport>(&mut r).unwrap(), Some(InitReport::Ready { uid: 1, gid: 2, groups: vec![3], stages_us: vec![] }));
+        assert_eq!(
+            recv::<InitReport>(&mut r).unwrap(),
+            Some(InitReport::Ready { uid: 1, gid: 2, groups: vec![3], stages_us: vec![], process: None })
+        );
         assert_eq!(recv::<InitReport>(&mut r).unwrap(), Some(InitReport::Failed(InitError::BadCwd("/x\tweird\nname".into(), "no".into()))));
         assert_eq!(recv::<InitReport>(&mut r).unwrap(), None);
         let mut cut = &wire[..6];

@@ -10,6 +10,7 @@
 //! | monitor socket | berthd ↔ monitor | [`ControlRequest`] / [`ControlReply`], then attach frames |
 //! | report fd (fd 3 of `berth-monitor exec`) | exec helper → berthd | [`ExecReport`] (EOF = the command ran) |
 //! | resize fd (fd 4 of a TTY exec helper) | berthd → exec helper | [`ExecControl`] |
+//! | started pipe | exec starter → exec helper | [`ExecStarted`] (EOF = failed, on the report fd) |
 //! | report fd (fd 3 of `berth-monitor pod-init`) | pod init → berthd | [`PodInitReport`] |
 //! | stdin of `berth-monitor pod-userns` | berthd → namespace maker | [`PodUsernsRequest`] (EOF = pinned, exit) |
 //! | report fd (its fd 3) | namespace maker → berthd | [`PodUsernsReport`] |
@@ -93,6 +94,11 @@ pub enum InitReport {
         /// The init's steps and their durations in microseconds, in order.
         #[serde(default)]
         stages_us: Vec<(String, u64)>,
+        /// The container's process, when the init is not it: an init that
+        /// set up outside the PID namespace it joins starts the process
+        /// there as the monitor's child, and exits. Its host pid.
+        #[serde(default)]
+        process: Option<i32>,
     },
     /// Setup (or exec) failed.
     Failed(InitError),
@@ -164,6 +170,15 @@ pub enum ExecControl {
         /// Rows.
         rows: u16,
     },
+}
+
+/// The exec's starter (the helper's child that joins the PID namespace and
+/// takes on the container's privileges) → the helper: the exec's init is
+/// started, as the helper's child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStarted {
+    /// Its host pid.
+    pub pid: i32,
 }
 
 /// Pod init → berthd, on its report fd.

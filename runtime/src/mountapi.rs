@@ -130,6 +130,26 @@ pub fn new_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resu
     Ok(unsafe { OwnedFd::from_raw_fd(m as i32) })
 }
 
+/// Whether this kernel's procfs takes `pidns=` (Linux 6.15): a `/proc` for
+/// a PID namespace the mounting process is not in. Asked by configuring a
+/// filesystem context that is never created.
+pub fn procfs_takes_pidns() -> bool {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    // SAFETY: a static C string; the result is a new fd this process owns.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"proc".as_ptr(), FSOPEN_CLOEXEC) };
+    if fs < 0 {
+        return false;
+    }
+    // SAFETY: the kernel returned a new, open fd.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    // SAFETY: static C strings; the kernel copies them.
+    let r = unsafe {
+        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, c"pidns".as_ptr(), c"/proc/self/ns/pid".as_ptr(), 0)
+    };
+    r == 0
+}
+
 /// `move_mount`: attaches the detached tree `from` at the path `to` (its
 /// last component is not followed: a `/proc/self/fd/N` would name the
 /// link itself — use [`attach_at_fd`] for an fd).
@@ -185,6 +205,17 @@ pub fn supported() -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn procfs_pidns_is_known_on_this_kernel() {
+        // Linux 6.15 and later have it; this project's machine runs 6.18.
+        let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+        let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(super::procfs_takes_pidns(), (major, minor) >= (6, 15), "{release}");
+        }
+    }
+
     #[test]
     fn this_kernel_has_it() {
         // The project's machines run 6.x; berth reports the feature from this.

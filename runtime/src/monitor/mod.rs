@@ -198,12 +198,23 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
             dir
         }
     };
+    // Into a PID namespace others are in already, the init sets up outside
+    // it where the kernel can mount a /proc for a namespace from outside
+    // (procfs pidns=, Linux 6.15): there a sibling that may ptrace it could
+    // attach to it while it holds the node's privileges. It then starts the
+    // container's process there, confined from birth (init::run). Older
+    // kernels: the init is forked into the namespace, as runc's is.
+    let mut join_later = None;
     match &args.pid_ns {
         PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
         PidNamespace::Join { pid, start_time } => {
             let target = crate::pidfd::Process::open(*pid, *start_time)
                 .map_err(|e| setup_err(&format!("the process {pid} whose PID namespace to join"), e))?;
-            target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
+            if crate::mountapi::procfs_takes_pidns() {
+                join_later = Some(target);
+            } else {
+                target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
+            }
         }
         PidNamespace::Host => {}
     }
@@ -225,10 +236,11 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
             // returns to it, so nothing closes the number twice.
             let _ = nix::unistd::close(sync.as_raw_fd());
             let stdio = [stdin_r, out_w, err_w];
-            child_main(args, placed, rootfs, null, stdio, report_w, start_r, console_child)
+            child_main(args, placed, rootfs, null, stdio, report_w, start_r, console_child, join_later)
         }
         (ForkResult::Parent { child }, _) => child,
     };
+    drop(join_later);
     // The init's copy is the one it attaches; this one would only keep the
     // mount referenced after the container is gone.
     drop(rootfs);
@@ -269,8 +281,9 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
 fn await_init(s: &mut handoff::Serve) -> Option<()> {
     let mut sync = s.sync.take()?;
     let socket = s.bundle.join(SOCKET);
-    let child = s.child;
-    let failed = |sync: &mut std::fs::File, e: InitError| {
+    let init = s.child;
+    // Reaps `child`, the init or the process it started.
+    let failed = |sync: &mut std::fs::File, child: nix::unistd::Pid, e: InitError| {
         crate::diag::log(crate::diag::Level::Warn, &format!("container setup failed: {e}"));
         let _ = channel::send(sync, &MonitorReport::Failed(e));
         let _ = waitpid(child, None);
@@ -278,7 +291,14 @@ fn await_init(s: &mut handoff::Serve) -> Option<()> {
         None
     };
     match channel::recv::<InitReport>(&mut s.report) {
-        Ok(Some(InitReport::Ready { uid, gid, groups, stages_us: init_stages })) => {
+        Ok(Some(InitReport::Ready { uid, gid, groups, stages_us: init_stages, process })) => {
+            if let Some(pid) = process {
+                // The init started the container's process as this one's
+                // child, and exits.
+                let _ = waitpid(init, None);
+                s.child = nix::unistd::Pid::from_raw(pid);
+            }
+            let child = s.child;
             // A TTY init sent its terminal's master before it reported ready.
             if let Some(console) = s.console.take() {
                 match crate::process::tty::recv_fd(&console) {
@@ -286,7 +306,7 @@ fn await_init(s: &mut handoff::Serve) -> Option<()> {
                     other => {
                         let why = other.err().map_or("no terminal received".to_string(), |e| e.to_string());
                         let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                        return failed(&mut sync, InitError::Setup(format!("container terminal: {why}")));
+                        return failed(&mut sync, child, InitError::Setup(format!("container terminal: {why}")));
                     }
                 }
             }
@@ -307,8 +327,8 @@ fn await_init(s: &mut handoff::Serve) -> Option<()> {
             let _ = channel::send(&mut sync, &created);
             Some(())
         }
-        Ok(Some(InitReport::Failed(e))) => failed(&mut sync, e),
-        Ok(None) | Err(_) => failed(&mut sync, InitError::Setup("init exited before it was ready".into())),
+        Ok(Some(InitReport::Failed(e))) => failed(&mut sync, init, e),
+        Ok(None) | Err(_) => failed(&mut sync, init, InitError::Setup("init exited before it was ready".into())),
     }
 }
 
@@ -361,6 +381,7 @@ fn child_main(
     report_w: OwnedFd,
     start_r: OwnedFd,
     console: Option<OwnedFd>,
+    pid_ns: Option<crate::pidfd::Process>,
 ) -> ! {
     let mut report = std::fs::File::from(report_w);
     let fail = |report: &mut std::fs::File, e: InitError| -> ! {
@@ -387,7 +408,17 @@ fn child_main(
         Ok(spec) => spec,
         Err(e) => fail(&mut report, InitError::Setup(format!("reading config.json: {e}"))),
     };
-    init::run(&spec, reading.elapsed().as_micros() as u64, &args.bundle, placed, rootfs, report, std::fs::File::from(start_r), console)
+    init::run(
+        &spec,
+        reading.elapsed().as_micros() as u64,
+        &args.bundle,
+        placed,
+        rootfs,
+        report,
+        std::fs::File::from(start_r),
+        console,
+        pid_ns,
+    )
 }
 
 /// Default dispositions and an empty mask: the Rust runtime ignores SIGPIPE,

@@ -26,7 +26,7 @@ use nix::unistd::{fork, ForkResult};
 use super::init;
 use crate::annotations;
 use crate::channel;
-use crate::message::{ExecControl, ExecReport, InitError};
+use crate::message::{ExecControl, ExecReport, ExecStarted, InitError};
 
 /// The helper's fd on which a failure to start the command is reported
 /// ([`ExecReport`]); closed on exec, so EOF means the command ran.
@@ -100,6 +100,7 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     // Inherited by every process of the exec. Written while /proc is the
     // node's: in the container's /proc the helper has no /proc/self.
     init::set_oom_score_adj(process);
+    init::set_apparmor_onexec(process)?;
     init::join_cgroup(&spec)?;
     use nix::sched::CloneFlags as F;
     // All at once: after the mount namespace switch /proc is the container's.
@@ -125,14 +126,7 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     let pty = match args.tty {
         true => {
             let (master, path) = super::tty::open_pty()?;
-            let slave = nix::fcntl::open(path.as_str(), OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(|e| setup(&format!("open {path}"), e))?;
-            if let Some(m) = &userns {
-                let (uid, gid) = m.host_root();
-                nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
-                    .map_err(|e| setup(&format!("chown {path}"), e))?;
-            }
-            Some((master, slave))
+            Some((master, super::tty::open_slave(&path, userns.as_ref().map(|m| m.host_root()))?))
         }
         false => None,
     };
@@ -155,11 +149,11 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     drop(pid_w);
     drop(target);
     let pty = pty.map(|(master, _)| master);
-    let exec_init = channel::recv::<i32>(&mut std::fs::File::from(pid_r));
+    let exec_init = channel::recv::<ExecStarted>(&mut std::fs::File::from(pid_r));
     let _ = waitpid(starter, None);
     // No pid: the starter failed and reported why on REPORT_FD.
-    let Ok(Some(child)) = exec_init else { return Ok(SETUP_FAILED) };
-    let child = nix::unistd::Pid::from_raw(child);
+    let Ok(Some(ExecStarted { pid })) = exec_init else { return Ok(SETUP_FAILED) };
+    let child = nix::unistd::Pid::from_raw(pid);
     forward_sigterm_to(child);
     match pty {
         Some(master) => Ok(relay_terminal(child, master)),
@@ -216,7 +210,7 @@ fn start_exec_init(
             drop(pid_w);
             exec_init(process, args, prepared, slave, parent)
         }
-        pid => match channel::send(&mut std::fs::File::from(pid_w), &(pid as i32)) {
+        pid => match channel::send(&mut std::fs::File::from(pid_w), &ExecStarted { pid: pid as i32 }) {
             // SAFETY: _exit in a forked child: its work is done.
             Ok(()) => unsafe { libc::_exit(0) },
             Err(e) => setup("reporting the exec's init", e),

@@ -32,6 +32,8 @@ fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 /// its stdio and controlling terminal, and sends the master to the monitor.
 /// `rootfs`: the overlay rootfs mounted ahead (`crate::rootfs::mount_ahead`).
 /// `spec_us`: how long reading the spec took, reported as `init_spec`.
+/// `pid_ns`: a process whose PID namespace the container's process joins,
+/// where the init sets up outside it (see [`start_in_pid_namespace`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: &Spec,
@@ -42,12 +44,22 @@ pub fn run(
     mut report: std::fs::File,
     mut start: std::fs::File,
     console: Option<OwnedFd>,
+    pid_ns: Option<crate::pidfd::Process>,
 ) -> ! {
-    let result: Result<(), InitError> = prepare(spec, bundle, placed, rootfs).and_then(|prepared| {
+    let result: Result<(), InitError> = prepare(spec, bundle, placed, rootfs, pid_ns.as_ref()).and_then(|prepared| {
+        drop(pid_ns);
         let u = &prepared.user;
+        let joining = prepared.joined_pid_ns;
+        // Made the controlling terminal by the container's process: here,
+        // unless that is forked later.
+        let mut slave = None;
         if let Some(console) = console {
-            let (master, slave) = super::tty::open_pty()?;
-            super::tty::attach_terminal(&slave, Some((u.uid, u.gid)))?;
+            let (master, path) = super::tty::open_pty()?;
+            if joining {
+                slave = Some(super::tty::open_slave(&path, Some((u.uid, u.gid)))?);
+            } else {
+                super::tty::attach_terminal(&path, Some((u.uid, u.gid)))?;
+            }
             super::tty::send_fd(&console, &master).map_err(|e| setup_err("sending the terminal to the monitor", e))?;
         }
         let mut stages_us = vec![("init_spec".to_string(), spec_us)];
@@ -60,15 +72,27 @@ pub fn run(
         let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
         confine_for_exec(process, &prepared)?;
         stages_us.push(("init_confine".into(), confining.elapsed().as_micros() as u64));
-        let ready = InitReport::Ready { uid: u.uid, gid: u.gid, groups: u.groups.clone(), stages_us };
+        let process_pid = match joining {
+            true => match start_in_pid_namespace()? {
+                Some(pid) => Some(pid),
+                None => {
+                    // The container's process, born confined in the namespace.
+                    if let Some(slave) = slave.take() {
+                        super::tty::attach_opened_terminal(slave)?;
+                    }
+                    return Err(wait_for_start_and_exec(&mut start, &prepared, process));
+                }
+            },
+            false => None,
+        };
+        drop(slave);
+        let ready = InitReport::Ready { uid: u.uid, gid: u.gid, groups: u.groups.clone(), stages_us, process: process_pid };
         channel::send(&mut report, &ready).map_err(|e| setup_err("report ready", e))?;
-        match channel::recv::<InitCommand>(&mut start) {
-            Ok(Some(InitCommand::Start)) => {}
-            // The monitor went away or closed the start pipe: do not start.
-            _ => std::process::exit(1),
+        if process_pid.is_some() {
+            // SAFETY: _exit ends this child; the container's process is the monitor's now.
+            unsafe { libc::_exit(0) }
         }
-        // The container outlives its monitor's setup phase: no parent-death signal.
-        Err(exec_final(&prepared.executable, process.args().as_deref().unwrap_or(&[]), process.env().as_deref().unwrap_or(&[]), 0))
+        Err(wait_for_start_and_exec(&mut start, &prepared, process))
     });
     if let Err(e) = result {
         let _ = channel::send(&mut report, &InitReport::Failed(e));
@@ -78,9 +102,46 @@ pub fn run(
     unsafe { libc::_exit(127) }
 }
 
+/// Waits for StartContainer, then execs the container's process.
+fn wait_for_start_and_exec(start: &mut std::fs::File, prepared: &Prepared, process: &oci_spec::runtime::Process) -> InitError {
+    match channel::recv::<InitCommand>(start) {
+        Ok(Some(InitCommand::Start)) => {}
+        // The monitor went away or closed the start pipe: do not start.
+        _ => std::process::exit(1),
+    }
+    // The container outlives its monitor's setup phase: no parent-death signal.
+    exec_final(&prepared.executable, process.args().as_deref().unwrap_or(&[]), process.env().as_deref().unwrap_or(&[]), 0)
+}
+
+/// Starts the container's process in the PID namespace the init joined for
+/// its children, as the monitor's child (`CLONE_PARENT`), from the confined
+/// init: a sibling that may ptrace finds no process there that ever held
+/// more (pids come in order; it can attach to one as it is born). Some(pid)
+/// in the init, None in the new process. Plain clone: container filters
+/// refuse clone3.
+fn start_in_pid_namespace() -> Result<Option<i32>, InitError> {
+    // SAFETY: a fork that gives the child this process's parent: the init
+    // is single-threaded, no stack is given (the child runs on a copy of
+    // this one, as after fork), and the child only runs Rust code that needs
+    // no fork handler (as after `clone::fork_into_cgroup`).
+    let r =
+        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    match r {
+        -1 => Err(setup_err(
+            "starting the container's process in the PID namespace it shares (clone; the seccomp profile must allow it)",
+            Errno::last(),
+        )),
+        0 => Ok(None),
+        pid => Ok(Some(pid as i32)),
+    }
+}
+
 /// What `prepare` resolved for `exec`.
 pub struct Prepared {
     user: ResolvedUser,
+    /// The init joined a PID namespace for its children only; the
+    /// container's process is to be started there.
+    joined_pid_ns: bool,
     executable: CString,
     cwd: PathBuf,
     seccomp: Option<libseccomp::ScmpFilterContext>,
@@ -123,7 +184,15 @@ pub fn join_cgroup(spec: &Spec) -> Result<(), InitError> {
 /// Everything up to the point where only `execve` is left. `placed`: the
 /// process was born in its cgroup ([`super::clone::fork_into_cgroup`]);
 /// `rootfs`: the overlay rootfs, if it was mounted ahead.
-pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>) -> Result<Prepared, InitError> {
+/// `pid_ns`: a process whose PID namespace the container's process is to
+/// join; the init joins it for its children only.
+pub fn prepare(
+    spec: &Spec,
+    bundle: &Path,
+    placed: bool,
+    rootfs: Option<OwnedFd>,
+    pid_ns: Option<&crate::pidfd::Process>,
+) -> Result<Prepared, InitError> {
     let mut clock = Clock::new();
     make_non_dumpable();
     // Modes are given explicitly; the umask of the spec applies at exec.
@@ -132,20 +201,30 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>
         join_cgroup(spec)?;
     }
     clock.mark("cgroup");
+    let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
+    // Through /proc/self, which an init outside its process's PID namespace
+    // does not have once the container's /proc is its /proc; inherited.
+    set_oom_score_adj(process);
+    set_apparmor_onexec(process)?;
     let (new_uts, userns) = join_namespaces(spec)?;
+    if let Some(target) = pid_ns {
+        target.join(CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("joining the PID namespace for the container's process", e))?;
+    }
     clock.mark("namespaces");
     let userns_for_mounts = match &userns {
         Some(fd) => Some(fd.try_clone().map_err(|e| setup_err("dup the user namespace fd", e))?),
         None => None,
     };
-    let mut kernel = crate::rootfs::Kernel::new(&bundle.join("rootfs")).with_userns(userns_for_mounts).with_rootfs_mount(rootfs);
+    let mut kernel = crate::rootfs::Kernel::new(&bundle.join("rootfs"))
+        .with_userns(userns_for_mounts)
+        .with_rootfs_mount(rootfs)
+        .with_proc_for_children(pid_ns.is_some());
     // Named by where it came from: a copy of the node's costs more the more
     // mounts the node has.
     let from_template = crate::rootfs::new_namespace(spec, &mut kernel)?;
     clock.mark(if from_template { "mountns_template" } else { "mountns_node" });
     crate::rootfs::build(spec, new_uts, from_template, &mut kernel)?;
     clock.mark("rootfs");
-    let process = spec.process().as_ref().ok_or_else(|| InitError::Setup("spec has no process".into()))?;
     let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();
     let user = user::resolve(process.user(), annotations::get(spec, annotations::USER), strict)?;
     let cwd = process.cwd().clone();
@@ -154,7 +233,7 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>
     let args = process.args().clone().unwrap_or_default();
     let arg0 = args.first().ok_or_else(|| InitError::Setup("no command given".into()))?;
     let executable = find_executable(arg0, &env)?;
-    set_rlimits_and_oom(process)?;
+    set_rlimits(process)?;
     clock.mark("process");
     let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
         Some(profile) => Some(super::security::compile(profile)?),
@@ -167,7 +246,7 @@ pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>
         crate::userns::enter(fd).map_err(|e| setup_err("joining the pod's user namespace", e))?;
         clock.mark("userns");
     }
-    Ok(Prepared { user, executable, cwd, seccomp, stages_us: clock.done, tty_clock: clock.last })
+    Ok(Prepared { user, joined_pid_ns: pid_ns.is_some(), executable, cwd, seccomp, stages_us: clock.done, tty_clock: clock.last })
 }
 
 /// setns into namespaces with a path, unshare the new ones (PID is done by
@@ -270,12 +349,6 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<CString, InitError>
 /// rlimits and oom_score_adj. Without CAP_SYS_RESOURCE a raise above the hard
 /// limit or a lower oom_score_adj is refused: clamp and go on, as containerd's
 /// restrict_oom_score_adj does.
-pub fn set_rlimits_and_oom(process: &oci_spec::runtime::Process) -> Result<(), InitError> {
-    set_rlimits(process)?;
-    set_oom_score_adj(process);
-    Ok(())
-}
-
 /// The spec's rlimits; a hard limit above the current one (raising needs
 /// CAP_SYS_RESOURCE) is clamped to it.
 pub fn set_rlimits(process: &oci_spec::runtime::Process) -> Result<(), InitError> {
@@ -349,6 +422,18 @@ pub fn make_non_dumpable() {
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
 }
 
+/// The AppArmor profile the next exec enters, like runc's
+/// aa_change_onexec; through /proc/self, so before the process may lose it,
+/// and inherited by a fork (the task's AppArmor context is copied).
+pub fn set_apparmor_onexec(process: &oci_spec::runtime::Process) -> Result<(), InitError> {
+    if let Some(profile) = process.apparmor_profile() {
+        std::fs::write("/proc/self/attr/apparmor/exec", format!("exec {profile}"))
+            .or_else(|_| std::fs::write("/proc/self/attr/exec", format!("exec {profile}")))
+            .map_err(|e| InitError::Setup(format!("apparmor profile {profile}: {e}")))?;
+    }
+    Ok(())
+}
+
 /// User, capabilities, no_new_privs and seccomp, in the order that lets each
 /// step still have the privilege it needs: without no_new_privs the filter
 /// is loaded while CAP_SYS_ADMIN is still held.
@@ -357,12 +442,6 @@ pub fn confine(
     user: &ResolvedUser,
     seccomp: Option<&libseccomp::ScmpFilterContext>,
 ) -> Result<(), InitError> {
-    if let Some(profile) = process.apparmor_profile() {
-        // Takes effect at exec, like runc's aa_change_onexec.
-        std::fs::write("/proc/self/attr/apparmor/exec", format!("exec {profile}"))
-            .or_else(|_| std::fs::write("/proc/self/attr/exec", format!("exec {profile}")))
-            .map_err(|e| InitError::Setup(format!("apparmor profile {profile}: {e}")))?;
-    }
     let nnp = process.no_new_privileges().unwrap_or(false);
     if let (Some(f), false) = (seccomp, nnp) {
         super::security::load(f)?;

@@ -40,6 +40,19 @@ pub fn attach_terminal(slave_path: &str, owner: Option<(u32, u32)>) -> Result<()
     make_controlling(&fd)
 }
 
+/// Opens the slave of a new terminal for a process to be forked (which may
+/// not be allowed to open it), and hands it to `owner` (uid, gid); not this
+/// process's controlling terminal.
+pub fn open_slave(slave_path: &str, owner: Option<(u32, u32)>) -> Result<OwnedFd, InitError> {
+    let fd = nix::fcntl::open(slave_path, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| setup(&format!("open {slave_path}"), e))?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchown(&fd, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| setup(&format!("chown {slave_path}"), e))?;
+    }
+    Ok(fd)
+}
+
 /// As [`attach_terminal`], with the slave opened already (by a process that
 /// may open it, for one that may not): a new session, then needs no
 /// privilege.

@@ -43,6 +43,10 @@ pub struct Kernel {
     /// Whether the node runs cgroup v2, once asked: the answer looks at the
     /// node's /sys/fs/cgroup, which the template does not have.
     cgroup_v2: Option<bool>,
+    /// The init sets up outside the PID namespace its process joins: `/proc`
+    /// is mounted for the namespace it joined for its children, and after
+    /// the pivot it has no `/proc/self` (it is not in that namespace).
+    proc_for_children: bool,
 }
 
 impl Kernel {
@@ -60,7 +64,16 @@ impl Kernel {
             from_template: false,
             cgroup_v1: None,
             cgroup_v2: None,
+            proc_for_children: false,
         }
+    }
+
+    /// `/proc` mounts are for the PID namespace this process has joined for
+    /// its children (`setns`), which it is not in itself (procfs `pidns=`,
+    /// [`crate::mountapi::procfs_takes_pidns`]).
+    pub fn with_proc_for_children(mut self, yes: bool) -> Kernel {
+        self.proc_for_children = yes;
+        self
     }
 
     /// The overlay rootfs as [`super::mount_ahead`] made it: attached where
@@ -353,7 +366,17 @@ impl RootfsOps for Kernel {
     }
 
     fn mount(&mut self, m: &MountOp) -> Result<(), InitError> {
-        let data = if m.idmap && m.kind == "overlay" { self.idmapped_overlay_data(&m.data)? } else { m.data.clone() };
+        let mut data = if m.idmap && m.kind == "overlay" { self.idmapped_overlay_data(&m.data)? } else { m.data.clone() };
+        if self.proc_for_children && m.kind == "proc" && !m.bind {
+            // Resolved by the kernel at the mount, in the mount namespace's
+            // own /proc, where this process still is.
+            data = [data.as_str(), "pidns=/proc/self/ns/pid_for_children"]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         let step = |what: &str| format!("mount {} on {} ({what})", m.source.display(), m.dest.display());
         match &m.sub_path {
             Some(sub) => self.mount_sub_path(m, &data, sub)?,
@@ -537,6 +560,12 @@ impl RootfsOps for Kernel {
                     .null
                     .as_ref()
                     .ok_or_else(|| InitError::Setup(format!("mask {p}: the spec mounts no /dev tmpfs to take a null device from")))?;
+                if self.proc_for_children {
+                    // No /proc/self/fd here: a clone of the node's mount, by its fd.
+                    let tree =
+                        crate::mountapi::clone_tree_at(null.as_fd(), false).map_err(|e| InitError::setup(&format!("mask {p}"), e))?;
+                    return crate::mountapi::attach(tree.as_fd(), Path::new(p)).map_err(|e| InitError::setup(&format!("mask {p}"), e));
+                }
                 mount(Some(fd_path(null).as_str()), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             }
         };
