@@ -139,8 +139,9 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
                 drop(master);
                 slave
             });
-            let parent = if same_pid_ns { nix::unistd::getppid().as_raw() } else { 0 };
-            let e = start_exec_init(&target, userns.is_some(), process, args, &prepared, slave, pid_w, parent);
+            let helper = nix::unistd::getppid().as_raw();
+            let parent = if same_pid_ns { helper } else { 0 };
+            let e = start_exec_init(&target, userns.is_some(), process, args, &prepared, slave, pid_w, helper, parent);
             // SAFETY: _exit in a forked child; the failure is on REPORT_FD.
             unsafe { libc::_exit(fail(e)) }
         }
@@ -172,7 +173,8 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
 /// In the helper's short-lived child: joins the container's PID namespace
 /// (and the pod's user namespace), takes on everything the container's
 /// process holds, then starts the exec's init as the helper's child and
-/// sends its pid on `pid_w`. Returns only on failure.
+/// sends its pid on `pid_w`. Returns only on failure. `helper`: the
+/// helper's pid; `parent`: the same as the exec's init will see it.
 #[allow(clippy::too_many_arguments)]
 fn start_exec_init(
     target: &crate::pidfd::Process,
@@ -182,8 +184,16 @@ fn start_exec_init(
     prepared: &Prepared,
     slave: Option<OwnedFd>,
     pid_w: OwnedFd,
+    helper: i32,
     parent: i32,
 ) -> InitError {
+    // Dies with the helper: the exec's init it is about to start takes it
+    // for the parent its own death signal watches.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if nix::unistd::getppid().as_raw() != helper {
+        return InitError::Setup("helper died".into());
+    }
     let confined = (|| {
         target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup("joining the container's PID namespace", e))?;
         // The pod's user namespace last, as the init did: the PID namespace
