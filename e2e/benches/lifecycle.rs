@@ -2,7 +2,8 @@
 //! StartContainer, StopContainer (timeout 0), RemovePodSandbox, and the
 //! resident memory of the per-container monitor and of berthd.
 //! `cargo bench -p berth-e2e --bench lifecycle`; `BENCH_PODS=200` runs
-//! more pods (default 20) and shows whether the cost per pod stays flat.
+//! more pods (default 20) and shows whether the cost per pod stays flat;
+//! `BENCH_PID=pod` gives each pod one PID namespace its container joins.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,11 @@ use berth_e2e::{cri, Fixture};
 /// How many pods, from `BENCH_PODS` (default 20).
 fn pods() -> usize {
     std::env::var("BENCH_PODS").ok().and_then(|v| v.parse().ok()).filter(|n| *n >= 2).unwrap_or(20)
+}
+
+/// Whether the containers join their pod's PID namespace (`BENCH_PID=pod`).
+fn shared_pid() -> bool {
+    std::env::var("BENCH_PID").is_ok_and(|v| v == "pod")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -81,12 +87,19 @@ async fn run() {
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut pods = Vec::new();
     for i in 0..pod_count {
-        let cfg = f.pod(&format!("bench{i}"));
+        let name = format!("bench{i}");
+        let cfg = if shared_pid() { f.pod_with_pid(&name, cri::NamespaceMode::Pod) } else { f.pod(&name) };
         let t = Instant::now();
         let pod = f.cri.run_pod(cfg.clone()).await.expect("RunPodSandbox");
         runp.push(ms(t.elapsed()));
+        let mut config = f.container("sleeper", &["sleep", "1000"]);
+        if shared_pid() {
+            config.linux = berth_e2e::security(|s| {
+                s.namespace_options = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() })
+            });
+        }
         let t = Instant::now();
-        let c = f.cri.create(&pod, f.container("sleeper", &["sleep", "1000"]), &cfg).await.expect("CreateContainer");
+        let c = f.cri.create(&pod, config, &cfg).await.expect("CreateContainer");
         create.push(ms(t.elapsed()));
         let t = Instant::now();
         f.cri.start(&c).await.expect("StartContainer");
@@ -125,7 +138,8 @@ async fn run() {
     }
     let tenth = (pod_count / 10).max(1);
     let up: Vec<f64> = runp.iter().zip(&create).zip(&start).map(|((a, b), c)| a + b + c).collect();
-    println!("pod and container lifecycle, {pod_count} pods with one busybox `sleep` container each (medians)");
+    let pid = if shared_pid() { ", sharing its pod's PID namespace" } else { "" };
+    println!("pod and container lifecycle, {pod_count} pods with one busybox `sleep` container each{pid} (medians)");
     println!("  RunPodSandbox       {:8.2} ms", median(runp.clone()));
     println!("  CreateContainer     {:8.2} ms", median(create.clone()));
     println!("  StartContainer      {:8.2} ms", median(start.clone()));
