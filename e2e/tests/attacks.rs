@@ -240,11 +240,17 @@ async fn a_created_containers_init_holds_no_more_than_its_workload() {
         s.seccomp = runtime_default();
     });
     let victim = f.cri.create(&pod, c, &cfg).await.unwrap();
-    // The Created init, as the sibling finds it: berth-monitor's command
-    // line, with the container's id.
-    let find = format!("grep -l {victim} /proc/[0-9]*/cmdline | cut -d/ -f3 | head -1");
-    let pid = run(&mut f, &tracer, &find).await.trim().to_string();
-    assert!(!pid.is_empty(), "the sibling sees the Created init");
+    // The Created init, as the sibling finds it: by its pid in the pod's
+    // namespace (the last of NSpid on the node).
+    let host = host_pid(&mut f, &victim).await;
+    let status = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap();
+    let pid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()).unwrap().to_string();
+    // Its command line, which needs no ptrace access to read, names nothing
+    // of the node (berth-monitor's own names the bundle's path).
+    let cmdline = run(&mut f, &tracer, &format!("tr '\\0' ' ' </proc/{pid}/cmdline")).await;
+    assert!(cmdline.starts_with("berth-monitor"), "the sibling sees the Created init: {cmdline}");
+    let state = f.berthd.paths.state.display().to_string();
+    assert!(!cmdline.contains(&state) && !cmdline.contains(&victim), "the Created init's command line: {cmdline}");
     // Ptrace access, as the sibling has it: environ is read under the same
     // check (PTRACE_MODE_READ) that attaching passes.
     let r = f.cri.exec(&tracer, &["sh", "-c", &format!("cat /proc/{pid}/environ >/dev/null")], 30).await.unwrap();
@@ -285,6 +291,10 @@ async fn an_execs_init_holds_only_what_it_needs() {
     // the same access check as attaching.
     let out = f.cri.sh(&tracer, "cat /proc/$PPID/comm; cat /proc/$PPID/environ >/dev/null && echo traceable; cat /proc/$PPID/status").await;
     assert!(out.starts_with("berth-monitor\ntraceable\n"), "{out}");
+    // Nor does its command line name the node's paths or pids.
+    let cmdline = f.cri.sh(&tracer, "tr '\\0' ' ' </proc/$PPID/cmdline").await;
+    let state = f.berthd.paths.state.display().to_string();
+    assert!(cmdline.starts_with("berth-monitor exec") && !cmdline.contains(&state) && !cmdline.contains("--pid"), "{cmdline}");
     // What it could read there is not berthd's environment, nor is the
     // monitor's (forked by the zygote) or a Created init's (the monitor's).
     assert_eq!(f.cri.sh(&tracer, "ls /proc/$PPID/fd/").await, "", "the exec's init holds an fd");

@@ -342,9 +342,20 @@ fn set_cmdline((start, end): (usize, usize), argv: &[String]) {
     unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), start as *mut u8, bytes.len()) };
 }
 
+/// Shows `argv` as this process's command line in place of its own, which
+/// names host paths and pids: for berth's processes a container can see
+/// (`/proc/<pid>/cmdline` needs no ptrace access). Children forked later
+/// inherit it. `area`: [`arg_area`], read by this process or by the one it
+/// was forked from (the same addresses) while /proc/self was there.
+pub fn show_cmdline_as(area: Option<(usize, usize)>, argv: &[&str]) {
+    if let Some(area) = area {
+        set_cmdline(area, &argv.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    }
+}
+
 /// `arg_start` and `arg_end` of this process (fields 48 and 49 of
 /// /proc/self/stat).
-fn arg_area() -> Option<(usize, usize)> {
+pub fn arg_area() -> Option<(usize, usize)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     parse_arg_area(&stat)
 }

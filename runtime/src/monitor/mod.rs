@@ -391,6 +391,10 @@ fn child_main(
     };
     // SAFETY: prctl with integer arguments; dies with the monitor until exec.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // A process in a shared PID namespace (this one, or the one it starts
+    // there) is seen by the siblings until it execs: not with the
+    // monitor's command line, which names the bundle on the node.
+    crate::zygote::show_cmdline_as(crate::zygote::arg_area(), &["berth-monitor", "init"]);
     reset_signals();
     // Missing streams are /dev/null; a TTY init replaces all three later.
     for (target, fd) in stdio.iter().enumerate() {

@@ -101,6 +101,7 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     // node's: in the container's /proc the helper has no /proc/self.
     init::set_oom_score_adj(process);
     init::set_apparmor_onexec(process)?;
+    let cmdline_area = crate::zygote::arg_area();
     init::join_cgroup(&spec)?;
     use nix::sched::CloneFlags as F;
     // All at once: after the mount namespace switch /proc is the container's.
@@ -141,7 +142,7 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
             });
             let helper = nix::unistd::getppid().as_raw();
             let parent = if same_pid_ns { helper } else { 0 };
-            let e = start_exec_init(&target, userns.is_some(), process, args, &prepared, slave, pid_w, helper, parent);
+            let e = start_exec_init(&target, userns.is_some(), process, args, &prepared, slave, pid_w, helper, parent, cmdline_area);
             // SAFETY: _exit in a forked child; the failure is on REPORT_FD.
             unsafe { libc::_exit(fail(e)) }
         }
@@ -174,7 +175,8 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
 /// (and the pod's user namespace), takes on everything the container's
 /// process holds, then starts the exec's init as the helper's child and
 /// sends its pid on `pid_w`. Returns only on failure. `helper`: the
-/// helper's pid; `parent`: the same as the exec's init will see it.
+/// helper's pid; `parent`: the same as the exec's init will see it;
+/// `cmdline_area`: the helper's (and so this process's) argument area.
 #[allow(clippy::too_many_arguments)]
 fn start_exec_init(
     target: &crate::pidfd::Process,
@@ -186,7 +188,11 @@ fn start_exec_init(
     pid_w: OwnedFd,
     helper: i32,
     parent: i32,
+    cmdline_area: Option<(usize, usize)>,
 ) -> InitError {
+    // The exec's init, which the container can see, inherits this; the
+    // helper keeps its own, by which a restarted berthd finds it.
+    crate::zygote::show_cmdline_as(cmdline_area, &["berth-monitor", "exec"]);
     // Dies with the helper: the exec's init it is about to start takes it
     // for the parent its own death signal watches.
     // SAFETY: prctl with integer arguments only.
