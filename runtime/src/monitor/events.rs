@@ -411,12 +411,15 @@ impl Monitor {
         self.oom = None;
         // After the OOM count is read: this also ends the sentinel.
         if let Some(dir) = self.leftovers.take() {
-            let (killed, empty) = super::leftovers::kill(&dir);
-            if killed > 0 || !empty {
+            let (killed, left) = super::leftovers::kill(&dir);
+            if killed > 0 || !left.is_empty() {
+                let empty = left.is_empty();
+                let still: Vec<String> = left.into_iter().map(super::leftovers::describe).collect();
+                let still = if empty { String::new() } else { format!(" (still listed: {})", still.join(", ")) };
                 crate::diag::log(
                     crate::diag::Level::Info,
                     &format!(
-                        "killed {killed} processes left in the container's cgroup (no PID namespace of its own); cgroup empty: {empty}"
+                        "killed {killed} processes left in the container's cgroup (no PID namespace of its own); cgroup empty: {empty}{still}"
                     ),
                 );
             }

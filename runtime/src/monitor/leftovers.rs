@@ -15,9 +15,13 @@ use std::time::Duration;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 
-/// How often the cgroup is listed and its processes killed: a process that
-/// forks between a listing and its kill leaves a child for the next round.
-const ROUNDS: usize = 100;
+/// How long the cgroup is listed and its processes killed, round after
+/// round: a process that forks between a listing and its kill leaves a
+/// child for the next round, and a killed process is listed until it has
+/// run its exit, which on a busy node may wait for a CPU (during a test run
+/// one was still listed 200 ms after its SIGKILL). What is still listed
+/// after this is logged by name and state.
+const BOUND: Duration = Duration::from_secs(2);
 
 /// Opens the directory of the first cgroup of `procs` (the `cgroup.procs`
 /// files the init joined, `:`-separated): every process of the container is
@@ -38,10 +42,11 @@ fn listed(dir: &OwnedFd) -> Vec<i32> {
 
 /// Kills every process in the cgroup `dir` names with SIGKILL; returns how
 /// many it killed (as listed when it began, and as signalled one by one)
-/// and whether the cgroup was seen empty. On cgroup v2
-/// `cgroup.kill` (Linux 5.14) does it in one step that also catches forks;
-/// the listing rounds follow either way, for v1 and older kernels.
-pub(super) fn kill(dir: &OwnedFd) -> (usize, bool) {
+/// and what was still listed when it gave up ([`BOUND`]; empty: the
+/// cgroup was seen empty). On cgroup v2 `cgroup.kill` (Linux 5.14) does it
+/// in one step that also catches forks; the listing rounds follow either
+/// way, for v1 and older kernels.
+pub(super) fn kill(dir: &OwnedFd) -> (usize, Vec<i32>) {
     let me = std::process::id() as i32;
     let mut signalled = std::collections::BTreeSet::new();
     if let Ok(fd) = openat(dir.as_fd(), "cgroup.kill", OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty()) {
@@ -51,17 +56,30 @@ pub(super) fn kill(dir: &OwnedFd) -> (usize, bool) {
             signalled.extend(before.into_iter().filter(|p| *p != me));
         }
     }
-    for _ in 0..ROUNDS {
+    let deadline = std::time::Instant::now() + BOUND;
+    let mut pause = Duration::from_millis(1);
+    loop {
         let pids: Vec<i32> = listed(dir).into_iter().filter(|p| *p != me).collect();
-        if pids.is_empty() {
-            return (signalled.len(), true);
+        if pids.is_empty() || std::time::Instant::now() > deadline {
+            return (signalled.len(), pids);
         }
-        for pid in pids {
+        for &pid in &pids {
             if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).is_ok() {
                 signalled.insert(pid);
             }
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
-    (signalled.len(), false)
+}
+
+/// How a process still listed looks: its pid, name and state (from
+/// `/proc/<pid>/stat`), for the log.
+pub(super) fn describe(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let name = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(n, rest)| (n.to_string(), rest.trim().to_string()));
+    match name {
+        Some((n, rest)) => format!("{pid} ({n}) {}", rest.split(' ').next().unwrap_or("?")),
+        None => format!("{pid} (gone)"),
+    }
 }
