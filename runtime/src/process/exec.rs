@@ -285,9 +285,19 @@ fn exec_init(process: &oci_spec::runtime::Process, args: &ExecArgs, prepared: &P
         // The helper died before the death signal was armed.
         std::process::exit(fail(InitError::Setup("helper died".into())));
     }
+    // The command waits until this process has dropped what it holds
+    // beyond its work (EOF on this pipe): from the command's first step on,
+    // what the exec's processes hold is settled.
+    let (settled_r, settled_w) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => std::process::exit(fail(setup("pipe", e))),
+    };
     // SAFETY: single-threaded.
     let command = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
+            drop(settled_w);
+            let _ = nix::unistd::read(&settled_r, &mut [0u8; 1]);
+            drop(settled_r);
             if let Some(slave) = slave {
                 if let Err(e) = super::tty::attach_opened_terminal(slave) {
                     std::process::exit(fail(e));
@@ -298,6 +308,7 @@ fn exec_init(process: &oci_spec::runtime::Process, args: &ExecArgs, prepared: &P
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => std::process::exit(fail(setup("fork", e))),
     };
+    drop(settled_r);
     drop(slave);
     for fd in 0..3 {
         let _ = nix::unistd::close(fd);
@@ -315,6 +326,7 @@ fn exec_init(process: &oci_spec::runtime::Process, args: &ExecArgs, prepared: &P
     // and a TTY exec's resize pipe are the helper's to use.
     let _ = nix::unistd::close(REPORT_FD);
     let _ = nix::unistd::close(RESIZE_FD);
+    drop(settled_w);
     loop {
         match waited.wait() {
             Ok(Signal::SIGTERM) => {
