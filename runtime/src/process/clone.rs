@@ -11,6 +11,10 @@
 //! process from outside that namespace's root into it (ENOENT), for a
 //! clone as for a `cgroup.procs` write — so the helper joins the cgroup by
 //! path first, as before.
+//!
+//! Also `fork` for the parent ([`fork_for_parent`], `CLONE_PARENT`): how a
+//! confined process outside a PID namespace starts the container's or the
+//! exec's process inside it.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -73,6 +77,26 @@ pub unsafe fn fork_into_cgroup(dir: BorrowedFd<'_>) -> nix::Result<ForkResult> {
     // SAFETY: `args` is a valid clone_args of the size passed; no stack is
     // given, so the child runs on a copy of this one, as after fork.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match r {
+        -1 => Err(nix::errno::Errno::last()),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent { child: Pid::from_raw(pid as i32) }),
+    }
+}
+
+/// `fork` whose child is a child of this process's parent
+/// (`CLONE_PARENT`): a process started for the parent, which this one then
+/// leaves to it. Plain `clone`, not `clone3`: it runs under container
+/// seccomp filters, which refuse clone3 (ENOSYS).
+///
+/// # Safety
+/// As [`fork_into_cgroup`]: the caller is single-threaded, or the child only
+/// calls async-signal-safe functions before exec.
+pub unsafe fn fork_for_parent() -> nix::Result<ForkResult> {
+    // SAFETY: no stack is given, so the child runs on a copy of this one, as
+    // after fork; the other arguments are unused without their flags.
+    let r =
+        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
     match r {
         -1 => Err(nix::errno::Errno::last()),
         0 => Ok(ForkResult::Child),

@@ -24,7 +24,6 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
 use super::init;
-use crate::annotations;
 use crate::channel;
 use crate::message::{ExecControl, ExecReport, ExecStarted, InitError};
 
@@ -110,15 +109,11 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
         .join(F::CLONE_NEWIPC | F::CLONE_NEWUTS | F::CLONE_NEWNET | F::CLONE_NEWCGROUP | F::CLONE_NEWNS)
         .map_err(|e| setup("joining the container's namespaces", e))?;
     let userns = crate::rootfs::user_namespace(&spec)?;
-    let strict = annotations::get(&spec, annotations::GROUPS_STRICT).is_some();
-    let user = super::user::resolve(process.user(), annotations::get(&spec, annotations::USER), strict)?;
+    let user = super::user::resolve(&spec, process)?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
     let arg0 = args.args.first().ok_or_else(|| InitError::Setup("no command given".into()))?;
     let executable = init::find_executable(arg0, &env)?;
-    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(super::security::compile(profile)?),
-        None => None,
-    };
+    let seccomp = super::security::compile_spec(&spec)?;
     let prepared = Prepared { user, executable, env, seccomp };
     // After the mount namespace switch, /dev/ptmx is the container's own
     // devpts instance: the terminal lives inside the container. The slave
@@ -213,20 +208,14 @@ fn start_exec_init(
     if let Err(e) = confined {
         return e;
     }
-    // SAFETY: a fork that gives the child this process's parent: the
-    // process is single-threaded, no stack is given (the child runs on a
-    // copy of this one, as after fork), and the child only runs Rust code
-    // that needs no fork handler (as `clone::fork_into_cgroup`'s does).
-    // Plain clone, not clone3: container filters refuse clone3 (ENOSYS).
-    let r =
-        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
-    match r {
-        -1 => setup("starting the exec's init (clone; the container's seccomp profile must allow it)", nix::errno::Errno::last()),
-        0 => {
+    // SAFETY: this process is single-threaded.
+    match unsafe { super::clone::fork_for_parent() } {
+        Err(e) => setup("starting the exec's init (clone; the container's seccomp profile must allow it)", e),
+        Ok(ForkResult::Child) => {
             drop(pid_w);
             exec_init(process, args, prepared, slave, parent)
         }
-        pid => match channel::send(&mut std::fs::File::from(pid_w), &ExecStarted { pid: pid as i32 }) {
+        Ok(ForkResult::Parent { child }) => match channel::send(&mut std::fs::File::from(pid_w), &ExecStarted { pid: child.as_raw() }) {
             // SAFETY: _exit in a forked child: its work is done.
             Ok(()) => unsafe { libc::_exit(0) },
             Err(e) => setup("reporting the exec's init", e),

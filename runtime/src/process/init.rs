@@ -55,10 +55,11 @@ pub fn run(
         let mut slave = None;
         if let Some(console) = console {
             let (master, path) = super::tty::open_pty()?;
+            let opened = super::tty::open_slave(&path, Some((u.uid, u.gid)))?;
             if joining {
-                slave = Some(super::tty::open_slave(&path, Some((u.uid, u.gid)))?);
+                slave = Some(opened);
             } else {
-                super::tty::attach_terminal(&path, Some((u.uid, u.gid)))?;
+                super::tty::attach_opened_terminal(opened)?;
             }
             super::tty::send_fd(&console, &master).map_err(|e| setup_err("sending the terminal to the monitor", e))?;
         }
@@ -117,22 +118,15 @@ fn wait_for_start_and_exec(start: &mut std::fs::File, prepared: &Prepared, proce
 /// its children, as the monitor's child (`CLONE_PARENT`), from the confined
 /// init: a sibling that may ptrace finds no process there that ever held
 /// more (pids come in order; it can attach to one as it is born). Some(pid)
-/// in the init, None in the new process. Plain clone: container filters
-/// refuse clone3.
+/// in the init, None in the new process.
 fn start_in_pid_namespace() -> Result<Option<i32>, InitError> {
-    // SAFETY: a fork that gives the child this process's parent: the init
-    // is single-threaded, no stack is given (the child runs on a copy of
-    // this one, as after fork), and the child only runs Rust code that needs
-    // no fork handler (as after `clone::fork_into_cgroup`).
-    let r =
-        unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
-    match r {
-        -1 => Err(setup_err(
-            "starting the container's process in the PID namespace it shares (clone; the seccomp profile must allow it)",
-            Errno::last(),
-        )),
-        0 => Ok(None),
-        pid => Ok(Some(pid as i32)),
+    // SAFETY: the init is single-threaded.
+    match unsafe { super::clone::fork_for_parent() } {
+        Err(e) => {
+            Err(setup_err("starting the container's process in the PID namespace it shares (clone; the seccomp profile must allow it)", e))
+        }
+        Ok(nix::unistd::ForkResult::Child) => Ok(None),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Some(child.as_raw())),
     }
 }
 
@@ -225,8 +219,7 @@ pub fn prepare(
     clock.mark(if from_template { "mountns_template" } else { "mountns_node" });
     crate::rootfs::build(spec, new_uts, from_template, &mut kernel)?;
     clock.mark("rootfs");
-    let strict = annotations::get(spec, annotations::GROUPS_STRICT).is_some();
-    let user = user::resolve(process.user(), annotations::get(spec, annotations::USER), strict)?;
+    let user = user::resolve(spec, process)?;
     let cwd = process.cwd().clone();
     check_cwd(&cwd)?;
     let env: Vec<String> = process.env().clone().unwrap_or_default();
@@ -235,10 +228,7 @@ pub fn prepare(
     let executable = find_executable(arg0, &env)?;
     set_rlimits(process)?;
     clock.mark("process");
-    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => Some(super::security::compile(profile)?),
-        None => None,
-    };
+    let seccomp = super::security::compile_spec(spec)?;
     clock.mark("seccomp");
     // Last: everything above needed the node's privileges; from here on the
     // process is root of the pod's user namespace and nothing outside.

@@ -105,6 +105,11 @@ fn arch(a: Arch) -> Option<ScmpArch> {
     })
 }
 
+/// The spec's seccomp filter, compiled ([`compile`]), if it has a profile.
+pub fn compile_spec(spec: &oci_spec::runtime::Spec) -> Result<Option<ScmpFilterContext>, InitError> {
+    spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(compile).transpose()
+}
+
 /// Compiles an OCI seccomp profile into a filter (not loaded). Syscalls the
 /// kernel's libseccomp does not know are skipped, as runc does.
 pub fn compile(profile: &LinuxSeccomp) -> Result<ScmpFilterContext, InitError> {

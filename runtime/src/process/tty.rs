@@ -27,22 +27,9 @@ pub fn open_pty() -> Result<(OwnedFd, String), InitError> {
     Ok((master.into(), path))
 }
 
-/// In the process about to exec: a new session with the terminal as its
-/// controlling terminal and as stdin, stdout and stderr; the slave is
-/// handed to `owner` (uid, gid) so a non-root process may use it.
-pub fn attach_terminal(slave_path: &str, owner: Option<(u32, u32)>) -> Result<(), InitError> {
-    nix::unistd::setsid().map_err(|e| setup("setsid", e))?;
-    let fd = nix::fcntl::open(slave_path, OFlag::O_RDWR, Mode::empty()).map_err(|e| setup(&format!("open {slave_path}"), e))?;
-    if let Some((uid, gid)) = owner {
-        nix::unistd::fchown(&fd, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| setup(&format!("chown {slave_path}"), e))?;
-    }
-    make_controlling(&fd)
-}
-
-/// Opens the slave of a new terminal for a process to be forked (which may
-/// not be allowed to open it), and hands it to `owner` (uid, gid); not this
-/// process's controlling terminal.
+/// Opens the slave of a new terminal (O_NOCTTY: not as this process's
+/// controlling terminal) and hands it to `owner` (uid, gid), so a non-root
+/// process may use it.
 pub fn open_slave(slave_path: &str, owner: Option<(u32, u32)>) -> Result<OwnedFd, InitError> {
     let fd = nix::fcntl::open(slave_path, OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| setup(&format!("open {slave_path}"), e))?;
@@ -53,23 +40,18 @@ pub fn open_slave(slave_path: &str, owner: Option<(u32, u32)>) -> Result<OwnedFd
     Ok(fd)
 }
 
-/// As [`attach_terminal`], with the slave opened already (by a process that
-/// may open it, for one that may not): a new session, then needs no
-/// privilege.
+/// In the process about to exec: a new session with the terminal `slave`
+/// ([`open_slave`], maybe by another process, for one that may not open
+/// it) as its controlling terminal and as stdin, stdout and stderr. Needs
+/// no privilege.
 pub fn attach_opened_terminal(slave: OwnedFd) -> Result<(), InitError> {
     nix::unistd::setsid().map_err(|e| setup("setsid", e))?;
-    make_controlling(&slave)
-}
-
-/// The terminal `fd` as the controlling terminal of this (session leader)
-/// process, and as its stdin, stdout and stderr.
-fn make_controlling(fd: &OwnedFd) -> Result<(), InitError> {
-    // SAFETY: TIOCSCTTY takes an int argument; fd is an open terminal.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+    // SAFETY: TIOCSCTTY takes an int argument; slave is an open terminal.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
         return Err(setup("TIOCSCTTY", nix::errno::Errno::last()));
     }
     for target in 0..3 {
-        super::init::dup_onto(fd.as_raw_fd(), target)?;
+        super::init::dup_onto(slave.as_raw_fd(), target)?;
     }
     Ok(())
 }

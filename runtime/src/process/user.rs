@@ -109,12 +109,15 @@ pub fn resolve_with(
     Ok(ResolvedUser { uid, gid, groups })
 }
 
-/// Resolves against the container's `/etc/passwd` and `/etc/group` (a missing
-/// file is empty, as in scratch images).
-pub fn resolve(spec_user: &oci_spec::runtime::User, name: Option<&str>, strict: bool) -> Result<ResolvedUser, InitError> {
+/// The user of `process`, the spec's, with the spec's user-name and
+/// strict-groups annotations: resolved against the container's
+/// `/etc/passwd` and `/etc/group` (a missing file is empty, as in scratch
+/// images).
+pub fn resolve(spec: &oci_spec::runtime::Spec, process: &oci_spec::runtime::Process) -> Result<ResolvedUser, InitError> {
+    let strict = crate::annotations::get(spec, crate::annotations::GROUPS_STRICT).is_some();
     let p = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let g = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    resolve_with(spec_user, name, strict, &p, &g)
+    resolve_with(process.user(), crate::annotations::get(spec, crate::annotations::USER), strict, &p, &g)
 }
 
 impl ResolvedUser {
