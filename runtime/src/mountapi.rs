@@ -75,27 +75,28 @@ fn open_tree(dirfd: i32, path: &std::ffi::CStr, recursive: bool, extra: libc::c_
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// `fsopen` + `fsconfig` + `fsmount`: a new mount of a `fstype` filesystem
-/// made with the string `options` and the `MOUNT_ATTR_*` flags `attrs`,
-/// detached: it is attached nowhere until [`attach`]ed, and is gone when
-/// its last fd is closed unattached.
-pub fn new_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Result<OwnedFd> {
-    // linux/mount.h; the libc crate has them only in its newer modules.
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+// linux/mount.h; the libc crate has them only in its newer modules.
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+/// The last OS error, with `what` was being done.
+fn failed(what: String) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// `fsopen` + `fsconfig`: a context for a new `fstype` filesystem with the
+/// string `options` set, not created yet.
+fn fs_context(fstype: &str, options: &[(&str, &str)]) -> io::Result<OwnedFd> {
     let cstr = |s: &str| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} holds a NUL")));
-    let step = |what: String| {
-        let e = io::Error::last_os_error();
-        io::Error::new(e.kind(), format!("{what}: {e}"))
-    };
     let fstype_c = cstr(fstype)?;
     // SAFETY: a valid C string for the call; the result is a new fd this
     // process owns.
     let fs = unsafe { libc::syscall(libc::SYS_fsopen, fstype_c.as_ptr(), FSOPEN_CLOEXEC) };
     if fs < 0 {
-        return Err(step(format!("fsopen {fstype}")));
+        return Err(failed(format!("fsopen {fstype}")));
     }
     // SAFETY: the kernel returned a new, open fd.
     let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
@@ -104,9 +105,18 @@ pub fn new_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resu
         // SAFETY: valid C strings for the call; the kernel copies them.
         let r = unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, k.as_ptr(), v.as_ptr(), 0) };
         if r < 0 {
-            return Err(step(format!("{fstype} option {key}")));
+            return Err(failed(format!("{fstype} option {key}")));
         }
     }
+    Ok(fs)
+}
+
+/// `fsopen` + `fsconfig` + `fsmount`: a new mount of a `fstype` filesystem
+/// made with the string `options` and the `MOUNT_ATTR_*` flags `attrs`,
+/// detached: it is attached nowhere until [`attach`]ed, and is gone when
+/// its last fd is closed unattached.
+pub fn new_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Result<OwnedFd> {
+    let fs = fs_context(fstype, options)?;
     // SAFETY: no pointers: the command takes none.
     let r = unsafe {
         libc::syscall(
@@ -119,12 +129,12 @@ pub fn new_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resu
         )
     };
     if r < 0 {
-        return Err(step(format!("creating the {fstype} filesystem")));
+        return Err(failed(format!("creating the {fstype} filesystem")));
     }
     // SAFETY: integers only; the result is a new fd this process owns.
     let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs as libc::c_uint) };
     if m < 0 {
-        return Err(step(format!("fsmount {fstype}")));
+        return Err(failed(format!("fsmount {fstype}")));
     }
     // SAFETY: the kernel returned a new, open fd.
     Ok(unsafe { OwnedFd::from_raw_fd(m as i32) })
@@ -134,20 +144,7 @@ pub fn new_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> io::Resu
 /// a PID namespace the mounting process is not in. Asked by configuring a
 /// filesystem context that is never created.
 pub fn procfs_takes_pidns() -> bool {
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    // SAFETY: a static C string; the result is a new fd this process owns.
-    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"proc".as_ptr(), FSOPEN_CLOEXEC) };
-    if fs < 0 {
-        return false;
-    }
-    // SAFETY: the kernel returned a new, open fd.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
-    // SAFETY: static C strings; the kernel copies them.
-    let r = unsafe {
-        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_SET_STRING, c"pidns".as_ptr(), c"/proc/self/ns/pid".as_ptr(), 0)
-    };
-    r == 0
+    fs_context("proc", &[("pidns", "/proc/self/ns/pid")]).is_ok()
 }
 
 /// `move_mount`: attaches the detached tree `from` at the path `to` (its

@@ -370,12 +370,8 @@ impl RootfsOps for Kernel {
         if self.proc_for_children && m.kind == "proc" && !m.bind {
             // Resolved by the kernel at the mount, in the mount namespace's
             // own /proc, where this process still is.
-            data = [data.as_str(), "pidns=/proc/self/ns/pid_for_children"]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(",");
+            let pidns = "pidns=/proc/self/ns/pid_for_children";
+            data = if data.is_empty() { pidns.to_string() } else { format!("{data},{pidns}") };
         }
         let step = |what: &str| format!("mount {} on {} ({what})", m.source.display(), m.dest.display());
         match &m.sub_path {
