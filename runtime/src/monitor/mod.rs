@@ -191,7 +191,11 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     let leftovers = match args.pid_ns {
         PidNamespace::New => None,
         _ => {
-            let dir = args.cgroup_procs.as_deref().and_then(leftovers::open);
+            // On a pure v2 node the same directory is open already.
+            let dir = match &into {
+                Some(d) => d.try_clone().ok(),
+                None => args.cgroup_procs.as_deref().and_then(leftovers::open),
+            };
             if dir.is_none() {
                 crate::diag::log(crate::diag::Level::Warn, "no cgroup to end the container's processes with its init");
             }
