@@ -32,6 +32,21 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long berthd may take to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Reads the node's file `path` up to `tries` times, `every` apart, until
+/// `done` holds of its text; the last text read (empty where it could not
+/// be read), whether `done` held or not.
+pub async fn read_until(path: &Path, tries: u32, every: Duration, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for _ in 0..tries {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+    text
+}
+
 /// The berthd binary: `$BERTHD` if set, else built once per test process
 /// with the cargo that runs the tests.
 pub fn berthd_bin() -> &'static Path {

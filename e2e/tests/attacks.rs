@@ -335,29 +335,19 @@ async fn host_pid(f: &mut Fixture, id: &str) -> i64 {
 /// Waits until `probe seize` in the container whose process is `pid` has
 /// taken its first pid and says so in `file`.
 async fn seize_ready(pid: i64, file: &str) {
-    let path = format!("/proc/{pid}/root{file}");
-    for _ in 0..200 {
-        if std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with("ready")) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("probe seize never got ready");
+    let path = PathBuf::from(format!("/proc/{pid}/root{file}"));
+    let text = berth_e2e::read_until(&path, 200, Duration::from_millis(20), |t| t.starts_with("ready")).await;
+    assert!(text.starts_with("ready"), "probe seize never got ready: {text:?}");
 }
 
 /// What `probe seize` printed into `file` of the container whose process
 /// is `pid`, once it is done; read through the node's /proc, for an exec
 /// into the container would be caught too.
 async fn seized(pid: i64, file: &str) -> String {
-    let path = format!("/proc/{pid}/root{file}");
-    for _ in 0..200 {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text.ends_with("done\n") {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("probe seize never finished: {:?}", std::fs::read_to_string(&path));
+    let path = PathBuf::from(format!("/proc/{pid}/root{file}"));
+    let text = berth_e2e::read_until(&path, 200, Duration::from_millis(50), |t| t.ends_with("done\n")).await;
+    assert!(text.ends_with("done\n"), "probe seize never finished: {text:?}");
+    text
 }
 
 /// The privilege lines `probe seize` printed, per pid caught.

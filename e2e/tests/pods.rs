@@ -122,14 +122,7 @@ async fn shared_pid_namespace_sees_sibling_processes() {
     });
     f.cri.run(&pod, t, &cfg).await;
     let log = f.logs.join("pidshare").join("t.log");
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("tty_nr=") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = berth_e2e::read_until(&log, 100, Duration::from_millis(50), |t| t.contains("tty_nr=")).await;
     assert!(text.contains("/dev/pts/0") && text.contains("owner=1000"), "{text}");
     let field = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or("?").to_string();
     assert_eq!(field("session="), field("pid="), "the shell leads its own session: {text}");

@@ -135,15 +135,9 @@ async fn a_pod_in_its_own_user_namespace() {
     t.tty = true;
     f.cri.run(&pod, t, &cfg).await;
     let log = f.logs.join("userns").join("t.log");
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
-        // Both lines: the timestamp of the first (…T18:16:03…) may hold ":0".
-        if text.contains("/dev/pts/0") && text.contains(" 0:0") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Both lines: the timestamp of the first (…T18:16:03…) may hold ":0".
+    let both = |t: &str| t.contains("/dev/pts/0") && t.contains(" 0:0");
+    let text = berth_e2e::read_until(&log, 100, std::time::Duration::from_millis(50), both).await;
     assert!(text.contains("/dev/pts/0") && text.contains(" 0:0"), "{text}");
 
     // An exec joins the user namespace too.
