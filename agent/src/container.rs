@@ -346,13 +346,18 @@ async fn create_inner(
     let built = spec::build(&config, &pod, &image, &paths)?;
     let pid_ns = match built.pid_mode {
         ns_mode::NODE => PidNamespace::Host,
-        ns_mode::POD if pod.init_pid > 0 => PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time },
+        ns_mode::POD if pod.init_pid > 0 => {
+            // A pod started by a berthd before the pin has none.
+            let pin = berth_runtime::sandbox::proc_pin_path(&node.pod_dir(&pod.id));
+            let proc = pin.is_dir().then_some(pin);
+            PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time, proc }
+        }
         ns_mode::TARGET => {
             let target = find(&node, &built.pid_target)?;
             if target.state != ContainerState::Running && target.state != ContainerState::Created {
                 return Err(Error::FailedPrecondition(format!("target container {} is not running", target.id)));
             }
-            PidNamespace::Join { pid: target.pid, start_time: target.start_time }
+            PidNamespace::Join { pid: target.pid, start_time: target.start_time, proc: None }
         }
         _ => PidNamespace::New,
     };

@@ -448,20 +448,41 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 /// with; the container's setup (mounts, pivot_root) needs the node's
 /// privileges, so it must happen before any process of it is there. The
 /// first process the sibling catches holds no more than the container's.
+/// On every kernel: the container's /proc is a clone of the pod's, made by
+/// the pod's init when it was alone in the namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sibling_catches_no_process_born_with_more_than_its_container() {
-    let mut f = Fixture::start().await;
+    sibling_catches_nothing(cri::NamespaceMode::Pod).await;
+}
+
+/// As above, for a container joining another container's PID namespace
+/// (`pid: TARGET`, as kubelet's debug containers do), where the /proc comes
+/// from procfs `pidns=` (Linux 6.15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_catches_no_process_born_with_more_than_its_debugger() {
     if !kernel_at_least(6, 15) {
-        eprintln!("skipped: this kernel's procfs has no pidns= (Linux 6.15), and the init sets up inside the namespace, as runc's does");
+        eprintln!("skipped: this kernel's procfs has no pidns= (Linux 6.15); into a target's namespace the init sets up inside it, as runc's does");
         return;
     }
+    sibling_catches_nothing(cri::NamespaceMode::Target).await;
+}
+
+/// The tracer runs `probe seize 1` in the PID namespace `mode` makes the
+/// victim join: the pod's (`Pod`), or the tracer's own (`Target`).
+async fn sibling_catches_nothing(mode: cri::NamespaceMode) {
+    let mut f = Fixture::start().await;
     let image = push_attack_image(&f).await;
-    let cfg = f.pod_with_pid("siblingbirth", cri::NamespaceMode::Pod);
+    let pod_mode = if mode == cri::NamespaceMode::Pod { mode } else { cri::NamespaceMode::Container };
+    let cfg = f.pod_with_pid("siblingbirth", pod_mode);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
-    let shared = || cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() };
+    let ns = |mode: cri::NamespaceMode, target_id: &str| cri::NamespaceOption {
+        pid: mode as i32,
+        target_id: target_id.to_string(),
+        ..Default::default()
+    };
     let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 1 >/tmp/seen 2>&1; sleep 1000"]);
     c.linux = berth_e2e::security(|s| {
-        s.namespace_options = Some(shared());
+        s.namespace_options = Some(ns(pod_mode, ""));
         s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
         s.seccomp = runtime_default();
     });
@@ -469,8 +490,9 @@ async fn a_sibling_catches_no_process_born_with_more_than_its_container() {
     let pid = host_pid(&mut f, &tracer).await;
     seize_ready(pid, "/tmp/seen").await;
     let mut c = berth_e2e::container_config("victim", &image, &["sleep", "1001"]);
+    let target = if mode == cri::NamespaceMode::Target { tracer.as_str() } else { "" };
     c.linux = berth_e2e::security(|s| {
-        s.namespace_options = Some(shared());
+        s.namespace_options = Some(ns(mode, target));
         s.run_as_user = Some(cri::Int64Value { value: 1000 });
         s.seccomp = runtime_default();
     });
@@ -483,8 +505,11 @@ async fn a_sibling_catches_no_process_born_with_more_than_its_container() {
     if let Err(more) = no_more_than(&caught[0].1, &own) {
         panic!("process {}, caught as it was born, holds more than the container: {more}\n{out}", caught[0].0);
     }
-    // And it is the container's process, which the sibling let go on.
+    // And it is the container's process, which the sibling let go on, in
+    // the namespace it shares with the sibling.
     assert_eq!(f.cri.sh(&victim, "id -u").await.trim(), "1000");
+    let seen = f.cri.sh(&victim, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").await;
+    assert!(seen.contains("sleep 1000"), "the victim's /proc does not show the tracer's sleep: {seen}");
     f.cri.remove_pod(&pod).await;
 }
 

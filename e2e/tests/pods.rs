@@ -128,7 +128,12 @@ async fn shared_pid_namespace_sees_sibling_processes() {
     assert_eq!(field("session="), field("pid="), "the shell leads its own session: {text}");
     assert_ne!(field("tty_nr="), "0", "the terminal is the controlling one: {text}");
     assert!(f.cri.sh(&b, "ps -o args").await.contains("sleep 1003"), "the sibling sees it");
+    // The /proc the containers' come from: the pod's, on the node while
+    // the pod is, and gone with it.
+    let pin = f.berthd.paths.state.join("pods").join(&pod).join("ns-pid-proc");
+    assert!(std::fs::read_to_string(pin.join("1/cmdline")).unwrap().contains("pod-init"), "{} is the pod's /proc", pin.display());
     f.cri.remove_pod(&pod).await;
+    assert!(berth_e2e::mounts_under(&pin).is_empty() && !pin.exists(), "{} is left", pin.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,3 +297,36 @@ async fn a_pod_in_its_own_user_namespace_on_the_nodes_network() {
         std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&pod)).map(str::to_string).collect();
     assert!(left.is_empty(), "mounts left behind: {left:?}");
 }
+
+/// A pod in its own user namespace that shares one PID namespace
+/// (`shareProcessNamespace` with `hostUsers: false`): each container sees
+/// the other's processes, its /proc is the pod's (a clone of the one the
+/// pod's init mounted), and root inside is still the mapped id outside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_namespaced_pod_shares_one_pid_namespace() {
+    let mut f = Fixture::start().await;
+    if !userns_expected() {
+        eprintln!("skipped: this machine's berthd offers no user namespaces");
+        return;
+    }
+    let host = host_base() + 65_536;
+    let maps = || userns(POD, vec![mapping(host)]);
+    let cfg = with_userns(f.pod_with_pid("usernspid", cri::NamespaceMode::Pod), maps());
+    let pod = f.cri.run_pod(cfg.clone()).await.expect("a user-namespaced pod of one PID namespace");
+    let shared = |mut c: cri::ContainerConfig| {
+        c.linux.as_mut().unwrap().security_context.as_mut().unwrap().namespace_options.as_mut().unwrap().pid =
+            cri::NamespaceMode::Pod as i32;
+        container_userns(c, maps())
+    };
+    let a = f.cri.run(&pod, shared(f.container("a", &["sleep", "1000"])), &cfg).await;
+    let b = f.cri.run(&pod, shared(f.container("b", &["sleep", "1001"])), &cfg).await;
+    let seen = f.cri.sh(&b, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo; id -u").await;
+    assert!(seen.contains("sleep 1000") && seen.contains("sleep 1001"), "b sees a's process and its own: {seen}");
+    assert!(seen.ends_with("\n0\n"), "root inside: {seen}");
+    let verbose =
+        f.cri.runtime.container_status(cri::ContainerStatusRequest { container_id: a.clone(), verbose: true }).await.unwrap().into_inner();
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", host_pid(&verbose.info))).unwrap();
+    let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert_eq!(uid_line.split_whitespace().skip(1).collect::<Vec<_>>(), vec![host.to_string(); 4], "{uid_line}");
+    f.cri.remove_pod(&pod).await;
+}

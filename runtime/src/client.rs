@@ -190,10 +190,10 @@ impl Runtime {
         let Bundle { dir, monitor_log: log_file, cgroup_procs, cgroup_hold } = bundle;
         let bundle = dir.as_path();
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| io_err("pipe")(e.into()))?;
-        let pid_ns = match pid_ns {
-            PidNamespace::New => "new".to_string(),
-            PidNamespace::Host => "host".to_string(),
-            PidNamespace::Join { pid, start_time } => format!("pid:{pid}:{start_time}"),
+        let (pid_ns, pid_ns_proc) = match pid_ns {
+            PidNamespace::New => ("new".to_string(), None),
+            PidNamespace::Host => ("host".to_string(), None),
+            PidNamespace::Join { pid, start_time, proc } => (format!("pid:{pid}:{start_time}"), proc.as_deref()),
         };
         let s = std::ffi::OsStr::new;
         let mut args = vec![s("monitor"), s("--id"), s(id), s("--bundle"), bundle.as_os_str(), s("--sync-fd"), s("3")];
@@ -201,6 +201,9 @@ impl Runtime {
             args.extend([s("--log"), log.as_os_str()]);
         }
         args.extend([s("--pid-ns"), s(&pid_ns)]);
+        if let Some(p) = pid_ns_proc {
+            args.extend([s("--pid-ns-proc"), p.as_os_str()]);
+        }
         // The monitor needs these two of the spec before the init exists;
         // as arguments it never parses the spec itself.
         if let Some(procs) = &cgroup_procs {

@@ -239,6 +239,30 @@ pub fn unpin_namespaces(dir: &Path) {
             let _ = std::fs::remove_file(&pin);
         }
     }
+    let proc = proc_pin_path(dir);
+    if proc.exists() {
+        let _ = umount2(&proc, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&proc);
+    }
+}
+
+/// Where a shared-PID pod keeps a `/proc` of its PID namespace, mounted by
+/// its init ([`pin_proc`]).
+pub fn proc_pin_path(dir: &Path) -> PathBuf {
+    dir.join("ns-pid-proc")
+}
+
+/// Mounts a new procfs of the calling process's PID namespace at `dir`'s
+/// [`proc_pin_path`], `nosuid,nodev,noexec`. A container's init that joins
+/// the namespace attaches a clone of it as the container's `/proc`, so it
+/// can build the rootfs outside the namespace: before Linux 6.15 (procfs
+/// `pidns=`) only a process inside a PID namespace can mount a /proc of it.
+fn pin_proc(dir: &Path) -> Result<(), String> {
+    let at = proc_pin_path(dir);
+    std::fs::create_dir(&at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
+    let attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    let proc = crate::mountapi::new_mount("proc", &[], attrs).map_err(|e| e.to_string())?;
+    crate::mountapi::attach(std::os::fd::AsFd::as_fd(&proc), &at).map_err(|e| format!("attach at {}: {e}", at.display()))
 }
 
 /// `ip link set lo up` for the calling thread's network namespace, by ioctl.
@@ -418,7 +442,8 @@ const POD_INIT_SYSCALLS: &[&str] = &[
 
 /// `berth-monitor pod-init`: joins the pod's cgroup and namespaces, then
 /// becomes PID 1 of a new PID namespace that reaps orphans until it is
-/// killed. It keeps nothing of the host: its root is an empty read-only
+/// killed. First it pins a /proc of that namespace on the node
+/// ([`proc_pin_path`]). It keeps nothing of the host: its root is an empty read-only
 /// tmpfs in a mount namespace of its own, it has no capabilities in any set,
 /// runs as 65535 with no_new_privs and a seccomp allow-list, and holds no
 /// fd — so a container that may ptrace it (`/proc/1/root`, `/proc/1/fd`)
@@ -450,8 +475,8 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
             return fail(&mut report, &format!("joining the pod's {kind} namespace"), &e);
         }
     }
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS) {
-        return fail(&mut report, "unshare", &e);
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWPID) {
+        return fail(&mut report, "unshare pid", &e);
     }
     // SAFETY: single-threaded.
     match unsafe { fork() } {
@@ -462,6 +487,15 @@ pub fn pod_init_main(args: &PodInitArgs) -> i32 {
         Ok(ForkResult::Child) => {
             // PID 1 of a namespace containers join: its /proc/1/exe is berth's binary.
             crate::process::init::make_non_dumpable();
+            // Alone in the namespace, so nothing can attach to it yet, and
+            // still in the node's mount namespace: the one moment a /proc of
+            // the pod's namespace can be made and left on the node.
+            if let Err(e) = pin_proc(&args.pod_dir) {
+                return fail(&mut report, "pinning a /proc of the pod's PID namespace", &e);
+            }
+            if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
+                return fail(&mut report, "unshare mount", &e);
+            }
             // berth-pause, opened while the host's root is still there; exec'd
             // once confined (a forked berth-monitor keeps ~2 MiB resident,
             // berth-pause a few pages).

@@ -49,6 +49,9 @@ pub enum PidNamespace {
         pid: i32,
         /// Its start time, so a reused pid is refused.
         start_time: u64,
+        /// A `/proc` of that namespace on the node (the pod's,
+        /// [`crate::sandbox::proc_pin_path`]), for the container's.
+        proc: Option<PathBuf>,
     },
     /// The host's.
     Host,
@@ -203,21 +206,26 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
         }
     };
     // Into a PID namespace others are in already, the init sets up outside
-    // it where the kernel can mount a /proc for a namespace from outside
-    // (procfs pidns=, Linux 6.15): there a sibling that may ptrace it could
-    // attach to it while it holds the node's privileges. It then starts the
-    // container's process there, confined from birth (init::run). Older
-    // kernels: the init is forked into the namespace, as runc's is.
+    // it: inside, a sibling that may ptrace it could attach to it while it
+    // holds the node's privileges. It then starts the container's process
+    // there, confined from birth (init::run). That takes a /proc of the
+    // namespace made from outside: a clone of the pod's, or one the kernel
+    // mounts with procfs pidns= (Linux 6.15). Otherwise (a target
+    // container's namespace on an older kernel) the init is forked into
+    // the namespace, as runc's is.
     let mut join_later = None;
     match &args.pid_ns {
         PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
-        PidNamespace::Join { pid, start_time } => {
+        PidNamespace::Join { pid, start_time, proc } => {
             let target = crate::pidfd::Process::open(*pid, *start_time)
                 .map_err(|e| setup_err(&format!("the process {pid} whose PID namespace to join"), e))?;
-            if crate::mountapi::procfs_takes_pidns() {
-                join_later = Some(target);
-            } else {
-                target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?;
+            match proc {
+                Some(pin) => {
+                    let proc = Some(proc_of(pin, *pid)?);
+                    join_later = Some(init::JoinPid { target, proc });
+                }
+                None if crate::mountapi::procfs_takes_pidns() => join_later = Some(init::JoinPid { target, proc: None }),
+                None => target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?,
             }
         }
         PidNamespace::Host => {}
@@ -277,6 +285,28 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     };
     // The exec overlaps the init's setup, which the monitor only waits for.
     serve(handoff::exec(serve_args))
+}
+
+/// A detached clone of the procfs mounted at `pin`, checked to be a /proc
+/// of the PID namespace of `pid` (whose PID 1 it lists as in that
+/// namespace): a pin that outlived its namespace, or anything else mounted
+/// there, is refused rather than shown to the container as its /proc.
+fn proc_of(pin: &std::path::Path, pid: i32) -> Result<OwnedFd, InitError> {
+    use std::os::unix::fs::MetadataExt;
+    let step = |what: &str| format!("the pod's /proc at {} ({what})", pin.display());
+    let tree = crate::mountapi::clone_tree(pin, false).map_err(|e| setup_err(&step("open_tree"), e))?;
+    let fs = nix::sys::statfs::fstatfs(&tree).map_err(|e| setup_err(&step("statfs"), e))?;
+    if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Err(setup_err(&step("check"), "not a procfs"));
+    }
+    let ns = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
+    let theirs = nix::sys::stat::fstatat(&tree, "1/ns/pid", nix::fcntl::AtFlags::empty())
+        .map_err(|e| setup_err(&step("its PID 1's namespace"), e))?;
+    let want = std::fs::metadata(format!("/proc/{pid}/ns/pid")).map_err(|e| setup_err(&step("the namespace to join"), e))?;
+    if ns(theirs) != (want.dev(), want.ino()) {
+        return Err(setup_err(&step("check"), format!("a /proc of another PID namespace than process {pid}'s")));
+    }
+    Ok(tree)
 }
 
 /// Waits for the init to be ready and reports Created to berthd (or why
@@ -385,7 +415,7 @@ fn child_main(
     report_w: OwnedFd,
     start_r: OwnedFd,
     console: Option<OwnedFd>,
-    pid_ns: Option<crate::pidfd::Process>,
+    pid_ns: Option<init::JoinPid>,
 ) -> ! {
     let mut report = std::fs::File::from(report_w);
     let fail = |report: &mut std::fs::File, e: InitError| -> ! {

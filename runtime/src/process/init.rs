@@ -32,8 +32,8 @@ fn setup_err(step: &str, e: impl std::fmt::Display) -> InitError {
 /// its stdio and controlling terminal, and sends the master to the monitor.
 /// `rootfs`: the overlay rootfs mounted ahead (`crate::rootfs::mount_ahead`).
 /// `spec_us`: how long reading the spec took, reported as `init_spec`.
-/// `pid_ns`: a process whose PID namespace the container's process joins,
-/// where the init sets up outside it (see [`start_in_pid_namespace`]).
+/// `pid_ns`: the PID namespace the container's process joins, where the
+/// init sets up outside it (see [`start_in_pid_namespace`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     spec: &Spec,
@@ -44,10 +44,9 @@ pub fn run(
     mut report: std::fs::File,
     mut start: std::fs::File,
     console: Option<OwnedFd>,
-    pid_ns: Option<crate::pidfd::Process>,
+    pid_ns: Option<JoinPid>,
 ) -> ! {
-    let result: Result<(), InitError> = prepare(spec, bundle, placed, rootfs, pid_ns.as_ref()).and_then(|prepared| {
-        drop(pid_ns);
+    let result: Result<(), InitError> = prepare(spec, bundle, placed, rootfs, pid_ns).and_then(|prepared| {
         let u = &prepared.user;
         let joining = prepared.joined_pid_ns;
         // Made the controlling terminal by the container's process: here,
@@ -163,6 +162,17 @@ impl Clock {
     }
 }
 
+/// The PID namespace a container's process joins, while its init sets up
+/// outside it.
+pub struct JoinPid {
+    /// A process in it: the pod's init, or the target container's process.
+    pub target: crate::pidfd::Process,
+    /// A detached clone of a `/proc` of it (the pod's,
+    /// [`crate::sandbox::proc_pin_path`]), attached as the container's
+    /// `/proc`. Without one, `/proc` is mounted with `pidns=` (Linux 6.15).
+    pub proc: Option<OwnedFd>,
+}
+
 /// Joins the cgroup named by the spec's annotation. The caller must be
 /// single-threaded ([`crate::cgroup::join_single_threaded`]): the container's
 /// init and the exec helper are, up to their `execve`.
@@ -178,15 +188,9 @@ pub fn join_cgroup(spec: &Spec) -> Result<(), InitError> {
 /// Everything up to the point where only `execve` is left. `placed`: the
 /// process was born in its cgroup ([`super::clone::fork_into_cgroup`]);
 /// `rootfs`: the overlay rootfs, if it was mounted ahead.
-/// `pid_ns`: a process whose PID namespace the container's process is to
-/// join; the init joins it for its children only.
-pub fn prepare(
-    spec: &Spec,
-    bundle: &Path,
-    placed: bool,
-    rootfs: Option<OwnedFd>,
-    pid_ns: Option<&crate::pidfd::Process>,
-) -> Result<Prepared, InitError> {
+/// `pid_ns`: the PID namespace the container's process is to join; the
+/// init joins it for its children only.
+pub fn prepare(spec: &Spec, bundle: &Path, placed: bool, rootfs: Option<OwnedFd>, pid_ns: Option<JoinPid>) -> Result<Prepared, InitError> {
     let mut clock = Clock::new();
     make_non_dumpable();
     // Modes are given explicitly; the umask of the spec applies at exec.
@@ -201,9 +205,14 @@ pub fn prepare(
     set_oom_score_adj(process);
     set_apparmor_onexec(process)?;
     let (new_uts, userns) = join_namespaces(spec)?;
-    if let Some(target) = pid_ns {
-        target.join(CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("joining the PID namespace for the container's process", e))?;
-    }
+    let joining_pid_ns = pid_ns.is_some();
+    let proc_tree = match pid_ns {
+        Some(JoinPid { target, proc }) => {
+            target.join(CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("joining the PID namespace for the container's process", e))?;
+            proc
+        }
+        None => None,
+    };
     clock.mark("namespaces");
     let userns_for_mounts = match &userns {
         Some(fd) => Some(fd.try_clone().map_err(|e| setup_err("dup the user namespace fd", e))?),
@@ -212,7 +221,7 @@ pub fn prepare(
     let mut kernel = crate::rootfs::Kernel::new(&bundle.join("rootfs"))
         .with_userns(userns_for_mounts)
         .with_rootfs_mount(rootfs)
-        .with_proc_for_children(pid_ns.is_some());
+        .with_proc_for_children(joining_pid_ns, proc_tree);
     // Named by where it came from: a copy of the node's costs more the more
     // mounts the node has.
     let from_template = crate::rootfs::new_namespace(spec, &mut kernel)?;
@@ -236,7 +245,7 @@ pub fn prepare(
         crate::userns::enter(fd).map_err(|e| setup_err("joining the pod's user namespace", e))?;
         clock.mark("userns");
     }
-    Ok(Prepared { user, joined_pid_ns: pid_ns.is_some(), executable, cwd, seccomp, stages_us: clock.done, tty_clock: clock.last })
+    Ok(Prepared { user, joined_pid_ns: joining_pid_ns, executable, cwd, seccomp, stages_us: clock.done, tty_clock: clock.last })
 }
 
 /// setns into namespaces with a path, unshare the new ones (PID is done by

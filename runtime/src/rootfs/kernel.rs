@@ -47,6 +47,39 @@ pub struct Kernel {
     /// is mounted for the namespace it joined for its children, and after
     /// the pivot it has no `/proc/self` (it is not in that namespace).
     proc_for_children: bool,
+    /// With `proc_for_children`: a detached procfs mount of that namespace
+    /// for the spec's `/proc`, taken by the first proc mount.
+    proc_tree: Option<OwnedFd>,
+}
+
+/// Attaches `tree`, a detached procfs mount, at `target` for the proc mount
+/// `m`, with `m`'s flags. Its options (`data`) cannot apply: the procfs was
+/// made before, and is shared by every container of the pod.
+fn attach_proc(m: &MountOp, data: &str, tree: OwnedFd, target: &OwnedFd) -> Result<(), InitError> {
+    let step = |what: &str| format!("attach the pod's /proc on {} ({what})", m.dest.display());
+    if !data.is_empty() {
+        return Err(InitError::Setup(step(&format!("the options {data:?} cannot apply to a /proc shared with the pod"))));
+    }
+    let attrs = [
+        (MsFlags::MS_RDONLY, libc::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, libc::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, libc::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, libc::MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_NODIRATIME, libc::MOUNT_ATTR_NODIRATIME),
+    ];
+    let (mut set, mut left) = (0, m.flags);
+    for (flag, attr) in attrs {
+        if m.flags.contains(flag) {
+            set |= attr;
+            left.remove(flag);
+        }
+    }
+    if !left.is_empty() {
+        return Err(InitError::Setup(step(&format!("the flags {left:?} cannot apply to an attached mount"))));
+    }
+    let attr = crate::mountapi::Attr { set, ..Default::default() };
+    crate::mountapi::set_attr(tree.as_fd(), false, attr).map_err(|e| InitError::setup(&step("mount_setattr"), e))?;
+    crate::mountapi::attach_at_fd(tree.as_fd(), target.as_fd()).map_err(|e| InitError::setup(&step("move_mount"), e))
 }
 
 impl Kernel {
@@ -65,14 +98,19 @@ impl Kernel {
             cgroup_v1: None,
             cgroup_v2: None,
             proc_for_children: false,
+            proc_tree: None,
         }
     }
 
     /// `/proc` mounts are for the PID namespace this process has joined for
-    /// its children (`setns`), which it is not in itself (procfs `pidns=`,
-    /// [`crate::mountapi::procfs_takes_pidns`]).
-    pub fn with_proc_for_children(mut self, yes: bool) -> Kernel {
+    /// its children (`setns`), which it is not in itself: `tree`, a detached
+    /// procfs mount of that namespace, is attached as the first; without it
+    /// (or for any other) the kernel is asked for one with procfs `pidns=`
+    /// ([`crate::mountapi::procfs_takes_pidns`]), never for a /proc of this
+    /// process's own namespace.
+    pub fn with_proc_for_children(mut self, yes: bool, tree: Option<OwnedFd>) -> Kernel {
         self.proc_for_children = yes;
+        self.proc_tree = tree;
         self
     }
 
@@ -383,7 +421,13 @@ impl RootfsOps for Kernel {
                     None => m.bind && std::fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false),
                 };
                 let target = mount_target(self.root()?, &m.dest, is_file)?;
-                self.mount_on(m, &data, &target, aside)?;
+                match self.proc_tree.take() {
+                    Some(tree) if m.kind == "proc" && !m.bind => attach_proc(m, &m.data, tree, &target)?,
+                    other => {
+                        self.proc_tree = other;
+                        self.mount_on(m, &data, &target, aside)?;
+                    }
+                }
             }
         }
         let root = self.root()?;
