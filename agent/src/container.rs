@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_runtime::{cgroup, MonitorState, PidNamespace, RuntimeError};
+use berth_runtime::{cgroup, JoinProc, MonitorState, PidNamespace, RuntimeError};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
@@ -349,7 +349,7 @@ async fn create_inner(
         ns_mode::POD if pod.init_pid > 0 => {
             // A pod started by a berthd before the pin has none.
             let pin = berth_runtime::sandbox::proc_pin_path(&node.pod_dir(&pod.id));
-            let proc = pin.is_dir().then_some(pin);
+            let proc = if pin.is_dir() { JoinProc::Pinned(pin) } else { JoinProc::Kernel };
             PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time, proc }
         }
         ns_mode::TARGET => {
@@ -357,7 +357,7 @@ async fn create_inner(
             if target.state != ContainerState::Running && target.state != ContainerState::Created {
                 return Err(Error::FailedPrecondition(format!("target container {} is not running", target.id)));
             }
-            PidNamespace::Join { pid: target.pid, start_time: target.start_time, proc: None }
+            PidNamespace::Join { pid: target.pid, start_time: target.start_time, proc: JoinProc::OfTarget }
         }
         _ => PidNamespace::New,
     };

@@ -16,7 +16,7 @@ use oci_spec::runtime::Spec;
 
 use crate::channel::{self, ChannelError};
 use crate::message::{ControlReply, ControlRequest, InitError, MonitorReport};
-use crate::monitor::{ExitStatus, PidNamespace, StdioOpts, SOCKET};
+use crate::monitor::{ExitStatus, JoinProc, PidNamespace, StdioOpts, SOCKET};
 
 /// Executor failures, typed so that the agent can map them.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +193,14 @@ impl Runtime {
         let (pid_ns, pid_ns_proc) = match pid_ns {
             PidNamespace::New => ("new".to_string(), None),
             PidNamespace::Host => ("host".to_string(), None),
-            PidNamespace::Join { pid, start_time, proc } => (format!("pid:{pid}:{start_time}"), proc.as_deref()),
+            PidNamespace::Join { pid, start_time, proc } => {
+                let proc = match proc {
+                    JoinProc::Pinned(dir) => Some(dir.as_os_str()),
+                    JoinProc::OfTarget => Some(std::ffi::OsStr::new("target")),
+                    JoinProc::Kernel => None,
+                };
+                (format!("pid:{pid}:{start_time}"), proc)
+            }
         };
         let s = std::ffi::OsStr::new;
         let mut args = vec![s("monitor"), s("--id"), s(id), s("--bundle"), bundle.as_os_str(), s("--sync-fd"), s("3")];
@@ -202,7 +209,7 @@ impl Runtime {
         }
         args.extend([s("--pid-ns"), s(&pid_ns)]);
         if let Some(p) = pid_ns_proc {
-            args.extend([s("--pid-ns-proc"), p.as_os_str()]);
+            args.extend([s("--pid-ns-proc"), p]);
         }
         // The monitor needs these two of the spec before the init exists;
         // as arguments it never parses the spec itself.

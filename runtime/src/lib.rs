@@ -36,4 +36,4 @@ pub mod userns;
 pub mod zygote;
 
 pub use client::{Bundle, Created, MonitorState, Runtime, RuntimeError};
-pub use monitor::{ExitStatus, PidNamespace};
+pub use monitor::{ExitStatus, JoinProc, PidNamespace};

@@ -7,11 +7,11 @@
 use std::path::PathBuf;
 
 use berth_runtime::flags::{get, parse as flags};
-use berth_runtime::monitor::{MonitorArgs, PidNamespace, StdioOpts};
+use berth_runtime::monitor::{JoinProc, MonitorArgs, PidNamespace, StdioOpts};
 use berth_runtime::process::exec::ExecArgs;
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--rootfs-fd N] [--cgroup-procs FILE[:FILE...]] [--cgroup-hold true] [--log PATH] [--pid-ns new|host|pid:PID:START [--pid-ns-proc DIR]] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]\n       berth-monitor pod-userns  (request on stdin, report on fd 3)");
+    eprintln!("berth-monitor: {msg}\nusage: berth-monitor monitor --id ID --bundle DIR --sync-fd N [--rootfs-fd N] [--cgroup-procs FILE[:FILE...]] [--cgroup-hold true] [--log PATH] [--pid-ns new|host|pid:PID:START [--pid-ns-proc DIR|target]] [--stdin true] [--stdin-once true] [--tty true]\n       berth-monitor exec --bundle DIR --pid PID --start-time T -- CMD...\n       berth-monitor pod-init --pod ID --pod-dir DIR --cgroup-procs FILE[:FILE...]\n       berth-monitor pod-userns  (request on stdin, report on fd 3)");
     2
 }
 
@@ -57,7 +57,15 @@ fn monitor(args: &[String]) -> i32 {
         Some(other) => {
             let parsed = other.strip_prefix("pid:").and_then(|p| p.split_once(':'));
             match parsed.and_then(|(pid, start)| Some((pid.parse().ok()?, start.parse().ok()?))) {
-                Some((pid, start_time)) => PidNamespace::Join { pid, start_time, proc: get(&f, "pid-ns-proc").map(PathBuf::from) },
+                Some((pid, start_time)) => {
+                    let proc = match get(&f, "pid-ns-proc") {
+                        None => JoinProc::Kernel,
+                        Some("target") => JoinProc::OfTarget,
+                        Some(dir) if dir.starts_with('/') => JoinProc::Pinned(PathBuf::from(dir)),
+                        Some(_) => return usage("bad --pid-ns-proc"),
+                    };
+                    PidNamespace::Join { pid, start_time, proc }
+                }
                 None => return usage("bad --pid-ns"),
             }
         }

@@ -49,12 +49,26 @@ pub enum PidNamespace {
         pid: i32,
         /// Its start time, so a reused pid is refused.
         start_time: u64,
-        /// A `/proc` of that namespace on the node (the pod's,
-        /// [`crate::sandbox::proc_pin_path`]), for the container's.
-        proc: Option<PathBuf>,
+        /// Where the container's `/proc` comes from.
+        proc: JoinProc,
     },
     /// The host's.
     Host,
+}
+
+/// Where the `/proc` of a container joining a PID namespace comes from, so
+/// that its init can set up outside the namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinProc {
+    /// A `/proc` of the namespace on the node: the pod's
+    /// ([`crate::sandbox::proc_pin_path`]).
+    Pinned(PathBuf),
+    /// A procfs mounted with `pidns=` (Linux 6.15); before that, a clone of
+    /// the `/proc` of the target container's process.
+    OfTarget,
+    /// A procfs mounted with `pidns=`; before Linux 6.15 the init joins the
+    /// namespace and mounts it inside (a pod started before the pin).
+    Kernel,
 }
 
 /// Arguments of `berth-monitor monitor`.
@@ -209,22 +223,24 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     // it: inside, a sibling that may ptrace it could attach to it while it
     // holds the node's privileges. It then starts the container's process
     // there, confined from birth (init::run). That takes a /proc of the
-    // namespace made from outside: a clone of the pod's, or one the kernel
-    // mounts with procfs pidns= (Linux 6.15). Otherwise (a target
-    // container's namespace on an older kernel) the init is forked into
-    // the namespace, as runc's is.
+    // namespace made from outside: a clone of the pod's; one the kernel
+    // mounts with procfs pidns= (Linux 6.15); or, before that, a clone of
+    // the target container's own. Only a pod from before the pod's pin, on
+    // an older kernel, has its init forked into the namespace, as runc's is.
     let mut join_later = None;
     match &args.pid_ns {
         PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
         PidNamespace::Join { pid, start_time, proc } => {
             let target = crate::pidfd::Process::open(*pid, *start_time)
                 .map_err(|e| setup_err(&format!("the process {pid} whose PID namespace to join"), e))?;
+            let proc = match proc {
+                JoinProc::Pinned(pin) => Some(Some(proc_of(tree_at(pin)?, *pid, &format!("the pod's /proc at {}", pin.display()))?)),
+                _ if crate::mountapi::procfs_takes_pidns() => Some(None),
+                JoinProc::OfTarget => Some(Some(proc_of(tree_of_target(&target)?, *pid, "the target container's /proc")?)),
+                JoinProc::Kernel => None,
+            };
             match proc {
-                Some(pin) => {
-                    let proc = Some(proc_of(pin, *pid)?);
-                    join_later = Some(init::JoinPid { target, proc });
-                }
-                None if crate::mountapi::procfs_takes_pidns() => join_later = Some(init::JoinPid { target, proc: None }),
+                Some(proc) => join_later = Some(init::JoinPid { target, proc }),
                 None => target.join(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("setns pid", e))?,
             }
         }
@@ -287,14 +303,41 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     serve(handoff::exec(serve_args))
 }
 
-/// A detached clone of the procfs mounted at `pin`, checked to be a /proc
-/// of the PID namespace of `pid` (whose PID 1 it lists as in that
-/// namespace): a pin that outlived its namespace, or anything else mounted
-/// there, is refused rather than shown to the container as its /proc.
-fn proc_of(pin: &std::path::Path, pid: i32) -> Result<OwnedFd, InitError> {
+/// A detached clone of the mount at `pin` (the pod's /proc).
+fn tree_at(pin: &std::path::Path) -> Result<OwnedFd, InitError> {
+    crate::mountapi::clone_tree(pin, false).map_err(|e| setup_err(&format!("the pod's /proc at {} (open_tree)", pin.display()), e))
+}
+
+/// A detached clone of the mount at `/proc` in `target`'s mount namespace:
+/// a mount is cloned only from the caller's own namespace, so the monitor
+/// (single-threaded, as setns of a mount namespace needs) enters the
+/// target's for the one `open_tree`, and comes back. A monitor that cannot
+/// come back ends at once: every path it would still use is the node's.
+fn tree_of_target(target: &crate::pidfd::Process) -> Result<OwnedFd, InitError> {
+    let step = |what: &str| format!("the target container's /proc ({what})");
+    let home = std::fs::File::open("/proc/self/ns/mnt").map_err(|e| setup_err(&step("open this mount namespace"), e))?;
+    let cwd = std::fs::File::open(".").map_err(|e| setup_err(&step("open the working directory"), e))?;
+    target.join(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| setup_err(&step("setns mnt"), e))?;
+    // Resolved from the namespace's root, the container's rootfs; /proc is
+    // a mount point there, which the container cannot rename or replace
+    // with a link. What was cloned is checked by proc_of.
+    let tree = crate::mountapi::clone_tree(std::path::Path::new("/proc"), false);
+    let back = nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWNS).and_then(|()| nix::unistd::fchdir(&cwd));
+    if let Err(e) = back {
+        crate::diag::log(crate::diag::Level::Error, &format!("back from the target container's mount namespace: {e}"));
+        // SAFETY: _exit ends the process without running anything else.
+        unsafe { libc::_exit(1) }
+    }
+    tree.map_err(|e| setup_err(&step("open_tree"), e))
+}
+
+/// `tree`, checked to be a /proc of the PID namespace of `pid` (whose PID 1
+/// it lists as in that namespace): a pin that outlived its namespace, or
+/// anything else mounted there, is refused rather than shown to the
+/// container as its /proc. `what` names it in errors.
+fn proc_of(tree: OwnedFd, pid: i32, what: &str) -> Result<OwnedFd, InitError> {
     use std::os::unix::fs::MetadataExt;
-    let step = |what: &str| format!("the pod's /proc at {} ({what})", pin.display());
-    let tree = crate::mountapi::clone_tree(pin, false).map_err(|e| setup_err(&step("open_tree"), e))?;
+    let step = |check: &str| format!("{what} ({check})");
     let fs = nix::sys::statfs::fstatfs(&tree).map_err(|e| setup_err(&step("statfs"), e))?;
     if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
         return Err(setup_err(&step("check"), "not a procfs"));
