@@ -136,6 +136,36 @@ async fn shared_pid_namespace_sees_sibling_processes() {
     assert!(berth_e2e::mounts_under(&pin).is_empty() && !pin.exists(), "{} is left", pin.display());
 }
 
+/// A TTY container in a shared PID namespace takes its terminal in its own
+/// process, which its init starts there. Where it cannot (here its seccomp
+/// profile refuses TIOCSCTTY), CreateContainer fails saying so: the init
+/// reports ready only once the process holds its terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pid_tty_container_that_cannot_take_its_terminal_is_not_created() {
+    let mut f = Fixture::start().await;
+    let cfg = f.pod_with_pid("ttyfail", cri::NamespaceMode::Pod);
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let profile = f.berthd.dir().join("no-ctty.json");
+    // TIOCSCTTY is 0x540e.
+    let rule = r#"{"names":["ioctl"],"action":"SCMP_ACT_ERRNO","errnoRet":1,"args":[{"index":1,"value":21518,"op":"SCMP_CMP_EQ"}]}"#;
+    let text = format!(r#"{{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"],"syscalls":[{rule}]}}"#);
+    std::fs::write(&profile, text).unwrap();
+    let mut c = f.container("t", &["sh", "-c", "sleep 1000"]);
+    c.tty = true;
+    let p = profile.display().to_string();
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(cri::NamespaceOption { pid: 0, ..Default::default() });
+        s.seccomp = Some(cri::SecurityProfile { profile_type: cri::security_profile::ProfileType::Localhost as i32, localhost_ref: p });
+    });
+    for _ in 0..3 {
+        let e = f.cri.create(&pod, c.clone(), &cfg).await.unwrap_err();
+        assert!(e.message().contains("TIOCSCTTY"), "{}", e.message());
+    }
+    let listed = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    f.cri.remove_pod(&pod).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_use_the_cri_format_split_long_lines_and_reopen() {
     let mut f = Fixture::start().await;

@@ -65,6 +65,13 @@ pub fn run(
         let mut stages_us = vec![("init_spec".to_string(), spec_us)];
         stages_us.extend(prepared.stages_us.iter().cloned());
         stages_us.push(("init_tty".into(), prepared.tty_clock.elapsed().as_micros() as u64));
+        // A TTY process says when it holds its terminal, so that Ready comes
+        // after it or not at all (its failure is its own report). Made
+        // before the filter, which may not allow pipe2.
+        let attached = match &slave {
+            Some(_) if joining => Some(nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| setup_err("pipe", e))?),
+            _ => None,
+        };
         // Confined before it waits for StartContainer: a process that may
         // ptrace it (a sibling with CAP_SYS_PTRACE in a shared PID
         // namespace) finds no more than the container's process will hold.
@@ -77,8 +84,10 @@ pub fn run(
                 Some(pid) => Some(pid),
                 None => {
                     // The container's process, born confined in the namespace.
-                    if let Some(slave) = slave.take() {
+                    if let (Some(slave), Some((r, w))) = (slave.take(), attached) {
+                        drop(r);
                         super::tty::attach_opened_terminal(slave)?;
+                        nix::unistd::write(&w, b"1").map_err(|e| setup_err("report the terminal attached", e))?;
                     }
                     return Err(wait_for_start_and_exec(&mut start, &prepared, process));
                 }
@@ -86,6 +95,13 @@ pub fn run(
             false => None,
         };
         drop(slave);
+        if let Some((r, w)) = attached {
+            drop(w);
+            if !matches!(nix::unistd::read(&r, &mut [0u8; 1]), Ok(1)) {
+                // SAFETY: _exit ends this child; the process reported why it failed.
+                unsafe { libc::_exit(127) }
+            }
+        }
         let ready = InitReport::Ready { uid: u.uid, gid: u.gid, groups: u.groups.clone(), stages_us, process: process_pid };
         channel::send(&mut report, &ready).map_err(|e| setup_err("report ready", e))?;
         if process_pid.is_some() {
