@@ -435,6 +435,39 @@ async fn an_exec_brings_no_process_born_with_more_than_the_container() {
     f.cri.remove_pod(&pod).await;
 }
 
+/// The exec's init is born holding the exec's report pipe to berthd (it
+/// passes it to the command, which reports there if it cannot be started).
+/// A container that may ptrace can open it through `/proc/<pid>/fd/3` and
+/// keep it open after the exec: berthd then reads the report once the exec
+/// is over and must not wait for a writer the container holds. ExecSync
+/// answers, twice (two such reads used to hold both of berthd's workers),
+/// and berthd still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_holding_an_execs_report_pipe_holds_up_nothing() {
+    let mut f = Fixture::start().await;
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod("execpipe");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 2 3 >/tmp/seen 2>&1"]);
+    c.linux = berth_e2e::security(|s| {
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+        s.seccomp = runtime_default();
+    });
+    let tracer = f.cri.run(&pod, c, &cfg).await;
+    let pid = host_pid(&mut f, &tracer).await;
+    seize_ready(pid, "/tmp/seen").await;
+    for _ in 0..2 {
+        let exec = tokio::time::timeout(Duration::from_secs(20), f.cri.exec(&tracer, &["true"], 10)).await;
+        let r = exec.expect("ExecSync did not answer: berthd waits on a report pipe the container holds").expect("ExecSync");
+        assert_eq!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let out = seized(pid, "/tmp/seen").await;
+    assert!(out.contains("held fd 3"), "the probe held no report pipe, so this test shows nothing: {out}");
+    let version = tokio::time::timeout(Duration::from_secs(5), f.cri.runtime.version(cri::VersionRequest::default())).await;
+    assert!(version.is_ok_and(|v| v.is_ok()), "berthd no longer answers");
+    f.cri.remove_pod(&pod).await;
+}
+
 /// In a pod of one PID namespace, CreateContainer brings a process into the
 /// namespace the siblings are in. A sibling with CAP_SYS_PTRACE can attach
 /// to it as it is born there (pids come in order) and hold what it was born

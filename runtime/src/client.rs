@@ -390,8 +390,16 @@ impl Runtime {
 
 /// Once an exec helper has exited: why its command could not be started,
 /// or None when it ran (the report channel closed on exec without a word).
-/// Does not block: every writer of the channel is gone by then.
+/// Never blocks: what berth's processes of the exec wrote is in the pipe
+/// by then, as they are all gone, but a process of the container may still
+/// hold a writer — one allowed to ptrace can reopen the pipe through
+/// `/proc/<pid>/fd` of the exec's init while that holds it — and is not
+/// waited for.
 pub fn exec_failure(report: OwnedFd) -> Option<InitError> {
+    if let Err(e) = nix::fcntl::fcntl(&report, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)) {
+        // A blocking read could wait on such a writer for ever.
+        return Some(InitError::Setup(format!("the exec's report pipe: {e}")));
+    }
     match channel::recv::<crate::message::ExecReport>(&mut std::fs::File::from(report)) {
         Ok(Some(crate::message::ExecReport::Failed(e))) => Some(e),
         _ => None,
