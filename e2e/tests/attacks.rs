@@ -468,6 +468,42 @@ async fn a_container_holding_an_execs_report_pipe_holds_up_nothing() {
     f.cri.remove_pod(&pod).await;
 }
 
+/// A container joining a shared PID namespace waits there for
+/// StartContainer holding the pipes its monitor reads. A sibling that may
+/// ptrace can reopen them through `/proc/<pid>/fd` and keep them open: the
+/// monitor must not wait for an EOF the sibling withholds. The container
+/// starts, and its monitor still answers: it stops it and reports its exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_holding_a_containers_pipes_holds_up_no_monitor() {
+    let mut f = Fixture::start().await;
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod_with_pid("pipeholder", cri::NamespaceMode::Pod);
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let shared = || cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() };
+    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 1 all >/tmp/seen 2>&1"]);
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(shared());
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+        s.seccomp = runtime_default();
+    });
+    let tracer = f.cri.run(&pod, c, &cfg).await;
+    let pid = host_pid(&mut f, &tracer).await;
+    seize_ready(pid, "/tmp/seen").await;
+    let mut c = berth_e2e::container_config("victim", &image, &["sleep", "1001"]);
+    c.linux = berth_e2e::security(|s| s.namespace_options = Some(shared()));
+    let victim = f.cri.create(&pod, c, &cfg).await.expect("CreateContainer");
+    let out = seized(pid, "/tmp/seen").await;
+    assert!(out.contains("held fd"), "the sibling held none of the container's fds, so this test shows nothing: {out}");
+    let started = tokio::time::timeout(Duration::from_secs(25), f.cri.start(&victim)).await;
+    started.expect("StartContainer did not answer").expect("StartContainer");
+    assert_eq!(f.cri.status(&victim).await.state, cri::ContainerState::ContainerRunning as i32);
+    let stopped = tokio::time::timeout(Duration::from_secs(15), f.cri.stop(&victim, 5)).await;
+    stopped.expect("StopContainer did not answer").expect("StopContainer");
+    let st = f.cri.status(&victim).await;
+    assert_eq!((st.state, st.exit_code), (cri::ContainerState::ContainerExited as i32, 143), "ended by its SIGTERM: {st:?}");
+    f.cri.remove_pod(&pod).await;
+}
+
 /// In a pod of one PID namespace, CreateContainer brings a process into the
 /// namespace the siblings are in. A sibling with CAP_SYS_PTRACE can attach
 /// to it as it is born there (pids come in order) and hold what it was born

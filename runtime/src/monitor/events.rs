@@ -484,26 +484,60 @@ impl Monitor {
         }
     }
 
-    /// Lets the init exec and reports whether exec worked.
+    /// Lets the init exec and reports whether exec worked: the report pipe
+    /// closes on exec or carries why not. A process of the container that
+    /// may ptrace can hold the pipe open (reopened through `/proc/<pid>/fd`
+    /// of the process while it waits here), so the monitor waits for EOF
+    /// no longer than the kernel takes to say the process exec'd (its
+    /// executable is not the one it waited in) or is gone, and reads the
+    /// pipe without blocking; never longer than [`START_WAIT`].
     fn start(&mut self) -> ControlReply {
         let (Some(mut start), Some(mut report)) = (self.start.take(), self.report.take()) else {
             return ControlReply::NotRunning;
         };
+        let waiting_in = executable_of(self.child);
+        set_nonblocking(report.as_raw_fd());
         if channel::send(&mut start, &InitCommand::Start).is_err() {
             return ControlReply::StartFailed(InitError::Setup("the init is gone".into()));
         }
         drop(start);
-        match channel::recv::<InitReport>(&mut report) {
-            // EOF: the report pipe closed on exec.
-            Ok(None) => {
-                self.started_at_ns = Some(crate::time::now_ns());
-                ControlReply::Ok
+        let deadline = Instant::now() + START_WAIT;
+        let started = |this: &mut Self| {
+            this.started_at_ns = Some(crate::time::now_ns());
+            ControlReply::Ok
+        };
+        loop {
+            let mut fds = [PollFd::new(report.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(10u16)).is_ok_and(|n| n > 0) {
+                return match channel::recv::<InitReport>(&mut report) {
+                    // EOF: the report pipe closed on exec.
+                    Ok(None) => started(self),
+                    Ok(Some(InitReport::Failed(e))) => ControlReply::StartFailed(e),
+                    Ok(Some(InitReport::Ready { .. })) => ControlReply::StartFailed(InitError::Setup("unexpected report".into())),
+                    Err(e) => ControlReply::StartFailed(InitError::setup("the init's report", e)),
+                };
             }
-            Ok(Some(InitReport::Failed(e))) => ControlReply::StartFailed(e),
-            Ok(Some(InitReport::Ready { .. })) => ControlReply::StartFailed(InitError::Setup("unexpected report".into())),
-            Err(e) => ControlReply::StartFailed(InitError::setup("the init's report", e)),
+            // Gone (no executable) counts as started: one that failed before
+            // its exec said why on the pipe first.
+            if waiting_in.is_some() && executable_of(self.child) != waiting_in {
+                return started(self);
+            }
+            if Instant::now() > deadline {
+                return ControlReply::StartFailed(InitError::Setup(format!("the container's process did not exec within {START_WAIT:?}")));
+            }
         }
     }
+}
+
+/// How long StartContainer waits for the container's process to exec
+/// (berthd gives up on the monitor's answer after 30 s).
+const START_WAIT: Duration = Duration::from_secs(20);
+
+/// The device and inode of `pid`'s executable; None once it has none (it
+/// exited) or cannot be looked at.
+fn executable_of(pid: Pid) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{}/exe", pid.as_raw())).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn set_nonblocking(fd: RawFd) {
