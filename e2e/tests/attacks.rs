@@ -340,6 +340,31 @@ async fn seize_ready(pid: i64, file: &str) {
     assert!(text.starts_with("ready"), "probe seize never got ready: {text:?}");
 }
 
+/// Runs `probe seize ARGS` in a container "tracer" of `pod` that may ptrace
+/// (CAP_SYS_PTRACE, RuntimeDefault seccomp, the image's user: root), with
+/// `pid` its PID namespace mode; returns its id and host pid once the probe
+/// is ready. Its report goes to /tmp/seen; `then` runs after it.
+async fn start_tracer(
+    f: &mut Fixture,
+    (pod, cfg): (&str, &cri::PodSandboxConfig),
+    image: &str,
+    args: &str,
+    pid: Option<cri::NamespaceMode>,
+    then: &str,
+) -> (String, i64) {
+    let script = format!("probe seize {args} >/tmp/seen 2>&1{then}");
+    let mut c = berth_e2e::container_config("tracer", image, &["sh", "-c", &script]);
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = pid.map(|mode| cri::NamespaceOption { pid: mode as i32, ..Default::default() });
+        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
+        s.seccomp = runtime_default();
+    });
+    let tracer = f.cri.run(pod, c, cfg).await;
+    let host = host_pid(f, &tracer).await;
+    seize_ready(host, "/tmp/seen").await;
+    (tracer, host)
+}
+
 /// What `probe seize` printed into `file` of the container whose process
 /// is `pid`, once it is done; read through the node's /proc, for an exec
 /// into the container would be caught too.
@@ -407,15 +432,7 @@ async fn an_exec_brings_no_process_born_with_more_than_the_container() {
     let cfg = f.pod("execbirth");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
     // The exec's init and its command: two processes born into the namespace.
-    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 2 >/tmp/seen 2>&1; sleep 1000"]);
-    c.linux = berth_e2e::security(|s| {
-        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
-        s.run_as_user = Some(cri::Int64Value { value: 0 });
-        s.seccomp = runtime_default();
-    });
-    let tracer = f.cri.run(&pod, c, &cfg).await;
-    let pid = host_pid(&mut f, &tracer).await;
-    seize_ready(pid, "/tmp/seen").await;
+    let (tracer, pid) = start_tracer(&mut f, (&pod, &cfg), &image, "2", None, "; sleep 1000").await;
     // The container's own process, for comparison.
     let own = privileges(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap());
     assert_eq!(own.len(), 9, "{own:?}");
@@ -448,14 +465,7 @@ async fn a_container_holding_an_execs_report_pipe_holds_up_nothing() {
     let image = push_attack_image(&f).await;
     let cfg = f.pod("execpipe");
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
-    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 2 3 >/tmp/seen 2>&1"]);
-    c.linux = berth_e2e::security(|s| {
-        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
-        s.seccomp = runtime_default();
-    });
-    let tracer = f.cri.run(&pod, c, &cfg).await;
-    let pid = host_pid(&mut f, &tracer).await;
-    seize_ready(pid, "/tmp/seen").await;
+    let (tracer, pid) = start_tracer(&mut f, (&pod, &cfg), &image, "2 3", None, "").await;
     for _ in 0..2 {
         let exec = tokio::time::timeout(Duration::from_secs(20), f.cri.exec(&tracer, &["true"], 10)).await;
         let r = exec.expect("ExecSync did not answer: berthd waits on a report pipe the container holds").expect("ExecSync");
@@ -479,18 +489,11 @@ async fn a_sibling_holding_a_containers_pipes_holds_up_no_monitor() {
     let image = push_attack_image(&f).await;
     let cfg = f.pod_with_pid("pipeholder", cri::NamespaceMode::Pod);
     let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
-    let shared = || cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() };
-    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 1 all >/tmp/seen 2>&1"]);
-    c.linux = berth_e2e::security(|s| {
-        s.namespace_options = Some(shared());
-        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
-        s.seccomp = runtime_default();
-    });
-    let tracer = f.cri.run(&pod, c, &cfg).await;
-    let pid = host_pid(&mut f, &tracer).await;
-    seize_ready(pid, "/tmp/seen").await;
+    let (_, pid) = start_tracer(&mut f, (&pod, &cfg), &image, "1 all", Some(cri::NamespaceMode::Pod), "").await;
     let mut c = berth_e2e::container_config("victim", &image, &["sleep", "1001"]);
-    c.linux = berth_e2e::security(|s| s.namespace_options = Some(shared()));
+    c.linux = berth_e2e::security(|s| {
+        s.namespace_options = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Pod as i32, ..Default::default() })
+    });
     let victim = f.cri.create(&pod, c, &cfg).await.expect("CreateContainer");
     let out = seized(pid, "/tmp/seen").await;
     assert!(out.contains("held fd"), "the sibling held none of the container's fds, so this test shows nothing: {out}");
@@ -539,15 +542,7 @@ async fn sibling_catches_nothing(mode: cri::NamespaceMode) {
         target_id: target_id.to_string(),
         ..Default::default()
     };
-    let mut c = berth_e2e::container_config("tracer", &image, &["sh", "-c", "probe seize 1 >/tmp/seen 2>&1; sleep 1000"]);
-    c.linux = berth_e2e::security(|s| {
-        s.namespace_options = Some(ns(pod_mode, ""));
-        s.capabilities = Some(cri::Capability { add_capabilities: vec!["SYS_PTRACE".into()], ..Default::default() });
-        s.seccomp = runtime_default();
-    });
-    let tracer = f.cri.run(&pod, c, &cfg).await;
-    let pid = host_pid(&mut f, &tracer).await;
-    seize_ready(pid, "/tmp/seen").await;
+    let (tracer, pid) = start_tracer(&mut f, (&pod, &cfg), &image, "1", Some(pod_mode), "; sleep 1000").await;
     let mut c = berth_e2e::container_config("victim", &image, &["sleep", "1001"]);
     let target = if mode == cri::NamespaceMode::Target { tracer.as_str() } else { "" };
     c.linux = berth_e2e::security(|s| {
