@@ -396,11 +396,7 @@ impl Runtime {
 /// `/proc/<pid>/fd` of the exec's init while that holds it — and is not
 /// waited for.
 pub fn exec_failure(report: OwnedFd) -> Option<InitError> {
-    if let Err(e) = nix::fcntl::fcntl(&report, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)) {
-        // A blocking read could wait on such a writer for ever.
-        return Some(InitError::Setup(format!("the exec's report pipe: {e}")));
-    }
-    match channel::recv::<crate::message::ExecReport>(&mut std::fs::File::from(report)) {
+    match channel::recv_before::<crate::message::ExecReport>(std::os::fd::AsFd::as_fd(&report), std::time::Instant::now()) {
         Ok(Some(crate::message::ExecReport::Failed(e))) => Some(e),
         _ => None,
     }

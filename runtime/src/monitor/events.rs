@@ -489,14 +489,13 @@ impl Monitor {
     /// may ptrace can hold the pipe open (reopened through `/proc/<pid>/fd`
     /// of the process while it waits here), so the monitor waits for EOF
     /// no longer than the kernel takes to say the process exec'd (its
-    /// executable is not the one it waited in) or is gone, and reads the
-    /// pipe without blocking; never longer than [`START_WAIT`].
+    /// executable is not the one it waited in) or is gone, reads the pipe
+    /// with a deadline, and never waits longer than [`START_WAIT`].
     fn start(&mut self) -> ControlReply {
-        let (Some(mut start), Some(mut report)) = (self.start.take(), self.report.take()) else {
+        let (Some(mut start), Some(report)) = (self.start.take(), self.report.take()) else {
             return ControlReply::NotRunning;
         };
         let waiting_in = executable_of(self.child);
-        set_nonblocking(report.as_raw_fd());
         if channel::send(&mut start, &InitCommand::Start).is_err() {
             return ControlReply::StartFailed(InitError::Setup("the init is gone".into()));
         }
@@ -509,7 +508,8 @@ impl Monitor {
         loop {
             let mut fds = [PollFd::new(report.as_fd(), PollFlags::POLLIN)];
             if poll(&mut fds, PollTimeout::from(10u16)).is_ok_and(|n| n > 0) {
-                return match channel::recv::<InitReport>(&mut report) {
+                // A whole message is written at once: a short grace for it.
+                return match channel::recv_before::<InitReport>(report.as_fd(), Instant::now() + Duration::from_millis(100)) {
                     // EOF: the report pipe closed on exec.
                     Ok(None) => started(self),
                     Ok(Some(InitReport::Failed(e))) => ControlReply::StartFailed(e),

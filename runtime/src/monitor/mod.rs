@@ -367,7 +367,11 @@ fn await_init(s: &mut handoff::Serve) -> Option<()> {
         let _ = std::fs::remove_file(&socket);
         None
     };
-    match channel::recv::<InitReport>(&mut s.report) {
+    // Bounded: in a shared PID namespace the container's process holds the
+    // report pipe from its birth, and a sibling that may ptrace can reopen
+    // it (see channel::recv_before). berthd gives up after 60 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(55);
+    match channel::recv_before::<InitReport>(std::os::fd::AsFd::as_fd(&s.report), deadline) {
         Ok(Some(InitReport::Ready { uid, gid, groups, stages_us: init_stages, process })) => {
             if let Some(pid) = process {
                 // The init started the container's process as this one's

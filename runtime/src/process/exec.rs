@@ -146,7 +146,9 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     drop(pid_w);
     drop(target);
     let pty = pty.map(|(master, _)| master);
-    let exec_init = channel::recv::<ExecStarted>(&mut std::fs::File::from(pid_r));
+    // The exec's init holds this pipe's write end from its birth in the
+    // container's namespace until its first step: bounded.
+    let exec_init = channel::recv_before::<ExecStarted>(pid_r.as_fd(), std::time::Instant::now() + std::time::Duration::from_secs(30));
     let _ = waitpid(starter, None);
     // No pid: the starter failed and reported why on REPORT_FD.
     let Ok(Some(ExecStarted { pid })) = exec_init else { return Ok(SETUP_FAILED) };
