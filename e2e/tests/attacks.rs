@@ -26,7 +26,8 @@ async fn push_attack_image(f: &Fixture) -> String {
         .dir("opt", 0o755)
         .dir("opt/caps", 0o755)
         .file_with_xattrs("opt/caps/grep", &busybox, 0o755, &[("security.capability", &caps)])
-        .file("bin/probe", oci::probe_binary(), 0o755);
+        .file("bin/probe", oci::probe_binary(), 0o755)
+        .file("bin/suprobe", oci::probe_binary(), 0o4755);
     let image = oci::image(vec![layer.build(Compression::Gzip)], &ImageSettings::default());
     f.registry.push("attack", "v1", &image).await;
     let reference = f.registry.reference("attack", "v1");
@@ -504,6 +505,44 @@ async fn a_sibling_holding_a_containers_pipes_holds_up_no_monitor() {
     stopped.expect("StopContainer did not answer").expect("StopContainer");
     let st = f.cri.status(&victim).await;
     assert_eq!((st.state, st.exit_code), (cri::ContainerState::ContainerExited as i32, 143), "ended by its SIGTERM: {st:?}");
+    f.cri.remove_pod(&pod).await;
+}
+
+/// An exec's timeout ends every process of the exec, also one that made
+/// itself another user: here a setuid-root program (allowed, as
+/// no_new_privs is off, kubelet's default) that took root as its real uid
+/// too. The exec's init runs as the container's user, without CAP_KILL
+/// here, and cannot signal it; berth ends it all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_timeout_ends_a_process_that_became_root() {
+    let mut f = Fixture::start().await;
+    let image = push_attack_image(&f).await;
+    let cfg = f.pod("execroot");
+    let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
+    let mut c = berth_e2e::container_config("c", &image, &["sleep", "1000"]);
+    c.linux = berth_e2e::security(|s| {
+        s.run_as_user = Some(cri::Int64Value { value: 1000 });
+        s.capabilities = Some(cri::Capability { drop_capabilities: vec!["KILL".into()], ..Default::default() });
+    });
+    let id = f.cri.run(&pod, c, &cfg).await;
+    let mut cri = f.cri.clone();
+    let exec_id = id.clone();
+    let exec = tokio::spawn(async move { cri.exec(&exec_id, &["sh", "-c", "suprobe setuid-pause; echo"], 3).await });
+    // Its real uid, as the container sees it.
+    let uid = "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = suprobe ] && awk '/^Uid/ {print $2}' $p/status; done; true";
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = f.cri.sh(&id, uid).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen.trim(), "0", "the exec's program did not become root, so this test shows nothing");
+    let e = exec.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{}", e.message());
+    // Nor is it left a zombie for a PID 1 that does not reap.
+    assert_eq!(f.cri.sh(&id, uid).await, "", "a process of the timed-out exec lives on as root");
     f.cri.remove_pod(&pod).await;
 }
 

@@ -8,10 +8,29 @@ use nix::sched::CloneFlags;
 
 /// The start time (clock ticks since boot) of a process, field 22 of its stat.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|(_, start)| start)
+}
+
+/// A process's state letter and start time, from the `/proc` that
+/// `proc_dir` (an fd of it) is: one of the node's PID namespace, for a
+/// process whose own /proc is another's.
+pub fn state_and_start_time_in(proc_dir: std::os::fd::BorrowedFd<'_>, pid: i32) -> Option<(char, u64)> {
+    let fd = nix::fcntl::openat(
+        proc_dir,
+        format!("{pid}/stat").as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    stat_fields(&std::io::read_to_string(std::fs::File::from(fd)).ok()?)
+}
+
+/// The state (field 3) and start time (field 22) of a stat line.
+fn stat_fields(stat: &str) -> Option<(char, u64)> {
     // The command name may contain spaces and parentheses; fields follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
 /// `pidfd_open(2)`: an fd that refers to `pid` and becomes readable when it exits.
@@ -63,6 +82,16 @@ impl Process {
     /// check cannot be the one acted on, and one reused before it fails it.
     pub fn open(pid: i32, started: u64) -> std::io::Result<Process> {
         Ok(Process { fd: pidfd_open_checked(pid, started)?, pid })
+    }
+
+    /// As [`Process::open`], with the start time read from the `/proc`
+    /// that `proc_dir` is ([`state_and_start_time_in`]).
+    pub fn open_in(proc_dir: std::os::fd::BorrowedFd<'_>, pid: i32, started: u64) -> std::io::Result<Process> {
+        let fd = pidfd_open(pid)?;
+        if state_and_start_time_in(proc_dir, pid).map(|(_, s)| s) != Some(started) {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(Process { fd, pid })
     }
 
     /// The pid.

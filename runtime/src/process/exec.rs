@@ -102,6 +102,10 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     init::set_apparmor_onexec(process)?;
     let cmdline_area = crate::zygote::arg_area();
     init::join_cgroup(&spec)?;
+    // The node's /proc, from which a timed-out exec's tree is ended
+    // (end_tree); opened while /proc is still the node's.
+    let host_proc = nix::fcntl::open("/proc", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| setup("open the node's /proc", e))?;
     use nix::sched::CloneFlags as F;
     // All at once: after the mount namespace switch /proc is the container's.
     // Not the PID namespace: the helper's children would be born into it.
@@ -130,6 +134,9 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     // SAFETY: the helper is single-threaded.
     let starter = match unsafe { fork() }.map_err(|e| setup("fork", e))? {
         ForkResult::Child => {
+            // First: through it lies the node's whole filesystem, and the
+            // exec's init, which the container can see, is born from here.
+            drop(host_proc);
             drop(pid_r);
             let slave = pty.map(|(master, slave)| {
                 drop(master);
@@ -153,7 +160,7 @@ fn run(args: &ExecArgs) -> Result<i32, InitError> {
     // No pid: the starter failed and reported why on REPORT_FD.
     let Ok(Some(ExecStarted { pid })) = exec_init else { return Ok(SETUP_FAILED) };
     let child = nix::unistd::Pid::from_raw(pid);
-    forward_sigterm_to(child);
+    forward_sigterm_to(child, host_proc);
     match pty {
         Some(master) => Ok(relay_terminal(child, master)),
         None => loop {
@@ -229,27 +236,109 @@ fn start_exec_init(
 static SIGTERM_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The exec init the helper forwards SIGTERM to.
 static EXEC_INIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// The node's /proc (an `O_PATH` fd the helper keeps for its life).
+static HOST_PROC: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 extern "C" fn on_sigterm(_: libc::c_int) {
     SIGTERM_PENDING.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// berthd ends an exec (its timeout) with SIGTERM to the helper, which
-/// passes it on to the exec init; the handler interrupts the helper's wait
-/// (no SA_RESTART) so it does so at once.
-fn forward_sigterm_to(child: nix::unistd::Pid) {
+/// ends the exec's tree and passes it on to the exec init; the handler
+/// interrupts the helper's wait (no SA_RESTART) so it does so at once.
+fn forward_sigterm_to(child: nix::unistd::Pid, host_proc: OwnedFd) {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use std::os::fd::IntoRawFd;
     EXEC_INIT.store(child.as_raw(), std::sync::atomic::Ordering::SeqCst);
+    HOST_PROC.store(host_proc.into_raw_fd(), std::sync::atomic::Ordering::SeqCst);
     let action = SigAction::new(SigHandler::Handler(on_sigterm), SaFlags::empty(), SigSet::empty());
     // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
     let _ = unsafe { sigaction(Signal::SIGTERM, &action) };
 }
 
-/// Forwards a SIGTERM the helper received, once.
+/// Acts on a SIGTERM the helper received, once: ends the exec's tree and
+/// passes the signal on to the exec init, which exits.
 fn forward_pending_sigterm() {
     if SIGTERM_PENDING.swap(false, std::sync::atomic::Ordering::SeqCst) {
         let pid = EXEC_INIT.load(std::sync::atomic::Ordering::SeqCst);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        let proc = HOST_PROC.load(std::sync::atomic::Ordering::SeqCst);
+        match proc {
+            // SAFETY: the fd was stored by forward_sigterm_to and is never closed.
+            0.. => end_tree(unsafe { std::os::fd::BorrowedFd::borrow_raw(proc) }, pid),
+            _ => drop(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)),
+        }
+    }
+}
+
+/// Kills every live descendant of the exec init `init`, as the helper:
+/// root on the node, so a process of the exec that became another user (a
+/// setuid binary without no_new_privs) is not out of reach, as it is of the
+/// init's container credentials. The init, a child subreaper, is stopped
+/// meanwhile: the orphans of killed processes come to it, not to the
+/// container's PID 1, and it cannot exit on its command's death before the
+/// rest are dead (it then reaps them all). Rounds until none is left, for
+/// up to 2 s. By pidfd, checked against the start time listed: a pid that
+/// ended and was taken by another process in between is not signalled.
+fn end_tree(proc: std::os::fd::BorrowedFd<'_>, init: i32) {
+    use nix::sys::signal::Signal;
+    let opened = crate::pidfd::state_and_start_time_in(proc, init).and_then(|(_, s)| crate::pidfd::Process::open_in(proc, init, s).ok());
+    let Some(init) = opened else {
+        // Gone, or not to be looked at: the init's own SIGTERM handling.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), Signal::SIGTERM);
+        return;
+    };
+    let _ = init.signal(Signal::SIGSTOP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !matches!(crate::pidfd::state_and_start_time_in(proc, init.pid()), Some(('T' | 't' | 'Z' | 'X', _)) | None) {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    loop {
+        let mut live = Vec::new();
+        descendants(proc, init.pid(), &mut live, 0);
+        if live.is_empty() || std::time::Instant::now() > deadline {
+            let _ = init.signal(Signal::SIGTERM);
+            let _ = init.signal(Signal::SIGCONT);
+            return;
+        }
+        for (pid, started) in live {
+            if let Ok(p) = crate::pidfd::Process::open_in(proc, pid, started) {
+                let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Adds `pid`'s descendants that have not exited yet to `out`, as (pid,
+/// start time), read from the node's /proc: every thread's `children`.
+fn descendants(proc: std::os::fd::BorrowedFd<'_>, pid: i32, out: &mut Vec<(i32, u64)>, depth: usize) {
+    // A tree deeper than this is not an exec's; what is left of it is
+    // found in the next round, once its parents are gone.
+    if depth > 64 {
+        return;
+    }
+    let Ok(tasks) = nix::dir::Dir::openat(proc, format!("{pid}/task").as_str(), OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+    else {
+        return;
+    };
+    let tids: Vec<String> =
+        tasks.into_iter().flatten().filter_map(|e| e.file_name().to_str().ok().filter(|n| !n.starts_with('.')).map(String::from)).collect();
+    for tid in tids {
+        let path = format!("{pid}/task/{tid}/children");
+        let Ok(fd) = nix::fcntl::openat(proc, path.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) else { continue };
+        let text = std::io::read_to_string(std::fs::File::from(fd)).unwrap_or_default();
+        for child in text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            match crate::pidfd::state_and_start_time_in(proc, child) {
+                Some(('Z', _)) | None => {}
+                Some((_, started)) => {
+                    out.push((child, started));
+                    descendants(proc, child, out, depth + 1);
+                }
+            }
+        }
     }
 }
 
@@ -327,8 +416,8 @@ fn exec_init(process: &oci_spec::runtime::Process, args: &ExecArgs, prepared: &P
             }
             _ => loop {
                 match waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(pid, code)) if pid == command => unsafe { libc::_exit(code) },
-                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => unsafe { libc::_exit(128 + sig as i32) },
+                    Ok(WaitStatus::Exited(pid, code)) if pid == command => exit_reaped(code),
+                    Ok(WaitStatus::Signaled(pid, sig, _)) if pid == command => exit_reaped(128 + sig as i32),
                     Ok(WaitStatus::StillAlive) | Err(_) => break,
                     Ok(_) => {}
                 }
@@ -395,6 +484,19 @@ fn children() -> Vec<nix::unistd::Pid> {
         }
     }
     out
+}
+
+/// Exits with `code` once every child that has exited is reaped: left to
+/// the container's PID 1, which may not reap, they would stay zombies.
+/// Children still running are left running, as the command left them.
+fn exit_reaped(code: i32) -> ! {
+    while let Ok(s) = waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+        if s == WaitStatus::StillAlive {
+            break;
+        }
+    }
+    // SAFETY: _exit ends the process without running anything else.
+    unsafe { libc::_exit(code) }
 }
 
 /// Kills and reaps every descendant: children first; their orphans come to
