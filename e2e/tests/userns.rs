@@ -264,13 +264,18 @@ async fn a_pod_in_its_own_user_namespace_on_the_nodes_network() {
     assert_ne!(lines[3], ns("user"), "a user namespace of its own");
     assert_eq!(lines[4].split_whitespace().collect::<Vec<_>>(), vec!["0", &host.to_string(), "65536"]);
 
-    // Its /sys shows the node's network devices.
-    let mut node_links: Vec<String> =
-        std::fs::read_dir("/sys/class/net").unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
-    node_links.sort();
-    let mut pod_links: Vec<String> = f.cri.sh(&c, "ls /sys/class/net").await.split_whitespace().map(str::to_string).collect();
-    pod_links.sort();
-    assert_eq!(pod_links, node_links);
+    // Its /sys shows the node's network devices: those there both before
+    // and after it looked, and none the node did not have at one of those
+    // times (tests running beside this one add and remove links).
+    let node_links = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/sys/class/net").unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect()
+    };
+    let before = node_links();
+    let pod_links: std::collections::BTreeSet<String> =
+        f.cri.sh(&c, "ls /sys/class/net").await.split_whitespace().map(str::to_string).collect();
+    let after = node_links();
+    assert!(before.intersection(&after).all(|l| pod_links.contains(l)), "{pod_links:?} lacks some of {before:?} and {after:?}");
+    assert!(pod_links.iter().all(|l| before.contains(l) || after.contains(l)), "{pod_links:?} is not the node's {before:?} / {after:?}");
 
     // Root in the pod cannot change the node's network: setting loopback's
     // MTU to the value it has already needs CAP_NET_ADMIN over the node's
