@@ -48,8 +48,14 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 /// taken first, so a pid reused after the check cannot be the one it
 /// refers to, and one reused before it fails it (ESRCH).
 pub fn pidfd_open_checked(pid: i32, started: u64) -> std::io::Result<OwnedFd> {
+    open_then_check(pid, started, || start_time(pid))
+}
+
+/// A pidfd of `pid`, taken before `now_started` reads its start time, which
+/// must be `started`.
+fn open_then_check(pid: i32, started: u64, now_started: impl FnOnce() -> Option<u64>) -> std::io::Result<OwnedFd> {
     let fd = pidfd_open(pid)?;
-    if start_time(pid) != Some(started) {
+    if now_started() != Some(started) {
         return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
     }
     Ok(fd)
@@ -87,10 +93,7 @@ impl Process {
     /// As [`Process::open`], with the start time read from the `/proc`
     /// that `proc_dir` is ([`state_and_start_time_in`]).
     pub fn open_in(proc_dir: std::os::fd::BorrowedFd<'_>, pid: i32, started: u64) -> std::io::Result<Process> {
-        let fd = pidfd_open(pid)?;
-        if state_and_start_time_in(proc_dir, pid).map(|(_, s)| s) != Some(started) {
-            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-        }
+        let fd = open_then_check(pid, started, || state_and_start_time_in(proc_dir, pid).map(|(_, s)| s))?;
         Ok(Process { fd, pid })
     }
 

@@ -257,15 +257,16 @@ fn forward_sigterm_to(child: nix::unistd::Pid, host_proc: OwnedFd) {
 }
 
 /// Acts on a SIGTERM the helper received, once: ends the exec's tree and
-/// passes the signal on to the exec init, which exits.
+/// passes the signal on to the exec init, which exits. Only while the init
+/// is not reaped: its pid could name another process after that.
 fn forward_pending_sigterm() {
     if SIGTERM_PENDING.swap(false, std::sync::atomic::Ordering::SeqCst) {
-        let pid = EXEC_INIT.load(std::sync::atomic::Ordering::SeqCst);
+        let pid = nix::unistd::Pid::from_raw(EXEC_INIT.load(std::sync::atomic::Ordering::SeqCst));
         let proc = HOST_PROC.load(std::sync::atomic::Ordering::SeqCst);
         match proc {
             // SAFETY: the fd was stored by forward_sigterm_to and is never closed.
             0.. => end_tree(unsafe { std::os::fd::BorrowedFd::borrow_raw(proc) }, pid),
-            _ => drop(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)),
+            _ => drop(nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)),
         }
     }
 }
@@ -277,19 +278,15 @@ fn forward_pending_sigterm() {
 /// meanwhile: the orphans of killed processes come to it, not to the
 /// container's PID 1, and it cannot exit on its command's death before the
 /// rest are dead (it then reaps them all). Rounds until none is left, for
-/// up to 2 s. By pidfd, checked against the start time listed: a pid that
-/// ended and was taken by another process in between is not signalled.
-fn end_tree(proc: std::os::fd::BorrowedFd<'_>, init: i32) {
-    use nix::sys::signal::Signal;
-    let opened = crate::pidfd::state_and_start_time_in(proc, init).and_then(|(_, s)| crate::pidfd::Process::open_in(proc, init, s).ok());
-    let Some(init) = opened else {
-        // Gone, or not to be looked at: the init's own SIGTERM handling.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), Signal::SIGTERM);
-        return;
-    };
-    let _ = init.signal(Signal::SIGSTOP);
+/// up to 2 s. The init is signalled by pid: it is the helper's child, not
+/// reaped yet (the caller's part), so its pid is its own. The others by
+/// pidfd, checked against the start time listed: a pid that ended and was
+/// taken by another process in between is not signalled.
+fn end_tree(proc: std::os::fd::BorrowedFd<'_>, init: nix::unistd::Pid) {
+    use nix::sys::signal::{kill, Signal};
+    let _ = kill(init, Signal::SIGSTOP);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while !matches!(crate::pidfd::state_and_start_time_in(proc, init.pid()), Some(('T' | 't' | 'Z' | 'X', _)) | None) {
+    while !matches!(crate::pidfd::state_and_start_time_in(proc, init.as_raw()), Some(('T' | 't' | 'Z' | 'X', _)) | None) {
         if std::time::Instant::now() > deadline {
             break;
         }
@@ -297,15 +294,15 @@ fn end_tree(proc: std::os::fd::BorrowedFd<'_>, init: i32) {
     }
     loop {
         let mut live = Vec::new();
-        descendants(proc, init.pid(), &mut live, 0);
+        descendants(proc, init.as_raw(), &mut live, 0);
         if live.is_empty() || std::time::Instant::now() > deadline {
-            let _ = init.signal(Signal::SIGTERM);
-            let _ = init.signal(Signal::SIGCONT);
+            let _ = kill(init, Signal::SIGTERM);
+            let _ = kill(init, Signal::SIGCONT);
             return;
         }
         for (pid, started) in live {
             if let Ok(p) = crate::pidfd::Process::open_in(proc, pid, started) {
-                let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
+                let _ = p.signal(Signal::SIGKILL);
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -551,7 +548,9 @@ fn relay_terminal(child: nix::unistd::Pid, master: std::os::fd::OwnedFd) -> i32 
         }
         let timeout = if code.is_some() { PollTimeout::from(50u16) } else { PollTimeout::from(200u16) };
         let n = poll(&mut fds, timeout).unwrap_or(0);
-        forward_pending_sigterm();
+        if code.is_none() {
+            forward_pending_sigterm();
+        }
         let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
         if n == 0 && code.is_some() {

@@ -53,11 +53,12 @@ pub struct Kernel {
 }
 
 /// Attaches `tree`, a detached procfs mount, at `target` for the proc mount
-/// `m`, with `m`'s flags. Its options (`data`) cannot apply: the procfs was
-/// made before, and is shared by every container of the pod.
-fn attach_proc(m: &MountOp, data: &str, tree: OwnedFd, target: &OwnedFd) -> Result<(), InitError> {
+/// `m`, with `m`'s flags. Its options cannot apply: the procfs was made
+/// before, and is shared by every container of the pod.
+fn attach_proc(m: &MountOp, tree: OwnedFd, target: &OwnedFd) -> Result<(), InitError> {
     let step = |what: &str| format!("attach the pod's /proc on {} ({what})", m.dest.display());
-    if !data.is_empty() {
+    if !m.data.is_empty() {
+        let data = &m.data;
         return Err(InitError::Setup(step(&format!("the options {data:?} cannot apply to a /proc shared with the pod"))));
     }
     let attrs = [
@@ -421,12 +422,10 @@ impl RootfsOps for Kernel {
                     None => m.bind && std::fs::metadata(&m.source).map(|md| !md.is_dir()).unwrap_or(false),
                 };
                 let target = mount_target(self.root()?, &m.dest, is_file)?;
-                match self.proc_tree.take() {
-                    Some(tree) if m.kind == "proc" && !m.bind => attach_proc(m, &m.data, tree, &target)?,
-                    other => {
-                        self.proc_tree = other;
-                        self.mount_on(m, &data, &target, aside)?;
-                    }
+                let tree = if m.kind == "proc" && !m.bind { self.proc_tree.take() } else { None };
+                match tree {
+                    Some(tree) => attach_proc(m, tree, &target)?,
+                    None => self.mount_on(m, &data, &target, aside)?,
                 }
             }
         }
