@@ -491,7 +491,9 @@ async fn the_stop_signal_kubelet_asks_for_is_sent_and_reported() {
 
 /// KEP-5825 (kubelet's CRIListStreaming gate): each Stream RPC answers what
 /// its List RPC answers, filter included; every item once; no empty message;
-/// an empty answer is a stream that ends at once.
+/// an empty answer is a stream that ends at once. The filters are those of
+/// cri-tools' "Streaming List" specs: id (also one that is no id at all),
+/// state, and labels that match and that do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_rpcs_answer_what_the_lists_answer() {
     use futures::StreamExt;
@@ -514,10 +516,14 @@ async fn the_stream_rpcs_answer_what_the_lists_answer() {
 
     let mut f = Fixture::start().await;
     let mut pods = Vec::new();
+    let labels = |v: &str| std::collections::HashMap::from([("stream-test".to_string(), v.to_string())]);
     for name in ["one", "two"] {
-        let cfg = suite_pod(&f, name);
+        let mut cfg = suite_pod(&f, name);
+        cfg.labels = labels(name);
         let pod = f.cri.run_pod(cfg.clone()).await.unwrap();
-        let c = f.cri.run(&pod, f.container("c", &["sleep", "1000"]), &cfg).await;
+        let mut c = f.container("c", &["sleep", "1000"]);
+        c.labels = labels(name);
+        let c = f.cri.run(&pod, c, &cfg).await;
         pods.push((pod, c));
     }
     let rt = &mut f.cri.runtime;
@@ -532,12 +538,23 @@ async fn the_stream_rpcs_answer_what_the_lists_answer() {
         all(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(one) }).await.unwrap().into_inner(), |m| m.pod_sandboxes)
             .await;
     assert_eq!(streamed.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), [pods[0].0.clone()]);
-    let none = cri::PodSandboxFilter { id: "0".repeat(64), ..Default::default() };
-    let streamed = all(rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest { filter: Some(none) }).await.unwrap().into_inner(), |m| {
-        m.pod_sandboxes
-    })
-    .await;
-    assert!(streamed.is_empty());
+    // The filters of cri-tools' "Streaming List" specs, each against the pods it must give.
+    let pod_state = |state: cri::PodSandboxState| Some(cri::PodSandboxStateValue { state: state as i32 });
+    for (filter, want) in [
+        (cri::PodSandboxFilter { id: "0".repeat(64), ..Default::default() }, vec![]),
+        (cri::PodSandboxFilter { id: "non-existent-id".into(), ..Default::default() }, vec![]),
+        (
+            cri::PodSandboxFilter { state: pod_state(cri::PodSandboxState::SandboxReady), ..Default::default() },
+            sorted(vec![pods[0].0.clone(), pods[1].0.clone()]),
+        ),
+        (cri::PodSandboxFilter { state: pod_state(cri::PodSandboxState::SandboxNotready), ..Default::default() }, vec![]),
+        (cri::PodSandboxFilter { label_selector: labels("one"), ..Default::default() }, vec![pods[0].0.clone()]),
+        (cri::PodSandboxFilter { label_selector: labels("no"), ..Default::default() }, vec![]),
+    ] {
+        let req = cri::StreamPodSandboxesRequest { filter: Some(filter.clone()) };
+        let streamed = all(rt.stream_pod_sandboxes(req).await.unwrap().into_inner(), |m| m.pod_sandboxes).await;
+        assert_eq!(sorted(streamed.iter().map(|p| p.id.clone()).collect()), want, "{filter:?}");
+    }
 
     let listed = rt.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
     let streamed = all(rt.stream_containers(cri::StreamContainersRequest::default()).await.unwrap().into_inner(), |m| m.containers).await;
@@ -548,6 +565,15 @@ async fn the_stream_rpcs_answer_what_the_lists_answer() {
         all(rt.stream_containers(cri::StreamContainersRequest { filter: Some(by_pod) }).await.unwrap().into_inner(), |m| m.containers)
             .await;
     assert_eq!(streamed.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), [pods[1].1.clone()]);
+    for (state, want) in [(cri::ContainerState::ContainerRunning, 2), (cri::ContainerState::ContainerExited, 0)] {
+        let by_state = cri::ContainerFilter { state: Some(cri::ContainerStateValue { state: state as i32 }), ..Default::default() };
+        let streamed =
+            all(rt.stream_containers(cri::StreamContainersRequest { filter: Some(by_state) }).await.unwrap().into_inner(), |m| {
+                m.containers
+            })
+            .await;
+        assert_eq!(streamed.len(), want, "containers {state:?}");
+    }
 
     let listed = rt.list_container_stats(cri::ListContainerStatsRequest::default()).await.unwrap().into_inner().stats;
     let streamed =
@@ -556,6 +582,12 @@ async fn the_stream_rpcs_answer_what_the_lists_answer() {
     let ids = |s: &[cri::ContainerStats]| sorted(s.iter().map(|s| s.attributes.as_ref().unwrap().id.clone()).collect());
     assert_eq!(ids(&streamed), ids(&listed));
     assert_eq!(ids(&streamed).len(), 2);
+    for (value, want) in [("two", vec![pods[1].1.clone()]), ("no", vec![])] {
+        let by_label = cri::ContainerStatsFilter { label_selector: labels(value), ..Default::default() };
+        let req = cri::StreamContainerStatsRequest { filter: Some(by_label) };
+        let streamed = all(rt.stream_container_stats(req).await.unwrap().into_inner(), |m| m.container_stats).await;
+        assert_eq!(ids(&streamed), want, "container stats labelled {value}");
+    }
 
     let listed = rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest::default()).await.unwrap().into_inner().stats;
     let streamed =
@@ -566,6 +598,12 @@ async fn the_stream_rpcs_answer_what_the_lists_answer() {
     assert_eq!(ids(&streamed).len(), 2);
     let linux = streamed.iter().map(|s| s.linux.as_ref().expect("linux stats").containers.len()).collect::<Vec<_>>();
     assert_eq!(linux, [1, 1], "each pod's stats carry its container's");
+    for (value, want) in [("one", vec![pods[0].0.clone()]), ("no", vec![])] {
+        let by_label = cri::PodSandboxStatsFilter { label_selector: labels(value), ..Default::default() };
+        let req = cri::StreamPodSandboxStatsRequest { filter: Some(by_label) };
+        let streamed = all(rt.stream_pod_sandbox_stats(req).await.unwrap().into_inner(), |m| m.pod_sandbox_stats).await;
+        assert_eq!(ids(&streamed), want, "pod stats labelled {value}");
+    }
 
     let listed = rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await.unwrap().into_inner().pod_metrics;
     let streamed =
