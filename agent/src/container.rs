@@ -306,6 +306,20 @@ fn image_volumes(node: &Node, config: &ContainerRequest) -> Result<Vec<(usize, I
     Ok(out)
 }
 
+/// A running container of `pod` in the pod's PID namespace, as the kernel
+/// has it (the namespace of the pod's init), and still the process its
+/// record names: a pod started by a berthd before the pod's /proc pin can
+/// give a new container a clone of this one's /proc instead.
+fn sibling_in_pid_namespace(node: &Node, pod: &PodRecord) -> Option<ContainerRecord> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |pid: i32| std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| (m.dev(), m.ino()));
+    let pods = ns(pod.init_pid).filter(|_| berth_runtime::pidfd::start_time(pod.init_pid) == Some(pod.init_start_time))?;
+    node.containers
+        .filter(|c| c.pod_id == pod.id && c.state == ContainerState::Running && c.pid > 0)
+        .into_iter()
+        .find(|c| ns(c.pid) == Some(pods) && berth_runtime::pidfd::start_time(c.pid) == Some(c.start_time))
+}
+
 async fn create_inner(
     node: Arc<Node>,
     pod: PodRecord,
@@ -347,10 +361,21 @@ async fn create_inner(
     let pid_ns = match built.pid_mode {
         ns_mode::NODE => PidNamespace::Host,
         ns_mode::POD if pod.init_pid > 0 => {
-            // A pod started by a berthd before the pin has none.
             let pin = berth_runtime::sandbox::proc_pin_path(&node.pod_dir(&pod.id));
-            let proc = if pin.is_dir() { JoinProc::Pinned(pin) } else { JoinProc::Kernel };
-            PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time, proc }
+            if pin.is_dir() {
+                PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time, proc: JoinProc::Pinned(pin) }
+            } else if let Some(sibling) = sibling_in_pid_namespace(&node, &pod) {
+                // A pod started by a berthd before the pin has none: the
+                // /proc then comes from a running sibling, as for TARGET.
+                tracing::info!(pod_id = %pod.id, sibling = %sibling.id, "no /proc pin in the pod: the container's /proc comes from a sibling's");
+                PidNamespace::Join { pid: sibling.pid, start_time: sibling.start_time, proc: JoinProc::OfTarget }
+            } else {
+                tracing::warn!(
+                    pod_id = %pod.id,
+                    "no /proc pin in the pod and no running container in its PID namespace: before Linux 6.15 the container's init starts inside the namespace"
+                );
+                PidNamespace::Join { pid: pod.init_pid, start_time: pod.init_start_time, proc: JoinProc::Kernel }
+            }
         }
         ns_mode::TARGET => {
             let target = find(&node, &built.pid_target)?;

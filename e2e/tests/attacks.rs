@@ -564,7 +564,16 @@ async fn an_exec_timeout_ends_a_process_that_became_root() {
 /// the pod's init when it was alone in the namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sibling_catches_no_process_born_with_more_than_its_container() {
-    sibling_catches_nothing(cri::NamespaceMode::Pod).await;
+    sibling_catches_nothing(cri::NamespaceMode::Pod, false).await;
+}
+
+/// As above, in a pod as a berthd from before the pod's /proc pin left it
+/// (the pin is unmounted here): the container's /proc is then a clone of a
+/// running sibling's, the tracer's, made from outside the namespace. This
+/// matters before Linux 6.15, where the kernel cannot mount it from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sibling_catches_no_process_born_in_a_pod_without_its_proc_pin() {
+    sibling_catches_nothing(cri::NamespaceMode::Pod, true).await;
 }
 
 /// As above, for a container joining another container's PID namespace
@@ -573,12 +582,13 @@ async fn a_sibling_catches_no_process_born_with_more_than_its_container() {
 /// target's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_catches_no_process_born_with_more_than_its_debugger() {
-    sibling_catches_nothing(cri::NamespaceMode::Target).await;
+    sibling_catches_nothing(cri::NamespaceMode::Target, false).await;
 }
 
 /// The tracer runs `probe seize 1` in the PID namespace `mode` makes the
-/// victim join: the pod's (`Pod`), or the tracer's own (`Target`).
-async fn sibling_catches_nothing(mode: cri::NamespaceMode) {
+/// victim join: the pod's (`Pod`), or the tracer's own (`Target`). With
+/// `unpin`, the pod's /proc pin is taken away before the victim is created.
+async fn sibling_catches_nothing(mode: cri::NamespaceMode, unpin: bool) {
     let mut f = Fixture::start().await;
     let image = push_attack_image(&f).await;
     let pod_mode = if mode == cri::NamespaceMode::Pod { mode } else { cri::NamespaceMode::Container };
@@ -590,6 +600,11 @@ async fn sibling_catches_nothing(mode: cri::NamespaceMode) {
         ..Default::default()
     };
     let (tracer, pid) = start_tracer(&mut f, (&pod, &cfg), &image, "1", Some(pod_mode), "; sleep 1000").await;
+    if unpin {
+        let pin = f.berthd.paths.state.join("pods").join(&pod).join("ns-pid-proc");
+        nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH).expect("unmount the pod's /proc pin");
+        std::fs::remove_dir(&pin).expect("remove the pin's dir");
+    }
     let mut c = berth_e2e::container_config("victim", &image, &["sleep", "1001"]);
     let target = if mode == cri::NamespaceMode::Target { tracer.as_str() } else { "" };
     c.linux = berth_e2e::security(|s| {

@@ -64,10 +64,12 @@ pub enum JoinProc {
     /// ([`crate::sandbox::proc_pin_path`]).
     Pinned(PathBuf),
     /// A procfs mounted with `pidns=` (Linux 6.15); before that, a clone of
-    /// the `/proc` of the target container's process.
+    /// the `/proc` of the process joined: the target container's, or a
+    /// sibling's in a pod started before the pin.
     OfTarget,
     /// A procfs mounted with `pidns=`; before Linux 6.15 the init joins the
-    /// namespace and mounts it inside (a pod started before the pin).
+    /// namespace and mounts it inside (a pod started before the pin, with
+    /// no sibling running).
     Kernel,
 }
 
@@ -225,8 +227,9 @@ fn run(args: &MonitorArgs, sync: &mut std::fs::File) -> Result<(), InitError> {
     // there, confined from birth (init::run). That takes a /proc of the
     // namespace made from outside: a clone of the pod's; one the kernel
     // mounts with procfs pidns= (Linux 6.15); or, before that, a clone of
-    // the target container's own. Only a pod from before the pod's pin, on
-    // an older kernel, has its init forked into the namespace, as runc's is.
+    // the target container's own (or a sibling's, in a pod from before the
+    // pod's pin). Only such a pod with no sibling running, on an older
+    // kernel, has its init forked into the namespace, as runc's is.
     let mut join_later = None;
     match &args.pid_ns {
         PidNamespace::New => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(|e| setup_err("unshare pid", e))?,
