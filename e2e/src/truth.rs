@@ -1,9 +1,11 @@
 //! What berth reports, checked against the kernel: every READY pod has its
-//! network namespace with eth0, its veth and its PID-namespace init; every
+//! network namespace with eth0, its veth, its PID-namespace init and the
+//! /proc of that namespace pinned on the node; every
 //! RUNNING container runs, CREATED ones have their monitor, EXITED ones do
 //! not; and once everything is removed, no process, mount, veth, cgroup,
 //! state directory or lease is left. Used by the crash tests and the soak.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -52,8 +54,16 @@ pub async fn reports_the_truth(f: &mut Fixture, point: &str) {
         let ifs = interfaces(&netns);
         assert!(ifs.as_ref().is_some_and(|i| i.iter().any(|n| n == "eth0")), "{point}: pod {} is READY without a network: {ifs:?}", p.id);
         assert!(host_link_exists(&format!("bv{}", &p.id[..12])), "{point}: pod {} is READY without its veth", p.id);
-        let init = procs.iter().any(|(_, c)| c.contains("pod-init") && c.contains(&p.id));
-        assert!(init, "{point}: pod {} is READY without its PID-namespace init", p.id);
+        let init = procs.iter().find(|(_, c)| c.contains("pod-init") && c.contains(&p.id));
+        let Some((init, _)) = init else { panic!("{point}: pod {} is READY without its PID-namespace init", p.id) };
+        // And with the /proc its joining containers get, of its namespace.
+        let pin = f.berthd.paths.state.join("pods").join(&p.id).join("ns-pid-proc");
+        let ns = |link: &Path| std::fs::metadata(link).ok().map(|m| (m.dev(), m.ino()));
+        assert!(
+            ns(&pin.join("1/ns/pid")).is_some() && ns(&pin.join("1/ns/pid")) == ns(Path::new(&format!("/proc/{init}/ns/pid"))),
+            "{point}: pod {} is READY without its /proc pin",
+            p.id
+        );
     }
     let containers = f.cri.runtime.list_containers(cri::ListContainersRequest::default()).await.unwrap().into_inner().containers;
     for c in &containers {
