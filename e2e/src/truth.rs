@@ -59,8 +59,9 @@ pub async fn reports_the_truth(f: &mut Fixture, point: &str) {
         // And with the /proc its joining containers get, of its namespace.
         let pin = f.berthd.paths.state.join("pods").join(&p.id).join("ns-pid-proc");
         let ns = |link: &Path| std::fs::metadata(link).ok().map(|m| (m.dev(), m.ino()));
+        let pinned = ns(&pin.join("1/ns/pid"));
         assert!(
-            ns(&pin.join("1/ns/pid")).is_some() && ns(&pin.join("1/ns/pid")) == ns(Path::new(&format!("/proc/{init}/ns/pid"))),
+            pinned.is_some() && pinned == ns(Path::new(&format!("/proc/{init}/ns/pid"))),
             "{point}: pod {} is READY without its /proc pin",
             p.id
         );
