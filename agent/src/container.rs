@@ -311,8 +311,7 @@ fn image_volumes(node: &Node, config: &ContainerRequest) -> Result<Vec<(usize, I
 /// record names: a pod started by a berthd before the pod's /proc pin can
 /// give a new container a clone of this one's /proc instead.
 fn sibling_in_pid_namespace(node: &Node, pod: &PodRecord) -> Option<ContainerRecord> {
-    use std::os::unix::fs::MetadataExt;
-    let ns = |pid: i32| std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| (m.dev(), m.ino()));
+    let ns = |pid: i32| berth_runtime::pidfd::pid_namespace_id(pid).ok();
     let pods = ns(pod.init_pid).filter(|_| berth_runtime::pidfd::start_time(pod.init_pid) == Some(pod.init_start_time))?;
     node.containers
         .filter(|c| c.pod_id == pod.id && c.state == ContainerState::Running && c.pid > 0)

@@ -148,6 +148,13 @@ fn ns_id(f: &std::fs::File) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
+/// The PID namespace `pid` is in, as the device and inode of its
+/// `/proc/<pid>/ns/pid`: two processes share the namespace when these match.
+/// An error when the process is gone (or a zombie, which has none).
+pub fn pid_namespace_id(pid: i32) -> std::io::Result<(u64, u64)> {
+    ns_id(&std::fs::File::open(format!("/proc/{pid}/ns/pid"))?)
+}
+
 /// Where `pid`'s PID namespace stands to the caller's (read from
 /// `/proc/<pid>/ns/pid`); an error when the process is gone.
 pub fn pid_namespace_of(pid: i32) -> std::io::Result<PidNamespace> {

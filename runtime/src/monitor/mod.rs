@@ -339,7 +339,6 @@ fn tree_of_target(target: &crate::pidfd::Process) -> Result<OwnedFd, InitError> 
 /// anything else mounted there, is refused rather than shown to the
 /// container as its /proc. `what` names it in errors.
 fn proc_of(tree: OwnedFd, pid: i32, what: &str) -> Result<OwnedFd, InitError> {
-    use std::os::unix::fs::MetadataExt;
     let step = |check: &str| format!("{what} ({check})");
     let fs = nix::sys::statfs::fstatfs(&tree).map_err(|e| setup_err(&step("statfs"), e))?;
     if fs.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
@@ -348,8 +347,8 @@ fn proc_of(tree: OwnedFd, pid: i32, what: &str) -> Result<OwnedFd, InitError> {
     let ns = |st: nix::sys::stat::FileStat| (st.st_dev, st.st_ino);
     let theirs = nix::sys::stat::fstatat(&tree, "1/ns/pid", nix::fcntl::AtFlags::empty())
         .map_err(|e| setup_err(&step("its PID 1's namespace"), e))?;
-    let want = std::fs::metadata(format!("/proc/{pid}/ns/pid")).map_err(|e| setup_err(&step("the namespace to join"), e))?;
-    if ns(theirs) != (want.dev(), want.ino()) {
+    let want = crate::pidfd::pid_namespace_id(pid).map_err(|e| setup_err(&step("the namespace to join"), e))?;
+    if ns(theirs) != want {
         return Err(setup_err(&step("check"), format!("a /proc of another PID namespace than process {pid}'s")));
     }
     Ok(tree)
